@@ -1,0 +1,460 @@
+"""From a long-format DataFrame to padded tensors, and back.
+
+A long DataFrame has one row per planned measurement occasion (a *visit*):
+a subject id, a time, one column per outcome (``NaN`` = not observed) and
+baseline covariates that are constant within a subject.
+
+:class:`DataSchema` learns, once, everything needed to turn such a frame
+into tensors: outcome families, covariate scalers and category levels,
+encoder-input standardisation and the fitted time basis.  The same schema
+is replayed on new data (prediction for new subjects, histories), so a
+model never sees differently scaled inputs.
+
+:class:`LongitudinalData` holds the tensors (``N`` subjects, ``T`` visit
+slots, ``K`` outcomes, ``F`` time features, ``P`` covariate columns):
+
+=================  ===========  ==============================================
+name               shape        meaning
+=================  ===========  ==============================================
+``y``              (N, T, K)    outcomes; unobserved cells hold a valid filler
+``mask``           (N, T, K)    True where the outcome was observed
+``visit_mask``     (N, T)       True where the subject has a row (a visit)
+``times``          (N, T)       visit times; padding repeats the last time
+``time_features``  (N, T, F)    time basis at ``times`` (the talk's T_i)
+``encoder_y``      (N, T, K)    standardised outcomes, 0 where unobserved
+``covariates``     (N, P)       standardised numerics and one-hot categories
+=================  ===========  ==============================================
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .bases import TimeBasis, basis_from_spec, parse_basis
+from .errors import ConfigError, DataError, describe_rows
+from .families import Family, get_family
+
+
+def _require_columns(df: pd.DataFrame, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if not missing:
+        return
+    hints = []
+    for name in missing:
+        close = difflib.get_close_matches(str(name), [str(c) for c in df.columns], n=1)
+        hints.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    raise DataError(
+        f"column {', '.join(hints)} not found in the DataFrame; "
+        f"its columns are {list(df.columns)}"
+    )
+
+
+def _as_numeric(df: pd.DataFrame, column: str, what: str) -> np.ndarray:
+    """Column as float64, with a DataError naming the rows that are not numbers."""
+    values = pd.to_numeric(df[column], errors="coerce")
+    bad = values.isna() & df[column].notna()
+    if bad.any():
+        raise DataError(
+            f"{what} column '{column}' must be numeric; non-numeric values at "
+            f"{describe_rows(df.index[bad])} (e.g. {df[column][bad].iloc[0]!r})"
+        )
+    return values.to_numpy(dtype=np.float64)
+
+
+def _require_finite(values: np.ndarray, df: pd.DataFrame, column: str, what: str) -> None:
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise DataError(
+            f"{what} column '{column}' has missing or infinite values at "
+            f"{describe_rows(df.index[bad])}; {what} values must be finite"
+        )
+
+
+@dataclass
+class CovariateEncoder:
+    """Fitted covariate design: numeric columns standardised, categories one-hot.
+
+    Every level of a categorical covariate gets a column (no reference level:
+    the networks have biases, so the redundancy is harmless and the encoding
+    does not depend on level order).
+    """
+
+    numeric: dict[str, tuple[float, float]] = field(default_factory=dict)
+    categorical: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, baseline: pd.DataFrame, columns: Sequence[str]) -> "CovariateEncoder":
+        numeric, categorical = {}, {}
+        for col in columns:
+            series = baseline[col]
+            if pd.api.types.is_bool_dtype(series) or not pd.api.types.is_numeric_dtype(series):
+                categorical[col] = sorted(series.astype(str).unique().tolist())
+            else:
+                values = series.to_numpy(dtype=np.float64)
+                sd = float(values.std())
+                numeric[col] = (float(values.mean()), sd if sd > 0 else 1.0)
+        return cls(numeric, categorical)
+
+    @property
+    def columns(self) -> list[str]:
+        names = list(self.numeric)
+        for col, levels in self.categorical.items():
+            names += [f"{col}[{level}]" for level in levels]
+        return names
+
+    def transform(self, baseline: pd.DataFrame) -> np.ndarray:
+        parts = [np.zeros((len(baseline), 0))]
+        for col, (mean, sd) in self.numeric.items():
+            values = _as_numeric(baseline, col, "covariate")
+            parts.append(((values - mean) / sd)[:, None])
+        for col, levels in self.categorical.items():
+            values = baseline[col].astype(str)
+            unseen = ~values.isin(levels)
+            if unseen.any():
+                raise DataError(
+                    f"covariate column '{col}' has levels not seen when the model "
+                    f"was fitted: {sorted(values[unseen].unique().tolist())} for subjects "
+                    f"{list(baseline.index[unseen][:5])}; known levels are {levels}"
+                )
+            parts.append((values.to_numpy()[:, None] == np.array(levels)[None, :]).astype(float))
+        return np.concatenate(parts, axis=1)
+
+
+@dataclass
+class DataSchema:
+    """Everything learned from the training frame and replayed on new data.
+
+    Build it with :meth:`fit`; turn any frame with the same columns into
+    :class:`LongitudinalData` with :meth:`transform`.
+    """
+
+    id_col: str
+    time_col: str
+    families: dict[str, Family]
+    covariates: list[str]
+    covariate_encoder: CovariateEncoder
+    time_basis: TimeBasis
+    encoder_center: np.ndarray  # (K,) mean of family.encode(y) over observed cells
+    encoder_scale: np.ndarray  # (K,) its SD
+    filler: np.ndarray  # (K,) a valid observed value put into unobserved cells
+    initial_offset: np.ndarray  # (K,) family.initial_offset of the observed values
+    initial_scale: np.ndarray  # (K,)
+    initial_dispersion: list  # (K,) float or None
+
+    @property
+    def outcomes(self) -> list[str]:
+        return list(self.families)
+
+    @classmethod
+    def fit(
+        cls,
+        df: pd.DataFrame,
+        *,
+        id_col: str,
+        time_col: str,
+        outcomes: Mapping[str, str | Family],
+        covariates: Sequence[str] = (),
+        time_basis: str | TimeBasis = "spline(4)",
+    ) -> "DataSchema":
+        """Learn the schema from a training frame (validating it on the way)."""
+        if not outcomes:
+            raise ConfigError("at least one outcome is needed: outcomes={'column': 'family'}")
+        families = {str(name): get_family(spec) for name, spec in outcomes.items()}
+        _validate_frame(df, id_col, time_col, families, list(covariates), require_observed=True)
+        basis = parse_basis(time_basis)
+        basis.fit(_as_numeric(df, time_col, "time"))
+        baseline = _baseline(df, id_col, list(covariates))
+        centers, scales, fillers, offsets, out_scales, dispersions = [], [], [], [], [], []
+        for name, family in families.items():
+            observed = _as_numeric(df, name, "outcome")
+            observed = observed[~np.isnan(observed)]
+            encoded = family.encode(torch.as_tensor(observed)).numpy()
+            sd = float(encoded.std())
+            centers.append(float(encoded.mean()))
+            scales.append(sd if sd > 0 else 1.0)
+            fillers.append(float(np.quantile(observed, 0.5, method="lower")))
+            offsets.append(family.initial_offset(observed))
+            out_scales.append(family.initial_scale(observed))
+            dispersions.append(family.initial_dispersion(observed))
+        return cls(
+            id_col=id_col,
+            time_col=time_col,
+            families=families,
+            covariates=list(covariates),
+            covariate_encoder=CovariateEncoder.fit(baseline, list(covariates)),
+            time_basis=basis,
+            encoder_center=np.array(centers),
+            encoder_scale=np.array(scales),
+            filler=np.array(fillers),
+            initial_offset=np.array(offsets),
+            initial_scale=np.array(out_scales),
+            initial_dispersion=dispersions,
+        )
+
+    def transform(
+        self, df: pd.DataFrame, *, require_observed: bool = True, dtype=torch.float32
+    ) -> "LongitudinalData":
+        """Validate ``df`` against this schema and build padded tensors.
+
+        ``require_observed=False`` accepts subjects with no observed outcome
+        (e.g. new subjects known only by baseline covariates, for prediction);
+        outcome columns may then be absent altogether.
+        """
+        df = df.copy()
+        for name in self.families:
+            if name not in df.columns and not require_observed:
+                df[name] = np.nan
+        _validate_frame(
+            df, self.id_col, self.time_col, self.families, self.covariates, require_observed
+        )
+        return _build(self, df, dtype)
+
+    def to_spec(self) -> dict:
+        """A plain, picklable description (for saving a fitted model)."""
+        return {
+            "id_col": self.id_col,
+            "time_col": self.time_col,
+            "families": {k: f.to_spec() for k, f in self.families.items()},
+            "covariates": self.covariates,
+            "covariate_encoder": {
+                "numeric": self.covariate_encoder.numeric,
+                "categorical": self.covariate_encoder.categorical,
+            },
+            "time_basis": self.time_basis.to_spec(),
+            "encoder_center": self.encoder_center.tolist(),
+            "encoder_scale": self.encoder_scale.tolist(),
+            "filler": self.filler.tolist(),
+            "initial_offset": self.initial_offset.tolist(),
+            "initial_scale": self.initial_scale.tolist(),
+            "initial_dispersion": list(self.initial_dispersion),
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "DataSchema":
+        return cls(
+            id_col=spec["id_col"],
+            time_col=spec["time_col"],
+            families={k: get_family(f) for k, f in spec["families"].items()},
+            covariates=list(spec["covariates"]),
+            covariate_encoder=CovariateEncoder(
+                {k: tuple(v) for k, v in spec["covariate_encoder"]["numeric"].items()},
+                {k: list(v) for k, v in spec["covariate_encoder"]["categorical"].items()},
+            ),
+            time_basis=basis_from_spec(spec["time_basis"]),
+            encoder_center=np.array(spec["encoder_center"]),
+            encoder_scale=np.array(spec["encoder_scale"]),
+            filler=np.array(spec["filler"]),
+            initial_offset=np.array(spec["initial_offset"]),
+            initial_scale=np.array(spec["initial_scale"]),
+            initial_dispersion=list(spec["initial_dispersion"]),
+        )
+
+
+def _validate_frame(
+    df: pd.DataFrame,
+    id_col: str,
+    time_col: str,
+    families: Mapping[str, Family],
+    covariates: list[str],
+    require_observed: bool,
+) -> None:
+    if not isinstance(df, pd.DataFrame):
+        raise DataError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    if len(df) == 0:
+        raise DataError("the DataFrame is empty: there are no rows to fit")
+    _require_columns(df, [id_col, time_col, *families, *covariates])
+    if df[id_col].isna().any():
+        raise DataError(
+            f"id column '{id_col}' has missing values at {describe_rows(df.index[df[id_col].isna()])}"
+        )
+    times = _as_numeric(df, time_col, "time")
+    _require_finite(times, df, time_col, "time")
+    duplicated = df.duplicated([id_col, time_col], keep=False)
+    if duplicated.any():
+        raise DataError(
+            f"duplicated ({id_col}, {time_col}) pairs at {describe_rows(df.index[duplicated])}: "
+            "each subject may have one row per time"
+        )
+    for name, family in families.items():
+        values = _as_numeric(df, name, "outcome")
+        inf = np.isinf(values)
+        if inf.any():
+            raise DataError(
+                f"outcome column '{name}' has infinite values at {describe_rows(df.index[inf])}"
+            )
+        invalid = family.invalid(values)
+        if invalid.any():
+            raise DataError(
+                f"outcome column '{name}' ({family.name}): {family.support_description}; "
+                f"offending values at {describe_rows(df.index[invalid])} "
+                f"(e.g. {values[invalid][0]!r})"
+            )
+    for col in covariates:
+        series = df[col]
+        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            _require_finite(series.to_numpy(dtype=np.float64), df, col, "covariate")
+        elif series.isna().any():
+            raise DataError(
+                f"covariate column '{col}' has missing values at "
+                f"{describe_rows(df.index[series.isna()])}"
+            )
+        varying = df.groupby(id_col, sort=False)[col].transform("nunique") > 1
+        if varying.any():
+            raise DataError(
+                f"covariate column '{col}' changes within subjects "
+                f"{sorted(df.loc[varying, id_col].unique().tolist())[:5]} "
+                f"({describe_rows(df.index[varying])}); covariates must be baseline "
+                "values, constant within a subject"
+            )
+    if require_observed and families:
+        observed = df[list(families)].apply(pd.to_numeric, errors="coerce").notna().any(axis=1)
+        seen = observed.groupby(df[id_col], sort=False).any()
+        if not seen.all():
+            empty = seen.index[~seen].tolist()
+            raise DataError(
+                f"subjects with no observed outcome value in {list(families)}: ids "
+                f"{empty[:5]}{' ...' if len(empty) > 5 else ''}; drop them or predict "
+                "them as new subjects"
+            )
+
+
+def _baseline(df: pd.DataFrame, id_col: str, covariates: list[str]) -> pd.DataFrame:
+    """One row per subject (in order of first appearance) with its covariates."""
+    return df.groupby(id_col, sort=False)[covariates].first() if covariates else (
+        pd.DataFrame(index=pd.unique(df[id_col]))
+    )
+
+
+def _build(schema: DataSchema, df: pd.DataFrame, dtype) -> "LongitudinalData":
+    times = _as_numeric(df, schema.time_col, "time")
+    order = np.lexsort((times, pd.factorize(df[schema.id_col])[0]))
+    df = df.iloc[order]
+    times = times[order]
+    subject, ids = pd.factorize(df[schema.id_col])
+    n = len(ids)
+    counts = np.bincount(subject, minlength=n)
+    slot = np.arange(len(df)) - np.repeat(np.cumsum(counts) - counts, counts)
+    t_max = int(counts.max())
+
+    names = schema.outcomes
+    raw = np.column_stack([_as_numeric(df, name, "outcome") for name in names])
+    observed = ~np.isnan(raw)
+    y = np.broadcast_to(schema.filler, (n, t_max, len(names))).copy()
+    mask = np.zeros((n, t_max, len(names)), dtype=bool)
+    y[subject, slot] = np.where(observed, raw, schema.filler)
+    mask[subject, slot] = observed
+    visit_mask = np.zeros((n, t_max), dtype=bool)
+    visit_mask[subject, slot] = True
+    grid = np.repeat(times[np.cumsum(counts) - 1][:, None], t_max, axis=1)  # pad: last time
+    grid[subject, slot] = times
+
+    y_t = torch.as_tensor(y, dtype=dtype)
+    mask_t = torch.as_tensor(mask)
+    encoded = torch.stack(
+        [schema.families[name].encode(y_t[..., k]) for k, name in enumerate(names)], dim=-1
+    )
+    center = torch.as_tensor(schema.encoder_center, dtype=dtype)
+    scale = torch.as_tensor(schema.encoder_scale, dtype=dtype)
+    encoder_y = torch.where(mask_t, (encoded - center) / scale, torch.zeros((), dtype=dtype))
+    times_t = torch.as_tensor(grid, dtype=dtype)
+    baseline = _baseline(df, schema.id_col, schema.covariates).loc[ids]
+    return LongitudinalData(
+        y=y_t,
+        mask=mask_t,
+        visit_mask=torch.as_tensor(visit_mask),
+        times=times_t,
+        time_features=schema.time_basis.transform(times_t),
+        encoder_y=encoder_y,
+        covariates=torch.as_tensor(schema.covariate_encoder.transform(baseline), dtype=dtype),
+        ids=np.asarray(ids),
+        outcomes=names,
+        id_col=schema.id_col,
+        time_col=schema.time_col,
+    )
+
+
+@dataclass(frozen=True)
+class LongitudinalData:
+    """Padded tensors for ``N`` subjects (see the module docstring for shapes).
+
+    Build it with :meth:`DataSchema.transform` (or the estimator); index it
+    with :meth:`subset`; go back to long format with :meth:`to_long`.
+    """
+
+    y: torch.Tensor
+    mask: torch.Tensor
+    visit_mask: torch.Tensor
+    times: torch.Tensor
+    time_features: torch.Tensor
+    encoder_y: torch.Tensor
+    covariates: torch.Tensor
+    ids: np.ndarray
+    outcomes: list[str]
+    id_col: str = "id"
+    time_col: str = "time"
+
+    @property
+    def num_subjects(self) -> int:
+        return self.y.shape[0]
+
+    @property
+    def num_visits(self) -> int:
+        return self.y.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.y.device
+
+    def subset(self, index) -> "LongitudinalData":
+        """The subjects at positions ``index`` (a slice, integer array or tensor)."""
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        pos = np.arange(self.num_subjects)[index]
+        t = torch.as_tensor(pos, device=self.device)
+        return replace(
+            self,
+            **{name: getattr(self, name)[t] for name in _TENSOR_FIELDS},
+            ids=self.ids[pos],
+        )
+
+    def to(self, device=None, dtype=None) -> "LongitudinalData":
+        """Move tensors to ``device``; floating tensors also to ``dtype`` if given."""
+
+        def move(x: torch.Tensor) -> torch.Tensor:
+            x = x.to(device) if device is not None else x
+            return x.to(dtype) if dtype is not None and x.is_floating_point() else x
+
+        return replace(self, **{name: move(getattr(self, name)) for name in _TENSOR_FIELDS})
+
+    def to_long(self, values: Mapping[str, torch.Tensor | np.ndarray], *, all_slots: bool = False) -> pd.DataFrame:
+        """Long DataFrame of per-cell ``values`` with the user's ids and times.
+
+        ``values`` maps column names to arrays of shape (N, T); one row per
+        visit (padding slots dropped unless ``all_slots``), sorted by subject
+        and time, with columns ``id_col``, ``time_col`` and the given names.
+        """
+        keep = np.ones(self.visit_mask.shape, bool) if all_slots else self.visit_mask.cpu().numpy()
+        subject, slot = np.nonzero(keep)
+        out = {
+            self.id_col: self.ids[subject],
+            self.time_col: self.times.cpu().numpy()[subject, slot],
+        }
+        for name, array in values.items():
+            array = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+            if array.shape != keep.shape:
+                raise ValueError(f"values['{name}'] has shape {array.shape}, expected {keep.shape}")
+            out[name] = array[subject, slot]
+        return pd.DataFrame(out)
+
+    def observed_long(self) -> pd.DataFrame:
+        """The outcomes back in long format (NaN where unobserved)."""
+        y = torch.where(self.mask, self.y, torch.tensor(float("nan"), dtype=self.y.dtype, device=self.device))
+        return self.to_long({name: y[..., k] for k, name in enumerate(self.outcomes)})
+
+
+_TENSOR_FIELDS = ("y", "mask", "visit_mask", "times", "time_features", "encoder_y", "covariates")

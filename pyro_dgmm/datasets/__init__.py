@@ -1,0 +1,47 @@
+"""Data sets for pyro_dgmm: the PBC follow-up data and simulators with known truth.
+
+* :func:`load_pbc` loads the Mayo Clinic PBC follow-up visits (R
+  ``survival::pbcseq``), with :data:`PBC_CODEBOOK`, suggested outcome
+  families :data:`PBC_OUTCOMES` and the column roles :data:`PBC_ID`,
+  :data:`PBC_TIME`, :data:`PBC_COVARIATES`.
+* The simulators return a :class:`SimulatedData` (data, truth, random
+  effects, population means); :data:`SIMULATORS` maps a short name to each.
+"""
+
+from pyro_dgmm.datasets.pbc import (
+    PBC_CODEBOOK,
+    PBC_COVARIATES,
+    PBC_ID,
+    PBC_OUTCOMES,
+    PBC_TIME,
+    load_pbc,
+)
+from pyro_dgmm.datasets.simulate import (
+    SimulatedData,
+    simulate_app,
+    simulate_dropout,
+    simulate_linear,
+    simulate_nonlinear,
+)
+
+SIMULATORS = {
+    "linear": simulate_linear,
+    "nonlinear": simulate_nonlinear,
+    "dropout": simulate_dropout,
+    "app": simulate_app,
+}
+
+__all__ = [
+    "PBC_CODEBOOK",
+    "PBC_COVARIATES",
+    "PBC_ID",
+    "PBC_OUTCOMES",
+    "PBC_TIME",
+    "SIMULATORS",
+    "SimulatedData",
+    "load_pbc",
+    "simulate_app",
+    "simulate_dropout",
+    "simulate_linear",
+    "simulate_nonlinear",
+]

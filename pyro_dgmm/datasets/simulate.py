@@ -1,0 +1,597 @@
+"""Simulated longitudinal data sets with a known truth.
+
+Every simulator draws subjects ``i = 0, ..., n-1`` with random effects
+``b_i``, baseline covariates ``x_i`` and planned visit times ``t_ij``,
+simulates a value for every planned cell (subject x visit), and then, for
+the simulators with missing data, deletes cells by a known missingness
+mechanism. The result is a :class:`SimulatedData`.
+
+Conventions shared by all simulators:
+
+* ``id`` runs over ``0, ..., n_subjects - 1``, so ``random_effects[id]`` is
+  the subject's ``b_i``; rows are sorted by id, then visit.
+* ``seed`` feeds :func:`numpy.random.default_rng`; the same seed gives
+  identical output.
+* ``population_truth`` is the marginal mean ``E[y(t)]`` over the
+  random-effects and covariate distributions, estimated by Monte Carlo over
+  :data:`POPULATION_DRAWS` subjects drawn with the fixed seed
+  :data:`POPULATION_SEED` (so it does not depend on ``seed``). For the
+  simulators with missing data it is the mean of the complete-data process,
+  the target that a missing-at-random analysis should recover.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from pyro_dgmm.errors import ConfigError
+
+__all__ = [
+    "POPULATION_DRAWS",
+    "POPULATION_SEED",
+    "SimulatedData",
+    "simulate_app",
+    "simulate_dropout",
+    "simulate_linear",
+    "simulate_nonlinear",
+]
+
+POPULATION_DRAWS = 20_000
+POPULATION_SEED = 20_240_601
+T_MAX = 10.0
+"""End of the planned follow-up of the irregular-time simulators."""
+GRID_POINTS = 50
+"""Number of grid points of ``population_truth`` for irregular visit times."""
+JITTER = 0.2
+"""Half-width of the uniform jitter of the irregular visit times."""
+
+_LINEAR = {
+    "beta": {"intercept": 1.0, "time": 0.3, "age": 0.5, "group[treated]": 0.8},
+    "D": [[1.0, 0.1], [0.1, 0.09]],
+    "sigma": 0.5,
+}
+_NONLINEAR = {
+    "intercept": 1.0,
+    "x": 0.5,
+    "b0_scale": 0.6,
+    "amplitude": 3.0,
+    "midpoint": 5.0,
+    "shift_scale": 1.5,
+    "width": 0.8,
+    "sigma": 0.3,
+    "D": [[1.0, 0.0], [0.0, 1.0]],
+}
+# Calibrated once at the defaults (800 subjects, 20 visits): with a1 = 1.0,
+# a0 = -5.3 leaves 30.2% of the planned cells missing on average over seeds
+# 0-19 (range 28.7-32.0%; 28.9% at seed 0).
+_DROPOUT_A0 = -5.3
+_DROPOUT_A1 = 1.0
+_ALWAYS_OBSERVED_VISITS = 3
+_APP = {
+    "affect": {"intercept": -0.4, "age": 0.2, "b0": 0.6, "sin_week": 0.25, "b1_trend": 0.3},
+    "lonely": {"intercept": -1.0, "b0": 0.9, "b2": 0.5, "cos_week": 0.2},
+    "bored": {"intercept": -0.5, "b2": 0.7, "b0": -0.4, "sin_week": 0.3, "male": 0.1},
+    "phi": 8.0,
+    "bounds": (1.0, 7.0),
+    "snap": 0.01,
+    "D": np.eye(3).tolist(),
+}
+# Response model of the app simulator. The intercept was calibrated once at
+# the defaults (1174 subjects, 105 days): 61.3% missing outcome cells on
+# average over seeds 0-9 (range 60.1-62.0%; 61.0% at seed 0).
+_APP_MISSINGNESS = {
+    "intercept": 0.52,
+    "engagement_sd": 1.5,
+    "weekend": -0.5,
+    "decline": -1.5,
+    "affect_lag": 0.3,
+    "affect_centre": 4.0,
+    "dropout_prob": 0.15,
+    "binary_skip_prob": 0.05,
+}
+_APP_OUTCOMES = {"affect": "bounded(1,7)", "lonely": "bernoulli", "bored": "bernoulli"}
+
+_Subjects = tuple[np.ndarray, dict[str, np.ndarray]]
+_MeanFunction = Callable[[np.ndarray, dict[str, np.ndarray], np.ndarray], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True, eq=False)
+class SimulatedData:
+    """A simulated data set together with the truth that generated it.
+
+    Attributes
+    ----------
+    data : pandas.DataFrame
+        Long format, one row per planned cell (subject x visit): ``id``
+        (int), ``time`` (float), one float column per outcome (``NaN`` where
+        the value is missing) and the baseline covariates (constant within
+        subject).
+    truth : pandas.DataFrame
+        Same rows in the same order as ``data``: ``id``, ``time`` and, per
+        outcome, ``<name>_mean`` (true conditional mean given ``b_i`` on the
+        response scale: a probability for binary outcomes, ``E[y]`` for
+        bounded ones) and ``<name>_complete`` (the simulated value before
+        missingness was applied; never ``NaN``).
+    random_effects : numpy.ndarray
+        ``(n_subjects, q)`` array of the true ``b_i``, row ``i`` for id ``i``,
+        in the simulator's own parametrisation.
+    outcomes : dict
+        Outcome name -> family spec (``'gaussian'``, ``'bernoulli'``,
+        ``'poisson'`` or ``'bounded(1,7)'``).
+    covariates : list of str
+        Names of the baseline covariate columns.
+    params : dict
+        The true parameters; see each simulator's docstring.
+    population_truth : pandas.DataFrame
+        ``time`` and ``<name>_population_mean``: the marginal mean
+        ``E[y(t)]`` at each planned time (shared time grid) or on a grid of
+        50 points over the follow-up (irregular times).
+    id_col, time_col : str
+        Names of the id and time columns of ``data``.
+    """
+
+    data: pd.DataFrame
+    truth: pd.DataFrame
+    random_effects: np.ndarray
+    outcomes: dict[str, str]
+    covariates: list[str]
+    params: dict
+    population_truth: pd.DataFrame
+    id_col: str = "id"
+    time_col: str = "time"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _check_count(name: str, value, minimum: int) -> int:
+    """Return ``value`` as an int, or raise ConfigError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_finite(name: str, value) -> float:
+    """Return ``value`` as a float, or raise ConfigError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _make_rng(seed) -> np.random.Generator:
+    return np.random.default_rng(_check_count("seed", seed, 0))
+
+
+def _expit(x: np.ndarray) -> np.ndarray:
+    """Logistic function ``1 / (1 + exp(-x))``, without overflow."""
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+def _bernoulli(rng: np.random.Generator, prob: np.ndarray) -> np.ndarray:
+    return (rng.random(prob.shape) < prob).astype(float)
+
+
+def _jittered_times(rng: np.random.Generator, n_subjects: int, n_visits: int) -> np.ndarray:
+    """Irregular visit times ``(n_subjects, n_visits)`` in ``[0, T_MAX]``.
+
+    ``t_i0 = 0`` and ``t_ij = T_MAX * j / (n_visits - 1) + u_ij`` with
+    ``u_ij ~ U(-JITTER, JITTER)``, clipped to ``[0, T_MAX]`` and sorted
+    within subject.
+    """
+    nominal = np.linspace(0.0, T_MAX, n_visits)
+    jitter = rng.uniform(-JITTER, JITTER, size=(n_subjects, n_visits - 1))
+    jitter = np.hstack([np.zeros((n_subjects, 1)), jitter])
+    return np.sort(np.clip(nominal + jitter, 0.0, T_MAX), axis=1)
+
+
+def _categorical(indicator: np.ndarray, categories: tuple[str, str]) -> pd.Categorical:
+    """Two-level categorical: ``categories[1]`` where ``indicator == 1``."""
+    return pd.Categorical.from_codes(indicator.astype(np.int8), categories=list(categories))
+
+
+def _repeat_per_visit(column, n_visits: int):
+    """Repeat a per-subject column for each of the subject's visits."""
+    if isinstance(column, pd.Categorical):
+        return pd.Categorical.from_codes(np.repeat(column.codes, n_visits), column.categories)
+    return np.repeat(np.asarray(column, dtype=float), n_visits)
+
+
+def _long_frames(
+    times: np.ndarray,
+    covariates: dict,
+    means: dict[str, np.ndarray],
+    complete: dict[str, np.ndarray],
+    observed: dict[str, np.ndarray],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Build the ``data`` and ``truth`` frames from ``(n_subjects, n_visits)`` arrays."""
+    n_subjects, n_visits = times.shape
+    index = {
+        "id": np.repeat(np.arange(n_subjects, dtype=np.int64), n_visits),
+        "time": times.astype(float).ravel(),
+    }
+    data = dict(index)
+    truth = dict(index)
+    for name, values in complete.items():
+        data[name] = np.where(observed[name], values, np.nan).ravel()
+        truth[f"{name}_mean"] = means[name].ravel()
+        truth[f"{name}_complete"] = values.ravel()
+    for name, column in covariates.items():
+        data[name] = _repeat_per_visit(column, n_visits)
+    return pd.DataFrame(data), pd.DataFrame(truth)
+
+
+def _population_truth(
+    draw_subjects: Callable[[np.random.Generator, int], _Subjects],
+    means: _MeanFunction,
+    grid: np.ndarray,
+) -> pd.DataFrame:
+    """Monte Carlo marginal mean ``E[y(t)]`` on ``grid``.
+
+    Averages the conditional means of :data:`POPULATION_DRAWS` subjects
+    ``(b, x)`` drawn, with the fixed seed :data:`POPULATION_SEED`, from the
+    simulator's own random-effects and covariate distributions.
+    """
+    b, covariates = draw_subjects(np.random.default_rng(POPULATION_SEED), POPULATION_DRAWS)
+    conditional = means(b, covariates, grid[None, :])
+    columns = {f"{name}_population_mean": m.mean(axis=0) for name, m in conditional.items()}
+    return pd.DataFrame({"time": grid, **columns})
+
+
+def _irregular_grid() -> np.ndarray:
+    return np.linspace(0.0, T_MAX, GRID_POINTS)
+
+
+def _all_observed(complete: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: np.ones(values.shape, dtype=bool) for name, values in complete.items()}
+
+
+# ----------------------------------------------------------------- linear
+
+
+def _draw_linear_subjects(rng: np.random.Generator, n: int) -> _Subjects:
+    """Draw ``b ~ N(0, D)``, ``age ~ N(0, 1)``, ``treated ~ Bernoulli(0.5)``."""
+    chol = np.linalg.cholesky(np.asarray(_LINEAR["D"]))
+    b = rng.standard_normal((n, 2)) @ chol.T
+    covariates = {"age": rng.standard_normal(n), "treated": _bernoulli(rng, np.full(n, 0.5))}
+    return b, covariates
+
+
+def _linear_means(b: np.ndarray, covariates: dict, t: np.ndarray) -> dict[str, np.ndarray]:
+    """Conditional mean of ``y`` at times ``t`` (broadcast against subjects)."""
+    beta = _LINEAR["beta"]
+    fixed = (
+        beta["intercept"]
+        + beta["age"] * covariates["age"][:, None]
+        + beta["group[treated]"] * covariates["treated"][:, None]
+    )
+    return {"y": fixed + b[:, :1] + (beta["time"] + b[:, 1:]) * t}
+
+
+def simulate_linear(n_subjects: int = 800, n_visits: int = 20, seed: int = 0) -> SimulatedData:
+    r"""Linear mixed model with random intercept and slope, irregular times.
+
+    For subject ``i`` and visit ``j = 0, ..., J-1`` (``J = n_visits``)::
+
+        t_i0 = 0,   t_ij = 10 j / (J - 1) + u_ij,   u_ij ~ U(-0.2, 0.2)
+                    (clipped to [0, 10], sorted within subject)
+        age_i ~ N(0, 1),   treated_i = [group_i == 'treated'] ~ Bernoulli(0.5)
+        (b0_i, b1_i) ~ N(0, D),   D = [[1.0, 0.1], [0.1, 0.09]]
+        y_ij = 1.0 + 0.3 t_ij + 0.5 age_i + 0.8 treated_i
+               + b0_i + b1_i t_ij + eps_ij,        eps_ij ~ N(0, 0.5^2)
+
+    No missing data. Outcome ``y`` (gaussian); covariates ``age`` (float)
+    and ``group`` (categorical, categories ``['control', 'treated']``).
+    ``random_effects`` is ``(b0, b1)``; ``params`` holds ``beta`` (keys
+    ``intercept``, ``time``, ``age``, ``group[treated]``), ``D`` and
+    ``sigma``. The population mean is ``1.4 + 0.3 t``.
+    """
+    n_subjects = _check_count("n_subjects", n_subjects, 1)
+    n_visits = _check_count("n_visits", n_visits, 2)
+    rng = _make_rng(seed)
+    b, covariates = _draw_linear_subjects(rng, n_subjects)
+    times = _jittered_times(rng, n_subjects, n_visits)
+    means = _linear_means(b, covariates, times)
+    complete = {"y": means["y"] + _LINEAR["sigma"] * rng.standard_normal(times.shape)}
+    columns = {
+        "age": covariates["age"],
+        "group": _categorical(covariates["treated"], ("control", "treated")),
+    }
+    data, truth = _long_frames(times, columns, means, complete, _all_observed(complete))
+    return SimulatedData(
+        data=data,
+        truth=truth,
+        random_effects=b,
+        outcomes={"y": "gaussian"},
+        covariates=list(columns),
+        params=copy.deepcopy(_LINEAR),
+        population_truth=_population_truth(
+            _draw_linear_subjects, _linear_means, _irregular_grid()
+        ),
+    )
+
+
+# -------------------------------------------------------------- nonlinear
+
+
+def _draw_nonlinear_subjects(rng: np.random.Generator, n: int) -> _Subjects:
+    """Draw ``b ~ N(0, I_2)`` and ``x ~ N(0, 1)``."""
+    return rng.standard_normal((n, 2)), {"x": rng.standard_normal(n)}
+
+
+def _nonlinear_means(b: np.ndarray, covariates: dict, t: np.ndarray) -> dict[str, np.ndarray]:
+    """Conditional mean of ``y`` at times ``t`` (broadcast against subjects)."""
+    p = _NONLINEAR
+    step = _expit((t - p["midpoint"] - p["shift_scale"] * b[:, 1:]) / p["width"])
+    mean = (
+        p["intercept"]
+        + p["x"] * covariates["x"][:, None]
+        + p["b0_scale"] * b[:, :1]
+        + p["amplitude"] * step
+    )
+    return {"y": mean}
+
+
+def _simulate_nonlinear_complete(seed, n_subjects: int, n_visits: int):
+    """Complete data of the nonlinear model.
+
+    Returns ``(rng, b, covariates, times, means, complete)``; ``rng`` is the
+    generator after these draws, for any missingness drawn afterwards.
+    """
+    rng = _make_rng(seed)
+    b, covariates = _draw_nonlinear_subjects(rng, n_subjects)
+    times = _jittered_times(rng, n_subjects, n_visits)
+    means = _nonlinear_means(b, covariates, times)
+    complete = {"y": means["y"] + _NONLINEAR["sigma"] * rng.standard_normal(times.shape)}
+    return rng, b, covariates, times, means, complete
+
+
+def simulate_nonlinear(n_subjects: int = 800, n_visits: int = 20, seed: int = 0) -> SimulatedData:
+    r"""Nonlinear subject-specific sigmoid profiles (simulation I), irregular times.
+
+    Visit times as in :func:`simulate_linear` (``t_i0 = 0``, then
+    ``10 j / (J - 1)`` plus ``U(-0.2, 0.2)`` jitter, within ``[0, 10]``)::
+
+        x_i ~ N(0, 1),   b_i = (b0_i, b1_i) ~ N(0, I_2)
+        mu_i(t) = 1.0 + 0.5 x_i + 0.6 b0_i
+                  + 3.0 expit((t - 5.0 - 1.5 b1_i) / 0.8)
+        y_ij = mu_i(t_ij) + eps_ij,        eps_ij ~ N(0, 0.3^2)
+
+    ``b0`` shifts the level, ``b1`` shifts the time of the rise (by 1.5
+    years per unit). No missing data. Outcome ``y`` (gaussian); covariate
+    ``x``. ``params`` holds every constant above under the keys
+    ``intercept``, ``x``, ``b0_scale``, ``amplitude``, ``midpoint``,
+    ``shift_scale``, ``width``, ``sigma`` and the random-effects covariance
+    ``D``.
+    """
+    n_subjects = _check_count("n_subjects", n_subjects, 1)
+    n_visits = _check_count("n_visits", n_visits, 2)
+    _, b, covariates, times, means, complete = _simulate_nonlinear_complete(
+        seed, n_subjects, n_visits
+    )
+    data, truth = _long_frames(times, covariates, means, complete, _all_observed(complete))
+    return SimulatedData(
+        data=data,
+        truth=truth,
+        random_effects=b,
+        outcomes={"y": "gaussian"},
+        covariates=list(covariates),
+        params=copy.deepcopy(_NONLINEAR),
+        population_truth=_population_truth(
+            _draw_nonlinear_subjects, _nonlinear_means, _irregular_grid()
+        ),
+    )
+
+
+# ---------------------------------------------------------------- dropout
+
+
+def _monotone_dropout(rng: np.random.Generator, y: np.ndarray, a0: float, a1: float) -> np.ndarray:
+    """Observed mask of monotone dropout with hazard ``expit(a0 + a1 y_{j-1})``.
+
+    The hazard at visit ``j`` only matters while the subject is still in
+    the study, and then ``y_{j-1}`` was observed, so drawing every hazard
+    from the complete data and keeping the visits before the first drop is
+    the same as simulating visit by visit.
+    """
+    hazard = _expit(a0 + a1 * y[:, :-1])
+    drops = rng.random(hazard.shape) < hazard
+    drops[:, : _ALWAYS_OBSERVED_VISITS - 1] = False
+    stayed = np.cumprod(~drops, axis=1).astype(bool)
+    return np.hstack([np.ones((y.shape[0], 1), dtype=bool), stayed])
+
+
+def simulate_dropout(
+    n_subjects: int = 800,
+    n_visits: int = 20,
+    seed: int = 0,
+    dropout_strength: float = _DROPOUT_A1,
+) -> SimulatedData:
+    r"""The nonlinear model of :func:`simulate_nonlinear` with MAR monotone dropout.
+
+    The complete data are exactly those of ``simulate_nonlinear`` with the
+    same arguments and seed. Then visits ``j = 0, 1, 2`` are always
+    observed, and a subject still in the study at visit ``j >= 3`` drops out
+    there (visit ``j`` and all later visits missing) with probability::
+
+        P(drop at j | in study at j) = expit(a0 + a1 y_{i,j-1}),
+        a0 = -5.3,   a1 = dropout_strength (default 1.0)
+
+    ``y_{i,j-1}`` is the previous, observed value, so the dropout is missing
+    at random (MAR). With ``a1 > 0`` subjects with high values leave early,
+    so the complete cases at late visits are biased downward relative to
+    ``population_truth`` (the complete-data mean). ``dropout_strength = 0``
+    gives dropout completely at random. At the defaults about 30% of the
+    planned cells are missing (28.9% at seed 0).
+
+    ``params`` holds the parameters of :func:`simulate_nonlinear` plus
+    ``a0``, ``a1`` and ``always_observed_visits``.
+    """
+    n_subjects = _check_count("n_subjects", n_subjects, 1)
+    n_visits = _check_count("n_visits", n_visits, 2)
+    a1 = _check_finite("dropout_strength", dropout_strength)
+    rng, b, covariates, times, means, complete = _simulate_nonlinear_complete(
+        seed, n_subjects, n_visits
+    )
+    observed = {"y": _monotone_dropout(rng, complete["y"], _DROPOUT_A0, a1)}
+    data, truth = _long_frames(times, covariates, means, complete, observed)
+    params = copy.deepcopy(_NONLINEAR)
+    params.update(a0=_DROPOUT_A0, a1=a1, always_observed_visits=_ALWAYS_OBSERVED_VISITS)
+    return SimulatedData(
+        data=data,
+        truth=truth,
+        random_effects=b,
+        outcomes={"y": "gaussian"},
+        covariates=list(covariates),
+        params=params,
+        population_truth=_population_truth(
+            _draw_nonlinear_subjects, _nonlinear_means, _irregular_grid()
+        ),
+    )
+
+
+# -------------------------------------------------------------------- app
+
+
+def _draw_app_subjects(rng: np.random.Generator, n: int) -> _Subjects:
+    """Draw ``b ~ N(0, I_3)``, ``age ~ N(0, 1)``, ``male ~ Bernoulli(0.5)``."""
+    b = rng.standard_normal((n, 3))
+    covariates = {"age": rng.standard_normal(n), "male": _bernoulli(rng, np.full(n, 0.5))}
+    return b, covariates
+
+
+def _app_means(
+    b: np.ndarray, covariates: dict, t: np.ndarray, n_days: int
+) -> dict[str, np.ndarray]:
+    """Conditional means (response scale) of the three app items at times ``t``."""
+    week = 2.0 * np.pi * t / 7.0
+    age, male = covariates["age"][:, None], covariates["male"][:, None]
+    b0, b1, b2 = b[:, 0:1], b[:, 1:2], b[:, 2:3]
+    a, lo, bo = _APP["affect"], _APP["lonely"], _APP["bored"]
+    eta_affect = (
+        a["intercept"] + a["age"] * age + a["b0"] * b0
+        + a["sin_week"] * np.sin(week) + a["b1_trend"] * b1 * t / n_days
+    )
+    eta_lonely = lo["intercept"] + lo["b0"] * b0 + lo["b2"] * b2 + lo["cos_week"] * np.cos(week)
+    eta_bored = (
+        bo["intercept"] + bo["b2"] * b2 + bo["b0"] * b0
+        + bo["sin_week"] * np.sin(week) + bo["male"] * male
+    )
+    low, high = _APP["bounds"]
+    return {
+        "affect": low + (high - low) * _expit(eta_affect),
+        "lonely": _expit(eta_lonely),
+        "bored": _expit(eta_bored),
+    }
+
+
+def _draw_bounded(rng: np.random.Generator, mean: np.ndarray) -> np.ndarray:
+    """Scaled beta draw with the given mean, snapped to the bounds when within ``snap``."""
+    low, high = _APP["bounds"]
+    mu = (mean - low) / (high - low)
+    value = low + (high - low) * rng.beta(mu * _APP["phi"], (1.0 - mu) * _APP["phi"])
+    value[value < low + _APP["snap"]] = low
+    value[value > high - _APP["snap"]] = high
+    return value
+
+
+def _app_observed_days(rng: np.random.Generator, affect: np.ndarray) -> np.ndarray:
+    """Days (``(n_subjects, n_days)`` mask) on which the subject responded.
+
+    Day 0 is always observed; see :func:`simulate_app` for the model.
+    """
+    m = _APP_MISSINGNESS
+    n_subjects, n_days = affect.shape
+    day = np.arange(n_days)
+    engagement = m["engagement_sd"] * rng.standard_normal((n_subjects, 1))
+    weekend = (day % 7 >= 5).astype(float)
+    base = m["intercept"] + engagement + m["weekend"] * weekend + m["decline"] * day / n_days
+    uniforms = rng.random((n_subjects, n_days))
+    observed = np.zeros((n_subjects, n_days), dtype=bool)
+    observed[:, 0] = True
+    for j in range(1, n_days):  # sequential: today depends on yesterday's observed affect
+        lag = np.where(observed[:, j - 1], affect[:, j - 1] - m["affect_centre"], 0.0)
+        observed[:, j] = uniforms[:, j] < _expit(base[:, j] + m["affect_lag"] * lag)
+    quits = rng.random(n_subjects) < m["dropout_prob"]
+    quit_day = rng.integers(1, n_days, size=n_subjects)
+    return observed & ~(quits[:, None] & (day >= quit_day[:, None]))
+
+
+def simulate_app(n_subjects: int = 1174, n_days: int = 105, seed: int = 0) -> SimulatedData:
+    r"""App-like daily data: one bounded and two binary items sharing ``b_i``.
+
+    Days ``t = 0, ..., T-1`` (``T = n_days``, a shared grid; day 0 is a
+    Monday, so days with ``t mod 7 in {5, 6}`` are weekend days). With
+    ``w(t) = 2 pi t / 7``::
+
+        age_i ~ N(0, 1),   male_i = [sex_i == 'male'] ~ Bernoulli(0.5)
+        b_i = (b0_i, b1_i, b2_i) ~ N(0, I_3)
+
+        affect:  eta = -0.4 + 0.2 age_i + 0.6 b0_i + 0.25 sin w(t) + 0.3 b1_i t / T
+                 mu = expit(eta),   affect = 1 + 6 B,   B ~ Beta(mu phi, (1 - mu) phi),
+                 phi = 8; draws within 0.01 of 1 or 7 are set to the bound (the
+                 slider endpoints).  E[affect | b] = 1 + 6 mu.  (At these
+                 values mu is mostly 0.2-0.6, so the draws that reach an
+                 endpoint are nearly all at 1.)
+        lonely ~ Bernoulli(expit(-1.0 + 0.9 b0_i + 0.5 b2_i + 0.2 cos w(t)))
+        bored  ~ Bernoulli(expit(-0.5 + 0.7 b2_i - 0.4 b0_i + 0.3 sin w(t) + 0.1 male_i))
+
+    Missingness (about 61% of the outcome cells; 61.0% at the defaults,
+    seed 0). A day is either answered (all three items) or not. Day 0 is
+    always answered; on day ``t >= 1``::
+
+        logit P(answer_it | past) = 0.52 + e_i - 0.5 weekend(t) - 1.5 t / T
+                                    + 0.3 (affect_{i,t-1} - 4) [answered_{i,t-1}]
+        e_i ~ N(0, 1.5^2)  (engagement)
+
+    so a low affect observed yesterday makes a missing day more likely
+    (missing at random). In addition 15% of subjects quit for good from a
+    day drawn uniformly from ``1, ..., T-1``, and on 5% of the answered
+    days the two binary items are missing (affect observed).
+
+    Covariates ``age`` (float) and ``sex`` (categorical, categories
+    ``['female', 'male']``). ``params`` holds the coefficients per outcome
+    (``affect``, ``lonely``, ``bored``), ``phi``, ``bounds``, ``snap``,
+    ``D`` and the missingness constants under ``missingness``.
+    """
+    n_subjects = _check_count("n_subjects", n_subjects, 1)
+    n_days = _check_count("n_days", n_days, 2)
+    rng = _make_rng(seed)
+    b, covariates = _draw_app_subjects(rng, n_subjects)
+    times = np.broadcast_to(np.arange(n_days, dtype=float), (n_subjects, n_days))
+    means = _app_means(b, covariates, times, n_days)
+    complete = {
+        "affect": _draw_bounded(rng, means["affect"]),
+        "lonely": _bernoulli(rng, means["lonely"]),
+        "bored": _bernoulli(rng, means["bored"]),
+    }
+    answered = _app_observed_days(rng, complete["affect"])
+    binary_skip = rng.random(answered.shape) < _APP_MISSINGNESS["binary_skip_prob"]
+    binary_observed = answered & ~binary_skip
+    observed = {"affect": answered, "lonely": binary_observed, "bored": binary_observed}
+    columns = {
+        "age": covariates["age"],
+        "sex": _categorical(covariates["male"], ("female", "male")),
+    }
+    data, truth = _long_frames(times, columns, means, complete, observed)
+    params = copy.deepcopy(_APP)
+    params["missingness"] = dict(_APP_MISSINGNESS)
+    means_fn = functools.partial(_app_means, n_days=n_days)
+    return SimulatedData(
+        data=data,
+        truth=truth,
+        random_effects=b,
+        outcomes=dict(_APP_OUTCOMES),
+        covariates=list(columns),
+        params=params,
+        population_truth=_population_truth(
+            _draw_app_subjects, means_fn, np.arange(n_days, dtype=float)
+        ),
+    )

@@ -1,0 +1,35 @@
+"""Exceptions raised by pyro_dgmm.
+
+Every message names what the user can change: the column, the rows, the
+option. None of these is raised for an internal inconsistency; those stay
+``AssertionError``/``RuntimeError``.
+"""
+
+
+class DgmmError(Exception):
+    """Base class of every error pyro_dgmm raises on purpose."""
+
+
+class DataError(DgmmError, ValueError):
+    """The input data (a DataFrame, a column, some rows) cannot be used as given."""
+
+
+class ConfigError(DgmmError, ValueError):
+    """An option (family, basis, network size, fit setting) is not valid."""
+
+
+class NotFittedError(DgmmError, RuntimeError):
+    """A method that needs a fitted model was called before ``fit``."""
+
+
+class FitError(DgmmError, RuntimeError):
+    """Fitting broke down (for example the loss became NaN)."""
+
+
+def describe_rows(labels, limit: int = 5) -> str:
+    """Format row labels for a message: ``'rows 3, 8, 12 (and 4 more)'``."""
+    labels = list(labels)
+    shown = ", ".join(str(x) for x in labels[:limit])
+    more = f" (and {len(labels) - limit} more)" if len(labels) > limit else ""
+    word = "row" if len(labels) == 1 else "rows"
+    return f"{word} {shown}{more}"

@@ -1,0 +1,211 @@
+"""The analyst's entry point: a DGMM fitted from a long DataFrame.
+
+Composition only: the schema (:mod:`pyro_dgmm.data`), the model
+(:mod:`pyro_dgmm.model`), the guide (:mod:`pyro_dgmm.guide`), the fit loop
+(:mod:`pyro_dgmm.fit`) and the posterior (:mod:`pyro_dgmm.posterior`).
+
+Example::
+
+    >>> from pyro_dgmm import DeepMixedModel
+    >>> from pyro_dgmm.datasets import simulate_linear
+    >>> sim = simulate_linear(n_subjects=60, n_visits=6, seed=1)
+    >>> dgmm = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"},
+    ...                       covariates=["age", "group"], time_basis="poly(1)")
+    >>> dgmm = dgmm.fit(sim.data, max_epochs=5, progress=False)
+    >>> dgmm.fitted_values(num_samples=50).columns.tolist()
+    ['id', 'time', 'y', 'y_fitted']
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+
+from .data import DataSchema, LongitudinalData
+from .errors import ConfigError, NotFittedError
+from .families import Family
+from .fit import FitConfig, FitResult, fit_svi
+from .guide import AmortizedGuide
+from .model import DGMM, MixedModel
+from .posterior import fitted_means
+
+SAVE_FORMAT = 1
+
+
+@dataclass
+class ModelOptions:
+    """Architecture of model and guide (see :class:`~pyro_dgmm.model.DGMM`
+    and :class:`~pyro_dgmm.guide.AmortizedGuide`).
+
+    ``model_options`` are passed to ``model_class``; the defaults suit
+    :class:`DGMM` (``fixed_hidden``, ``random_hidden``, ``activation``).
+    """
+
+    latent_dim: int = 2
+    model_options: dict = field(default_factory=dict)
+    encoder: str = "set"
+    encoder_hidden: tuple = (128, 128)
+    covariance: str = "full"
+    activation: str = "tanh"
+
+
+class DeepMixedModel:
+    """A Deep Generalized Mixed Model for a long DataFrame.
+
+    :param id_col, time_col: subject id and time columns.
+    :param outcomes: outcome column -> family (``'gaussian'``,
+        ``'bernoulli'``, ``'poisson'``, ``'bounded(1,7)'`` or a
+        :class:`~pyro_dgmm.families.Family`).  Outcomes share one latent b_i.
+    :param covariates: baseline covariate columns (numeric or categorical).
+    :param time_basis: time functions T_ij, e.g. ``'spline(4)'``,
+        ``'poly(2)'``, ``'spline(4)+fourier(7)'``.
+    :param latent_dim: q, the dimension of b_i.
+    :param model_class: :class:`DGMM` or a user subclass of
+        :class:`~pyro_dgmm.model.MixedModel`.
+    :param model_options: keyword arguments for ``model_class``.
+    :param encoder: ``'set'`` (pools over visits) or ``'dense'`` (talk).
+    :param covariance: ``'full'`` (Cholesky) or ``'diagonal'`` Sigma_b.
+    :param validation_fraction: share of subjects held out for early stopping.
+    """
+
+    def __init__(self, *, id_col: str, time_col: str, outcomes: Mapping[str, str | Family],
+                 covariates: Sequence[str] = (), time_basis="spline(4)", latent_dim: int = 2,
+                 model_class: type[MixedModel] = DGMM, model_options: dict | None = None,
+                 encoder: str = "set", encoder_hidden: Sequence[int] = (128, 128),
+                 covariance: str = "full", activation: str = "tanh",
+                 validation_fraction: float = 0.1):
+        if not (isinstance(model_class, type) and issubclass(model_class, MixedModel)):
+            raise ConfigError(f"model_class must be a subclass of MixedModel, got {model_class!r}")
+        if not 0 <= validation_fraction < 1:
+            raise ConfigError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+        if latent_dim < 1:
+            raise ConfigError(f"latent_dim must be a positive integer, got {latent_dim}")
+        self.id_col, self.time_col = id_col, time_col
+        self.outcomes = dict(outcomes)
+        self.covariates = list(covariates)
+        self.time_basis = time_basis
+        self.model_class = model_class
+        self.options = ModelOptions(latent_dim, dict(model_options or {}), encoder,
+                                    tuple(encoder_hidden), covariance, activation)
+        self.validation_fraction = validation_fraction
+        self.schema_: DataSchema | None = None
+        self.model_: MixedModel | None = None
+        self.guide_: AmortizedGuide | None = None
+        self.result_: FitResult | None = None
+        self.data_: LongitudinalData | None = None
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, df: pd.DataFrame, config: FitConfig | None = None, **config_overrides) -> "DeepMixedModel":
+        """Fit to ``df`` (one row per visit).  Fit settings come from
+        ``config`` (a :class:`~pyro_dgmm.fit.FitConfig`) and/or keyword
+        overrides such as ``max_epochs=200, progress=False``."""
+        config = replace(config or FitConfig(), **config_overrides)
+        self.schema_ = DataSchema.fit(df, id_col=self.id_col, time_col=self.time_col,
+                                      outcomes=self.outcomes, covariates=self.covariates,
+                                      time_basis=self.time_basis)
+        self.data_ = self.schema_.transform(df)
+        pyro.set_rng_seed(config.seed)
+        self.model_, self.guide_ = self._build(self.schema_, self.data_.num_visits)
+        train, validation = self._split(self.data_, config.seed)
+        self.result_ = fit_svi(self.model_, self.guide_, train, validation, config)
+        self.model_.cpu(), self.guide_.cpu()
+        return self
+
+    def _build(self, schema: DataSchema, num_visits: int):
+        o = self.options
+        model_options = {"activation": o.activation, **o.model_options}
+        model = self.model_class.from_schema(schema, o.latent_dim, **model_options)
+        guide = AmortizedGuide.from_schema(schema, o.latent_dim, kind=o.encoder, hidden=o.encoder_hidden,
+                                           covariance=o.covariance, activation=o.activation,
+                                           num_visits=num_visits)
+        return model, guide
+
+    def _split(self, data: LongitudinalData, seed: int):
+        n_val = int(round(self.validation_fraction * data.num_subjects))
+        if n_val == 0 or data.num_subjects - n_val < 2:
+            return data, None
+        perm = np.random.default_rng(seed).permutation(data.num_subjects)
+        return data.subset(np.sort(perm[n_val:])), data.subset(np.sort(perm[:n_val]))
+
+    # ------------------------------------------------------------- results
+    def _check_fitted(self) -> None:
+        if self.model_ is None:
+            raise NotFittedError("this DeepMixedModel is not fitted yet: call fit(df) first")
+
+    def transform(self, df: pd.DataFrame, *, require_observed: bool = True) -> LongitudinalData:
+        """Tensors for ``df`` with the fitted schema (scalers, levels, basis)."""
+        self._check_fitted()
+        return self.schema_.transform(df, require_observed=require_observed)
+
+    def fitted_values(self, df: pd.DataFrame | None = None, *, num_samples: int = 500,
+                      method: str = "importance") -> pd.DataFrame:
+        """Subject-specific fitted means for every row (visit) of ``df``
+        (default: the training data), observed or not.
+
+        Returns a DataFrame sorted by subject and time with the id and time
+        columns, each outcome's observed value (NaN if missing) and
+        ``<outcome>_fitted``: E[y | y_i^o] on the response scale
+        (probabilities for binary outcomes), by importance sampling
+        (``method='importance'``) or from the encoder alone (``'encoder'``).
+        """
+        self._check_fitted()
+        if df is None and self.data_ is None:
+            raise NotFittedError("this model was loaded from disk without its data: pass df")
+        data = self.data_ if df is None else self.transform(df)
+        means = fitted_means(self.model_, self.guide_, data, num_samples, method)
+        out = data.observed_long()
+        fitted = data.to_long({f"{name}_fitted": means[..., k] for k, name in enumerate(data.outcomes)})
+        return pd.concat([out, fitted.drop(columns=[data.id_col, data.time_col])], axis=1)
+
+    # ----------------------------------------------------------- save/load
+    def save(self, path: str | Path) -> None:
+        """Save the fitted model (configuration, schema, weights, fit history)."""
+        self._check_fitted()
+        torch.save({
+            "format": SAVE_FORMAT,
+            "init": self._init_kwargs(),
+            "model_class": f"{self.model_class.__module__}:{self.model_class.__qualname__}",
+            "schema": self.schema_.to_spec(),
+            "num_visits": self.data_.num_visits,
+            "model_state": self.model_.state_dict(),
+            "guide_state": self.guide_.state_dict(),
+            "result": asdict(self.result_),
+        }, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DeepMixedModel":
+        """Load a model saved with :meth:`save`; it predicts exactly as before.
+        The training data are not stored: pass ``df`` to ``fitted_values``."""
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("format") != SAVE_FORMAT:
+            raise ConfigError(f"{path} is not a pyro_dgmm save file of format {SAVE_FORMAT}")
+        module, _, qualname = saved["model_class"].partition(":")
+        model_class = importlib.import_module(module)
+        for part in qualname.split("."):
+            model_class = getattr(model_class, part)
+        self = cls(model_class=model_class, **saved["init"])
+        self.schema_ = DataSchema.from_spec(saved["schema"])
+        self.model_, self.guide_ = self._build(self.schema_, saved["num_visits"])
+        self.model_.load_state_dict(saved["model_state"])
+        self.guide_.load_state_dict(saved["guide_state"])
+        self.model_.eval(), self.guide_.eval()
+        self.result_ = FitResult(**saved["result"])
+        return self
+
+    def _init_kwargs(self) -> dict:
+        o = self.options
+        return {
+            "id_col": self.id_col, "time_col": self.time_col,
+            "outcomes": {k: f.to_spec() for k, f in self.schema_.families.items()},
+            "covariates": self.covariates,
+            "time_basis": self.schema_.time_basis.to_spec(),
+            "latent_dim": o.latent_dim, "model_options": o.model_options, "encoder": o.encoder,
+            "encoder_hidden": list(o.encoder_hidden), "covariance": o.covariance,
+            "activation": o.activation, "validation_fraction": self.validation_fraction,
+        }

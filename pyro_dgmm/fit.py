@@ -1,0 +1,235 @@
+r"""Stochastic variational inference for a mixed model and its amortised guide.
+
+The objective per optimisation step, for a minibatch :math:`B` of the
+:math:`N` training subjects, is the talk's penalised negative ELBO divided
+by :math:`N` (a per-subject scale, so learning rates do not depend on
+:math:`N`):
+
+.. math::
+
+    \mathcal L = \frac{1}{N}\Big[-\frac{N}{|B|}\sum_{i \in B}
+        \Big(\frac1M \sum_{m=1}^M \log p(y_i^o \mid b_i^{(m)}; \theta)
+        - \beta\, \mathrm{KL}\big(q(b_i \mid y_i; \phi) \,\|\, p(b_i)\big)\Big)\Big]
+        + \kappa\,(\lVert W_\theta \rVert^2 + \lVert W_\phi \rVert^2)
+
+with :math:`M` = ``num_particles``, :math:`\beta` the KL-annealing weight
+(rising linearly from ``kl_start`` to 1 over ``kl_warmup_epochs``) and
+:math:`\kappa` = ``ridge`` on the weight matrices of all networks (biases
+and dispersion parameters are not penalised).  ``elbo='meanfield'`` uses
+``TraceMeanField_ELBO`` (closed-form KL, as in the talk);
+``elbo='trace'`` uses ``Trace_ELBO`` (Monte Carlo KL).
+
+The loop optimises with Adam on ``elbo.differentiable_loss`` (the Pyro
+idiom for custom objectives), clips gradient norms, follows a cosine
+learning-rate schedule and stops early when the negative ELBO of held-out
+subjects has not improved for ``patience`` evaluations, restoring the best
+parameters.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import pyro
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from tqdm.auto import tqdm
+
+from .data import LongitudinalData
+from .errors import ConfigError, FitError
+
+ELBOS = {"meanfield": TraceMeanField_ELBO, "trace": Trace_ELBO}
+
+
+@dataclass
+class FitConfig:
+    """Settings of :func:`fit_svi` (all keyword, all with defaults).
+
+    :param elbo: ``'meanfield'`` (closed-form KL) or ``'trace'``.
+    :param num_particles: M, Monte Carlo draws of b per subject and step.
+    :param max_epochs: passes over the training subjects, at most.
+    :param batch_size: subjects per step; None = all when there are at most
+        1024 training subjects, else 256.
+    :param learning_rate: Adam's initial step size; decays along a cosine
+        to ``learning_rate * final_lr_factor`` at ``max_epochs``.
+    :param kl_start, kl_warmup_epochs: KL annealing from beta = kl_start
+        (must be > 0) to 1.
+    :param ridge: kappa, the ridge penalty on network weights.
+    :param clip_norm: gradient-norm clipping threshold.
+    :param eval_every: epochs between held-out evaluations.
+    :param patience: evaluations without improvement before stopping.
+    :param eval_particles: draws of b per held-out subject per evaluation.
+    :param seed: makes a run reproducible (data split, batches, draws, init).
+    :param device: ``'cpu'``, ``'cuda'``, or None for cuda when available.
+    :param progress: show a tqdm progress bar.
+    """
+
+    elbo: str = "meanfield"
+    num_particles: int = 1
+    max_epochs: int = 400
+    batch_size: int | None = None
+    learning_rate: float = 0.01
+    final_lr_factor: float = 0.05
+    kl_start: float = 0.01
+    kl_warmup_epochs: int = 20
+    ridge: float = 1e-4
+    clip_norm: float = 10.0
+    eval_every: int = 5
+    patience: int = 8
+    eval_particles: int = 4
+    seed: int = 0
+    device: str | None = "cpu"
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.elbo not in ELBOS:
+            raise ConfigError(f"elbo must be one of {sorted(ELBOS)}, got '{self.elbo}'")
+        if not 0 < self.kl_start <= 1:
+            raise ConfigError(f"kl_start must be in (0, 1], got {self.kl_start}")
+        for name in ("num_particles", "max_epochs", "eval_every", "patience", "eval_particles"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch_size must be positive or None, got {self.batch_size}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+
+    def resolved_device(self) -> torch.device:
+        if self.device is None:
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if str(self.device).startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device='{self.device}' was asked for but CUDA is not available")
+        return torch.device(self.device)
+
+    def kl_scale(self, epoch: int) -> float:
+        """beta at ``epoch`` (0-based): linear from kl_start to 1."""
+        if self.kl_warmup_epochs <= 0:
+            return 1.0
+        return min(1.0, self.kl_start + (1 - self.kl_start) * epoch / self.kl_warmup_epochs)
+
+
+@dataclass
+class FitResult:
+    """What a fit produced besides the fitted modules.
+
+    ``train_loss[e]`` is the mean objective over epoch ``e``;
+    ``validation_loss`` holds ``(epoch, held-out negative ELBO per subject)``.
+    """
+
+    config: dict
+    train_loss: list[float] = field(default_factory=list)
+    validation_loss: list[tuple[int, float]] = field(default_factory=list)
+    kl_scale: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    epochs_run: int = 0
+    stop_reason: str = ""
+    seconds: float = 0.0
+
+
+def ridge_penalty(*modules: torch.nn.Module) -> torch.Tensor:
+    """Sum of squared weight-matrix entries (parameters named ``*weight``)."""
+    terms = [p.pow(2).sum() for m in modules for n, p in m.named_parameters() if n.endswith("weight")]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData | None = None,
+            config: FitConfig | None = None) -> FitResult:
+    """Fit ``model`` and ``guide`` to ``train`` in place; return a :class:`FitResult`.
+
+    :param validation: held-out subjects for early stopping (None: run
+        ``max_epochs`` and keep the final parameters).
+    """
+    config = config or FitConfig()
+    device = config.resolved_device()
+    pyro.set_rng_seed(config.seed)
+    model.to(device)
+    guide.to(device)
+    train = train.to(device)
+    validation = validation.to(device) if validation is not None else None
+    elbo = ELBOS[config.elbo](num_particles=config.num_particles, vectorize_particles=True,
+                              max_plate_nesting=2)
+    eval_elbo = ELBOS[config.elbo](num_particles=config.eval_particles, vectorize_particles=True,
+                                   max_plate_nesting=2)
+    params = list(model.parameters()) + list(guide.parameters())
+    optimizer = torch.optim.Adam(params, lr=config.learning_rate)
+    n = train.num_subjects
+    batch_size = config.batch_size or (n if n <= 1024 else 256)
+    steps_per_epoch = math.ceil(n / batch_size)
+    total_steps = config.max_epochs * steps_per_epoch
+    floor = config.final_lr_factor
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    result = FitResult(config=asdict(config))
+    best = (math.inf, None)
+    stale = 0
+    start = time.perf_counter()
+    bar = tqdm(range(config.max_epochs), disable=not config.progress, desc="fitting DGMM", unit="epoch")
+    for epoch in bar:
+        beta = config.kl_scale(epoch)
+        model.train(), guide.train()
+        order = torch.randperm(n, generator=generator)
+        epoch_loss = 0.0
+        for step in range(steps_per_epoch):
+            batch = train.subset(order[step * batch_size:(step + 1) * batch_size])
+            loss = elbo.differentiable_loss(model, guide, batch, num_subjects=n, kl_scale=beta) / n
+            loss = loss + config.ridge * ridge_penalty(model, guide)
+            if not torch.isfinite(loss):
+                raise FitError(
+                    f"the loss became {loss.item()} at epoch {epoch}, step {step}. Try a smaller "
+                    f"learning_rate (now {config.learning_rate}), a smaller clip_norm (now "
+                    f"{config.clip_norm}), a larger ridge (now {config.ridge}) or a longer "
+                    "kl_warmup_epochs; also check outcomes for extreme values"
+                )
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
+            optimizer.step()
+            schedule.step()
+            epoch_loss += loss.item() / steps_per_epoch
+        result.train_loss.append(epoch_loss)
+        result.kl_scale.append(beta)
+        result.epochs_run = epoch + 1
+        bar.set_postfix(loss=f"{epoch_loss:.4g}", beta=f"{beta:.2f}")
+        if validation is None or (epoch + 1) % config.eval_every:
+            continue
+        held_out = heldout_loss(model, guide, validation, eval_elbo)
+        result.validation_loss.append((epoch, held_out))
+        if beta < 1.0:  # the objective is not yet the ELBO: nothing to compare
+            continue
+        if held_out < best[0]:
+            best = (held_out, _snapshot(model, guide))
+            result.best_epoch = epoch
+            stale = 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                result.stop_reason = (
+                    f"early stop: held-out loss did not improve for {config.patience} evaluations"
+                )
+                break
+    bar.close()
+    if best[1] is not None:
+        _restore(model, guide, best[1])
+    result.stop_reason = result.stop_reason or f"reached max_epochs={config.max_epochs}"
+    result.seconds = time.perf_counter() - start
+    model.eval(), guide.eval()
+    return result
+
+
+def heldout_loss(model, guide, data: LongitudinalData, elbo) -> float:
+    """Negative ELBO per subject of ``data`` (no KL annealing, no gradients)."""
+    with torch.no_grad():
+        return elbo.loss(model, guide, data) / data.num_subjects
+
+
+def _snapshot(model, guide) -> tuple[dict, dict]:
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(guide.state_dict())
+
+
+def _restore(model, guide, snapshot) -> None:
+    model.load_state_dict(snapshot[0])
+    guide.load_state_dict(snapshot[1])

@@ -1,0 +1,72 @@
+r"""The amortised guide q(b_i | y_i) = N(mu_b(y_i), Sigma_b(y_i)).
+
+The encoder (a :class:`~pyro_dgmm.nn.SetEncoder` or the talk's
+:class:`~pyro_dgmm.nn.DenseEncoder`) maps a subject's record to
+``loc`` and a Cholesky factor ``L`` of :math:`\Sigma_b = L L^\top`, full or
+diagonal.  Both cases use a ``MultivariateNormal`` so that, against the
+model's ``MultivariateNormal`` prior, ``TraceMeanField_ELBO`` takes the
+closed-form KL of the talk:
+
+.. math:: \mathrm{KL}(q \,\|\, p) = \tfrac12\big(\operatorname{tr}\Sigma_b - q
+          + \mu_b^\top \mu_b - \log\det \Sigma_b\big)
+"""
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.nn import PyroModule
+
+from .data import DataSchema, LongitudinalData
+from .errors import ConfigError
+from .model import subjects_plate
+from .nn import DenseEncoder, SetEncoder
+
+
+class AmortizedGuide(PyroModule):
+    """Guide with one encoder network shared by all subjects.
+
+    :param encoder: a module ``(encoder_y, mask, visit_mask, time_features,
+        covariates) -> (loc (N, q), scale_tril (N, q, q))``.
+    """
+
+    def __init__(self, encoder: torch.nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    @classmethod
+    def from_schema(cls, schema: DataSchema, latent_dim: int, *, kind: str = "set",
+                    hidden=(128, 128), covariance: str = "full", activation: str = "tanh",
+                    num_visits: int | None = None) -> "AmortizedGuide":
+        """Build the encoder for data described by ``schema``.
+
+        :param kind: ``'set'`` (pools over visits; any number of visits) or
+            ``'dense'`` (the talk's flat encoder; needs ``num_visits``).
+        """
+        args = (len(schema.families), schema.time_basis.num_features,
+                len(schema.covariate_encoder.columns), latent_dim)
+        options = dict(hidden=tuple(hidden), covariance=covariance, activation=activation)
+        if kind == "set":
+            return cls(SetEncoder(*args, **options))
+        if kind == "dense":
+            if num_visits is None:
+                raise ConfigError("the dense encoder needs num_visits (the padded record length)")
+            return cls(DenseEncoder(*args, num_visits=num_visits, **options))
+        raise ConfigError(f"encoder kind must be 'set' or 'dense', got '{kind}'")
+
+    def posterior(self, data: LongitudinalData) -> dist.MultivariateNormal:
+        """q(b_i | y_i) for every subject in ``data``: batch (N,), event (q,)."""
+        loc, scale_tril = self.encoder(
+            data.encoder_y, data.mask, data.visit_mask, data.time_features, data.covariates
+        )
+        return dist.MultivariateNormal(loc, scale_tril=scale_tril)
+
+    def forward(self, data: LongitudinalData, *, num_subjects: int | None = None,
+                kl_scale: float = 1.0, observe: bool = True) -> torch.Tensor:
+        """Sample ``b`` (batch (N, 1)) with the same plate and scale as the model."""
+        q = self.posterior(data)
+        with subjects_plate(data, num_subjects), poutine.scale(scale=kl_scale):
+            return pyro.sample(
+                "b", dist.MultivariateNormal(q.loc.unsqueeze(-2), scale_tril=q.scale_tril.unsqueeze(-3))
+            )

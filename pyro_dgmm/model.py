@@ -1,0 +1,186 @@
+r"""The generative model: a base mixed model and the DGMM.
+
+.. math::
+
+    b_i &\sim \mathcal N(0, I_q) \\
+    \eta_{ijk} &= \alpha_k + s_k\, \nu_k(b_i, X_i, T_{ij}) \\
+    y_{ijk} \mid b_i &\sim \mathcal F_k\big(g_k^{-1}(\eta_{ijk}), \sigma_k\big)
+    \quad \text{for observed cells } m_{ijk} = 1
+
+:class:`MixedModel` owns everything but :math:`\nu`: the ``subjects`` and
+``time`` plates, the prior on ``b``, KL annealing (``kl_scale``), the
+per-outcome offsets :math:`\alpha_k` and scales :math:`s_k` (fixed from the
+data so networks work on a unit scale), dispersion parameters and masked
+likelihoods.  A model variant overrides one method,
+:meth:`MixedModel.linear_predictor`.  :class:`DGMM` is the talk's model,
+:math:`\nu = \mu_1(X_i, T_{ij}) + \mu_2(b_i, T_{ij})`.
+
+Sample sites: ``b`` (batch (N, 1), event (q,)) and ``y_<outcome>`` (batch
+(N, T)).  Missing cells are handled by ``Distribution.mask`` on a filled
+``obs`` (never ``obs_mask``, which would add latent sites the guide has to
+cover; see the design notes), so the ELBO is exact for the observed cells.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.nn import PyroModule, PyroParam
+
+from .data import DataSchema, LongitudinalData
+from .families import Family
+from .nn import FixedEffectsNet, RandomEffectsNet
+
+
+class MixedModel(PyroModule):
+    """Base class of mixed models with latent ``b_i ~ N(0, I_q)``.
+
+    Subclasses implement :meth:`linear_predictor`.  Everything else (plates,
+    prior, annealing, families, masking, minibatch scaling) is shared, so a
+    variant gets fitting, imputation, prediction and ArviZ export for free.
+
+    :param families: outcome name -> :class:`~pyro_dgmm.families.Family`, in
+        the order of the data's last axis.
+    :param latent_dim: q, the dimension of ``b_i``.
+    :param offsets, scales: per-outcome :math:`\\alpha_k, s_k` (shape (K,)).
+    :param dispersions: per-outcome initial dispersion (None for families
+        without one).
+    """
+
+    def __init__(self, families: Mapping[str, Family], latent_dim: int,
+                 offsets: Sequence[float], scales: Sequence[float],
+                 dispersions: Sequence[float | None]):
+        super().__init__()
+        self.families = dict(families)
+        self.latent_dim = latent_dim
+        self.register_buffer("outcome_offset", torch.as_tensor(offsets, dtype=torch.float32))
+        self.register_buffer("outcome_scale", torch.as_tensor(scales, dtype=torch.float32))
+        self._dispersion_attr: dict[str, str] = {}
+        for k, (name, family) in enumerate(self.families.items()):
+            if family.has_dispersion:
+                attr = f"dispersion_{k}"
+                setattr(self, attr, PyroParam(torch.tensor(float(dispersions[k])),
+                                              constraint=dist.constraints.positive))
+                self._dispersion_attr[name] = attr
+
+    @classmethod
+    def from_schema(cls, schema: DataSchema, latent_dim: int, **kwargs) -> "MixedModel":
+        """Build with offsets, scales and dispersions learned by ``schema``;
+        ``kwargs`` go to the subclass (network sizes etc.)."""
+        return cls(
+            schema.families,
+            latent_dim,
+            offsets=schema.initial_offset.tolist(),
+            scales=schema.initial_scale.tolist(),
+            dispersions=schema.initial_dispersion,
+            num_covariates=len(schema.covariate_encoder.columns),
+            num_time_features=schema.time_basis.num_features,
+            **kwargs,
+        )
+
+    @property
+    def outcomes(self) -> list[str]:
+        return list(self.families)
+
+    def dispersion(self, name: str) -> torch.Tensor | None:
+        """The dispersion parameter of outcome ``name`` (None if it has none)."""
+        attr = self._dispersion_attr.get(name)
+        return getattr(self, attr) if attr else None
+
+    def linear_predictor(self, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
+        """nu(b, data): the part of the linear predictor to model, on the unit scale.
+
+        :param b: random effects, shape (..., N, q) (leading dims are
+            particles or posterior draws).
+        :param data: the subjects' tensors.
+        :returns: shape (..., N, T, K).
+        """
+        raise NotImplementedError
+
+    def eta(self, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
+        """Linear predictor eta = alpha + s * nu(b, data), shape (..., N, T, K)."""
+        return self.outcome_offset + self.outcome_scale * self.linear_predictor(b, data)
+
+    def mean(self, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
+        """Conditional means E[y | b] on the response scale, shape (..., N, T, K)."""
+        eta = self.eta(b, data)
+        return torch.stack(
+            [family.inverse_link(eta[..., k]) for k, family in enumerate(self.families.values())], -1
+        )
+
+    def observation_distributions(self, b: torch.Tensor, data: LongitudinalData) -> dict[str, dist.Distribution]:
+        """Outcome name -> distribution of y_<name> given b, batch shape (..., N, T)."""
+        eta = self.eta(b, data)
+        return {
+            name: family.distribution(eta[..., k], self.dispersion(name))
+            for k, (name, family) in enumerate(self.families.items())
+        }
+
+    def forward(self, data: LongitudinalData, *, num_subjects: int | None = None,
+                kl_scale: float = 1.0, observe: bool = True) -> torch.Tensor:
+        """Run the model on ``data`` (a minibatch of ``num_subjects``).
+
+        :param num_subjects: the size of the full data set the batch was
+            drawn from; the likelihood and KL are scaled by
+            ``num_subjects / N`` (Pyro plate subsampling).
+        :param kl_scale: KL-annealing weight beta in (0, 1] on the ``b`` site.
+        :param observe: condition on ``data.y`` (masked by ``data.mask``);
+            False draws every cell, for prediction and imputation.
+        :returns: eta, shape (..., N, T, K).
+        """
+        n, t = data.num_subjects, data.num_visits
+        q = self.latent_dim
+        with subjects_plate(data, num_subjects):
+            prior = dist.MultivariateNormal(
+                data.y.new_zeros(q), scale_tril=torch.eye(q, dtype=data.y.dtype, device=data.device)
+            ).expand([n, 1])
+            with poutine.scale(scale=kl_scale):
+                b = pyro.sample("b", prior)
+            eta = self.eta(b.squeeze(-2), data)
+            with pyro.plate("time", t, dim=-1):
+                for k, (name, family) in enumerate(self.families.items()):
+                    fn = family.distribution(eta[..., k], self.dispersion(name))
+                    if observe:
+                        pyro.sample(f"y_{name}", fn.mask(data.mask[..., k]), obs=data.y[..., k])
+                    else:
+                        pyro.sample(f"y_{name}", fn)
+        return eta
+
+
+def subjects_plate(data: LongitudinalData, num_subjects: int | None = None):
+    """The ``subjects`` plate (dim -2) over a batch of ``data.num_subjects``
+    drawn from ``num_subjects`` (default: the batch is everything)."""
+    n = data.num_subjects
+    total = n if num_subjects is None else num_subjects
+    return pyro.plate("subjects", total, subsample=torch.arange(n, device=data.device), dim=-2)
+
+
+class DGMM(MixedModel):
+    r"""Deep Generalized Mixed Model (Rizopoulos, van Gerwen & Willemsen).
+
+    .. math:: \nu(b_i, X_i, T_{ij}) = \mu_1(X_i, T_{ij}) + \mu_2(b_i, T_{ij})
+
+    with :class:`~pyro_dgmm.nn.FixedEffectsNet` as ``fixed_effects`` (mu1)
+    and :class:`~pyro_dgmm.nn.RandomEffectsNet` as ``random_effects`` (mu2).
+    ``fixed_hidden=()`` and ``random_hidden=()`` make both linear: with a
+    Gaussian family this is exactly a linear mixed model.
+    """
+
+    def __init__(self, families: Mapping[str, Family], latent_dim: int, *,
+                 offsets: Sequence[float], scales: Sequence[float],
+                 dispersions: Sequence[float | None], num_covariates: int,
+                 num_time_features: int, fixed_hidden: Sequence[int] = (64, 64),
+                 random_hidden: Sequence[int] = (64,), activation: str = "tanh"):
+        super().__init__(families, latent_dim, offsets, scales, dispersions)
+        k = len(self.families)
+        self.fixed_effects = FixedEffectsNet(num_covariates, num_time_features, k, fixed_hidden, activation)
+        self.random_effects = RandomEffectsNet(latent_dim, num_time_features, k, random_hidden, activation)
+
+    def linear_predictor(self, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
+        return self.fixed_effects(data.covariates, data.time_features) + self.random_effects(
+            b, data.time_features
+        )
+

@@ -1,0 +1,191 @@
+"""Neural building blocks of the DGMM: plain torch, no ``pyro.sample``.
+
+* :class:`MLP` -- the talk's dense network
+  ``dnn(x) = f_L o sigma o ... o sigma o f_1`` with affine layers ``f_l``.
+* :class:`FixedEffectsNet` -- mu1(X_i, T_ij): covariates and time features.
+* :class:`RandomEffectsNet` -- mu2(b_i, T_ij): random effects and time features.
+* :class:`SetEncoder`, :class:`DenseEncoder` -- the amortised encoder
+  ``(y_i, mask_i, T_i, X_i) -> (mu_b, Sigma_b)`` of the guide.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+class MLP(nn.Sequential):
+    """Dense network: affine layers of widths ``hidden`` with ``activation``
+    between them and a final affine layer to ``out_features``.
+
+    ``hidden=()`` gives a single affine map (the linear mixed model case).
+    Accepts any number of leading batch dimensions.
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, activation: str = "tanh"):
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"activation '{activation}' is not one of {sorted(ACTIVATIONS)}")
+        widths = [in_features, *hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b), ACTIVATIONS[activation]()]
+        layers.append(nn.Linear(widths[-1], out_features))
+        super().__init__(*layers)
+
+
+class FixedEffectsNet(nn.Module):
+    r"""mu1(X_i, T_ij): the population part of the linear predictor.
+
+    .. math:: \mu_{1,ijk} = \mathrm{dnn}_k(x_i, T_{ij}) + \gamma_k^\top T_{ij}
+
+    The dense net sees covariates and time features together; the linear
+    skip term :math:`\gamma^\top T` lets a near-linear time trend be learnt
+    without saturating the activations.
+
+    Shapes: covariates (N, P), time_features (N, T, F) -> (N, T, K).
+    """
+
+    def __init__(self, num_covariates: int, num_time_features: int, num_outcomes: int,
+                 hidden: Sequence[int] = (64, 64), activation: str = "tanh"):
+        super().__init__()
+        self.net = MLP(num_covariates + num_time_features, hidden, num_outcomes, activation)
+        self.time_skip = nn.Linear(num_time_features, num_outcomes, bias=False)
+
+    def forward(self, covariates: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
+        x = covariates.unsqueeze(-2).expand(*time_features.shape[:-1], covariates.shape[-1])
+        return self.net(torch.cat([x, time_features], dim=-1)) + self.time_skip(time_features)
+
+
+class RandomEffectsNet(nn.Module):
+    r"""mu2(b_i, T_ij): the subject-specific part of the linear predictor.
+
+    A varying-coefficient network: a dense net maps ``b_i`` to one
+    coefficient per outcome and per time function (plus an intercept),
+
+    .. math:: \mu_{2,ijk} = \sum_{f=0}^{F} C_{kf}(b_i)\, T_{ijf}, \qquad T_{ij0} = 1,
+              \qquad C(b) = \mathrm{dnn}(b)
+
+    With ``hidden=()`` C is linear, ``mu2 = Z_ij A b_i`` and the model is the
+    linear mixed model with ``Z = [1, T]`` and random-effects covariance
+    ``A A^T``; with hidden layers the subject profiles become nonlinear in b.
+
+    Shapes: b (..., N, q), time_features (N, T, F) -> (..., N, T, K).
+    """
+
+    def __init__(self, latent_dim: int, num_time_features: int, num_outcomes: int,
+                 hidden: Sequence[int] = (64,), activation: str = "tanh"):
+        super().__init__()
+        self.num_outcomes = num_outcomes
+        self.num_terms = num_time_features + 1
+        self.coefficients = MLP(latent_dim, hidden, num_outcomes * self.num_terms, activation)
+
+    def forward(self, b: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
+        coef = self.coefficients(b).unflatten(-1, (self.num_outcomes, self.num_terms))
+        ones = torch.ones_like(time_features[..., :1])
+        z = torch.cat([ones, time_features], dim=-1)  # (N, T, F + 1)
+        return torch.einsum("...nkf,ntf->...ntk", coef, z)
+
+
+class _GaussianHead(nn.Module):
+    """Maps a feature vector to ``loc`` (q,) and a lower-triangular ``scale_tril``
+    (q, q): full Cholesky factor, or a diagonal one when ``covariance='diagonal'``.
+    The diagonal is ``softplus(.) + 1e-4`` so Sigma_b stays positive definite.
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int], latent_dim: int,
+                 covariance: str, activation: str):
+        super().__init__()
+        if covariance not in ("full", "diagonal"):
+            raise ConfigError(f"covariance must be 'full' or 'diagonal', got '{covariance}'")
+        self.latent_dim = latent_dim
+        self.covariance = covariance
+        n_offdiag = latent_dim * (latent_dim - 1) // 2 if covariance == "full" else 0
+        self.net = MLP(in_features, hidden, 2 * latent_dim + n_offdiag, activation)
+        self.register_buffer("_tril_index", torch.tril_indices(latent_dim, latent_dim, offset=-1))
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.latent_dim
+        out = self.net(features)
+        loc, raw_scale, offdiag = out[..., :q], out[..., q:2 * q], out[..., 2 * q:]
+        scale_tril = torch.diag_embed(nn.functional.softplus(raw_scale - 1.0) + 1e-4)
+        if self.covariance == "full":
+            rows, cols = self._tril_index
+            scale_tril = _fill_lower(scale_tril, rows, cols, offdiag)
+        return loc, scale_tril
+
+
+def _fill_lower(scale_tril: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    lower = torch.zeros_like(scale_tril)
+    lower[..., rows, cols] = values
+    return scale_tril + lower
+
+
+class SetEncoder(nn.Module):
+    r"""Amortised encoder that pools over visits (default).
+
+    .. math:: h_i = \frac{1}{J_i}\sum_{j} v_{ij}\, \phi(\tilde y_{ij}, m_{ij}, T_{ij}), \qquad
+              (\mu_b, L_b) = \rho(h_i, \log(1 + n_{i\cdot}), x_i)
+
+    where ``v`` marks the subject's :math:`J_i` visits, ``m`` the observed
+    outcomes, :math:`n_{i\cdot}` their counts per outcome and :math:`\tilde y`
+    the standardised outcomes (0 where unobserved).  Pooling over visits
+    matches the structure of the exact posterior,
+    :math:`\log p(b \mid y_i) = \log p(b) + \sum_j \log p(y_{ij} \mid b) + c`
+    (the mean keeps activations bounded; the counts restore the sum), so it handles any number of visits, irregular times and histories
+    truncated at a landmark (prediction) without retraining.
+
+    Shapes: encoder_y, mask (N, T, K); visit_mask (N, T); time_features
+    (N, T, F); covariates (N, P) -> loc (N, q), scale_tril (N, q, q).
+    """
+
+    def __init__(self, num_outcomes: int, num_time_features: int, num_covariates: int,
+                 latent_dim: int, hidden: Sequence[int] = (128, 128), covariance: str = "full",
+                 activation: str = "tanh"):
+        super().__init__()
+        width = hidden[-1] if hidden else 64
+        self.phi = MLP(2 * num_outcomes + num_time_features, hidden[:-1], width, activation)
+        self.head = _GaussianHead(width + num_outcomes + num_covariates, hidden, latent_dim,
+                                  covariance, activation)
+
+    def forward(self, encoder_y, mask, visit_mask, time_features, covariates):
+        m = mask.to(encoder_y.dtype)
+        per_visit = self.phi(torch.cat([encoder_y, m, time_features], dim=-1))
+        visits = visit_mask.unsqueeze(-1).to(per_visit.dtype)
+        pooled = (per_visit * visits).sum(-2) / visits.sum(-2).clamp(min=1.0)
+        counts = torch.log1p(m.sum(-2))
+        return self.head(torch.cat([pooled, counts, covariates], dim=-1))
+
+
+class DenseEncoder(nn.Module):
+    r"""The talk's encoder: a dense net on the whole padded record.
+
+    .. math:: (\mu_b, L_b) = \mathrm{dnn}(\tilde y_i, m_i, T_i, x_i)
+
+    The input has a fixed length, so every subject must have the same
+    number of visit slots ``T`` as at fitting time (a shared time grid,
+    e.g. daily app data).
+    """
+
+    def __init__(self, num_outcomes: int, num_time_features: int, num_covariates: int,
+                 latent_dim: int, num_visits: int, hidden: Sequence[int] = (128, 128),
+                 covariance: str = "full", activation: str = "tanh"):
+        super().__init__()
+        self.num_visits = num_visits
+        in_features = num_visits * (2 * num_outcomes + num_time_features) + num_covariates
+        self.head = _GaussianHead(in_features, hidden, latent_dim, covariance, activation)
+
+    def forward(self, encoder_y, mask, visit_mask, time_features, covariates):
+        if encoder_y.shape[-2] != self.num_visits:
+            raise ConfigError(
+                f"the dense encoder was built for {self.num_visits} visit slots but the data "
+                f"has {encoder_y.shape[-2]}; use encoder='set' for irregular or truncated data"
+            )
+        m = mask.to(encoder_y.dtype)
+        t = time_features * visit_mask.unsqueeze(-1).to(time_features.dtype)
+        record = torch.cat([encoder_y, m, t], dim=-1).flatten(-2)
+        return self.head(torch.cat([record, covariates], dim=-1))
