@@ -63,7 +63,7 @@ def _as_numeric(df: pd.DataFrame, column: str, what: str) -> np.ndarray:
             f"{what} column '{column}' must be numeric; non-numeric values at "
             f"{describe_rows(df.index[bad])} (e.g. {df[column][bad].iloc[0]!r})"
         )
-    return values.to_numpy(dtype=np.float64)
+    return values.to_numpy(dtype=np.float64, copy=True)
 
 
 def _require_finite(values: np.ndarray, df: pd.DataFrame, column: str, what: str) -> None:
@@ -332,10 +332,10 @@ def _baseline(df: pd.DataFrame, id_col: str, covariates: list[str]) -> pd.DataFr
 
 def _build(schema: DataSchema, df: pd.DataFrame, dtype) -> "LongitudinalData":
     times = _as_numeric(df, schema.time_col, "time")
-    order = np.lexsort((times, pd.factorize(df[schema.id_col])[0]))
+    order = np.lexsort((times, pd.factorize(df[schema.id_col], sort=True)[0]))
     df = df.iloc[order]
     times = times[order]
-    subject, ids = pd.factorize(df[schema.id_col])
+    subject, ids = pd.factorize(df[schema.id_col], sort=True)
     n = len(ids)
     counts = np.bincount(subject, minlength=n)
     slot = np.arange(len(df)) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -382,7 +382,8 @@ def _build(schema: DataSchema, df: pd.DataFrame, dtype) -> "LongitudinalData":
 class LongitudinalData:
     """Padded tensors for ``N`` subjects (see the module docstring for shapes).
 
-    Build it with :meth:`DataSchema.transform` (or the estimator); index it
+    Subjects are sorted by id, visits by time.  Build it with
+    :meth:`DataSchema.transform` (or the estimator); index it
     with :meth:`subset`; go back to long format with :meth:`to_long`.
     """
 

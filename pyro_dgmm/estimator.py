@@ -50,7 +50,7 @@ class ModelOptions:
     latent_dim: int = 2
     model_options: dict = field(default_factory=dict)
     encoder: str = "set"
-    encoder_hidden: tuple = (128, 128)
+    encoder_hidden: tuple = (64, 64)
     covariance: str = "full"
     activation: str = "tanh"
 
@@ -77,7 +77,7 @@ class DeepMixedModel:
     def __init__(self, *, id_col: str, time_col: str, outcomes: Mapping[str, str | Family],
                  covariates: Sequence[str] = (), time_basis="spline(4)", latent_dim: int = 2,
                  model_class: type[MixedModel] = DGMM, model_options: dict | None = None,
-                 encoder: str = "set", encoder_hidden: Sequence[int] = (128, 128),
+                 encoder: str = "set", encoder_hidden: Sequence[int] = (64, 64),
                  covariance: str = "full", activation: str = "tanh",
                  validation_fraction: float = 0.1):
         if not (isinstance(model_class, type) and issubclass(model_class, MixedModel)):

@@ -50,12 +50,18 @@ class FitConfig:
     :param elbo: ``'meanfield'`` (closed-form KL) or ``'trace'``.
     :param num_particles: M, Monte Carlo draws of b per subject and step.
     :param max_epochs: passes over the training subjects, at most.
-    :param batch_size: subjects per step; None = all when there are at most
-        1024 training subjects, else 256.
+    :param batch_size: subjects per step; None = ``n // 50`` clamped to
+        [64, 4096] for ``n`` training subjects (about 50 steps an epoch).
     :param learning_rate: Adam's initial step size; decays along a cosine
         to ``learning_rate * final_lr_factor`` at ``max_epochs``.
     :param kl_start, kl_warmup_epochs: KL annealing from beta = kl_start
         (must be > 0) to 1.
+    :param linear_warmup_epochs: epochs during which the model's
+        :meth:`~pyro_dgmm.model.MixedModel.residual_parameters` (the dense
+        nonlinear paths of :class:`~pyro_dgmm.model.DGMM`) are held at their
+        zero start, so the fit first finds the linear mixed model and its
+        latent directions; flexible nets trained from the start tend to
+        settle on a single latent direction instead.
     :param ridge: kappa, the ridge penalty on network weights.
     :param clip_norm: gradient-norm clipping threshold.
     :param eval_every: epochs between held-out evaluations.
@@ -68,16 +74,17 @@ class FitConfig:
 
     elbo: str = "meanfield"
     num_particles: int = 1
-    max_epochs: int = 400
+    max_epochs: int = 60
     batch_size: int | None = None
     learning_rate: float = 0.01
     final_lr_factor: float = 0.05
     kl_start: float = 0.01
     kl_warmup_epochs: int = 20
+    linear_warmup_epochs: int = 10
     ridge: float = 1e-4
     clip_norm: float = 10.0
-    eval_every: int = 5
-    patience: int = 8
+    eval_every: int = 2
+    patience: int = 5
     eval_particles: int = 4
     seed: int = 0
     device: str | None = "cpu"
@@ -88,6 +95,8 @@ class FitConfig:
             raise ConfigError(f"elbo must be one of {sorted(ELBOS)}, got '{self.elbo}'")
         if not 0 < self.kl_start <= 1:
             raise ConfigError(f"kl_start must be in (0, 1], got {self.kl_start}")
+        if self.linear_warmup_epochs < 0:
+            raise ConfigError(f"linear_warmup_epochs must be >= 0, got {self.linear_warmup_epochs}")
         for name in ("num_particles", "max_epochs", "eval_every", "patience", "eval_particles"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -153,14 +162,23 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     eval_elbo = ELBOS[config.elbo](num_particles=config.eval_particles, vectorize_particles=True,
                                    max_plate_nesting=2)
     params = list(model.parameters()) + list(guide.parameters())
-    optimizer = torch.optim.Adam(params, lr=config.learning_rate)
+    residual = {id(p) for p in model.residual_parameters()}
+    optimizer = torch.optim.Adam([
+        {"params": [p for p in params if id(p) not in residual]},
+        {"params": [p for p in params if id(p) in residual]},
+    ], lr=config.learning_rate)
     n = train.num_subjects
-    batch_size = config.batch_size or (n if n <= 1024 else 256)
+    batch_size = config.batch_size or min(max(64, n // 50), 4096)
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = config.max_epochs * steps_per_epoch
     floor = config.final_lr_factor
+    frozen_steps = config.linear_warmup_epochs * steps_per_epoch
+
+    def cosine(step: int) -> float:
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+        optimizer, [cosine, lambda step: cosine(step) if step >= frozen_steps else 0.0]
     )
     generator = torch.Generator().manual_seed(config.seed)
     result = FitResult(config=asdict(config))

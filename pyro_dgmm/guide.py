@@ -37,7 +37,7 @@ class AmortizedGuide(PyroModule):
 
     @classmethod
     def from_schema(cls, schema: DataSchema, latent_dim: int, *, kind: str = "set",
-                    hidden=(128, 128), covariance: str = "full", activation: str = "tanh",
+                    hidden=(64, 64), covariance: str = "full", activation: str = "tanh",
                     num_visits: int | None = None) -> "AmortizedGuide":
         """Build the encoder for data described by ``schema``.
 

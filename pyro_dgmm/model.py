@@ -100,6 +100,11 @@ class MixedModel(PyroModule):
         """
         raise NotImplementedError
 
+    def residual_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters of nonlinear paths that start at zero output and are held
+        there for ``FitConfig.linear_warmup_epochs`` (none in the base class)."""
+        return []
+
     def eta(self, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
         """Linear predictor eta = alpha + s * nu(b, data), shape (..., N, T, K)."""
         return self.outcome_offset + self.outcome_scale * self.linear_predictor(b, data)
@@ -172,8 +177,8 @@ class DGMM(MixedModel):
     def __init__(self, families: Mapping[str, Family], latent_dim: int, *,
                  offsets: Sequence[float], scales: Sequence[float],
                  dispersions: Sequence[float | None], num_covariates: int,
-                 num_time_features: int, fixed_hidden: Sequence[int] = (64, 64),
-                 random_hidden: Sequence[int] = (64,), activation: str = "tanh"):
+                 num_time_features: int, fixed_hidden: Sequence[int] = (32, 32),
+                 random_hidden: Sequence[int] = (32, 32), activation: str = "tanh"):
         super().__init__(families, latent_dim, offsets, scales, dispersions)
         k = len(self.families)
         self.fixed_effects = FixedEffectsNet(num_covariates, num_time_features, k, fixed_hidden, activation)
@@ -184,3 +189,6 @@ class DGMM(MixedModel):
             b, data.time_features
         )
 
+    def residual_parameters(self) -> list[torch.nn.Parameter]:
+        paths = [self.fixed_effects.net, self.random_effects.coefficients, self.random_effects.joint]
+        return [p for path in paths if path is not None for p in path.parameters()]

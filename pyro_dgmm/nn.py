@@ -38,14 +38,25 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
+def _zero_last_layer(mlp: MLP) -> MLP:
+    """Start a residual path at exactly zero output, so training begins from
+    the linear part of the model and adds nonlinearity as the data ask for it."""
+    nn.init.zeros_(mlp[-1].weight)
+    nn.init.zeros_(mlp[-1].bias)
+    return mlp
+
+
 class FixedEffectsNet(nn.Module):
     r"""mu1(X_i, T_ij): the population part of the linear predictor.
 
-    .. math:: \mu_{1,ijk} = \mathrm{dnn}_k(x_i, T_{ij}) + \gamma_k^\top T_{ij}
+    .. math:: \mu_{1,ijk} = \beta_k^\top x_i + \gamma_k^\top T_{ij} + \mathrm{dnn}_k(x_i, T_{ij})
 
-    The dense net sees covariates and time features together; the linear
-    skip term :math:`\gamma^\top T` lets a near-linear time trend be learnt
-    without saturating the activations.
+    A linear part (the fixed effects of a linear mixed model) plus a dense
+    net on covariates and time features together, whose last layer starts
+    at zero: training begins from the linear model and adds nonlinearity
+    and interactions where the data support them.  (Started at random, the
+    dense net tends to drive the fit into a solution that uses a single
+    latent direction.)
 
     Shapes: covariates (N, P), time_features (N, T, F) -> (N, T, K).
     """
@@ -53,42 +64,69 @@ class FixedEffectsNet(nn.Module):
     def __init__(self, num_covariates: int, num_time_features: int, num_outcomes: int,
                  hidden: Sequence[int] = (64, 64), activation: str = "tanh"):
         super().__init__()
-        self.net = MLP(num_covariates + num_time_features, hidden, num_outcomes, activation)
+        self.intercept = nn.Parameter(torch.zeros(num_outcomes))
+        self.covariate_effects = nn.Linear(num_covariates, num_outcomes, bias=False) if num_covariates else None
+        self.net = _zero_last_layer(MLP(num_covariates + num_time_features, hidden, num_outcomes,
+                                        activation)) if hidden else None
         self.time_skip = nn.Linear(num_time_features, num_outcomes, bias=False)
 
     def forward(self, covariates: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
+        linear = self.intercept + self.time_skip(time_features)
+        if self.covariate_effects is not None:
+            linear = linear + self.covariate_effects(covariates).unsqueeze(-2)
+        if self.net is None:
+            return linear
         x = covariates.unsqueeze(-2).expand(*time_features.shape[:-1], covariates.shape[-1])
-        return self.net(torch.cat([x, time_features], dim=-1)) + self.time_skip(time_features)
+        return linear + self.net(torch.cat([x, time_features], dim=-1))
 
 
 class RandomEffectsNet(nn.Module):
     r"""mu2(b_i, T_ij): the subject-specific part of the linear predictor.
 
-    A varying-coefficient network: a dense net maps ``b_i`` to one
-    coefficient per outcome and per time function (plus an intercept),
+    Two paths, added:
 
-    .. math:: \mu_{2,ijk} = \sum_{f=0}^{F} C_{kf}(b_i)\, T_{ijf}, \qquad T_{ij0} = 1,
-              \qquad C(b) = \mathrm{dnn}(b)
+    .. math:: \mu_{2,ijk} = \sum_{f=0}^{F} C_{kf}(b_i)\, T_{ijf}
+              + \mathrm{dnn}_k(b_i, T_{ij}), \qquad T_{ij0} = 1
 
-    With ``hidden=()`` C is linear, ``mu2 = Z_ij A b_i`` and the model is the
-    linear mixed model with ``Z = [1, T]`` and random-effects covariance
-    ``A A^T``; with hidden layers the subject profiles become nonlinear in b.
+    The first is a varying-coefficient term: ``C(b) = A b + dnn_C(b)`` gives
+    one coefficient per outcome and time function; its linear part is
+    ``Z_ij A b_i`` with ``Z = [1, T]``, the linear mixed model with
+    random-effects covariance ``A A^T``.  The second is the
+    talk's dense net on the concatenation ``(b_i, T_ij)``, which captures
+    effects such as a subject-specific shift of a nonlinear curve
+    (``expit(t - c(b_i))``) that no finite basis represents.  Both dense nets
+    start at zero output, so training starts from the linear mixed model
+    (started at random they tend to drive the fit into a solution that
+    uses a single latent direction).  With ``hidden=()`` only the linear
+    part is kept.
 
     Shapes: b (..., N, q), time_features (N, T, F) -> (..., N, T, K).
     """
 
     def __init__(self, latent_dim: int, num_time_features: int, num_outcomes: int,
-                 hidden: Sequence[int] = (64,), activation: str = "tanh"):
+                 hidden: Sequence[int] = (64, 64), activation: str = "tanh"):
         super().__init__()
         self.num_outcomes = num_outcomes
         self.num_terms = num_time_features + 1
-        self.coefficients = MLP(latent_dim, hidden, num_outcomes * self.num_terms, activation)
+        self.linear_coefficients = nn.Linear(latent_dim, num_outcomes * self.num_terms, bias=False)
+        self.coefficients = _zero_last_layer(
+            MLP(latent_dim, hidden, num_outcomes * self.num_terms, activation)) if hidden else None
+        self.joint = _zero_last_layer(
+            MLP(latent_dim + num_time_features, hidden, num_outcomes, activation)) if hidden else None
 
     def forward(self, b: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
-        coef = self.coefficients(b).unflatten(-1, (self.num_outcomes, self.num_terms))
+        coef = self.linear_coefficients(b)
+        if self.coefficients is not None:
+            coef = coef + self.coefficients(b)
+        coef = coef.unflatten(-1, (self.num_outcomes, self.num_terms))
         ones = torch.ones_like(time_features[..., :1])
         z = torch.cat([ones, time_features], dim=-1)  # (N, T, F + 1)
-        return torch.einsum("...nkf,ntf->...ntk", coef, z)
+        varying = torch.einsum("...nkf,ntf->...ntk", coef, z)
+        if self.joint is None:
+            return varying
+        b_per_visit = b.unsqueeze(-2).expand(*b.shape[:-1], time_features.shape[-2], b.shape[-1])
+        t = time_features.expand(*b_per_visit.shape[:-1], time_features.shape[-1])
+        return varying + self.joint(torch.cat([b_per_visit, t], dim=-1))
 
 
 class _GaussianHead(nn.Module):
@@ -136,7 +174,13 @@ class SetEncoder(nn.Module):
     the standardised outcomes (0 where unobserved).  Pooling over visits
     matches the structure of the exact posterior,
     :math:`\log p(b \mid y_i) = \log p(b) + \sum_j \log p(y_{ij} \mid b) + c`
-    (the mean keeps activations bounded; the counts restore the sum), so it handles any number of visits, irregular times and histories
+    (the mean keeps activations bounded; the counts restore the sum).  Each
+    visit's input holds :math:`\tilde y_{ij}`, :math:`m_{ij}`, :math:`T_{ij}` and
+    the products :math:`\tilde y_{ij} \otimes T_{ij}`, :math:`m_{ij} \otimes T_{ij}`:
+    for a linear mixed model the pooled products are the sufficient
+    statistics of the posterior of b, so an encoder that starts near-linear
+    already sees subject-specific slopes (without them training tends to
+    settle on a single latent direction: posterior collapse).  It handles any number of visits, irregular times and histories
     truncated at a landmark (prediction) without retraining.
 
     Shapes: encoder_y, mask (N, T, K); visit_mask (N, T); time_features
@@ -148,13 +192,16 @@ class SetEncoder(nn.Module):
                  activation: str = "tanh"):
         super().__init__()
         width = hidden[-1] if hidden else 64
-        self.phi = MLP(2 * num_outcomes + num_time_features, hidden[:-1], width, activation)
+        per_visit = 2 * num_outcomes * (num_time_features + 1) + num_time_features
+        self.phi = MLP(per_visit, hidden[:-1], width, activation)
         self.head = _GaussianHead(width + num_outcomes + num_covariates, hidden, latent_dim,
                                   covariance, activation)
 
     def forward(self, encoder_y, mask, visit_mask, time_features, covariates):
         m = mask.to(encoder_y.dtype)
-        per_visit = self.phi(torch.cat([encoder_y, m, time_features], dim=-1))
+        interactions = torch.cat([encoder_y, m], dim=-1).unsqueeze(-1) * time_features.unsqueeze(-2)
+        features = [encoder_y, m, time_features, interactions.flatten(-2)]
+        per_visit = self.phi(torch.cat(features, dim=-1))
         visits = visit_mask.unsqueeze(-1).to(per_visit.dtype)
         pooled = (per_visit * visits).sum(-2) / visits.sum(-2).clamp(min=1.0)
         counts = torch.log1p(m.sum(-2))

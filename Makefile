@@ -1,0 +1,27 @@
+# Two commands set everything up from nothing (idempotent):
+#   make demo   -- fit a DGMM to the shipped PBC data, write outputs/pbc/
+#   make test   -- run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+.PHONY: install demo test test-slow bench
+install: $(STAMP)
+
+demo: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pyro_dgmm fit --dataset pbc --out outputs/pbc
+
+test: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest
+
+test-slow: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m slow
+
+bench: $(STAMP)
+	cd benchmarks && OMP_NUM_THREADS=1 ../$(PY) core_accuracy.py

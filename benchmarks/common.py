@@ -1,0 +1,106 @@
+"""Shared pieces of the benchmark scripts: reference fits, metrics, tables.
+
+Reference models are statsmodels ``MixedLM`` fits (maximum likelihood) with
+random intercept and slope in time, and fixed effects either linear in time
+or a natural cubic spline of time (the same basis pyro_dgmm uses), plus the
+simulator's covariates.  Subject-specific means are X beta + Z b_hat (BLUPs)
+at every planned cell, observed or not.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def single_thread() -> None:
+    """One torch thread: the machines are shared and 2-core (see README)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def covariate_design(df: pd.DataFrame, covariates: list[str]) -> np.ndarray:
+    """Numeric covariates as they are, categoricals as treatment dummies."""
+    parts = []
+    for col in covariates:
+        if pd.api.types.is_numeric_dtype(df[col]) and not isinstance(df[col].dtype, pd.CategoricalDtype):
+            parts.append(df[col].to_numpy(float)[:, None])
+        else:
+            dummies = pd.get_dummies(df[col].astype(str), drop_first=True, dtype=float)
+            parts.append(dummies.to_numpy())
+    return np.hstack(parts) if parts else np.zeros((len(df), 0))
+
+
+def fit_mixedlm(df: pd.DataFrame, outcome: str, covariates: list[str], *, spline_df: int | None = None,
+                id_col: str = "id", time_col: str = "time") -> tuple[np.ndarray, float]:
+    """Fit MixedLM on the observed rows of ``df``; return subject-specific means
+    for every row of ``df`` and the fit's wall time in seconds."""
+    from statsmodels.regression.mixed_linear_model import MixedLM
+
+    from pyro_dgmm.bases import NaturalSpline
+
+    t = df[time_col].to_numpy(float)
+    if spline_df:
+        import torch
+
+        basis = NaturalSpline(df=spline_df).fit(t[df[outcome].notna().to_numpy()])
+        time_part = basis.transform(torch.as_tensor(t)).numpy()
+    else:
+        time_part = t[:, None]
+    X = np.column_stack([np.ones(len(df)), time_part, covariate_design(df, covariates)])
+    Z = np.column_stack([np.ones(len(df)), t])
+    obs = df[outcome].notna().to_numpy()
+    groups = df[id_col].to_numpy()
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = MixedLM(df[outcome].to_numpy()[obs], X[obs], groups=groups[obs], exog_re=Z[obs]).fit(reml=False)
+    seconds = time.perf_counter() - start
+    blup = result.random_effects
+    b = np.vstack([np.asarray(blup[g]) for g in groups])
+    return X @ np.asarray(result.fe_params) + (Z * b).sum(1), seconds
+
+
+def rmse(a, b) -> float:
+    return float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
+
+
+def auc(score: np.ndarray, label: np.ndarray) -> float:
+    """Area under the ROC curve by the rank-sum (Mann-Whitney) formula."""
+    from scipy.stats import rankdata
+
+    label = np.asarray(label).astype(bool)
+    ranks = rankdata(score)
+    n1, n0 = label.sum(), (~label).sum()
+    return float((ranks[label].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def brier(prob: np.ndarray, label: np.ndarray) -> float:
+    return float(np.mean((np.asarray(prob) - np.asarray(label)) ** 2))
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    """Print rows (dicts with the same keys) as a fixed-width table."""
+    frame = pd.DataFrame(rows)
+    print(f"\n{title}\n" + frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+def write_json(rows: list[dict], name: str) -> Path:
+    """Write rows to benchmarks/results/<name>.json (with machine facts)."""
+    import platform
+
+    import torch
+
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"{name}.json"
+    meta = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "device": "cpu"}
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    return path

@@ -1,0 +1,58 @@
+"""Matplotlib figures from results (DataFrames and fit histories), never from models."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .fit import FitResult
+
+
+def plot_subjects(fitted: pd.DataFrame, outcomes: Sequence[str], *, id_col: str, time_col: str,
+                  subjects: Sequence | None = None, max_subjects: int = 6, seed: int = 0):
+    """Observed values (dots) and fitted subject-specific curves (lines).
+
+    :param fitted: output of :meth:`DeepMixedModel.fitted_values` (columns
+        ``id_col``, ``time_col``, each outcome and ``<outcome>_fitted``).
+    :param subjects: ids to show; default a random ``max_subjects`` of them.
+    :returns: the matplotlib Figure (one row per outcome, one column per subject).
+    """
+    if subjects is None:
+        ids = pd.unique(fitted[id_col])
+        subjects = np.random.default_rng(seed).choice(ids, size=min(max_subjects, len(ids)), replace=False)
+    fig, axes = plt.subplots(len(outcomes), len(subjects), figsize=(2.6 * len(subjects), 2.2 * len(outcomes)),
+                             squeeze=False, sharex=True)
+    for col, subject in enumerate(subjects):
+        rows = fitted[fitted[id_col] == subject].sort_values(time_col)
+        for row, name in enumerate(outcomes):
+            ax = axes[row, col]
+            ax.plot(rows[time_col], rows[f"{name}_fitted"], color="C0", label="fitted mean")
+            ax.scatter(rows[time_col], rows[name], s=10, color="k", label="observed")
+            if row == 0:
+                ax.set_title(f"{id_col} = {subject}", fontsize=9)
+            if col == 0:
+                ax.set_ylabel(name)
+            if row == len(outcomes) - 1:
+                ax.set_xlabel(time_col)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss(result: FitResult):
+    """Training objective per epoch and held-out negative ELBO per subject."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(np.arange(len(result.train_loss)), result.train_loss, label="training objective")
+    if result.validation_loss:
+        epochs, values = zip(*result.validation_loss)
+        ax.plot(epochs, values, "o-", ms=3, label="held-out -ELBO / subject")
+    if result.best_epoch >= 0:
+        ax.axvline(result.best_epoch, color="grey", ls="--", lw=1, label="kept parameters")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss per subject")
+    ax.set_yscale("symlog")
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,27 @@
+"""Small helpers shared by the tests."""
+import numpy as np
+import pandas as pd
+
+
+def tiny_frame(n_subjects: int = 12, n_visits: int = 5, seed: int = 0) -> pd.DataFrame:
+    """A small long frame with all four families, covariates, gaps and irregular times."""
+    rng = np.random.default_rng(seed)
+    ids = np.repeat(np.arange(n_subjects) + 100, n_visits)
+    time = np.tile(np.arange(n_visits, dtype=float), n_subjects) + rng.uniform(0, 0.3, ids.size)
+    b = rng.normal(size=n_subjects)[ids - 100]
+    frame = pd.DataFrame({
+        "pid": ids,
+        "t": time,
+        "g": 1.0 + 0.5 * time + b + rng.normal(0, 0.3, ids.size),
+        "bin": (rng.uniform(size=ids.size) < 1 / (1 + np.exp(-b))).astype(float),
+        "count": rng.poisson(np.exp(0.3 + 0.2 * b)).astype(float),
+        "score": np.clip(4 + b + rng.normal(0, 0.5, ids.size), 1, 7),
+        "age": rng.normal(50, 10, n_subjects)[ids - 100],
+        "arm": np.where(rng.uniform(size=n_subjects) < 0.5, "a", "b")[ids - 100],
+    })
+    frame.loc[rng.uniform(size=ids.size) < 0.2, ["g", "score"]] = np.nan
+    frame.loc[rng.uniform(size=ids.size) < 0.2, "bin"] = np.nan
+    return frame
+
+
+OUTCOMES = {"g": "gaussian", "bin": "bernoulli", "count": "poisson", "score": "bounded(1,7)"}

@@ -1,0 +1,157 @@
+"""LongitudinalData / DataSchema: padding, round trips, and every bad-input message."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pyro_dgmm.data import DataSchema
+from pyro_dgmm.errors import ConfigError, DataError
+
+from common import OUTCOMES, tiny_frame
+
+
+def schema_for(frame, **kwargs):
+    options = dict(id_col="pid", time_col="t", outcomes=OUTCOMES, covariates=["age", "arm"], time_basis="poly(1)")
+    options.update(kwargs)
+    return DataSchema.fit(frame, **options)
+
+
+def test_shapes_masks_and_padding_with_unequal_visits():
+    frame = tiny_frame()
+    frame = frame.drop(index=frame.index[frame.pid == 101][:3])  # subject 101 keeps 2 visits
+    data = schema_for(frame).transform(frame)
+    n, t, k = 12, 5, 4
+    assert data.y.shape == (n, t, k) and data.mask.shape == (n, t, k)
+    assert data.visit_mask.shape == (n, t) and data.time_features.shape == (n, t, 1)
+    assert data.covariates.shape == (n, 1 + 2)  # age + one-hot arm (2 levels)
+    row = list(data.ids).index(101)
+    assert data.visit_mask[row].tolist() == [True, True, False, False, False]
+    assert not data.mask[row, 2:].any()
+    # observed cells equal the frame's values; unobserved ones hold a valid filler
+    observed = frame["g"].notna().sum() + frame["bin"].notna().sum() + frame["count"].notna().sum() + \
+        frame["score"].notna().sum()
+    assert int(data.mask.sum()) == observed
+    assert torch.all((data.y[..., 1] == 0) | (data.y[..., 1] == 1))
+    assert torch.all(data.encoder_y[~data.mask] == 0)
+
+
+def test_times_sorted_within_subject_and_round_trip_to_long():
+    frame = tiny_frame().sample(frac=1.0, random_state=3)  # shuffled rows
+    data = schema_for(frame).transform(frame)
+    back = data.observed_long()
+    expected = frame.sort_values(["pid", "t"]).reset_index(drop=True)
+    assert back["pid"].tolist() == expected["pid"].tolist()
+    np.testing.assert_allclose(back["t"], expected["t"], rtol=1e-6)
+    for name in OUTCOMES:
+        np.testing.assert_allclose(back[name], expected[name], rtol=1e-6)
+    assert torch.all(data.times[:, 1:] >= data.times[:, :-1])
+
+
+def test_schema_replayed_on_new_data_and_spec_round_trip():
+    frame = tiny_frame()
+    schema = schema_for(frame)
+    new = tiny_frame(n_subjects=3, seed=5)
+    a = schema.transform(new)
+    b = DataSchema.from_spec(schema.to_spec()).transform(new)
+    for field in ("y", "mask", "time_features", "encoder_y", "covariates"):
+        assert torch.equal(getattr(a, field), getattr(b, field))
+    # covariates are scaled with the training mean/SD, not re-learned
+    mean, sd = schema.covariate_encoder.numeric["age"]
+    expected = (new.groupby("pid")["age"].first().to_numpy() - mean) / sd
+    np.testing.assert_allclose(a.covariates[:, 0].numpy(), expected, rtol=1e-5)
+
+
+def test_history_without_outcomes_allowed_for_prediction():
+    frame = tiny_frame(n_subjects=2, seed=4).drop(columns=list(OUTCOMES))
+    schema = schema_for(tiny_frame())
+    data = schema.transform(frame, require_observed=False)
+    assert not data.mask.any() and data.num_subjects == 2
+    with pytest.raises(DataError, match="no observed outcome"):
+        schema.transform(frame.assign(g=np.nan, bin=np.nan, count=np.nan, score=np.nan))
+
+
+def test_subset_keeps_ids_aligned():
+    data = schema_for(tiny_frame()).transform(tiny_frame())
+    part = data.subset(np.array([3, 1]))
+    assert part.ids.tolist() == [data.ids[3], data.ids[1]]
+    assert torch.equal(part.y[0], data.y[3])
+
+
+def _bad(frame, message, **kwargs):
+    with pytest.raises(DataError, match=message):
+        schema_for(frame, **kwargs)
+
+
+def test_error_empty_frame():
+    _bad(tiny_frame().iloc[:0], "empty")
+
+
+def test_error_missing_column_suggests_close_name():
+    _bad(tiny_frame().rename(columns={"age": "agee"}), r"'age' \(did you mean 'agee'\?\)")
+
+
+def test_error_non_numeric_outcome_names_rows():
+    frame = tiny_frame()
+    frame["g"] = frame["g"].astype(object)
+    frame.loc[7, "g"] = "high"
+    _bad(frame, r"outcome column 'g' must be numeric.*row 7")
+
+
+def test_error_duplicated_id_time():
+    frame = tiny_frame()
+    frame.loc[1, "t"] = frame.loc[0, "t"]
+    _bad(frame, r"duplicated \(pid, t\) pairs at rows 0, 1")
+
+
+def test_error_nan_and_inf_in_time_and_covariates():
+    frame = tiny_frame()
+    frame.loc[4, "t"] = np.nan
+    _bad(frame, r"time column 't' has missing or infinite values at row 4")
+    frame = tiny_frame()
+    frame.loc[frame.pid == 100, "age"] = np.inf
+    _bad(frame, r"covariate column 'age' has missing or infinite values at rows 0, 1")
+
+
+def test_error_binary_outcome_not_zero_one():
+    frame = tiny_frame()
+    frame.loc[3, "bin"] = 2.0
+    _bad(frame, r"outcome column 'bin' \(bernoulli\): values must be 0 or 1.*row 3")
+
+
+def test_error_bounded_outcome_out_of_bounds():
+    frame = tiny_frame()
+    frame.loc[9, "score"] = 7.5
+    _bad(frame, r"outcome column 'score' \(bounded\).*\[1, 7\].*row 9")
+
+
+def test_error_subject_without_observations():
+    frame = tiny_frame()
+    frame.loc[frame.pid == 105, list(OUTCOMES)] = np.nan
+    _bad(frame, r"no observed outcome value.*ids \[105\]")
+
+
+def test_error_covariate_not_constant_within_subject():
+    frame = tiny_frame()
+    frame.loc[2, "arm"] = "z"
+    _bad(frame, r"covariate column 'arm' changes within subjects \[100\]")
+
+
+def test_error_unseen_category_level_at_transform():
+    schema = schema_for(tiny_frame())
+    new = tiny_frame(n_subjects=2).assign(arm="c")
+    with pytest.raises(DataError, match=r"'arm' has levels not seen.*\['c'\]"):
+        schema.transform(new)
+
+
+def test_error_no_outcomes_and_unknown_family():
+    with pytest.raises(ConfigError, match="at least one outcome"):
+        schema_for(tiny_frame(), outcomes={})
+    with pytest.raises(ConfigError):
+        schema_for(tiny_frame(), outcomes={"g": "gamma"})
+
+
+def test_nan_outcomes_mean_missing_not_error():
+    frame = tiny_frame()
+    frame.loc[:5, "g"] = np.nan
+    data = schema_for(frame).transform(frame)
+    assert not data.mask[0, :, 0].any()

@@ -1,0 +1,80 @@
+"""The analyst facade and the command line: fitted values, save/load, CLI outputs."""
+import json
+
+import numpy as np
+import pandas as pd
+import pyro
+import pytest
+
+from pyro_dgmm import DeepMixedModel, NotFittedError
+from pyro_dgmm.cli import main
+
+from common import OUTCOMES, tiny_frame
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    est = DeepMixedModel(id_col="pid", time_col="t", outcomes=OUTCOMES, covariates=["age", "arm"],
+                         time_basis="spline(3)")
+    return est.fit(tiny_frame(n_subjects=30), max_epochs=4, progress=False)
+
+
+def test_fitted_values_cover_every_row_on_the_response_scale(fitted):
+    frame = tiny_frame(n_subjects=30)
+    out = fitted.fitted_values(num_samples=50)
+    assert len(out) == len(frame)
+    assert out.columns.tolist() == ["pid", "t", *OUTCOMES, *[f"{k}_fitted" for k in OUTCOMES]]
+    assert out[[f"{k}_fitted" for k in OUTCOMES]].notna().all().all()  # missing cells too
+    assert out["bin_fitted"].between(0, 1).all()
+    assert out["score_fitted"].between(1, 7).all()
+    assert (out["count_fitted"] > 0).all()
+    expected = frame.sort_values(["pid", "t"]).reset_index(drop=True)
+    np.testing.assert_allclose(out["g"], expected["g"], rtol=1e-6)
+
+
+def test_save_load_gives_identical_predictions(fitted, tmp_path):
+    path = tmp_path / "model.pt"
+    fitted.save(path)
+    loaded = DeepMixedModel.load(path)
+    frame = tiny_frame(n_subjects=30)
+    pyro.set_rng_seed(7)
+    a = fitted.fitted_values(frame, num_samples=30)
+    pyro.set_rng_seed(7)
+    b = loaded.fitted_values(frame, num_samples=30)
+    pd.testing.assert_frame_equal(a, b)
+    assert loaded.result_.train_loss == fitted.result_.train_loss
+    with pytest.raises(NotFittedError, match="pass df"):
+        loaded.fitted_values()
+
+
+def test_unfitted_model_says_so():
+    est = DeepMixedModel(id_col="pid", time_col="t", outcomes={"g": "gaussian"})
+    with pytest.raises(NotFittedError, match="call fit"):
+        est.fitted_values()
+
+
+def test_cli_fits_shipped_pbc_and_writes_every_output(tmp_path, capsys):
+    out = tmp_path / "pbc"
+    assert main(["fit", "--dataset", "pbc", "--max-epochs", "1", "--quiet", "--out", str(out)]) == 0
+    files = {p.name for p in out.iterdir()}
+    assert {"fitted.csv", "subjects.png", "loss.png", "model.pt", "summary.json"} <= files
+    fitted = pd.read_csv(out / "fitted.csv")
+    assert len(fitted) == 1945 and fitted["id"].nunique() == 312
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["subjects"] == 312 and summary["epochs_run"] == 1
+
+
+def test_cli_csv_input_and_errors(tmp_path, capsys):
+    csv = tmp_path / "visits.csv"
+    tiny_frame().to_csv(csv, index=False)
+    args = ["fit", "--csv", str(csv), "--id", "pid", "--time", "t", "--outcome", "g:gaussian",
+            "--outcome", "bin:bernoulli", "--covariate", "arm", "--max-epochs", "1", "--quiet",
+            "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    assert main(args[:-2] + ["--outcome", "g", "--out", str(tmp_path / "o2")]) == 2
+    assert "NAME:FAMILY" in capsys.readouterr().err
+    bad = tiny_frame()
+    bad.loc[3, "bin"] = 5
+    bad.to_csv(csv, index=False)
+    assert main(args) == 2
+    assert "outcome column 'bin'" in capsys.readouterr().err
