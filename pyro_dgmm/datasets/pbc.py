@@ -47,7 +47,7 @@ PBC_CODEBOOK = {
     "id": "patient identifier (1-312)",
     "futime": "days from enrolment to death, transplant or end of follow-up (July 1986)",
     "status": "status at end of follow-up: 0 censored, 1 transplant, 2 death",
-    "trt": "randomised treatment: 1 D-penicillamine, 0 placebo",
+    "trt": "randomised treatment: 1 D-penicillamine (158 patients), 0 placebo (154; coded 2 in R)",
     "age": "age at enrolment (years)",
     "sex": "sex: 'f' female, 'm' male",
     "day": "days from enrolment to this visit; the lab values below refer to this visit",
