@@ -22,6 +22,8 @@ name               shape        meaning
 ``times``          (N, T)       visit times; padding repeats the last time
 ``time_features``  (N, T, F)    time basis at ``times`` (the talk's T_i)
 ``encoder_y``      (N, T, K)    standardised outcomes, 0 where unobserved
+``encoder_mask``   (N, T, K)    optional: cells the encoder treats as observed
+                                (imputation fills); None means ``mask``
 ``covariates``     (N, P)       standardised numerics and one-hot categories
 =================  ===========  ==============================================
 """
@@ -375,6 +377,7 @@ def _build(schema: DataSchema, df: pd.DataFrame, dtype) -> "LongitudinalData":
         outcomes=names,
         id_col=schema.id_col,
         time_col=schema.time_col,
+        time_values=grid,
     )
 
 
@@ -398,6 +401,8 @@ class LongitudinalData:
     outcomes: list[str]
     id_col: str = "id"
     time_col: str = "time"
+    encoder_mask: torch.Tensor | None = None  # what the encoder treats as observed; None: ``mask``
+    time_values: np.ndarray | None = None  # (N, T) the user's times in float64, for ``to_long``
 
     @property
     def num_subjects(self) -> int:
@@ -421,6 +426,8 @@ class LongitudinalData:
             self,
             **{name: getattr(self, name)[t] for name in _TENSOR_FIELDS},
             ids=self.ids[pos],
+            time_values=None if self.time_values is None else self.time_values[pos],
+            encoder_mask=None if self.encoder_mask is None else self.encoder_mask[t],
         )
 
     def to(self, device=None, dtype=None) -> "LongitudinalData":
@@ -430,7 +437,8 @@ class LongitudinalData:
             x = x.to(device) if device is not None else x
             return x.to(dtype) if dtype is not None and x.is_floating_point() else x
 
-        return replace(self, **{name: move(getattr(self, name)) for name in _TENSOR_FIELDS})
+        return replace(self, **{name: move(getattr(self, name)) for name in _TENSOR_FIELDS},
+                       encoder_mask=None if self.encoder_mask is None else move(self.encoder_mask))
 
     def to_long(self, values: Mapping[str, torch.Tensor | np.ndarray], *, all_slots: bool = False) -> pd.DataFrame:
         """Long DataFrame of per-cell ``values`` with the user's ids and times.
@@ -443,7 +451,7 @@ class LongitudinalData:
         subject, slot = np.nonzero(keep)
         out = {
             self.id_col: self.ids[subject],
-            self.time_col: self.times.cpu().numpy()[subject, slot],
+            self.time_col: (self.times.cpu().numpy() if self.time_values is None else self.time_values)[subject, slot],
         }
         for name, array in values.items():
             array = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)

@@ -33,7 +33,9 @@ from .families import Family
 from .fit import FitConfig, FitResult, fit_svi
 from .guide import AmortizedGuide
 from .model import DGMM, MixedModel
-from .posterior import fitted_means
+from .impute import (ImputationConfig, ImputationTrace, fit_with_imputation, impute_completed,
+                     multiple_imputations, with_fill)
+from .posterior import fitted_means, marginal_means
 
 SAVE_FORMAT = 1
 
@@ -99,23 +101,51 @@ class DeepMixedModel:
         self.guide_: AmortizedGuide | None = None
         self.result_: FitResult | None = None
         self.data_: LongitudinalData | None = None
+        self.training_baseline_: pd.DataFrame | None = None
+        self.imputation_trace_: ImputationTrace | None = None
+        self.missing = "mask"
 
     # ------------------------------------------------------------------ fit
-    def fit(self, df: pd.DataFrame, config: FitConfig | None = None, **config_overrides) -> "DeepMixedModel":
-        """Fit to ``df`` (one row per visit).  Fit settings come from
-        ``config`` (a :class:`~pyro_dgmm.fit.FitConfig`) and/or keyword
-        overrides such as ``max_epochs=200, progress=False``."""
+    def fit(self, df: pd.DataFrame, config: FitConfig | None = None, *, missing: str = "mask",
+            imputation: ImputationConfig | None = None, **config_overrides) -> "DeepMixedModel":
+        """Fit to ``df`` (one row per visit).
+
+        Fit settings come from ``config`` (a :class:`~pyro_dgmm.fit.FitConfig`)
+        and/or keyword overrides such as ``max_epochs=200, progress=False``.
+
+        :param missing: how the encoder meets unobserved cells.  ``'mask'``
+            (default): it reads the observation mask and a neutral fill, with
+            no imputation step.  ``'impute'``: the talk's stochastic-
+            approximation EM loop (:func:`~pyro_dgmm.impute.fit_with_imputation`)
+            with settings ``imputation``.  Either way the likelihood uses the
+            observed cells only, so estimates are valid under MAR.
+        """
+        if missing not in ("mask", "impute"):
+            raise ConfigError(f"missing must be 'mask' or 'impute', got '{missing}'")
         config = replace(config or FitConfig(), **config_overrides)
+        self.missing = missing
         self.schema_ = DataSchema.fit(df, id_col=self.id_col, time_col=self.time_col,
                                       outcomes=self.outcomes, covariates=self.covariates,
                                       time_basis=self.time_basis)
         self.data_ = self.schema_.transform(df)
+        self.training_baseline_ = df.groupby(self.id_col, sort=True)[self.covariates].first().reset_index()
         pyro.set_rng_seed(config.seed)
         self.model_, self.guide_ = self._build(self.schema_, self.data_.num_visits)
         train, validation = self._split(self.data_, config.seed)
-        self.result_ = fit_svi(self.model_, self.guide_, train, validation, config)
+        if missing == "mask":
+            self.result_ = fit_svi(self.model_, self.guide_, train, validation, config)
+        else:
+            self.result_, self.imputation_trace_, _ = fit_with_imputation(
+                self.model_, self.guide_, self.schema_, train, validation, config, imputation or ImputationConfig())
         self.model_.cpu(), self.guide_.cpu()
         return self
+
+    def _encoder_view(self, data: LongitudinalData) -> LongitudinalData:
+        """What the encoder reads: ``data`` itself, or (models fitted with the
+        imputation loop) ``data`` completed by imputation from the fitted model."""
+        if self.missing == "mask":
+            return data
+        return with_fill(data, self.schema_, impute_completed(self.model_, self.guide_, self.schema_, data))
 
     def _build(self, schema: DataSchema, num_visits: int):
         o = self.options
@@ -158,10 +188,53 @@ class DeepMixedModel:
         if df is None and self.data_ is None:
             raise NotFittedError("this model was loaded from disk without its data: pass df")
         data = self.data_ if df is None else self.transform(df)
-        means = fitted_means(self.model_, self.guide_, data, num_samples, method)
+        means = fitted_means(self.model_, self.guide_, self._encoder_view(data), num_samples, method)
         out = data.observed_long()
         fitted = data.to_long({f"{name}_fitted": means[..., k] for k, name in enumerate(data.outcomes)})
         return pd.concat([out, fitted.drop(columns=[data.id_col, data.time_col])], axis=1)
+
+    def impute(self, df: pd.DataFrame | None = None, num_imputations: int = 5, *, mcmc_steps: int = 10,
+               warmup_steps: int = 50, kernel: str = "mh") -> list[pd.DataFrame]:
+        """``num_imputations`` completed copies of ``df`` (default: the training
+        data) drawn from the fitted model, for analyses in other tools.
+
+        Each is a long DataFrame (one row per visit, the user's ids and times)
+        with every outcome completed, ``<outcome>_imputed`` flags and an
+        ``imputation`` number; see :func:`~pyro_dgmm.impute.multiple_imputations`.
+        """
+        self._check_fitted()
+        if df is None and self.data_ is None:
+            raise NotFittedError("this model was loaded from disk without its data: pass df")
+        data = self.data_ if df is None else self.transform(df)
+        return multiple_imputations(self.model_, self.guide_, self._encoder_view(data), num_imputations,
+                                    mcmc_steps=mcmc_steps, warmup_steps=warmup_steps, kernel=kernel)
+
+    def population_mean(self, times, df: pd.DataFrame | None = None, *, num_samples: int = 500) -> pd.DataFrame:
+        """Population mean curve: E[y(t)] averaged over b ~ N(0, I) and over the
+        covariates of the subjects in ``df`` (default: the training data).
+
+        :returns: DataFrame with the time column and one column per outcome.
+        """
+        self._check_fitted()
+        base = self._baseline_frame(df)
+        times = np.asarray(times, dtype=float)
+        grid = base.loc[base.index.repeat(len(times))].reset_index(drop=True)
+        grid[self.time_col] = np.tile(times, len(base))
+        data = self.transform(grid, require_observed=False)
+        means = marginal_means(self.model_, data, num_samples)  # (N, T, K), T = len(times), sorted
+        order = np.argsort(times)
+        out = pd.DataFrame({self.time_col: times[order]})
+        for k, name in enumerate(data.outcomes):
+            out[name] = means[..., k].mean(0).cpu().numpy()
+        return out
+
+    def _baseline_frame(self, df: pd.DataFrame | None) -> pd.DataFrame:
+        """One row per subject: id and covariates (training subjects by default)."""
+        if df is None:
+            if self.training_baseline_ is None:
+                raise NotFittedError("this model was loaded from disk without its data: pass df")
+            return self.training_baseline_
+        return df.groupby(self.id_col, sort=True)[self.covariates].first().reset_index()
 
     # ----------------------------------------------------------- save/load
     def save(self, path: str | Path) -> None:
@@ -173,6 +246,7 @@ class DeepMixedModel:
             "model_class": f"{self.model_class.__module__}:{self.model_class.__qualname__}",
             "schema": self.schema_.to_spec(),
             "num_visits": self.data_.num_visits,
+            "missing": self.missing,
             "model_state": self.model_.state_dict(),
             "guide_state": self.guide_.state_dict(),
             "result": asdict(self.result_),
@@ -195,6 +269,7 @@ class DeepMixedModel:
         self.model_.load_state_dict(saved["model_state"])
         self.guide_.load_state_dict(saved["guide_state"])
         self.model_.eval(), self.guide_.eval()
+        self.missing = saved["missing"]
         self.result_ = FitResult(**saved["result"])
         return self
 

@@ -57,9 +57,8 @@ class AmortizedGuide(PyroModule):
 
     def posterior(self, data: LongitudinalData) -> dist.MultivariateNormal:
         """q(b_i | y_i) for every subject in ``data``: batch (N,), event (q,)."""
-        loc, scale_tril = self.encoder(
-            data.encoder_y, data.mask, data.visit_mask, data.time_features, data.covariates
-        )
+        mask = data.mask if data.encoder_mask is None else data.encoder_mask
+        loc, scale_tril = self.encoder(data.encoder_y, mask, data.visit_mask, data.time_features, data.covariates)
         return dist.MultivariateNormal(loc, scale_tril=scale_tril)
 
     def forward(self, data: LongitudinalData, *, num_subjects: int | None = None,

@@ -96,3 +96,18 @@ def fitted_means(model, guide, data: LongitudinalData, num_samples: int = 500,
         mean = model.mean(draws.b, chunk)  # (S, n, T, K)
         out.append((draws.weights[..., None, None] * mean).sum(0))
     return torch.cat(out, dim=0)
+
+
+@torch.no_grad()
+def marginal_means(model, data: LongitudinalData, num_samples: int = 500, chunk_size: int = 256) -> torch.Tensor:
+    r"""Means averaged over the random-effects distribution,
+    :math:`E_{b \sim N(0, I)}[g^{-1}(\eta_{ijk}(b))]`, shape (N, T, K): what a
+    subject with these covariates is expected to show at these times before
+    any of their outcomes is seen.  Averaged over subjects this is the
+    population mean curve, the quantity a dropout-biased fit gets wrong."""
+    out = []
+    for start in range(0, data.num_subjects, chunk_size):
+        chunk = data.subset(slice(start, start + chunk_size))
+        b = torch.randn(num_samples, chunk.num_subjects, model.latent_dim, dtype=chunk.y.dtype, device=chunk.device)
+        out.append(model.mean(b, chunk).mean(0))
+    return torch.cat(out, dim=0)

@@ -1,0 +1,368 @@
+r"""Missing outcomes under MAR: MCMC for b given the observed data, imputation
+by Pyro's ``Predictive``, and the talk's stochastic-approximation EM loop.
+
+Random effects given the observed cells.  The target for subject i is
+
+.. math:: \pi_i(b) \propto p(y_i^o \mid b; \theta)\, \mathcal N(b; 0, I)
+
+(the likelihood of observed cells only, so valid under MAR).
+:class:`IndependenceMetropolis` is a Pyro ``MCMCKernel`` that proposes
+:math:`b' \sim q(b \mid y_i)` (the encoder) for every subject at once and
+accepts per subject with probability
+
+.. math:: \min\Big(1, \frac{\pi_i(b')\, q(b_i)}{\pi_i(b_i)\, q(b')}\Big),
+
+then takes a random-walk Metropolis step (both leave :math:`\pi_i` invariant).
+
+``NUTS`` over all subjects' b (one potential, independent blocks) is the
+alternative (``kernel='nuts'``); both run through ``pyro.infer.MCMC``.
+
+Imputation.  Given draws of b, :func:`draw_missing` samples every cell
+from the model with ``observe=False`` through ``pyro.infer.Predictive``,
+keeps the observed values, and maps draws into each family's support.
+
+The loop (:func:`fit_with_imputation`).  Step 0 fills each missing cell
+with the outcome's median (the schema's filler).  Each round then (1) runs
+SVI for ``epochs_per_round`` epochs with the encoder reading the completed
+data and the likelihood on the observed cells only (the ELBO stays that of
+the observed data); (2) moves the MCMC chain of b by ``mcmc_steps`` and
+draws new values for the missing cells.  The stochastic-approximation step
+:math:`\gamma_r` (1 for ``burn_in`` rounds, then :math:`(r - \text{burn\_in})^{-0.7}`)
+is applied by *random replacement*: each missing cell takes the new draw
+with probability :math:`\gamma_r` and keeps its previous value otherwise,
+so the distribution of the fill is the SA mixture
+:math:`(1-\gamma_r) F_{r-1} + \gamma_r F_r` while every filled value stays a
+proper draw (averaging draws would shrink them towards the mean).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+from pyro.infer import MCMC, NUTS, Predictive
+from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
+from tqdm.auto import tqdm
+
+from .data import DataSchema, LongitudinalData
+from .errors import ConfigError
+from .fit import FitConfig, FitResult, fit_svi
+from .posterior import observed_log_likelihood, standard_normal_log_density
+
+
+def log_target(model, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
+    """log p(y_i^o | b_i) + log N(b_i; 0, I), shape (..., N) for b (..., N, q)."""
+    return observed_log_likelihood(model, b, data) + standard_normal_log_density(b)
+
+
+class IndependenceMetropolis(MCMCKernel):
+    """Independence Metropolis-Hastings for b, all subjects at once.
+
+    The encoder ``q(b_i | y_i)`` is the proposal; each subject accepts or
+    rejects on its own, so the chain is a product of N independent chains
+    in one tensor.  Each transition is followed by a small random-walk
+    Metropolis step scaled by the encoder's covariance, which also leaves
+    the target invariant and frees chains started where q has no mass.
+    ``acceptance_rate`` counts the independence proposals.  Use it with ``pyro.infer.MCMC``::
+
+        kernel = IndependenceMetropolis(model, guide)
+        mcmc = MCMC(kernel, num_samples=200, warmup_steps=50)
+        mcmc.run(data)
+        b = mcmc.get_samples()["b"]          # (200, N, q)
+
+    ``acceptance_rate`` holds the per-subject acceptance rate of the run.
+    """
+
+    #: b is unconstrained: no transforms for ``pyro.infer.MCMC`` to apply
+    transforms: dict = {}
+
+    def __init__(self, model, guide, initial_b: torch.Tensor | None = None):
+        self.model, self.guide = model, guide
+        self._initial_b = initial_b
+
+    def setup(self, warmup_steps, data: LongitudinalData):
+        self.data = data
+        with torch.no_grad():
+            self.proposal = self.guide.posterior(data)
+            b = self._initial_b if self._initial_b is not None else self.proposal.sample()
+        self._state = (b, self._log_ratio(b))
+        self._accepted = torch.zeros(data.num_subjects)
+        self._steps = 0
+
+    def _log_ratio(self, b: torch.Tensor) -> torch.Tensor:
+        """log pi(b) - log q(b), per subject."""
+        return log_target(self.model, b, self.data) - self.proposal.log_prob(b)
+
+    @property
+    def initial_params(self):
+        return {"b": self._state[0]}
+
+    @initial_params.setter
+    def initial_params(self, params):
+        self._initial_b = params["b"]
+
+    @torch.no_grad()
+    def sample(self, params):
+        b, ratio = params["b"], self._state[1]
+        if b is not self._state[0]:  # a caller moved the state: recompute its weight
+            ratio = self._log_ratio(b)
+        proposed = self.proposal.sample()
+        proposed_ratio = self._log_ratio(proposed)
+        accept = torch.rand_like(ratio).log() < proposed_ratio - ratio
+        b = torch.where(accept.unsqueeze(-1), proposed, b)
+        ratio = torch.where(accept, proposed_ratio, ratio)
+        self._accepted += accept.float().cpu()
+        b, ratio = self._random_walk(b, ratio)
+        self._state = (b, ratio)
+        self._steps += 1
+        return {"b": b}
+
+    def _random_walk(self, b: torch.Tensor, ratio: torch.Tensor):
+        """A symmetric random-walk step b' = b + (2.38 / sqrt(q)) L eps (L the
+        encoder's Cholesky factor; the scale is Roberts, Gelman & Gilks' (1997)
+        optimum for Gaussian targets), accepted with pi(b') / pi(b).  It keeps the chain
+        moving where q is far lighter-tailed than pi (an independence sampler
+        alone can stick there for good)."""
+        scale = 2.38 / b.shape[-1] ** 0.5
+        step = scale * (self.proposal.scale_tril @ torch.randn_like(b).unsqueeze(-1)).squeeze(-1)
+        proposed = b + step
+        proposed_ratio = self._log_ratio(proposed)
+        log_q = self.proposal.log_prob
+        accept = torch.rand_like(ratio).log() < (proposed_ratio + log_q(proposed)) - (ratio + log_q(b))
+        return torch.where(accept.unsqueeze(-1), proposed, b), torch.where(accept, proposed_ratio, ratio)
+
+    @property
+    def acceptance_rate(self) -> torch.Tensor:
+        """Per-subject share of accepted proposals so far, shape (N,)."""
+        return self._accepted / max(self._steps, 1)
+
+    def logging(self):
+        return f"accept {self.acceptance_rate.mean():.2f}"
+
+    def diagnostics(self):
+        return {"acceptance rate": float(self.acceptance_rate.mean())}
+
+
+def sample_random_effects(model, guide, data: LongitudinalData, num_samples: int = 100, *,
+                          warmup_steps: int = 20, kernel: str = "mh", initial_b: torch.Tensor | None = None,
+                          progress: bool = False) -> tuple[torch.Tensor, dict]:
+    """Draws of b_i | y_i^o by MCMC for every subject of ``data``.
+
+    :param kernel: ``'mh'`` (:class:`IndependenceMetropolis`) or ``'nuts'``.
+    :returns: draws (num_samples, N, q) and diagnostics (acceptance rate).
+    """
+    if kernel == "mh":
+        mcmc_kernel = IndependenceMetropolis(model, guide, initial_b)
+    elif kernel == "nuts":
+        def potential(params):
+            return -log_target(model, params["b"], data).sum()
+
+        mcmc_kernel = NUTS(potential_fn=potential, adapt_step_size=True)
+    else:
+        raise ConfigError(f"kernel must be 'mh' or 'nuts', got '{kernel}'")
+    start = initial_b if initial_b is not None else guide.posterior(data).sample().detach()
+    mcmc = MCMC(mcmc_kernel, num_samples=num_samples, warmup_steps=warmup_steps,
+                initial_params={"b": start}, disable_progbar=not progress)
+    mcmc.run(data)
+    draws = mcmc.get_samples()["b"]
+    if kernel == "mh":
+        rate = mcmc_kernel.acceptance_rate
+    else:
+        rate = torch.full((data.num_subjects,), float(mcmc.diagnostics()["acceptance rate"]["chain 0"]))
+    diagnostics = {"acceptance_rate": rate}
+    return draws, diagnostics
+
+
+@torch.no_grad()
+def draw_missing(model, data: LongitudinalData, b: torch.Tensor) -> torch.Tensor:
+    """One completed outcome array per draw of b: observed cells keep their
+    values, unobserved cells get draws from y | b via ``Predictive``.
+
+    :param b: (S, N, q).
+    :returns: (S, N, T, K), every value inside its family's support.
+    """
+    predictive = Predictive(model, posterior_samples={"b": b.unsqueeze(-2)},
+                            return_sites=[f"y_{name}" for name in model.outcomes])
+    sites = predictive(data, observe=False)
+    draws = torch.stack([
+        family.constrain(sites[f"y_{name}"]) for name, family in model.families.items()
+    ], dim=-1)
+    return torch.where(data.mask, data.y, draws.to(data.y.dtype))
+
+
+def with_fill(data: LongitudinalData, schema: DataSchema, completed: torch.Tensor) -> LongitudinalData:
+    """``data`` whose encoder reads ``completed`` (N, T, K) at every visit as if
+    observed (the talk's fixed-length encoder input); the likelihood still
+    uses ``data.mask``, the truly observed cells."""
+    center = torch.as_tensor(schema.encoder_center, dtype=completed.dtype, device=completed.device)
+    scale = torch.as_tensor(schema.encoder_scale, dtype=completed.dtype, device=completed.device)
+    encoded = torch.stack([f.encode(completed[..., k]) for k, f in enumerate(schema.families.values())], -1)
+    visits = data.visit_mask.unsqueeze(-1).expand_as(data.mask)
+    encoder_y = torch.where(visits, (encoded - center) / scale, torch.zeros_like(encoded))
+    return replace(data, encoder_y=encoder_y, encoder_mask=visits)
+
+
+@dataclass
+class ImputationConfig:
+    """Settings of :func:`fit_with_imputation`.
+
+    :param rounds: imputation rounds (each: SVI epochs, then an MCMC move
+        of b and new draws of the missing cells).
+    :param epochs_per_round: SVI epochs per round (round 1 also runs the KL
+        and linear warm-ups of the fit config).
+    :param later_lr_factor: learning rate of rounds 2.. relative to the fit
+        config's (the networks are near a solution by then).
+    :param mcmc_steps: MCMC transitions of b per round (the chain continues
+        across rounds).
+    :param burn_in: rounds with SA step 1 (full replacement).
+    :param sa_exponent: gamma_r = (r - burn_in) ** -sa_exponent afterwards.
+    :param kernel: ``'mh'`` or ``'nuts'``.
+    """
+
+    rounds: int = 12
+    epochs_per_round: int = 5
+    later_lr_factor: float = 0.3
+    mcmc_steps: int = 10
+    burn_in: int = 4
+    sa_exponent: float = 0.7
+    kernel: str = "mh"
+
+    def step_size(self, r: int) -> float:
+        """gamma_r for round r = 1, 2, ..."""
+        return 1.0 if r <= self.burn_in else float(r - self.burn_in) ** -self.sa_exponent
+
+    def round_config(self, config: FitConfig, r: int) -> FitConfig:
+        """SVI settings of round r: warm-ups in round 1 only."""
+        if r == 1:
+            warmup = max(config.kl_warmup_epochs, config.linear_warmup_epochs)
+            return replace(config, max_epochs=warmup + self.epochs_per_round, progress=False)
+        return replace(config, max_epochs=self.epochs_per_round, kl_start=1.0, kl_warmup_epochs=0,
+                       linear_warmup_epochs=0, learning_rate=config.learning_rate * self.later_lr_factor,
+                       seed=config.seed + r, progress=False)
+
+
+@dataclass
+class ImputationTrace:
+    """Per-round record: SA step, mean MCMC acceptance rate, mean absolute
+    change of the filled cells, held-out loss; total seconds."""
+
+    step_size: list[float] = field(default_factory=list)
+    acceptance_rate: list[float] = field(default_factory=list)
+    fill_change: list[float] = field(default_factory=list)
+    validation_loss: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class _Chain:
+    """The imputation state of one group of subjects (training or held-out)."""
+
+    data: LongitudinalData
+    completed: torch.Tensor
+    b: torch.Tensor | None = None
+
+    def move(self, model, guide, schema, imputation: ImputationConfig, gamma: float) -> tuple[float, float]:
+        """One MCMC move of b, new draws, SA replacement; returns (acceptance, mean change)."""
+        filled = with_fill(self.data, schema, self.completed)
+        draws, diagnostics = sample_random_effects(model, guide, filled, num_samples=1,
+                                                   warmup_steps=imputation.mcmc_steps - 1,
+                                                   kernel=imputation.kernel, initial_b=self.b)
+        self.b = draws[-1]
+        new = draw_missing(model, self.data, draws)[-1]
+        replace_cell = (torch.rand(new.shape) < gamma) & ~self.data.mask
+        previous, self.completed = self.completed, torch.where(replace_cell, new, self.completed)
+        missing = ~self.data.mask & self.data.visit_mask.unsqueeze(-1)
+        change = float((self.completed - previous)[missing].abs().mean()) if missing.any() else 0.0
+        return float(diagnostics["acceptance_rate"].mean()), change
+
+
+def fit_with_imputation(model, guide, schema: DataSchema, train: LongitudinalData,
+                        validation: LongitudinalData | None, config: FitConfig,
+                        imputation: ImputationConfig) -> tuple[FitResult, ImputationTrace, torch.Tensor]:
+    """The talk's stochastic-approximation EM loop (see the module docstring).
+
+    Held-out subjects are imputed alongside (their own chains), so early
+    stopping compares like with like.
+
+    :returns: the fit history of the last round, the per-round trace, and
+        the final completed training outcomes (N, T, K).
+    """
+    start = time.perf_counter()
+    trace = ImputationTrace()
+    chains = [_Chain(train, train.y.clone())]  # step 0: missing cells hold the median filler
+    if validation is not None:
+        chains.append(_Chain(validation, validation.y.clone()))
+    result = None
+    rounds = tqdm(range(1, imputation.rounds + 1), disable=not config.progress, desc="imputation rounds")
+    for r in rounds:
+        filled = [with_fill(c.data, schema, c.completed) for c in chains]
+        result = fit_svi(model, guide, filled[0], filled[1] if validation is not None else None,
+                         imputation.round_config(config, r))
+        model.cpu(), guide.cpu()
+        gamma = imputation.step_size(r)
+        acceptance, change = chains[0].move(model, guide, schema, imputation, gamma)
+        for chain in chains[1:]:
+            chain.move(model, guide, schema, imputation, gamma)
+        trace.step_size.append(gamma)
+        trace.acceptance_rate.append(acceptance)
+        trace.fill_change.append(change)
+        trace.validation_loss.append(result.validation_loss[-1][1] if result.validation_loss else float("nan"))
+        rounds.set_postfix(accept=f"{acceptance:.2f}", change=f"{change:.3g}", gamma=f"{gamma:.2f}")
+    trace.seconds = time.perf_counter() - start
+    return result, trace, chains[0].completed
+
+
+def impute_completed(model, guide, schema: DataSchema, data: LongitudinalData, *, rounds: int = 3,
+                     mcmc_steps: int = 10, kernel: str = "mh") -> torch.Tensor:
+    """One completed outcome array (N, T, K) for ``data`` from a fitted model:
+    ``rounds`` passes of (MCMC move of b, fresh draws of every missing cell),
+    starting from the median fill, so the encoder input of a model fitted
+    with :func:`fit_with_imputation` is built as in training."""
+    chain = _Chain(data, data.y.clone())
+    settings = ImputationConfig(mcmc_steps=mcmc_steps, kernel=kernel)
+    for _ in range(rounds):
+        chain.move(model, guide, schema, settings, gamma=1.0)
+    return chain.completed
+
+
+def multiple_imputations(model, guide, data: LongitudinalData, num_imputations: int = 5, *,
+                         mcmc_steps: int = 10, warmup_steps: int = 50, kernel: str = "mh") -> list[pd.DataFrame]:
+    """``num_imputations`` completed data sets drawn from the fitted model.
+
+    One MCMC chain of b per subject (thinned by ``mcmc_steps``) gives one
+    draw of b per data set; missing cells are then drawn from y | b.
+
+    :returns: long DataFrames (one row per visit, the user's ids and
+        times), each outcome completed, plus ``<outcome>_imputed`` flags
+        (True where the value was drawn) and an ``imputation`` number.
+    """
+    draws, _ = sample_random_effects(model, guide, data, num_samples=num_imputations * mcmc_steps,
+                                     warmup_steps=warmup_steps, kernel=kernel)
+    completed = draw_missing(model, data, draws[mcmc_steps - 1::mcmc_steps])
+    visits = data.visit_mask.cpu().numpy()
+    frames = []
+    for m in range(num_imputations):
+        values = {name: completed[m, ..., k] for k, name in enumerate(data.outcomes)}
+        values.update({f"{name}_imputed": ~data.mask[..., k] for k, name in enumerate(data.outcomes)})
+        frame = data.to_long(values)
+        frame.insert(0, "imputation", m + 1)
+        frames.append(frame)
+    assert all(len(f) == int(visits.sum()) for f in frames)
+    return frames
+
+
+def imputation_intervals(frames: list[pd.DataFrame], outcome: str, level: float = 0.95) -> pd.DataFrame:
+    """Per-cell mean and central ``level`` interval across imputed data sets
+    (rows where ``outcome`` was imputed)."""
+    stacked = np.stack([f[outcome].to_numpy() for f in frames])
+    tail = (1 - level) / 2
+    first = frames[0]
+    out = first.loc[first[f"{outcome}_imputed"], first.columns[1:3]].copy()
+    rows = first[f"{outcome}_imputed"].to_numpy()
+    out["mean"] = stacked[:, rows].mean(0)
+    out["lower"] = np.quantile(stacked[:, rows], tail, axis=0)
+    out["upper"] = np.quantile(stacked[:, rows], 1 - tail, axis=0)
+    return out
