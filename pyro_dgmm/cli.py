@@ -8,6 +8,10 @@ Fits a DGMM to a CSV file or a shipped data set and writes, into ``--out``:
 * ``model.pt``    -- the fitted model (``DeepMixedModel.load``)
 * ``summary.json`` -- fit settings, epochs, stop reason, time, dispersion estimates
 
+Data-parallel over processes (see :mod:`pyro_dgmm.parallel`)::
+
+    torchrun --standalone --nproc_per_node=2 -m pyro_dgmm fit --dataset app --out outputs/app
+
 Examples::
 
     python -m pyro_dgmm fit --dataset pbc --out outputs/pbc
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -69,14 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--max-epochs", type=int, default=None)
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
+    fit.add_argument("--num-shards", type=int, default=None,
+                     help="subject shards (default: number of torchrun processes); see pyro_dgmm.parallel")
     fit.add_argument("--out", type=Path, required=True, help="output folder (created if needed)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
-def run_fit(args: argparse.Namespace) -> dict:
+def run_fit(args: argparse.Namespace) -> dict | None:
+    """Fit and write the outputs; under ``torchrun`` every process fits its
+    shards and rank 0 alone writes (returns None on the other ranks)."""
     from .estimator import DeepMixedModel
+    from .parallel import init_from_environment, is_main_process
     from .plotting import plot_loss, plot_subjects
+
+    init_from_environment(args.device)
 
     if args.dataset:
         df, id_col, time_col, outcomes, covariates = _shipped(args.dataset, args.seed)
@@ -90,15 +102,17 @@ def run_fit(args: argparse.Namespace) -> dict:
         outcomes = _parse_outcomes(args.outcome)
     model = DeepMixedModel(id_col=id_col, time_col=time_col, outcomes=outcomes, covariates=covariates,
                            time_basis=args.basis, latent_dim=args.latent_dim)
-    overrides = {"seed": args.seed, "progress": not args.quiet,
+    overrides = {"seed": args.seed, "progress": not args.quiet, "num_shards": args.num_shards,
                  "device": None if args.device == "auto" else args.device}
     if args.max_epochs:
         overrides["max_epochs"] = args.max_epochs
     log.info("fitting %d rows, %d subjects, outcomes %s", len(df), df[id_col].nunique(), list(outcomes))
     model.fit(df, **overrides)
+    fitted = model.fitted_values()  # sharded over processes, gathered everywhere
+    if not is_main_process():
+        return None
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    fitted = model.fitted_values()
     fitted.to_csv(out / "fitted.csv", index=False)
     plot_subjects(fitted, list(outcomes), id_col=id_col, time_col=time_col, seed=args.seed).savefig(
         out / "subjects.png", dpi=110)
@@ -118,12 +132,14 @@ def run_fit(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
+                        format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
         summary = run_fit(args)
     except DgmmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2))
+    if summary is not None:
+        print(json.dumps(summary, indent=2))
     return 0

@@ -33,6 +33,7 @@ from .families import Family
 from .fit import FitConfig, FitResult, fit_svi
 from .guide import AmortizedGuide
 from .model import DGMM, MixedModel
+from .parallel import gather_objects, world
 from .impute import (ImputationConfig, ImputationTrace, fit_with_imputation, impute_completed,
                      multiple_imputations, with_fill)
 from .posterior import fitted_means, marginal_means
@@ -183,15 +184,23 @@ class DeepMixedModel:
         ``<outcome>_fitted``: E[y | y_i^o] on the response scale
         (probabilities for binary outcomes), by importance sampling
         (``method='importance'``) or from the encoder alone (``'encoder'``).
+        Under ``torch.distributed`` each process computes its share of the
+        subjects and every process gets the gathered frame.
         """
         self._check_fitted()
         if df is None and self.data_ is None:
             raise NotFittedError("this model was loaded from disk without its data: pass df")
         data = self.data_ if df is None else self.transform(df)
-        means = fitted_means(self.model_, self.guide_, self._encoder_view(data), num_samples, method)
-        out = data.observed_long()
-        fitted = data.to_long({f"{name}_fitted": means[..., k] for k, name in enumerate(data.outcomes)})
-        return pd.concat([out, fitted.drop(columns=[data.id_col, data.time_col])], axis=1)
+        rank, size = world()
+        part = data.subset(np.arange(rank, data.num_subjects, size)) if size > 1 else data
+        means = fitted_means(self.model_, self.guide_, self._encoder_view(part), num_samples, method)
+        out = part.observed_long()
+        fitted = part.to_long({f"{name}_fitted": means[..., k] for k, name in enumerate(part.outcomes)})
+        frame = pd.concat([out, fitted.drop(columns=[part.id_col, part.time_col])], axis=1)
+        if size == 1:
+            return frame
+        gathered = pd.concat(gather_objects(frame))
+        return gathered.sort_values([part.id_col, part.time_col], kind="stable").reset_index(drop=True)
 
     def impute(self, df: pd.DataFrame | None = None, num_imputations: int = 5, *, mcmc_steps: int = 10,
                warmup_steps: int = 50, kernel: str = "mh") -> list[pd.DataFrame]:

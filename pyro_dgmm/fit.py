@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from .data import LongitudinalData
 from .errors import ConfigError, FitError
+from .parallel import Shards, all_reduce_gradients, all_reduce_sum, is_main_process, world
 
 ELBOS = {"meanfield": TraceMeanField_ELBO, "trace": Trace_ELBO}
 
@@ -68,6 +69,11 @@ class FitConfig:
     :param patience: evaluations without improvement before stopping.
     :param eval_particles: draws of b per held-out subject per evaluation.
     :param seed: makes a run reproducible (data split, batches, draws, init).
+    :param num_shards: subjects are split into this many shards, each
+        drawing ``batch_size / num_shards`` subjects a step (default: the
+        number of ``torch.distributed`` processes, 1 without); a fit with
+        the same ``num_shards`` gives the same result in any number of
+        processes that divides it (see :mod:`pyro_dgmm.parallel`).
     :param device: ``'cpu'``, ``'cuda'``, or None for cuda when available.
     :param progress: show a tqdm progress bar.
     """
@@ -87,6 +93,7 @@ class FitConfig:
     patience: int = 5
     eval_particles: int = 4
     seed: int = 0
+    num_shards: int | None = None
     device: str | None = "cpu"
     progress: bool = True
 
@@ -147,6 +154,10 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
             config: FitConfig | None = None) -> FitResult:
     """Fit ``model`` and ``guide`` to ``train`` in place; return a :class:`FitResult`.
 
+    Runs unchanged in one process or in each of several ``torch.distributed``
+    processes (see :mod:`pyro_dgmm.parallel`): every process passes the same
+    ``train``/``validation`` and computes the shards it owns.
+
     :param validation: held-out subjects for early stopping (None: run
         ``max_epochs`` and keep the final parameters).
     """
@@ -155,8 +166,9 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     pyro.set_rng_seed(config.seed)
     model.to(device)
     guide.to(device)
-    train = train.to(device)
-    validation = validation.to(device) if validation is not None else None
+    shards = Shards.current(config.num_shards)
+    train_shards = _local_shards(train, shards, device)
+    val_shards = _local_shards(validation, shards, device) if validation is not None else []
     elbo = ELBOS[config.elbo](num_particles=config.num_particles, vectorize_particles=True,
                               max_plate_nesting=2)
     eval_elbo = ELBOS[config.elbo](num_particles=config.eval_particles, vectorize_particles=True,
@@ -169,7 +181,8 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     ], lr=config.learning_rate)
     n = train.num_subjects
     batch_size = config.batch_size or min(max(64, n // 50), 4096)
-    steps_per_epoch = math.ceil(n / batch_size)
+    shard_batch = max(1, batch_size // shards.num_shards)
+    steps_per_epoch = math.ceil(n / (shard_batch * shards.num_shards))
     total_steps = config.max_epochs * steps_per_epoch
     floor = config.final_lr_factor
     frozen_steps = config.linear_warmup_epochs * steps_per_epoch
@@ -180,21 +193,27 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, [cosine, lambda step: cosine(step) if step >= frozen_steps else 0.0]
     )
-    generator = torch.Generator().manual_seed(config.seed)
+    generators = {s: torch.Generator().manual_seed(config.seed * 7919 + s) for s in shards.local}
     result = FitResult(config=asdict(config))
     best = (math.inf, None)
     stale = 0
     start = time.perf_counter()
-    bar = tqdm(range(config.max_epochs), disable=not config.progress, desc="fitting DGMM", unit="epoch")
+    bar = tqdm(range(config.max_epochs), disable=not (config.progress and is_main_process()),
+               desc="fitting DGMM", unit="epoch")
     for epoch in bar:
         beta = config.kl_scale(epoch)
         model.train(), guide.train()
-        order = torch.randperm(n, generator=generator)
-        epoch_loss = 0.0
+        orders = {s: torch.randperm(d.num_subjects, generator=generators[s]) for s, d in train_shards.items()}
+        epoch_loss = torch.zeros(())
         for step in range(steps_per_epoch):
-            batch = train.subset(order[step * batch_size:(step + 1) * batch_size])
-            loss = elbo.differentiable_loss(model, guide, batch, num_subjects=n, kl_scale=beta) / n
-            loss = loss + config.ridge * ridge_penalty(model, guide)
+            optimizer.zero_grad()
+            loss = config.ridge * ridge_penalty(model, guide) / world()[1]
+            for s, shard in train_shards.items():
+                torch.manual_seed(_stream(config.seed, epoch * steps_per_epoch + step, s, shards.num_shards))
+                index = orders[s][(step * shard_batch + torch.arange(shard_batch)) % shard.num_subjects]
+                shard_loss = elbo.differentiable_loss(model, guide, shard.subset(index), num_subjects=n,
+                                                      kl_scale=beta)
+                loss = loss + shard_loss / (n * shards.num_shards)
             if not torch.isfinite(loss):
                 raise FitError(
                     f"the loss became {loss.item()} at epoch {epoch}, step {step}. Try a smaller "
@@ -202,19 +221,19 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
                     f"{config.clip_norm}), a larger ridge (now {config.ridge}) or a longer "
                     "kl_warmup_epochs; also check outcomes for extreme values"
                 )
-            optimizer.zero_grad()
             loss.backward()
+            all_reduce_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
             optimizer.step()
             schedule.step()
-            epoch_loss += loss.item() / steps_per_epoch
-        result.train_loss.append(epoch_loss)
+            epoch_loss += loss.detach().cpu() / steps_per_epoch
+        result.train_loss.append(float(all_reduce_sum(epoch_loss)))
         result.kl_scale.append(beta)
         result.epochs_run = epoch + 1
-        bar.set_postfix(loss=f"{epoch_loss:.4g}", beta=f"{beta:.2f}")
+        bar.set_postfix(loss=f"{result.train_loss[-1]:.4g}", beta=f"{beta:.2f}")
         if validation is None or (epoch + 1) % config.eval_every:
             continue
-        held_out = heldout_loss(model, guide, validation, eval_elbo)
+        held_out = heldout_loss(model, guide, val_shards, eval_elbo, seed=_stream(config.seed, epoch, -1, 1))
         result.validation_loss.append((epoch, held_out))
         if beta < 1.0:  # the objective is not yet the ELBO: nothing to compare
             continue
@@ -238,10 +257,26 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     return result
 
 
-def heldout_loss(model, guide, data: LongitudinalData, elbo) -> float:
-    """Negative ELBO per subject of ``data`` (no KL annealing, no gradients)."""
+def _local_shards(data: LongitudinalData, shards: Shards, device) -> dict[int, LongitudinalData]:
+    """This process's shards of ``data``, on ``device``."""
+    return {s: data.subset(shards.positions(data.num_subjects, s)).to(device) for s in shards.local}
+
+
+def _stream(seed: int, step: int, shard: int, num_shards: int) -> int:
+    """A seed for the random draws of (step, shard), the same in any process layout."""
+    return (seed * 1_000_003 + step * (num_shards + 1) + shard + 1) % (2**63 - 1)
+
+
+def heldout_loss(model, guide, shards: dict[int, LongitudinalData], elbo, seed: int) -> float:
+    """Negative ELBO per held-out subject, summed over shards and processes
+    (no KL annealing, no gradients)."""
+    total = torch.zeros(2, dtype=torch.float64)
     with torch.no_grad():
-        return elbo.loss(model, guide, data) / data.num_subjects
+        for s, data in shards.items():
+            torch.manual_seed(seed + s)
+            total += torch.tensor([elbo.loss(model, guide, data), data.num_subjects], dtype=torch.float64)
+    total = all_reduce_sum(total)
+    return float(total[0] / total[1])
 
 
 def _snapshot(model, guide) -> tuple[dict, dict]:

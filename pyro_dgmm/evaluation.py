@@ -1,0 +1,217 @@
+r"""Scoring dynamic predictions: landmark splits, accuracy, interval coverage,
+discrimination and calibration.
+
+A *landmark* analysis at time :math:`s` with horizon :math:`h` uses what is
+known about each subject at :math:`s` (their rows with time :math:`\le s`)
+to predict their observed values in :math:`(s, s + h]`.  Subjects without a
+row at or before :math:`s` are not at risk at the landmark and are left out.
+
+Scores per outcome (and per horizon bin), on the cells with an observed value:
+
+* continuous families (Gaussian, bounded, Poisson): RMSE and MAE of
+  ``mean`` against the observed value; coverage of the prediction
+  intervals, :math:`\frac1n \sum 1\{l_j \le y_j \le u_j\}`, and their mean width;
+* binary (Bernoulli): the AUC (Mann-Whitney, ties counted one half), the
+  Brier score :math:`\frac1n\sum (p_j - y_j)^2`, and a calibration table
+  (observed rate against mean predicted probability in equal-width bins).
+
+All scoring functions take the tidy tables of :func:`pyro_dgmm.predict.predict`
+(columns ``outcome``, ``horizon``, ``observed``, ``mean`` and, optionally,
+``lower_<L>``/``upper_<L>``), so other predictors (such as
+:func:`last_value_predictions`) are scored the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .data import DataSchema
+from .errors import DataError
+from .families import Bernoulli, Family, get_family
+from .predict import predict
+
+ALL_HORIZONS = "all"
+
+
+def landmark_split(df: pd.DataFrame, *, id_col: str, time_col: str, outcomes: Sequence[str],
+                   landmark: float, horizon: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``df`` at ``landmark`` into (history, future).
+
+    ``history``: the rows with time <= landmark of the subjects that have
+    such a row.  ``future``: those subjects' rows with landmark < time <=
+    landmark + horizon (no upper bound if ``horizon`` is None) and at least
+    one observed outcome.
+    """
+    for column in (id_col, time_col, *outcomes):
+        if column not in df.columns:
+            raise DataError(f"column '{column}' not found in the DataFrame; its columns are {list(df.columns)}")
+    time = pd.to_numeric(df[time_col])
+    history = df[time <= landmark]
+    end = np.inf if horizon is None else landmark + horizon
+    later = df[(time > landmark) & (time <= end) & df[id_col].isin(history[id_col])]
+    future = later[later[list(outcomes)].notna().any(axis=1)]
+    if history.empty or future.empty:
+        raise DataError(
+            f"no subject has rows both at or before the landmark {landmark:g} and observed outcomes "
+            f"in ({landmark:g}, {end:g}] of column '{time_col}'"
+        )
+    return history, future
+
+
+def _families(families: Mapping[str, str | Family]) -> dict[str, Family]:
+    return {name: get_family(spec) for name, spec in families.items()}
+
+
+def _levels_in(table: pd.DataFrame) -> list[str]:
+    """Interval labels ``L`` with both ``lower_L`` and ``upper_L`` columns."""
+    return [c[len("lower_"):] for c in table.columns
+            if c.startswith("lower_") and f"upper_{c[len('lower_'):]}" in table.columns]
+
+
+def auc(score: np.ndarray, label: np.ndarray) -> float:
+    """Area under the ROC curve (rank-sum formula, average ranks for ties);
+    NaN unless both classes occur."""
+    label = np.asarray(label, dtype=bool)
+    positives, negatives = label.sum(), (~label).sum()
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    ranks = pd.Series(np.asarray(score, dtype=float)).rank().to_numpy()
+    return float((ranks[label].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def _scores(rows: pd.DataFrame, family: Family, labels: list[str]) -> dict:
+    """Scores of one outcome on ``rows`` (observed cells only)."""
+    y, mean = rows["observed"].to_numpy(float), rows["mean"].to_numpy(float)
+    out = {"n": len(rows)}
+    if isinstance(family, Bernoulli):
+        out.update(auc=auc(mean, y), brier=float(np.mean((mean - y) ** 2)))
+        return out
+    error = mean - y
+    out.update(rmse=float(np.sqrt(np.mean(error ** 2))), mae=float(np.mean(np.abs(error))))
+    for label in labels:
+        lower, upper = rows[f"lower_{label}"].to_numpy(float), rows[f"upper_{label}"].to_numpy(float)
+        out[f"coverage_{label}"] = float(np.mean((lower <= y) & (y <= upper)))
+        out[f"width_{label}"] = float(np.mean(upper - lower))
+    return out
+
+
+def _horizon_groups(table: pd.DataFrame, horizon_bins: Sequence[float] | None):
+    """(label, rows) pairs: every horizon bin, then all rows."""
+    groups = []
+    if horizon_bins is not None:
+        bins = pd.cut(table["horizon"], np.asarray(horizon_bins, dtype=float))
+        groups = [(str(interval), table[bins == interval]) for interval in bins.cat.categories]
+    return groups + [(ALL_HORIZONS, table)]
+
+
+def score_predictions(table: pd.DataFrame, families: Mapping[str, str | Family], *,
+                      horizon_bins: Sequence[float] | None = None) -> pd.DataFrame:
+    """Scores per outcome and horizon bin (module docstring) of a tidy table.
+
+    :param table: columns ``outcome``, ``horizon``, ``observed``, ``mean``
+        and any ``lower_<L>``/``upper_<L>`` pairs; rows with NaN ``observed``
+        are ignored.
+    :param families: outcome name -> family (e.g. ``schema.families``).
+    :param horizon_bins: bin edges for ``horizon`` (e.g. ``[0, 1, 2, 3]``:
+        ``(0, 1]``, ``(1, 2]``, ``(2, 3]``); the row ``horizon='all'`` pools them.
+    :returns: one row per (outcome, horizon) with ``family``, ``n`` and the
+        scores; empty bins are left out.
+    """
+    families = _families(families)
+    labels = _levels_in(table)
+    scored = table[table["observed"].notna()]
+    rows = []
+    for name, family in families.items():
+        for label, group in _horizon_groups(scored[scored["outcome"] == name], horizon_bins):
+            if len(group):
+                rows.append({"outcome": name, "family": family.name, "horizon": label,
+                             **_scores(group, family, labels)})
+    return pd.DataFrame(rows)
+
+
+def calibration_table(table: pd.DataFrame, families: Mapping[str, str | Family], *,
+                      bins: int = 10) -> pd.DataFrame:
+    """Observed rate against predicted probability for the binary outcomes.
+
+    Predictions are grouped into ``bins`` equal-width bins of [0, 1];
+    returns ``outcome``, ``bin`` (its interval), ``n``, ``mean_predicted``
+    and ``observed_rate`` for the non-empty bins.
+    """
+    binary = [name for name, family in _families(families).items() if isinstance(family, Bernoulli)]
+    scored = table[table["observed"].notna() & table["outcome"].isin(binary)]
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    groups = scored.assign(bin=pd.cut(scored["mean"], edges, include_lowest=True))
+    out = groups.groupby(["outcome", "bin"], observed=True, sort=True).agg(
+        n=("observed", "size"), mean_predicted=("mean", "mean"), observed_rate=("observed", "mean"))
+    out = out.reset_index()
+    out["bin"] = out["bin"].astype(str)
+    return out
+
+
+def last_value_predictions(history: pd.DataFrame, future: pd.DataFrame, *, id_col: str, time_col: str,
+                           outcomes: Sequence[str], fallback: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """A reference predictor: each subject's last observed value in
+    ``history``, carried forward to every row of ``future``.
+
+    Subjects with no observed value of an outcome get ``fallback[outcome]``
+    (default: the mean of that outcome over all of ``history``).  Returns a
+    tidy table like :func:`~pyro_dgmm.predict.predict`'s (``mean`` is the
+    carried value, a 0/1 "probability" for binary outcomes; no intervals),
+    with ``horizon`` = time minus the subject's last history time.
+    """
+    last_time = history.groupby(id_col)[time_col].max()
+    frames = []
+    for name in outcomes:
+        seen = history[history[name].notna()].sort_values([id_col, time_col])
+        carried = seen.groupby(id_col)[name].last()
+        default = history[name].mean() if fallback is None else fallback[name]
+        frames.append(pd.DataFrame({
+            id_col: future[id_col].to_numpy(),
+            time_col: future[time_col].to_numpy(),
+            "outcome": name,
+            "horizon": future[time_col].to_numpy(float) - future[id_col].map(last_time).to_numpy(float),
+            "observed": pd.to_numeric(future[name]).to_numpy(float),
+            "mean": future[id_col].map(carried).fillna(default).to_numpy(float),
+        }))
+    return pd.concat(frames, ignore_index=True).sort_values([id_col, time_col], kind="stable",
+                                                            ignore_index=True)
+
+
+@dataclass
+class LandmarkEvaluation:
+    """What :func:`landmark_evaluation` returns: the model's prediction
+    table (``horizon`` = time - landmark), ``scores`` (a ``method`` column:
+    ``'model'`` and ``'last value'``) and the model's ``calibration`` table."""
+
+    predictions: pd.DataFrame
+    scores: pd.DataFrame
+    calibration: pd.DataFrame
+
+
+def landmark_evaluation(model, guide, schema: DataSchema, df: pd.DataFrame, landmark: float, *,
+                        horizon: float | None = None, horizon_bins: Sequence[float] | None = None,
+                        levels: Sequence[float] = (0.95,), calibration_bins: int = 10,
+                        **predict_options) -> LandmarkEvaluation:
+    """Predict every subject of ``df`` (held-out subjects, normally) from
+    their history up to ``landmark`` at their observed times in
+    ``(landmark, landmark + horizon]``, and score the predictions per
+    outcome and horizon bin beside :func:`last_value_predictions`.
+
+    ``predict_options`` go to :func:`~pyro_dgmm.predict.predict` (``method``,
+    ``num_samples``, ...).  Horizons are measured from the landmark.
+    """
+    id_col, time_col, outcomes = schema.id_col, schema.time_col, schema.outcomes
+    history, future = landmark_split(df, id_col=id_col, time_col=time_col, outcomes=outcomes,
+                                     landmark=landmark, horizon=horizon)
+    table = predict(model, guide, schema, history, future, levels=levels, **predict_options).table
+    baseline = last_value_predictions(history, future, id_col=id_col, time_col=time_col, outcomes=outcomes)
+    table, baseline = (frame.assign(horizon=frame[time_col].to_numpy(float) - landmark)
+                       for frame in (table, baseline))
+    scores = pd.concat([
+        score_predictions(frame, schema.families, horizon_bins=horizon_bins).assign(method=method)
+        for method, frame in (("model", table), ("last value", baseline))
+    ], ignore_index=True)
+    return LandmarkEvaluation(table, scores, calibration_table(table, schema.families, bins=calibration_bins))

@@ -1,0 +1,95 @@
+"""Matplotlib figures of dynamic predictions and their calibration.
+
+They take the tables of :mod:`pyro_dgmm.predict` and :mod:`pyro_dgmm.evaluation`,
+never models.  (The loss curve is :func:`pyro_dgmm.plotting.plot_loss`.)
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+
+
+def _subject_rows(table: pd.DataFrame, id_col: str, time_col: str, subject) -> pd.DataFrame:
+    rows = table[table[id_col] == subject]
+    if rows.empty:
+        known = pd.unique(table[id_col])[:5].tolist()
+        raise DataError(f"subject {subject!r} is not in the prediction table (ids such as {known})")
+    return rows.sort_values(time_col)
+
+
+def plot_dynamic_prediction(table: pd.DataFrame, subject, *, id_col: str, time_col: str,
+                            outcomes: Sequence[str] | None = None, level: float = 0.95,
+                            binary: Sequence[str] = ()):
+    """One subject's observed values, fitted curve and prediction band.
+
+    :param table: :attr:`Prediction.table <pyro_dgmm.predict.Prediction>`,
+        best made with ``include_history=True`` and a grid of times (the
+        curve is drawn through its rows).
+    :param outcomes: outcomes to show (default: all in the table), one panel each.
+    :param level: the interval level to shade (a level the table has).
+    :param binary: outcomes whose band is the credible band of the
+        probability (``mean_lower/upper``) rather than of a new observation.
+
+    History values are filled dots, later observed values (e.g. held-out)
+    open circles; the line is the predicted mean; the shaded band after the
+    landmark (the subject's last history time, dashed) is the prediction
+    interval, the darker band the credible band of the mean curve.
+    """
+    rows = _subject_rows(table, id_col, time_col, subject)
+    outcomes = list(outcomes) if outcomes is not None else list(pd.unique(rows["outcome"]))
+    label = f"{100 * level:g}"
+    if f"lower_{label}" not in rows.columns:
+        raise DataError(f"the table has no {label}% intervals (columns lower_{label}, upper_{label})")
+    history = rows[rows["history"]]
+    landmark = history[time_col].max() if not history.empty else None
+    fig, axes = plt.subplots(len(outcomes), 1, figsize=(6, 2.4 * len(outcomes)), sharex=True, squeeze=False)
+    for ax, name in zip(axes[:, 0], outcomes):
+        part = rows[rows["outcome"] == name]
+        time = part[time_col].to_numpy(float)
+        after = ~part["history"].to_numpy(bool)
+        if name not in binary:
+            ax.fill_between(time[after], part["lower_" + label][after], part["upper_" + label][after],
+                            color="C0", alpha=0.2, lw=0, label=f"{label}% prediction interval")
+        ax.fill_between(time, part["mean_lower_" + label], part["mean_upper_" + label], color="C0",
+                        alpha=0.35, lw=0, label=f"{label}% band of the mean")
+        ax.plot(time, part["mean"], color="C0", label="predicted mean")
+        seen = part[part["observed"].notna()]
+        past = seen["history"].to_numpy(bool)
+        ax.scatter(seen[time_col][past], seen["observed"][past], s=14, color="k", zorder=3, label="history")
+        ax.scatter(seen[time_col][~past], seen["observed"][~past], s=18, facecolors="none",
+                   edgecolors="k", zorder=3, label="later observations")
+        if landmark is not None:
+            ax.axvline(landmark, color="grey", ls="--", lw=1)
+        ax.set_ylabel(name)
+    axes[0, 0].set_title(f"{id_col} = {subject}", fontsize=10)
+    axes[0, 0].legend(fontsize=7, loc="best")
+    axes[-1, 0].set_xlabel(time_col)
+    fig.tight_layout()
+    return fig
+
+
+def plot_calibration(calibration: pd.DataFrame):
+    """Observed rate against mean predicted probability, one panel per
+    binary outcome, points sized by the number of predictions in the bin.
+
+    :param calibration: :func:`pyro_dgmm.evaluation.calibration_table` output.
+    """
+    outcomes = list(pd.unique(calibration["outcome"]))
+    if not outcomes:
+        raise DataError("the calibration table is empty: no binary outcome with observed values")
+    fig, axes = plt.subplots(1, len(outcomes), figsize=(3.2 * len(outcomes), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], outcomes):
+        part = calibration[calibration["outcome"] == name]
+        ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
+        size = 200 * np.sqrt(part["n"] / part["n"].max())
+        ax.scatter(part["mean_predicted"], part["observed_rate"], s=size, color="C0", alpha=0.8)
+        ax.plot(part["mean_predicted"], part["observed_rate"], color="C0", lw=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=name, xlabel="mean predicted probability")
+    axes[0, 0].set_ylabel("observed rate")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,406 @@
+r"""Dynamic predictions: the posterior of :math:`b_i` given a history, then
+posterior predictive draws at any times.
+
+For subject *i* with history :math:`\mathcal H_i` (the observed cells
+:math:`y_i^o` up to now, plus baseline covariates :math:`X_i`) and a new
+time *t*, the predictive distribution of outcome *k* is
+
+.. math::
+
+    p(y_{ik}(t) \mid \mathcal H_i) = \int F_k\big(y;\, g_k^{-1}\{\eta_{ik}(t; b)\},
+        \sigma_k\big)\, p(b \mid \mathcal H_i)\, db,
+    \qquad p(b \mid \mathcal H_i) \propto p(y_i^o \mid b)\, \mathcal N(b; 0, I).
+
+Monte Carlo: :math:`S` equally weighted draws :math:`b^{(s)} \sim p(b \mid
+\mathcal H_i)` (:func:`random_effects_posterior`), then one draw
+:math:`y^{(s)} \sim F_k(\cdot \mid b^{(s)})` each (:func:`posterior_predictive`,
+through ``pyro.infer.Predictive`` on the model run with ``observe=False``).
+Prediction intervals are quantiles of the :math:`y^{(s)}` (they include the
+observation noise: they are meant to cover a future *observed* value);
+``mean`` is :math:`\frac1S\sum_s g_k^{-1}(\eta^{(s)})`, the predicted value
+(a probability for binary outcomes).  Network weights and dispersions are
+point estimates: their uncertainty is not propagated.
+
+The posterior of :math:`b_i` (``method``):
+
+``'encoder'``
+    :math:`q(b_i \mid \mathcal H_i)` alone.  Fast, but the encoder is trained
+    on whole records: on a truncated history it can be far off (measured in
+    ``benchmarks/dynamic_prediction.py``).
+``'importance'`` (default)
+    adaptive importance sampling and resampling.  Round 0 proposes from the
+    defensive mixture :math:`\tfrac12 q(b \mid \mathcal H_i) + \tfrac12
+    \mathcal N(0, I)`; each of ``adapt_rounds`` further rounds proposes from
+    a multivariate Student-t (5 degrees of freedom) with the weighted mean
+    and 1.5 times the weighted covariance of the previous round (shrunk
+    towards :math:`I` by the effective sample size, so a collapsed round
+    cannot collapse the next).  The last round's self-normalised weights
+
+    .. math:: w^{(p)} \propto p(y_i^o \mid b^{(p)})\, \mathcal N(b^{(p)}; 0, I)
+              / r(b^{(p)})
+
+    are resampled multinomially into ``num_samples`` equally weighted
+    draws.  Per subject, the effective sample size
+    :math:`1/\sum_p (w^{(p)})^2` and :math:`\log p(y_i^o) \approx \log
+    \frac1P \sum_p \tilde w^{(p)}` are kept.
+``'mcmc'``
+    the resampled draws moved by ``mcmc_steps`` random-walk Metropolis
+    steps (proposal :math:`\mathcal N(b, 2.38^2 \hat\Sigma_i / q)` with
+    :math:`\hat\Sigma_i` the importance-weighted posterior covariance),
+    every draw of every subject accepted or rejected on its own
+    (resample-move): duplicated draws spread out while the posterior stays
+    invariant.
+
+Shapes: ``S`` draws, ``N`` subjects, ``T`` visit slots, ``K`` outcomes, ``q``
+latent dimensions.  Work is done in chunks of ``chunk_size`` subjects, so
+memory grows with ``chunk_size * max(S, P) * T * K``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import pyro.distributions as dist
+import torch
+from pyro.infer import Predictive
+
+from .data import DataSchema, LongitudinalData
+from .errors import ConfigError, DataError, describe_rows
+from .posterior import observed_log_likelihood, standard_normal_log_density
+
+METHODS = ("importance", "mcmc", "encoder")
+_STUDENT_DF = 5.0
+_COVARIANCE_INFLATION = 1.5
+
+
+# ------------------------------------------------------------ posterior of b
+@dataclass
+class RandomEffectsPosterior:
+    """Equally weighted draws of :math:`b_i \\mid y_i^o` for ``N`` subjects.
+
+    ``b``: (S, N, q).  ``ess``: (N,) effective sample size of the final
+    importance round (None for ``'encoder'``).  ``log_marginal``: (N,)
+    importance estimate of :math:`\\log p(y_i^o)` (None for ``'encoder'``).
+    ``acceptance``: (N,) Metropolis acceptance rate (``'mcmc'`` only).
+    """
+
+    b: torch.Tensor
+    method: str
+    ess: torch.Tensor | None = None
+    log_marginal: torch.Tensor | None = None
+    acceptance: torch.Tensor | None = None
+
+
+def log_joint(model, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
+    """:math:`\\log p(y_i^o \\mid b_i) + \\log \\mathcal N(b_i; 0, I)`, shape
+    (..., N) for ``b`` (..., N, q)."""
+    return observed_log_likelihood(model, b, data) + standard_normal_log_density(b)
+
+
+def _weighted_moments(b: torch.Tensor, log_w: torch.Tensor):
+    """Mean (N, q), covariance (N, q, q) and ESS (N,) of draws ``b`` (P, N, q)
+    with normalised log-weights (P, N); the covariance is shrunk towards
+    ``I`` with weight ``1 / (ESS + 1)``, so it is always positive definite."""
+    w = log_w.exp()
+    ess = 1.0 / w.pow(2).sum(0)
+    mean = torch.einsum("pn,pnq->nq", w, b)
+    centred = b - mean
+    cov = torch.einsum("pn,pni,pnj->nij", w, centred, centred)
+    eye = torch.eye(b.shape[-1], dtype=b.dtype, device=b.device)
+    shrink = (1.0 / (ess + 1.0))[:, None, None]
+    return mean, (1 - shrink) * cov + shrink * eye, ess
+
+
+def _defensive_draws(model, guide, data: LongitudinalData, num_proposals: int):
+    """Round 0: half the draws from the encoder, half from the prior; log
+    importance weights against the equal mixture of the two."""
+    encoder = guide.posterior(data)
+    q = encoder.loc.shape[-1]
+    prior = dist.MultivariateNormal(torch.zeros_like(encoder.loc),
+                                    scale_tril=torch.eye(q, dtype=encoder.loc.dtype).expand_as(encoder.scale_tril))
+    half = num_proposals // 2
+    b = torch.cat([encoder.sample((half,)), prior.sample((num_proposals - half,))])
+    log_r = torch.logsumexp(torch.stack([encoder.log_prob(b), prior.log_prob(b)]), 0) - math.log(2.0)
+    return b, log_joint(model, b, data) - log_r
+
+
+def _student_draws(model, data: LongitudinalData, mean, cov, num_proposals: int):
+    proposal = dist.MultivariateStudentT(_STUDENT_DF, mean,
+                                         torch.linalg.cholesky(_COVARIANCE_INFLATION * cov))
+    b = proposal.sample((num_proposals,))
+    return b, log_joint(model, b, data) - proposal.log_prob(b)
+
+
+def _adaptive_importance(model, guide, data: LongitudinalData, num_proposals: int, adapt_rounds: int):
+    """Draws (P, N, q), normalised log-weights (P, N), log p(y_i^o) (N,)."""
+    b, log_w = _defensive_draws(model, guide, data, num_proposals)
+    for _ in range(adapt_rounds):
+        mean, cov, _ = _weighted_moments(b, log_w - torch.logsumexp(log_w, 0))
+        b, log_w = _student_draws(model, data, mean, cov, num_proposals)
+    log_norm = torch.logsumexp(log_w, 0)
+    return b, log_w - log_norm, log_norm - math.log(num_proposals)
+
+
+def _resample(b: torch.Tensor, log_w: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Multinomial resampling of (P, N, q) draws by weights (P, N) -> (S, N, q)."""
+    index = torch.multinomial(log_w.exp().T, num_samples, replacement=True).T  # (S, N)
+    return torch.gather(b, 0, index.unsqueeze(-1).expand(-1, -1, b.shape[-1]))
+
+
+def _random_walk(model, data: LongitudinalData, b: torch.Tensor, cov: torch.Tensor, steps: int):
+    """``steps`` random-walk Metropolis moves of every draw of (S, N, q) ``b``;
+    returns the moved draws and the acceptance rate per subject (N,)."""
+    scale_tril = torch.linalg.cholesky(cov * (2.38 ** 2 / b.shape[-1]))  # (N, q, q)
+    current = log_joint(model, b, data)
+    accepted = torch.zeros_like(current)
+    for _ in range(steps):
+        proposed = b + torch.einsum("nij,snj->sni", scale_tril, torch.randn_like(b))
+        candidate = log_joint(model, proposed, data)
+        accept = torch.rand_like(current).log() < candidate - current
+        b = torch.where(accept.unsqueeze(-1), proposed, b)
+        current = torch.where(accept, candidate, current)
+        accepted += accept.to(accepted.dtype)
+    return b, accepted.mean(0) / max(steps, 1)
+
+
+def _chunks(data: LongitudinalData, chunk_size: int):
+    return [data.subset(slice(start, start + chunk_size)) for start in range(0, data.num_subjects, chunk_size)]
+
+
+@torch.no_grad()
+def random_effects_posterior(model, guide, data: LongitudinalData, num_samples: int = 1000, *,
+                             method: str = "importance", num_proposals: int | None = None,
+                             adapt_rounds: int = 2, mcmc_steps: int = 20,
+                             chunk_size: int = 128) -> RandomEffectsPosterior:
+    """``num_samples`` equally weighted draws of :math:`b_i \\mid y_i^o` for
+    every subject of ``data`` (see the module docstring for the methods).
+
+    :param num_proposals: P, importance draws per round (default ``num_samples``).
+    :param adapt_rounds: Student-t rounds after the defensive round 0.
+    :param mcmc_steps: random-walk steps per draw (``method='mcmc'``).
+    :returns: a :class:`RandomEffectsPosterior` with ``b`` of shape (S, N, q).
+    """
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {METHODS}, got '{method}'")
+    if num_samples < 1 or chunk_size < 1 or adapt_rounds < 0 or mcmc_steps < 0:
+        raise ConfigError("num_samples and chunk_size must be positive; adapt_rounds and mcmc_steps >= 0")
+    if method == "encoder":
+        return RandomEffectsPosterior(guide.posterior(data).sample((num_samples,)), method)
+    num_proposals = num_proposals or num_samples
+    parts = []
+    for chunk in _chunks(data, chunk_size):
+        b, log_w, log_marginal = _adaptive_importance(model, guide, chunk, num_proposals, adapt_rounds)
+        _, cov, ess = _weighted_moments(b, log_w)
+        draws = _resample(b, log_w, num_samples)
+        acceptance = None
+        if method == "mcmc":
+            draws, acceptance = _random_walk(model, chunk, draws, cov, mcmc_steps)
+        parts.append((draws, ess, log_marginal, acceptance))
+    draws, ess, log_marginal, acceptance = zip(*parts)
+    return RandomEffectsPosterior(
+        torch.cat(draws, dim=1), method, torch.cat(ess), torch.cat(log_marginal),
+        torch.cat(acceptance) if method == "mcmc" else None,
+    )
+
+
+# ------------------------------------------------------ posterior predictive
+@dataclass
+class PosteriorPredictive:
+    """Posterior predictive draws for the cells of ``data``.
+
+    ``posterior``: the draws of b (S, N, q) they were made from (aligned
+    with ``data``'s subjects).  ``means``: (S, N, T, K)
+    :math:`g_k^{-1}(\\eta^{(s)})`.  ``draws``: (S, N, T, K) draws of y,
+    inside each family's support.  ``log_likelihood``: (S, N, T, K)
+    :math:`\\log p(y_{ijk} \\mid b_i^{(s)})` at the observed cells of
+    ``data``, NaN elsewhere (in-sample: the pointwise log-likelihood; at
+    held-out cells: the log predictive density per draw).
+    """
+
+    data: LongitudinalData
+    posterior: RandomEffectsPosterior
+    means: torch.Tensor
+    draws: torch.Tensor
+    log_likelihood: torch.Tensor
+
+
+@torch.no_grad()
+def predictive_draws(model, data: LongitudinalData, posterior: RandomEffectsPosterior) -> PosteriorPredictive:
+    """Draw y at every slot of ``data`` given ``posterior.b`` (S, N, q), via
+    ``pyro.infer.Predictive`` over the model run with ``observe=False``."""
+    names = model.outcomes
+    sites = Predictive(model, posterior_samples={"b": posterior.b.unsqueeze(-2)}, parallel=True,
+                       return_sites=[f"y_{name}" for name in names] + ["_RETURN"])(data, observe=False)
+    eta = sites["_RETURN"]  # (S, N, T, K)
+    families = list(model.families.values())
+    means = torch.stack([f.inverse_link(eta[..., k]) for k, f in enumerate(families)], -1)
+    draws = torch.stack([f.constrain(sites[f"y_{name}"]) for name, f in zip(names, families)], -1)
+    log_lik = torch.stack([
+        f.distribution(eta[..., k], model.dispersion(name)).log_prob(data.y[..., k])
+        for k, (name, f) in enumerate(zip(names, families))
+    ], -1)
+    nan = torch.tensor(float("nan"), dtype=log_lik.dtype)
+    return PosteriorPredictive(data, posterior, means, draws.to(means.dtype), torch.where(data.mask, log_lik, nan))
+
+
+def posterior_predictive(model, guide, data: LongitudinalData, *, target: LongitudinalData | None = None,
+                         num_samples: int = 1000, method: str = "importance",
+                         **posterior_options) -> PosteriorPredictive:
+    """Posterior of b from ``data``, predictive draws at the cells of
+    ``target`` (default ``data`` itself: in-sample, for model checking).
+
+    ``target`` must hold the same subjects as ``data`` (both are sorted by
+    id); ``posterior_options`` go to :func:`random_effects_posterior`.
+    """
+    if target is not None and not np.array_equal(target.ids, data.ids):
+        raise DataError("target must hold the same subjects as data, in the same (sorted) order")
+    posterior = random_effects_posterior(model, guide, data, num_samples, method=method, **posterior_options)
+    return predictive_draws(model, data if target is None else target, posterior)
+
+
+# ----------------------------------------------------------------- predict
+@dataclass
+class Prediction:
+    """What :func:`predict` returns.
+
+    ``table``: tidy DataFrame, one row per (subject, time, outcome), sorted
+    by subject, time and outcome order, with columns
+
+    * ``id_col``, ``time_col`` (the user's ids and times), ``outcome``;
+    * ``history``: the row is one of the history's rows (``include_history``);
+    * ``horizon``: time minus the subject's last history time;
+    * ``observed``: the observed value if the history or the ``times`` frame
+      has one, else NaN;
+    * ``mean``: the predicted value :math:`E[y \\mid \\mathcal H_i]` (a
+      probability for binary outcomes);
+    * ``lower_<L>``, ``upper_<L>``: central prediction interval of a new
+      observation at level ``L`` percent (observation noise included);
+    * ``mean_lower_<L>``, ``mean_upper_<L>``: credible interval of the
+      subject's mean curve :math:`g^{-1}(\\eta)` (for binary outcomes, of
+      the probability).
+
+    ``predictive``: the draws behind it (:class:`PosteriorPredictive`; its
+    ``data`` are the prediction cells, subjects sorted by id).
+    """
+
+    table: pd.DataFrame
+    predictive: PosteriorPredictive
+
+
+def _level_label(level: float) -> str:
+    return f"{100 * level:g}"
+
+
+def _check_levels(levels: Sequence[float]) -> list[float]:
+    levels = [float(v) for v in levels]
+    if not levels or not all(0 < v < 1 for v in levels):
+        raise ConfigError(f"levels must be numbers in (0, 1), e.g. (0.5, 0.95); got {levels}")
+    return levels
+
+
+def _times_frame(schema: DataSchema, history: pd.DataFrame, times) -> pd.DataFrame:
+    """The requested rows: (id, time[, outcomes]) for every history subject
+    (a sequence of times) or as given (a DataFrame)."""
+    id_col, time_col = schema.id_col, schema.time_col
+    if isinstance(times, pd.DataFrame):
+        missing = [c for c in (id_col, time_col) if c not in times.columns]
+        if missing:
+            raise DataError(f"the times DataFrame needs the columns {missing}; its columns are {list(times.columns)}")
+        unknown = ~times[id_col].isin(history[id_col])
+        if unknown.any():
+            raise DataError(
+                f"subjects {sorted(pd.unique(times.loc[unknown, id_col]).tolist())[:5]} in the times DataFrame "
+                f"({describe_rows(times.index[unknown])}) have no row in the history; give each subject at "
+                "least one history row (baseline covariates, outcomes may be NaN)"
+            )
+        return times[[id_col, time_col, *[c for c in schema.outcomes if c in times.columns]]].copy()
+    grid = np.asarray(times, dtype=float).ravel()
+    if grid.size == 0 or not np.isfinite(grid).all():
+        raise DataError(f"times must be a non-empty sequence of finite numbers or a DataFrame; got {times!r}")
+    ids = pd.unique(history[id_col])
+    return pd.DataFrame({id_col: np.repeat(ids, grid.size), time_col: np.tile(grid, ids.size)})
+
+
+def _target_frame(schema: DataSchema, history: pd.DataFrame, times, relative: bool,
+                  include_history: bool) -> pd.DataFrame:
+    """Rows to predict, sorted by id and time (the order of the padded
+    slots), with covariates copied from each subject's history and a
+    ``history`` flag; a requested (id, time) already in the history keeps
+    the history row."""
+    id_col, time_col = schema.id_col, schema.time_col
+    rows = _times_frame(schema, history, times)
+    last = history.groupby(id_col, sort=False)[time_col].max()
+    if relative:
+        rows[time_col] = rows[time_col].to_numpy(float) + rows[id_col].map(last).to_numpy(float)
+    rows["history"] = False
+    if include_history:
+        past = history[[id_col, time_col, *schema.outcomes]].assign(history=True)
+        rows = pd.concat([past, rows], ignore_index=True).drop_duplicates([id_col, time_col], keep="first")
+    if schema.covariates:
+        rows = rows.join(history.groupby(id_col, sort=False)[schema.covariates].first(), on=id_col)
+    rows["horizon"] = rows[time_col].to_numpy(float) - rows[id_col].map(last).to_numpy(float)
+    return rows.sort_values([id_col, time_col], kind="stable").reset_index(drop=True)
+
+
+def _summary_table(rows: pd.DataFrame, predictive: PosteriorPredictive, schema: DataSchema,
+                   levels: list[float]) -> pd.DataFrame:
+    """The tidy table of :class:`Prediction` from per-slot draws."""
+    data = predictive.data
+    subject, slot = np.nonzero(data.visit_mask.cpu().numpy())
+    means = predictive.means.cpu().numpy()[:, subject, slot]  # (S, V, K) over the V visits
+    draws = predictive.draws.cpu().numpy()[:, subject, slot]
+    stats = {"mean": means.mean(0)}
+    for level in levels:
+        tail = (1 - level) / 2
+        label = _level_label(level)
+        stats[f"lower_{label}"], stats[f"upper_{label}"] = np.quantile(draws, [tail, 1 - tail], axis=0)
+        stats[f"mean_lower_{label}"], stats[f"mean_upper_{label}"] = np.quantile(means, [tail, 1 - tail], axis=0)
+    frames = []
+    for k, name in enumerate(schema.outcomes):
+        observed = rows[name] if name in rows.columns else np.nan
+        columns = {key: value[:, k] for key, value in stats.items()}
+        frames.append(rows[[schema.id_col, schema.time_col, "history", "horizon"]].assign(
+            outcome=name, observed=pd.to_numeric(observed), **columns, _order=k))
+    table = pd.concat(frames, ignore_index=True)
+    table = table.sort_values([schema.id_col, schema.time_col, "_order"], kind="stable").drop(columns="_order")
+    first = [schema.id_col, schema.time_col, "outcome", "history", "horizon", "observed"]
+    return table[first + list(stats)].reset_index(drop=True)
+
+
+def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, relative: bool = False,
+            include_history: bool = False, levels: Sequence[float] = (0.95,), num_samples: int = 1000,
+            method: str = "importance", **posterior_options) -> Prediction:
+    """Dynamic predictions for the subjects of ``history`` at ``times``.
+
+    :param history: long DataFrame with the training columns (id, time,
+        outcomes, covariates); any number of rows per subject, outcomes may
+        be NaN, and a subject may have no observed outcome at all (then the
+        prediction uses its covariates only: b from the prior).  New and
+        training subjects alike.
+    :param times: a sequence of times, used for every subject, or a
+        DataFrame with the id and time columns (per-subject times; outcome
+        columns, if present, fill ``observed``, e.g. held-out values to score).
+    :param relative: ``times`` are offsets from each subject's last history
+        time (``[0.5, 1]``: half a year and a year after the last visit).
+    :param include_history: also predict at the history rows (the fitted
+        curve given the history, e.g. for plots).
+    :param levels: interval levels, each in (0, 1).
+    :param num_samples: S, draws of b and of y per subject.
+    :param method: ``'importance'``, ``'mcmc'`` or ``'encoder'`` (module docstring).
+    :param posterior_options: ``num_proposals``, ``adapt_rounds``,
+        ``mcmc_steps``, ``chunk_size`` of :func:`random_effects_posterior`.
+
+    The encoder sees the history only; times outside the fitted time range
+    follow the time basis' extrapolation policy (:mod:`pyro_dgmm.bases`).
+    """
+    levels = _check_levels(levels)
+    rows = _target_frame(schema, history, times, relative, include_history)
+    history = history[history[schema.id_col].isin(rows[schema.id_col])]
+    past = schema.transform(history, require_observed=False)
+    target = schema.transform(rows, require_observed=False)
+    predictive = posterior_predictive(model, guide, past, target=target, num_samples=num_samples,
+                                      method=method, **posterior_options)
+    return Prediction(_summary_table(rows, predictive, schema, levels), predictive)
