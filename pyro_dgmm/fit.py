@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import pyro
 import torch
@@ -114,9 +115,11 @@ class FitConfig:
 
     def resolved_device(self) -> torch.device:
         if self.device is None:
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            return replace(self, device="cuda" if torch.cuda.is_available() else "cpu").resolved_device()
         if str(self.device).startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device='{self.device}' was asked for but CUDA is not available")
+        if self.device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
+            return torch.device(f"cuda:{os.environ['LOCAL_RANK']}")
         return torch.device(self.device)
 
     def kl_scale(self, epoch: int) -> float:
