@@ -111,7 +111,8 @@ def to_inference_data(predictive: PosteriorPredictive, schema: DataSchema, *,
     :param schema: the fitted schema (names, families, covariate scalers).
     :param cell_log_likelihood: add per-cell log-likelihoods ``y_<outcome>``.
     :param attrs: extra provenance attributes (e.g. fit settings); values
-        that are not str/int/float are stored as JSON.
+        that are not str/int/float are stored as JSON.  Every group carries
+        the provenance attributes.
     :returns: ``arviz.InferenceData``; ``.to_netcdf(path)`` saves it.
     """
     az = _arviz()
@@ -130,7 +131,7 @@ def to_inference_data(predictive: PosteriorPredictive, schema: DataSchema, *,
     if covariate_names:
         constant["covariates"] = _covariates(predictive, schema)
     cell = ["subject", "visit"]
-    return az.from_dict(
+    idata = az.from_dict(
         posterior={"b": _chain(_numpy(predictive.posterior.b))},
         posterior_predictive={name: _chain(draws[..., k]) for k, name in enumerate(names)},
         observed_data={name: observed[..., k] for k, name in enumerate(names)},
@@ -140,5 +141,8 @@ def to_inference_data(predictive: PosteriorPredictive, schema: DataSchema, *,
                 "latent": np.arange(predictive.posterior.b.shape[-1]), "covariate": covariate_names},
         dims={"b": ["subject", "latent"], "y": ["subject"], "time": cell,
               "covariates": ["subject", "covariate"], **{name: cell for name in names}},
-        attrs=_attrs(predictive, schema, attrs),
     )
+    provenance = _attrs(predictive, schema, attrs)
+    for group in idata.groups():
+        idata[group].attrs.update(provenance)
+    return idata

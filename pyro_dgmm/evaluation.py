@@ -136,19 +136,21 @@ def calibration_table(table: pd.DataFrame, families: Mapping[str, str | Family],
                       bins: int = 10) -> pd.DataFrame:
     """Observed rate against predicted probability for the binary outcomes.
 
-    Predictions are grouped into ``bins`` equal-width bins of [0, 1];
-    returns ``outcome``, ``bin`` (its interval), ``n``, ``mean_predicted``
-    and ``observed_rate`` for the non-empty bins.
+    Predictions are grouped into ``bins`` equal-width bins ``(lower, upper]``
+    of [0, 1] (the first also holds 0); returns ``outcome``, ``bin_lower``,
+    ``bin_upper``, ``n``, ``mean_predicted`` and ``observed_rate`` for the
+    non-empty bins.
     """
     binary = [name for name, family in _families(families).items() if isinstance(family, Bernoulli)]
     scored = table[table["observed"].notna() & table["outcome"].isin(binary)]
     edges = np.linspace(0.0, 1.0, bins + 1)
-    groups = scored.assign(bin=pd.cut(scored["mean"], edges, include_lowest=True))
-    out = groups.groupby(["outcome", "bin"], observed=True, sort=True).agg(
+    index = np.clip(np.searchsorted(edges, scored["mean"].to_numpy(float), side="left") - 1, 0, bins - 1)
+    out = scored.assign(bin=index).groupby(["outcome", "bin"], sort=True).agg(
         n=("observed", "size"), mean_predicted=("mean", "mean"), observed_rate=("observed", "mean"))
     out = out.reset_index()
-    out["bin"] = out["bin"].astype(str)
-    return out
+    out.insert(1, "bin_lower", edges[out["bin"]])
+    out.insert(2, "bin_upper", edges[out["bin"] + 1])
+    return out.drop(columns="bin")
 
 
 def last_value_predictions(history: pd.DataFrame, future: pd.DataFrame, *, id_col: str, time_col: str,
@@ -182,11 +184,15 @@ def last_value_predictions(history: pd.DataFrame, future: pd.DataFrame, *, id_co
 
 @dataclass
 class LandmarkEvaluation:
-    """What :func:`landmark_evaluation` returns: the model's prediction
-    table (``horizon`` = time - landmark), ``scores`` (a ``method`` column:
-    ``'model'`` and ``'last value'``) and the model's ``calibration`` table."""
+    """What :func:`landmark_evaluation` returns: the prediction tables of the
+    model (``predictions``) and of :func:`last_value_predictions`
+    (``baseline``), both with ``horizon`` = time - landmark; ``scores`` of
+    both (a ``method`` column: ``'model'``, ``'last value'``); the model's
+    ``calibration`` table.  Tables of several folds can be concatenated and
+    scored again with :func:`score_predictions`."""
 
     predictions: pd.DataFrame
+    baseline: pd.DataFrame
     scores: pd.DataFrame
     calibration: pd.DataFrame
 
@@ -194,24 +200,28 @@ class LandmarkEvaluation:
 def landmark_evaluation(model, guide, schema: DataSchema, df: pd.DataFrame, landmark: float, *,
                         horizon: float | None = None, horizon_bins: Sequence[float] | None = None,
                         levels: Sequence[float] = (0.95,), calibration_bins: int = 10,
+                        fallback: Mapping[str, float] | None = None,
                         **predict_options) -> LandmarkEvaluation:
     """Predict every subject of ``df`` (held-out subjects, normally) from
     their history up to ``landmark`` at their observed times in
     ``(landmark, landmark + horizon]``, and score the predictions per
     outcome and horizon bin beside :func:`last_value_predictions`.
 
-    ``predict_options`` go to :func:`~pyro_dgmm.predict.predict` (``method``,
-    ``num_samples``, ...).  Horizons are measured from the landmark.
+    ``fallback`` goes to :func:`last_value_predictions` (e.g. the training
+    means); ``predict_options`` to :func:`~pyro_dgmm.predict.predict`
+    (``method``, ``num_samples``, ...).  Horizons are measured from the landmark.
     """
     id_col, time_col, outcomes = schema.id_col, schema.time_col, schema.outcomes
     history, future = landmark_split(df, id_col=id_col, time_col=time_col, outcomes=outcomes,
                                      landmark=landmark, horizon=horizon)
     table = predict(model, guide, schema, history, future, levels=levels, **predict_options).table
-    baseline = last_value_predictions(history, future, id_col=id_col, time_col=time_col, outcomes=outcomes)
+    baseline = last_value_predictions(history, future, id_col=id_col, time_col=time_col, outcomes=outcomes,
+                                      fallback=fallback)
     table, baseline = (frame.assign(horizon=frame[time_col].to_numpy(float) - landmark)
                        for frame in (table, baseline))
     scores = pd.concat([
         score_predictions(frame, schema.families, horizon_bins=horizon_bins).assign(method=method)
         for method, frame in (("model", table), ("last value", baseline))
     ], ignore_index=True)
-    return LandmarkEvaluation(table, scores, calibration_table(table, schema.families, bins=calibration_bins))
+    return LandmarkEvaluation(table, baseline, scores,
+                              calibration_table(table, schema.families, bins=calibration_bins))

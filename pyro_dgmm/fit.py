@@ -147,10 +147,14 @@ class FitResult:
     seconds: float = 0.0
 
 
-def ridge_penalty(*modules: torch.nn.Module) -> torch.Tensor:
-    """Sum of squared weight-matrix entries (parameters named ``*weight``)."""
-    terms = [p.pow(2).sum() for m in modules for n, p in m.named_parameters() if n.endswith("weight")]
-    return torch.stack(terms).sum() if terms else torch.zeros(())
+def ridge_weights(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The weight matrices of ``modules`` (parameters named ``*weight``)."""
+    return [p for m in modules for n, p in m.named_parameters() if n.endswith("weight")]
+
+
+def ridge_penalty(weights: list[torch.Tensor]) -> torch.Tensor:
+    """Sum of squared entries of ``weights``."""
+    return torch.stack([w.pow(2).sum() for w in weights]).sum() if weights else torch.zeros(())
 
 
 def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData | None = None,
@@ -181,7 +185,8 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     optimizer = torch.optim.Adam([
         {"params": [p for p in params if id(p) not in residual]},
         {"params": [p for p in params if id(p) in residual]},
-    ], lr=config.learning_rate)
+    ], lr=config.learning_rate, foreach=True)
+    weights = ridge_weights(model, guide)
     n = train.num_subjects
     batch_size = config.batch_size or min(max(64, n // 50), 4096)
     shard_batch = max(1, batch_size // shards.num_shards)
@@ -210,7 +215,7 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
         epoch_loss = torch.zeros(())
         for step in range(steps_per_epoch):
             optimizer.zero_grad()
-            loss = config.ridge * ridge_penalty(model, guide) / world()[1]
+            loss = config.ridge * ridge_penalty(weights) / world()[1]
             for s, shard in train_shards.items():
                 torch.manual_seed(_stream(config.seed, epoch * steps_per_epoch + step, s, shards.num_shards))
                 index = orders[s][(step * shard_batch + torch.arange(shard_batch)) % shard.num_subjects]

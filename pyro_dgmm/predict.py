@@ -167,14 +167,16 @@ def _random_walk(model, data: LongitudinalData, b: torch.Tensor, cov: torch.Tens
 
 
 def _chunks(data: LongitudinalData, chunk_size: int):
-    return [data.subset(slice(start, start + chunk_size)) for start in range(0, data.num_subjects, chunk_size)]
+    """(subject slice, subset of data) pairs of at most ``chunk_size`` subjects."""
+    slices = [slice(start, start + chunk_size) for start in range(0, data.num_subjects, chunk_size)]
+    return [(index, data.subset(index)) for index in slices]
 
 
 @torch.no_grad()
 def random_effects_posterior(model, guide, data: LongitudinalData, num_samples: int = 1000, *,
                              method: str = "importance", num_proposals: int | None = None,
                              adapt_rounds: int = 2, mcmc_steps: int = 20,
-                             chunk_size: int = 128) -> RandomEffectsPosterior:
+                             chunk_size: int = 64) -> RandomEffectsPosterior:
     """``num_samples`` equally weighted draws of :math:`b_i \\mid y_i^o` for
     every subject of ``data`` (see the module docstring for the methods).
 
@@ -191,7 +193,7 @@ def random_effects_posterior(model, guide, data: LongitudinalData, num_samples: 
         return RandomEffectsPosterior(guide.posterior(data).sample((num_samples,)), method)
     num_proposals = num_proposals or num_samples
     parts = []
-    for chunk in _chunks(data, chunk_size):
+    for _, chunk in _chunks(data, chunk_size):
         b, log_w, log_marginal = _adaptive_importance(model, guide, chunk, num_proposals, adapt_rounds)
         _, cov, ess = _weighted_moments(b, log_w)
         draws = _resample(b, log_w, num_samples)
@@ -227,14 +229,12 @@ class PosteriorPredictive:
     log_likelihood: torch.Tensor
 
 
-@torch.no_grad()
-def predictive_draws(model, data: LongitudinalData, posterior: RandomEffectsPosterior) -> PosteriorPredictive:
-    """Draw y at every slot of ``data`` given ``posterior.b`` (S, N, q), via
-    ``pyro.infer.Predictive`` over the model run with ``observe=False``."""
+def _predictive_chunk(model, data: LongitudinalData, b: torch.Tensor):
+    """(means, draws, log-likelihood), each (S, n, T, K), for the n subjects of ``data``."""
     names = model.outcomes
-    sites = Predictive(model, posterior_samples={"b": posterior.b.unsqueeze(-2)}, parallel=True,
+    sites = Predictive(model, posterior_samples={"b": b.unsqueeze(-2)}, parallel=True,
                        return_sites=[f"y_{name}" for name in names] + ["_RETURN"])(data, observe=False)
-    eta = sites["_RETURN"]  # (S, N, T, K)
+    eta = sites["_RETURN"]  # (S, n, T, K)
     families = list(model.families.values())
     means = torch.stack([f.inverse_link(eta[..., k]) for k, f in enumerate(families)], -1)
     draws = torch.stack([f.constrain(sites[f"y_{name}"]) for name, f in zip(names, families)], -1)
@@ -243,22 +243,36 @@ def predictive_draws(model, data: LongitudinalData, posterior: RandomEffectsPost
         for k, (name, f) in enumerate(zip(names, families))
     ], -1)
     nan = torch.tensor(float("nan"), dtype=log_lik.dtype)
-    return PosteriorPredictive(data, posterior, means, draws.to(means.dtype), torch.where(data.mask, log_lik, nan))
+    return means, draws.to(means.dtype), torch.where(data.mask, log_lik, nan)
+
+
+@torch.no_grad()
+def predictive_draws(model, data: LongitudinalData, posterior: RandomEffectsPosterior, *,
+                     chunk_size: int = 64) -> PosteriorPredictive:
+    """Draw y at every slot of ``data`` given ``posterior.b`` (S, N, q), via
+    ``pyro.infer.Predictive`` over the model run with ``observe=False``, in
+    chunks of ``chunk_size`` subjects."""
+    parts = [_predictive_chunk(model, chunk, posterior.b[:, index]) for index, chunk in _chunks(data, chunk_size)]
+    means, draws, log_lik = (torch.cat(tensors, dim=1) for tensors in zip(*parts))
+    return PosteriorPredictive(data, posterior, means, draws, log_lik)
 
 
 def posterior_predictive(model, guide, data: LongitudinalData, *, target: LongitudinalData | None = None,
-                         num_samples: int = 1000, method: str = "importance",
+                         num_samples: int = 1000, method: str = "importance", chunk_size: int = 64,
                          **posterior_options) -> PosteriorPredictive:
     """Posterior of b from ``data``, predictive draws at the cells of
     ``target`` (default ``data`` itself: in-sample, for model checking).
 
     ``target`` must hold the same subjects as ``data`` (both are sorted by
-    id); ``posterior_options`` go to :func:`random_effects_posterior`.
+    id); ``chunk_size`` bounds memory (subjects at a time); ``posterior_options``
+    (``num_proposals``, ``adapt_rounds``, ``mcmc_steps``) go to
+    :func:`random_effects_posterior`.
     """
     if target is not None and not np.array_equal(target.ids, data.ids):
         raise DataError("target must hold the same subjects as data, in the same (sorted) order")
-    posterior = random_effects_posterior(model, guide, data, num_samples, method=method, **posterior_options)
-    return predictive_draws(model, data if target is None else target, posterior)
+    posterior = random_effects_posterior(model, guide, data, num_samples, method=method, chunk_size=chunk_size,
+                                         **posterior_options)
+    return predictive_draws(model, data if target is None else target, posterior, chunk_size=chunk_size)
 
 
 # ----------------------------------------------------------------- predict

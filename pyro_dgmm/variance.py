@@ -84,7 +84,7 @@ _NULL_RTOL = 1e-7
 _CELLS_PER_CHUNK = 2 ** 22
 
 
-_EXP = {"scale": 1.0, "df": None}
+_EXP = {"scale": 1.0, "df": None, "adapt": False}
 
 
 class InferenceWarning(UserWarning):
@@ -245,29 +245,39 @@ class _MarginalObjective:
         cells = self.num_samples * data.num_visits * len(data.outcomes)
         self.chunk_size = int(chunk_size or max(1, _CELLS_PER_CHUNK // cells))
         self.seed = seed
-        self.loc, self.scale_tril = _encoder_proposal(guide, data, self.chunk_size)
+        self.proposal = _encoder_proposal(guide, data, self.chunk_size)
+        if _EXP["adapt"]:
+            self.proposal = self.adapted()
+        self.proposal = _Proposal(self.proposal.loc, self.proposal.scale_tril * _EXP["scale"], _EXP["df"])
 
-    def chunks(self) -> Iterator[tuple[LongitudinalData, torch.Tensor, torch.Tensor]]:
+    @torch.no_grad()
+    def adapted(self):
+        locs, trils = [], []
+        for chunk, b, corr in self.chunks(seed=self.seed + 1):
+            log_w = self.log_weights(self.theta, chunk, b, corr)
+            w = torch.softmax(log_w, 0)
+            ess = 1 / w.pow(2).sum(0)
+            mean = torch.einsum("sn,snq->nq", w, b)
+            centred = b - mean
+            cov = torch.einsum("sn,snq,snr->nqr", w, centred, centred)
+            index = slice(len(locs) * 0, None)
+            locs.append(mean); trils.append((cov, ess))
+        mean = torch.cat(locs); cov = torch.cat([c for c, _ in trils]); ess = torch.cat([e for _, e in trils])
+        alpha = (ess / (ess + 10))[:, None]
+        q_loc, q_tril = self.proposal.loc, self.proposal.scale_tril
+        loc = alpha * mean + (1 - alpha) * q_loc
+        q_cov = q_tril @ q_tril.transpose(-1, -2)
+        cov = alpha[..., None] * cov + (1 - alpha[..., None]) * q_cov
+        return _Proposal(loc, torch.linalg.cholesky(cov), None)
+
+    def chunks(self, proposal=None, seed=None) -> Iterator[tuple[LongitudinalData, torch.Tensor, torch.Tensor]]:
         r"""(chunk, b (S, n, q), :math:`\log N(b; 0, I) - \log q(b)` (S, n)), the same on every call."""
-        generator = torch.Generator(device=self.data.device).manual_seed(self.seed)
+        proposal = proposal or self.proposal
+        generator = torch.Generator(device=self.data.device).manual_seed(self.seed if seed is None else seed)
         for start in range(0, self.data.num_subjects, self.chunk_size):
             index = slice(start, start + self.chunk_size)
-            chunk = self.data.subset(index)
-            loc, scale_tril = self.loc[index], self.scale_tril[index]
-            eps = torch.randn((self.num_samples, *loc.shape), generator=generator, dtype=loc.dtype,
-                              device=loc.device)
-            scale_tril = scale_tril * _EXP["scale"]
-            if _EXP["df"]:
-                df = _EXP["df"]
-                u = torch.randn((df, self.num_samples, loc.shape[0]), generator=generator, dtype=loc.dtype).pow(2).sum(0)
-                eps = eps * (df / u).sqrt().unsqueeze(-1)
-            b = loc + (scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
-            if _EXP["df"]:
-                from pyro.distributions import MultivariateStudentT
-                log_q = MultivariateStudentT(torch.tensor(float(df), dtype=loc.dtype), loc, scale_tril).log_prob(b)
-            else:
-                log_q = MultivariateNormal(loc, scale_tril=scale_tril).log_prob(b)
-            yield chunk, b, standard_normal_log_density(b) - log_q
+            b, log_q = proposal.draw(index, self.num_samples, generator)
+            yield self.data.subset(index), b, standard_normal_log_density(b) - log_q
 
     def log_weights(self, theta, chunk, b, log_correction) -> torch.Tensor:
         """log w (S, n) of one chunk at theta."""
@@ -324,13 +334,34 @@ def _float64_copy(model, device) -> _Bound:
     return _Bound(clone)
 
 
+@dataclass
+class _Proposal:
+    loc: torch.Tensor
+    scale_tril: torch.Tensor
+    df: int | None
+
+    def draw(self, index, num_samples, generator):
+        loc, scale_tril = self.loc[index], self.scale_tril[index]
+        eps = torch.randn((num_samples, *loc.shape), generator=generator, dtype=loc.dtype, device=loc.device)
+        if self.df:
+            u = torch.randn((self.df, num_samples, loc.shape[0]), generator=generator, dtype=loc.dtype).pow(2).sum(0)
+            eps = eps * (self.df / u).sqrt().unsqueeze(-1)
+        b = loc + (scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+        if self.df:
+            from pyro.distributions import MultivariateStudentT
+            log_q = MultivariateStudentT(torch.tensor(float(self.df), dtype=loc.dtype), loc, scale_tril).log_prob(b)
+        else:
+            log_q = MultivariateNormal(loc, scale_tril=scale_tril).log_prob(b)
+        return b, log_q
+
+
 @torch.no_grad()
-def _encoder_proposal(guide, data: LongitudinalData, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _encoder_proposal(guide, data: LongitudinalData, chunk_size: int):
     """The encoder's q(b_i | y_i): loc (N, q) and scale_tril (N, q, q) in float64."""
     parts = [guide.posterior(data.subset(slice(s, s + chunk_size))) for s in range(0, data.num_subjects, chunk_size)]
     loc = torch.cat([q.loc for q in parts]).to(torch.float64)
     scale_tril = torch.cat([q.scale_tril for q in parts]).to(torch.float64)
-    return loc, scale_tril
+    return _Proposal(loc, scale_tril, None)
 
 
 def _summarise(log_w: torch.Tensor) -> tuple[torch.Tensor, ...]:
