@@ -245,6 +245,47 @@ class DeepMixedModel:
             return self.training_baseline_
         return df.groupby(self.id_col, sort=True)[self.covariates].first().reset_index()
 
+    def predict(self, history: pd.DataFrame, times, **options):
+        """Dynamic predictions for the subjects of ``history`` (new or known;
+        any number of rows, possibly none observed) at ``times``; see
+        :func:`pyro_dgmm.predict.predict` for ``options`` (``relative``,
+        ``levels``, ``num_samples``, ``method``, ...).
+
+        :returns: a :class:`~pyro_dgmm.predict.Prediction`: ``table`` (tidy:
+            id, time, outcome, mean, interval bounds), ``draws``.
+        """
+        self._check_fitted()
+        from .predict import predict
+
+        return predict(self.model_, self.guide_, self.schema_, history, times, **options)
+
+    def landmark_evaluation(self, df: pd.DataFrame, landmark: float, **options):
+        """Score dynamic predictions of the subjects of ``df`` from their
+        history up to ``landmark``; see :func:`pyro_dgmm.evaluation.landmark_evaluation`."""
+        self._check_fitted()
+        from .evaluation import landmark_evaluation
+
+        return landmark_evaluation(self.model_, self.guide_, self.schema_, df, landmark, **options)
+
+    def to_inference_data(self, df: pd.DataFrame | None = None, *, num_samples: int = 500,
+                          method: str = "importance", cell_log_likelihood: bool = False):
+        """ArviZ ``InferenceData`` of the fit on ``df`` (default: the training
+        data): posterior of b, posterior predictive, observed data, per-subject
+        log-likelihood (for ``az.loo``), constant data; see
+        :func:`pyro_dgmm.convert.to_inference_data`."""
+        self._check_fitted()
+        from .convert import to_inference_data
+        from .predict import posterior_predictive
+
+        if df is None and self.data_ is None:
+            raise NotFittedError("this model was loaded from disk without its data: pass df")
+        data = self.data_ if df is None else self.transform(df)
+        predictive = posterior_predictive(self.model_, self.guide_, data, num_samples=num_samples, method=method)
+        attrs = {"model_class": self.model_class.__qualname__, "missing": self.missing,
+                 "fit": {k: v for k, v in self.result_.config.items() if k != "device"},
+                 "epochs_run": self.result_.epochs_run, "stop_reason": self.result_.stop_reason}
+        return to_inference_data(predictive, self.schema_, cell_log_likelihood=cell_log_likelihood, attrs=attrs)
+
     # ----------------------------------------------------------- save/load
     def save(self, path: str | Path) -> None:
         """Save the fitted model (configuration, schema, weights, fit history)."""

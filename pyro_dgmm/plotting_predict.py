@@ -24,7 +24,7 @@ def _subject_rows(table: pd.DataFrame, id_col: str, time_col: str, subject) -> p
 
 def plot_dynamic_prediction(table: pd.DataFrame, subject, *, id_col: str, time_col: str,
                             outcomes: Sequence[str] | None = None, level: float = 0.95,
-                            binary: Sequence[str] = ()):
+                            binary: Sequence[str] = (), landmark: float | None = None):
     """One subject's observed values, fitted curve and prediction band.
 
     :param table: :attr:`Prediction.table <pyro_dgmm.predict.Prediction>`,
@@ -34,11 +34,15 @@ def plot_dynamic_prediction(table: pd.DataFrame, subject, *, id_col: str, time_c
     :param level: the interval level to shade (a level the table has).
     :param binary: outcomes whose band is the credible band of the
         probability (``mean_lower/upper``) rather than of a new observation.
+    :param landmark: where the prediction starts (default: the subject's
+        last history time).
 
     History values are filled dots, later observed values (e.g. held-out)
     open circles; the line is the predicted mean; the shaded band after the
-    landmark (the subject's last history time, dashed) is the prediction
-    interval, the darker band the credible band of the mean curve.
+    landmark (dashed) is the prediction interval, the darker band the
+    credible band of the mean curve.  For a smooth curve with the held-out
+    values, predict once at a times DataFrame holding a grid and the later
+    visits, with ``include_history=True``.
     """
     rows = _subject_rows(table, id_col, time_col, subject)
     outcomes = list(outcomes) if outcomes is not None else list(pd.unique(rows["outcome"]))
@@ -46,12 +50,13 @@ def plot_dynamic_prediction(table: pd.DataFrame, subject, *, id_col: str, time_c
     if f"lower_{label}" not in rows.columns:
         raise DataError(f"the table has no {label}% intervals (columns lower_{label}, upper_{label})")
     history = rows[rows["history"]]
-    landmark = history[time_col].max() if not history.empty else None
+    if landmark is None and not history.empty:
+        landmark = history[time_col].max()
     fig, axes = plt.subplots(len(outcomes), 1, figsize=(6, 2.4 * len(outcomes)), sharex=True, squeeze=False)
     for ax, name in zip(axes[:, 0], outcomes):
         part = rows[rows["outcome"] == name]
         time = part[time_col].to_numpy(float)
-        after = ~part["history"].to_numpy(bool)
+        after = time >= landmark if landmark is not None else np.ones(time.shape, bool)
         if name not in binary:
             ax.fill_between(time[after], part["lower_" + label][after], part["upper_" + label][after],
                             color="C0", alpha=0.2, lw=0, label=f"{label}% prediction interval")

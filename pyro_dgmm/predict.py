@@ -69,7 +69,7 @@ from pyro.infer import Predictive
 
 from .data import DataSchema, LongitudinalData
 from .errors import ConfigError, DataError, describe_rows
-from .posterior import observed_log_likelihood, standard_normal_log_density
+from .impute import log_target
 
 METHODS = ("importance", "mcmc", "encoder")
 _STUDENT_DF = 5.0
@@ -92,12 +92,6 @@ class RandomEffectsPosterior:
     ess: torch.Tensor | None = None
     log_marginal: torch.Tensor | None = None
     acceptance: torch.Tensor | None = None
-
-
-def log_joint(model, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
-    """:math:`\\log p(y_i^o \\mid b_i) + \\log \\mathcal N(b_i; 0, I)`, shape
-    (..., N) for ``b`` (..., N, q)."""
-    return observed_log_likelihood(model, b, data) + standard_normal_log_density(b)
 
 
 def _weighted_moments(b: torch.Tensor, log_w: torch.Tensor):
@@ -124,14 +118,14 @@ def _defensive_draws(model, guide, data: LongitudinalData, num_proposals: int):
     half = num_proposals // 2
     b = torch.cat([encoder.sample((half,)), prior.sample((num_proposals - half,))])
     log_r = torch.logsumexp(torch.stack([encoder.log_prob(b), prior.log_prob(b)]), 0) - math.log(2.0)
-    return b, log_joint(model, b, data) - log_r
+    return b, log_target(model, b, data) - log_r
 
 
 def _student_draws(model, data: LongitudinalData, mean, cov, num_proposals: int):
     proposal = dist.MultivariateStudentT(_STUDENT_DF, mean,
                                          torch.linalg.cholesky(_COVARIANCE_INFLATION * cov))
     b = proposal.sample((num_proposals,))
-    return b, log_joint(model, b, data) - proposal.log_prob(b)
+    return b, log_target(model, b, data) - proposal.log_prob(b)
 
 
 def _adaptive_importance(model, guide, data: LongitudinalData, num_proposals: int, adapt_rounds: int):
@@ -154,11 +148,11 @@ def _random_walk(model, data: LongitudinalData, b: torch.Tensor, cov: torch.Tens
     """``steps`` random-walk Metropolis moves of every draw of (S, N, q) ``b``;
     returns the moved draws and the acceptance rate per subject (N,)."""
     scale_tril = torch.linalg.cholesky(cov * (2.38 ** 2 / b.shape[-1]))  # (N, q, q)
-    current = log_joint(model, b, data)
+    current = log_target(model, b, data)
     accepted = torch.zeros_like(current)
     for _ in range(steps):
         proposed = b + torch.einsum("nij,snj->sni", scale_tril, torch.randn_like(b))
-        candidate = log_joint(model, proposed, data)
+        candidate = log_target(model, proposed, data)
         accept = torch.rand_like(current).log() < candidate - current
         b = torch.where(accept.unsqueeze(-1), proposed, b)
         current = torch.where(accept, candidate, current)
@@ -296,11 +290,14 @@ class Prediction:
       subject's mean curve :math:`g^{-1}(\\eta)` (for binary outcomes, of
       the probability).
 
-    ``predictive``: the draws behind it (:class:`PosteriorPredictive`; its
-    ``data`` are the prediction cells, subjects sorted by id).
+    ``draws``: (S, len(table)) posterior predictive draws of y, column ``r``
+    for table row ``r``.  ``predictive``: everything behind it
+    (:class:`PosteriorPredictive`; its ``data`` are the prediction cells,
+    subjects sorted by id).
     """
 
     table: pd.DataFrame
+    draws: np.ndarray
     predictive: PosteriorPredictive
 
 
@@ -316,10 +313,12 @@ def _check_levels(levels: Sequence[float]) -> list[float]:
 
 
 def _times_frame(schema: DataSchema, history: pd.DataFrame, times) -> pd.DataFrame:
-    """The requested rows: (id, time[, outcomes]) for every history subject
-    (a sequence of times) or as given (a DataFrame)."""
+    """The requested rows: (id, time) for every history subject (a sequence
+    of times) or as given (a DataFrame, possibly with outcome columns)."""
     id_col, time_col = schema.id_col, schema.time_col
     if isinstance(times, pd.DataFrame):
+        if times.empty:
+            raise DataError("the times DataFrame has no rows: there is nothing to predict")
         missing = [c for c in (id_col, time_col) if c not in times.columns]
         if missing:
             raise DataError(f"the times DataFrame needs the columns {missing}; its columns are {list(times.columns)}")
@@ -330,7 +329,7 @@ def _times_frame(schema: DataSchema, history: pd.DataFrame, times) -> pd.DataFra
                 f"({describe_rows(times.index[unknown])}) have no row in the history; give each subject at "
                 "least one history row (baseline covariates, outcomes may be NaN)"
             )
-        return times[[id_col, time_col, *[c for c in schema.outcomes if c in times.columns]]].copy()
+        return times
     grid = np.asarray(times, dtype=float).ravel()
     if grid.size == 0 or not np.isfinite(grid).all():
         raise DataError(f"times must be a non-empty sequence of finite numbers or a DataFrame; got {times!r}")
@@ -345,7 +344,8 @@ def _target_frame(schema: DataSchema, history: pd.DataFrame, times, relative: bo
     ``history`` flag; a requested (id, time) already in the history keeps
     the history row."""
     id_col, time_col = schema.id_col, schema.time_col
-    rows = _times_frame(schema, history, times)
+    rows = _times_frame(schema, history, times).reindex(
+        columns=[id_col, time_col, *schema.outcomes])  # outcomes not given: NaN
     last = history.groupby(id_col, sort=False)[time_col].max()
     if relative:
         rows[time_col] = rows[time_col].to_numpy(float) + rows[id_col].map(last).to_numpy(float)
@@ -360,28 +360,27 @@ def _target_frame(schema: DataSchema, history: pd.DataFrame, times, relative: bo
 
 
 def _summary_table(rows: pd.DataFrame, predictive: PosteriorPredictive, schema: DataSchema,
-                   levels: list[float]) -> pd.DataFrame:
-    """The tidy table of :class:`Prediction` from per-slot draws."""
-    data = predictive.data
+                   levels: list[float]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The tidy table of :class:`Prediction` and the draws (S, rows) aligned
+    with it, from per-slot draws; ``rows`` are the visits in slot order."""
+    data, names = predictive.data, schema.outcomes
     subject, slot = np.nonzero(data.visit_mask.cpu().numpy())
     means = predictive.means.cpu().numpy()[:, subject, slot]  # (S, V, K) over the V visits
     draws = predictive.draws.cpu().numpy()[:, subject, slot]
     stats = {"mean": means.mean(0)}
     for level in levels:
-        tail = (1 - level) / 2
-        label = _level_label(level)
+        tail, label = (1 - level) / 2, _level_label(level)
         stats[f"lower_{label}"], stats[f"upper_{label}"] = np.quantile(draws, [tail, 1 - tail], axis=0)
         stats[f"mean_lower_{label}"], stats[f"mean_upper_{label}"] = np.quantile(means, [tail, 1 - tail], axis=0)
-    frames = []
-    for k, name in enumerate(schema.outcomes):
-        observed = rows[name] if name in rows.columns else np.nan
-        columns = {key: value[:, k] for key, value in stats.items()}
-        frames.append(rows[[schema.id_col, schema.time_col, "history", "horizon"]].assign(
-            outcome=name, observed=pd.to_numeric(observed), **columns, _order=k))
-    table = pd.concat(frames, ignore_index=True)
-    table = table.sort_values([schema.id_col, schema.time_col, "_order"], kind="stable").drop(columns="_order")
-    first = [schema.id_col, schema.time_col, "outcome", "history", "horizon", "observed"]
-    return table[first + list(stats)].reset_index(drop=True)
+    observed = rows[names].apply(pd.to_numeric).to_numpy(float)  # (V, K)
+    table = rows.loc[rows.index.repeat(len(names)), [schema.id_col, schema.time_col]].reset_index(drop=True)
+    table["outcome"] = np.tile(names, len(rows))
+    table["history"] = np.repeat(rows["history"].to_numpy(bool), len(names))
+    table["horizon"] = np.repeat(rows["horizon"].to_numpy(float), len(names))
+    table["observed"] = observed.ravel()
+    for key, value in stats.items():
+        table[key] = value.ravel()
+    return table, draws.reshape(draws.shape[0], -1)
 
 
 def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, relative: bool = False,
@@ -411,10 +410,10 @@ def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, r
     follow the time basis' extrapolation policy (:mod:`pyro_dgmm.bases`).
     """
     levels = _check_levels(levels)
+    past = schema.transform(history, require_observed=False)  # validates the history
     rows = _target_frame(schema, history, times, relative, include_history)
-    history = history[history[schema.id_col].isin(rows[schema.id_col])]
-    past = schema.transform(history, require_observed=False)
+    past = past.subset(np.flatnonzero(np.isin(past.ids, pd.unique(rows[schema.id_col]))))
     target = schema.transform(rows, require_observed=False)
     predictive = posterior_predictive(model, guide, past, target=target, num_samples=num_samples,
                                       method=method, **posterior_options)
-    return Prediction(_summary_table(rows, predictive, schema, levels), predictive)
+    return Prediction(*_summary_table(rows, predictive, schema, levels), predictive)

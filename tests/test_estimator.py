@@ -64,6 +64,19 @@ def test_cli_fits_shipped_pbc_and_writes_every_output(tmp_path, capsys):
     assert summary["subjects"] == 312 and summary["epochs_run"] == 1
 
 
+def test_cli_predict_from_saved_model(fitted, tmp_path, capsys):
+    fitted.save(tmp_path / "model.pt")
+    history = tmp_path / "history.csv"
+    tiny_frame(n_subjects=2, seed=11).to_csv(history, index=False)
+    out = tmp_path / "pred.csv"
+    assert main(["predict", "--model", str(tmp_path / "model.pt"), "--history", str(history), "--times", "1",
+                 "2", "--relative", "--num-samples", "30", "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert len(table) == 2 * 2 * len(OUTCOMES) and {"mean", "lower_95", "upper_95"} <= set(table.columns)
+    assert main(["predict", "--model", str(tmp_path / "nope.pt"), "--history", str(history), "--times", "1",
+                 "--out", str(out)]) == 2
+
+
 def test_cli_csv_input_and_errors(tmp_path, capsys):
     csv = tmp_path / "visits.csv"
     tiny_frame().to_csv(csv, index=False)
@@ -78,3 +91,14 @@ def test_cli_csv_input_and_errors(tmp_path, capsys):
     bad.to_csv(csv, index=False)
     assert main(args) == 2
     assert "outcome column 'bin'" in capsys.readouterr().err
+
+
+def test_facade_predicts_and_exports_to_arviz(fitted, tmp_path):
+    history = tiny_frame(n_subjects=3, seed=9)
+    prediction = fitted.predict(history, [5.0, 6.0], num_samples=50)
+    table = prediction.table
+    assert set(table["outcome"]) == set(OUTCOMES) and len(table) == 3 * 2 * len(OUTCOMES)
+    assert (table["lower_95"] <= table["upper_95"]).all()
+    idata = fitted.to_inference_data(num_samples=20)
+    assert {"posterior", "posterior_predictive", "observed_data", "log_likelihood"} <= set(idata.groups())
+    assert idata.posterior.attrs["missing"] == "mask"
