@@ -33,7 +33,7 @@ from .families import Family
 from .fit import FitConfig, FitResult, fit_svi
 from .guide import AmortizedGuide
 from .model import DGMM, MixedModel
-from .parallel import gather_objects, world
+from .parallel import map_subjects
 from .impute import (ImputationConfig, ImputationTrace, fit_with_imputation, impute_completed,
                      multiple_imputations, with_fill)
 from .posterior import fitted_means, marginal_means
@@ -191,16 +191,13 @@ class DeepMixedModel:
         if df is None and self.data_ is None:
             raise NotFittedError("this model was loaded from disk without its data: pass df")
         data = self.data_ if df is None else self.transform(df)
-        rank, size = world()
-        part = data.subset(np.arange(rank, data.num_subjects, size)) if size > 1 else data
-        means = fitted_means(self.model_, self.guide_, self._encoder_view(part), num_samples, method)
-        out = part.observed_long()
-        fitted = part.to_long({f"{name}_fitted": means[..., k] for k, name in enumerate(part.outcomes)})
-        frame = pd.concat([out, fitted.drop(columns=[part.id_col, part.time_col])], axis=1)
-        if size == 1:
-            return frame
-        gathered = pd.concat(gather_objects(frame))
-        return gathered.sort_values([part.id_col, part.time_col], kind="stable").reset_index(drop=True)
+
+        def compute(part: LongitudinalData) -> pd.DataFrame:
+            means = fitted_means(self.model_, self.guide_, self._encoder_view(part), num_samples, method)
+            fitted = part.to_long({f"{name}_fitted": means[..., k] for k, name in enumerate(part.outcomes)})
+            return pd.concat([part.observed_long(), fitted.drop(columns=[part.id_col, part.time_col])], axis=1)
+
+        return map_subjects(compute, data, sort_by=[data.id_col, data.time_col])
 
     def impute(self, df: pd.DataFrame | None = None, num_imputations: int = 5, *, mcmc_steps: int = 10,
                warmup_steps: int = 50, kernel: str = "mh") -> list[pd.DataFrame]:
@@ -210,13 +207,21 @@ class DeepMixedModel:
         Each is a long DataFrame (one row per visit, the user's ids and times)
         with every outcome completed, ``<outcome>_imputed`` flags and an
         ``imputation`` number; see :func:`~pyro_dgmm.impute.multiple_imputations`.
+        Under ``torch.distributed`` subjects are imputed on their shard's
+        process and gathered.
         """
         self._check_fitted()
         if df is None and self.data_ is None:
             raise NotFittedError("this model was loaded from disk without its data: pass df")
         data = self.data_ if df is None else self.transform(df)
-        return multiple_imputations(self.model_, self.guide_, self._encoder_view(data), num_imputations,
-                                    mcmc_steps=mcmc_steps, warmup_steps=warmup_steps, kernel=kernel)
+
+        def compute(part: LongitudinalData) -> pd.DataFrame:
+            return pd.concat(multiple_imputations(self.model_, self.guide_, self._encoder_view(part),
+                                                  num_imputations, mcmc_steps=mcmc_steps,
+                                                  warmup_steps=warmup_steps, kernel=kernel))
+
+        stacked = map_subjects(compute, data, sort_by=["imputation", data.id_col, data.time_col])
+        return [frame.reset_index(drop=True) for _, frame in stacked.groupby("imputation", sort=True)]
 
     def population_mean(self, times, df: pd.DataFrame | None = None, *, num_samples: int = 500) -> pd.DataFrame:
         """Population mean curve: E[y(t)] averaged over b ~ N(0, I) and over the

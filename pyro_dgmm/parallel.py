@@ -99,3 +99,21 @@ def gather_objects(obj) -> list:
     out = [None] * size
     dist.all_gather_object(out, obj)
     return out
+
+
+def map_subjects(compute, data, *, sort_by: list[str]):
+    """``compute(part)`` on this process's share of ``data``'s subjects
+    (positions ``rank::world_size``), gathered into one DataFrame sorted by
+    ``sort_by`` on every process.  Per-subject work (fitted values,
+    imputation, prediction) is independent across subjects, so this is
+    exact.  ``compute`` returns a DataFrame; in one process it is called
+    on all of ``data``.
+    """
+    import pandas as pd
+
+    rank, size = world()
+    if size == 1:
+        return compute(data)
+    frame = compute(data.subset(np.arange(rank, data.num_subjects, size)))
+    gathered = pd.concat(gather_objects(frame))
+    return gathered.sort_values(sort_by, kind="stable").reset_index(drop=True)
