@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-.PHONY: install demo test test-slow bench
+.PHONY: install demo test test-slow bench docs
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -25,3 +25,9 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	cd benchmarks && OMP_NUM_THREADS=1 ../$(PY) core_accuracy.py
+
+# HTML docs in docs/_build/html, warnings as errors; needs no network once the
+# docs extra is installed (installed here on first use)
+docs: $(STAMP)
+	$(PY) -c "import sphinx, myst_parser, furo, jupytext" 2>/dev/null || $(PY) -m pip install --quiet -e ".[docs]"
+	OMP_NUM_THREADS=1 $(PY) -m sphinx -W --keep-going -b html docs docs/_build/html

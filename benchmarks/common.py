@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pyro_dgmm.evaluation import auc  # noqa: F401  (re-exported for the scripts)
+
 
 def single_thread() -> None:
     """One torch thread: the machines are shared and 2-core (see README)."""
@@ -69,16 +71,6 @@ def fit_mixedlm(df: pd.DataFrame, outcome: str, covariates: list[str], *, spline
 
 def rmse(a, b) -> float:
     return float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
-
-
-def auc(score: np.ndarray, label: np.ndarray) -> float:
-    """Area under the ROC curve by the rank-sum (Mann-Whitney) formula."""
-    from scipy.stats import rankdata
-
-    label = np.asarray(label).astype(bool)
-    ranks = rankdata(score)
-    n1, n0 = label.sum(), (~label).sum()
-    return float((ranks[label].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def brier(prob: np.ndarray, label: np.ndarray) -> float:

@@ -12,42 +12,56 @@ and takes :math:`\widehat{\operatorname{var}}(\hat\theta) = \{-\nabla^2
 \ell(\hat\theta)\}^{-1}`, with :math:`\ell` estimated by Monte Carlo with a
 large M and differentiated by central differences.
 
-**Estimator.** Importance sampling with the fitted encoder as proposal
-:math:`q_i = \mathcal N(\mu_i, L_i L_i^\top)` (held fixed: it does not move
-with :math:`\theta`):
+**Estimator.** Importance sampling, per subject, from a Gaussian proposal
+:math:`q_i = \mathcal N(m_i, L_i L_i^\top)` that does not move with
+:math:`\theta`:
 
 .. math::
 
-    \hat p_i(\theta) = \frac1S \sum_{s=1}^S w_{is}(\theta), \qquad
-    w_{is}(\theta) = \frac{p(y_i^o \mid b_{is}; \theta)\, \mathcal N(b_{is}; 0, I)}
-                          {q_i(b_{is})}, \qquad b_{is} = \mu_i + L_i \varepsilon_{is},
+    \log \hat p_i(\theta) = \log \sum_{s=1}^S a_{is}\, w_{is}(\theta), \qquad
+    w_{is}(\theta) = \frac{p(y_i^o \mid b_{is}; \theta)\, \mathcal N(b_{is}; 0, I)}{q_i(b_{is})},
+    \qquad b_{is} = m_i + L_i \varepsilon_{is},
 
 computed in log space (``logsumexp``), in float64, chunk by chunk of
-subjects.  **Common random numbers**: the base noise
-:math:`\varepsilon_{is} \sim \mathcal N(0, I_q)` is drawn once from a seeded
-generator, so :math:`\theta \mapsto \log \hat p(\theta)` is a smooth,
-deterministic function; its Hessian by autograd is exact for the estimate,
-and central differences of it are not swamped by Monte Carlo noise.
+subjects.
 
-**Diagnostics** per subject: Kish's effective sample size
-:math:`\mathrm{ESS}_i = (\sum_s w_{is})^2 / \sum_s w_{is}^2`; the Monte
-Carlo SD of :math:`\log \hat p_i` by the delta method,
-:math:`\sqrt{1/\mathrm{ESS}_i - 1/S}`; and the Pareto :math:`\hat k_i` of
-the weights' upper tail (Vehtari et al., PSIS): above 0.7 the estimate is
-unreliable (the weights' variance is infinite in effect).
+* *Proposal.* The encoder :math:`q(b_i \mid y_i)`, or by default (``adapt``)
+  a proposal fitted to each subject's posterior: the Laplace approximation
+  (Newton's method from the encoder's mean), then moved to the
+  importance-weighted mean and covariance of b from pilot runs with it,
+  1.5 times wider, as proposal (repeated until the proposals stop moving).
+  This removes the amortisation gap of the encoder (and copes with a poor
+  one); for a linear mixed model, whose posterior is Gaussian, the weights
+  become nearly constant.
+* *Calibration weights* :math:`a_{is} \ge 0`, :math:`\sum_s a_{is} = 1`, make
+  the sample moments of the base noise exact,
+  :math:`\sum_s a_{is}\varepsilon_{is} = 0` and
+  :math:`\sum_s a_{is}\varepsilon_{is}\varepsilon_{is}^\top = I`: the regression
+  (control-variate) estimator of Owen & Zhou (2000) with controls
+  :math:`\varepsilon` and :math:`\varepsilon\varepsilon^\top - I`, whose
+  proposal means are known.  :math:`a_{is} = 1/S` gives the plain estimator.
+  It matters for the Hessian: the observed information is the complete-data
+  information minus the posterior variance of the complete-data score (Louis
+  1982), a difference of two large numbers when the random effects explain
+  most of the variation; the controls remove most of the Monte Carlo error
+  in the second (measured: standard errors within 2% of the exact ones at
+  S = 1000 for a linear mixed model, against 10-15% without).
+* *Common random numbers.*  The base noise :math:`\varepsilon_{is}` is drawn
+  once from a seeded generator (regenerated chunk by chunk), so
+  :math:`\theta \mapsto \log \hat p(\theta)` is a smooth, deterministic
+  function: its autograd Hessian is exact for the estimate, and central
+  differences of it are not swamped by Monte Carlo noise.
 
-**Parameters.** Standard errors are for a chosen set of the model's
-parameters (names as in ``model.named_parameters()``; dispersions are
-always included unless switched off), *conditional on the others*, which
-are held at their fitted values.  Positive dispersions are differentiated
-on their unconstrained (log) scale and reported on the natural scale by the
-delta method; their confidence intervals are transformed from the log
-scale.  Directions along which :math:`\ell` is exactly flat (a one-hot
-category next to an intercept, say) are not identified: the covariance is
-the pseudo-inverse, and only estimable combinations have standard errors.
+**Diagnostics** per subject: Kish's effective sample size of the weights
+:math:`a_{is} w_{is}`; the Monte Carlo SD of :math:`\log\hat p_i` from the
+residual variance of the regression of :math:`w_{is}` on the controls (the
+plain estimator's :math:`\sqrt{1/\mathrm{ESS}_i - 1/S}` when the controls
+explain nothing); and the Pareto :math:`\hat k_i` of the upper tail of the
+:math:`w_{is}` (PSIS): above 0.7 the estimate is unreliable.
 
 Shapes: ``N`` subjects, ``T`` visit slots, ``K`` outcomes, ``q`` latent
-dimensions, ``S`` importance samples, ``P`` scalar parameters.
+dimensions, ``S`` importance samples, ``P`` scalar parameters, ``F =
+q + q(q+1)/2`` controls.
 """
 from __future__ import annotations
 
@@ -80,11 +94,20 @@ LINEAR_FIXED_EFFECTS = (
 LINEAR_RANDOM_EFFECTS = "random_effects.linear_coefficients.weight"
 #: Eigenvalues of the information below this fraction of the largest are flat directions.
 _NULL_RTOL = 1e-7
+#: Newton steps ignore curvatures below this fraction of the largest.
+_STEP_RTOL = 1e-3
 #: Cells (S * n * T * K) per chunk when chunk_size is not given.
 _CELLS_PER_CHUNK = 2 ** 22
-
-
-_EXP = {"scale": 1.0, "df": None, "adapt": False}
+#: Pilot runs that adapt the proposal: at most this many, until no subject's
+#: proposal moves by more than _ADAPT_KL (KL divergence); their scale factor (to see the tails).
+_ADAPT_ROUNDS = 8
+_ADAPT_KL = 0.01
+_PILOT_INFLATION = 1.5
+#: Newton steps (and step halvings per step) for the Laplace approximations.
+_LAPLACE_STEPS = 30
+_LAPLACE_HALVINGS = 10
+#: Pilot effective sample size at which an adapted proposal is half pilot moments, half previous proposal.
+_ADAPT_PRIOR = 10.0
 
 
 class InferenceWarning(UserWarning):
@@ -144,7 +167,90 @@ def _generalized_pareto_shape(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x[..., -1] > 0, k_hat, torch.full_like(k_hat, -math.inf))
 
 
-# ---------------------------------------------- the Monte Carlo likelihood
+# ------------------------------------------------------ importance sampling
+
+
+@dataclass
+class _Proposal:
+    """Gaussian proposals N(loc_i, L_i L_i^T): loc (N, q), scale_tril (N, q, q), float64."""
+
+    loc: torch.Tensor
+    scale_tril: torch.Tensor
+
+    def draw(self, index: slice, num_samples: int, generator: torch.Generator):
+        """b (S, n, q), log q(b) (S, n) and the base noise eps (S, n, q) for subjects ``index``."""
+        loc, scale_tril = self.loc[index], self.scale_tril[index]
+        eps = torch.randn((num_samples, *loc.shape), generator=generator, dtype=loc.dtype, device=loc.device)
+        b = loc + (scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+        return b, MultivariateNormal(loc, scale_tril=scale_tril).log_prob(b), eps
+
+
+@dataclass
+class _Draws:
+    """One chunk of n subjects with its fixed draws: b (S, n, q), log N(b; 0, I) - log q(b)
+    (S, n), log calibration weights (S, n) and centred controls (S, n, F) with their Gram
+    matrices (n, F, F)."""
+
+    chunk: LongitudinalData
+    b: torch.Tensor
+    log_correction: torch.Tensor
+    log_calibration: torch.Tensor
+    controls: torch.Tensor
+    gram: torch.Tensor
+
+
+@torch.no_grad()
+def _encoder_proposal(guide, data: LongitudinalData, chunk_size: int) -> _Proposal:
+    """The encoder's q(b_i | y_i) for every subject, in float64."""
+    parts = [guide.posterior(data.subset(slice(s, s + chunk_size))) for s in range(0, data.num_subjects, chunk_size)]
+    return _Proposal(torch.cat([q.loc for q in parts]).to(torch.float64),
+                     torch.cat([q.scale_tril for q in parts]).to(torch.float64))
+
+
+def _calibration(eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Calibration weights of the regression estimator for base noise eps (S, n, q).
+
+    With controls :math:`\phi_s = (\varepsilon_s, \mathrm{vech}(\varepsilon_s
+    \varepsilon_s^\top - I))` (proposal mean 0) and their Gram matrix
+    :math:`G = \sum_s (\phi_s - \bar\phi)(\phi_s - \bar\phi)^\top`,
+    :math:`a_s = 1/S - (\phi_s - \bar\phi)^\top G^{-1}\bar\phi`, so that
+    :math:`\sum_s a_s = 1` and :math:`\sum_s a_s \phi_s = 0`.  The rare
+    negative weights (extreme draws) are set to zero and the rest
+    renormalised, so that :math:`\sum_s a_s w_s > 0`.
+
+    :returns: log a (S, n), centred controls (S, n, F), G (n, F, F).
+    """
+    s, _, q = eps.shape
+    rows, cols = torch.triu_indices(q, q, device=eps.device)
+    phi = torch.cat([eps, eps[..., rows] * eps[..., cols] - (rows == cols).to(eps.dtype)], -1)
+    mean = phi.mean(0)
+    centred = phi - mean
+    gram = torch.einsum("snf,sng->nfg", centred, centred)
+    a = 1 / s - torch.einsum("snf,nf->sn", centred, torch.linalg.solve(gram, mean))
+    a = a.clamp_min(0)
+    return (a / a.sum(0)).log(), centred, gram
+
+
+def _regression_sd(log_w: torch.Tensor, draws: _Draws) -> torch.Tensor:
+    r"""Monte Carlo SD of :math:`\log \hat p_i`, (n,), from the residuals
+    :math:`e_s` of the least-squares regression of :math:`w_s` on the
+    controls: :math:`\widehat{\operatorname{var}}(\hat p) = \sum_s e_s^2 / \{S (S - F - 1)\}`,
+    then the delta method, :math:`\mathrm{sd}(\hat p) / \hat p`."""
+    s, _, f = draws.controls.shape
+    w = (log_w - log_w.max(0).values).exp()  # (S, n), scaled so the largest is 1
+    centred_w = w - w.mean(0)
+    beta = torch.linalg.solve(draws.gram, torch.einsum("snf,sn->nf", draws.controls, centred_w))
+    residual = centred_w - torch.einsum("snf,nf->sn", draws.controls, beta)
+    variance = residual.pow(2).sum(0) / (s * max(s - f - 1, 1))
+    return variance.sqrt() / (draws.log_calibration.exp() * w).sum(0)
+
+
+def _summarise(log_w: torch.Tensor, draws: _Draws) -> tuple[torch.Tensor, ...]:
+    """log p-hat, Monte Carlo SD, ESS and Pareto k-hat of one chunk, each (n,)."""
+    log_aw = log_w + draws.log_calibration
+    log_p = torch.logsumexp(log_aw, 0)
+    ess = torch.exp(2 * log_p - torch.logsumexp(2 * log_aw, 0))
+    return log_p, _regression_sd(log_w, draws), ess, pareto_k(log_w)
 
 
 @dataclass
@@ -152,10 +258,9 @@ class MarginalLikelihood:
     r"""Importance-sampling estimate of :math:`\log p(y_i^o; \theta)` per subject.
 
     ``per_subject``, ``mc_sd``, ``ess``, ``pareto_k``: shape (N,), in the
-    order of ``ids``.  ``mc_sd`` is the delta-method Monte Carlo SD
-    :math:`\sqrt{1/\mathrm{ESS}_i - 1/S}` of each estimate; it shrinks like
-    :math:`1/\sqrt S`.  (:math:`\log \hat p_i` is biased down by about
-    ``mc_sd**2 / 2``, Jensen's inequality.)
+    order of ``ids``.  ``mc_sd`` is the Monte Carlo SD of each estimate (see
+    the module docstring); it shrinks like :math:`1/\sqrt S`.
+    (:math:`\log \hat p_i` is biased down by about ``mc_sd**2 / 2``.)
     """
 
     per_subject: torch.Tensor
@@ -172,7 +277,7 @@ class MarginalLikelihood:
 
     @property
     def total_mc_sd(self) -> float:
-        """Monte Carlo SD of :attr:`total` (subjects' draws are independent)."""
+        """Monte Carlo SD of :attr:`total` (the subjects' draws are independent)."""
         return float(self.mc_sd.pow(2).sum().sqrt())
 
     @property
@@ -200,6 +305,14 @@ class _Bound(nn.Module):
         return fn(self.model, *args)
 
 
+def _float64_copy(model, device) -> _Bound:
+    """A float64 copy of ``model`` on ``device``, without gradients of its own."""
+    clone = copy.deepcopy(model).to(device=device, dtype=torch.float64)
+    for p in clone.parameters():
+        p.requires_grad_(False)
+    return _Bound(clone)
+
+
 class _Layout:
     """Where each named parameter's elements sit in a flat vector theta (P,)."""
 
@@ -207,8 +320,9 @@ class _Layout:
         params = dict(model.named_parameters())
         self.names = list(names)
         self.shapes = [params[name].shape for name in self.names]
-        sizes = [math.prod(shape) for shape in self.shapes]
-        self.slices = dict(zip(self.names, (slice(a - n, a) for a, n in zip(np.cumsum(sizes).tolist(), sizes))))
+        ends = np.cumsum([math.prod(shape) for shape in self.shapes]).tolist()
+        self.slices = {name: slice(end - math.prod(shape), end)
+                       for name, shape, end in zip(self.names, self.shapes, ends)}
 
     def values(self, model: nn.Module) -> torch.Tensor:
         """The parameters' current values, flattened, (P,)."""
@@ -227,76 +341,69 @@ class _MarginalObjective:
 
     A float64 copy of the model is evaluated with the parameters ``names``
     replaced by slices of a flat vector theta (P,) (their unconstrained
-    values); all other parameters stay at their fitted values.  The encoder
-    proposal (loc (N, q), scale_tril (N, q, q)) is computed once; the base
-    noise is regenerated chunk by chunk from ``seed``, identically for every
-    theta.
+    values); all other parameters stay at their fitted values.  The
+    proposal is fitted at one theta (:meth:`move_to`; first the fitted
+    values) and then held fixed; the base noise is regenerated chunk by
+    chunk from ``seed``, identically for every theta.
     """
 
     def __init__(self, model, guide, data: LongitudinalData, names: Sequence[str], num_samples: int,
-                 chunk_size: int | None, seed: int):
-        if int(num_samples) < 2:
-            raise ConfigError(f"num_samples must be at least 2, got {num_samples}")
+                 chunk_size: int | None, seed: int, adapt: bool):
+        controls = model.latent_dim + model.latent_dim * (model.latent_dim + 1) // 2
+        if int(num_samples) < 10 * controls:
+            raise ConfigError(f"num_samples must be at least {10 * controls} (10 per control variate "
+                              f"for latent_dim={model.latent_dim}), got {num_samples}")
         self.bound = _float64_copy(model, data.device)
         self.data = data.to(dtype=torch.float64)
         self.layout = _Layout(self.bound.model, names)
-        self.theta = self.layout.values(self.bound.model)
+        self.theta = self.layout.values(self.bound.model).to(data.device)
         self.num_samples = int(num_samples)
         cells = self.num_samples * data.num_visits * len(data.outcomes)
         self.chunk_size = int(chunk_size or max(1, _CELLS_PER_CHUNK // cells))
         self.seed = seed
+        self.adapt = adapt
         self.proposal = _encoder_proposal(guide, data, self.chunk_size)
-        if _EXP["adapt"]:
-            self.proposal = self.adapted()
-        self.proposal = _Proposal(self.proposal.loc, self.proposal.scale_tril * _EXP["scale"], _EXP["df"])
+        self.move_to(self.theta)
 
-    @torch.no_grad()
-    def adapted(self):
-        locs, trils = [], []
-        for chunk, b, corr in self.chunks(seed=self.seed + 1):
-            log_w = self.log_weights(self.theta, chunk, b, corr)
-            w = torch.softmax(log_w, 0)
-            ess = 1 / w.pow(2).sum(0)
-            mean = torch.einsum("sn,snq->nq", w, b)
-            centred = b - mean
-            cov = torch.einsum("sn,snq,snr->nqr", w, centred, centred)
-            index = slice(len(locs) * 0, None)
-            locs.append(mean); trils.append((cov, ess))
-        mean = torch.cat(locs); cov = torch.cat([c for c, _ in trils]); ess = torch.cat([e for _, e in trils])
-        alpha = (ess / (ess + 10))[:, None]
-        q_loc, q_tril = self.proposal.loc, self.proposal.scale_tril
-        loc = alpha * mean + (1 - alpha) * q_loc
-        q_cov = q_tril @ q_tril.transpose(-1, -2)
-        cov = alpha[..., None] * cov + (1 - alpha[..., None]) * q_cov
-        return _Proposal(loc, torch.linalg.cholesky(cov), None)
+    def move_to(self, theta: torch.Tensor) -> None:
+        """Refit the proposal at theta, starting from the current one (with
+        ``adapt``; else it stays the encoder); it then stays fixed."""
+        self.theta = theta
+        if self.adapt:
+            self.proposal = self._adapted()
 
-    def chunks(self, proposal=None, seed=None) -> Iterator[tuple[LongitudinalData, torch.Tensor, torch.Tensor]]:
-        r"""(chunk, b (S, n, q), :math:`\log N(b; 0, I) - \log q(b)` (S, n)), the same on every call."""
-        proposal = proposal or self.proposal
+    def draws(self, seed: int | None = None, proposal: _Proposal | None = None) -> Iterator[_Draws]:
+        """The chunks with their draws; the same on every call (for the same seed and proposal)."""
         generator = torch.Generator(device=self.data.device).manual_seed(self.seed if seed is None else seed)
+        proposal = proposal or self.proposal
         for start in range(0, self.data.num_subjects, self.chunk_size):
             index = slice(start, start + self.chunk_size)
-            b, log_q = proposal.draw(index, self.num_samples, generator)
-            yield self.data.subset(index), b, standard_normal_log_density(b) - log_q
+            b, log_q, eps = proposal.draw(index, self.num_samples, generator)
+            yield _Draws(self.data.subset(index), b, standard_normal_log_density(b) - log_q, *_calibration(eps))
 
-    def log_weights(self, theta, chunk, b, log_correction) -> torch.Tensor:
+    def log_weights(self, theta: torch.Tensor, draws: _Draws) -> torch.Tensor:
         """log w (S, n) of one chunk at theta."""
-        loglik = torch.func.functional_call(self.bound, self.layout.unflatten(theta), (observed_log_likelihood, b, chunk))
-        return loglik + log_correction
+        loglik = torch.func.functional_call(self.bound, self.layout.unflatten(theta),
+                                            (observed_log_likelihood, draws.b, draws.chunk))
+        return loglik + draws.log_correction
 
-    def log_marginal(self, theta, chunk, b, log_correction) -> torch.Tensor:
-        r""":math:`\log \hat p_i(\theta)` (n,) of one chunk."""
-        log_w = self.log_weights(theta, chunk, b, log_correction)
-        return torch.logsumexp(log_w, 0) - math.log(self.num_samples)
+    def log_marginal(self, theta: torch.Tensor, draws: _Draws) -> torch.Tensor:
+        r""":math:`\log \hat p_i(\theta) = \log \sum_s a_s w_s(\theta)`, (n,), of one chunk."""
+        return torch.logsumexp(self.log_weights(theta, draws) + draws.log_calibration, 0)
 
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:
         """The total estimate at theta (a scalar)."""
-        return sum(self.log_marginal(theta, *c).sum() for c in self.chunks())
+        return sum(self.log_marginal(theta, d).sum() for d in self.draws())
+
+    def gradient(self, theta: torch.Tensor) -> torch.Tensor:
+        """Gradient of the estimate at theta by autograd, summed chunk by chunk, (P,)."""
+        return sum(torch.autograd.functional.jacobian(lambda t: self.log_marginal(t, d).sum(), theta)
+                   for d in self.draws())
 
     def hessian(self, theta: torch.Tensor) -> torch.Tensor:
         """Exact Hessian of the estimate at theta by autograd, summed chunk by chunk, (P, P)."""
-        return sum(torch.autograd.functional.hessian(lambda t: self.log_marginal(t, *c).sum(), theta)
-                   for c in self.chunks())
+        return sum(torch.autograd.functional.hessian(lambda t: self.log_marginal(t, d).sum(), theta)
+                   for d in self.draws())
 
     @torch.no_grad()
     def central_hessian(self, theta: torch.Tensor, step: float) -> torch.Tensor:
@@ -305,7 +412,7 @@ class _MarginalObjective:
         With :math:`h_j = \text{step} \cdot \max(1, |\theta_j|)`:
         :math:`H_{jk} \approx [f(\theta + h_j e_j + h_k e_k) - f(\theta + h_j e_j - h_k e_k)
         - f(\theta - h_j e_j + h_k e_k) + f(\theta - h_j e_j - h_k e_k)] / (4 h_j h_k)`
-        (:math:`2P^2` evaluations; on the diagonal it is the second
+        (:math:`2P(P + 1)` evaluations; on the diagonal it is the second
         difference with step :math:`2h_j`).
         """
         p = theta.numel()
@@ -314,63 +421,108 @@ class _MarginalObjective:
         for j in range(p):
             for k in range(j + 1):
                 plus, minus = shifts[j] + shifts[k], shifts[j] - shifts[k]
-                value = (self(theta + plus) - self(theta + minus) - self(theta - minus) + self(theta - plus))
+                value = self(theta + plus) - self(theta + minus) - self(theta - minus) + self(theta - plus)
                 hessian[j, k] = hessian[k, j] = value / (4 * shifts[j, j] * shifts[k, k])
         return hessian
 
     @torch.no_grad()
-    def marginal(self, theta: torch.Tensor, ids: np.ndarray) -> MarginalLikelihood:
+    def marginal(self, theta: torch.Tensor) -> MarginalLikelihood:
         """Per-subject estimates and diagnostics at theta."""
-        parts = [_summarise(self.log_weights(theta, *c)) for c in self.chunks()]
+        parts = [_summarise(self.log_weights(theta, d), d) for d in self.draws()]
         per_subject, mc_sd, ess, k_hat = (torch.cat(x) for x in zip(*parts))
-        return MarginalLikelihood(per_subject, mc_sd, ess, k_hat, self.num_samples, ids)
+        return MarginalLikelihood(per_subject, mc_sd, ess, k_hat, self.num_samples, self.data.ids)
+
+    @torch.enable_grad()
+    def _laplace(self) -> _Proposal:
+        r"""Laplace approximations :math:`\mathcal N(\hat b_i, H_i^{-1})` of the posteriors at theta.
+
+        :math:`\hat b_i` maximises :math:`f_i(b) = \log p(y_i^o \mid b) + \log \mathcal N(b; 0, I)`
+        by Newton's method from the current proposal's mean, for all subjects
+        at once (:math:`f_i` depends on :math:`b_i` only, so the gradient of
+        :math:`\sum_i f_i` holds every subject's gradient, and q more
+        backward passes every subject's q x q Hessian); steps are halved
+        where they do not increase :math:`f_i`.  :math:`H_i` is
+        :math:`-\nabla^2 f_i` with its eigenvalues made positive.
+        """
+        params = self.layout.unflatten(self.theta.detach())
+
+        def log_joint(b: torch.Tensor, chunk: LongitudinalData) -> torch.Tensor:
+            loglik = torch.func.functional_call(self.bound, params, (observed_log_likelihood, b, chunk))
+            return loglik + standard_normal_log_density(b)
+
+        locs, trils = [], []
+        for start in range(0, self.data.num_subjects, self.chunk_size):
+            chunk = self.data.subset(slice(start, start + self.chunk_size))
+            b = self.proposal.loc[start:start + self.chunk_size]
+            for _ in range(_LAPLACE_STEPS):
+                value, gradient, precision = _newton_terms(log_joint, b, chunk)
+                step = torch.linalg.solve(precision, gradient)
+                for _ in range(_LAPLACE_HALVINGS):
+                    worse = log_joint(b + step, chunk).detach() < value
+                    if not worse.any():
+                        break
+                    step = torch.where(worse.unsqueeze(-1), step / 2, step)
+                b = b + step
+                if step.abs().max() < 1e-8:
+                    break
+            locs.append(b)
+            trils.append(torch.linalg.cholesky(torch.linalg.inv(_newton_terms(log_joint, b, chunk)[2])))
+        return _Proposal(torch.cat(locs), torch.cat(trils))
+
+    @torch.no_grad()
+    def _adapted(self) -> _Proposal:
+        r"""The proposal moved to the importance-weighted posterior moments of b at theta.
+
+        Starting from the Laplace approximations (:meth:`_laplace`, from the
+        current proposal's means: a poor encoder is no obstacle), each pilot
+        run (seeds ``seed + 1``, ``seed + 2``, ...) from
+        :math:`\mathcal N(m, 1.5^2 LL^\top)`, with :math:`\mathcal N(m, LL^\top)`
+        the proposal so far, gives per subject the weighted mean
+        :math:`\tilde m` and covariance :math:`\tilde\Sigma` of b and the ESS
+        (the wider pilot sees the posterior's far side); the next proposal is
+        :math:`\mathcal N(\alpha\tilde m + (1-\alpha) m, \alpha\tilde\Sigma + (1-\alpha) L L^\top)`
+        with :math:`\alpha = \mathrm{ESS}/(\mathrm{ESS} + 10)`; until no subject's
+        proposal moves by more than 0.01 in KL divergence (at most 8 runs).
+        """
+        proposal = self._laplace()
+        for round_ in range(_ADAPT_ROUNDS):
+            pilot = _Proposal(proposal.loc, _PILOT_INFLATION * proposal.scale_tril)
+            moments = [_weighted_moments(self.log_weights(self.theta, d) + d.log_calibration, d.b)
+                       for d in self.draws(seed=self.seed + 1 + round_, proposal=pilot)]
+            mean, covariance, ess = (torch.cat(x) for x in zip(*moments))
+            alpha = (ess / (ess + _ADAPT_PRIOR)).unsqueeze(-1)
+            previous = proposal.scale_tril @ proposal.scale_tril.transpose(-1, -2)
+            covariance = alpha.unsqueeze(-1) * covariance + (1 - alpha.unsqueeze(-1)) * previous
+            moved = _Proposal(alpha * mean + (1 - alpha) * proposal.loc, torch.linalg.cholesky(covariance))
+            proposal, shift = moved, _kl(moved, proposal).max()
+            if shift < _ADAPT_KL:
+                break
+        return proposal
 
 
-def _float64_copy(model, device) -> _Bound:
-    """A float64 copy of ``model`` on ``device``, without gradients of its own."""
-    clone = copy.deepcopy(model).to(device=device, dtype=torch.float64)
-    for p in clone.parameters():
-        p.requires_grad_(False)
-    return _Bound(clone)
+def _newton_terms(log_joint, b: torch.Tensor, chunk: LongitudinalData) -> tuple[torch.Tensor, ...]:
+    """f_i(b_i) (n,), its gradient (n, q) and positive-definite negative Hessian (n, q, q)."""
+    b = b.detach().requires_grad_(True)
+    value = log_joint(b, chunk)
+    gradient = torch.autograd.grad(value.sum(), b, create_graph=True)[0]
+    rows = [torch.autograd.grad(gradient[:, j].sum(), b, retain_graph=True)[0] for j in range(b.shape[-1])]
+    eigenvalues, vectors = torch.linalg.eigh(-torch.stack(rows, -2))
+    precision = (vectors * eigenvalues.abs().clamp_min(1e-6).unsqueeze(-2)) @ vectors.transpose(-1, -2)
+    return value.detach(), gradient.detach(), precision.detach()
 
 
-@dataclass
-class _Proposal:
-    loc: torch.Tensor
-    scale_tril: torch.Tensor
-    df: int | None
-
-    def draw(self, index, num_samples, generator):
-        loc, scale_tril = self.loc[index], self.scale_tril[index]
-        eps = torch.randn((num_samples, *loc.shape), generator=generator, dtype=loc.dtype, device=loc.device)
-        if self.df:
-            u = torch.randn((self.df, num_samples, loc.shape[0]), generator=generator, dtype=loc.dtype).pow(2).sum(0)
-            eps = eps * (self.df / u).sqrt().unsqueeze(-1)
-        b = loc + (scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
-        if self.df:
-            from pyro.distributions import MultivariateStudentT
-            log_q = MultivariateStudentT(torch.tensor(float(self.df), dtype=loc.dtype), loc, scale_tril).log_prob(b)
-        else:
-            log_q = MultivariateNormal(loc, scale_tril=scale_tril).log_prob(b)
-        return b, log_q
+def _kl(p: _Proposal, q: _Proposal) -> torch.Tensor:
+    """KL(p || q) per subject, (N,)."""
+    return torch.distributions.kl_divergence(MultivariateNormal(p.loc, scale_tril=p.scale_tril),
+                                             MultivariateNormal(q.loc, scale_tril=q.scale_tril))
 
 
-@torch.no_grad()
-def _encoder_proposal(guide, data: LongitudinalData, chunk_size: int):
-    """The encoder's q(b_i | y_i): loc (N, q) and scale_tril (N, q, q) in float64."""
-    parts = [guide.posterior(data.subset(slice(s, s + chunk_size))) for s in range(0, data.num_subjects, chunk_size)]
-    loc = torch.cat([q.loc for q in parts]).to(torch.float64)
-    scale_tril = torch.cat([q.scale_tril for q in parts]).to(torch.float64)
-    return _Proposal(loc, scale_tril, None)
-
-
-def _summarise(log_w: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """log w (S, n) -> log p-hat, Monte Carlo SD, ESS, Pareto k-hat, each (n,)."""
-    s = log_w.shape[0]
-    log_sum = torch.logsumexp(log_w, 0)
-    ess = torch.exp(2 * log_sum - torch.logsumexp(2 * log_w, 0))
-    mc_sd = (1 / ess - 1 / s).clamp_min(0).sqrt()
-    return log_sum - math.log(s), mc_sd, ess, pareto_k(log_w)
+def _weighted_moments(log_w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Self-normalised mean (n, q), covariance (n, q, q) and Kish ESS (n,) of b (S, n, q)."""
+    w = torch.softmax(log_w, 0)
+    mean = torch.einsum("sn,snq->nq", w, b)
+    centred = b - mean
+    return mean, torch.einsum("sn,snq,snr->nqr", w, centred, centred), 1 / w.pow(2).sum(0)
 
 
 def _warn_unreliable(marginal: MarginalLikelihood) -> None:
@@ -380,29 +532,31 @@ def _warn_unreliable(marginal: MarginalLikelihood) -> None:
         warnings.warn(
             f"{int(bad.sum())} of {bad.numel()} subjects have Pareto k-hat > {PARETO_K_THRESHOLD} "
             f"(ids {ids[:5].tolist()}{' ...' if ids.size > 5 else ''}): their importance weights are "
-            "heavy-tailed and the marginal likelihood estimate is unreliable; fit the encoder longer "
-            "or use more samples",
+            "heavy-tailed and the marginal likelihood estimate is unreliable; use more samples or fit "
+            "the encoder longer",
             InferenceWarning, stacklevel=3,
         )
 
 
 def marginal_log_likelihood(model, guide, data: LongitudinalData, num_samples: int = 1000, *,
-                            chunk_size: int | None = None, seed: int = 0) -> MarginalLikelihood:
+                            adapt: bool = True, chunk_size: int | None = None,
+                            seed: int = 0) -> MarginalLikelihood:
     r"""Importance-sampling estimate of :math:`\log p(y_i^o; \hat\theta)` per subject.
 
-    The encoder :math:`q(b_i \mid y_i)` is the proposal (see the module
-    docstring); computed in float64, batched over subjects and samples in
-    chunks of ``chunk_size`` subjects (default: about 4M cells
+    See the module docstring: encoder proposal (moved to the pilot's
+    weighted moments if ``adapt``), calibration weights, float64, chunks of
+    ``chunk_size`` subjects (default: about 4M cells
     :math:`S \cdot n \cdot T \cdot K` per chunk).  Reproducible for a given
     ``seed`` and ``chunk_size``.  Warns (:class:`InferenceWarning`) when
     some subject's Pareto k-hat exceeds 0.7.
 
-    :param num_samples: S, importance samples per subject.
+    :param num_samples: S, importance samples per subject (at least
+        10 per control variate: 50 for q = 2).
     :returns: a :class:`MarginalLikelihood` (``.total``, ``.total_mc_sd``,
         per-subject values and diagnostics).
     """
-    objective = _MarginalObjective(model, guide, data, (), num_samples, chunk_size, seed)
-    marginal = objective.marginal(objective.theta, data.ids)
+    objective = _MarginalObjective(model, guide, data, (), num_samples, chunk_size, seed, adapt)
+    marginal = objective.marginal(objective.theta)
     _warn_unreliable(marginal)
     return marginal
 
@@ -450,7 +604,7 @@ class StandardErrors:
 
 def standard_errors(model, guide, data: LongitudinalData, parameters: Sequence[str] = (), *,
                     include_dispersion: bool = True, method: str = "autograd", num_samples: int = 1000,
-                    level: float = 0.95, step: float = 1e-4, chunk_size: int | None = None,
+                    level: float = 0.95, adapt: bool = True, step: float = 1e-4, chunk_size: int | None = None,
                     seed: int = 0) -> StandardErrors:
     r"""Standard errors from the Hessian of the estimated marginal log-likelihood.
 
@@ -458,8 +612,10 @@ def standard_errors(model, guide, data: LongitudinalData, parameters: Sequence[s
     \log \hat p(y; \hat\theta)\}^{+}` over the chosen parameters, the
     others held at their fitted values: standard errors conditional on
     them.  (For a linear mixed model the fixed effects and the residual SD
-    are nearly orthogonal to the random-effects covariance, so conditioning
-    on it changes their standard errors by well under 1%.)
+    are nearly orthogonal to the random-effects covariance: conditioning on
+    it changed their standard errors by under 1% in our checks.)  Wald
+    theory needs :math:`\hat\theta` at the maximum of the likelihood, which
+    SVI only approaches: see :func:`maximize_marginal_likelihood`.
 
     :param parameters: names from ``model.named_parameters()`` whose
         elements get standard errors, e.g. :data:`LINEAR_FIXED_EFFECTS`.
@@ -467,9 +623,10 @@ def standard_errors(model, guide, data: LongitudinalData, parameters: Sequence[s
         (residual SD, Beta precision).
     :param method: ``'autograd'`` (exact Hessian of the estimate; cheap up
         to a few hundred parameters) or ``'central'`` (central differences
-        of the estimate, as in the talk; :math:`2P^2` passes over the data).
+        of the estimate, as in the talk; :math:`2P(P+1)` passes over the data).
     :param num_samples: S, importance samples per subject.
     :param level: confidence level of the intervals.
+    :param adapt: adapt the proposal to each subject (module docstring).
     :param step: relative step of the central differences.
     :returns: a :class:`StandardErrors`.  Warns (:class:`InferenceWarning`)
         when ``-hessian`` has a negative eigenvalue (not at a maximum, or
@@ -479,16 +636,122 @@ def standard_errors(model, guide, data: LongitudinalData, parameters: Sequence[s
         raise ConfigError(f"method must be 'autograd' or 'central', got '{method}'")
     _check_level(level)
     names = _select_parameters(model, parameters, include_dispersion)
-    objective = _MarginalObjective(model, guide, data, names, num_samples, chunk_size, seed)
+    objective = _MarginalObjective(model, guide, data, names, num_samples, chunk_size, seed, adapt)
     theta = objective.theta
     hessian = objective.hessian(theta) if method == "autograd" else objective.central_hessian(theta, step)
     labels = _element_labels(model, objective.layout)
     covariance, null_space = _pseudo_inverse(-hessian, labels)
     reported = _reported_scale(objective, covariance, null_space, level)
-    marginal = objective.marginal(theta, data.ids)
+    marginal = objective.marginal(theta)
     _warn_unreliable(marginal)
     return StandardErrors(names, labels, objective.layout.slices, theta, hessian, covariance, null_space,
                           *reported, level, method, marginal)
+
+
+@dataclass
+class Maximization:
+    """What :func:`maximize_marginal_likelihood` did: the estimated total
+    log-likelihood at the start and at the end (each with the proposal
+    fitted there), the steps taken and whether the Newton decrement fell
+    below the tolerance."""
+
+    log_likelihood_before: float
+    log_likelihood_after: float
+    steps: int
+    converged: bool
+
+
+def maximize_marginal_likelihood(model, guide, data: LongitudinalData, parameters: Sequence[str] = (), *,
+                                 include_dispersion: bool = True, num_samples: int = 1000,
+                                 max_steps: int = 30, tolerance: float = 1e-2, adapt: bool = True,
+                                 chunk_size: int | None = None, seed: int = 0) -> Maximization:
+    r"""Move the chosen parameters of ``model`` (in place) to the maximum of
+    the estimated marginal log-likelihood, the others held fixed.
+
+    SVI maximises the ELBO, whose maximiser differs from the maximum
+    likelihood estimate by the encoder's amortisation gap (for a linear
+    mixed model: fixed effects up to about 1 SE off and a residual SD about
+    2% high on 300 subjects), which biases Wald intervals.  Starting from
+    the SVI values, damped Newton (Levenberg) steps
+
+    .. math:: \theta \leftarrow \theta + (|I| + \mu \lambda_{\max} 1)^{-1} g,
+              \qquad g = \nabla \log\hat p, \quad I = -\nabla^2 \log\hat p,
+
+    (:math:`|I|` has the eigenvalues of I made positive: saddle-free),
+
+    on the common-random-number estimate :math:`\log \hat p(y; \theta)`
+    (a deterministic function: a step is kept only if it increases it,
+    otherwise the damping grows tenfold) until the Newton decrement
+    :math:`g^\top \Delta / 2` is below ``tolerance`` (log-likelihood units;
+    0.01 puts the estimate within about 0.15 SE of the maximum, and the Monte
+    Carlo error of the gradient stops much smaller ones from being reached).
+    The proposal is refitted at every iterate (``adapt``), so that the
+    estimate is accurate where its derivatives are taken; with a proposal
+    fixed at the start, the optimiser drifts to where the Monte Carlo error
+    of the estimate flatters it.  The steps use only directions whose
+    curvature exceeds :math:`10^{-3}` times the largest: flat ones (a
+    rotation of b, a one-hot category next to an intercept) stay where SVI
+    left them.
+
+    :param parameters: names from ``model.named_parameters()``; for a
+        linear DGMM all of them (:data:`LINEAR_FIXED_EFFECTS`,
+        :data:`LINEAR_RANDOM_EFFECTS` and the dispersion).
+    :returns: a :class:`Maximization`; the model's parameters are updated.
+    """
+    names = _select_parameters(model, parameters, include_dispersion)
+    objective = _MarginalObjective(model, guide, data, names, num_samples, chunk_size, seed, adapt)
+    theta, damping, steps, converged = objective.theta, 0.0, 0, False
+    before = value = objective(theta)
+    for _ in range(max_steps):
+        gradient = objective.gradient(theta)
+        step = _ascent_step(gradient, -objective.hessian(theta))
+        delta = step(damping)
+        if float(gradient @ delta) / 2 < tolerance:
+            converged = True
+            break
+        while (candidate := objective(theta + delta)) <= value and damping < 1e6:
+            damping = max(10 * damping, 1e-3)
+            delta = step(damping)
+        if candidate <= value:
+            break
+        theta, damping, steps = theta + delta, damping / 10, steps + 1
+        objective.move_to(theta)
+        value = objective(theta)
+    _assign(model, objective.layout, theta)
+    return Maximization(float(before), float(value), steps, converged)
+
+
+def _ascent_step(gradient: torch.Tensor, information: torch.Tensor):
+    r"""damping :math:`\mu` -> the step :math:`\sum_k v_k v_k^\top g / (|\lambda_k| + \mu\lambda_{\max})`
+    over the eigenpairs of the information with :math:`|\lambda_k| > 10^{-3} \lambda_{\max}`,
+    :math:`\lambda_{\max} = \max_k |\lambda_k|`.
+
+    Taking :math:`|\lambda_k|` (saddle-free Newton, Dauphin et al. 2014)
+    climbs along directions of negative curvature too, as far from the
+    maximum there are; near-flat directions (a rotation of b, a one-hot
+    category next to an intercept) are left alone, where a Newton step
+    could be huge.
+    """
+    eigenvalues, vectors = torch.linalg.eigh((information + information.T) / 2)
+    curvature = eigenvalues.abs()
+    largest = curvature.max().clamp_min(torch.finfo(curvature.dtype).tiny)
+    keep = curvature > _STEP_RTOL * largest
+    vectors, curvature = vectors[:, keep], curvature[keep]
+    projected = vectors.T @ gradient
+
+    def step(damping: float) -> torch.Tensor:
+        return vectors @ (projected / (curvature + damping * largest))
+
+    return step
+
+
+def _assign(model, layout: _Layout, theta: torch.Tensor) -> None:
+    """Copy theta (P,) into the model's parameters ``layout.names``."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, value in layout.unflatten(theta).items():
+            target = params[key.removeprefix("model.")]
+            target.copy_(value.to(target))
 
 
 def _check_level(level: float) -> None:
@@ -583,8 +846,8 @@ def _reported_scale(objective: _MarginalObjective, covariance: torch.Tensor, nul
     theta = objective.theta
     z = NormalDist().inv_cdf(0.5 + level / 2)
     variance = covariance.diagonal()
-    se = torch.where(_estimable(torch.eye(theta.numel(), dtype=theta.dtype), null_space) & (variance > 0),
-                     variance.clamp_min(0).sqrt(), torch.full_like(theta, math.nan))
+    identified = _estimable(torch.eye(theta.numel(), dtype=theta.dtype, device=theta.device), null_space)
+    se = torch.where(identified & (variance > 0), variance.clamp_min(0).sqrt(), torch.full_like(theta, math.nan))
     estimate, scale = theta.clone(), torch.ones_like(theta)
     lower, upper = theta - z * se, theta + z * se
     for name, where in objective.layout.slices.items():
@@ -625,7 +888,7 @@ def _wald_table(index: pd.Index, estimate, se, lower, upper) -> pd.DataFrame:
 
 
 def population_curve(model, data: LongitudinalData, errors: StandardErrors, *, scale: str = "link",
-                     chunk_size: int = 256) -> pd.DataFrame:
+                     chunk_size: int = 64) -> pd.DataFrame:
     r"""The typical subject's curve with pointwise delta-method bands.
 
     .. math::
@@ -664,7 +927,7 @@ def population_curve(model, data: LongitudinalData, errors: StandardErrors, *, s
     parts = []
     for start in range(0, data.num_subjects, chunk_size):
         chunk = data64.subset(slice(start, start + chunk_size))
-        jacobian = torch.func.jacfwd(curve)(errors.theta.to(data.device), chunk)  # (n, T, K, P)
+        jacobian = torch.func.jacrev(curve, chunk_size=256)(errors.theta.to(data.device), chunk)  # (n, T, K, P)
         variance = torch.einsum("...p,pr,...r->...", jacobian, covariance, jacobian)
         parts.append((curve(errors.theta.to(data.device), chunk), variance.clamp_min(0).sqrt()))
     eta, se = (torch.cat(x) for x in zip(*parts))
@@ -733,7 +996,7 @@ def linear_coefficients(model, schema: DataSchema, errors: StandardErrors) -> pd
     matrix = matrix.to(errors.theta)
     estimate = offset.to(errors.theta) + matrix @ errors.theta
     variance = torch.einsum("rp,pq,rq->r", matrix, errors.covariance, matrix)
-    se = torch.where(_estimable(matrix, errors.null_space), variance.clamp_min(0).sqrt(),
+    se = torch.where(_estimable(matrix, errors.null_space) & (variance > 0), variance.clamp_min(0).sqrt(),
                      torch.full_like(estimate, math.nan))
     z = NormalDist().inv_cdf(0.5 + errors.level / 2)
     return _wald_table(index, estimate, se, estimate - z * se, estimate + z * se)
@@ -833,3 +1096,128 @@ def linear_random_effects_covariance(model, schema: DataSchema) -> pd.DataFrame:
     terms = ["intercept"] + [schema.time_col if m == 1 else f"{schema.time_col}^{m}" for m in range(1, raw.shape[0])]
     index = pd.MultiIndex.from_tuples([(o, t) for o in schema.outcomes for t in terms], names=["outcome", "term"])
     return pd.DataFrame((u @ u.T).numpy(), index=index, columns=index)
+
+
+# ---------------------------------------------------------- model comparison
+
+
+def count_parameters(model, data: LongitudinalData, *, max_parameters: int = 2000, seed: int = 0) -> int:
+    r"""The number of locally identified parameters of ``model`` (its
+    encoder's are variational, not model, parameters).
+
+    The observation model depends on :math:`\theta` only through
+    :math:`\eta(b, X, T)` and the dispersions; the count is the rank of the
+    Jacobian of :math:`\theta \mapsto (\eta(b_s, X_i, T_{ij}), \sigma)` at the
+    fitted values, over draws :math:`b_s \sim \mathcal N(0, I)` and up to 64
+    subjects of ``data`` (at least twice as many outputs as parameters),
+    minus :math:`q(q-1)/2` for rotations of b, which leave the marginal
+    likelihood unchanged because the prior is :math:`\mathcal N(0, I)` and
+    the DGMM reads b through linear layers.  Exact redundancies (a
+    one-hot category next to an intercept) and inactive units do not
+    count.  For the linear DGMM with random intercept and slope this is
+    MixedLM's count: fixed effects, the 3 parameters of D and sigma.
+
+    :param max_parameters: above this many parameters a ConfigError is
+        raised (the rank is then expensive, and AIC and BIC are not
+        meaningful anyway; see docs/inference.md).
+    """
+    names = [name for name, _ in model.named_parameters()]
+    bound = _float64_copy(model, data.device)
+    layout = _Layout(bound.model, names)
+    theta = layout.values(bound.model).to(data.device)
+    if theta.numel() > max_parameters:
+        raise ConfigError(f"the model has {theta.numel()} parameters, more than max_parameters="
+                          f"{max_parameters}: AIC and BIC are not meaningful for such networks; pass "
+                          "num_parameters explicitly if you want them anyway")
+    chunk = data.subset(slice(0, 64)).to(dtype=torch.float64)
+    cells = chunk.num_subjects * chunk.num_visits * len(chunk.outcomes)
+    num_draws = max(4, math.ceil(2 * theta.numel() / cells))
+    generator = torch.Generator(device=data.device).manual_seed(seed)
+    b = torch.randn((num_draws, chunk.num_subjects, model.latent_dim), generator=generator, dtype=torch.float64,
+                    device=data.device)
+
+    def outputs(t: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(bound, layout.unflatten(t), (_distribution_parameters, b, chunk))
+
+    jacobian = torch.func.jacrev(outputs, chunk_size=256)(theta)
+    rank = int(torch.linalg.matrix_rank(jacobian, rtol=_NULL_RTOL))
+    return rank - model.latent_dim * (model.latent_dim - 1) // 2
+
+
+def _distribution_parameters(model, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
+    """eta(b, data) flattened, followed by the dispersions: all the observation model depends on."""
+    dispersions = [model.dispersion(name).reshape(-1) for name in model.outcomes if model.dispersion(name) is not None]
+    return torch.cat([model.eta(b, data).reshape(-1), *dispersions])
+
+
+@dataclass
+class InformationCriteria:
+    r"""Log-likelihood and information criteria of a fitted model on some data.
+
+    ``aic`` :math:`= -2\hat\ell + 2p`; ``bic`` :math:`= -2\hat\ell + p \log n`
+    with n the number of observed cells (statsmodels' convention for
+    MixedLM; with n = subjects BIC penalises less).  ``mc_sd`` is the Monte
+    Carlo SD of :math:`\hat\ell` (and so half that of AIC and BIC).
+    """
+
+    log_likelihood: float
+    mc_sd: float
+    num_parameters: int
+    num_observations: int
+
+    @property
+    def aic(self) -> float:
+        return -2 * self.log_likelihood + 2 * self.num_parameters
+
+    @property
+    def bic(self) -> float:
+        return -2 * self.log_likelihood + math.log(self.num_observations) * self.num_parameters
+
+
+def information_criteria(model, guide, data: LongitudinalData, *, num_parameters: int | None = None,
+                         num_samples: int = 1000, adapt: bool = True, chunk_size: int | None = None,
+                         seed: int = 0) -> InformationCriteria:
+    """Marginal log-likelihood (:func:`marginal_log_likelihood`), AIC and BIC.
+
+    :param num_parameters: p; default :func:`count_parameters`.
+    """
+    marginal = marginal_log_likelihood(model, guide, data, num_samples, adapt=adapt, chunk_size=chunk_size,
+                                       seed=seed)
+    p = count_parameters(model, data, seed=seed) if num_parameters is None else int(num_parameters)
+    return InformationCriteria(marginal.total, marginal.total_mc_sd, p, int(data.mask.sum()))
+
+
+@dataclass
+class LikelihoodRatioTest:
+    r""":math:`2(\hat\ell_1 - \hat\ell_0)` on ``df`` degrees of freedom, its
+    chi-square p-value and the statistic's Monte Carlo SD."""
+
+    statistic: float
+    df: int
+    p_value: float
+    mc_sd: float
+
+
+def likelihood_ratio_test(null: InformationCriteria, alternative: InformationCriteria) -> LikelihoodRatioTest:
+    r"""Likelihood-ratio test of a model nested in another, fitted to the same data.
+
+    The statistic :math:`2(\hat\ell_1 - \hat\ell_0)` is referred to
+    :math:`\chi^2_{p_1 - p_0}` (a negative statistic, possible through Monte
+    Carlo or optimisation error, gives p = 1).  Valid for nested models fitted
+    by maximum likelihood (see :func:`maximize_marginal_likelihood`) with
+    the null inside the parameter space; conservative when the null puts a
+    variance on its boundary (testing a random effect); not valid when
+    parameters of the larger model vanish under the null (a network unit
+    with zero output weight): see docs/inference.md.
+    """
+    df = alternative.num_parameters - null.num_parameters
+    if df <= 0:
+        raise ConfigError(f"the alternative must have more parameters than the null: got {alternative.num_parameters} "
+                          f"and {null.num_parameters}")
+    if null.num_observations != alternative.num_observations:
+        raise ConfigError(f"the models were evaluated on different data ({null.num_observations} and "
+                          f"{alternative.num_observations} observed cells)")
+    statistic = 2 * (alternative.log_likelihood - null.log_likelihood)
+    p_value = float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64),
+                                            torch.tensor(max(statistic, 0.0) / 2, dtype=torch.float64)))
+    return LikelihoodRatioTest(statistic, df, p_value, 2 * math.hypot(null.mc_sd, alternative.mc_sd))
