@@ -59,6 +59,14 @@ plain estimator's :math:`\sqrt{1/\mathrm{ESS}_i - 1/S}` when the controls
 explain nothing); and the Pareto :math:`\hat k_i` of the upper tail of the
 :math:`w_{is}` (PSIS): above 0.7 the estimate is unreliable.
 
+**Inference.** :func:`standard_errors` inverts the Hessian over named model
+parameters, conditional on the others; Wald intervals need the maximum of
+:math:`\ell`, which :func:`maximize_marginal_likelihood` reaches from the
+SVI estimates.  :func:`linear_coefficients` and :func:`population_curve`
+carry the covariance to data-scale coefficients and curves;
+:func:`information_criteria` and :func:`likelihood_ratio_test` compare
+models (docs/inference.md says when that is meaningful for neural models).
+
 Shapes: ``N`` subjects, ``T`` visit slots, ``K`` outcomes, ``q`` latent
 dimensions, ``S`` importance samples, ``P`` scalar parameters, ``F =
 q + q(q+1)/2`` controls.
@@ -672,26 +680,26 @@ def maximize_marginal_likelihood(model, guide, data: LongitudinalData, parameter
     likelihood estimate by the encoder's amortisation gap (for a linear
     mixed model: fixed effects up to about 1 SE off and a residual SD about
     2% high on 300 subjects), which biases Wald intervals.  Starting from
-    the SVI values, damped Newton (Levenberg) steps
+    the SVI values, damped saddle-free Newton steps
 
-    .. math:: \theta \leftarrow \theta + (|I| + \mu \lambda_{\max} 1)^{-1} g,
-              \qquad g = \nabla \log\hat p, \quad I = -\nabla^2 \log\hat p,
+    .. math:: \theta \leftarrow \theta + (|I| + \mu \lambda_{\max} \mathrm{Id})^{-1} g,
+              \qquad g = \nabla \log\hat p, \quad I = -\nabla^2 \log\hat p
 
-    (:math:`|I|` has the eigenvalues of I made positive: saddle-free),
-
-    on the common-random-number estimate :math:`\log \hat p(y; \theta)`
-    (a deterministic function: a step is kept only if it increases it,
-    otherwise the damping grows tenfold) until the Newton decrement
-    :math:`g^\top \Delta / 2` is below ``tolerance`` (log-likelihood units;
-    0.01 puts the estimate within about 0.15 SE of the maximum, and the Monte
-    Carlo error of the gradient stops much smaller ones from being reached).
-    The proposal is refitted at every iterate (``adapt``), so that the
-    estimate is accurate where its derivatives are taken; with a proposal
-    fixed at the start, the optimiser drifts to where the Monte Carlo error
-    of the estimate flatters it.  The steps use only directions whose
-    curvature exceeds :math:`10^{-3}` times the largest: flat ones (a
-    rotation of b, a one-hot category next to an intercept) stay where SVI
-    left them.
+    (:math:`|I|`: the eigenvalues of I made positive, so that the steps also
+    climb where the likelihood curves upwards, as it does far from the
+    maximum) on the common-random-number estimate
+    :math:`\log \hat p(y; \theta)`: a step is kept only if it increases
+    it, otherwise the damping :math:`\mu` grows tenfold; until the Newton
+    decrement :math:`g^\top \Delta / 2` is below ``tolerance``
+    (log-likelihood units; 0.01 puts the estimate within about 0.15 SE of
+    the maximum, and the Monte Carlo error of the gradient stops much
+    smaller ones from being reached).  The proposal is refitted at every
+    iterate (``adapt``), so that the estimate is accurate where its
+    derivatives are taken; with a proposal fixed at the start, the optimiser
+    drifts to where the Monte Carlo error of the estimate flatters it.  The
+    steps use only directions whose absolute curvature exceeds
+    :math:`10^{-3}` times the largest: flat ones (a rotation of b, a one-hot
+    category next to an intercept) stay where SVI left them.
 
     :param parameters: names from ``model.named_parameters()``; for a
         linear DGMM all of them (:data:`LINEAR_FIXED_EFFECTS`,
