@@ -47,6 +47,15 @@ class PosteriorDraws:
         return 1.0 / self.weights.pow(2).sum(0)
 
 
+def weighted_moments(log_w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Self-normalised mean (N, q), covariance (N, q, q) and Kish ESS (N,) of
+    draws ``b`` (S, N, q) with log-weights ``log_w`` (S, N), normalised or not."""
+    w = torch.softmax(log_w, 0)
+    mean = torch.einsum("sn,snq->nq", w, b)
+    centred = b - mean
+    return mean, torch.einsum("sn,snq,snr->nqr", w, centred, centred), 1 / w.pow(2).sum(0)
+
+
 def observed_log_likelihood(model, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
     """log p(y_i^o | b_i): sum over observed cells, shape (..., N) for b (..., N, q)."""
     total = torch.zeros(b.shape[:-1], dtype=b.dtype, device=b.device)

@@ -70,6 +70,7 @@ from pyro.infer import Predictive
 from .data import DataSchema, LongitudinalData
 from .errors import ConfigError, DataError, describe_rows
 from .impute import log_target
+from .posterior import weighted_moments
 
 METHODS = ("importance", "mcmc", "encoder")
 _STUDENT_DF = 5.0
@@ -96,13 +97,9 @@ class RandomEffectsPosterior:
 
 def _weighted_moments(b: torch.Tensor, log_w: torch.Tensor):
     """Mean (N, q), covariance (N, q, q) and ESS (N,) of draws ``b`` (P, N, q)
-    with normalised log-weights (P, N); the covariance is shrunk towards
-    ``I`` with weight ``1 / (ESS + 1)``, so it is always positive definite."""
-    w = log_w.exp()
-    ess = 1.0 / w.pow(2).sum(0)
-    mean = torch.einsum("pn,pnq->nq", w, b)
-    centred = b - mean
-    cov = torch.einsum("pn,pni,pnj->nij", w, centred, centred)
+    with log-weights (P, N); the covariance is shrunk towards ``I`` with
+    weight ``1 / (ESS + 1)``, so it is always positive definite."""
+    mean, cov, ess = weighted_moments(log_w, b)
     eye = torch.eye(b.shape[-1], dtype=b.dtype, device=b.device)
     shrink = (1.0 / (ess + 1.0))[:, None, None]
     return mean, (1 - shrink) * cov + shrink * eye, ess

@@ -90,7 +90,7 @@ from torch import nn
 from .bases import Polynomial
 from .data import DataSchema, LongitudinalData
 from .errors import ConfigError
-from .posterior import observed_log_likelihood, standard_normal_log_density
+from .posterior import observed_log_likelihood, standard_normal_log_density, weighted_moments
 
 #: Pareto k-hat above which an importance-sampling estimate is unreliable.
 PARETO_K_THRESHOLD = 0.7
@@ -495,7 +495,7 @@ class _MarginalObjective:
         proposal = self._laplace()
         for round_ in range(_ADAPT_ROUNDS):
             pilot = _Proposal(proposal.loc, _PILOT_INFLATION * proposal.scale_tril)
-            moments = [_weighted_moments(self.log_weights(self.theta, d) + d.log_calibration, d.b)
+            moments = [weighted_moments(self.log_weights(self.theta, d) + d.log_calibration, d.b)
                        for d in self.draws(seed=self.seed + 1 + round_, proposal=pilot)]
             mean, covariance, ess = (torch.cat(x) for x in zip(*moments))
             alpha = (ess / (ess + _ADAPT_PRIOR)).unsqueeze(-1)
@@ -523,14 +523,6 @@ def _kl(p: _Proposal, q: _Proposal) -> torch.Tensor:
     """KL(p || q) per subject, (N,)."""
     return torch.distributions.kl_divergence(MultivariateNormal(p.loc, scale_tril=p.scale_tril),
                                              MultivariateNormal(q.loc, scale_tril=q.scale_tril))
-
-
-def _weighted_moments(log_w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Self-normalised mean (n, q), covariance (n, q, q) and Kish ESS (n,) of b (S, n, q)."""
-    w = torch.softmax(log_w, 0)
-    mean = torch.einsum("sn,snq->nq", w, b)
-    centred = b - mean
-    return mean, torch.einsum("sn,snq,snr->nqr", w, centred, centred), 1 / w.pow(2).sum(0)
 
 
 def _warn_unreliable(marginal: MarginalLikelihood) -> None:
