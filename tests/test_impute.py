@@ -141,7 +141,8 @@ def test_residual_sd_and_trend_unbiased_under_mar_dropout():
     drop = (df.groupby("id").cumcount() >= 3) & (rng.uniform(size=len(df)) < 1 / (1 + np.exp(-(prev - 5))))
     df.loc[drop.groupby(df["id"]).cummax(), "y"] = np.nan
     est = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["age", "group"],
-                         time_basis="poly(1)", model_options=dict(fixed_hidden=(), random_hidden=()))
+                         time_basis="poly(1)", model_options=dict(fixed_hidden=(), random_hidden=()),
+                         validation_fraction=0.0)
     est.fit(df, progress=False, batch_size=32, max_epochs=120)
     assert abs(est.model_.dispersion("y").item() / sim.params["sigma"] - 1) < 0.05
     curve = est.population_mean([0.0, 10.0])["y"].to_numpy()
