@@ -58,6 +58,21 @@ def log_target(model, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
     return observed_log_likelihood(model, b, data) + standard_normal_log_density(b)
 
 
+def random_walk_metropolis(model, data: LongitudinalData, b: torch.Tensor, log_pi: torch.Tensor,
+                           scale_tril: torch.Tensor):
+    """One random-walk Metropolis move ``b' = b + L eps`` of every draw and
+    subject, accepted with ``pi(b') / pi(b)`` (symmetric proposal).
+
+    :param b: (..., N, q); ``log_pi``: its :func:`log_target`, (..., N);
+        ``scale_tril``: L, broadcastable to (..., N, q, q).
+    :returns: moved b, its log target, and the acceptance indicator (..., N).
+    """
+    proposed = b + (scale_tril @ torch.randn_like(b).unsqueeze(-1)).squeeze(-1)
+    candidate = log_target(model, proposed, data)
+    accept = torch.rand_like(log_pi).log() < candidate - log_pi
+    return torch.where(accept.unsqueeze(-1), proposed, b), torch.where(accept, candidate, log_pi), accept
+
+
 class IndependenceMetropolis(MCMCKernel):
     """Independence Metropolis-Hastings for b, all subjects at once.
 
@@ -126,13 +141,10 @@ class IndependenceMetropolis(MCMCKernel):
         optimum for Gaussian targets), accepted with pi(b') / pi(b).  It keeps the chain
         moving where q is far lighter-tailed than pi (an independence sampler
         alone can stick there for good)."""
-        scale = 2.38 / b.shape[-1] ** 0.5
-        step = scale * (self.proposal.scale_tril @ torch.randn_like(b).unsqueeze(-1)).squeeze(-1)
-        proposed = b + step
-        proposed_ratio = self._log_ratio(proposed)
         log_q = self.proposal.log_prob
-        accept = torch.rand_like(ratio).log() < (proposed_ratio + log_q(proposed)) - (ratio + log_q(b))
-        return torch.where(accept.unsqueeze(-1), proposed, b), torch.where(accept, proposed_ratio, ratio)
+        scale_tril = (2.38 / b.shape[-1] ** 0.5) * self.proposal.scale_tril
+        b, log_pi, _ = random_walk_metropolis(self.model, self.data, b, ratio + log_q(b), scale_tril)
+        return b, log_pi - log_q(b)
 
     @property
     def acceptance_rate(self) -> torch.Tensor:

@@ -69,7 +69,7 @@ from pyro.infer import Predictive
 
 from .data import DataSchema, LongitudinalData
 from .errors import ConfigError, DataError, describe_rows
-from .impute import log_target
+from .impute import log_target, random_walk_metropolis
 from .posterior import weighted_moments
 
 METHODS = ("importance", "mcmc", "encoder")
@@ -148,11 +148,7 @@ def _random_walk(model, data: LongitudinalData, b: torch.Tensor, cov: torch.Tens
     current = log_target(model, b, data)
     accepted = torch.zeros_like(current)
     for _ in range(steps):
-        proposed = b + torch.einsum("nij,snj->sni", scale_tril, torch.randn_like(b))
-        candidate = log_target(model, proposed, data)
-        accept = torch.rand_like(current).log() < candidate - current
-        b = torch.where(accept.unsqueeze(-1), proposed, b)
-        current = torch.where(accept, candidate, current)
+        b, current, accept = random_walk_metropolis(model, data, b, current, scale_tril)
         accepted += accept.to(accepted.dtype)
     return b, accepted.mean(0) / max(steps, 1)
 

@@ -25,3 +25,12 @@ def tiny_frame(n_subjects: int = 12, n_visits: int = 5, seed: int = 0) -> pd.Dat
 
 
 OUTCOMES = {"g": "gaussian", "bin": "bernoulli", "count": "poisson", "score": "bounded(1,7)"}
+
+
+def fit_tiny_mixed_model(time_basis: str = "poly(1)", max_epochs: int = 5):
+    """A briefly fitted four-family DeepMixedModel on ``tiny_frame(30)``."""
+    from pyro_dgmm import DeepMixedModel
+
+    est = DeepMixedModel(id_col="pid", time_col="t", outcomes=OUTCOMES, covariates=["age", "arm"],
+                         time_basis=time_basis)
+    return est.fit(tiny_frame(n_subjects=30), max_epochs=max_epochs, progress=False)

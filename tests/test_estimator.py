@@ -9,14 +9,12 @@ import pytest
 from pyro_dgmm import DeepMixedModel, NotFittedError
 from pyro_dgmm.cli import main
 
-from common import OUTCOMES, tiny_frame
+from common import OUTCOMES, fit_tiny_mixed_model, tiny_frame
 
 
 @pytest.fixture(scope="module")
 def fitted():
-    est = DeepMixedModel(id_col="pid", time_col="t", outcomes=OUTCOMES, covariates=["age", "arm"],
-                         time_basis="spline(3)")
-    return est.fit(tiny_frame(n_subjects=30), max_epochs=4, progress=False)
+    return fit_tiny_mixed_model("spline(3)", max_epochs=4)
 
 
 def test_fitted_values_cover_every_row_on_the_response_scale(fitted):

@@ -9,7 +9,7 @@ from pyro_dgmm import DeepMixedModel
 from pyro_dgmm.impute import (IndependenceMetropolis, ImputationConfig, draw_missing, imputation_intervals,
                               sample_random_effects)
 
-from common import OUTCOMES, tiny_frame
+from common import OUTCOMES, fit_tiny_mixed_model, tiny_frame
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +80,7 @@ def test_kernel_works_with_pyro_mcmc_api(linear_gaussian):
 
 @pytest.fixture(scope="module")
 def mixed():
-    est = DeepMixedModel(id_col="pid", time_col="t", outcomes=OUTCOMES, covariates=["age", "arm"],
-                         time_basis="poly(1)")
-    return est.fit(tiny_frame(n_subjects=30), max_epochs=5, progress=False)
+    return fit_tiny_mixed_model("poly(1)", max_epochs=5)
 
 
 def test_imputations_respect_each_family_support(mixed):
