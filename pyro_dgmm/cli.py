@@ -17,6 +17,13 @@ Data-parallel over processes (see :mod:`pyro_dgmm.parallel`)::
 
     torchrun --standalone --nproc_per_node=2 -m pyro_dgmm fit --dataset app --out outputs/app
 
+Input too large for one process: a directory of CSV/Parquet part files (or
+one big CSV), each process reading only its subjects (see
+:mod:`pyro_dgmm.partitioned`)::
+
+    torchrun --standalone --nproc_per_node=4 -m pyro_dgmm fit --partitioned parts/ --id patient \\
+        --time years --outcome albumin:gaussian --out outputs/big
+
 Examples::
 
     python -m pyro_dgmm fit --dataset pbc --out outputs/pbc
@@ -69,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     source = fit.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", choices=SHIPPED, help="a shipped data set")
     source.add_argument("--csv", type=Path, help="a long-format CSV file (one row per visit)")
+    source.add_argument("--partitioned", type=Path, metavar="PATH",
+                        help="a directory of CSV/Parquet part files, or one big CSV: each process reads "
+                             "only its subjects (see pyro_dgmm.partitioned)")
     fit.add_argument("--id", help="subject id column (CSV input)")
     fit.add_argument("--time", help="time column (CSV input)")
     fit.add_argument("--outcome", action="append", default=[], metavar="NAME:FAMILY",
@@ -81,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
     fit.add_argument("--num-shards", type=int, default=None,
                      help="subject shards (default: number of torchrun processes); see pyro_dgmm.parallel")
+    fit.add_argument("--split", choices=("hash", "file"), default="hash",
+                     help="--partitioned: subjects to processes by id hash, or part files to processes")
     fit.add_argument("--out", type=Path, required=True, help="output folder (created if needed)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     pred = sub.add_parser("predict", help="dynamic predictions from a saved model and a history CSV")
@@ -115,7 +127,10 @@ def run_fit(args: argparse.Namespace) -> dict | None:
     """Fit and write the outputs; under ``torchrun`` every process fits its
     shards and rank 0 alone writes (returns None on the other ranks)."""
     from .estimator import DeepMixedModel
-    from .parallel import init_from_environment, is_main_process
+    import torch
+
+    from .parallel import all_reduce_sum, init_from_environment, is_main_process
+    from .partitioned import read_subjects
     from .plotting import plot_loss, plot_subjects
 
     init_from_environment(args.device)
@@ -125,19 +140,26 @@ def run_fit(args: argparse.Namespace) -> dict | None:
     else:
         if not (args.id and args.time and args.outcome):
             raise ConfigError("CSV input needs --id, --time and at least one --outcome NAME:FAMILY")
-        if not args.csv.exists():
-            raise ConfigError(f"CSV file {args.csv} does not exist")
-        df = pd.read_csv(args.csv)
         id_col, time_col, covariates = args.id, args.time, list(args.covariate)
         outcomes = _parse_outcomes(args.outcome)
+        if args.partitioned:
+            df = read_subjects(args.partitioned, id_col, split=args.split,
+                               columns=[id_col, time_col, *outcomes, *covariates])
+        elif not args.csv.exists():
+            raise ConfigError(f"CSV file {args.csv} does not exist")
+        else:
+            df = pd.read_csv(args.csv)
     model = DeepMixedModel(id_col=id_col, time_col=time_col, outcomes=outcomes, covariates=covariates,
                            time_basis=args.basis, latent_dim=args.latent_dim)
     overrides = {"seed": args.seed, "progress": not args.quiet, "num_shards": args.num_shards,
                  "device": None if args.device == "auto" else args.device}
     if args.max_epochs:
         overrides["max_epochs"] = args.max_epochs
-    log.info("fitting %d rows, %d subjects, outcomes %s", len(df), df[id_col].nunique(), list(outcomes))
-    model.fit(df, **overrides)
+    rows, subjects = len(df), df[id_col].nunique()
+    if args.partitioned:  # each process holds its own subjects
+        rows, subjects = all_reduce_sum(torch.tensor([rows, subjects], dtype=torch.int64)).tolist()
+    log.info("fitting %d rows, %d subjects, outcomes %s", rows, subjects, list(outcomes))
+    model.fit(df, distributed_input=bool(args.partitioned), **overrides)
     fitted = model.fitted_values()  # sharded over processes, gathered everywhere
     if not is_main_process():
         return None
@@ -150,7 +172,7 @@ def run_fit(args: argparse.Namespace) -> dict | None:
     model.save(out / "model.pt")
     result = model.result_
     summary = {
-        "rows": len(df), "subjects": int(df[id_col].nunique()), "outcomes": outcomes,
+        "rows": int(rows), "subjects": int(subjects), "outcomes": outcomes,
         "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "stop_reason": result.stop_reason,
         "fit_seconds": round(result.seconds, 2),
         "dispersion": {name: float(model.model_.dispersion(name).detach())

@@ -207,6 +207,12 @@ class DataSchema:
         (e.g. new subjects known only by baseline covariates, for prediction);
         outcome columns may then be absent altogether.
         """
+        return _build(self, self.validate(df, require_observed=require_observed), dtype)
+
+    def validate(self, df: pd.DataFrame, *, require_observed: bool = True) -> pd.DataFrame:
+        """Check ``df`` as :meth:`transform` does (raising a DataError that
+        names the column and rows) without building tensors; returns a copy,
+        with absent outcome columns added as NaN if ``require_observed=False``."""
         df = df.copy()
         for name in self.families:
             if name not in df.columns and not require_observed:
@@ -214,7 +220,7 @@ class DataSchema:
         _validate_frame(
             df, self.id_col, self.time_col, self.families, self.covariates, require_observed
         )
-        return _build(self, df, dtype)
+        return df
 
     def to_spec(self) -> dict:
         """A plain, picklable description (for saving a fitted model)."""
@@ -428,6 +434,30 @@ class LongitudinalData:
             ids=self.ids[pos],
             time_values=None if self.time_values is None else self.time_values[pos],
             encoder_mask=None if self.encoder_mask is None else self.encoder_mask[t],
+        )
+
+    def pad(self, num_visits: int) -> "LongitudinalData":
+        """The same subjects with ``num_visits`` (>= :attr:`num_visits`) visit
+        slots; the new slots are padding (no visit, nothing observed, the
+        last slot's time), e.g. to give every process of a partitioned fit
+        the same record length."""
+        extra = num_visits - self.num_visits
+        if extra < 0:
+            raise ValueError(f"cannot pad {self.num_visits} visit slots down to {num_visits}")
+        if extra == 0:
+            return self
+
+        def grow(x, blank: bool):
+            last = x[:, -1:].expand(-1, extra, *x.shape[2:])
+            return torch.cat([x, torch.zeros_like(last) if blank else last], dim=1)
+
+        return replace(
+            self, y=grow(self.y, False), mask=grow(self.mask, True), visit_mask=grow(self.visit_mask, True),
+            times=grow(self.times, False), time_features=grow(self.time_features, False),
+            encoder_y=grow(self.encoder_y, True),
+            encoder_mask=None if self.encoder_mask is None else grow(self.encoder_mask, True),
+            time_values=None if self.time_values is None else np.concatenate(
+                [self.time_values, np.repeat(self.time_values[:, -1:], extra, axis=1)], axis=1),
         )
 
     def to(self, device=None, dtype=None) -> "LongitudinalData":

@@ -28,12 +28,13 @@ import pyro
 import torch
 
 from .data import DataSchema, LongitudinalData
-from .errors import ConfigError, NotFittedError
+from .errors import ConfigError, DataError, NotFittedError
 from .families import Family
 from .fit import FitConfig, FitResult, fit_svi
 from .guide import AmortizedGuide
 from .model import DGMM, MixedModel
-from .parallel import map_subjects
+from .parallel import Shards, agree, all_reduce_max, gather_objects, map_subjects, world
+from .partitioned import fit_schema
 from .impute import (ImputationConfig, ImputationTrace, fit_with_imputation, impute_completed,
                      multiple_imputations, with_fill)
 from .posterior import fitted_means, marginal_means
@@ -105,10 +106,12 @@ class DeepMixedModel:
         self.training_baseline_: pd.DataFrame | None = None
         self.imputation_trace_: ImputationTrace | None = None
         self.missing = "mask"
+        self.distributed_input = False
 
     # ------------------------------------------------------------------ fit
     def fit(self, df: pd.DataFrame, config: FitConfig | None = None, *, missing: str = "mask",
-            imputation: ImputationConfig | None = None, **config_overrides) -> "DeepMixedModel":
+            imputation: ImputationConfig | None = None, distributed_input: bool = False,
+            **config_overrides) -> "DeepMixedModel":
         """Fit to ``df`` (one row per visit).
 
         Fit settings come from ``config`` (a :class:`~pyro_dgmm.fit.FitConfig`)
@@ -120,24 +123,45 @@ class DeepMixedModel:
             approximation EM loop (:func:`~pyro_dgmm.impute.fit_with_imputation`)
             with settings ``imputation``.  Either way the likelihood uses the
             observed cells only, so estimates are valid under MAR.
+        :param distributed_input: ``df`` holds only this process's subjects
+            (partitioned input, e.g. from
+            :func:`~pyro_dgmm.partitioned.read_subjects`; every process of
+            the ``torch.distributed`` job calls ``fit`` with its own).  The
+            schema is fitted identically everywhere on a sample gathered from
+            all processes (:func:`~pyro_dgmm.partitioned.fit_schema`), each
+            process's subjects form its shards, and each holds out
+            ``validation_fraction`` of its own subjects.  Default: every
+            process passes the same ``df``.
         """
         if missing not in ("mask", "impute"):
             raise ConfigError(f"missing must be 'mask' or 'impute', got '{missing}'")
         config = replace(config or FitConfig(), **config_overrides)
-        self.missing = missing
-        self.schema_ = DataSchema.fit(df, id_col=self.id_col, time_col=self.time_col,
-                                      outcomes=self.outcomes, covariates=self.covariates,
-                                      time_basis=self.time_basis)
-        self.data_ = self.schema_.transform(df)
-        self.training_baseline_ = df.groupby(self.id_col, sort=True)[self.covariates].first().reset_index()
+        self.missing, self.distributed_input = missing, distributed_input
+        schema_options = dict(id_col=self.id_col, time_col=self.time_col, outcomes=self.outcomes,
+                              covariates=self.covariates, time_basis=self.time_basis)
+        baseline = df.groupby(self.id_col, sort=True)[self.covariates].first().reset_index()
+        if distributed_input:
+            self.schema_ = fit_schema(df, **schema_options, seed=config.seed)
+            data = agree(lambda: self.schema_.transform(df))
+            self.data_ = data.pad(int(all_reduce_max(torch.tensor(data.num_visits))))
+            baseline = pd.concat(gather_objects(baseline), ignore_index=True)
+            baseline = baseline.iloc[np.argsort(pd.factorize(baseline[self.id_col], sort=True)[0], kind="stable")]
+            self.training_baseline_ = baseline.reset_index(drop=True)
+            train, validation = self._local_split(self.data_, config)
+        else:
+            self.schema_ = DataSchema.fit(df, **schema_options)
+            self.data_ = self.schema_.transform(df)
+            self.training_baseline_ = baseline
+            train, validation = self._split(self.data_, config.seed)
         pyro.set_rng_seed(config.seed)
         self.model_, self.guide_ = self._build(self.schema_, self.data_.num_visits)
-        train, validation = self._split(self.data_, config.seed)
         if missing == "mask":
-            self.result_ = fit_svi(self.model_, self.guide_, train, validation, config)
+            self.result_ = fit_svi(self.model_, self.guide_, train, validation, config,
+                                   distributed_input=distributed_input)
         else:
             self.result_, self.imputation_trace_, _ = fit_with_imputation(
-                self.model_, self.guide_, self.schema_, train, validation, config, imputation or ImputationConfig())
+                self.model_, self.guide_, self.schema_, train, validation, config, imputation or ImputationConfig(),
+                distributed_input=distributed_input)
         self.model_.cpu(), self.guide_.cpu()
         return self
 
@@ -164,6 +188,26 @@ class DeepMixedModel:
         perm = np.random.default_rng(seed).permutation(data.num_subjects)
         return data.subset(np.sort(perm[n_val:])), data.subset(np.sort(perm[:n_val]))
 
+    def _local_split(self, data: LongitudinalData, config: FitConfig):
+        """:meth:`_split` of each process's own subjects (partitioned input,
+        drawn with ``(seed, rank)``); subjects are held out only if every
+        process can hold out at least one per shard."""
+        rank = world()[0]
+        per_process = len(Shards.current(config.num_shards).local)
+
+        def check():
+            if data.num_subjects < per_process:
+                raise DataError(f"this process holds {data.num_subjects} subjects, fewer than its {per_process} "
+                                "shards: use fewer processes or shards, or more data")
+
+        agree(check)
+        n_val = int(round(self.validation_fraction * data.num_subjects))
+        usable = n_val >= per_process and data.num_subjects - n_val >= max(2, per_process)
+        if not all(gather_objects(usable)):
+            return data, None
+        perm = np.random.default_rng([config.seed, rank]).permutation(data.num_subjects)
+        return data.subset(np.sort(perm[n_val:])), data.subset(np.sort(perm[:n_val]))
+
     # ------------------------------------------------------------- results
     def _check_fitted(self) -> None:
         if self.model_ is None:
@@ -185,7 +229,9 @@ class DeepMixedModel:
         (probabilities for binary outcomes), by importance sampling
         (``method='importance'``) or from the encoder alone (``'encoder'``).
         Under ``torch.distributed`` each process computes its share of the
-        subjects and every process gets the gathered frame.
+        subjects and every process gets the gathered frame (after a fit
+        with ``distributed_input``, by default: every process's own
+        training subjects).
         """
         self._check_fitted()
         if df is None and self.data_ is None:
@@ -197,7 +243,8 @@ class DeepMixedModel:
             fitted = part.to_long({f"{name}_fitted": means[..., k] for k, name in enumerate(part.outcomes)})
             return pd.concat([part.observed_long(), fitted.drop(columns=[part.id_col, part.time_col])], axis=1)
 
-        return map_subjects(compute, data, sort_by=[data.id_col, data.time_col])
+        return map_subjects(compute, data, sort_by=[data.id_col, data.time_col],
+                            distributed_input=self.distributed_input and df is None)
 
     def impute(self, df: pd.DataFrame | None = None, num_imputations: int = 5, *, mcmc_steps: int = 10,
                warmup_steps: int = 50, kernel: str = "mh") -> list[pd.DataFrame]:
@@ -220,7 +267,8 @@ class DeepMixedModel:
                                                   num_imputations, mcmc_steps=mcmc_steps,
                                                   warmup_steps=warmup_steps, kernel=kernel))
 
-        stacked = map_subjects(compute, data, sort_by=["imputation", data.id_col, data.time_col])
+        stacked = map_subjects(compute, data, sort_by=["imputation", data.id_col, data.time_col],
+                               distributed_input=self.distributed_input and df is None)
         return [frame.reset_index(drop=True) for _, frame in stacked.groupby("imputation", sort=True)]
 
     def population_mean(self, times, df: pd.DataFrame | None = None, *, num_samples: int = 500) -> pd.DataFrame:
@@ -254,7 +302,9 @@ class DeepMixedModel:
         """Dynamic predictions for the subjects of ``history`` (new or known;
         any number of rows, possibly none observed) at ``times``; see
         :func:`pyro_dgmm.predict.predict` for ``options`` (``relative``,
-        ``levels``, ``num_samples``, ``method``, ...).
+        ``levels``, ``num_samples``, ``method``, ``num_shards``, ``seed``, ...).
+        Under ``torch.distributed`` every process passes the same
+        ``history``, computes its shards' subjects and gets the whole table.
 
         :returns: a :class:`~pyro_dgmm.predict.Prediction`: ``table`` (tidy:
             id, time, outcome, mean, interval bounds), ``draws``.
@@ -266,7 +316,8 @@ class DeepMixedModel:
 
     def landmark_evaluation(self, df: pd.DataFrame, landmark: float, **options):
         """Score dynamic predictions of the subjects of ``df`` from their
-        history up to ``landmark``; see :func:`pyro_dgmm.evaluation.landmark_evaluation`."""
+        history up to ``landmark``; see :func:`pyro_dgmm.evaluation.landmark_evaluation`
+        (predictions sharded over processes as in :meth:`predict`)."""
         self._check_fitted()
         from .evaluation import landmark_evaluation
 

@@ -209,7 +209,10 @@ def landmark_evaluation(model, guide, schema: DataSchema, df: pd.DataFrame, land
 
     ``fallback`` goes to :func:`last_value_predictions` (e.g. the training
     means); ``predict_options`` to :func:`~pyro_dgmm.predict.predict`
-    (``method``, ``num_samples``, ...).  Horizons are measured from the landmark.
+    (``method``, ``num_samples``, ``num_shards``, ``seed``, ...).  Horizons are
+    measured from the landmark.  Under ``torch.distributed`` every process
+    passes the same ``df``; the predictions are computed shard by shard on
+    the processes and gathered, so every process gets the whole evaluation.
     """
     id_col, time_col, outcomes = schema.id_col, schema.time_col, schema.outcomes
     history, future = landmark_split(df, id_col=id_col, time_col=time_col, outcomes=outcomes,

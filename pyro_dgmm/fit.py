@@ -158,12 +158,16 @@ def ridge_penalty(weights: list[torch.Tensor]) -> torch.Tensor:
 
 
 def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData | None = None,
-            config: FitConfig | None = None) -> FitResult:
+            config: FitConfig | None = None, *, distributed_input: bool = False) -> FitResult:
     """Fit ``model`` and ``guide`` to ``train`` in place; return a :class:`FitResult`.
 
     Runs unchanged in one process or in each of several ``torch.distributed``
     processes (see :mod:`pyro_dgmm.parallel`): every process passes the same
     ``train``/``validation`` and computes the shards it owns.
+
+    :param distributed_input: each process passes only its own subjects
+        (partitioned input, :mod:`pyro_dgmm.partitioned`); they form its
+        shards, and N is the number of subjects over all processes.
 
     :param validation: held-out subjects for early stopping (None: run
         ``max_epochs`` and keep the final parameters).
@@ -174,8 +178,8 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     model.to(device)
     guide.to(device)
     shards = Shards.current(config.num_shards)
-    train_shards = _local_shards(train, shards, device)
-    val_shards = _local_shards(validation, shards, device) if validation is not None else []
+    train_shards = _local_shards(train, shards, device, distributed_input)
+    val_shards = _local_shards(validation, shards, device, distributed_input) if validation is not None else []
     elbo = ELBOS[config.elbo](num_particles=config.num_particles, vectorize_particles=True,
                               max_plate_nesting=2)
     eval_elbo = ELBOS[config.elbo](num_particles=config.eval_particles, vectorize_particles=True,
@@ -187,7 +191,7 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
         {"params": [p for p in params if id(p) in residual]},
     ], lr=config.learning_rate, foreach=True)
     weights = ridge_weights(model, guide)
-    n = train.num_subjects
+    n = _num_subjects(train, distributed_input)
     batch_size = config.batch_size or min(max(64, n // 50), 4096)
     shard_batch = max(1, batch_size // shards.num_shards)
     steps_per_epoch = math.ceil(n / (shard_batch * shards.num_shards))
@@ -265,9 +269,18 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     return result
 
 
-def _local_shards(data: LongitudinalData, shards: Shards, device) -> dict[int, LongitudinalData]:
+def _local_shards(data: LongitudinalData, shards: Shards, device,
+                  distributed_input: bool = False) -> dict[int, LongitudinalData]:
     """This process's shards of ``data``, on ``device``."""
-    return {s: data.subset(shards.positions(data.num_subjects, s)).to(device) for s in shards.local}
+    positions = shards.local_positions(data.num_subjects, distributed_input=distributed_input)
+    return {s: data.subset(index).to(device) for s, index in positions.items()}
+
+
+def _num_subjects(data: LongitudinalData, distributed_input: bool) -> int:
+    """N: ``data``'s subjects, summed over processes for partitioned input."""
+    if not distributed_input:
+        return data.num_subjects
+    return int(all_reduce_sum(torch.tensor(data.num_subjects, dtype=torch.int64)))
 
 
 def _stream(seed: int, step: int, shard: int, num_shards: int) -> int:

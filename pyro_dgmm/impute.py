@@ -33,6 +33,12 @@ with probability :math:`\gamma_r` and keeps its previous value otherwise,
 so the distribution of the fill is the SA mixture
 :math:`(1-\gamma_r) F_{r-1} + \gamma_r F_r` while every filled value stays a
 proper draw (averaging draws would shrink them towards the mean).
+
+Under ``torch.distributed`` (:mod:`pyro_dgmm.parallel`) the chains are
+sharded like the fit: each process moves the chains of the subjects in its
+shards only, with draws seeded per (round, shard), so a run gives the same
+result in one process or several with the same ``num_shards``; the trace's
+means are summed over processes.
 """
 from __future__ import annotations
 
@@ -49,7 +55,8 @@ from tqdm.auto import tqdm
 
 from .data import DataSchema, LongitudinalData
 from .errors import ConfigError
-from .fit import FitConfig, FitResult, fit_svi
+from .fit import FitConfig, FitResult, _stream, fit_svi
+from .parallel import Shards, all_reduce_sum, gather_objects, is_main_process
 from .posterior import observed_log_likelihood, standard_normal_log_density
 
 
@@ -276,8 +283,10 @@ class _Chain:
     completed: torch.Tensor
     b: torch.Tensor | None = None
 
-    def move(self, model, guide, schema, imputation: ImputationConfig, gamma: float) -> tuple[float, float]:
-        """One MCMC move of b, new draws, SA replacement; returns (acceptance, mean change)."""
+    def move(self, model, guide, schema, imputation: ImputationConfig, gamma: float) -> torch.Tensor:
+        """One MCMC move of b, new draws, SA replacement; returns the sums
+        (acceptance rates over subjects, subjects, absolute changes over
+        missing cells, missing cells), float64 (4,)."""
         filled = with_fill(self.data, schema, self.completed)
         draws, diagnostics = sample_random_effects(model, guide, filled, num_samples=1,
                                                    warmup_steps=imputation.mcmc_steps - 1,
@@ -287,44 +296,88 @@ class _Chain:
         replace_cell = (torch.rand(new.shape) < gamma) & ~self.data.mask
         previous, self.completed = self.completed, torch.where(replace_cell, new, self.completed)
         missing = ~self.data.mask & self.data.visit_mask.unsqueeze(-1)
-        change = float((self.completed - previous)[missing].abs().mean()) if missing.any() else 0.0
-        return float(diagnostics["acceptance_rate"].mean()), change
+        return torch.tensor([float(diagnostics["acceptance_rate"].sum()), self.data.num_subjects,
+                             float((self.completed - previous)[missing].abs().sum()), int(missing.sum())],
+                            dtype=torch.float64)
 
 
 def fit_with_imputation(model, guide, schema: DataSchema, train: LongitudinalData,
                         validation: LongitudinalData | None, config: FitConfig,
-                        imputation: ImputationConfig) -> tuple[FitResult, ImputationTrace, torch.Tensor]:
+                        imputation: ImputationConfig, *,
+                        distributed_input: bool = False) -> tuple[FitResult, ImputationTrace, torch.Tensor]:
     """The talk's stochastic-approximation EM loop (see the module docstring).
 
     Held-out subjects are imputed alongside (their own chains), so early
-    stopping compares like with like.
+    stopping compares like with like.  Chains are kept for this process's
+    shards only (the subjects :func:`~pyro_dgmm.fit.fit_svi` trains on
+    here); ``distributed_input`` as in :func:`~pyro_dgmm.fit.fit_svi`.
 
-    :returns: the fit history of the last round, the per-round trace, and
-        the final completed training outcomes (N, T, K).
+    :returns: the fit history of the last round, the per-round trace
+        (means over all processes' subjects), and the final completed
+        training outcomes (N, T, K), gathered from every process (with
+        ``distributed_input``: this process's subjects).
     """
     start = time.perf_counter()
     trace = ImputationTrace()
-    chains = [_Chain(train, train.y.clone())]  # step 0: missing cells hold the median filler
+    shards = Shards.current(config.num_shards)
+    groups = [_ShardedChains(train, shards, distributed_input)]  # step 0: missing cells hold the median filler
     if validation is not None:
-        chains.append(_Chain(validation, validation.y.clone()))
+        groups.append(_ShardedChains(validation, shards, distributed_input))
     result = None
-    rounds = tqdm(range(1, imputation.rounds + 1), disable=not config.progress, desc="imputation rounds")
+    rounds = tqdm(range(1, imputation.rounds + 1), disable=not (config.progress and is_main_process()),
+                  desc="imputation rounds")
     for r in rounds:
-        filled = [with_fill(c.data, schema, c.completed) for c in chains]
+        filled = [with_fill(g.data, schema, g.completed()) for g in groups]
         result = fit_svi(model, guide, filled[0], filled[1] if validation is not None else None,
-                         imputation.round_config(config, r))
+                         imputation.round_config(config, r), distributed_input=distributed_input)
         model.cpu(), guide.cpu()
         gamma = imputation.step_size(r)
-        acceptance, change = chains[0].move(model, guide, schema, imputation, gamma)
-        for chain in chains[1:]:
-            chain.move(model, guide, schema, imputation, gamma)
+        totals = [g.move(model, guide, schema, imputation, gamma, seed=config.seed, round_=r, group=k)
+                  for k, g in enumerate(groups)][0]  # the trace follows the training subjects
+        acceptance, subjects, change, cells = all_reduce_sum(totals).tolist()
+        acceptance, change = acceptance / subjects, (change / cells if cells else 0.0)
         trace.step_size.append(gamma)
         trace.acceptance_rate.append(acceptance)
         trace.fill_change.append(change)
         trace.validation_loss.append(result.validation_loss[-1][1] if result.validation_loss else float("nan"))
         rounds.set_postfix(accept=f"{acceptance:.2f}", change=f"{change:.3g}", gamma=f"{gamma:.2f}")
     trace.seconds = time.perf_counter() - start
-    return result, trace, chains[0].completed
+    return result, trace, groups[0].completed() if distributed_input else groups[0].gathered()
+
+
+class _ShardedChains:
+    """One :class:`_Chain` per shard of this process for a group of subjects
+    (training or held-out), laid out as :func:`~pyro_dgmm.fit.fit_svi` shards them."""
+
+    def __init__(self, data: LongitudinalData, shards: Shards, distributed_input: bool):
+        self.data, self.num_shards = data, shards.num_shards
+        self.positions = {s: torch.as_tensor(index) for s, index in
+                          shards.local_positions(data.num_subjects, distributed_input=distributed_input).items()}
+        self.chains = {s: _Chain(data.subset(index), data.y[index].clone()) for s, index in self.positions.items()}
+
+    def completed(self) -> torch.Tensor:
+        """(N, T, K): the chains' fills at this process's subjects, the median filler elsewhere."""
+        out = self.data.y.clone()
+        for s, chain in self.chains.items():
+            out[self.positions[s]] = chain.completed
+        return out
+
+    def gathered(self) -> torch.Tensor:
+        """(N, T, K): every process's fills (every process holds the same subjects)."""
+        out = self.data.y.clone()
+        for part in gather_objects([(self.positions[s], c.completed) for s, c in self.chains.items()]):
+            for index, completed in part:
+                out[index] = completed
+        return out
+
+    def move(self, model, guide, schema, imputation: ImputationConfig, gamma: float, *, seed: int,
+             round_: int, group: int) -> torch.Tensor:
+        """Move every chain (draws seeded per round, group and shard); the summed totals of :meth:`_Chain.move`."""
+        total = torch.zeros(4, dtype=torch.float64)
+        for s, chain in self.chains.items():
+            torch.manual_seed(_stream(seed, round_, group * self.num_shards + s, 2 * self.num_shards))
+            total += chain.move(model, guide, schema, imputation, gamma)
+        return total
 
 
 def impute_completed(model, guide, schema: DataSchema, data: LongitudinalData, *, rounds: int = 3,

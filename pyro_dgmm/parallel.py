@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError
+from .errors import ConfigError, DgmmError
 
 
 def world() -> tuple[int, int]:
@@ -70,11 +70,30 @@ class Shards:
         """Positions (in id order) of the subjects in ``shard``."""
         return np.arange(shard, num_subjects, self.num_shards)
 
+    def local_positions(self, num_subjects: int, *, distributed_input: bool = False) -> dict[int, np.ndarray]:
+        """Shard -> positions of its subjects, for this process's shards.
+
+        Every process holds the same ``num_subjects`` subjects (default):
+        :meth:`positions`.  ``distributed_input``: the process holds only
+        its own subjects (partitioned input, :mod:`pyro_dgmm.partitioned`);
+        they are dealt round-robin to its shards.
+        """
+        if not distributed_input:
+            return {s: self.positions(num_subjects, s) for s in self.local}
+        return {s: np.arange(k, num_subjects, len(self.local)) for k, s in enumerate(self.local)}
+
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over processes, in place (no-op in a single process)."""
     if world()[1] > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Maximum over processes, in place (no-op in a single process)."""
+    if world()[1] > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
 
 
@@ -101,19 +120,68 @@ def gather_objects(obj) -> list:
     return out
 
 
-def map_subjects(compute, data, *, sort_by: list[str]):
-    """``compute(part)`` on this process's share of ``data``'s subjects
-    (positions ``rank::world_size``), gathered into one DataFrame sorted by
+def shard_seed(seed: int, shard: int) -> int:
+    """The seed of ``shard``'s random draws in sharded post-fit computations
+    (the same in any process layout)."""
+    return (seed * 1_000_003 + 7919 * (shard + 1)) % (2**63 - 1)
+
+
+def run_shards(compute, num_subjects: int, *, num_shards: int | None = None, seed: int | None = None,
+               distributed_input: bool = False) -> list:
+    """``compute(positions)`` for every shard of ``num_subjects`` subjects,
+    each shard on the process that owns it, gathered in shard order on
+    every process.
+
+    With ``seed``, torch's generator is seeded with
+    :func:`shard_seed` before each shard, so the results do not depend on
+    how shards are spread over processes; without it the current random
+    state is used (in one process with one shard: exactly ``compute`` on
+    all positions).  ``distributed_input``: positions index this
+    process's own subjects (see :meth:`Shards.local_positions`).
+    """
+    shards = Shards.current(num_shards)
+    results = []
+    for s, positions in shards.local_positions(num_subjects, distributed_input=distributed_input).items():
+        if seed is not None:
+            torch.manual_seed(shard_seed(seed, s))
+        results.append((s, compute(positions)))
+    gathered = [item for part in gather_objects(results) for item in part]
+    return [result for _, result in sorted(gathered, key=lambda item: item[0])]
+
+
+def map_subjects(compute, data, *, sort_by: list[str], num_shards: int | None = None, seed: int | None = None,
+                 distributed_input: bool = False):
+    """``compute(part)`` on each of this process's shards of ``data``'s
+    subjects (see :func:`run_shards`), gathered into one DataFrame sorted by
     ``sort_by`` on every process.  Per-subject work (fitted values,
     imputation, prediction) is independent across subjects, so this is
-    exact.  ``compute`` returns a DataFrame; in one process it is called
-    on all of ``data``.
+    exact.  ``compute`` returns a DataFrame; in one process with one shard
+    it is called on all of ``data``.
     """
     import pandas as pd
 
-    rank, size = world()
-    if size == 1:
+    if Shards.current(num_shards).num_shards == 1:
+        if seed is not None:
+            torch.manual_seed(shard_seed(seed, 0))
         return compute(data)
-    frame = compute(data.subset(np.arange(rank, data.num_subjects, size)))
-    gathered = pd.concat(gather_objects(frame))
+    frames = run_shards(lambda positions: compute(data.subset(positions)), data.num_subjects,
+                        num_shards=num_shards, seed=seed, distributed_input=distributed_input)
+    gathered = pd.concat(frames)
     return gathered.sort_values(sort_by, kind="stable").reset_index(drop=True)
+
+
+def agree(check):
+    """``check()`` on every process, returning its value; if it raises a
+    :class:`~pyro_dgmm.errors.DgmmError` on any process, the same kind of
+    error, naming the ranks, is raised on all of them (an error on one
+    rank only would leave the others waiting in the next collective)."""
+    if world()[1] == 1:
+        return check()
+    try:
+        value, failure = check(), None
+    except DgmmError as error:
+        value, failure = None, (type(error), str(error))
+    failures = [(rank, f) for rank, f in enumerate(gather_objects(failure)) if f is not None]
+    if failures:
+        raise failures[0][1][0]("; ".join(f"rank {rank}: {message}" for rank, (_, message) in failures))
+    return value

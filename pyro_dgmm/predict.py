@@ -51,6 +51,13 @@ The posterior of :math:`b_i` (``method``):
     (resample-move): duplicated draws spread out while the posterior stays
     invariant.
 
+Sharding.  Subjects are independent given the fitted networks, so
+:func:`predict` splits them into ``num_shards`` shards (subject *i* in id
+order -> shard *i mod num_shards*; default: one per ``torch.distributed``
+process, see :mod:`pyro_dgmm.parallel`), computes each shard on the process
+that owns it with draws seeded per shard, and gathers the table on every
+process: the result does not depend on how the shards are spread.
+
 Shapes: ``S`` draws, ``N`` subjects, ``T`` visit slots, ``K`` outcomes, ``q``
 latent dimensions.  Work is done in chunks of ``chunk_size`` subjects, so
 memory grows with ``chunk_size * max(S, P) * T * K``.
@@ -70,6 +77,7 @@ from pyro.infer import Predictive
 from .data import DataSchema, LongitudinalData
 from .errors import ConfigError, DataError, describe_rows
 from .impute import log_target, random_walk_metropolis
+from .parallel import Shards, run_shards
 from .posterior import weighted_moments
 
 METHODS = ("importance", "mcmc", "encoder")
@@ -286,12 +294,13 @@ class Prediction:
     ``draws``: (S, len(table)) posterior predictive draws of y, column ``r``
     for table row ``r``.  ``predictive``: everything behind it
     (:class:`PosteriorPredictive`; its ``data`` are the prediction cells,
-    subjects sorted by id).
+    subjects sorted by id); None when computed in several shards (its
+    tensors stay where they were computed).
     """
 
     table: pd.DataFrame
     draws: np.ndarray
-    predictive: PosteriorPredictive
+    predictive: PosteriorPredictive | None
 
 
 def _level_label(level: float) -> str:
@@ -378,7 +387,8 @@ def _summary_table(rows: pd.DataFrame, predictive: PosteriorPredictive, schema: 
 
 def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, relative: bool = False,
             include_history: bool = False, levels: Sequence[float] = (0.95,), num_samples: int = 1000,
-            method: str = "importance", **posterior_options) -> Prediction:
+            method: str = "importance", num_shards: int | None = None, seed: int = 0,
+            **posterior_options) -> Prediction:
     """Dynamic predictions for the subjects of ``history`` at ``times``.
 
     :param history: long DataFrame with the training columns (id, time,
@@ -396,6 +406,11 @@ def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, r
     :param levels: interval levels, each in (0, 1).
     :param num_samples: S, draws of b and of y per subject.
     :param method: ``'importance'``, ``'mcmc'`` or ``'encoder'`` (module docstring).
+    :param num_shards: subject shards (default: the number of
+        ``torch.distributed`` processes, 1 without); every process passes
+        the same ``history`` and ``times`` and gets the whole table.
+    :param seed: with more than one shard, seeds each shard's draws (one
+        shard uses torch's current random state).
     :param posterior_options: ``num_proposals``, ``adapt_rounds``,
         ``mcmc_steps``, ``chunk_size`` of :func:`random_effects_posterior`.
 
@@ -403,6 +418,34 @@ def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, r
     follow the time basis' extrapolation policy (:mod:`pyro_dgmm.bases`).
     """
     levels = _check_levels(levels)
+    options = dict(relative=relative, include_history=include_history, levels=levels, num_samples=num_samples,
+                   method=method, **posterior_options)
+    if Shards.current(num_shards).num_shards == 1:
+        return _predict_subjects(model, guide, schema, history, times, **options)
+    schema.validate(history, require_observed=False)
+    _times_frame(schema, history, times)  # errors are raised alike on every process, before any shard runs
+    id_col, time_col = schema.id_col, schema.time_col
+    ids = pd.factorize(history[id_col], sort=True)[1]
+
+    def compute(positions: np.ndarray):
+        mine = history[id_col].isin(ids[positions])
+        their_times = times[times[id_col].isin(ids[positions])] if isinstance(times, pd.DataFrame) else times
+        if not mine.any() or len(their_times) == 0:
+            return None
+        prediction = _predict_subjects(model, guide, schema, history[mine], their_times, **options)
+        return prediction.table, prediction.draws
+
+    parts = [part for part in run_shards(compute, len(ids), num_shards=num_shards, seed=seed) if part is not None]
+    table = pd.concat([t for t, _ in parts], ignore_index=True)
+    order = np.lexsort((table[time_col].to_numpy(float), pd.factorize(table[id_col], sort=True)[0]))
+    draws = np.concatenate([d for _, d in parts], axis=1)[:, order]
+    return Prediction(table.iloc[order].reset_index(drop=True), draws, None)
+
+
+def _predict_subjects(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, relative: bool,
+                      include_history: bool, levels: list[float], num_samples: int, method: str,
+                      **posterior_options) -> Prediction:
+    """:func:`predict` for all subjects of ``history`` at once."""
     past = schema.transform(history, require_observed=False)  # validates the history
     rows = _target_frame(schema, history, times, relative, include_history)
     past = past.subset(np.flatnonzero(np.isin(past.ids, pd.unique(rows[schema.id_col]))))

@@ -67,6 +67,21 @@ carry the covariance to data-scale coefficients and curves;
 :func:`information_criteria` and :func:`likelihood_ratio_test` compare
 models (docs/inference.md says when that is meaningful for neural models).
 
+**Sharding.** :math:`\ell` and its derivatives are sums over subjects.
+With ``num_shards`` shards (subject *i* in id order -> shard *i mod
+num_shards*; default: one per ``torch.distributed`` process, see
+:mod:`pyro_dgmm.parallel`) each process fits the proposals and draws the
+base noise (seeded per shard) of the subjects of its shards only, and
+computes its partial sums of :math:`\log\hat p`, of its gradient and of its
+Hessian, which are then summed over processes with ``all_reduce``
+(autograd never runs through a collective: each process differentiates its
+own partial sum).  The adaptation's stopping rule takes the largest move
+over all processes, and per-subject results are gathered on every
+process, so every process gets the same numbers, and the same as one
+process with the same ``num_shards``.  ``distributed_input=True``: each
+process passes only its own subjects (:mod:`pyro_dgmm.partitioned`);
+per-subject results are then gathered in rank order.
+
 Shapes: ``N`` subjects, ``T`` visit slots, ``K`` outcomes, ``q`` latent
 dimensions, ``S`` importance samples, ``P`` scalar parameters, ``F =
 q + q(q+1)/2`` controls.
@@ -90,6 +105,7 @@ from torch import nn
 from .bases import Polynomial
 from .data import DataSchema, LongitudinalData
 from .errors import ConfigError
+from .parallel import Shards, all_reduce_max, all_reduce_sum, gather_objects, is_main_process, shard_seed
 from .posterior import observed_log_likelihood, standard_normal_log_density, weighted_moments
 
 #: Pareto k-hat above which an importance-sampling estimate is unreliable.
@@ -266,7 +282,7 @@ class MarginalLikelihood:
     r"""Importance-sampling estimate of :math:`\log p(y_i^o; \theta)` per subject.
 
     ``per_subject``, ``mc_sd``, ``ess``, ``pareto_k``: shape (N,), in the
-    order of ``ids``.  ``mc_sd`` is the Monte Carlo SD of each estimate (see
+    order of ``ids`` (every process's subjects when sharded).  ``mc_sd`` is the Monte Carlo SD of each estimate (see
     the module docstring); it shrinks like :math:`1/\sqrt S`.
     (:math:`\log \hat p_i` is biased down by about ``mc_sd**2 / 2``.)
     """
@@ -352,15 +368,26 @@ class _MarginalObjective:
     values); all other parameters stay at their fitted values.  The
     proposal is fitted at one theta (:meth:`move_to`; first the fitted
     values) and then held fixed; the base noise is regenerated chunk by
-    chunk from ``seed``, identically for every theta.
+    chunk from ``seed``, identically for every theta.  Only this process's
+    shards' subjects are held (``self.data``, shard after shard; chunks
+    never straddle two shards); totals are summed over processes.
     """
 
     def __init__(self, model, guide, data: LongitudinalData, names: Sequence[str], num_samples: int,
-                 chunk_size: int | None, seed: int, adapt: bool):
+                 chunk_size: int | None, seed: int, adapt: bool, num_shards: int | None = None,
+                 distributed_input: bool = False):
         controls = model.latent_dim + model.latent_dim * (model.latent_dim + 1) // 2
         if int(num_samples) < 10 * controls:
             raise ConfigError(f"num_samples must be at least {10 * controls} (10 per control variate "
                               f"for latent_dim={model.latent_dim}), got {num_samples}")
+        shards = Shards.current(num_shards)
+        local = shards.local_positions(data.num_subjects, distributed_input=distributed_input)
+        self.num_shards, self.distributed_input = shards.num_shards, distributed_input
+        self.positions = np.concatenate(list(local.values()))
+        ends = np.cumsum([len(index) for index in local.values()]).tolist()
+        self.parts = [(s, end - len(index), end) for (s, index), end in zip(local.items(), ends)]
+        if shards.num_shards > 1:
+            data = data.subset(self.positions)
         self.bound = _float64_copy(model, data.device)
         self.data = data.to(dtype=torch.float64)
         self.layout = _Layout(self.bound.model, names)
@@ -373,6 +400,12 @@ class _MarginalObjective:
         self.proposal = _encoder_proposal(guide, data, self.chunk_size)
         self.move_to(self.theta)
 
+    def chunks(self) -> Iterator[tuple[int, slice]]:
+        """(shard, subjects of ``self.data``) of at most ``chunk_size`` subjects each."""
+        for shard, begin, end in self.parts:
+            for start in range(begin, end, self.chunk_size):
+                yield shard, slice(start, min(start + self.chunk_size, end))
+
     def move_to(self, theta: torch.Tensor) -> None:
         """Refit the proposal at theta, starting from the current one (with
         ``adapt``; else it stays the encoder); it then stays fixed."""
@@ -381,12 +414,16 @@ class _MarginalObjective:
             self.proposal = self._adapted()
 
     def draws(self, seed: int | None = None, proposal: _Proposal | None = None) -> Iterator[_Draws]:
-        """The chunks with their draws; the same on every call (for the same seed and proposal)."""
-        generator = torch.Generator(device=self.data.device).manual_seed(self.seed if seed is None else seed)
+        """The chunks with their draws; the same on every call (for the same seed and proposal).
+        Each shard's noise comes from its own generator (seeded with ``seed`` itself for one shard)."""
+        seed = self.seed if seed is None else seed
         proposal = proposal or self.proposal
-        for start in range(0, self.data.num_subjects, self.chunk_size):
-            index = slice(start, start + self.chunk_size)
-            b, log_q, eps = proposal.draw(index, self.num_samples, generator)
+        generators = {}
+        for shard, index in self.chunks():
+            if shard not in generators:
+                generators[shard] = torch.Generator(device=self.data.device).manual_seed(
+                    seed if self.num_shards == 1 else shard_seed(seed, shard))
+            b, log_q, eps = proposal.draw(index, self.num_samples, generators[shard])
             yield _Draws(self.data.subset(index), b, standard_normal_log_density(b) - log_q, *_calibration(eps))
 
     def log_weights(self, theta: torch.Tensor, draws: _Draws) -> torch.Tensor:
@@ -399,19 +436,23 @@ class _MarginalObjective:
         r""":math:`\log \hat p_i(\theta) = \log \sum_s a_s w_s(\theta)`, (n,), of one chunk."""
         return torch.logsumexp(self.log_weights(theta, draws) + draws.log_calibration, 0)
 
+    def _total(self, terms: Iterator[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """Sum of this process's chunk ``terms``, summed over processes."""
+        return all_reduce_sum(sum(terms, torch.zeros_like(like)).detach())
+
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:
         """The total estimate at theta (a scalar)."""
-        return sum(self.log_marginal(theta, d).sum() for d in self.draws())
+        return self._total((self.log_marginal(theta, d).sum() for d in self.draws()), theta.new_zeros(()))
 
     def gradient(self, theta: torch.Tensor) -> torch.Tensor:
-        """Gradient of the estimate at theta by autograd, summed chunk by chunk, (P,)."""
-        return sum(torch.autograd.functional.jacobian(lambda t: self.log_marginal(t, d).sum(), theta)
-                   for d in self.draws())
+        """Gradient of the estimate at theta by autograd, summed chunk by chunk and over processes, (P,)."""
+        return self._total((torch.autograd.functional.jacobian(lambda t: self.log_marginal(t, d).sum(), theta)
+                            for d in self.draws()), theta)
 
     def hessian(self, theta: torch.Tensor) -> torch.Tensor:
-        """Exact Hessian of the estimate at theta by autograd, summed chunk by chunk, (P, P)."""
-        return sum(torch.autograd.functional.hessian(lambda t: self.log_marginal(t, d).sum(), theta)
-                   for d in self.draws())
+        """Exact Hessian of the estimate at theta by autograd, summed chunk by chunk and over processes, (P, P)."""
+        return self._total((torch.autograd.functional.hessian(lambda t: self.log_marginal(t, d).sum(), theta)
+                            for d in self.draws()), theta.new_zeros(theta.numel(), theta.numel()))
 
     @torch.no_grad()
     def central_hessian(self, theta: torch.Tensor, step: float) -> torch.Tensor:
@@ -437,8 +478,20 @@ class _MarginalObjective:
     def marginal(self, theta: torch.Tensor) -> MarginalLikelihood:
         """Per-subject estimates and diagnostics at theta."""
         parts = [_summarise(self.log_weights(theta, d), d) for d in self.draws()]
-        per_subject, mc_sd, ess, k_hat = (torch.cat(x) for x in zip(*parts))
-        return MarginalLikelihood(per_subject, mc_sd, ess, k_hat, self.num_samples, self.data.ids)
+        columns = [torch.cat(x) for x in zip(*parts)]
+        ids, columns = self._gather_subjects(columns)
+        return MarginalLikelihood(*columns, self.num_samples, ids)
+
+    def _gather_subjects(self, columns: list[torch.Tensor]) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """Per-subject ``columns`` of every process, in id order (partitioned
+        input: rank after rank), and their ids."""
+        parts = gather_objects((self.positions, self.data.ids, [c.cpu() for c in columns]))
+        rank = np.concatenate([np.full(len(p[0]), r if self.distributed_input else 0) for r, p in enumerate(parts)])
+        order = np.lexsort((np.concatenate([p[0] for p in parts]), rank))
+        ids = np.concatenate([p[1] for p in parts])[order]
+        gathered = [torch.cat([p[2][k] for p in parts])[torch.as_tensor(order)].to(columns[k].device)
+                    for k in range(len(columns))]
+        return ids, gathered
 
     @torch.enable_grad()
     def _laplace(self) -> _Proposal:
@@ -459,9 +512,9 @@ class _MarginalObjective:
             return loglik + standard_normal_log_density(b)
 
         locs, trils = [], []
-        for start in range(0, self.data.num_subjects, self.chunk_size):
-            chunk = self.data.subset(slice(start, start + self.chunk_size))
-            b = self.proposal.loc[start:start + self.chunk_size]
+        for _, index in self.chunks():
+            chunk = self.data.subset(index)
+            b = self.proposal.loc[index]
             for _ in range(_LAPLACE_STEPS):
                 value, gradient, precision = _newton_terms(log_joint, b, chunk)
                 step = torch.linalg.solve(precision, gradient)
@@ -502,7 +555,7 @@ class _MarginalObjective:
             previous = proposal.scale_tril @ proposal.scale_tril.transpose(-1, -2)
             covariance = alpha.unsqueeze(-1) * covariance + (1 - alpha.unsqueeze(-1)) * previous
             moved = _Proposal(alpha * mean + (1 - alpha) * proposal.loc, torch.linalg.cholesky(covariance))
-            proposal, shift = moved, _kl(moved, proposal).max()
+            proposal, shift = moved, all_reduce_max(_kl(moved, proposal).max().clone())
             if shift < _ADAPT_KL:
                 break
         return proposal
@@ -527,7 +580,7 @@ def _kl(p: _Proposal, q: _Proposal) -> torch.Tensor:
 
 def _warn_unreliable(marginal: MarginalLikelihood) -> None:
     bad = marginal.unreliable
-    if bad.any():
+    if bad.any() and is_main_process():
         ids = marginal.ids[bad.cpu().numpy()]
         warnings.warn(
             f"{int(bad.sum())} of {bad.numel()} subjects have Pareto k-hat > {PARETO_K_THRESHOLD} "
@@ -539,8 +592,8 @@ def _warn_unreliable(marginal: MarginalLikelihood) -> None:
 
 
 def marginal_log_likelihood(model, guide, data: LongitudinalData, num_samples: int = 1000, *,
-                            adapt: bool = True, chunk_size: int | None = None,
-                            seed: int = 0) -> MarginalLikelihood:
+                            adapt: bool = True, chunk_size: int | None = None, seed: int = 0,
+                            num_shards: int | None = None, distributed_input: bool = False) -> MarginalLikelihood:
     r"""Importance-sampling estimate of :math:`\log p(y_i^o; \hat\theta)` per subject.
 
     See the module docstring: encoder proposal (moved to the pilot's
@@ -552,10 +605,13 @@ def marginal_log_likelihood(model, guide, data: LongitudinalData, num_samples: i
 
     :param num_samples: S, importance samples per subject (at least
         10 per control variate: 50 for q = 2).
+    :param num_shards, distributed_input: sharding over processes (module
+        docstring); default one shard per ``torch.distributed`` process.
     :returns: a :class:`MarginalLikelihood` (``.total``, ``.total_mc_sd``,
-        per-subject values and diagnostics).
+        per-subject values and diagnostics), the same on every process.
     """
-    objective = _MarginalObjective(model, guide, data, (), num_samples, chunk_size, seed, adapt)
+    objective = _MarginalObjective(model, guide, data, (), num_samples, chunk_size, seed, adapt, num_shards,
+                                   distributed_input)
     marginal = objective.marginal(objective.theta)
     _warn_unreliable(marginal)
     return marginal
@@ -605,7 +661,7 @@ class StandardErrors:
 def standard_errors(model, guide, data: LongitudinalData, parameters: Sequence[str] = (), *,
                     include_dispersion: bool = True, method: str = "autograd", num_samples: int = 1000,
                     level: float = 0.95, adapt: bool = True, step: float = 1e-4, chunk_size: int | None = None,
-                    seed: int = 0) -> StandardErrors:
+                    seed: int = 0, num_shards: int | None = None, distributed_input: bool = False) -> StandardErrors:
     r"""Standard errors from the Hessian of the estimated marginal log-likelihood.
 
     :math:`\widehat{\operatorname{cov}}(\hat\theta) = \{-\nabla^2_\theta
@@ -628,6 +684,9 @@ def standard_errors(model, guide, data: LongitudinalData, parameters: Sequence[s
     :param level: confidence level of the intervals.
     :param adapt: adapt the proposal to each subject (module docstring).
     :param step: relative step of the central differences.
+    :param num_shards, distributed_input: sharding over processes (module
+        docstring); default one shard per ``torch.distributed`` process. The Hessian is
+        each process's Hessian of its partial sum, summed over processes.
     :returns: a :class:`StandardErrors`.  Warns (:class:`InferenceWarning`)
         when ``-hessian`` has a negative eigenvalue (not at a maximum, or
         Monte Carlo noise) or some subject's Pareto k-hat exceeds 0.7.
@@ -636,7 +695,8 @@ def standard_errors(model, guide, data: LongitudinalData, parameters: Sequence[s
         raise ConfigError(f"method must be 'autograd' or 'central', got '{method}'")
     _check_level(level)
     names = _select_parameters(model, parameters, include_dispersion)
-    objective = _MarginalObjective(model, guide, data, names, num_samples, chunk_size, seed, adapt)
+    objective = _MarginalObjective(model, guide, data, names, num_samples, chunk_size, seed, adapt, num_shards,
+                                   distributed_input)
     theta = objective.theta
     hessian = objective.hessian(theta) if method == "autograd" else objective.central_hessian(theta, step)
     labels = _element_labels(model, objective.layout)
@@ -664,7 +724,8 @@ class Maximization:
 def maximize_marginal_likelihood(model, guide, data: LongitudinalData, parameters: Sequence[str] = (), *,
                                  include_dispersion: bool = True, num_samples: int = 1000,
                                  max_steps: int = 30, tolerance: float = 1e-2, adapt: bool = True,
-                                 chunk_size: int | None = None, seed: int = 0) -> Maximization:
+                                 chunk_size: int | None = None, seed: int = 0, num_shards: int | None = None,
+                                 distributed_input: bool = False) -> Maximization:
     r"""Move the chosen parameters of ``model`` (in place) to the maximum of
     the estimated marginal log-likelihood, the others held fixed.
 
@@ -696,10 +757,14 @@ def maximize_marginal_likelihood(model, guide, data: LongitudinalData, parameter
     :param parameters: names from ``model.named_parameters()``; for a
         linear DGMM all of them (:data:`LINEAR_FIXED_EFFECTS`,
         :data:`LINEAR_RANDOM_EFFECTS` and the dispersion).
+    :param num_shards, distributed_input: sharding over processes (module
+        docstring); default one shard per ``torch.distributed`` process. Every process
+        takes the same steps.
     :returns: a :class:`Maximization`; the model's parameters are updated.
     """
     names = _select_parameters(model, parameters, include_dispersion)
-    objective = _MarginalObjective(model, guide, data, names, num_samples, chunk_size, seed, adapt)
+    objective = _MarginalObjective(model, guide, data, names, num_samples, chunk_size, seed, adapt, num_shards,
+                                   distributed_input)
     theta, damping, steps, converged = objective.theta, 0.0, 0, False
     before = value = objective(theta)
     for _ in range(max_steps):
@@ -1176,15 +1241,23 @@ class InformationCriteria:
 
 def information_criteria(model, guide, data: LongitudinalData, *, num_parameters: int | None = None,
                          num_samples: int = 1000, adapt: bool = True, chunk_size: int | None = None,
-                         seed: int = 0) -> InformationCriteria:
+                         seed: int = 0, num_shards: int | None = None,
+                         distributed_input: bool = False) -> InformationCriteria:
     """Marginal log-likelihood (:func:`marginal_log_likelihood`), AIC and BIC.
 
-    :param num_parameters: p; default :func:`count_parameters`.
+    :param num_parameters: p; default :func:`count_parameters` (on rank
+        0's data with ``distributed_input``).
+    :param num_shards, distributed_input: sharding over processes (module
+        docstring); default one shard per ``torch.distributed`` process.
     """
     marginal = marginal_log_likelihood(model, guide, data, num_samples, adapt=adapt, chunk_size=chunk_size,
-                                       seed=seed)
-    p = count_parameters(model, data, seed=seed) if num_parameters is None else int(num_parameters)
-    return InformationCriteria(marginal.total, marginal.total_mc_sd, p, int(data.mask.sum()))
+                                       seed=seed, num_shards=num_shards, distributed_input=distributed_input)
+    if num_parameters is None:
+        num_parameters = gather_objects(count_parameters(model, data, seed=seed))[0]
+    observed = torch.tensor(int(data.mask.sum()), dtype=torch.int64)
+    if distributed_input:
+        all_reduce_sum(observed)
+    return InformationCriteria(marginal.total, marginal.total_mc_sd, int(num_parameters), int(observed))
 
 
 @dataclass
