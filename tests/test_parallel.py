@@ -1,10 +1,14 @@
 """Data-parallel fitting: two gloo processes under torchrun reproduce a
-single-process fit with the same shards, batch and seed."""
+single-process fit with the same shards, batch and seed; likewise the
+imputation loop, prediction and the marginal likelihood; partitioned input."""
+import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -49,3 +53,75 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     fitted = pd.read_csv(out / "fitted.csv")  # written by rank 0, gathered from both ranks
     assert len(fitted) == len(frame) and fitted["pid"].nunique() == 24
     assert fitted["g_fitted"].notna().all()
+
+
+# ----------------------------------------- imputation, prediction, likelihood, partitioned input
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """One torchrun launch of parallel_worker.py with two gloo processes."""
+    folder = tmp_path_factory.mktemp("workers")
+    frame = tiny_frame(n_subjects=24, n_visits=5)
+    frame.to_csv(folder / "visits.csv", index=False)
+    parts = folder / "parts"
+    parts.mkdir()
+    bounds = [0, 40, 41, 85, len(frame)]  # the subject at rows 40-44 spans two files
+    for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        frame.iloc[lo:hi].to_csv(parts / f"part{k}.csv", index=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    run = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2",
+                          str(Path(__file__).with_name("parallel_worker.py")), str(folder)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return folder, frame, torch.load(folder / "results.pt", weights_only=False)
+
+
+def test_imputation_loop_sharded_matches_one_process(two_process_run):
+    import parallel_worker as worker
+
+    folder, frame, results = two_process_run
+    single = worker.model().fit(frame, missing="impute", imputation=worker.IMPUTATION, **worker.FIT)
+    distributed = DeepMixedModel.load(folder / "impute.pt")
+    for (name, a), b in zip(single.model_.state_dict().items(), distributed.model_.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), name
+    for (name, a), b in zip(single.guide_.state_dict().items(), distributed.guide_.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), name
+    trace = results["trace"]  # means over both processes' subjects
+    assert trace.acceptance_rate == pytest.approx(single.imputation_trace_.acceptance_rate, rel=1e-4)
+    assert trace.fill_change == pytest.approx(single.imputation_trace_.fill_change, rel=1e-4)
+
+
+def test_prediction_and_likelihood_gathered_match_one_process(two_process_run):
+    import parallel_worker as worker
+    from pyro_dgmm.variance import InferenceWarning, marginal_log_likelihood, standard_errors
+
+    folder, frame, results = two_process_run
+    fitted = DeepMixedModel.load(folder / "impute.pt")  # the very parameters the processes used
+    data = fitted.transform(frame)
+    prediction = fitted.predict(frame, worker.TIMES, num_samples=worker.SAMPLES, num_shards=2)
+    pd.testing.assert_frame_equal(results["table"], prediction.table, rtol=1e-5)
+    assert results["table"]["pid"].nunique() == 24 and results["table"]["pid"].is_monotonic_increasing
+    assert np.allclose(results["draws"], prediction.draws, rtol=1e-5, atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InferenceWarning)
+        marginal = marginal_log_likelihood(fitted.model_, fitted.guide_, data, worker.SAMPLES, num_shards=2)
+        errors = standard_errors(fitted.model_, fitted.guide_, data, num_samples=worker.SAMPLES, num_shards=2)
+    pd.testing.assert_frame_equal(results["marginal"], marginal.to_frame(), rtol=1e-6)
+    pd.testing.assert_frame_equal(results["se"], errors.summary(), rtol=1e-5)
+
+
+def test_partitioned_input_each_rank_reads_its_subjects(two_process_run):
+    from pyro_dgmm.partitioned import subject_ranks
+
+    folder, frame, _ = two_process_run
+    ranks = json.loads((folder / "ranks.json").read_text())
+    assert ranks["world"] == 2
+    for rank, ids in enumerate(ranks["ids"]):
+        assert (subject_ranks(ids, 2) == rank).all()
+    assert sorted(ranks["ids"][0] + ranks["ids"][1]) == sorted(frame["pid"].unique())
+    assert sum(ranks["rows"]) == len(frame)
+    fitted = pd.read_csv(folder / "partitioned" / "fitted.csv")  # rank 0 wrote every process's subjects
+    assert len(fitted) == len(frame) and fitted["pid"].nunique() == 24 and fitted["g_fitted"].notna().all()
+    summary = json.loads((folder / "partitioned" / "summary.json").read_text())
+    assert summary["subjects"] == 24 and summary["rows"] == len(frame)
+    assert DeepMixedModel.load(folder / "partitioned" / "model.pt").result_.epochs_run == 3

@@ -1,0 +1,58 @@
+"""Run by tests/test_parallel.py under ``torchrun --nproc_per_node=2``:
+``python parallel_worker.py FOLDER``.  FOLDER holds ``visits.csv`` and
+``parts/``; rank 0 writes what the test compares with one process.
+
+Settings shared with the test live here, so both sides use the same.
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+
+from pyro_dgmm import DeepMixedModel  # noqa: E402
+from pyro_dgmm.impute import ImputationConfig  # noqa: E402
+from pyro_dgmm.parallel import gather_objects, init_from_environment, is_main_process, world  # noqa: E402
+from pyro_dgmm.partitioned import read_subjects  # noqa: E402
+from pyro_dgmm.variance import marginal_log_likelihood, standard_errors  # noqa: E402
+
+FIT = dict(max_epochs=2, kl_warmup_epochs=1, linear_warmup_epochs=1, seed=5, num_shards=2, progress=False)
+IMPUTATION = ImputationConfig(rounds=2, epochs_per_round=1, mcmc_steps=3, burn_in=1)
+TIMES = [5.0, 6.5]
+SAMPLES = 60
+CLI = ["--id", "pid", "--time", "t", "--outcome", "g:gaussian", "--outcome", "bin:bernoulli",
+       "--covariate", "arm", "--basis", "poly(1)", "--max-epochs", "3", "--seed", "3", "--quiet"]
+
+
+def model() -> DeepMixedModel:
+    return DeepMixedModel(id_col="pid", time_col="t", outcomes={"g": "gaussian", "bin": "bernoulli"},
+                          covariates=["arm"], time_basis="poly(1)")
+
+
+def main(folder: Path) -> None:
+    import pandas as pd
+
+    from pyro_dgmm.cli import main as cli
+
+    init_from_environment()
+    frame = pd.read_csv(folder / "visits.csv")
+    fitted = model().fit(frame, missing="impute", imputation=IMPUTATION, **FIT)
+    data = fitted.transform(frame)
+    prediction = fitted.predict(frame, TIMES, num_samples=SAMPLES)
+    marginal = marginal_log_likelihood(fitted.model_, fitted.guide_, data, SAMPLES)
+    errors = standard_errors(fitted.model_, fitted.guide_, data, num_samples=SAMPLES)
+    local = read_subjects(folder / "parts", "pid")
+    ranks = gather_objects(sorted(local["pid"].unique().tolist()))
+    rows = gather_objects(len(local))
+    assert cli(["fit", "--partitioned", str(folder / "parts"), *CLI, "--out", str(folder / "partitioned")]) == 0
+    if is_main_process():
+        fitted.save(folder / "impute.pt")
+        torch.save({"trace": fitted.imputation_trace_, "table": prediction.table, "draws": prediction.draws,
+                    "marginal": marginal.to_frame(), "se": errors.summary()}, folder / "results.pt")
+        (folder / "ranks.json").write_text(json.dumps({"ids": ranks, "rows": rows, "world": world()[1]}))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
