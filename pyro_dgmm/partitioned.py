@@ -143,7 +143,7 @@ def read_subjects(path: str | Path, id_col: str, *, rank: int | None = None, wor
             if split == "hash":
                 chunk = chunk[subject_ranks(chunk[id_col], world_size) == rank]
             frames.append(chunk)
-            sources.append((file, pd.unique(chunk[id_col])))
+            sources.append((file, pd.unique(chunk[id_col]).tolist()))
     if split == "file" and (rank, world_size) == (current_rank, current_size):
         _check_file_split(sources, id_col)
     if not frames:
@@ -151,7 +151,7 @@ def read_subjects(path: str | Path, id_col: str, *, rank: int | None = None, wor
     return pd.concat(frames, ignore_index=True)
 
 
-def _check_file_split(sources: list[tuple[Path, np.ndarray]], id_col: str) -> None:
+def _check_file_split(sources: list[tuple[Path, list]], id_col: str) -> None:
     """With ``split='file'``: no subject may have rows in two processes' files."""
     owners: dict = {}
     for rank, part in enumerate(gather_objects(sources)):

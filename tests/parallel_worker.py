@@ -13,6 +13,7 @@ import torch
 torch.set_num_threads(1)
 
 from pyro_dgmm import DeepMixedModel  # noqa: E402
+from pyro_dgmm.errors import DataError  # noqa: E402
 from pyro_dgmm.impute import ImputationConfig  # noqa: E402
 from pyro_dgmm.parallel import gather_objects, init_from_environment, is_main_process, world  # noqa: E402
 from pyro_dgmm.partitioned import read_subjects  # noqa: E402
@@ -46,12 +47,19 @@ def main(folder: Path) -> None:
     local = read_subjects(folder / "parts", "pid")
     ranks = gather_objects(sorted(local["pid"].unique().tolist()))
     rows = gather_objects(len(local))
+    try:  # part1.csv (rank 1) and part2.csv (rank 0) share a subject
+        read_subjects(folder / "parts", "pid", split="file")
+        split_error = None
+    except DataError as error:
+        split_error = str(error)
+    split_errors = gather_objects(split_error)
     assert cli(["fit", "--partitioned", str(folder / "parts"), *CLI, "--out", str(folder / "partitioned")]) == 0
     if is_main_process():
         fitted.save(folder / "impute.pt")
         torch.save({"trace": fitted.imputation_trace_, "table": prediction.table, "draws": prediction.draws,
                     "marginal": marginal.to_frame(), "se": errors.summary()}, folder / "results.pt")
-        (folder / "ranks.json").write_text(json.dumps({"ids": ranks, "rows": rows, "world": world()[1]}))
+        (folder / "ranks.json").write_text(json.dumps({"ids": ranks, "rows": rows, "world": world()[1],
+                                                        "split_errors": split_errors}))
 
 
 if __name__ == "__main__":
