@@ -14,7 +14,14 @@ to float tolerance, and why they share one code path (:func:`pyro_dgmm.fit.fit_s
 
 Launch with ``torchrun`` (it sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
 ``MASTER_PORT``); :func:`init_from_environment` starts the process group
-(``gloo`` on CPU, ``nccl`` on CUDA).
+(``gloo`` on CPU, ``nccl`` for CUDA tensors).
+
+The same sharding serves every per-subject computation after the fit
+(:func:`map_subjects`, :func:`run_shards`): fitted values, imputations,
+predictions, the marginal likelihood (:mod:`pyro_dgmm.variance`), each
+shard's random draws seeded by :func:`shard_seed`.  Partitioned input,
+where each process holds only its own subjects, is
+:mod:`pyro_dgmm.partitioned`.
 """
 from __future__ import annotations
 
@@ -42,11 +49,18 @@ def is_main_process() -> bool:
 
 def init_from_environment(device: str | None = None) -> bool:
     """Start the default process group when launched by ``torchrun``
-    (``WORLD_SIZE`` > 1 in the environment).  Returns True if one is active."""
+    (``WORLD_SIZE`` > 1 in the environment).  Returns True if one is active.
+
+    For CUDA devices each process takes GPU ``LOCAL_RANK`` and the group
+    runs NCCL for CUDA tensors and gloo for CPU tensors and Python objects
+    (counts, gathered tables)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not dist.is_initialized():
-        backend = "nccl" if device and str(device).startswith("cuda") else "gloo"
+        backend = "gloo"
+        if device and str(device).startswith("cuda"):
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            backend = "cpu:gloo,cuda:nccl"
         dist.init_process_group(backend=backend)
     return True
 
