@@ -13,7 +13,7 @@ Dynamic predictions from a saved model (writes a tidy CSV)::
     python -m pyro_dgmm predict --model outputs/pbc/model.pt --history history.csv \\
         --times 0.5 1 2 --relative --out predictions.csv
 
-Data-parallel over processes (see :mod:`pyro_dgmm.parallel`)::
+Data-parallel over processes (see :mod:`pyro_dgmm.parallel`; ``predict`` too)::
 
     torchrun --standalone --nproc_per_node=2 -m pyro_dgmm fit --dataset app --out outputs/app
 
@@ -107,20 +107,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_predict(args: argparse.Namespace) -> dict:
-    """Load a saved model, predict, write the tidy table."""
-    from .estimator import DeepMixedModel
+def run_predict(args: argparse.Namespace) -> dict | None:
+    """Load a saved model, predict, write the tidy table; under ``torchrun``
+    every process predicts its shards' subjects and rank 0 alone writes
+    (returns None on the other ranks)."""
+    import time
 
+    from .estimator import DeepMixedModel
+    from .parallel import init_from_environment, is_main_process
+
+    init_from_environment()
     for path in (args.model, args.history):
         if not path.exists():
             raise ConfigError(f"file {path} does not exist")
     model = DeepMixedModel.load(args.model)
     history = pd.read_csv(args.history)
+    start = time.perf_counter()
     table = model.predict(history, args.times, relative=args.relative, levels=args.levels,
                           num_samples=args.num_samples).table
+    seconds = time.perf_counter() - start
+    if not is_main_process():
+        return None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
-    return {"subjects": int(table[model.id_col].nunique()), "rows": len(table), "file": str(args.out)}
+    return {"subjects": int(table[model.id_col].nunique()), "rows": len(table), "file": str(args.out),
+            "predict_seconds": round(seconds, 3)}
 
 
 def run_fit(args: argparse.Namespace) -> dict | None:

@@ -54,6 +54,9 @@ def main(folder: Path) -> None:
         split_error = str(error)
     split_errors = gather_objects(split_error)
     assert cli(["fit", "--partitioned", str(folder / "parts"), *CLI, "--out", str(folder / "partitioned")]) == 0
+    torch.distributed.barrier()  # rank 0 has written model.pt
+    assert cli(["predict", "--model", str(folder / "partitioned" / "model.pt"), "--history", str(folder / "visits.csv"),
+                "--times", "1", "--relative", "--num-samples", "20", "--out", str(folder / "predictions.csv")]) == 0
     if is_main_process():
         fitted.save(folder / "impute.pt")
         torch.save({"trace": fitted.imputation_trace_, "table": prediction.table, "draws": prediction.draws,

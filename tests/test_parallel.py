@@ -127,3 +127,5 @@ def test_partitioned_input_each_rank_reads_its_subjects(two_process_run):
     summary = json.loads((folder / "partitioned" / "summary.json").read_text())
     assert summary["subjects"] == 24 and summary["rows"] == len(frame)
     assert DeepMixedModel.load(folder / "partitioned" / "model.pt").result_.epochs_run == 3
+    predictions = pd.read_csv(folder / "predictions.csv")  # 'predict' under torchrun: sharded, rank 0 writes
+    assert predictions["pid"].nunique() == 24 and len(predictions) == 48
