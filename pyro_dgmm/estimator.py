@@ -139,19 +139,18 @@ class DeepMixedModel:
         self.missing, self.distributed_input = missing, distributed_input
         schema_options = dict(id_col=self.id_col, time_col=self.time_col, outcomes=self.outcomes,
                               covariates=self.covariates, time_basis=self.time_basis)
-        baseline = df.groupby(self.id_col, sort=True)[self.covariates].first().reset_index()
         if distributed_input:
             self.schema_ = fit_schema(df, **schema_options, seed=config.seed)
             data = agree(lambda: self.schema_.transform(df))
             self.data_ = data.pad(int(all_reduce_max(torch.tensor(data.num_visits))))
-            baseline = pd.concat(gather_objects(baseline), ignore_index=True)
+            baseline = pd.concat(gather_objects(self._baseline_frame(df)), ignore_index=True)
             baseline = baseline.iloc[np.argsort(pd.factorize(baseline[self.id_col], sort=True)[0], kind="stable")]
             self.training_baseline_ = baseline.reset_index(drop=True)
             train, validation = self._local_split(self.data_, config)
         else:
             self.schema_ = DataSchema.fit(df, **schema_options)
             self.data_ = self.schema_.transform(df)
-            self.training_baseline_ = baseline
+            self.training_baseline_ = self._baseline_frame(df)
             train, validation = self._split(self.data_, config.seed)
         pyro.set_rng_seed(config.seed)
         self.model_, self.guide_ = self._build(self.schema_, self.data_.num_visits)

@@ -163,23 +163,20 @@ def run_shards(compute, num_subjects: int, *, num_shards: int | None = None, see
     return [result for _, result in sorted(gathered, key=lambda item: item[0])]
 
 
-def map_subjects(compute, data, *, sort_by: list[str], num_shards: int | None = None, seed: int | None = None,
-                 distributed_input: bool = False):
-    """``compute(part)`` on each of this process's shards of ``data``'s
-    subjects (see :func:`run_shards`), gathered into one DataFrame sorted by
-    ``sort_by`` on every process.  Per-subject work (fitted values,
-    imputation, prediction) is independent across subjects, so this is
-    exact.  ``compute`` returns a DataFrame; in one process with one shard
-    it is called on all of ``data``.
+def map_subjects(compute, data, *, sort_by: list[str], distributed_input: bool = False):
+    """``compute(part)`` on this process's share of ``data``'s subjects (one
+    shard per process, see :func:`run_shards`), gathered into one DataFrame
+    sorted by ``sort_by`` on every process.  Per-subject work (fitted
+    values, imputation) is independent across subjects, so this is exact.
+    ``compute`` returns a DataFrame; in one process it is called on all of
+    ``data``.  Draws use each process's current random state.
     """
     import pandas as pd
 
-    if Shards.current(num_shards).num_shards == 1:
-        if seed is not None:
-            torch.manual_seed(shard_seed(seed, 0))
+    if world()[1] == 1:
         return compute(data)
     frames = run_shards(lambda positions: compute(data.subset(positions)), data.num_subjects,
-                        num_shards=num_shards, seed=seed, distributed_input=distributed_input)
+                        distributed_input=distributed_input)
     gathered = pd.concat(frames)
     return gathered.sort_values(sort_by, kind="stable").reset_index(drop=True)
 
