@@ -38,7 +38,7 @@ Under ``torch.distributed`` (:mod:`pyro_dgmm.parallel`) the chains are
 sharded like the fit: each process moves the chains of the subjects in its
 shards only, with draws seeded per (round, shard), so a run gives the same
 result in one process or several with the same ``num_shards``; the trace's
-means are summed over processes.
+means are over every process's subjects.
 """
 from __future__ import annotations
 
@@ -332,9 +332,9 @@ def fit_with_imputation(model, guide, schema: DataSchema, train: LongitudinalDat
                          imputation.round_config(config, r), distributed_input=distributed_input)
         model.cpu(), guide.cpu()
         gamma = imputation.step_size(r)
-        totals = [g.move(model, guide, schema, imputation, gamma, seed=config.seed, round_=r, group=k)
-                  for k, g in enumerate(groups)][0]  # the trace follows the training subjects
-        acceptance, subjects, change, cells = all_reduce_sum(totals).tolist()
+        moved = [g.move(model, guide, schema, imputation, gamma, seed=config.seed, round_=r, group=k)
+                 for k, g in enumerate(groups)]
+        acceptance, subjects, change, cells = all_reduce_sum(moved[0]).tolist()  # the training subjects
         acceptance, change = acceptance / subjects, (change / cells if cells else 0.0)
         trace.step_size.append(gamma)
         trace.acceptance_rate.append(acceptance)
