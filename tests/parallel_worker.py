@@ -16,7 +16,7 @@ from pyro_dgmm import DeepMixedModel  # noqa: E402
 from pyro_dgmm.errors import DataError  # noqa: E402
 from pyro_dgmm.impute import ImputationConfig  # noqa: E402
 from pyro_dgmm.parallel import gather_objects, init_from_environment, is_main_process, world  # noqa: E402
-from pyro_dgmm.partitioned import read_subjects  # noqa: E402
+from pyro_dgmm.partitioned import fit_schema, read_subjects  # noqa: E402
 from pyro_dgmm.variance import marginal_log_likelihood, standard_errors  # noqa: E402
 
 FIT = dict(max_epochs=2, kl_warmup_epochs=1, linear_warmup_epochs=1, seed=5, num_shards=2, progress=False)
@@ -47,6 +47,8 @@ def main(folder: Path) -> None:
     local = read_subjects(folder / "parts", "pid")
     ranks = gather_objects(sorted(local["pid"].unique().tolist()))
     rows = gather_objects(len(local))
+    specs = gather_objects(fit_schema(local, id_col="pid", time_col="t", outcomes={"g": "gaussian"},
+                                      covariates=["arm", "age"], time_basis="spline(3)", max_subjects=6).to_spec())
     try:  # part1.csv (rank 1) and part2.csv (rank 0) share a subject
         read_subjects(folder / "parts", "pid", split="file")
         split_error = None
@@ -62,7 +64,8 @@ def main(folder: Path) -> None:
         torch.save({"trace": fitted.imputation_trace_, "table": prediction.table, "draws": prediction.draws,
                     "marginal": marginal.to_frame(), "se": errors.summary()}, folder / "results.pt")
         (folder / "ranks.json").write_text(json.dumps({"ids": ranks, "rows": rows, "world": world()[1],
-                                                        "split_errors": split_errors}))
+                                                        "split_errors": split_errors,
+                                                        "same_schema": specs[0] == specs[1]}))
 
 
 if __name__ == "__main__":

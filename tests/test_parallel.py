@@ -120,6 +120,7 @@ def test_partitioned_input_each_rank_reads_its_subjects(two_process_run):
         assert (subject_ranks(ids, 2) == rank).all()
     assert sorted(ranks["ids"][0] + ranks["ids"][1]) == sorted(frame["pid"].unique())
     assert sum(ranks["rows"]) == len(frame)
+    assert ranks["same_schema"]  # fitted from different subjects on each rank, identical everywhere
     for message in ranks["split_errors"]:  # split='file': subject 108 is in part1 and part2; both ranks raise
         assert "pid=108" in message and "part1.csv (rank 1)" in message and "part2.csv (rank 0)" in message
     fitted = pd.read_csv(folder / "partitioned" / "fitted.csv")  # rank 0 wrote every process's subjects
