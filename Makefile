@@ -23,8 +23,12 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m slow
 
+# Every benchmark script (about an hour on 2 cores), then the docs page that
+# renders benchmarks/results/*.json as tables
+BENCHMARKS := core_accuracy missing_data dynamic_prediction standard_errors speed_scale parallel_throughput
 bench: $(STAMP)
-	cd benchmarks && OMP_NUM_THREADS=1 ../$(PY) core_accuracy.py
+	cd benchmarks && for script in $(BENCHMARKS); do OMP_NUM_THREADS=1 ../$(PY) $$script.py || exit 1; done
+	$(MAKE) docs
 
 # HTML docs in docs/_build/html, warnings as errors; needs no network once the
 # docs extra is installed (installed here on first use)

@@ -83,7 +83,7 @@ def print_table(rows: list[dict], title: str) -> None:
     print(f"\n{title}\n" + frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
-def write_json(rows: list[dict], name: str) -> Path:
+def write_json(rows: list[dict], name: str, device: str = "cpu") -> Path:
     """Write rows to benchmarks/results/<name>.json (with machine facts)."""
     import platform
 
@@ -93,6 +93,8 @@ def write_json(rows: list[dict], name: str) -> Path:
     out.mkdir(exist_ok=True)
     path = out / f"{name}.json"
     meta = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "device": "cpu"}
+            "cpu_count": os.cpu_count(), "device": device}
+    if device.startswith("cuda"):
+        meta["gpu"] = torch.cuda.get_device_name()
     path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     return path

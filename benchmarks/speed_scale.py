@@ -1,19 +1,36 @@
 """Issue 6 benchmark: cost of fitting, and how it grows with the number of subjects.
 
-1. Pyro overhead: seconds per optimisation step of the DGMM objective
-   through Pyro (``TraceMeanField_ELBO.differentiable_loss`` on the model and
-   guide) against the same objective written in plain torch on the same
-   modules (reparameterised draw of b, masked log-likelihood, closed-form KL),
-   in the same run, for several batch sizes.  Medians of repeats.
-2. Scaling: seconds per epoch and peak resident memory of a fit of the
-   nonlinear simulator (20 visits) with 800, 8,000 and 80,000 subjects, each
-   in a fresh process; time per subject should stay flat (linear growth).
-3. n=800 x 20 fit time and accuracy with default settings (the talk's size).
+Parts (``--parts``, default all but ``converge``):
 
-Every figure is CPU, one torch thread; GPU figures need a machine with CUDA
-(``--device cuda``).
+``fit``
+    n=800 x 20 visits (the talk's size), linear and nonlinear simulators:
+    the default fit in a fresh process (wall time including one-time lazy
+    imports such as torch.optim's, and the fit loop alone), the default
+    long fit (``max_epochs=200``) on the same data, and statsmodels MixedLM
+    (random intercept and slope; linear-time and spline(4)-time fixed
+    effects).  RMSE of subject-specific means against the simulation truth.
+``overhead``
+    milliseconds per optimisation step (loss, backward, Adam) of the DGMM
+    objective through Pyro, exactly as the fit loop runs it, against the
+    same objective written in plain torch on the same modules and batches,
+    interleaved in the same run, for several batch sizes.  Medians.
+``scaling``
+    seconds per epoch and peak resident memory (``VmHWM``, the process's own
+    high-water mark) of the nonlinear simulator with 800, 8,000 and 80,000
+    subjects (20 visits), each in a fresh process.
+``converge``
+    a fit to convergence (default stopping rule) at each size in
+    ``--converge-sizes`` on ``--device`` (for the GPU targets: 1,000,000
+    subjects, and ``--app-scale 100`` for the app-like simulator at
+    117,400 subjects x 105 days x 3 outcomes), with the seconds, epochs,
+    peak device memory, and one epoch's cost against plain torch measured
+    in the same process.
 
-Run:  python benchmarks/speed_scale.py [--sizes 800 8000 80000] [--device cpu]
+CPU figures use one torch thread.  Every row names its device.
+
+Run:  python benchmarks/speed_scale.py [--parts fit overhead scaling converge]
+      [--seeds 0 1] [--sizes 800 8000 80000] [--device cpu]
+      [--converge-sizes 1000000] [--app-scale 100]
 """
 from __future__ import annotations
 
@@ -25,13 +42,41 @@ import sys
 import time
 from pathlib import Path
 
-from common import print_table, single_thread, write_json
+from common import fit_mixedlm, print_table, rmse, single_thread, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# ---------------------------------------------------------------- helpers
+def peak_resident_mb() -> float:
+    """This process's peak resident set (VmHWM), in MiB.  Unlike
+    ``getrusage(...).ru_maxrss`` it is not inherited from the parent across
+    ``exec``, so fresh-process measurements are honest."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_child(*args: str) -> dict:
+    """Run this script with ``args`` in a fresh single-thread process; return its last JSON line."""
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                         env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PATH": ""})
+    if out.returncode:
+        raise RuntimeError(f"child {args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def estimator(sim):
+    from pyro_dgmm import DeepMixedModel
+
+    return DeepMixedModel(id_col=sim.id_col, time_col=sim.time_col, outcomes=sim.outcomes,
+                          covariates=sim.covariates)
+
+
 def plain_torch_loss(model, guide, batch, num_subjects: int):
-    """The meanfield negative ELBO of the model, written without Pyro."""
+    """The meanfield negative ELBO of the model, written without Pyro: one
+    reparameterised draw of b, the masked log-likelihood, closed-form KL."""
     import torch
 
     from pyro_dgmm.posterior import observed_log_likelihood
@@ -44,111 +89,215 @@ def plain_torch_loss(model, guide, batch, num_subjects: int):
     return -(num_subjects / batch.num_subjects) * (loglik - kl).sum()
 
 
-def overhead_rows(device: str, repeats: int = 5, steps: int = 20) -> list[dict]:
+def step_costs(model, guide, data, batch_size: int, steps: int, repeats: int) -> tuple[float, float]:
+    """Median seconds per training step (loss, backward, clipping, Adam) through
+    Pyro -- as :func:`pyro_dgmm.fit.fit_svi` runs it -- and in plain torch, on the
+    same batches, interleaved.  Parameters are restored afterwards."""
+    import copy
+
     import torch
     from pyro.infer import TraceMeanField_ELBO
 
-    from pyro_dgmm import DeepMixedModel
+    from pyro_dgmm.fit import pyro_checks
+
+    device = data.device
+    elbo = TraceMeanField_ELBO(max_plate_nesting=2, vectorize_particles=True)
+    params = list(model.parameters()) + list(guide.parameters())
+    saved = copy.deepcopy((model.state_dict(), guide.state_dict()))
+    optimizer = torch.optim.Adam(params, lr=1e-4, fused=device.type in ("cpu", "cuda"))
+    n = data.num_subjects
+    batches = [data.subset(torch.arange(i * batch_size, (i + 1) * batch_size, device=device) % n)
+               for i in range(steps)]
+
+    def pyro_loss(batch):
+        with pyro_checks(False):
+            return elbo.differentiable_loss(model, guide, batch, num_subjects=n)
+
+    losses = {"pyro": pyro_loss, "plain torch": lambda batch: plain_torch_loss(model, guide, batch, n)}
+    timings = {name: [] for name in losses}
+    for _ in range(repeats):
+        for name, loss_fn in losses.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for batch in batches:
+                optimizer.zero_grad()
+                (loss_fn(batch) / n).backward()
+                torch.nn.utils.clip_grad_norm_(params, 10.0)
+                optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            timings[name].append((time.perf_counter() - start) / steps)
+    model.load_state_dict(saved[0]), guide.load_state_dict(saved[1])
+    return statistics.median(timings["pyro"]), statistics.median(timings["plain torch"])
+
+
+# ---------------------------------------------------------------- part 1: n=800
+def fit_child(sim_name: str, seed: int, device: str) -> None:
+    """Fresh process: default fit (timed from before the first fit), then the long fit."""
+    single_thread()
+    from pyro_dgmm.datasets import SIMULATORS
+
+    sim = SIMULATORS[sim_name](n_subjects=800, n_visits=20, seed=seed)
+    truth = sim.truth["y_mean"].to_numpy()
+    out = {"simulator": sim_name, "seed": seed, "device": device}
+    for label, options in (("default", {}), ("long", {"max_epochs": 200})):
+        est = estimator(sim)
+        start = time.perf_counter()
+        est.fit(sim.data, progress=False, device=device, **options)
+        out[f"{label}_seconds"] = time.perf_counter() - start
+        out[f"{label}_loop_seconds"] = est.result_.seconds
+        out[f"{label}_epochs"] = est.result_.epochs_run
+        out[f"{label}_rmse"] = rmse(est.fitted_values()["y_fitted"], truth)
+    print(json.dumps(out))
+
+
+def fit_rows(seeds: list[int], device: str) -> list[dict]:
+    from pyro_dgmm.datasets import SIMULATORS
+
+    rows = []
+    for sim_name in ("linear", "nonlinear"):
+        for seed in seeds:
+            row = run_child("--child-fit", sim_name, str(seed), device)
+            sim = SIMULATORS[sim_name](n_subjects=800, n_visits=20, seed=seed)
+            truth = sim.truth["y_mean"].to_numpy()
+            lmm = [fit_mixedlm(sim.data, "y", sim.covariates, spline_df=df) for df in (None, 4)]
+            best_lmm = min(lmm, key=lambda r: rmse(r[0], truth))
+            row.update({
+                "mixedlm_best_rmse": rmse(best_lmm[0], truth), "mixedlm_seconds": best_lmm[1],
+                "default_vs_long": row["default_rmse"] / row["long_rmse"],
+            })
+            row["default_vs_mixedlm"] = row["default_rmse"] / row["mixedlm_best_rmse"]
+            rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- part 2: overhead
+def overhead_rows(device: str, batch_sizes=(64, 512, 4096), steps: int = 20, repeats: int = 5) -> list[dict]:
     from pyro_dgmm.datasets import simulate_nonlinear
 
     sim = simulate_nonlinear(n_subjects=4096, seed=0)
-    est = DeepMixedModel(id_col="id", time_col="time", outcomes=sim.outcomes, covariates=sim.covariates)
-    est.fit(sim.data, max_epochs=1, progress=False)
-    model, guide = est.model_.to(device), est.guide_.to(device)
-    data = est.data_.to(device)
-    elbo = TraceMeanField_ELBO(max_plate_nesting=2, vectorize_particles=True)
-    params = list(model.parameters()) + list(guide.parameters())
+    est = estimator(sim)
+    est.fit(sim.data, max_epochs=1, progress=False, device=device)
+    data = est.data_.to(est.model_.outcome_offset.device)
     rows = []
-    for batch_size in (64, 512, 4096):
-        batch = data.subset(slice(0, batch_size))
-        losses = {"pyro": lambda: elbo.differentiable_loss(model, guide, batch, num_subjects=data.num_subjects),
-                  "plain torch": lambda: plain_torch_loss(model, guide, batch, data.num_subjects)}
-        timings = {name: [] for name in losses}
-        for _ in range(repeats):
-            for name, loss_fn in losses.items():  # interleaved, so load affects both alike
-                start = time.perf_counter()
-                for _ in range(steps):
-                    loss = loss_fn()
-                    torch.autograd.grad(loss, params, allow_unused=True)
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                timings[name].append((time.perf_counter() - start) / steps)
-        pyro_s, torch_s = statistics.median(timings["pyro"]), statistics.median(timings["plain torch"])
+    for batch_size in batch_sizes:
+        pyro_s, torch_s = step_costs(est.model_, est.guide_, data, batch_size, steps, repeats)
         rows.append({"batch_subjects": batch_size, "pyro_ms_per_step": 1e3 * pyro_s,
                      "plain_torch_ms_per_step": 1e3 * torch_s, "ratio_pyro_to_torch": pyro_s / torch_s,
                      "device": device})
     return rows
 
 
+# ---------------------------------------------------------------- part 3: scaling
 def scaling_child(n_subjects: int, epochs: int, device: str) -> None:
-    """Run in a fresh process: fit for ``epochs`` epochs, print JSON."""
-    import resource
-
+    """Fresh process: fit for ``epochs`` epochs, print JSON."""
     single_thread()
-    from pyro_dgmm import DeepMixedModel
     from pyro_dgmm.datasets import simulate_nonlinear
 
     start = time.perf_counter()
     sim = simulate_nonlinear(n_subjects=n_subjects, seed=0)
     simulate_s = time.perf_counter() - start
-    est = DeepMixedModel(id_col="id", time_col="time", outcomes=sim.outcomes, covariates=sim.covariates)
+    before_fit_mb = peak_resident_mb()
+    est = estimator(sim)
     est.fit(sim.data, max_epochs=epochs, progress=False, device=device, kl_warmup_epochs=1,
             linear_warmup_epochs=0)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"subjects": n_subjects, "rows": len(sim.data), "epochs": est.result_.epochs_run,
                       "seconds_per_epoch": est.result_.seconds / est.result_.epochs_run,
-                      "simulate_seconds": simulate_s, "peak_rss_mb": peak_mb, "device": device}))
+                      "simulate_seconds": simulate_s, "peak_rss_before_fit_mb": before_fit_mb,
+                      "peak_rss_mb": peak_resident_mb(), "device": device}))
 
 
 def scaling_rows(sizes: list[int], epochs: int, device: str) -> list[dict]:
     rows = []
     for n in sizes:
-        out = subprocess.run([sys.executable, __file__, "--child", str(n), "--epochs", str(epochs),
-                              "--device", device], capture_output=True, text=True, check=True,
-                             env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PATH": ""})
-        row = json.loads(out.stdout.strip().splitlines()[-1])
+        row = run_child("--child-scaling", str(n), "--epochs", str(epochs), "--device", device)
         row["microseconds_per_subject_epoch"] = 1e6 * row["seconds_per_epoch"] / n
         rows.append(row)
     return rows
 
 
-def default_fit_rows(device: str) -> list[dict]:
+# ---------------------------------------------------------------- part 4: convergence at scale
+def converge_child(kind: str, size: int, device: str) -> None:
+    """Fresh process: default fit to convergence at scale; peak memory; epoch cost vs plain torch."""
     import numpy as np
+    import torch
 
-    from pyro_dgmm import DeepMixedModel
-    from pyro_dgmm.datasets import simulate_nonlinear
+    single_thread()
+    from pyro_dgmm.datasets import simulate_app, simulate_nonlinear
 
-    sim = simulate_nonlinear(seed=0)
-    est = DeepMixedModel(id_col="id", time_col="time", outcomes=sim.outcomes, covariates=sim.covariates)
     start = time.perf_counter()
+    sim = simulate_nonlinear(n_subjects=size, seed=0) if kind == "nonlinear" else \
+        simulate_app(n_subjects=size, seed=0)
+    simulate_s = time.perf_counter() - start
+    est = estimator(sim)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     est.fit(sim.data, progress=False, device=device)
-    seconds = time.perf_counter() - start
-    fitted = est.fitted_values()["y_fitted"].to_numpy()
-    rmse = float(np.sqrt(np.mean((fitted - sim.truth["y_mean"].to_numpy()) ** 2)))
-    return [{"subjects": 800, "visits": 20, "fit_seconds": seconds, "epochs": est.result_.epochs_run,
-             "rmse_vs_truth": rmse, "device": device}]
+    result = est.result_
+    row = {"simulator": kind, "subjects": est.data_.num_subjects, "rows": len(sim.data),
+           "outcomes": len(sim.outcomes), "fit_seconds": result.seconds, "epochs": result.epochs_run,
+           "stop": result.stop_reason, "simulate_seconds": simulate_s, "device": device,
+           "peak_rss_mb": peak_resident_mb()}
+    if device.startswith("cuda"):
+        row["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    data = est.data_.to(est.model_.outcome_offset.device)
+    batch = result.config["batch_size"] or min(max(64, data.num_subjects // 50), 4096)
+    pyro_s, torch_s = step_costs(est.model_, est.guide_, data, batch, steps=10, repeats=3)
+    steps_per_epoch = -(-data.num_subjects // batch)
+    row.update({"epoch_seconds_pyro": pyro_s * steps_per_epoch, "epoch_seconds_plain_torch": torch_s * steps_per_epoch,
+                "epoch_ratio_pyro_to_torch": pyro_s / torch_s})
+    if kind == "nonlinear":
+        keep = sim.data[sim.id_col].isin(np.unique(sim.data[sim.id_col])[:2000]).to_numpy()
+        fitted = est.fitted_values(sim.data[keep])["y_fitted"].to_numpy()
+        row["rmse_first_2000_subjects"] = rmse(fitted, sim.truth["y_mean"].to_numpy()[keep])
+    print(json.dumps(row))
+
+
+def converge_rows(sizes: list[int], app_scale: int | None, device: str) -> list[dict]:
+    rows = [run_child("--child-converge", "nonlinear", str(n), "--device", device) for n in sizes]
+    if app_scale:
+        rows.append(run_child("--child-converge", "app", str(1174 * app_scale), "--device", device))
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", nargs="+", default=["fit", "overhead", "scaling"],
+                        choices=["fit", "overhead", "scaling", "converge"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--sizes", type=int, nargs="+", default=[800, 8000, 80000])
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--converge-sizes", type=int, nargs="*", default=[1_000_000])
+    parser.add_argument("--app-scale", type=int, default=None)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-fit", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child-scaling", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-converge", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        scaling_child(args.child, args.epochs, args.device)
-        return
+    if args.child_fit:
+        return fit_child(args.child_fit[0], int(args.child_fit[1]), args.device)
+    if args.child_scaling:
+        return scaling_child(args.child_scaling, args.epochs, args.device)
+    if args.child_converge:
+        return converge_child(args.child_converge[0], int(args.child_converge[1]), args.device)
     single_thread()
-    rows = default_fit_rows(args.device)
-    print_table(rows, "Default fit, nonlinear simulator n=800 x 20")
-    write_json(rows, "speed_default_fit")
-    rows = overhead_rows(args.device)
-    print_table(rows, "Seconds per step: Pyro ELBO vs the same loss in plain torch")
-    write_json(rows, "speed_pyro_overhead")
-    rows = scaling_rows(args.sizes, args.epochs, args.device)
-    print_table(rows, f"Scaling in subjects ({args.epochs} epochs each, fresh process)")
-    write_json(rows, "speed_scaling")
+    if "fit" in args.parts:
+        rows = fit_rows(args.seeds, args.device)
+        print_table(rows, "n=800 x 20: default fit (fresh process) vs default long fit (200 epochs) vs MixedLM")
+        write_json(rows, "speed_default_fit", device=args.device)
+    if "overhead" in args.parts:
+        rows = overhead_rows(args.device)
+        print_table(rows, "Milliseconds per training step: Pyro ELBO (as the fit loop runs it) vs plain torch")
+        write_json(rows, "speed_pyro_overhead", device=args.device)
+    if "scaling" in args.parts:
+        rows = scaling_rows(args.sizes, args.epochs, args.device)
+        print_table(rows, f"Scaling in subjects ({args.epochs} epochs each, fresh process)")
+        write_json(rows, "speed_scaling", device=args.device)
+    if "converge" in args.parts:
+        rows = converge_rows(args.converge_sizes, args.app_scale, args.device)
+        print_table(rows, "Fit to convergence at scale")
+        write_json(rows, "speed_converge", device=args.device)
 
 
 if __name__ == "__main__":

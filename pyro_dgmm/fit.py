@@ -27,6 +27,7 @@ parameters.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -81,13 +82,13 @@ class FitConfig:
 
     elbo: str = "meanfield"
     num_particles: int = 1
-    max_epochs: int = 60
+    max_epochs: int = 40
     batch_size: int | None = None
     learning_rate: float = 0.01
     final_lr_factor: float = 0.05
     kl_start: float = 0.01
-    kl_warmup_epochs: int = 20
-    linear_warmup_epochs: int = 10
+    kl_warmup_epochs: int = 12
+    linear_warmup_epochs: int = 6
     ridge: float = 1e-4
     clip_norm: float = 10.0
     eval_every: int = 2
@@ -189,7 +190,7 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     optimizer = torch.optim.Adam([
         {"params": [p for p in params if id(p) not in residual]},
         {"params": [p for p in params if id(p) in residual]},
-    ], lr=config.learning_rate, foreach=True)
+    ], lr=config.learning_rate, **_fastest_adam(device))
     weights = ridge_weights(model, guide)
     n = _num_subjects(train, distributed_input)
     batch_size = config.batch_size or min(max(64, n // 50), 4096)
@@ -221,10 +222,11 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
             optimizer.zero_grad()
             loss = config.ridge * ridge_penalty(weights) / world()[1]
             for s, shard in train_shards.items():
-                torch.manual_seed(_stream(config.seed, epoch * steps_per_epoch + step, s, shards.num_shards))
+                reseed(_stream(config.seed, epoch * steps_per_epoch + step, s, shards.num_shards), device)
                 index = orders[s][(step * shard_batch + torch.arange(shard_batch)) % shard.num_subjects]
-                shard_loss = elbo.differentiable_loss(model, guide, shard.subset(index), num_subjects=n,
-                                                      kl_scale=beta)
+                with pyro_checks(epoch == 0 and step == 0):
+                    shard_loss = elbo.differentiable_loss(model, guide, shard.subset(index), num_subjects=n,
+                                                          kl_scale=beta)
                 loss = loss + shard_loss / (n * shards.num_shards)
             if not torch.isfinite(loss):
                 raise FitError(
@@ -269,6 +271,18 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     return result
 
 
+@contextlib.contextmanager
+def pyro_checks(enabled: bool):
+    """Pyro's and torch's argument, support and trace checks on or off.
+
+    The fit loop checks its first step fully and skips the checks after
+    that: they cost about a sixth of a small-batch step, and the inputs
+    do not change between steps (non-finite losses are caught anyway).
+    """
+    with pyro.validation_enabled(enabled), pyro.settings.context(validate_poutine=enabled):
+        yield
+
+
 def _local_shards(data: LongitudinalData, shards: Shards, device,
                   distributed_input: bool = False) -> dict[int, LongitudinalData]:
     """This process's shards of ``data``, on ``device``."""
@@ -283,6 +297,23 @@ def _num_subjects(data: LongitudinalData, distributed_input: bool) -> int:
     return int(all_reduce_sum(torch.tensor(data.num_subjects, dtype=torch.int64)))
 
 
+def _fastest_adam(device: torch.device) -> dict:
+    """Adam's fused kernel where torch has one (a third of the foreach cost)."""
+    return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
+
+
+def reseed(seed: int, device: torch.device) -> None:
+    """Seed the global generator that Pyro's draws use on ``device``.
+
+    ``torch.manual_seed`` also seeds every accelerator backend it can find,
+    which costs milliseconds a call: too much once per step.
+    """
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+
+
 def _stream(seed: int, step: int, shard: int, num_shards: int) -> int:
     """A seed for the random draws of (step, shard), the same in any process layout."""
     return (seed * 1_000_003 + step * (num_shards + 1) + shard + 1) % (2**63 - 1)
@@ -292,9 +323,9 @@ def heldout_loss(model, guide, shards: dict[int, LongitudinalData], elbo, seed: 
     """Negative ELBO per held-out subject, summed over shards and processes
     (no KL annealing, no gradients)."""
     total = torch.zeros(2, dtype=torch.float64)
-    with torch.no_grad():
+    with torch.no_grad(), pyro_checks(False):
         for s, data in shards.items():
-            torch.manual_seed(seed + s)
+            reseed(seed + s, data.device)
             total += torch.tensor([elbo.loss(model, guide, data), data.num_subjects], dtype=torch.float64)
     total = all_reduce_sum(total)
     return float(total[0] / total[1])

@@ -20,7 +20,7 @@ from pyro.nn import PyroModule
 
 from .data import DataSchema, LongitudinalData
 from .errors import ConfigError
-from .model import subjects_plate
+from .model import network, subjects_plate
 from .nn import DenseEncoder, SetEncoder
 
 
@@ -58,7 +58,8 @@ class AmortizedGuide(PyroModule):
     def posterior(self, data: LongitudinalData) -> dist.MultivariateNormal:
         """q(b_i | y_i) for every subject in ``data``: batch (N,), event (q,)."""
         mask = data.mask if data.encoder_mask is None else data.encoder_mask
-        loc, scale_tril = self.encoder(data.encoder_y, mask, data.visit_mask, data.time_features, data.covariates)
+        encoder = network(self, "encoder")
+        loc, scale_tril = encoder(data.encoder_y, mask, data.visit_mask, data.time_features, data.covariates)
         return dist.MultivariateNormal(loc, scale_tril=scale_tril)
 
     def forward(self, data: LongitudinalData, *, num_subjects: int | None = None,

@@ -146,9 +146,11 @@ class _GaussianHead(nn.Module):
         self.net = MLP(in_features, hidden, 2 * latent_dim + n_offdiag, activation)
         self.register_buffer("_tril_index", torch.tril_indices(latent_dim, latent_dim, offset=-1))
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor, linear: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         q = self.latent_dim
         out = self.net(features)
+        if linear is not None:
+            out = out + linear
         loc, raw_scale, offdiag = out[..., :q], out[..., q:2 * q], out[..., 2 * q:]
         scale_tril = torch.diag_embed(nn.functional.softplus(raw_scale - 1.0) + 1e-4)
         if self.covariance == "full":
@@ -196,16 +198,21 @@ class SetEncoder(nn.Module):
         self.phi = MLP(per_visit, hidden[:-1], width, activation)
         self.head = _GaussianHead(width + num_outcomes + num_covariates, hidden, latent_dim,
                                   covariance, activation)
+        self.linear = nn.Linear(per_visit + num_outcomes + num_covariates,
+                                self.head.net[-1].out_features, bias=False)
 
     def forward(self, encoder_y, mask, visit_mask, time_features, covariates):
         m = mask.to(encoder_y.dtype)
         interactions = torch.cat([encoder_y, m], dim=-1).unsqueeze(-1) * time_features.unsqueeze(-2)
-        features = [encoder_y, m, time_features, interactions.flatten(-2)]
-        per_visit = self.phi(torch.cat(features, dim=-1))
+        features = torch.cat([encoder_y, m, time_features, interactions.flatten(-2)], dim=-1)
+        per_visit = self.phi(features)
         visits = visit_mask.unsqueeze(-1).to(per_visit.dtype)
-        pooled = (per_visit * visits).sum(-2) / visits.sum(-2).clamp(min=1.0)
+        num_visits = visits.sum(-2).clamp(min=1.0)
+        pooled = (per_visit * visits).sum(-2) / num_visits
         counts = torch.log1p(m.sum(-2))
-        return self.head(torch.cat([pooled, counts, covariates], dim=-1))
+        statistics = (features * visits).sum(-2) / num_visits
+        return self.head(torch.cat([pooled, counts, covariates], dim=-1),
+                         self.linear(torch.cat([statistics, counts, covariates], dim=-1)))
 
 
 class DenseEncoder(nn.Module):
