@@ -247,7 +247,7 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
         bar.set_postfix(loss=f"{result.train_loss[-1]:.4g}", beta=f"{beta:.2f}")
         if validation is None or (epoch + 1) % config.eval_every:
             continue
-        held_out = heldout_loss(model, guide, val_shards, eval_elbo, seed=_stream(config.seed, epoch, -1, 1))
+        held_out = heldout_loss(model, guide, val_shards, eval_elbo, seed=_stream(config.seed, 0, -1, 1))
         result.validation_loss.append((epoch, held_out))
         if beta < 1.0:  # the objective is not yet the ELBO: nothing to compare
             continue
@@ -321,7 +321,13 @@ def _stream(seed: int, step: int, shard: int, num_shards: int) -> int:
 
 def heldout_loss(model, guide, shards: dict[int, LongitudinalData], elbo, seed: int) -> float:
     """Negative ELBO per held-out subject, summed over shards and processes
-    (no KL annealing, no gradients)."""
+    (no KL annealing, no gradients).
+
+    The fit loop passes the same ``seed`` at every evaluation (common random
+    numbers): the difference between two evaluations then reflects the
+    change of parameters rather than fresh Monte Carlo noise, so the
+    stopping rule does not stop on a noisy dip.
+    """
     total = torch.zeros(2, dtype=torch.float64)
     with torch.no_grad(), pyro_checks(False):
         for s, data in shards.items():
