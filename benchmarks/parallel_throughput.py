@@ -40,9 +40,9 @@ def launch(processes: int, cli: list[str]) -> str:
     return subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
 
 
-def run(processes: int, dataset: str, epochs: int, out: Path) -> dict:
+def run(processes: int, dataset: str, epochs: int, out: Path, device: str) -> dict:
     launch(processes, ["fit", "--dataset", dataset, "--max-epochs", str(epochs), "--quiet", "--num-shards", "2",
-                       "--out", str(out)])
+                       "--device", device, "--out", str(out)])
     return json.loads((out / "summary.json").read_text())
 
 
@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--predict-samples", type=int, default=200, help="draws per subject when predicting")
+    parser.add_argument("--device", default="cpu",
+                        help="device of the fits: 'cuda' runs one GPU per process (NCCL; needs 2 GPUs)")
     args = parser.parse_args()
     seconds = {("fit", 1): [], ("fit", 2): [], ("predict", 1): [], ("predict", 2): []}
     subjects = None
@@ -67,7 +69,7 @@ def main() -> None:
         for r in range(args.repeats):
             for processes in (1, 2):
                 out = Path(tmp) / f"{processes}_{r}"
-                summary = run(processes, args.dataset, args.epochs, out)
+                summary = run(processes, args.dataset, args.epochs, out, args.device)
                 seconds["fit", processes].append(summary["fit_seconds"] / summary["epochs_run"])
                 subjects = summary["subjects"]
             for processes in (1, 2):
@@ -77,13 +79,14 @@ def main() -> None:
     rows = []
     for (task, processes), values in seconds.items():
         per_pass = statistics.median(values)
-        rows.append({"task": task, "processes": processes, "backend": "gloo" if processes > 1 else "-",
-                     "device": "cpu", "seconds_per_pass": per_pass, "subjects_per_second": subjects / per_pass})
+        device = args.device if task == "fit" else "cpu"
+        backend = "-" if processes == 1 else ("nccl" if device.startswith("cuda") else "gloo")
+        rows.append({"task": task, "processes": processes, "backend": backend, "device": device, "seconds_per_pass": per_pass, "subjects_per_second": subjects / per_pass})
     for single, double in ((rows[0], rows[1]), (rows[2], rows[3])):
         double["scaling_efficiency"] = double["subjects_per_second"] / (2 * single["subjects_per_second"])
     print_table(rows, f"Throughput per epoch (fit) and per pass over all subjects (predict), {args.dataset} "
                       f"({subjects} subjects), median of {args.repeats}")
-    write_json(rows, "parallel_throughput")
+    write_json(rows, "parallel_throughput", device=args.device)
 
 
 if __name__ == "__main__":
