@@ -98,7 +98,7 @@ lmm = fit_lmm("poly(1)")
 # SVI maximises the ELBO, whose maximiser differs from the maximum
 # likelihood estimate by the encoder's *amortisation gap*. Wald intervals
 # need the maximum of $\ell$, so first polish the estimates:
-# `maximize_marginal_likelihood` takes a few Newton (Levenberg-Marquardt)
+# `maximize_marginal_likelihood` takes a few damped (saddle-free) Newton
 # steps on $\log \hat p(y; \theta)$, in place.
 
 # %%
