@@ -20,10 +20,13 @@ and dispersion parameters are not penalised).  ``elbo='meanfield'`` uses
 ``elbo='trace'`` uses ``Trace_ELBO`` (Monte Carlo KL).
 
 The loop optimises with Adam on ``elbo.differentiable_loss`` (the Pyro
-idiom for custom objectives), clips gradient norms, follows a cosine
-learning-rate schedule and stops early when the negative ELBO of held-out
-subjects has not improved for ``patience`` evaluations, restoring the best
-parameters.
+idiom for custom objectives), clips gradient norms and follows a cosine
+learning-rate schedule over ``max_epochs``.  The stopping rule watches the
+negative ELBO of held-out subjects: at its first plateau (no improvement
+for ``patience`` evaluations) the cosine is cut short and decays over a
+fraction of the epochs run so far; at the next plateau the fit stops,
+restoring the best parameters.  ``max_epochs`` is then a cap, not the
+length of the fit.
 """
 from __future__ import annotations
 
@@ -68,7 +71,12 @@ class FitConfig:
     :param ridge: kappa, the ridge penalty on network weights.
     :param clip_norm: gradient-norm clipping threshold.
     :param eval_every: epochs between held-out evaluations.
-    :param patience: evaluations without improvement before stopping.
+    :param patience: evaluations without improvement (after KL annealing)
+        that count as a plateau.  The first plateau shortens the cosine
+        schedule: the learning rate decays to its floor over
+        ``anneal_fraction`` times the epochs run so far (at least
+        ``patience * eval_every`` epochs); the next plateau, or
+        ``max_epochs``, ends the fit (see :class:`CosineDecay`).
     :param eval_particles: draws of b per held-out subject per evaluation.
     :param seed: makes a run reproducible (data split, batches, draws, init).
     :param num_shards: subjects are split into this many shards, each
@@ -82,7 +90,7 @@ class FitConfig:
 
     elbo: str = "meanfield"
     num_particles: int = 1
-    max_epochs: int = 40
+    max_epochs: int = 200
     batch_size: int | None = None
     learning_rate: float = 0.01
     final_lr_factor: float = 0.05
@@ -93,6 +101,7 @@ class FitConfig:
     clip_norm: float = 10.0
     eval_every: int = 2
     patience: int = 5
+    anneal_fraction: float = 0.5
     eval_particles: int = 4
     seed: int = 0
     num_shards: int | None = None
@@ -111,6 +120,8 @@ class FitConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size must be positive or None, got {self.batch_size}")
+        if not 0 < self.anneal_fraction <= 1:
+            raise ConfigError(f"anneal_fraction must be in (0, 1], got {self.anneal_fraction}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
 
@@ -143,6 +154,7 @@ class FitResult:
     validation_loss: list[tuple[int, float]] = field(default_factory=list)
     kl_scale: list[float] = field(default_factory=list)
     best_epoch: int = -1
+    annealed_at: int | None = None
     epochs_run: int = 0
     stop_reason: str = ""
     seconds: float = 0.0
@@ -197,14 +209,11 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     shard_batch = max(1, batch_size // shards.num_shards)
     steps_per_epoch = math.ceil(n / (shard_batch * shards.num_shards))
     total_steps = config.max_epochs * steps_per_epoch
-    floor = config.final_lr_factor
     frozen_steps = config.linear_warmup_epochs * steps_per_epoch
 
-    def cosine(step: int) -> float:
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
-
+    decay = CosineDecay(total_steps, config.final_lr_factor)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [cosine, lambda step: cosine(step) if step >= frozen_steps else 0.0]
+        optimizer, [decay, lambda step: decay(step) if step >= frozen_steps else 0.0]
     )
     generators = {s: torch.Generator().manual_seed(config.seed * 7919 + s) for s in shards.local}
     result = FitResult(config=asdict(config))
@@ -257,11 +266,16 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
             stale = 0
         else:
             stale += 1
-            if stale >= config.patience:
-                result.stop_reason = (
-                    f"early stop: held-out loss did not improve for {config.patience} evaluations"
-                )
-                break
+            if stale < config.patience:
+                continue
+            step_now = (epoch + 1) * steps_per_epoch
+            anneal_epochs = max(config.patience * config.eval_every, round(config.anneal_fraction * (epoch + 1)))
+            if not decay.shortened and decay.shorten(step_now, anneal_epochs * steps_per_epoch):
+                result.annealed_at = epoch
+                stale = 0
+                continue
+            result.stop_reason = f"early stop: held-out loss did not improve for {config.patience} evaluations"
+            break
     bar.close()
     if best[1] is not None:
         _restore(model, guide, best[1])
@@ -269,6 +283,39 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     result.seconds = time.perf_counter() - start
     model.eval(), guide.eval()
     return result
+
+
+class CosineDecay:
+    r"""Learning-rate factor: a cosine from 1 to ``floor`` over ``total_steps``,
+    which a plateau of the held-out loss can cut short.
+
+    :meth:`shorten` at step :math:`s_0` restarts the cosine from the current
+    factor :math:`f_0` and lets it reach ``floor`` after ``steps`` more steps:
+
+    .. math:: f(s) = \mathrm{floor} + (f_0 - \mathrm{floor})\,\tfrac12
+              \big(1 + \cos(\pi \min(s - s_0, L) / L)\big)
+
+    A plateau at a high learning rate is the noise floor of that rate, not
+    convergence: decaying it there gains what a long schedule gains, in a
+    fraction of the steps.
+    """
+
+    def __init__(self, total_steps: int, floor: float):
+        self.floor = floor
+        self.start, self.length, self.top = 0, max(1, total_steps), 1.0
+        self.shortened = False
+
+    def __call__(self, step: int) -> float:
+        done = min(max(step - self.start, 0), self.length)
+        return self.floor + (self.top - self.floor) * 0.5 * (1 + math.cos(math.pi * done / self.length))
+
+    def shorten(self, step: int, steps: int) -> bool:
+        """Reach the floor ``steps`` after ``step`` instead (if that is sooner);
+        True if the schedule changed."""
+        if step + steps >= self.start + self.length:
+            return False
+        self.top, self.start, self.length, self.shortened = self(step), step, max(1, steps), True
+        return True
 
 
 @contextlib.contextmanager
