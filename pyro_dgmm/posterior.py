@@ -14,7 +14,9 @@ The same log-weights give the marginal likelihood
 :math:`\log p(y_i^o) \approx \operatorname{logsumexp}_s \log \tilde w_i^{(s)} - \log S`.
 
 All functions work on chunks of subjects so memory stays bounded by
-``chunk_size * num_samples * T * K``.
+``chunk_size * num_samples * T * K`` cells (times the networks' widths);
+by default :func:`subjects_per_chunk` picks the chunk for a fixed budget of
+cells, so a long record or many draws means fewer subjects at a time.
 """
 from __future__ import annotations
 
@@ -23,6 +25,16 @@ from dataclasses import dataclass
 import torch
 
 from .data import LongitudinalData
+
+
+#: Cells (draws x subjects x visit slots x outcomes) per chunk by default.
+CELLS_PER_CHUNK = 2 ** 21
+
+
+def subjects_per_chunk(num_samples: int, data: LongitudinalData, cells: int = CELLS_PER_CHUNK) -> int:
+    """How many subjects to process at once so that ``num_samples`` draws for
+    each of them span about ``cells`` cells (at least one subject)."""
+    return max(1, cells // (num_samples * data.num_visits * len(data.outcomes)))
 
 
 @dataclass
@@ -94,10 +106,11 @@ def draw_posterior(model, guide, data: LongitudinalData, num_samples: int = 500,
 
 @torch.no_grad()
 def fitted_means(model, guide, data: LongitudinalData, num_samples: int = 500,
-                 method: str = "importance", chunk_size: int = 256) -> torch.Tensor:
+                 method: str = "importance", chunk_size: int | None = None) -> torch.Tensor:
     r"""Subject-specific fitted means :math:`E[g^{-1}(\eta_{ijk}) \mid y_i^o]`,
     shape (N, T, K), on the response scale (probabilities for binary outcomes),
     for every slot, observed or not."""
+    chunk_size = chunk_size or subjects_per_chunk(num_samples, data)
     out = []
     for start in range(0, data.num_subjects, chunk_size):
         chunk = data.subset(slice(start, start + chunk_size))
@@ -108,12 +121,14 @@ def fitted_means(model, guide, data: LongitudinalData, num_samples: int = 500,
 
 
 @torch.no_grad()
-def marginal_means(model, data: LongitudinalData, num_samples: int = 500, chunk_size: int = 256) -> torch.Tensor:
+def marginal_means(model, data: LongitudinalData, num_samples: int = 500,
+                   chunk_size: int | None = None) -> torch.Tensor:
     r"""Means averaged over the random-effects distribution,
     :math:`E_{b \sim N(0, I)}[g^{-1}(\eta_{ijk}(b))]`, shape (N, T, K): what a
     subject with these covariates is expected to show at these times before
     any of their outcomes is seen.  Averaged over subjects this is the
     population mean curve, the quantity a dropout-biased fit gets wrong."""
+    chunk_size = chunk_size or subjects_per_chunk(num_samples, data)
     out = []
     for start in range(0, data.num_subjects, chunk_size):
         chunk = data.subset(slice(start, start + chunk_size))

@@ -78,7 +78,7 @@ from .data import DataSchema, LongitudinalData
 from .errors import ConfigError, DataError, describe_rows
 from .impute import log_target, random_walk_metropolis
 from .parallel import Shards, run_shards
-from .posterior import weighted_moments
+from .posterior import subjects_per_chunk, weighted_moments
 
 METHODS = ("importance", "mcmc", "encoder")
 _STUDENT_DF = 5.0
@@ -161,8 +161,10 @@ def _random_walk(model, data: LongitudinalData, b: torch.Tensor, cov: torch.Tens
     return b, accepted.mean(0) / max(steps, 1)
 
 
-def _chunks(data: LongitudinalData, chunk_size: int):
-    """(subject slice, subset of data) pairs of at most ``chunk_size`` subjects."""
+def _chunks(data: LongitudinalData, chunk_size: int | None, num_samples: int):
+    """(subject slice, subset of data) pairs of at most ``chunk_size`` subjects
+    (default: :func:`~pyro_dgmm.posterior.subjects_per_chunk` for ``num_samples`` draws)."""
+    chunk_size = chunk_size or subjects_per_chunk(num_samples, data)
     slices = [slice(start, start + chunk_size) for start in range(0, data.num_subjects, chunk_size)]
     return [(index, data.subset(index)) for index in slices]
 
@@ -171,7 +173,7 @@ def _chunks(data: LongitudinalData, chunk_size: int):
 def random_effects_posterior(model, guide, data: LongitudinalData, num_samples: int = 1000, *,
                              method: str = "importance", num_proposals: int | None = None,
                              adapt_rounds: int = 2, mcmc_steps: int = 20,
-                             chunk_size: int = 64) -> RandomEffectsPosterior:
+                             chunk_size: int | None = None) -> RandomEffectsPosterior:
     """``num_samples`` equally weighted draws of :math:`b_i \\mid y_i^o` for
     every subject of ``data`` (see the module docstring for the methods).
 
@@ -182,13 +184,13 @@ def random_effects_posterior(model, guide, data: LongitudinalData, num_samples: 
     """
     if method not in METHODS:
         raise ConfigError(f"method must be one of {METHODS}, got '{method}'")
-    if num_samples < 1 or chunk_size < 1 or adapt_rounds < 0 or mcmc_steps < 0:
+    if num_samples < 1 or (chunk_size is not None and chunk_size < 1) or adapt_rounds < 0 or mcmc_steps < 0:
         raise ConfigError("num_samples and chunk_size must be positive; adapt_rounds and mcmc_steps >= 0")
     if method == "encoder":
         return RandomEffectsPosterior(guide.posterior(data).sample((num_samples,)), method)
     num_proposals = num_proposals or num_samples
     parts = []
-    for _, chunk in _chunks(data, chunk_size):
+    for _, chunk in _chunks(data, chunk_size, max(num_samples, num_proposals)):
         b, log_w, log_marginal = _adaptive_importance(model, guide, chunk, num_proposals, adapt_rounds)
         _, cov, ess = _weighted_moments(b, log_w)
         draws = _resample(b, log_w, num_samples)
@@ -243,17 +245,18 @@ def _predictive_chunk(model, data: LongitudinalData, b: torch.Tensor):
 
 @torch.no_grad()
 def predictive_draws(model, data: LongitudinalData, posterior: RandomEffectsPosterior, *,
-                     chunk_size: int = 64) -> PosteriorPredictive:
+                     chunk_size: int | None = None) -> PosteriorPredictive:
     """Draw y at every slot of ``data`` given ``posterior.b`` (S, N, q), via
     ``pyro.infer.Predictive`` over the model run with ``observe=False``, in
     chunks of ``chunk_size`` subjects."""
-    parts = [_predictive_chunk(model, chunk, posterior.b[:, index]) for index, chunk in _chunks(data, chunk_size)]
+    chunks = _chunks(data, chunk_size, posterior.b.shape[0])
+    parts = [_predictive_chunk(model, chunk, posterior.b[:, index]) for index, chunk in chunks]
     means, draws, log_lik = (torch.cat(tensors, dim=1) for tensors in zip(*parts))
     return PosteriorPredictive(data, posterior, means, draws, log_lik)
 
 
 def posterior_predictive(model, guide, data: LongitudinalData, *, target: LongitudinalData | None = None,
-                         num_samples: int = 1000, method: str = "importance", chunk_size: int = 64,
+                         num_samples: int = 1000, method: str = "importance", chunk_size: int | None = None,
                          **posterior_options) -> PosteriorPredictive:
     """Posterior of b from ``data``, predictive draws at the cells of
     ``target`` (default ``data`` itself: in-sample, for model checking).

@@ -106,7 +106,7 @@ from .bases import Polynomial
 from .data import DataSchema, LongitudinalData
 from .errors import ConfigError
 from .parallel import Shards, all_reduce_max, all_reduce_sum, gather_objects, is_main_process, shard_seed
-from .posterior import observed_log_likelihood, standard_normal_log_density, weighted_moments
+from .posterior import observed_log_likelihood, standard_normal_log_density, subjects_per_chunk, weighted_moments
 
 #: Pareto k-hat above which an importance-sampling estimate is unreliable.
 PARETO_K_THRESHOLD = 0.7
@@ -120,8 +120,6 @@ LINEAR_RANDOM_EFFECTS = "random_effects.linear_coefficients.weight"
 _NULL_RTOL = 1e-7
 #: Newton steps ignore curvatures below this fraction of the largest.
 _STEP_RTOL = 1e-3
-#: Cells (S * n * T * K) per chunk when chunk_size is not given.
-_CELLS_PER_CHUNK = 2 ** 22
 #: Pilot runs that adapt the proposal: at most this many, until no subject's
 #: proposal moves by more than _ADAPT_KL (KL divergence); their scale factor (to see the tails).
 _ADAPT_ROUNDS = 8
@@ -393,8 +391,7 @@ class _MarginalObjective:
         self.layout = _Layout(self.bound.model, names)
         self.theta = self.layout.values(self.bound.model).to(data.device)
         self.num_samples = int(num_samples)
-        cells = self.num_samples * data.num_visits * len(data.outcomes)
-        self.chunk_size = int(chunk_size or max(1, _CELLS_PER_CHUNK // cells))
+        self.chunk_size = int(chunk_size or subjects_per_chunk(self.num_samples, data, cells=2 ** 22))
         self.seed = seed
         self.adapt = adapt
         self.proposal = _encoder_proposal(guide, data, self.chunk_size)
