@@ -232,6 +232,7 @@ def converge_child(kind: str, size: int, device: str) -> None:
 
     single_thread()
     from pyro_dgmm.datasets import simulate_app, simulate_nonlinear
+    from pyro_dgmm.fit import default_batch_size
 
     start = time.perf_counter()
     sim = simulate_nonlinear(n_subjects=size, seed=0) if kind == "nonlinear" else \
@@ -249,7 +250,7 @@ def converge_child(kind: str, size: int, device: str) -> None:
     if device.startswith("cuda"):
         row["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     data = est.data_.to(est.model_.outcome_offset.device)
-    batch = result.config["batch_size"] or min(max(64, data.num_subjects // 50), 4096)
+    batch = result.config["batch_size"] or default_batch_size(data.num_subjects)
     pyro_s, torch_s = step_costs(est.model_, est.guide_, data, batch, steps=10, repeats=3)
     steps_per_epoch = -(-data.num_subjects // batch)
     row.update({"epoch_seconds_pyro": pyro_s * steps_per_epoch, "epoch_seconds_plain_torch": torch_s * steps_per_epoch,

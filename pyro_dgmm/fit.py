@@ -56,8 +56,7 @@ class FitConfig:
     :param elbo: ``'meanfield'`` (closed-form KL) or ``'trace'``.
     :param num_particles: M, Monte Carlo draws of b per subject and step.
     :param max_epochs: passes over the training subjects, at most.
-    :param batch_size: subjects per step; None = ``n // 50`` clamped to
-        [64, 4096] for ``n`` training subjects (about 50 steps an epoch).
+    :param batch_size: subjects per step; None: :func:`default_batch_size`.
     :param learning_rate: Adam's initial step size; decays along a cosine
         to ``learning_rate * final_lr_factor`` at ``max_epochs``.
     :param kl_start, kl_warmup_epochs: KL annealing from beta = kl_start
@@ -205,7 +204,7 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     ], lr=config.learning_rate, **_fastest_adam(device))
     weights = ridge_weights(model, guide)
     n = _num_subjects(train, distributed_input)
-    batch_size = config.batch_size or min(max(64, n // 50), 4096)
+    batch_size = config.batch_size or default_batch_size(n)
     shard_batch = max(1, batch_size // shards.num_shards)
     steps_per_epoch = math.ceil(n / (shard_batch * shards.num_shards))
     total_steps = config.max_epochs * steps_per_epoch
@@ -342,6 +341,15 @@ def _num_subjects(data: LongitudinalData, distributed_input: bool) -> int:
     if not distributed_input:
         return data.num_subjects
     return int(all_reduce_sum(torch.tensor(data.num_subjects, dtype=torch.int64)))
+
+
+def default_batch_size(num_subjects: int) -> int:
+    """``num_subjects // 50`` clamped to [64, 65536]: about 50 steps an epoch
+    from 3,200 to 3.3 million subjects, so the schedule (in epochs) means
+    the same number of steps across that range, and per-step overhead
+    (tracing, kernel launches) is paid about 50 times an epoch.  Memory for
+    the step's activations grows with the batch and is bounded by it."""
+    return min(max(64, num_subjects // 50), 65536)
 
 
 def _fastest_adam(device: torch.device) -> dict:
