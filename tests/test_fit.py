@@ -6,6 +6,7 @@ import torch
 
 from pyro_dgmm import DeepMixedModel, FitConfig, FitError, ConfigError
 from pyro_dgmm.datasets import simulate_linear
+from pyro_dgmm.fit import CosineDecay, default_batch_size, pyro_checks, reseed
 from pyro_dgmm.posterior import draw_posterior
 
 from common import tiny_frame
@@ -133,8 +134,44 @@ def test_early_stopping_restores_the_best_epoch():
                                  eval_every=1, learning_rate=0.05)
     r = est.result_
     assert r.stop_reason.startswith("early stop") and r.epochs_run < 200
+    assert r.annealed_at is not None and r.annealed_at < r.epochs_run - 1  # first plateau: decay, not stop
     best = min(v for e, v in r.validation_loss if e >= 2)
     assert dict(r.validation_loss)[r.best_epoch] == best
+
+
+def test_cosine_decay_is_cut_short_continuously():
+    decay = CosineDecay(total_steps=1000, floor=0.05)
+    assert decay(0) == pytest.approx(1.0) and decay(1000) == pytest.approx(0.05) and decay(5000) == pytest.approx(0.05)
+    assert decay(500) == pytest.approx(0.525)
+    at_300 = decay(300)
+    assert not decay.shorten(300, 800)  # would end later than the schedule: unchanged
+    assert decay.shorten(300, 100) and decay.shortened
+    assert decay(300) == pytest.approx(at_300)  # no jump in the learning rate
+    assert decay(350) == pytest.approx(0.05 + (at_300 - 0.05) * 0.5)
+    assert decay(400) == pytest.approx(0.05) and decay(999) == pytest.approx(0.05)
+
+
+def test_default_batch_size_gives_about_fifty_steps_an_epoch():
+    assert default_batch_size(100) == 64
+    assert default_batch_size(80_000) == 1600
+    assert default_batch_size(10_000_000) == 65536
+
+
+def test_pyro_checks_switch_validation_off_and_back():
+    import pyro
+    import pyro.distributions
+
+    before = pyro.settings.get("validate_poutine"), pyro.distributions.is_validation_enabled()
+    with pyro_checks(False):
+        assert not pyro.settings.get("validate_poutine") and not pyro.distributions.is_validation_enabled()
+    assert (pyro.settings.get("validate_poutine"), pyro.distributions.is_validation_enabled()) == before
+
+
+def test_reseed_repeats_the_draws():
+    reseed(123, torch.device("cpu"))
+    first = torch.randn(5)
+    reseed(123, torch.device("cpu"))
+    assert torch.equal(first, torch.randn(5))
 
 
 def test_bad_fit_settings_are_config_errors():

@@ -255,3 +255,14 @@ def test_prediction_intervals_have_nominal_coverage_on_a_well_specified_lmm():
         covered = table[f"lower_{label}"].le(table.observed) & table.observed.le(table[f"upper_{label}"])
         band = table[f"mean_lower_{label}"].le(truth) & truth.le(table[f"mean_upper_{label}"])
         assert low <= covered.mean() <= high and low <= band.mean() <= high, label
+
+
+def test_chunks_shrink_as_records_and_draws_grow():
+    from pyro_dgmm.data import DataSchema
+    from pyro_dgmm.posterior import CELLS_PER_CHUNK, subjects_per_chunk
+
+    short = DataSchema.fit(tiny_frame(), id_col="pid", time_col="t", outcomes=OUTCOMES).transform(tiny_frame())
+    cells_per_subject = short.num_visits * len(short.outcomes)
+    assert subjects_per_chunk(100, short) == CELLS_PER_CHUNK // (100 * cells_per_subject)
+    assert subjects_per_chunk(10_000, short) < subjects_per_chunk(100, short)
+    assert subjects_per_chunk(10**9, short) == 1
