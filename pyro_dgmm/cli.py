@@ -184,7 +184,8 @@ def run_fit(args: argparse.Namespace) -> dict | None:
     result = model.result_
     summary = {
         "rows": int(rows), "subjects": int(subjects), "outcomes": outcomes,
-        "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "stop_reason": result.stop_reason,
+        "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "annealed_at_epoch": result.annealed_at,
+        "stop_reason": result.stop_reason,
         "fit_seconds": round(result.seconds, 2),
         "dispersion": {name: float(model.model_.dispersion(name).detach())
                        for name in outcomes if model.model_.dispersion(name) is not None},
