@@ -168,8 +168,15 @@ def _fill_lower(scale_tril: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
 class SetEncoder(nn.Module):
     r"""Amortised encoder that pools over visits (default).
 
-    .. math:: h_i = \frac{1}{J_i}\sum_{j} v_{ij}\, \phi(\tilde y_{ij}, m_{ij}, T_{ij}), \qquad
-              (\mu_b, L_b) = \rho(h_i, \log(1 + n_{i\cdot}), x_i)
+    .. math:: h_i = \frac{1}{J_i}\sum_{j} v_{ij}\, \phi(f_{ij}), \quad
+              \bar f_i = \frac{1}{J_i}\sum_{j} v_{ij} f_{ij}, \qquad
+              (\mu_b, L_b) = \rho(h_i, c_i, x_i) + W [\bar f_i, c_i, x_i]
+
+    with per-visit features :math:`f_{ij} = (\tilde y_{ij}, m_{ij}, T_{ij},
+    \tilde y_{ij} \otimes T_{ij}, m_{ij} \otimes T_{ij})`, counts
+    :math:`c_i = \log(1 + n_{i\cdot})` and a linear map ``W`` (``linear``)
+    beside the dense head :math:`\rho` (the raw outputs before the softplus
+    and the Cholesky assembly).
 
     where ``v`` marks the subject's :math:`J_i` visits, ``m`` the observed
     outcomes, :math:`n_{i\cdot}` their counts per outcome and :math:`\tilde y`
@@ -182,8 +189,12 @@ class SetEncoder(nn.Module):
     for a linear mixed model the pooled products are the sufficient
     statistics of the posterior of b, so an encoder that starts near-linear
     already sees subject-specific slopes (without them training tends to
-    settle on a single latent direction: posterior collapse).  It handles any number of visits, irregular times and histories
-    truncated at a landmark (prediction) without retraining.
+    settle on a single latent direction: posterior collapse), and the
+    linear path ``W`` gives the posterior mean of a linear mixed model
+    (nearly linear in those statistics) from the first steps, as the
+    decoder's linear parts do.  It handles any number of visits, irregular
+    times and histories truncated at a landmark (prediction) without
+    retraining.
 
     Shapes: encoder_y, mask (N, T, K); visit_mask (N, T); time_features
     (N, T, F); covariates (N, P) -> loc (N, q), scale_tril (N, q, q).
