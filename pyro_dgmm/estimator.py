@@ -59,6 +59,12 @@ class ModelOptions:
     activation: str = "tanh"
 
 
+def _hold_out(data: LongitudinalData, n_val: int, rng: np.random.Generator):
+    """(training, held-out) subjects: ``n_val`` drawn at random, both in id order."""
+    perm = rng.permutation(data.num_subjects)
+    return data.subset(np.sort(perm[n_val:])), data.subset(np.sort(perm[:n_val]))
+
+
 class DeepMixedModel:
     """A Deep Generalized Mixed Model for a long DataFrame.
 
@@ -184,8 +190,7 @@ class DeepMixedModel:
         n_val = int(round(self.validation_fraction * data.num_subjects))
         if n_val == 0 or data.num_subjects - n_val < 2:
             return data, None
-        perm = np.random.default_rng(seed).permutation(data.num_subjects)
-        return data.subset(np.sort(perm[n_val:])), data.subset(np.sort(perm[:n_val]))
+        return _hold_out(data, n_val, np.random.default_rng(seed))
 
     def _local_split(self, data: LongitudinalData, config: FitConfig):
         """:meth:`_split` of each process's own subjects (partitioned input,
@@ -204,8 +209,7 @@ class DeepMixedModel:
         usable = n_val >= per_process and data.num_subjects - n_val >= max(2, per_process)
         if not all(gather_objects(usable)):
             return data, None
-        perm = np.random.default_rng([config.seed, rank]).permutation(data.num_subjects)
-        return data.subset(np.sort(perm[n_val:])), data.subset(np.sort(perm[:n_val]))
+        return _hold_out(data, n_val, np.random.default_rng([config.seed, rank]))
 
     # ------------------------------------------------------------- results
     def _check_fitted(self) -> None:

@@ -44,7 +44,8 @@ from tqdm.auto import tqdm
 
 from .data import LongitudinalData
 from .errors import ConfigError, FitError
-from .parallel import Shards, all_reduce_gradients, all_reduce_sum, is_main_process, world
+from .parallel import (Shards, all_reduce_gradients, all_reduce_sum, is_main_process, reseed, stream_seed,
+                       world)
 
 ELBOS = {"meanfield": TraceMeanField_ELBO, "trace": Trace_ELBO}
 
@@ -215,6 +216,7 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
         optimizer, [decay, lambda step: decay(step) if step >= frozen_steps else 0.0]
     )
     generators = {s: torch.Generator().manual_seed(config.seed * 7919 + s) for s in shards.local}
+    eval_seed = stream_seed(config.seed, 0, -1, 1)  # the same at every evaluation (see heldout_loss)
     result = FitResult(config=asdict(config))
     best = (math.inf, None)
     stale = 0
@@ -230,7 +232,7 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
             optimizer.zero_grad()
             loss = config.ridge * ridge_penalty(weights) / world()[1]
             for s, shard in train_shards.items():
-                reseed(_stream(config.seed, epoch * steps_per_epoch + step, s, shards.num_shards), device)
+                reseed(stream_seed(config.seed, epoch * steps_per_epoch + step, s, shards.num_shards), device)
                 index = orders[s][(step * shard_batch + torch.arange(shard_batch)) % shard.num_subjects]
                 with pyro_checks(epoch == 0 and step == 0):
                     shard_loss = elbo.differentiable_loss(model, guide, shard.subset(index), num_subjects=n,
@@ -255,7 +257,7 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
         bar.set_postfix(loss=f"{result.train_loss[-1]:.4g}", beta=f"{beta:.2f}")
         if validation is None or (epoch + 1) % config.eval_every:
             continue
-        held_out = heldout_loss(model, guide, val_shards, eval_elbo, seed=_stream(config.seed, 0, -1, 1))
+        held_out = heldout_loss(model, guide, val_shards, eval_elbo, seed=eval_seed)
         result.validation_loss.append((epoch, held_out))
         if beta < 1.0:  # the objective is not yet the ELBO: nothing to compare
             continue
@@ -359,23 +361,6 @@ def default_batch_size(num_subjects: int) -> int:
 def _fastest_adam(device: torch.device) -> dict:
     """Adam's fused kernel where torch has one (a third of the foreach cost)."""
     return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
-
-
-def reseed(seed: int, device: torch.device) -> None:
-    """Seed the global generator that Pyro's draws use on ``device``.
-
-    ``torch.manual_seed`` also seeds every accelerator backend it can find,
-    which costs milliseconds a call: too much once per step.
-    """
-    torch.default_generator.manual_seed(seed)
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            torch.cuda.manual_seed(seed)
-
-
-def _stream(seed: int, step: int, shard: int, num_shards: int) -> int:
-    """A seed for the random draws of (step, shard), the same in any process layout."""
-    return (seed * 1_000_003 + step * (num_shards + 1) + shard + 1) % (2**63 - 1)
 
 
 def heldout_loss(model, guide, shards: dict[int, LongitudinalData], elbo, seed: int) -> float:

@@ -55,8 +55,8 @@ from tqdm.auto import tqdm
 
 from .data import DataSchema, LongitudinalData
 from .errors import ConfigError
-from .fit import FitConfig, FitResult, _stream, fit_svi
-from .parallel import Shards, all_reduce_sum, gather_objects, is_main_process
+from .fit import FitConfig, FitResult, fit_svi
+from .parallel import Shards, all_reduce_sum, gather_objects, is_main_process, stream_seed
 from .posterior import observed_log_likelihood, standard_normal_log_density
 
 
@@ -375,7 +375,7 @@ class _ShardedChains:
         """Move every chain (draws seeded per round, group and shard); the summed totals of :meth:`_Chain.move`."""
         total = torch.zeros(4, dtype=torch.float64)
         for s, chain in self.chains.items():
-            torch.manual_seed(_stream(seed, round_, group * self.num_shards + s, 2 * self.num_shards))
+            torch.manual_seed(stream_seed(seed, round_, group * self.num_shards + s, 2 * self.num_shards))
             total += chain.move(model, guide, schema, imputation, gamma)
         return total
 

@@ -134,6 +134,24 @@ def gather_objects(obj) -> list:
     return out
 
 
+def stream_seed(seed: int, step: int, shard: int, num_shards: int) -> int:
+    """The seed of the random draws of (``step``, ``shard``) in a loop over
+    steps (fitting, imputation rounds): the same in any process layout."""
+    return (seed * 1_000_003 + step * (num_shards + 1) + shard + 1) % (2**63 - 1)
+
+
+def reseed(seed: int, device: torch.device) -> None:
+    """Seed the global generator that Pyro's draws use on ``device``.
+
+    ``torch.manual_seed`` also seeds every accelerator backend it can find,
+    which costs milliseconds a call: too much once per training step.
+    """
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+
+
 def shard_seed(seed: int, shard: int) -> int:
     """The seed of ``shard``'s random draws in sharded post-fit computations
     (the same in any process layout)."""

@@ -6,7 +6,8 @@ import torch
 
 from pyro_dgmm import DeepMixedModel, FitConfig, FitError, ConfigError
 from pyro_dgmm.datasets import simulate_linear
-from pyro_dgmm.fit import CosineDecay, default_batch_size, pyro_checks, reseed
+from pyro_dgmm.fit import CosineDecay, default_batch_size, pyro_checks
+from pyro_dgmm.parallel import reseed
 from pyro_dgmm.posterior import draw_posterior
 
 from common import tiny_frame
