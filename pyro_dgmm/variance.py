@@ -120,6 +120,8 @@ LINEAR_RANDOM_EFFECTS = "random_effects.linear_coefficients.weight"
 _NULL_RTOL = 1e-7
 #: Newton steps ignore curvatures below this fraction of the largest.
 _STEP_RTOL = 1e-3
+#: Cells (S * n * T * K) per chunk when chunk_size is not given.
+_CELLS_PER_CHUNK = 2 ** 22
 #: Pilot runs that adapt the proposal: at most this many, until no subject's
 #: proposal moves by more than _ADAPT_KL (KL divergence); their scale factor (to see the tails).
 _ADAPT_ROUNDS = 8
@@ -391,7 +393,7 @@ class _MarginalObjective:
         self.layout = _Layout(self.bound.model, names)
         self.theta = self.layout.values(self.bound.model).to(data.device)
         self.num_samples = int(num_samples)
-        self.chunk_size = int(chunk_size or subjects_per_chunk(self.num_samples, data, cells=2 ** 22))
+        self.chunk_size = int(chunk_size or subjects_per_chunk(self.num_samples, data, cells=_CELLS_PER_CHUNK))
         self.seed = seed
         self.adapt = adapt
         self.proposal = _encoder_proposal(guide, data, self.chunk_size)
