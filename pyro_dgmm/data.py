@@ -436,6 +436,20 @@ class LongitudinalData:
             encoder_mask=None if self.encoder_mask is None else self.encoder_mask[t],
         )
 
+    def minibatch(self, index: torch.Tensor) -> "LongitudinalData":
+        """The subjects at ``index``, a tensor of positions on :attr:`device`,
+        for a training step: the tensors are indexed where they live, with
+        no round trip through host memory (on a GPU such a round trip waits
+        for every queued kernel, each step).  The batch carries no ``ids``
+        or ``time_values`` (empty and None): a step does not read them."""
+        return replace(
+            self,
+            **{name: getattr(self, name)[index] for name in _TENSOR_FIELDS},
+            ids=self.ids[:0],
+            time_values=None,
+            encoder_mask=None if self.encoder_mask is None else self.encoder_mask[index],
+        )
+
     def pad(self, num_visits: int) -> "LongitudinalData":
         """The same subjects with ``num_visits`` (>= :attr:`num_visits`) visit
         slots; the new slots are padding (no visit, nothing observed, the

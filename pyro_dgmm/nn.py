@@ -173,7 +173,11 @@ class SetEncoder(nn.Module):
               (\mu_b, L_b) = \rho(h_i, c_i, x_i) + W [\bar f_i, c_i, x_i]
 
     with per-visit features :math:`f_{ij} = (\tilde y_{ij}, m_{ij}, T_{ij},
-    \tilde y_{ij} \otimes T_{ij}, m_{ij} \otimes T_{ij})`, counts
+    \tilde y_{ij} \otimes T_{ij}, m_{ij} \otimes T_{ij})`, a per-visit
+    embedding :math:`\phi` (dense layers of widths ``hidden[:-1]``, each
+    followed by the activation; averaged as it is, since the head's first
+    layer is affine and a last affine layer in :math:`\phi` would add
+    nothing but cost per visit), counts
     :math:`c_i = \log(1 + n_{i\cdot})` and a linear map ``W`` (``linear``)
     beside the dense head :math:`\rho` (the raw outputs before the softplus
     and the Cholesky assembly).
@@ -204,10 +208,11 @@ class SetEncoder(nn.Module):
                  latent_dim: int, hidden: Sequence[int] = (128, 128), covariance: str = "full",
                  activation: str = "tanh"):
         super().__init__()
-        width = hidden[-1] if hidden else 64
         per_visit = 2 * num_outcomes * (num_time_features + 1) + num_time_features
-        self.phi = MLP(per_visit, hidden[:-1], width, activation)
-        self.head = _GaussianHead(width + num_outcomes + num_covariates, hidden, latent_dim,
+        visit_widths = hidden[:-1] or hidden[:1] or (64,)
+        self.phi = nn.Sequential(MLP(per_visit, visit_widths[:-1], visit_widths[-1], activation),
+                                 ACTIVATIONS[activation]())
+        self.head = _GaussianHead(visit_widths[-1] + num_outcomes + num_covariates, hidden, latent_dim,
                                   covariance, activation)
         self.linear = nn.Linear(per_visit + num_outcomes + num_covariates,
                                 self.head.net[-1].out_features, bias=False)
@@ -216,12 +221,11 @@ class SetEncoder(nn.Module):
         m = mask.to(encoder_y.dtype)
         interactions = torch.cat([encoder_y, m], dim=-1).unsqueeze(-1) * time_features.unsqueeze(-2)
         features = torch.cat([encoder_y, m, time_features, interactions.flatten(-2)], dim=-1)
-        per_visit = self.phi(features)
-        visits = visit_mask.unsqueeze(-1).to(per_visit.dtype)
-        num_visits = visits.sum(-2).clamp(min=1.0)
-        pooled = (per_visit * visits).sum(-2) / num_visits
+        visits = visit_mask.to(features.dtype)
+        weights = (visits / visits.sum(-1, keepdim=True).clamp(min=1.0)).unsqueeze(-2)  # (N, 1, T)
+        pooled = (weights @ self.phi(features)).squeeze(-2)
+        statistics = (weights @ features).squeeze(-2)
         counts = torch.log1p(m.sum(-2))
-        statistics = (features * visits).sum(-2) / num_visits
         return self.head(torch.cat([pooled, counts, covariates], dim=-1),
                          self.linear(torch.cat([statistics, counts, covariates], dim=-1)))
 
