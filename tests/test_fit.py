@@ -183,3 +183,28 @@ def test_bad_fit_settings_are_config_errors():
     with pytest.raises(ConfigError, match="CUDA"):
         FitConfig(device="cuda").resolved_device() if not torch.cuda.is_available() else (_ for _ in ()).throw(
             ConfigError("CUDA available; nothing to check"))
+
+
+@pytest.mark.parametrize("num_particles", [1, 3])
+def test_mean_field_elbo_gives_pyro_loss_and_gradients(num_particles):
+    """The device-side loss equals TraceMeanField_ELBO's, value and gradients,
+    on a minibatch with subsampling scale and KL annealing."""
+    from pyro.infer import TraceMeanField_ELBO
+
+    from pyro_dgmm.elbo import MeanFieldELBO
+
+    est = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["age", "group"],
+                         time_basis="poly(1)")
+    est.fit(simulate_linear(n_subjects=40, n_visits=5, seed=2).data, progress=False, max_epochs=2)
+    batch = est.data_.subset(np.arange(7, 23))
+    params = list(est.model_.parameters()) + list(est.guide_.parameters())
+    results = []
+    for elbo in (TraceMeanField_ELBO, MeanFieldELBO):
+        reseed(11, batch.device)
+        loss = elbo(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=2).differentiable_loss(
+            est.model_, est.guide_, batch, num_subjects=40, kl_scale=0.3)
+        results.append((loss.detach(), torch.autograd.grad(loss, params)))
+    (pyro_loss, pyro_grads), (ours, our_grads) = results
+    assert torch.allclose(ours, pyro_loss, rtol=1e-6)
+    for a, b in zip(our_grads, pyro_grads):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
