@@ -48,6 +48,7 @@ from .elbo import MeanFieldELBO
 from .errors import ConfigError, FitError
 from .parallel import (Shards, all_reduce_gradients, all_reduce_sum, is_main_process, reseed, stream_seed,
                        world)
+from .posterior import subjects_per_chunk
 
 ELBOS = {"meanfield": MeanFieldELBO, "trace": Trace_ELBO}
 
@@ -382,9 +383,12 @@ def _fastest_adam(device: torch.device) -> dict:
     return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
 
 
-def heldout_loss(model, guide, shards: dict[int, LongitudinalData], elbo, seed: int) -> float:
+def heldout_loss(model, guide, shards: dict[int, LongitudinalData], elbo, seed: int,
+                 chunk_size: int | None = None) -> float:
     """Negative ELBO per held-out subject, summed over shards and processes
-    (no KL annealing, no gradients).
+    (no KL annealing, no gradients), ``chunk_size`` subjects at a time (None:
+    :func:`~pyro_dgmm.posterior.subjects_per_chunk` for the draws), so
+    memory stays bounded however many subjects are held out.
 
     The fit loop passes the same ``seed`` at every evaluation (common random
     numbers): the difference between two evaluations then reflects the
@@ -394,8 +398,11 @@ def heldout_loss(model, guide, shards: dict[int, LongitudinalData], elbo, seed: 
     total = torch.zeros(2, dtype=torch.float64)
     with torch.no_grad(), pyro_checks(False):
         for s, data in shards.items():
-            reseed(seed + s, data.device)
-            total += torch.tensor([elbo.loss(model, guide, data), data.num_subjects], dtype=torch.float64)
+            step = chunk_size or subjects_per_chunk(elbo.num_particles, data)
+            for start in range(0, data.num_subjects, step):
+                chunk = data.subset(slice(start, start + step))
+                reseed(seed + 7919 * s + start, data.device)
+                total += torch.tensor([elbo.loss(model, guide, chunk), chunk.num_subjects], dtype=torch.float64)
     total = all_reduce_sum(total)
     return float(total[0] / total[1])
 
