@@ -83,6 +83,23 @@ def print_table(rows: list[dict], title: str) -> None:
     print(f"\n{title}\n" + frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
+def source_commit() -> str:
+    """The checkout's commit (with ``+changes`` if files differ from it), or
+    ``'unknown'`` outside a git checkout: which code produced a result."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "pyro_dgmm", "benchmarks",
+                                ":!benchmarks/results"],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
 def write_json(rows: list[dict], name: str, device: str = "cpu") -> Path:
     """Write rows to benchmarks/results/<name>.json (with machine facts)."""
     import platform
@@ -93,7 +110,7 @@ def write_json(rows: list[dict], name: str, device: str = "cpu") -> Path:
     out.mkdir(exist_ok=True)
     path = out / f"{name}.json"
     meta = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "device": device}
+            "cpu_count": os.cpu_count(), "device": device, "commit": source_commit()}
     if device.startswith("cuda"):
         meta["gpu"] = torch.cuda.get_device_name()
     path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

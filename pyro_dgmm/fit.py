@@ -25,9 +25,9 @@ idiom for custom objectives), clips gradient norms and follows a cosine
 learning-rate schedule over ``max_epochs``.  The stopping rule watches the
 negative ELBO of held-out subjects: at its first plateau (no improvement
 for ``patience`` evaluations) the cosine is cut short and decays over a
-fraction of the epochs run so far; at the next plateau the fit stops,
-restoring the best parameters.  ``max_epochs`` is then a cap, not the
-length of the fit.
+fraction of the epochs run so far; when it reaches its floor the fit
+stops, restoring the parameters with the best held-out ELBO.
+``max_epochs`` is then a cap, not the length of the fit.
 """
 from __future__ import annotations
 
@@ -78,8 +78,8 @@ class FitConfig:
         that count as a plateau.  The first plateau shortens the cosine
         schedule: the learning rate decays to its floor over
         ``anneal_fraction`` times the epochs run so far (at least
-        ``patience * eval_every`` epochs); the next plateau, or
-        ``max_epochs``, ends the fit (see :class:`CosineDecay`).
+        ``patience * eval_every`` epochs), and the fit ends when it gets
+        there, or at ``max_epochs`` (see :class:`CosineDecay`).
     :param eval_particles: draws of b per held-out subject per evaluation.
     :param seed: makes a run reproducible (data split, batches, draws, init).
     :param num_shards: subjects are split into this many shards, each
@@ -275,7 +275,8 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
         result.kl_scale.append(beta)
         result.epochs_run = epoch + 1
         bar.set_postfix(loss=f"{result.train_loss[-1]:.4g}", beta=f"{beta:.2f}")
-        if validation is None or (epoch + 1) % config.eval_every:
+        at_floor = decay.shortened and (epoch + 1) * steps_per_epoch >= decay.end
+        if validation is None or ((epoch + 1) % config.eval_every and not at_floor):
             continue
         held_out = heldout_loss(model, guide, val_shards, eval_elbo, seed=eval_seed)
         result.validation_loss.append((epoch, held_out))
@@ -287,16 +288,13 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
             stale = 0
         else:
             stale += 1
-            if stale < config.patience:
-                continue
-            step_now = (epoch + 1) * steps_per_epoch
-            anneal_epochs = max(config.patience * config.eval_every, round(config.anneal_fraction * (epoch + 1)))
-            if not decay.shortened and decay.shorten(step_now, anneal_epochs * steps_per_epoch):
-                result.annealed_at = epoch
-                stale = 0
-                continue
-            result.stop_reason = f"early stop: held-out loss did not improve for {config.patience} evaluations"
+        if at_floor:
+            result.stop_reason = "the learning rate decayed to its floor after the held-out plateau"
             break
+        if stale >= config.patience and not decay.shortened:
+            anneal_epochs = max(config.patience * config.eval_every, round(config.anneal_fraction * (epoch + 1)))
+            if decay.shorten((epoch + 1) * steps_per_epoch, anneal_epochs * steps_per_epoch):
+                result.annealed_at = epoch
     bar.close()
     if best[1] is not None:
         _restore(model, guide, best[1])
@@ -330,10 +328,15 @@ class CosineDecay:
         done = min(max(step - self.start, 0), self.length)
         return self.floor + (self.top - self.floor) * 0.5 * (1 + math.cos(math.pi * done / self.length))
 
+    @property
+    def end(self) -> int:
+        """The step at which the factor reaches ``floor``."""
+        return self.start + self.length
+
     def shorten(self, step: int, steps: int) -> bool:
         """Reach the floor ``steps`` after ``step`` instead (if that is sooner);
         True if the schedule changed."""
-        if step + steps >= self.start + self.length:
+        if step + steps >= self.end:
             return False
         self.top, self.start, self.length, self.shortened = self(step), step, max(1, steps), True
         return True
