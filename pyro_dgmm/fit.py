@@ -386,12 +386,11 @@ def _fastest_adam(device: torch.device) -> dict:
     return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
 
 
-def heldout_loss(model, guide, shards: dict[int, LongitudinalData], elbo, seed: int,
-                 chunk_size: int | None = None) -> float:
+def heldout_loss(model, guide, shards: dict[int, LongitudinalData], elbo, seed: int) -> float:
     """Negative ELBO per held-out subject, summed over shards and processes
-    (no KL annealing, no gradients), ``chunk_size`` subjects at a time (None:
-    :func:`~pyro_dgmm.posterior.subjects_per_chunk` for the draws), so
-    memory stays bounded however many subjects are held out.
+    (no KL annealing, no gradients), in chunks of
+    :func:`~pyro_dgmm.posterior.subjects_per_chunk` subjects for the draws,
+    so memory stays bounded however many subjects are held out.
 
     The fit loop passes the same ``seed`` at every evaluation (common random
     numbers): the difference between two evaluations then reflects the
@@ -401,7 +400,7 @@ def heldout_loss(model, guide, shards: dict[int, LongitudinalData], elbo, seed: 
     total = torch.zeros(2, dtype=torch.float64)
     with torch.no_grad(), pyro_checks(False):
         for s, data in shards.items():
-            step = chunk_size or subjects_per_chunk(elbo.num_particles, data)
+            step = subjects_per_chunk(elbo.num_particles, data)
             for start in range(0, data.num_subjects, step):
                 chunk = data.subset(slice(start, start + step))
                 reseed(seed + 7919 * s + start, data.device)
