@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -427,14 +427,13 @@ class LongitudinalData:
         if isinstance(index, torch.Tensor):
             index = index.cpu().numpy()
         pos = np.arange(self.num_subjects)[index]
-        t = torch.as_tensor(pos, device=self.device)
-        return replace(
-            self,
-            **{name: getattr(self, name)[t] for name in _TENSOR_FIELDS},
-            ids=self.ids[pos],
-            time_values=None if self.time_values is None else self.time_values[pos],
-            encoder_mask=None if self.encoder_mask is None else self.encoder_mask[t],
-        )
+        return replace(self.minibatch(torch.as_tensor(pos, device=self.device)), ids=self.ids[pos],
+                       time_values=None if self.time_values is None else self.time_values[pos])
+
+    def chunks(self, size: int) -> Iterator["LongitudinalData"]:
+        """Consecutive subsets of at most ``size`` subjects, in order."""
+        for start in range(0, self.num_subjects, size):
+            yield self.subset(slice(start, start + size))
 
     def minibatch(self, index: torch.Tensor) -> "LongitudinalData":
         """The subjects at ``index``, a tensor of positions on :attr:`device`,

@@ -400,10 +400,8 @@ def heldout_loss(model, guide, shards: dict[int, LongitudinalData], elbo, seed: 
     total = torch.zeros(2, dtype=torch.float64)
     with torch.no_grad(), pyro_checks(False):
         for s, data in shards.items():
-            step = subjects_per_chunk(elbo.num_particles, data)
-            for start in range(0, data.num_subjects, step):
-                chunk = data.subset(slice(start, start + step))
-                reseed(seed + 7919 * s + start, data.device)
+            for i, chunk in enumerate(data.chunks(subjects_per_chunk(elbo.num_particles, data))):
+                reseed(seed + 7919 * s + i, data.device)
                 total += torch.tensor([elbo.loss(model, guide, chunk), chunk.num_subjects], dtype=torch.float64)
     total = all_reduce_sum(total)
     return float(total[0] / total[1])

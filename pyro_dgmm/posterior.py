@@ -112,8 +112,7 @@ def fitted_means(model, guide, data: LongitudinalData, num_samples: int = 500,
     for every slot, observed or not."""
     chunk_size = chunk_size or subjects_per_chunk(num_samples, data)
     out = []
-    for start in range(0, data.num_subjects, chunk_size):
-        chunk = data.subset(slice(start, start + chunk_size))
+    for chunk in data.chunks(chunk_size):
         draws = draw_posterior(model, guide, chunk, num_samples, method)
         mean = model.mean(draws.b, chunk)  # (S, n, T, K)
         out.append((draws.weights[..., None, None] * mean).sum(0))
@@ -130,8 +129,7 @@ def marginal_means(model, data: LongitudinalData, num_samples: int = 500,
     population mean curve, the quantity a dropout-biased fit gets wrong."""
     chunk_size = chunk_size or subjects_per_chunk(num_samples, data)
     out = []
-    for start in range(0, data.num_subjects, chunk_size):
-        chunk = data.subset(slice(start, start + chunk_size))
+    for chunk in data.chunks(chunk_size):
         b = torch.randn(num_samples, chunk.num_subjects, model.latent_dim, dtype=chunk.y.dtype, device=chunk.device)
         out.append(model.mean(b, chunk).mean(0))
     return torch.cat(out, dim=0)

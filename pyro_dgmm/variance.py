@@ -226,7 +226,7 @@ class _Draws:
 @torch.no_grad()
 def _encoder_proposal(guide, data: LongitudinalData, chunk_size: int) -> _Proposal:
     """The encoder's q(b_i | y_i) for every subject, in float64."""
-    parts = [guide.posterior(data.subset(slice(s, s + chunk_size))) for s in range(0, data.num_subjects, chunk_size)]
+    parts = [guide.posterior(chunk) for chunk in data.chunks(chunk_size)]
     return _Proposal(torch.cat([q.loc for q in parts]).to(torch.float64),
                      torch.cat([q.scale_tril for q in parts]).to(torch.float64))
 
@@ -989,8 +989,7 @@ def population_curve(model, data: LongitudinalData, errors: StandardErrors, *, s
         return torch.func.functional_call(bound, layout.unflatten(theta), (_typical_eta, chunk))
 
     parts = []
-    for start in range(0, data.num_subjects, chunk_size):
-        chunk = data64.subset(slice(start, start + chunk_size))
+    for chunk in data64.chunks(chunk_size):
         jacobian = torch.func.jacrev(curve, chunk_size=256)(errors.theta.to(data.device), chunk)  # (n, T, K, P)
         variance = torch.einsum("...p,pr,...r->...", jacobian, covariance, jacobian)
         parts.append((curve(errors.theta.to(data.device), chunk), variance.clamp_min(0).sqrt()))
