@@ -103,7 +103,7 @@ class FitConfig:
     ridge: float = 1e-4
     clip_norm: float = 10.0
     eval_every: int = 2
-    patience: int = 5
+    patience: int = 6
     anneal_fraction: float = 0.5
     eval_particles: int = 4
     seed: int = 0
