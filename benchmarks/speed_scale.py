@@ -122,7 +122,7 @@ def step_costs(model, guide, data, batch_size: int, steps: int, repeats: int) ->
             for batch in batches:
                 optimizer.zero_grad()
                 (loss_fn(batch) / n).backward()
-                torch.nn.utils.clip_grad_norm_(params, 10.0)
+                torch.nn.utils.clip_grad_norm_(params, 10.0, foreach=True)
                 optimizer.step()
             if device.type == "cuda":
                 torch.cuda.synchronize()
