@@ -223,8 +223,6 @@ class SetEncoder(nn.Module):
         features = torch.cat([encoder_y, m, time_features, interactions.flatten(-2)], dim=-1)
         visits = visit_mask.to(features.dtype)
         weights = (visits / visits.sum(-1, keepdim=True).clamp(min=1.0)).unsqueeze(-1)  # (N, T, 1)
-        # a weighted sum, not a (N, 1, T) @ (N, T, H) matmul: its backward is a
-        # broadcast product instead of a batch of rank-one matmuls (~20x dearer)
         pooled = (weights * self.phi(features)).sum(-2)
         statistics = (weights * features).sum(-2)
         counts = torch.log1p(m.sum(-2))
