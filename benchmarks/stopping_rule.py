@@ -15,26 +15,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 from common import print_table, rmse, single_thread, write_json
+from core_accuracy import fit_dgmm
 
 
 def fit_row(simulator: str, seed: int, patience: int) -> dict:
-    from pyro_dgmm import DeepMixedModel
     from pyro_dgmm.datasets import SIMULATORS
 
     sim = SIMULATORS[simulator](n_subjects=800, seed=seed)
-    model = DeepMixedModel(id_col=sim.id_col, time_col=sim.time_col, outcomes=sim.outcomes,
-                           covariates=sim.covariates)
-    start = time.perf_counter()
-    model.fit(sim.data, progress=False, patience=patience)
-    seconds = time.perf_counter() - start
-    result = model.result_
-    return {"simulator": simulator, "seed": seed, "patience": patience, "epochs": result.epochs_run,
-            "plateau_epoch": result.annealed_at, "rmse": rmse(model.fitted_values()["y_fitted"],
-                                                             sim.truth["y_mean"].to_numpy()),
-            "seconds": seconds}
+    fitted, seconds, model = fit_dgmm(sim, patience=patience)
+    return {"simulator": simulator, "seed": seed, "patience": patience, "epochs": model.result_.epochs_run,
+            "plateau_epoch": model.result_.annealed_at,
+            "rmse": rmse(fitted["y_fitted"], sim.truth["y_mean"].to_numpy()), "seconds": seconds}
 
 
 def summary(rows: list[dict]) -> list[dict]:
