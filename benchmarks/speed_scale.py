@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -59,11 +60,13 @@ def peak_resident_mb() -> float:
 
 
 def run_child(*args: str) -> dict:
-    """Run this script with ``args`` in a fresh single-thread process; return its last JSON line."""
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
-                         env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PATH": ""})
+    """Run this script with ``args`` in a fresh single-thread process; return its
+    last JSON line.  Its stderr (progress bars, errors) goes to ours as it runs."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path})
     if out.returncode:
-        raise RuntimeError(f"child {args} failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"child {args} failed (exit {out.returncode}); its error is printed above")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -185,7 +188,8 @@ def overhead_rows(device: str, batch_sizes=(64, 512, 4096), steps: int = 20, rep
     sim = simulate_nonlinear(n_subjects=4096, seed=0)
     est = estimator(sim)
     est.fit(sim.data, max_epochs=1, progress=False, device=device)
-    data = est.data_.to(est.model_.outcome_offset.device)
+    est.model_.to(device), est.guide_.to(device)  # fit() hands them back on the CPU
+    data = est.data_.to(device)
     rows = []
     for batch_size in batch_sizes:
         pyro_s, torch_s = step_costs(est.model_, est.guide_, data, batch_size, steps, repeats)
@@ -240,20 +244,26 @@ def converge_child(kind: str, size: int, device: str) -> None:
     est = estimator(sim)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    est.fit(sim.data, progress=False, device=device)
+    start = time.perf_counter()
+    est.fit(sim.data, progress=True, device=device)  # the bar on stderr: a long fit shows where it is
+    call_s = time.perf_counter() - start
     result = est.result_
     row = {"simulator": kind, "subjects": est.data_.num_subjects, "rows": len(sim.data),
-           "outcomes": len(sim.outcomes), "fit_seconds": result.seconds, "epochs": result.epochs_run,
+           "outcomes": len(sim.outcomes), "fit_call_seconds": call_s, "fit_loop_seconds": result.seconds,
+           "epochs": result.epochs_run,
            "stop": result.stop_reason, "simulate_seconds": simulate_s, "device": device,
            "peak_rss_mb": peak_resident_mb()}
     if device.startswith("cuda"):
         row["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    data = est.data_.to(est.model_.outcome_offset.device)
+    est.model_.to(device), est.guide_.to(device)  # fit() hands them back on the CPU
+    data = est.data_.to(device)
     batch = result.config["batch_size"] or default_batch_size(data.num_subjects)
     pyro_s, torch_s = step_costs(est.model_, est.guide_, data, batch, steps=10, repeats=3)
     steps_per_epoch = -(-data.num_subjects // batch)
-    row.update({"epoch_seconds_pyro": pyro_s * steps_per_epoch, "epoch_seconds_plain_torch": torch_s * steps_per_epoch,
+    row.update({"epoch_seconds_in_fit": result.seconds / result.epochs_run,
+                "epoch_seconds_pyro": pyro_s * steps_per_epoch, "epoch_seconds_plain_torch": torch_s * steps_per_epoch,
                 "epoch_ratio_pyro_to_torch": pyro_s / torch_s})
+    est.model_.cpu(), est.guide_.cpu()
     if kind == "nonlinear":
         keep = sim.data[sim.id_col].isin(np.unique(sim.data[sim.id_col])[:2000]).to_numpy()
         fitted = est.fitted_values(sim.data[keep])["y_fitted"].to_numpy()

@@ -127,6 +127,31 @@ class CovariateEncoder:
         return np.concatenate(parts, axis=1)
 
 
+def visit_order(subject: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Positions that sort rows by ``subject`` (integer codes), then by time.
+
+    Equivalent to ``np.lexsort((times, subject))``.  Frames usually arrive
+    with each subject's visits in time order; then a stable integer sort of
+    the codes alone is the answer, about a hundred times cheaper than the
+    full lexsort of float times (seconds at a million subjects)."""
+    order = np.argsort(subject, kind="stable")
+    s, t = subject[order], times[order]
+    if np.all((s[1:] != s[:-1]) | (t[1:] >= t[:-1])):
+        return order
+    return np.lexsort((times, subject))
+
+
+def duplicated_visits(subject: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """True at every row whose (subject, time) pair occurs more than once."""
+    order = visit_order(subject, times)
+    s, t = subject[order], times[order]
+    same = (s[1:] == s[:-1]) & (t[1:] == t[:-1])
+    flags = np.zeros(len(order), dtype=bool)
+    flags[order[1:][same]] = True
+    flags[order[:-1][same]] = True
+    return flags
+
+
 @dataclass
 class DataSchema:
     """Everything learned from the training frame and replayed on new data.
@@ -282,7 +307,7 @@ def _validate_frame(
         )
     times = _as_numeric(df, time_col, "time")
     _require_finite(times, df, time_col, "time")
-    duplicated = df.duplicated([id_col, time_col], keep=False)
+    duplicated = duplicated_visits(pd.factorize(df[id_col])[0], times)
     if duplicated.any():
         raise DataError(
             f"duplicated ({id_col}, {time_col}) pairs at {describe_rows(df.index[duplicated])}: "
@@ -340,7 +365,7 @@ def _baseline(df: pd.DataFrame, id_col: str, covariates: list[str]) -> pd.DataFr
 
 def _build(schema: DataSchema, df: pd.DataFrame, dtype) -> "LongitudinalData":
     times = _as_numeric(df, schema.time_col, "time")
-    order = np.lexsort((times, pd.factorize(df[schema.id_col], sort=True)[0]))
+    order = visit_order(pd.factorize(df[schema.id_col], sort=True)[0], times)
     df = df.iloc[order]
     times = times[order]
     subject, ids = pd.factorize(df[schema.id_col], sort=True)

@@ -42,7 +42,7 @@ import pandas as pd
 import torch
 
 from .bases import TimeBasis
-from .data import DataSchema, _validate_frame
+from .data import DataSchema, _validate_frame, visit_order
 from .errors import ConfigError, DataError
 from .families import Family, get_family
 from .parallel import agree, all_reduce_sum, gather_objects, world
@@ -196,8 +196,8 @@ def fit_schema(df: pd.DataFrame, *, id_col: str, time_col: str, outcomes: Mappin
             raise DataError(f"covariate column '{col}' is numeric on some processes and categorical on others; "
                             "give it the same type in every part file")
     sample = pd.concat([part[0] for part in gathered], ignore_index=True)
-    sample = sample.iloc[np.lexsort((pd.to_numeric(sample[time_col]).to_numpy(float),
-                                     pd.factorize(sample[id_col], sort=True)[0]))].reset_index(drop=True)
+    sample = sample.iloc[visit_order(pd.factorize(sample[id_col], sort=True)[0],
+                                     pd.to_numeric(sample[time_col]).to_numpy(float))].reset_index(drop=True)
     schema = DataSchema.fit(sample, id_col=id_col, time_col=time_col, outcomes=families,
                             covariates=list(covariates), time_basis=time_basis)
     for col in schema.covariate_encoder.categorical:

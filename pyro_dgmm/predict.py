@@ -74,7 +74,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import Predictive
 
-from .data import DataSchema, LongitudinalData
+from .data import DataSchema, LongitudinalData, visit_order
 from .errors import ConfigError, DataError, describe_rows
 from .impute import log_target, random_walk_metropolis
 from .parallel import Shards, run_shards
@@ -440,7 +440,7 @@ def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, r
 
     parts = [part for part in run_shards(compute, len(ids), num_shards=num_shards, seed=seed) if part is not None]
     table = pd.concat([t for t, _ in parts], ignore_index=True)
-    order = np.lexsort((table[time_col].to_numpy(float), pd.factorize(table[id_col], sort=True)[0]))
+    order = visit_order(pd.factorize(table[id_col], sort=True)[0], table[time_col].to_numpy(float))
     draws = np.concatenate([d for _, d in parts], axis=1)[:, order]
     return Prediction(table.iloc[order].reset_index(drop=True), draws, None)
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pyro_dgmm.data import DataSchema
+from pyro_dgmm.data import DataSchema, duplicated_visits, visit_order
 from pyro_dgmm.errors import ConfigError, DataError
 
 from common import OUTCOMES, tiny_frame
@@ -101,6 +101,25 @@ def test_error_duplicated_id_time():
     frame = tiny_frame()
     frame.loc[1, "t"] = frame.loc[0, "t"]
     _bad(frame, r"duplicated \(pid, t\) pairs at rows 0, 1")
+
+
+@pytest.mark.parametrize("arrangement", ["sorted", "time-shuffled within subject", "shuffled"])
+def test_visit_order_and_duplicates_agree_with_lexsort_and_pandas(arrangement):
+    rng = np.random.default_rng(0)
+    subject = np.repeat(rng.permutation(300), 7)
+    times = np.round(rng.uniform(0, 3, subject.size), 1)  # ties within subjects: some duplicates
+    frame = pd.DataFrame({"s": subject, "t": times}).sort_values(["s", "t"], ignore_index=True)
+    if arrangement == "time-shuffled within subject":
+        frame = frame.groupby("s", sort=True, group_keys=False).sample(frac=1.0, random_state=1)
+    elif arrangement == "shuffled":
+        frame = frame.sample(frac=1.0, random_state=1)
+    s, t = frame["s"].to_numpy(), frame["t"].to_numpy()
+    order = visit_order(s, t)
+    np.testing.assert_array_equal(s[order], s[np.lexsort((t, s))])
+    np.testing.assert_array_equal(t[order], t[np.lexsort((t, s))])
+    expected = frame.duplicated(["s", "t"], keep=False).to_numpy()
+    assert expected.sum() > 20
+    np.testing.assert_array_equal(duplicated_visits(s, t), expected)
 
 
 def test_error_nan_and_inf_in_time_and_covariates():

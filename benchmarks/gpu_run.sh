@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU figures of issue 6 in one call on a lent GPU machine (see
+# benchmarks/README.md): Pyro-vs-torch step cost at three batch sizes, then
+# fits to convergence at 1,000,000 subjects x 20 visits and the app-like
+# simulator scaled 100x (117,400 subjects x 105 days x 3 outcomes).  Pyro
+# wheels travel in .whl (the machine has torch but not Pyro); logs and JSON
+# go to $OUT when it is set, else to benchmarks/results.
+# Dry run on a CPU: DEVICE=cpu SUBJECTS=2000 APP_SCALE=1 bash benchmarks/gpu_run.sh
+set -u
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site || exit 1
+fi
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+DEVICE=${DEVICE:-cuda} SUBJECTS=${SUBJECTS:-1000000} APP_SCALE=${APP_SCALE:-100}
+cd "$(dirname "$0")"
+OUT=${OUT:-$PWD/results}
+PYTHON=${PYTHON:-python3}
+[ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$PYTHON -c "import torch, pyro, pandas; print('torch', torch.__version__, 'pyro', pyro.__version__, 'pandas', pandas.__version__)"
+step() {  # step NAME SECONDS ARGS...: one run of speed_scale.py; its log into $OUT; its exit status
+  local name=$1 limit=$2; shift 2
+  timeout -k 10 "$limit" $PYTHON speed_scale.py "$@" --device "$DEVICE" 2>&1 | tr '\r' '\n' > "$OUT/$name.log"
+  local status=${PIPESTATUS[0]}
+  echo "== $name: exit $status"
+  grep -v -e "fitting DGMM" -e '^\s*$' "$OUT/$name.log" | tail -6 | cut -c1-400
+  grep "fitting DGMM" "$OUT/$name.log" | tail -1
+  pkill -f speed_scale.py 2>/dev/null
+  return "$status"
+}
+step overhead "${LIMIT_OVERHEAD:-70}" --parts overhead || exit 1  # a broken GPU path: stop, keep the device time
+cp results/speed_pyro_overhead.json "$OUT/gpu_pyro_overhead.json"
+step converge_subjects "${LIMIT_SUBJECTS:-200}" --parts converge --converge-sizes "$SUBJECTS" \
+  && cp results/speed_converge.json "$OUT/gpu_converge_subjects.json"
+step converge_app "${LIMIT_APP:-270}" --parts converge --converge-sizes --app-scale "$APP_SCALE" \
+  && cp results/speed_converge.json "$OUT/gpu_converge_app.json"
+ls -la "$OUT"
