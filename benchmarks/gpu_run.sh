@@ -11,7 +11,7 @@ if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site || exit 1
 fi
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # pyro_dgmm from this checkout
 DEVICE=${DEVICE:-cuda} SUBJECTS=${SUBJECTS:-1000000} APP_SCALE=${APP_SCALE:-100}
 cd "$(dirname "$0")"
 OUT=${OUT:-$PWD/results}
