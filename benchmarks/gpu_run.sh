@@ -2,7 +2,8 @@
 # The GPU figures of issue 6 in one call on a lent GPU machine (see
 # benchmarks/README.md): Pyro-vs-torch step cost at three batch sizes, then
 # fits to convergence at 1,000,000 subjects x 20 visits and the app-like
-# simulator scaled 100x (117,400 subjects x 105 days x 3 outcomes).  Pyro
+# simulator scaled 100x (117,400 subjects x 105 days x 3 outcomes), and
+# seconds per epoch at 8,000, 80,000 and 1,000,000 subjects.  Pyro
 # wheels travel in .whl (the machine has torch but not Pyro); logs and JSON
 # go to $OUT when it is set, else to benchmarks/results.
 # Dry run on a CPU: DEVICE=cpu SUBJECTS=2000 APP_SCALE=1 bash benchmarks/gpu_run.sh
@@ -34,4 +35,6 @@ step converge_subjects "${LIMIT_SUBJECTS:-200}" --parts converge --converge-size
   && cp results/speed_converge.json "$OUT/gpu_converge_subjects.json"
 step converge_app "${LIMIT_APP:-270}" --parts converge --converge-sizes --app-scale "$APP_SCALE" \
   && cp results/speed_converge.json "$OUT/gpu_converge_app.json"
+step scaling "${LIMIT_SCALING:-120}" --parts scaling --sizes 8000 80000 "$SUBJECTS" \
+  && cp results/speed_scaling.json "$OUT/gpu_scaling.json"
 ls -la "$OUT"

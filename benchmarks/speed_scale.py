@@ -212,10 +212,15 @@ def scaling_child(n_subjects: int, epochs: int, device: str) -> None:
     est = estimator(sim)
     est.fit(sim.data, max_epochs=epochs, progress=False, device=device, kl_warmup_epochs=1,
             linear_warmup_epochs=0)
-    print(json.dumps({"subjects": n_subjects, "rows": len(sim.data), "epochs": est.result_.epochs_run,
-                      "seconds_per_epoch": est.result_.seconds / est.result_.epochs_run,
-                      "simulate_seconds": simulate_s, "peak_rss_before_fit_mb": before_fit_mb,
-                      "peak_rss_mb": peak_resident_mb(), "device": device}))
+    row = {"subjects": n_subjects, "rows": len(sim.data), "epochs": est.result_.epochs_run,
+           "seconds_per_epoch": est.result_.seconds / est.result_.epochs_run,
+           "simulate_seconds": simulate_s, "peak_rss_before_fit_mb": before_fit_mb,
+           "peak_rss_mb": peak_resident_mb(), "device": device}
+    if device.startswith("cuda"):
+        import torch
+
+        row["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(row))
 
 
 def scaling_rows(sizes: list[int], epochs: int, device: str) -> list[dict]:
