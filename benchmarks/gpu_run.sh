@@ -7,6 +7,7 @@
 # wheels travel in .whl (the machine has torch but not Pyro); logs and JSON
 # go to $OUT when it is set, else to benchmarks/results.
 # Dry run on a CPU: DEVICE=cpu SUBJECTS=2000 APP_SCALE=1 bash benchmarks/gpu_run.sh
+# Some steps only: STEPS="converge_subjects scaling" bash benchmarks/gpu_run.sh
 set -u
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -19,8 +20,10 @@ OUT=${OUT:-$PWD/results}
 PYTHON=${PYTHON:-python3}
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PYTHON -c "import torch, pyro, pandas; print('torch', torch.__version__, 'pyro', pyro.__version__, 'pandas', pandas.__version__)"
+STEPS=${STEPS:-overhead converge_subjects converge_app scaling}
 step() {  # step NAME SECONDS ARGS...: one run of speed_scale.py; its log into $OUT; its exit status
   local name=$1 limit=$2; shift 2
+  [[ " $STEPS " == *" $name "* ]] || return 1
   timeout -k 10 "$limit" $PYTHON speed_scale.py "$@" --device "$DEVICE" 2>&1 | tr '\r' '\n' > "$OUT/$name.log"
   local status=${PIPESTATUS[0]}
   echo "== $name: exit $status"
@@ -29,8 +32,11 @@ step() {  # step NAME SECONDS ARGS...: one run of speed_scale.py; its log into $
   pkill -f speed_scale.py 2>/dev/null
   return "$status"
 }
-step overhead "${LIMIT_OVERHEAD:-70}" --parts overhead || exit 1  # a broken GPU path: stop, keep the device time
-cp results/speed_pyro_overhead.json "$OUT/gpu_pyro_overhead.json"
+if step overhead "${LIMIT_OVERHEAD:-70}" --parts overhead; then
+  cp results/speed_pyro_overhead.json "$OUT/gpu_pyro_overhead.json"
+elif [[ " $STEPS " == *" overhead "* ]]; then
+  exit 1  # a broken GPU path: stop, keep the device time
+fi
 step converge_subjects "${LIMIT_SUBJECTS:-200}" --parts converge --converge-sizes "$SUBJECTS" \
   && cp results/speed_converge.json "$OUT/gpu_converge_subjects.json"
 step converge_app "${LIMIT_APP:-270}" --parts converge --converge-sizes --app-scale "$APP_SCALE" \

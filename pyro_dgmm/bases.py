@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 EXTRAPOLATION_POLICIES = ("extend", "clip", "error")
+SCALE_SAMPLE = 2 ** 20  # at most this many fitted times (a fixed-seed draw) set a column's SD
 
 
 def _positive_int(value, what: str) -> int:
@@ -280,7 +281,8 @@ class NaturalSpline(RangeBasis):
         d_k(x) = \frac{(x - \xi_k)_+^3 - (x - \xi_K)_+^3}{\xi_K - \xi_k},
 
     each divided by its SD over the fitted times (stored as
-    ``column_scales``; 1 if the SD is 0). Together with an intercept the
+    ``column_scales``; 1 if the SD is 0; over a fixed-seed draw of
+    ``SCALE_SAMPLE`` of them when there are more). Together with an intercept the
     columns span all natural cubic splines with these knots: cubic between
     knots, linear beyond the boundary knots, so ``'extend'`` continues
     linearly.
@@ -340,6 +342,8 @@ class NaturalSpline(RangeBasis):
             )
         knots = np.concatenate([[times.min()], self._interior_knots(times), [times.max()]])
         self.all_knots = [float(k) for k in knots]
+        if times.size > SCALE_SAMPLE:  # a scale needs no more; not strided: visits may be periodic in rows
+            times = times[np.random.default_rng(0).integers(0, times.size, SCALE_SAMPLE)]
         sd = self._unscaled(torch.as_tensor(times, dtype=torch.float64)).std(0, unbiased=False)
         self.column_scales = [float(s) if s > 0 else 1.0 for s in sd]
 

@@ -152,6 +152,22 @@ def duplicated_visits(subject: np.ndarray, times: np.ndarray) -> np.ndarray:
     return flags
 
 
+
+def varying_within(subject: np.ndarray, values: pd.Series) -> np.ndarray:
+    """True at every row of a subject whose ``values`` are not all equal
+    (``values`` without missing entries).  A sort by subject code and a
+    min/max per subject: linear, where a pandas ``groupby.nunique`` hashes."""
+    numeric = pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)
+    codes = values.to_numpy(dtype=np.float64) if numeric else pd.factorize(values)[0]  # no hashing of numbers
+    order = np.argsort(subject, kind="stable")
+    s, c = subject[order], codes[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    varies = np.minimum.reduceat(c, starts) != np.maximum.reduceat(c, starts)
+    flags = np.zeros(subject.max() + 1, dtype=bool)
+    flags[s[starts]] = varies
+    return flags[subject]
+
+
 @dataclass
 class DataSchema:
     """Everything learned from the training frame and replayed on new data.
@@ -222,6 +238,13 @@ class DataSchema:
             initial_scale=np.array(out_scales),
             initial_dispersion=dispersions,
         )
+
+    @classmethod
+    def fit_transform(cls, df: pd.DataFrame, **options) -> tuple["DataSchema", "LongitudinalData"]:
+        """:meth:`fit` (``options`` as there), then :meth:`transform` of the same
+        frame, validating it once rather than twice (seconds at a million subjects)."""
+        schema = cls.fit(df, **options)
+        return schema, _build(schema, df, torch.float32)
 
     def transform(
         self, df: pd.DataFrame, *, require_observed: bool = True, dtype=torch.float32
@@ -307,7 +330,8 @@ def _validate_frame(
         )
     times = _as_numeric(df, time_col, "time")
     _require_finite(times, df, time_col, "time")
-    duplicated = duplicated_visits(pd.factorize(df[id_col])[0], times)
+    subject = pd.factorize(df[id_col])[0]
+    duplicated = duplicated_visits(subject, times)
     if duplicated.any():
         raise DataError(
             f"duplicated ({id_col}, {time_col}) pairs at {describe_rows(df.index[duplicated])}: "
@@ -336,7 +360,7 @@ def _validate_frame(
                 f"covariate column '{col}' has missing values at "
                 f"{describe_rows(df.index[series.isna()])}"
             )
-        varying = df.groupby(id_col, sort=False)[col].transform("nunique") > 1
+        varying = varying_within(subject, series)
         if varying.any():
             raise DataError(
                 f"covariate column '{col}' changes within subjects "

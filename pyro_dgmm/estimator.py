@@ -154,8 +154,7 @@ class DeepMixedModel:
             self.training_baseline_ = baseline.reset_index(drop=True)
             train, validation = self._local_split(self.data_, config)
         else:
-            self.schema_ = DataSchema.fit(df, **schema_options)
-            self.data_ = self.schema_.transform(df)
+            self.schema_, self.data_ = DataSchema.fit_transform(df, **schema_options)
             self.training_baseline_ = self._baseline_frame(df)
             train, validation = self._split(self.data_, config.seed)
         pyro.set_rng_seed(config.seed)

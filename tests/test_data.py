@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pyro_dgmm.data import DataSchema, duplicated_visits, visit_order
+from pyro_dgmm.data import DataSchema, duplicated_visits, varying_within, visit_order
 from pyro_dgmm.errors import ConfigError, DataError
 
 from common import OUTCOMES, tiny_frame
@@ -120,6 +120,31 @@ def test_visit_order_and_duplicates_agree_with_lexsort_and_pandas(arrangement):
     expected = frame.duplicated(["s", "t"], keep=False).to_numpy()
     assert expected.sum() > 20
     np.testing.assert_array_equal(duplicated_visits(s, t), expected)
+
+
+@pytest.mark.parametrize("kind", ["float", "string", "bool"])
+def test_varying_within_agrees_with_pandas_nunique(kind):
+    rng = np.random.default_rng(1)
+    subject = rng.integers(0, 200, 3000)
+    per_subject = rng.normal(size=200)
+    values = per_subject[subject].copy()
+    changed = rng.choice(3000, 15, replace=False)
+    values[changed] += 1.0
+    series = {"float": pd.Series(values), "string": pd.Series(values.round(6).astype(str)),
+              "bool": pd.Series(values > per_subject.mean())}[kind]
+    expected = series.groupby(subject).transform("nunique").to_numpy() > 1
+    assert expected.any()
+    np.testing.assert_array_equal(varying_within(subject, series), expected)
+
+
+def test_fit_transform_equals_fit_then_transform():
+    frame = tiny_frame().sample(frac=1.0, random_state=2)
+    schema, data = DataSchema.fit_transform(frame, id_col="pid", time_col="t", outcomes=OUTCOMES,
+                                            covariates=["age", "arm"], time_basis="spline(3)")
+    again = schema_for(frame, time_basis="spline(3)").transform(frame)
+    for name in ("y", "mask", "visit_mask", "times", "time_features", "encoder_y", "covariates"):
+        torch.testing.assert_close(getattr(data, name), getattr(again, name))
+    assert list(data.ids) == list(again.ids)
 
 
 def test_error_nan_and_inf_in_time_and_covariates():
