@@ -18,7 +18,12 @@ DEVICE=${DEVICE:-cuda} SUBJECTS=${SUBJECTS:-1000000} APP_SCALE=${APP_SCALE:-100}
 cd "$(dirname "$0")"
 OUT=${OUT:-$PWD/results}
 PYTHON=${PYTHON:-python3}
-[ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+SUFFIX=$([ "$DEVICE" = cpu ] || echo "_${DEVICE%%:*}")  # speed_scale.py names its GPU results so
+CARD=$DEVICE  # results are named speed_scale_gpu_<card>_<step>.json, e.g. card h100
+if [ "$DEVICE" = cuda ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -o -i '[A-Z][0-9]\{2,4\}' | head -1 | tr A-Z a-z)
+fi
 $PYTHON -c "import torch, pyro, pandas; print('torch', torch.__version__, 'pyro', pyro.__version__, 'pandas', pandas.__version__)"
 STEPS=${STEPS:-overhead converge_subjects converge_app scaling}
 step() {  # step NAME SECONDS ARGS...: one run of speed_scale.py; its log into $OUT; its exit status
@@ -33,14 +38,14 @@ step() {  # step NAME SECONDS ARGS...: one run of speed_scale.py; its log into $
   return "$status"
 }
 if step overhead "${LIMIT_OVERHEAD:-70}" --parts overhead; then
-  cp results/speed_pyro_overhead.json "$OUT/gpu_pyro_overhead.json"
+  cp results/speed_pyro_overhead$SUFFIX.json "$OUT/speed_scale_gpu_${CARD:-gpu}_pyro_overhead.json"
 elif [[ " $STEPS " == *" overhead "* ]]; then
   exit 1  # a broken GPU path: stop, keep the device time
 fi
 step converge_subjects "${LIMIT_SUBJECTS:-200}" --parts converge --converge-sizes "$SUBJECTS" \
-  && cp results/speed_converge.json "$OUT/gpu_converge_subjects.json"
+  && cp results/speed_converge$SUFFIX.json "$OUT/speed_scale_gpu_${CARD:-gpu}_converge_subjects.json"
 step converge_app "${LIMIT_APP:-270}" --parts converge --converge-sizes --app-scale "$APP_SCALE" \
-  && cp results/speed_converge.json "$OUT/gpu_converge_app.json"
+  && cp results/speed_converge$SUFFIX.json "$OUT/speed_scale_gpu_${CARD:-gpu}_converge_app.json"
 step scaling "${LIMIT_SCALING:-120}" --parts scaling --sizes 8000 80000 "$SUBJECTS" \
-  && cp results/speed_scaling.json "$OUT/gpu_scaling.json"
+  && cp results/speed_scaling$SUFFIX.json "$OUT/speed_scale_gpu_${CARD:-gpu}_scaling.json"
 ls -la "$OUT"

@@ -59,6 +59,12 @@ def peak_resident_mb() -> float:
     return float("nan")
 
 
+def result_name(name: str, device: str) -> str:
+    """``results/<name>.json`` on the CPU, ``<name>_cuda.json`` (say) elsewhere:
+    a GPU run never overwrites the CPU figures."""
+    return name if device == "cpu" else f"{name}_{device.split(':')[0]}"
+
+
 def run_child(*args: str) -> dict:
     """Run this script with ``args`` in a fresh single-thread process; return its
     last JSON line.  Its stderr (progress bars, errors) goes to ours as it runs."""
@@ -307,19 +313,19 @@ def main() -> None:
     if "fit" in args.parts:
         rows = fit_rows(args.seeds, args.device)
         print_table(rows, "n=800 x 20: default fit (fresh process), fast (40 epochs), long (200 epochs, no stopping) vs MixedLM")
-        write_json(rows, "speed_default_fit", device=args.device)
+        write_json(rows, result_name("speed_default_fit", args.device), device=args.device)
     if "overhead" in args.parts:
         rows = overhead_rows(args.device)
         print_table(rows, "Milliseconds per training step: Pyro ELBO (as the fit loop runs it) vs plain torch")
-        write_json(rows, "speed_pyro_overhead", device=args.device)
+        write_json(rows, result_name("speed_pyro_overhead", args.device), device=args.device)
     if "scaling" in args.parts:
         rows = scaling_rows(args.sizes, args.epochs, args.device)
         print_table(rows, f"Scaling in subjects ({args.epochs} epochs each, fresh process)")
-        write_json(rows, "speed_scaling", device=args.device)
+        write_json(rows, result_name("speed_scaling", args.device), device=args.device)
     if "converge" in args.parts:
         rows = converge_rows(args.converge_sizes, args.app_scale, args.device)
         print_table(rows, "Fit to convergence at scale")
-        write_json(rows, "speed_converge", device=args.device)
+        write_json(rows, result_name("speed_converge", args.device), device=args.device)
 
 
 if __name__ == "__main__":
