@@ -31,6 +31,8 @@ CPU figures use one torch thread.  Every row names its device.
 Run:  python benchmarks/speed_scale.py [--parts fit overhead scaling converge]
       [--seeds 0 1] [--sizes 800 8000 80000] [--device cpu]
       [--converge-sizes 1000000] [--app-scale 100]
+      (``bash benchmarks/gpu_run.sh`` runs the GPU parts; results of a run on
+      another device than the CPU go to ``<name>_cuda.json``, say)
 """
 from __future__ import annotations
 
