@@ -199,11 +199,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
                         format="%(message)s")
     args = build_parser().parse_args(argv)
+    from torch import distributed
+
+    owns_group = not (distributed.is_available() and distributed.is_initialized())  # else the caller's
     try:
         summary = run_fit(args) if args.command == "fit" else run_predict(args)
     except DgmmError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return 2  # no teardown: a barrier would wait for processes that did not fail
+    if owns_group:
+        from .parallel import end_process_group
+
+        end_process_group()
     if summary is not None:
         print(json.dumps(summary, indent=2))
     return 0

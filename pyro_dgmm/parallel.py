@@ -65,6 +65,15 @@ def init_from_environment(device: str | None = None) -> bool:
     return True
 
 
+def end_process_group() -> None:
+    """Wait for every process, then tear the default process group down.
+    A process that exits with the group alive can abort in gloo's threads
+    ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 @dataclass(frozen=True)
 class Shards:
     """How training subjects are split and which shards this process computes."""
