@@ -152,12 +152,11 @@ def duplicated_visits(subject: np.ndarray, times: np.ndarray) -> np.ndarray:
     return flags
 
 
-
 def varying_within(subject: np.ndarray, values: pd.Series) -> np.ndarray:
     """True at every row of a subject whose ``values`` are not all equal
     (``values`` without missing entries).  A sort by subject code and a
     min/max per subject: linear, where a pandas ``groupby.nunique`` hashes."""
-    numeric = pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)
+    numeric = pd.api.types.is_numeric_dtype(values)  # bool too
     codes = values.to_numpy(dtype=np.float64) if numeric else pd.factorize(values)[0]  # no hashing of numbers
     order = np.argsort(subject, kind="stable")
     s, c = subject[order], codes[order]
