@@ -141,9 +141,9 @@ def visit_order(subject: np.ndarray, times: np.ndarray) -> np.ndarray:
     return np.lexsort((times, subject))
 
 
-def duplicated_visits(subject: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """True at every row whose (subject, time) pair occurs more than once."""
-    order = visit_order(subject, times)
+def duplicated_visits(subject: np.ndarray, times: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """True at every row whose (subject, time) pair occurs more than once;
+    ``order`` is :func:`visit_order` of the same rows."""
     s, t = subject[order], times[order]
     same = (s[1:] == s[:-1]) & (t[1:] == t[:-1])
     flags = np.zeros(len(order), dtype=bool)
@@ -152,13 +152,13 @@ def duplicated_visits(subject: np.ndarray, times: np.ndarray) -> np.ndarray:
     return flags
 
 
-def varying_within(subject: np.ndarray, values: pd.Series) -> np.ndarray:
+def varying_within(subject: np.ndarray, values: pd.Series, order: np.ndarray) -> np.ndarray:
     """True at every row of a subject whose ``values`` are not all equal
-    (``values`` without missing entries).  A sort by subject code and a
-    min/max per subject: linear, where a pandas ``groupby.nunique`` hashes."""
+    (``values`` without missing entries); ``order`` groups the rows by subject
+    (:func:`visit_order` does).  A min/max per subject: linear, where a pandas
+    ``groupby.nunique`` hashes."""
     numeric = pd.api.types.is_numeric_dtype(values)  # bool too
     codes = values.to_numpy(dtype=np.float64) if numeric else pd.factorize(values)[0]  # no hashing of numbers
-    order = np.argsort(subject, kind="stable")
     s, c = subject[order], codes[order]
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
     varies = np.minimum.reduceat(c, starts) != np.maximum.reduceat(c, starts)
@@ -330,7 +330,8 @@ def _validate_frame(
     times = _as_numeric(df, time_col, "time")
     _require_finite(times, df, time_col, "time")
     subject = pd.factorize(df[id_col])[0]
-    duplicated = duplicated_visits(subject, times)
+    order = visit_order(subject, times)  # one sort serves the duplicate and the covariate checks
+    duplicated = duplicated_visits(subject, times, order)
     if duplicated.any():
         raise DataError(
             f"duplicated ({id_col}, {time_col}) pairs at {describe_rows(df.index[duplicated])}: "
@@ -359,7 +360,7 @@ def _validate_frame(
                 f"covariate column '{col}' has missing values at "
                 f"{describe_rows(df.index[series.isna()])}"
             )
-        varying = varying_within(subject, series)
+        varying = varying_within(subject, series, order)
         if varying.any():
             raise DataError(
                 f"covariate column '{col}' changes within subjects "
