@@ -1,4 +1,4 @@
-r"""The training objective: Pyro's mean-field ELBO, kept on the device.
+r"""The training objective: Pyro's mean-field ELBO, computing only what it uses.
 
 .. math::
 
@@ -9,43 +9,73 @@ with :math:`s` each site's scale (plate subsampling times KL annealing),
 the log-likelihood averaged over ``num_particles`` draws of ``b`` and the
 KL in closed form, exactly as ``TraceMeanField_ELBO`` defines it.
 
-Pyro's ``differentiable_loss`` also reads the loss back to the host
-(``.item()``) and probes it for NaN on every call.  On a GPU each such read
-waits for every queued kernel, so the host cannot prepare the next step
-while the device works on this one.  :class:`MeanFieldELBO` returns the
-same loss as a tensor and reads nothing back; the fit loop checks the
-loss once an epoch instead.
+Two things of Pyro's ``differentiable_loss`` cost a small-batch step time
+without changing the loss:
+
+* it reads the loss back to the host (``.item()``) and probes it for NaN
+  on every call.  On a GPU each such read waits for every queued kernel,
+  so the host cannot prepare the next step while the device works on
+  this one;
+* it scores every site of both traces (``compute_log_prob``,
+  ``compute_score_parts``): the log-density of each draw of ``b`` under
+  the prior and under the guide (triangular solves), although the
+  closed-form KL replaces both.
+
+:class:`MeanFieldELBO` returns the loss as a tensor, reads nothing back
+(the fit loop checks the loss once an epoch) and evaluates only the
+observed sites' log-likelihoods and the latent sites' KL.  While Pyro's
+validation is on (the fit loop's first step) it takes Pyro's own path, with
+every model/guide and shape check.
 """
 from __future__ import annotations
 
 import torch
+from pyro import poutine
 from pyro.distributions.kl import kl_divergence
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import TraceMeanField_ELBO
+from pyro.infer.util import is_validation_enabled
+from pyro.poutine.util import site_is_subsample
 
 
 class MeanFieldELBO(TraceMeanField_ELBO):
     """``TraceMeanField_ELBO`` whose :meth:`differentiable_loss` makes no host
-    round trip.  Everything else (traces, vectorised particles, validation,
-    :meth:`loss`) is Pyro's."""
+    round trip and scores no site the loss does not use.  Everything else
+    (vectorised particles, validation, :meth:`loss`) is Pyro's."""
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """The negative ELBO estimate as a differentiable tensor."""
+        traces = self._get_traces(model, guide, args, kwargs) if is_validation_enabled() else \
+            self._lean_traces(model, guide, args, kwargs)
         loss = 0.0
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+        for model_trace, guide_trace in traces:
             loss = loss - elbo_particle(model_trace, guide_trace) / self.num_particles
         return loss
+
+    def _lean_traces(self, model, guide, args, kwargs):
+        """Guide and replayed model traces, as Pyro's ``get_importance_trace``
+        makes them but without scoring any site."""
+        if self.vectorize_particles:
+            model, guide = self._vectorized_num_particles(model), self._vectorized_num_particles(guide)
+        for _ in range(1 if self.vectorize_particles else self.num_particles):
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+            yield model_trace, guide_trace
 
 
 def elbo_particle(model_trace, guide_trace) -> torch.Tensor:
     """One particle's ELBO: observed log-likelihood minus closed-form KL of
-    every latent site (each with the guide site's scale and mask)."""
+    every latent site (each with its site's scale and mask; the KL with the
+    guide site's, as Pyro does)."""
     elbo = 0.0
     for name, site in model_trace.nodes.items():
-        if site["type"] != "sample":
+        if site["type"] != "sample" or site_is_subsample(site):
             continue
         if site["is_observed"]:
-            elbo = elbo + site["log_prob_sum"]
+            log_p = site.get("log_prob_sum")
+            if log_p is None:
+                log_p = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"]).sum()
+            elbo = elbo + log_p
             continue
         posterior = guide_trace.nodes[name]
         kl = kl_divergence(posterior["fn"], site["fn"])

@@ -189,10 +189,13 @@ def test_bad_fit_settings_are_config_errors():
             ConfigError("CUDA available; nothing to check"))
 
 
+@pytest.mark.parametrize("validate", [True, False])
 @pytest.mark.parametrize("num_particles", [1, 3])
-def test_mean_field_elbo_gives_pyro_loss_and_gradients(num_particles):
+def test_mean_field_elbo_gives_pyro_loss_and_gradients(num_particles, validate):
     """The device-side loss equals TraceMeanField_ELBO's, value and gradients,
-    on a minibatch with subsampling scale and KL annealing."""
+    on a minibatch with subsampling scale and KL annealing: through Pyro's
+    checked path (validation on) and the lean one (off)."""
+    import pyro
     from pyro.infer import TraceMeanField_ELBO
 
     from pyro_dgmm.elbo import MeanFieldELBO
@@ -205,8 +208,10 @@ def test_mean_field_elbo_gives_pyro_loss_and_gradients(num_particles):
     results = []
     for elbo in (TraceMeanField_ELBO, MeanFieldELBO):
         reseed(11, batch.device)
-        loss = elbo(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=2).differentiable_loss(
-            est.model_, est.guide_, batch, num_subjects=40, kl_scale=0.3)
+        with pyro.validation_enabled(validate):
+            loss = elbo(num_particles=num_particles, vectorize_particles=True,
+                        max_plate_nesting=2).differentiable_loss(est.model_, est.guide_, batch, num_subjects=40,
+                                                                 kl_scale=0.3)
         results.append((loss.detach(), torch.autograd.grad(loss, params)))
     (pyro_loss, pyro_grads), (ours, our_grads) = results
     assert torch.allclose(ours, pyro_loss, rtol=1e-6)
