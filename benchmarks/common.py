@@ -47,7 +47,7 @@ def fit_mixedlm(df: pd.DataFrame, outcome: str, covariates: list[str], *, spline
 
     from pyro_dgmm.bases import NaturalSpline
 
-    t = df[time_col].to_numpy(float)
+    t = df[time_col].to_numpy(float, copy=True)  # writable: torch.as_tensor warns on a read-only view
     if spline_df:
         import torch
 
@@ -81,6 +81,13 @@ def print_table(rows: list[dict], title: str) -> None:
     """Print rows (dicts with the same keys) as a fixed-width table."""
     frame = pd.DataFrame(rows)
     print(f"\n{title}\n" + frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+def report(rows: list[dict], title: str, totals: list[dict], totals_title: str, name: str) -> None:
+    """Print per-fit ``rows`` and their ``totals`` as tables; write both to ``results/<name>.json``."""
+    print_table(rows, title)
+    print_table(totals, totals_title)
+    write_json(rows + totals, name)
 
 
 def source_commit() -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from common import print_table, rmse, single_thread, write_json
+from common import report, rmse, single_thread
 from core_accuracy import fit_dgmm
 
 
@@ -49,10 +49,8 @@ def main() -> None:
     args = parser.parse_args()
     single_thread()
     rows = [fit_row(sim, seed, patience) for sim in args.sims for seed in args.seeds for patience in args.patience]
-    print_table(rows, "default fit by patience (n=800 x 20, one torch thread)")
-    totals = summary(rows)
-    print_table(totals, "per simulator and patience")
-    write_json(rows + totals, "stopping_rule")
+    report(rows, "default fit by patience (n=800 x 20, one torch thread)", summary(rows),
+           "per simulator and patience", "stopping_rule")
 
 
 if __name__ == "__main__":
