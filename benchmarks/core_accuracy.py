@@ -21,11 +21,13 @@ import numpy as np
 from common import auc, brier, fit_mixedlm, print_table, rmse, single_thread, write_json
 
 
-def fit_dgmm(sim, time_basis="spline(4)", **fit_options):
+def fit_dgmm(sim, time_basis=None, **fit_options):
+    """Fit pyro_dgmm (the default time basis unless ``time_basis``); return fitted values, seconds, model."""
     from pyro_dgmm import DeepMixedModel
+    from pyro_dgmm.bases import DEFAULT_TIME_BASIS
 
     model = DeepMixedModel(id_col=sim.id_col, time_col=sim.time_col, outcomes=sim.outcomes,
-                           covariates=sim.covariates, time_basis=time_basis)
+                           covariates=sim.covariates, time_basis=time_basis or DEFAULT_TIME_BASIS)
     start = time.perf_counter()
     model.fit(sim.data, progress=False, **fit_options)
     seconds = time.perf_counter() - start

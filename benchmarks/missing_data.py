@@ -28,11 +28,12 @@ from common import auc, brier, covariate_design, fit_mixedlm, print_table, rmse,
 APP_BASIS = "spline(4)+fourier(7)"
 
 
-def dgmm(sim, basis="spline(4)"):
+def dgmm(sim, basis=None):
     from pyro_dgmm import DeepMixedModel
+    from pyro_dgmm.bases import DEFAULT_TIME_BASIS
 
     return DeepMixedModel(id_col=sim.id_col, time_col=sim.time_col, outcomes=sim.outcomes,
-                          covariates=sim.covariates, time_basis=basis)
+                          covariates=sim.covariates, time_basis=basis or DEFAULT_TIME_BASIS)
 
 
 def fit_timed(model, df, **options):

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .bases import DEFAULT_TIME_BASIS
 from .errors import ConfigError, DgmmError
 
 log = logging.getLogger("pyro_dgmm")
@@ -84,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--outcome", action="append", default=[], metavar="NAME:FAMILY",
                      help="outcome column and family (gaussian, bernoulli, poisson, bounded(LOW,HIGH)); repeat")
     fit.add_argument("--covariate", action="append", default=[], help="baseline covariate column; repeat")
-    fit.add_argument("--basis", default="spline(4)", help="time basis, e.g. 'spline(4)+fourier(7)'")
+    fit.add_argument("--basis", default=DEFAULT_TIME_BASIS,
+                     help=f"time basis (default {DEFAULT_TIME_BASIS}), e.g. 'spline(4)+fourier(7)'")
     fit.add_argument("--latent-dim", type=int, default=2)
     fit.add_argument("--max-epochs", type=int, default=None)
     fit.add_argument("--seed", type=int, default=0)

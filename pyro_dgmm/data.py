@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .bases import TimeBasis, basis_from_spec, parse_basis
+from .bases import DEFAULT_TIME_BASIS, TimeBasis, basis_from_spec, parse_basis
 from .errors import ConfigError, DataError, describe_rows
 from .families import Family, get_family
 
@@ -201,7 +201,7 @@ class DataSchema:
         time_col: str,
         outcomes: Mapping[str, str | Family],
         covariates: Sequence[str] = (),
-        time_basis: str | TimeBasis = "spline(4)",
+        time_basis: str | TimeBasis = DEFAULT_TIME_BASIS,
     ) -> "DataSchema":
         """Learn the schema from a training frame (validating it on the way)."""
         if not outcomes:

@@ -27,6 +27,7 @@ import pandas as pd
 import pyro
 import torch
 
+from .bases import DEFAULT_TIME_BASIS
 from .data import DataSchema, LongitudinalData
 from .errors import ConfigError, DataError, NotFittedError
 from .families import Family
@@ -73,8 +74,9 @@ class DeepMixedModel:
         ``'bernoulli'``, ``'poisson'``, ``'bounded(1,7)'`` or a
         :class:`~pyro_dgmm.families.Family`).  Outcomes share one latent b_i.
     :param covariates: baseline covariate columns (numeric or categorical).
-    :param time_basis: time functions T_ij, e.g. ``'spline(4)'``,
-        ``'poly(2)'``, ``'spline(4)+fourier(7)'``.
+    :param time_basis: time functions T_ij: ``'poly(1)'`` (default,
+        :data:`~pyro_dgmm.bases.DEFAULT_TIME_BASIS`), ``'spline(4)'``,
+        ``'poly(2)'``, ``'spline(4)+fourier(7)'``...
     :param latent_dim: q, the dimension of b_i.
     :param model_class: :class:`DGMM` or a user subclass of
         :class:`~pyro_dgmm.model.MixedModel`.
@@ -85,7 +87,7 @@ class DeepMixedModel:
     """
 
     def __init__(self, *, id_col: str, time_col: str, outcomes: Mapping[str, str | Family],
-                 covariates: Sequence[str] = (), time_basis="spline(4)", latent_dim: int = 2,
+                 covariates: Sequence[str] = (), time_basis=DEFAULT_TIME_BASIS, latent_dim: int = 2,
                  model_class: type[MixedModel] = DGMM, model_options: dict | None = None,
                  encoder: str = "set", encoder_hidden: Sequence[int] = (64, 64),
                  covariance: str = "full", activation: str = "tanh",

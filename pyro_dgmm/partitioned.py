@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .bases import TimeBasis
+from .bases import DEFAULT_TIME_BASIS, TimeBasis
 from .data import DataSchema, _validate_frame, visit_order
 from .errors import ConfigError, DataError
 from .families import Family, get_family
@@ -167,7 +167,7 @@ def _check_file_split(sources: list[tuple[Path, list]], id_col: str) -> None:
 
 
 def fit_schema(df: pd.DataFrame, *, id_col: str, time_col: str, outcomes: Mapping[str, str | Family],
-               covariates: Sequence[str] = (), time_basis: str | TimeBasis = "spline(4)",
+               covariates: Sequence[str] = (), time_basis: str | TimeBasis = DEFAULT_TIME_BASIS,
                max_subjects: int = 5000, seed: int = 0) -> DataSchema:
     """The same :class:`~pyro_dgmm.data.DataSchema` on every process from
     each process's own subjects ``df`` (module docstring).  Every process
