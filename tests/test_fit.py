@@ -221,21 +221,21 @@ def test_mean_field_elbo_gives_pyro_loss_and_gradients(num_particles, validate):
 
 @pytest.mark.slow
 def test_default_rule_does_not_stop_while_a_latent_direction_is_quiet():
-    """Nonlinear simulator, seed 0: after KL annealing the second latent
+    """Nonlinear simulator, seed 1: after KL annealing the second latent
     direction goes quiet for a while (KL below 0.2 nats) and the held-out loss
     is flat; a patience of 5 found its plateau there (epoch 25) and the
-    shortened schedule ended at epoch 39 with RMSE 0.137.  The default must
+    shortened schedule ended at epoch 39 with RMSE 0.226.  The default must
     wait it out: both directions carry information and the subject-specific
-    means are within 15% of the 200-epoch fit's (0.098)."""
+    means are within 15% of the 200-epoch fit's (0.097)."""
     from pyro_dgmm.datasets import simulate_nonlinear
 
     torch.set_num_threads(1)
-    sim = simulate_nonlinear(n_subjects=800, seed=0)
+    sim = simulate_nonlinear(n_subjects=800, seed=1)
     est = DeepMixedModel(id_col=sim.id_col, time_col=sim.time_col, outcomes=sim.outcomes,
                          covariates=sim.covariates).fit(sim.data, progress=False)
     truth = sim.truth["y_mean"].to_numpy()
     rmse = float(np.sqrt(np.mean((est.fitted_values()["y_fitted"].to_numpy() - truth) ** 2)))
-    assert rmse < 0.113
+    assert rmse < 0.112
     with torch.no_grad():
         q = est.guide_.posterior(est.data_)  # q(b_i | y_i) of every subject
         variances = q.covariance_matrix.diagonal(dim1=-2, dim2=-1)
