@@ -45,7 +45,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import fit_mixedlm, print_table, rmse, single_thread, write_json
+from common import best_mixedlm, print_table, rmse, single_thread, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,12 +176,8 @@ def fit_rows(seeds: list[int], device: str) -> list[dict]:
         for seed in seeds:
             row = run_child("--child-fit", sim_name, str(seed), "--device", device)
             sim = SIMULATORS[sim_name](n_subjects=800, n_visits=20, seed=seed)
-            truth = sim.truth["y_mean"].to_numpy()
-            lmm = [fit_mixedlm(sim.data, "y", sim.covariates, spline_df=df) for df in (None, 4)]
-            best_lmm = min(lmm, key=lambda r: rmse(r[0], truth))
-            row.update({
-                "mixedlm_best_rmse": rmse(best_lmm[0], truth), "mixedlm_seconds": best_lmm[1],
-            })
+            mixedlm_rmse, mixedlm_seconds = best_mixedlm(sim)
+            row.update({"mixedlm_best_rmse": mixedlm_rmse, "mixedlm_seconds": mixedlm_seconds})
             for label in ("default", "fast"):
                 row[f"{label}_vs_long"] = row[f"{label}_rmse"] / row["long_rmse"]
                 row[f"{label}_vs_mixedlm"] = row[f"{label}_rmse"] / row["mixedlm_best_rmse"]
