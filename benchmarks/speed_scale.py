@@ -5,7 +5,7 @@ Parts (``--parts``, default all but ``converge``):
 ``fit``
     n=800 x 20 visits (the talk's size), linear and nonlinear simulators:
     the default fit in a fresh process (wall time including one-time lazy
-    imports such as torch.optim's, and the fit loop alone), the default
+    imports, and the fit loop alone), the default
     long fit (``max_epochs=200``) on the same data, and statsmodels MixedLM
     (random intercept and slope; linear-time and spline(4)-time fixed
     effects).  RMSE of subject-specific means against the simulation truth.
@@ -103,18 +103,19 @@ def plain_torch_loss(model, guide, batch, num_subjects: int):
 def step_costs(model, guide, data, batch_size: int, steps: int, repeats: int) -> tuple[float, float]:
     """Median seconds per training step (loss, backward, clipping, Adam) through
     Pyro -- as :func:`pyro_dgmm.fit.fit_svi` runs it -- and in plain torch, on the
-    same batches, interleaved.  Parameters are restored afterwards."""
+    same batches, interleaved, both with the fit loop's optimiser
+    (:class:`~pyro_dgmm.optim.PackedAdam`).  Parameters are restored afterwards."""
     import copy
 
     import torch
 
     from pyro_dgmm.fit import ELBOS, pyro_checks
+    from pyro_dgmm.optim import PackedAdam
 
     device = data.device
     elbo = ELBOS["meanfield"](max_plate_nesting=2, vectorize_particles=True)  # the fit loop's default
-    params = list(model.parameters()) + list(guide.parameters())
     saved = copy.deepcopy((model.state_dict(), guide.state_dict()))
-    optimizer = torch.optim.Adam(params, lr=1e-4, fused=device.type in ("cpu", "cuda"))
+    optimizer = PackedAdam(list(model.parameters()) + list(guide.parameters()))
     n = data.num_subjects
     batches = [data.subset(torch.arange(i * batch_size, (i + 1) * batch_size, device=device) % n)
                for i in range(steps)]
@@ -133,11 +134,12 @@ def step_costs(model, guide, data, batch_size: int, steps: int, repeats: int) ->
             for batch in batches:
                 optimizer.zero_grad()
                 (loss_fn(batch) / n).backward()
-                torch.nn.utils.clip_grad_norm_(params, 10.0, foreach=True)
-                optimizer.step()
+                optimizer.clip_grad_norm_(10.0)
+                optimizer.step(1e-4)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             timings[name].append((time.perf_counter() - start) / steps)
+    optimizer.release()
     model.load_state_dict(saved[0]), guide.load_state_dict(saved[1])
     return statistics.median(timings["pyro"]), statistics.median(timings["plain torch"])
 

@@ -20,7 +20,8 @@ and dispersion parameters are not penalised).  ``elbo='meanfield'`` uses
 closed-form KL as in the talk, without a host read-back per step);
 ``elbo='trace'`` uses ``Trace_ELBO`` (Monte Carlo KL).
 
-The loop optimises with Adam on ``elbo.differentiable_loss`` (the Pyro
+The loop optimises with Adam (:class:`~pyro_dgmm.optim.PackedAdam`: all
+parameters in one flat buffer) on ``elbo.differentiable_loss`` (the Pyro
 idiom for custom objectives), clips gradient norms and follows a cosine
 learning-rate schedule over ``max_epochs``.  The stopping rule watches the
 negative ELBO of held-out subjects: at its first plateau (no improvement
@@ -46,8 +47,8 @@ from tqdm.auto import tqdm
 from .data import LongitudinalData
 from .elbo import MeanFieldELBO
 from .errors import ConfigError, FitError
-from .parallel import (Shards, all_reduce_gradients, all_reduce_sum, is_main_process, reseed, stream_seed,
-                       world)
+from .optim import PackedAdam
+from .parallel import Shards, all_reduce_sum, is_main_process, reseed, stream_seed, world
 from .posterior import subjects_per_chunk
 
 ELBOS = {"meanfield": MeanFieldELBO, "trace": Trace_ELBO}
@@ -174,17 +175,6 @@ def ridge_penalty(weights: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([w.pow(2).sum() for w in weights]).sum() if weights else torch.zeros(())
 
 
-def add_ridge_gradient(weights: list[torch.nn.Parameter], ridge: float) -> None:
-    r"""Add the gradient of :math:`\kappa \lVert W \rVert^2`, :math:`2 \kappa W`, to
-    each weight's gradient in place: the penalty's exact contribution to the
-    step, without building it into the autograd graph (which cost as much
-    as a tenth of a small-batch step)."""
-    for w in weights:
-        if w.grad is None:
-            w.grad = torch.zeros_like(w)
-        w.grad.add_(w.detach(), alpha=2 * ridge)
-
-
 def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData | None = None,
             config: FitConfig | None = None, *, distributed_input: bool = False) -> FitResult:
     """Fit ``model`` and ``guide`` to ``train`` in place; return a :class:`FitResult`.
@@ -212,13 +202,10 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
                               max_plate_nesting=2)
     eval_elbo = ELBOS[config.elbo](num_particles=config.eval_particles, vectorize_particles=True,
                                    max_plate_nesting=2)
-    params = list(model.parameters()) + list(guide.parameters())
-    residual = {id(p) for p in model.residual_parameters()}
-    optimizer = torch.optim.Adam([
-        {"params": [p for p in params if id(p) not in residual]},
-        {"params": [p for p in params if id(p) in residual]},
-    ], lr=config.learning_rate, **_fastest_adam(device))
+    optimizer = PackedAdam(list(model.parameters()) + list(guide.parameters()))
+    linear_warmup_rate = optimizer.mask(model.residual_parameters(), 0.0, other=1.0)
     weights = ridge_weights(model, guide)
+    ridge_gradient = optimizer.mask(weights, 2 * config.ridge)  # d/dw of ridge * |w|^2
     n = _num_subjects(train, distributed_input)
     batch_size = config.batch_size or default_batch_size(n)
     shard_batch = max(1, batch_size // shards.num_shards)
@@ -227,9 +214,6 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     frozen_steps = config.linear_warmup_epochs * steps_per_epoch
 
     decay = CosineDecay(total_steps, config.final_lr_factor)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [decay, lambda step: decay(step) if step >= frozen_steps else 0.0]
-    )
     positions = torch.arange(shard_batch, device=device)
     generators = {s: torch.Generator().manual_seed(config.seed * 7919 + s) for s in shards.local}
     eval_seed = stream_seed(config.seed, 0, -1, 1)  # the same at every evaluation (see heldout_loss)
@@ -246,21 +230,22 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
                   for s, d in train_shards.items()}
         epoch_loss = torch.zeros((), device=device)
         for step in range(steps_per_epoch):
+            global_step = epoch * steps_per_epoch + step
             optimizer.zero_grad()
             loss = torch.zeros((), device=device)
             for s, shard in train_shards.items():
-                reseed(stream_seed(config.seed, epoch * steps_per_epoch + step, s, shards.num_shards), device)
+                reseed(stream_seed(config.seed, global_step, s, shards.num_shards), device)
                 index = orders[s][(step * shard_batch + positions) % shard.num_subjects]
                 with pyro_checks(epoch == 0 and step == 0):
                     shard_loss = elbo.differentiable_loss(model, guide, shard.minibatch(index), num_subjects=n,
                                                           kl_scale=beta)
                 loss = loss + shard_loss / (n * shards.num_shards)
             loss.backward()
-            all_reduce_gradients(params)
-            add_ridge_gradient(weights, config.ridge)
-            torch.nn.utils.clip_grad_norm_(params, config.clip_norm, foreach=True)  # one fused pass, not one per tensor
-            optimizer.step()
-            schedule.step()
+            all_reduce_sum(optimizer.grad)
+            optimizer.grad.addcmul_(optimizer.data, ridge_gradient)
+            optimizer.clip_grad_norm_(config.clip_norm)
+            rate = config.learning_rate * decay(global_step)
+            optimizer.step(rate * linear_warmup_rate if global_step < frozen_steps else rate)
             epoch_loss += loss.detach() / steps_per_epoch  # stays on the device: no sync per step
         epoch_loss = float(all_reduce_sum(epoch_loss.cpu()))
         if not math.isfinite(epoch_loss):
@@ -296,6 +281,7 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
             if decay.shorten((epoch + 1) * steps_per_epoch, anneal_epochs * steps_per_epoch):
                 result.annealed_at = epoch
     bar.close()
+    optimizer.release()
     if best[1] is not None:
         _restore(model, guide, best[1])
     result.stop_reason = result.stop_reason or f"reached max_epochs={config.max_epochs}"
@@ -379,11 +365,6 @@ def default_batch_size(num_subjects: int) -> int:
     (tracing, kernel launches) is paid about 50 times an epoch.  Memory for
     the step's activations grows with the batch and is bounded by it."""
     return min(max(64, num_subjects // 50), 65536)
-
-
-def _fastest_adam(device: torch.device) -> dict:
-    """Adam's fused kernel where torch has one (a third of the foreach cost)."""
-    return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
 
 
 def heldout_loss(model, guide, shards: dict[int, LongitudinalData], elbo, seed: int) -> float:

@@ -120,19 +120,6 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def all_reduce_gradients(params) -> None:
-    """Sum every parameter's gradient over processes (no-op in a single process)."""
-    if world()[1] == 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    offset = 0
-    for p, g in zip(params, grads):
-        p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
-        offset += g.numel()
-
-
 def gather_objects(obj) -> list:
     """Every process's ``obj`` in rank order (``[obj]`` in a single process)."""
     size = world()[1]
