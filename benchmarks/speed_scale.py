@@ -207,13 +207,18 @@ def overhead_rows(device: str, batch_sizes=(64, 512, 4096), steps: int = 20, rep
 
 # ---------------------------------------------------------------- part 3: scaling
 def scaling_child(n_subjects: int, epochs: int, device: str) -> None:
-    """Fresh process: fit for ``epochs`` epochs, print JSON."""
+    """Fresh process: fit for ``epochs`` epochs, print JSON.  A one-epoch fit on
+    64 subjects first pays the one-time lazy imports (constructing the first
+    ``MultivariateNormal`` imports sympy, about 0.7 s), which would otherwise
+    land in the timed epochs of the smallest size."""
     single_thread()
     from pyro_dgmm.datasets import simulate_nonlinear
 
     start = time.perf_counter()
     sim = simulate_nonlinear(n_subjects=n_subjects, seed=0)
     simulate_s = time.perf_counter() - start
+    warm = simulate_nonlinear(n_subjects=64, seed=1)
+    estimator(warm).fit(warm.data, max_epochs=1, progress=False, device=device)
     before_fit_mb = peak_resident_mb()
     est = estimator(sim)
     est.fit(sim.data, max_epochs=epochs, progress=False, device=device, kl_warmup_epochs=1,
