@@ -26,11 +26,14 @@ from core_accuracy import fit_dgmm
 
 def long_rmse(simulator: str, seed: int) -> float:
     """RMSE of the default long fit: 200 epochs on all subjects, no stopping rule."""
+    from pyro_dgmm import DeepMixedModel
     from pyro_dgmm.datasets import SIMULATORS
 
     sim = SIMULATORS[simulator](n_subjects=800, seed=seed)
-    fitted, _, _ = fit_dgmm(sim, validation_fraction=0.0, max_epochs=200)
-    return rmse(fitted["y_fitted"], sim.truth["y_mean"].to_numpy())
+    model = DeepMixedModel(id_col=sim.id_col, time_col=sim.time_col, outcomes=sim.outcomes,
+                           covariates=sim.covariates, validation_fraction=0.0)
+    model.fit(sim.data, progress=False, max_epochs=200)
+    return rmse(model.fitted_values()["y_fitted"], sim.truth["y_mean"].to_numpy())
 
 
 def fit_row(simulator: str, seed: int, patience: int, anneal_fraction: float, reference: float) -> dict:
