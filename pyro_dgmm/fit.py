@@ -48,7 +48,7 @@ from .data import LongitudinalData
 from .elbo import MeanFieldELBO
 from .errors import ConfigError, FitError
 from .optim import PackedAdam
-from .parallel import Shards, all_reduce_sum, is_main_process, reseed, stream_seed, world
+from .parallel import Shards, all_reduce_sum, is_main_process, reseed, stream_seed
 from .posterior import subjects_per_chunk
 
 ELBOS = {"meanfield": MeanFieldELBO, "trace": Trace_ELBO}
