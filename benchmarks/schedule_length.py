@@ -18,21 +18,17 @@ from __future__ import annotations
 import argparse
 
 from common import print_table, rmse, single_thread, write_json
-from core_accuracy import fit_dgmm
+from core_accuracy import fit_dgmm, long_fit_rmse
 
 NEVER = 10**9  # a patience no fit reaches: the cosine runs its full length
 
 
 def seed_rows(simulator: str, seed: int, epochs: list[int], learning_rates: list[float]) -> list[dict]:
-    from pyro_dgmm import DeepMixedModel
     from pyro_dgmm.datasets import SIMULATORS
 
     sim = SIMULATORS[simulator](n_subjects=800, n_visits=20, seed=seed)
     truth = sim.truth["y_mean"].to_numpy()
-    long = DeepMixedModel(id_col=sim.id_col, time_col=sim.time_col, outcomes=sim.outcomes,
-                          covariates=sim.covariates, validation_fraction=0.0)
-    long.fit(sim.data, progress=False, max_epochs=200)
-    long_rmse = rmse(long.fitted_values()["y_fitted"], truth)
+    long_rmse = long_fit_rmse(sim)
     rows = []
     for learning_rate in learning_rates:
         for length in epochs:

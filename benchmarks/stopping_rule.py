@@ -21,25 +21,10 @@ import argparse
 import statistics
 
 from common import report, rmse, single_thread
-from core_accuracy import fit_dgmm
+from core_accuracy import fit_dgmm, long_fit_rmse
 
 
-def long_rmse(simulator: str, seed: int) -> float:
-    """RMSE of the default long fit: 200 epochs on all subjects, no stopping rule."""
-    from pyro_dgmm import DeepMixedModel
-    from pyro_dgmm.datasets import SIMULATORS
-
-    sim = SIMULATORS[simulator](n_subjects=800, seed=seed)
-    model = DeepMixedModel(id_col=sim.id_col, time_col=sim.time_col, outcomes=sim.outcomes,
-                           covariates=sim.covariates, validation_fraction=0.0)
-    model.fit(sim.data, progress=False, max_epochs=200)
-    return rmse(model.fitted_values()["y_fitted"], sim.truth["y_mean"].to_numpy())
-
-
-def fit_row(simulator: str, seed: int, patience: int, anneal_fraction: float, reference: float) -> dict:
-    from pyro_dgmm.datasets import SIMULATORS
-
-    sim = SIMULATORS[simulator](n_subjects=800, seed=seed)
+def fit_row(simulator: str, seed: int, sim, patience: int, anneal_fraction: float, reference: float) -> dict:
     fitted, seconds, model = fit_dgmm(sim, patience=patience, anneal_fraction=anneal_fraction)
     error = rmse(fitted["y_fitted"], sim.truth["y_mean"].to_numpy())
     return {"simulator": simulator, "seed": seed, "patience": patience, "anneal_fraction": anneal_fraction,
@@ -74,11 +59,14 @@ def main() -> None:
     parser.add_argument("--sims", nargs="+", default=["nonlinear", "linear"])
     args = parser.parse_args()
     single_thread()
+    from pyro_dgmm.datasets import SIMULATORS
+
     rows = []
-    for sim in args.sims:
+    for name in args.sims:
         for seed in args.seeds:
-            reference = long_rmse(sim, seed)
-            rows += [fit_row(sim, seed, patience, fraction, reference) for patience, fraction in args.rules]
+            sim = SIMULATORS[name](n_subjects=800, seed=seed)
+            reference = long_fit_rmse(sim)
+            rows += [fit_row(name, seed, sim, patience, fraction, reference) for patience, fraction in args.rules]
     report(rows, "default fit by stopping rule (n=800 x 20, one torch thread)", summary(rows),
            "per simulator and rule", "stopping_rule")
 

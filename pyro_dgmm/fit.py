@@ -170,11 +170,6 @@ def ridge_weights(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for m in modules for n, p in m.named_parameters() if n.endswith("weight")]
 
 
-def ridge_penalty(weights: list[torch.Tensor]) -> torch.Tensor:
-    """Sum of squared entries of ``weights``."""
-    return torch.stack([w.pow(2).sum() for w in weights]).sum() if weights else torch.zeros(())
-
-
 def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData | None = None,
             config: FitConfig | None = None, *, distributed_input: bool = False) -> FitResult:
     """Fit ``model`` and ``guide`` to ``train`` in place; return a :class:`FitResult`.
@@ -204,8 +199,7 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
                                    max_plate_nesting=2)
     optimizer = PackedAdam(list(model.parameters()) + list(guide.parameters()))
     linear_warmup_rate = optimizer.mask(model.residual_parameters(), 0.0, other=1.0)
-    weights = ridge_weights(model, guide)
-    ridge_gradient = optimizer.mask(weights, 2 * config.ridge)  # d/dw of ridge * |w|^2
+    ridge_gradient = optimizer.mask(ridge_weights(model, guide), 2 * config.ridge)  # d/dw of ridge * |w|^2
     n = _num_subjects(train, distributed_input)
     batch_size = config.batch_size or default_batch_size(n)
     shard_batch = max(1, batch_size // shards.num_shards)
@@ -256,7 +250,8 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
                 "for extreme values"
             )
         with torch.no_grad():
-            result.train_loss.append(epoch_loss + config.ridge * float(ridge_penalty(weights)))
+            ridge = 0.5 * float((optimizer.data.square() * ridge_gradient).sum())  # ridge * |w|^2
+            result.train_loss.append(epoch_loss + ridge)
         result.kl_scale.append(beta)
         result.epochs_run = epoch + 1
         bar.set_postfix(loss=f"{result.train_loss[-1]:.4g}", beta=f"{beta:.2f}")

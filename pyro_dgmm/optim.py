@@ -55,18 +55,17 @@ class PackedAdam:
         if len(kinds) > 1:
             raise ConfigError(f"PackedAdam needs parameters of one dtype and device, got {sorted(map(str, kinds))}")
         self.betas, self.eps, self.steps = betas, eps, 0
-        sizes = [p.numel() for p in self.params]
         self.data = torch.cat([p.detach().reshape(-1) for p in self.params])
         self.grad = torch.zeros_like(self.data)
         self.exp_avg = torch.zeros_like(self.data)
         self.exp_avg_sq = torch.zeros_like(self.data)
         self._slices: dict[int, slice] = {}
         offset = 0
-        for p, n in zip(self.params, sizes):
-            self._slices[id(p)] = slice(offset, offset + n)
-            p.data = self.data[offset:offset + n].view_as(p)
-            p.grad = self.grad[offset:offset + n].view_as(p)
-            offset += n
+        for p in self.params:
+            part = self._slices[id(p)] = slice(offset, offset + p.numel())
+            p.data = self.data[part].view_as(p)
+            p.grad = self.grad[part].view_as(p)
+            offset = part.stop
 
     def mask(self, params: Iterable[torch.nn.Parameter], value: float = 1.0, other: float = 0.0) -> torch.Tensor:
         """A flat tensor that holds ``value`` at the elements of ``params`` and
