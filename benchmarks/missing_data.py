@@ -56,7 +56,7 @@ def mixedlm_population_mean(sim, grid) -> np.ndarray:
     basis = NaturalSpline(df=4).fit(df["time"].to_numpy()[obs])
     design = lambda t, frame: np.column_stack([np.ones(len(frame)), basis.transform(torch.as_tensor(t)).numpy(),  # noqa: E731
                                                covariate_design(frame, sim.covariates)])
-    X = design(df["time"].to_numpy(), df)
+    X = design(df["time"].to_numpy(float, copy=True), df)  # writable: torch.as_tensor warns on a read-only view
     Z = np.column_stack([np.ones(len(df)), df["time"]])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
