@@ -78,6 +78,33 @@ def best_mixedlm(sim) -> tuple[float, float]:
     return min((rmse(means, truth), seconds) for means, seconds in fits)
 
 
+def peak_resident_mb() -> float:
+    """This process's peak resident set (VmHWM), in MiB.  Unlike
+    ``getrusage(...).ru_maxrss`` it is not inherited from the parent across
+    ``exec``, so fresh-process measurements are honest."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_child(script: str, *args: str, timeout: float | None = None) -> dict:
+    """Run ``script`` with ``args`` in a fresh single-thread process; return its
+    last JSON line.  Its stderr (progress bars, errors) goes to ours as it
+    runs.  Past ``timeout`` seconds the child is killed and
+    ``subprocess.TimeoutExpired`` raised."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, script, *args], stdout=subprocess.PIPE, text=True, timeout=timeout,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path})
+    if out.returncode:
+        raise RuntimeError(f"child {args} failed (exit {out.returncode}); its error is printed above")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def rmse(a, b) -> float:
     return float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
 

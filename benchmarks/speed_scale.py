@@ -38,44 +38,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-from common import best_mixedlm, print_table, rmse, single_thread, write_json
-
-ROOT = Path(__file__).resolve().parent.parent
+from common import best_mixedlm, peak_resident_mb, print_table, rmse, run_child, single_thread, write_json
 
 
 # ---------------------------------------------------------------- helpers
-def peak_resident_mb() -> float:
-    """This process's peak resident set (VmHWM), in MiB.  Unlike
-    ``getrusage(...).ru_maxrss`` it is not inherited from the parent across
-    ``exec``, so fresh-process measurements are honest."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def result_name(name: str, device: str) -> str:
     """``results/<name>.json`` on the CPU, ``<name>_cuda.json`` (say) elsewhere:
     a GPU run never overwrites the CPU figures."""
     return name if device == "cpu" else f"{name}_{device.split(':')[0]}"
-
-
-def run_child(*args: str) -> dict:
-    """Run this script with ``args`` in a fresh single-thread process; return its
-    last JSON line.  Its stderr (progress bars, errors) goes to ours as it runs."""
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    out = subprocess.run([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path})
-    if out.returncode:
-        raise RuntimeError(f"child {args} failed (exit {out.returncode}); its error is printed above")
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def estimator(sim, **options):
@@ -176,7 +149,7 @@ def fit_rows(seeds: list[int], device: str) -> list[dict]:
     rows = []
     for sim_name in ("linear", "nonlinear"):
         for seed in seeds:
-            row = run_child("--child-fit", sim_name, str(seed), "--device", device)
+            row = run_child(__file__, "--child-fit", sim_name, str(seed), "--device", device)
             sim = SIMULATORS[sim_name](n_subjects=800, n_visits=20, seed=seed)
             mixedlm_rmse, mixedlm_seconds = best_mixedlm(sim)
             row.update({"mixedlm_best_rmse": mixedlm_rmse, "mixedlm_seconds": mixedlm_seconds})
@@ -237,7 +210,7 @@ def scaling_child(n_subjects: int, epochs: int, device: str) -> None:
 def scaling_rows(sizes: list[int], epochs: int, device: str) -> list[dict]:
     rows = []
     for n in sizes:
-        row = run_child("--child-scaling", str(n), "--epochs", str(epochs), "--device", device)
+        row = run_child(__file__, "--child-scaling", str(n), "--epochs", str(epochs), "--device", device)
         row["microseconds_per_subject_epoch"] = 1e6 * row["seconds_per_epoch"] / n
         rows.append(row)
     return rows
@@ -288,9 +261,9 @@ def converge_child(kind: str, size: int, device: str) -> None:
 
 
 def converge_rows(sizes: list[int], app_scale: int | None, device: str) -> list[dict]:
-    rows = [run_child("--child-converge", "nonlinear", str(n), "--device", device) for n in sizes]
+    rows = [run_child(__file__, "--child-converge", "nonlinear", str(n), "--device", device) for n in sizes]
     if app_scale:
-        rows.append(run_child("--child-converge", "app", str(1174 * app_scale), "--device", device))
+        rows.append(run_child(__file__, "--child-converge", "app", str(1174 * app_scale), "--device", device))
     return rows
 
 
