@@ -111,14 +111,20 @@ class MixedModel(PyroModule):
 
     def mean(self, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
         """Conditional means E[y | b] on the response scale, shape (..., N, T, K)."""
-        eta = self.eta(b, data)
+        return self.response_mean(self.eta(b, data))
+
+    def response_mean(self, eta: torch.Tensor) -> torch.Tensor:
+        """g_k^{-1}(eta_k) for every outcome k: E[y | b] from the linear predictor
+        ``eta`` (..., N, T, K), when it is already at hand."""
         return torch.stack(
             [family.inverse_link(eta[..., k]) for k, family in enumerate(self.families.values())], -1
         )
 
-    def observation_distributions(self, b: torch.Tensor, data: LongitudinalData) -> dict[str, dist.Distribution]:
-        """Outcome name -> distribution of y_<name> given b, batch shape (..., N, T)."""
-        eta = self.eta(b, data)
+    def observation_distributions(self, b: torch.Tensor, data: LongitudinalData,
+                                  eta: torch.Tensor | None = None) -> dict[str, dist.Distribution]:
+        """Outcome name -> distribution of y_<name> given b, batch shape (..., N, T)
+        (``eta``: the linear predictor at ``b``, if already computed)."""
+        eta = self.eta(b, data) if eta is None else eta
         return {
             name: family.distribution(eta[..., k], self.dispersion(name))
             for k, (name, family) in enumerate(self.families.items())

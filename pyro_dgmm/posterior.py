@@ -43,12 +43,15 @@ class PosteriorDraws:
 
     ``b``: (S, N, q); ``log_weights``: (S, N), normalised over S (uniform
     when drawn from the encoder alone); ``log_marginal``: (N,) importance
-    estimate of log p(y_i^o), or None.
+    estimate of log p(y_i^o), or None; ``eta``: (S, N, T, K), the linear
+    predictor at the draws where the weights needed it (None otherwise), so
+    that means at the draws cost no second pass through the networks.
     """
 
     b: torch.Tensor
     log_weights: torch.Tensor
     log_marginal: torch.Tensor | None
+    eta: torch.Tensor | None = None
 
     @property
     def weights(self) -> torch.Tensor:
@@ -68,10 +71,12 @@ def weighted_moments(log_w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor
     return mean, torch.einsum("sn,snq,snr->nqr", w, centred, centred), 1 / w.pow(2).sum(0)
 
 
-def observed_log_likelihood(model, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
-    """log p(y_i^o | b_i): sum over observed cells, shape (..., N) for b (..., N, q)."""
+def observed_log_likelihood(model, b: torch.Tensor, data: LongitudinalData,
+                            eta: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(y_i^o | b_i): sum over observed cells, shape (..., N) for b (..., N, q)
+    (``eta``: the linear predictor at ``b``, if already computed)."""
     total = torch.zeros(b.shape[:-1], dtype=b.dtype, device=b.device)
-    for k, (name, fn) in enumerate(model.observation_distributions(b, data).items()):
+    for k, (name, fn) in enumerate(model.observation_distributions(b, data, eta).items()):
         log_prob = fn.log_prob(data.y[..., k])
         total = total + torch.where(data.mask[..., k], log_prob, torch.zeros_like(log_prob)).sum(-1)
     return total
@@ -98,10 +103,11 @@ def draw_posterior(model, guide, data: LongitudinalData, num_samples: int = 500,
         return PosteriorDraws(b, uniform, None)
     if method != "importance":
         raise ValueError(f"method must be 'importance' or 'encoder', got '{method}'")
-    log_w = observed_log_likelihood(model, b, data) + standard_normal_log_density(b) - q.log_prob(b)
+    eta = model.eta(b, data)
+    log_w = observed_log_likelihood(model, b, data, eta) + standard_normal_log_density(b) - q.log_prob(b)
     log_norm = torch.logsumexp(log_w, dim=0)
     log_marginal = log_norm - torch.log(torch.tensor(float(num_samples), dtype=b.dtype))
-    return PosteriorDraws(b, log_w - log_norm, log_marginal)
+    return PosteriorDraws(b, log_w - log_norm, log_marginal, eta)
 
 
 @torch.no_grad()
@@ -114,7 +120,8 @@ def fitted_means(model, guide, data: LongitudinalData, num_samples: int = 500,
     out = []
     for chunk in data.chunks(chunk_size):
         draws = draw_posterior(model, guide, chunk, num_samples, method)
-        mean = model.mean(draws.b, chunk)  # (S, n, T, K)
+        eta = model.eta(draws.b, chunk) if draws.eta is None else draws.eta
+        mean = model.response_mean(eta)  # (S, n, T, K)
         out.append((draws.weights[..., None, None] * mean).sum(0))
     return torch.cat(out, dim=0)
 

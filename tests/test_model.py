@@ -113,3 +113,19 @@ def test_user_variant_fits_through_the_estimator():
     assert resid.std() < 0.6 * fitted["g"][observed].std()
     with pytest.raises(Exception, match="subclass of MixedModel"):
         DeepMixedModel(id_col="pid", time_col="t", outcomes={"g": "gaussian"}, model_class=dict)
+
+
+def test_fitted_means_weight_the_means_at_the_importance_draws():
+    """fitted_means reuses the linear predictor computed for the importance
+    weights; the result is the weighted mean of E[y | b] at those draws."""
+    from pyro_dgmm.posterior import draw_posterior, fitted_means
+
+    model, guide, data = build()
+    pyro.set_rng_seed(3)
+    draws = draw_posterior(model, guide, data, num_samples=50)
+    with torch.no_grad():
+        expected = (draws.weights[..., None, None] * model.mean(draws.b, data)).sum(0)
+    assert draws.eta is not None and draws.eta.shape == (50, data.num_subjects, data.num_visits, len(OUTCOMES))
+    pyro.set_rng_seed(3)
+    assert torch.allclose(fitted_means(model, guide, data, num_samples=50), expected, atol=1e-6)
+    assert draw_posterior(model, guide, data, num_samples=5, method="encoder").eta is None
