@@ -39,6 +39,23 @@ def covariate_design(df: pd.DataFrame, covariates: list[str]) -> np.ndarray:
     return np.hstack(parts) if parts else np.zeros((len(df), 0))
 
 
+def mixedlm_design(df: pd.DataFrame, covariates: list[str], basis=None,
+                   time_col: str = "time") -> tuple[np.ndarray, np.ndarray]:
+    """MixedLM's design matrices for the rows of ``df``: fixed effects
+    X = [1, time part, covariates], the time part the columns of a fitted
+    ``NaturalSpline`` ``basis`` (or time itself for None), and random
+    effects Z = [1, time]."""
+    t = df[time_col].to_numpy(float, copy=True)  # writable: torch.as_tensor warns on a read-only view
+    if basis is None:
+        time_part = t[:, None]
+    else:
+        import torch
+
+        time_part = basis.transform(torch.as_tensor(t)).numpy()
+    return (np.column_stack([np.ones(len(df)), time_part, covariate_design(df, covariates)]),
+            np.column_stack([np.ones(len(df)), t]))
+
+
 def fit_mixedlm(df: pd.DataFrame, outcome: str, covariates: list[str], *, spline_df: int | None = None,
                 id_col: str = "id", time_col: str = "time") -> tuple[np.ndarray, float]:
     """Fit MixedLM on the observed rows of ``df``; return subject-specific means
@@ -47,16 +64,9 @@ def fit_mixedlm(df: pd.DataFrame, outcome: str, covariates: list[str], *, spline
 
     from pyro_dgmm.bases import NaturalSpline
 
-    t = df[time_col].to_numpy(float, copy=True)  # writable: torch.as_tensor warns on a read-only view
-    if spline_df:
-        import torch
-
-        basis = NaturalSpline(df=spline_df).fit(t[df[outcome].notna().to_numpy()])
-        time_part = basis.transform(torch.as_tensor(t)).numpy()
-    else:
-        time_part = t[:, None]
-    X = np.column_stack([np.ones(len(df)), time_part, covariate_design(df, covariates)])
-    Z = np.column_stack([np.ones(len(df)), t])
+    observed_times = df.loc[df[outcome].notna(), time_col].to_numpy(float)
+    basis = NaturalSpline(df=spline_df).fit(observed_times) if spline_df else None
+    X, Z = mixedlm_design(df, covariates, basis, time_col)
     obs = df[outcome].notna().to_numpy()
     groups = df[id_col].to_numpy()
     start = time.perf_counter()

@@ -35,7 +35,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from common import covariate_design, print_table, rmse, single_thread, write_json
+from common import mixedlm_design, print_table, rmse, single_thread, write_json
 
 CONTINUOUS = ["rmse", "mae", "coverage_95", "width_95"]
 BINARY = ["auc", "brier"]
@@ -56,7 +56,6 @@ def mixedlm_dynamic(train, history, future, outcome: str, covariates: list[str],
     recorded ``history`` (closed form; the prior where there is none)."""
     import warnings
 
-    import torch
     from statsmodels.regression.mixed_linear_model import MixedLM
 
     from pyro_dgmm.bases import NaturalSpline
@@ -64,10 +63,7 @@ def mixedlm_dynamic(train, history, future, outcome: str, covariates: list[str],
     basis = NaturalSpline(df=spline_df).fit(train["time"].to_numpy(float)) if spline_df else None
 
     def design(df):
-        t = df["time"].to_numpy(float, copy=True)
-        time_part = basis.transform(torch.as_tensor(t)).numpy() if basis else t[:, None]
-        return (np.column_stack([np.ones(len(df)), time_part, covariate_design(df, covariates)]),
-                np.column_stack([np.ones(len(df)), t]))
+        return mixedlm_design(df, covariates, basis)
 
     X, Z = design(train)
     with warnings.catch_warnings():

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from common import auc, brier, covariate_design, fit_mixedlm, print_table, rmse, single_thread, write_json
+from common import auc, brier, fit_mixedlm, mixedlm_design, print_table, rmse, single_thread, write_json
 
 APP_BASIS = "spline(4)+fourier(7)"
 
@@ -46,7 +46,6 @@ def mixedlm_population_mean(sim, grid) -> np.ndarray:
     """MixedLM (spline time) population curve: X beta averaged over subjects' covariates."""
     import warnings
 
-    import torch
     from statsmodels.regression.mixed_linear_model import MixedLM
 
     from pyro_dgmm.bases import NaturalSpline
@@ -54,15 +53,13 @@ def mixedlm_population_mean(sim, grid) -> np.ndarray:
     df = sim.data
     obs = df["y"].notna().to_numpy()
     basis = NaturalSpline(df=4).fit(df["time"].to_numpy()[obs])
-    design = lambda t, frame: np.column_stack([np.ones(len(frame)), basis.transform(torch.as_tensor(t)).numpy(),  # noqa: E731
-                                               covariate_design(frame, sim.covariates)])
-    X = design(df["time"].to_numpy(float, copy=True), df)  # writable: torch.as_tensor warns on a read-only view
-    Z = np.column_stack([np.ones(len(df)), df["time"]])
+    X, Z = mixedlm_design(df, sim.covariates, basis)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit = MixedLM(df["y"].to_numpy()[obs], X[obs], groups=df["id"].to_numpy()[obs], exog_re=Z[obs]).fit(reml=False)
     baseline = df.groupby("id").first().reset_index()
-    means = [design(np.full(len(baseline), t), baseline) @ np.asarray(fit.fe_params) for t in grid]
+    means = [mixedlm_design(baseline.assign(time=t), sim.covariates, basis)[0] @ np.asarray(fit.fe_params)
+             for t in grid]
     return np.array([m.mean() for m in means])
 
 
