@@ -26,9 +26,16 @@ Parts (``--parts``, default all but ``converge``):
     peak device memory, and one epoch's cost against plain torch measured
     in the same process.
 
+``compile``
+    milliseconds per training step through Pyro with the three networks
+    (fixed effects, random effects, encoder) as they are and compiled with
+    ``torch.compile``, on copies of the same fitted model, and the seconds
+    the first compiled step takes (compilation), per batch size: whether
+    compiling pays on ``--device``.
+
 CPU figures use one torch thread.  Every row names its device.
 
-Run:  python benchmarks/speed_scale.py [--parts fit overhead scaling converge]
+Run:  python benchmarks/speed_scale.py [--parts fit overhead scaling converge compile]
       [--seeds 0 1] [--sizes 800 8000 80000] [--device cpu]
       [--converge-sizes 1000000] [--app-scale 100]
       (``bash benchmarks/gpu_run.sh`` runs the GPU parts; results of a run on
@@ -178,6 +185,36 @@ def overhead_rows(device: str, batch_sizes=(64, 512, 4096), steps: int = 20, rep
     return rows
 
 
+def compile_rows(device: str, batch_sizes=(64, 4096), steps: int = 20, repeats: int = 3) -> list[dict]:
+    """Step cost with the networks eager and ``torch.compile``d (copies of one fitted model)."""
+    import copy
+
+    import torch
+
+    from pyro_dgmm.datasets import simulate_nonlinear
+
+    sim = simulate_nonlinear(n_subjects=4096, seed=0)
+    est = estimator(sim)
+    est.fit(sim.data, max_epochs=1, progress=False, device=device)
+    model, guide = est.model_.to(device), est.guide_.to(device)  # fit() hands them back on the CPU
+    compiled_model, compiled_guide = copy.deepcopy(model), copy.deepcopy(guide)
+    for module, name in ((compiled_model, "fixed_effects"), (compiled_model, "random_effects"),
+                         (compiled_guide, "encoder")):
+        setattr(module, name, torch.compile(getattr(module, name)))
+    data = est.data_.to(device)
+    rows = []
+    for batch_size in batch_sizes:
+        start = time.perf_counter()
+        step_costs(compiled_model, compiled_guide, data, batch_size, steps=1, repeats=1)  # compiles
+        first_s = time.perf_counter() - start
+        eager_s = step_costs(model, guide, data, batch_size, steps, repeats)[0]
+        compiled_s = step_costs(compiled_model, compiled_guide, data, batch_size, steps, repeats)[0]
+        rows.append({"batch_subjects": batch_size, "eager_ms_per_step": 1e3 * eager_s,
+                     "compiled_ms_per_step": 1e3 * compiled_s, "ratio_compiled_to_eager": compiled_s / eager_s,
+                     "first_compiled_call_seconds": first_s, "device": device})
+    return rows
+
+
 # ---------------------------------------------------------------- part 3: scaling
 def scaling_child(n_subjects: int, epochs: int, device: str) -> None:
     """Fresh process: fit for ``epochs`` epochs, print JSON.  A one-epoch fit on
@@ -270,7 +307,7 @@ def converge_rows(sizes: list[int], app_scale: int | None, device: str) -> list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", default=["fit", "overhead", "scaling"],
-                        choices=["fit", "overhead", "scaling", "converge"])
+                        choices=["fit", "overhead", "scaling", "converge", "compile"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--sizes", type=int, nargs="+", default=[800, 8000, 80000])
     parser.add_argument("--epochs", type=int, default=2)
@@ -300,6 +337,10 @@ def main() -> None:
         rows = scaling_rows(args.sizes, args.epochs, args.device)
         print_table(rows, f"Scaling in subjects ({args.epochs} epochs each, fresh process)")
         write_json(rows, result_name("speed_scaling", args.device), device=args.device)
+    if "compile" in args.parts:
+        rows = compile_rows(args.device)
+        print_table(rows, "Milliseconds per training step: networks eager vs torch.compile (and the compiling call)")
+        write_json(rows, result_name("speed_compile", args.device), device=args.device)
     if "converge" in args.parts:
         rows = converge_rows(args.converge_sizes, args.app_scale, args.device)
         print_table(rows, "Fit to convergence at scale")
