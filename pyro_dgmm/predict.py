@@ -233,12 +233,10 @@ def _predictive_chunk(model, data: LongitudinalData, b: torch.Tensor):
                        return_sites=[f"y_{name}" for name in names] + ["_RETURN"])(data, observe=False)
     eta = sites["_RETURN"]  # (S, n, T, K)
     families = list(model.families.values())
-    means = torch.stack([f.inverse_link(eta[..., k]) for k, f in enumerate(families)], -1)
+    means = model.response_mean(eta)
     draws = torch.stack([f.constrain(sites[f"y_{name}"]) for name, f in zip(names, families)], -1)
-    log_lik = torch.stack([
-        f.distribution(eta[..., k], model.dispersion(name)).log_prob(data.y[..., k])
-        for k, (name, f) in enumerate(zip(names, families))
-    ], -1)
+    log_lik = torch.stack([fn.log_prob(data.y[..., k])
+                           for k, fn in enumerate(model.observation_distributions(b, data, eta).values())], -1)
     nan = torch.tensor(float("nan"), dtype=log_lik.dtype)
     return means, draws.to(means.dtype), torch.where(data.mask, log_lik, nan)
 

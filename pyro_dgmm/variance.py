@@ -1012,15 +1012,10 @@ def _typical_eta(model, data: LongitudinalData) -> torch.Tensor:
 
 def _to_response(model, eta, se, lower, upper) -> tuple[torch.Tensor, ...]:
     """Map the link-scale curve (N, T, K) to the response scale outcome by outcome."""
-    families = list(model.families.values())
-
-    def inverse(x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([f.inverse_link(x[..., k]) for k, f in enumerate(families)], -1)
-
     eta_ = eta.detach().requires_grad_(True)
-    mean = inverse(eta_)
+    mean = model.response_mean(eta_)
     slope = torch.autograd.grad(mean.sum(), eta_)[0]
-    return mean.detach(), slope.abs() * se, inverse(lower), inverse(upper)
+    return mean.detach(), slope.abs() * se, model.response_mean(lower), model.response_mean(upper)
 
 
 # -------------------------------------- linear models: data-scale coefficients
