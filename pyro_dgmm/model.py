@@ -28,6 +28,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions.kl import register_kl
 from pyro.nn import PyroModule, PyroParam
 
 from .data import DataSchema, LongitudinalData
@@ -145,9 +146,7 @@ class MixedModel(PyroModule):
         n, t = data.num_subjects, data.num_visits
         q = self.latent_dim
         with subjects_plate(data, num_subjects):
-            prior = dist.MultivariateNormal(
-                data.y.new_zeros(q), scale_tril=torch.eye(q, dtype=data.y.dtype, device=data.device)
-            ).expand([n, 1])
+            prior = StandardNormal(q, dtype=data.y.dtype, device=data.device).expand([n, 1])
             with poutine.scale(scale=kl_scale):
                 b = pyro.sample("b", prior)
             eta = self.eta(b.squeeze(-2), data)
@@ -159,6 +158,37 @@ class MixedModel(PyroModule):
                     else:
                         pyro.sample(f"y_{name}", fn)
         return eta
+
+
+class StandardNormal(dist.MultivariateNormal):
+    r"""The prior of b: :math:`\mathcal N(0, I_q)`, a ``MultivariateNormal`` in
+    every respect, with the KL divergence of any ``MultivariateNormal``
+    :math:`q = \mathcal N(\mu, L L^\top)` from it in closed form:
+
+    .. math:: \mathrm{KL}(q \,\|\, \mathcal N(0, I)) = \tfrac12\big(\lVert L \rVert_F^2
+              + \lVert \mu \rVert^2 - q\big) - \textstyle\sum_d \log L_{dd}
+
+    (registered with ``register_kl``; the general Gaussian KL that it
+    replaces solves triangular systems against the prior's factor).
+    """
+
+    def __init__(self, latent_dim: int, *, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None, validate_args: bool | None = None):
+        super().__init__(torch.zeros(latent_dim, dtype=dtype, device=device),
+                         scale_tril=torch.eye(latent_dim, dtype=dtype, device=device),
+                         validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(StandardNormal, _instance)
+        return super().expand(batch_shape, _instance=new)
+
+
+@register_kl(dist.MultivariateNormal, StandardNormal)
+def _kl_from_standard_normal(q: dist.MultivariateNormal, p: StandardNormal) -> torch.Tensor:
+    scale_tril = q.scale_tril
+    log_det = torch.diagonal(scale_tril, dim1=-2, dim2=-1).log().sum(-1)
+    kl = 0.5 * (scale_tril.pow(2).sum((-2, -1)) + q.loc.pow(2).sum(-1) - q.event_shape[0]) - log_det
+    return kl.expand(torch.broadcast_shapes(q.batch_shape, p.batch_shape))
 
 
 def network(module: PyroModule, name: str) -> torch.nn.Module:

@@ -87,6 +87,35 @@ def test_meanfield_kl_agrees_with_monte_carlo_kl():
     assert abs(mc.mean().item() - mf) < 5 * se + 1e-3 * abs(mf)
 
 
+@pytest.mark.parametrize("latent_dim", [1, 3])
+def test_standard_normal_prior_kl_is_the_gaussian_kl(latent_dim):
+    """The registered closed-form KL from N(0, I) equals torch's general Gaussian
+    KL (full and diagonal factors, broadcast batch shapes), and the prior is a
+    standard normal in its density and draws."""
+    import pyro.distributions as dist
+    from pyro.distributions.kl import kl_divergence
+    from torch.distributions.kl import _kl_multivariatenormal_multivariatenormal as general_kl
+
+    from pyro_dgmm.model import StandardNormal
+
+    torch.manual_seed(0)
+    prior = StandardNormal(latent_dim, dtype=torch.float64).expand([5, 1])
+    assert isinstance(prior, StandardNormal) and prior.batch_shape == (5, 1)
+    reference = dist.MultivariateNormal(torch.zeros(latent_dim, dtype=torch.float64),
+                                        scale_tril=torch.eye(latent_dim, dtype=torch.float64)).expand([5, 1])
+    diagonal = torch.rand(5, 1, latent_dim, dtype=torch.float64) * 2 + 0.1
+    for lower in (torch.randn(5, 1, latent_dim, latent_dim, dtype=torch.float64).tril(-1), 0.0):
+        q = dist.MultivariateNormal(torch.randn(5, 1, latent_dim, dtype=torch.float64),
+                                    scale_tril=torch.diag_embed(diagonal) + lower)
+        assert torch.allclose(kl_divergence(q, prior), general_kl(q, reference), rtol=1e-12, atol=1e-12)
+    q = dist.MultivariateNormal(torch.randn(latent_dim, dtype=torch.float64), scale_tril=torch.diag(diagonal[0, 0]))
+    assert kl_divergence(q, prior).shape == (5, 1)
+    b = torch.randn(5, 1, latent_dim, dtype=torch.float64)
+    assert torch.allclose(prior.log_prob(b), reference.log_prob(b))
+    draws = StandardNormal(latent_dim).sample((20000,))
+    assert draws.mean(0).abs().max() < 0.03 and (draws.std(0) - 1).abs().max() < 0.03
+
+
 class RandomInterceptModel(MixedModel):
     """A user variant: nu = beta0 + beta1 * t + b_i1 (random intercept only)."""
 
