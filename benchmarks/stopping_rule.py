@@ -13,7 +13,7 @@ where a latent direction is quiet (see docs/fitting.md) shows up as an
 outlying RMSE.
 
 Run:  python benchmarks/stopping_rule.py [--seeds 0 1 2 3 4 5]
-      [--rules 5:0.5 6:0.5 6:1.0] [--sims nonlinear linear]
+      [--rules 5:0.5 6:0.5 6:1.0] [--sims nonlinear linear] [--output stopping_rule]
 """
 from __future__ import annotations
 
@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--rules", type=parse_rule, nargs="+", default=[(5, 0.5), (6, 0.5), (6, 1.0)],
                         help="patience:anneal_fraction pairs (the default rule is 6:0.5)")
     parser.add_argument("--sims", nargs="+", default=["nonlinear", "linear"])
+    parser.add_argument("--output", default="stopping_rule",
+                        help="results/<output>.json (another name keeps the default run's file)")
     args = parser.parse_args()
     single_thread()
     from pyro_dgmm.datasets import SIMULATORS
@@ -68,7 +70,7 @@ def main() -> None:
             reference = long_fit_rmse(sim)
             rows += [fit_row(name, seed, sim, patience, fraction, reference) for patience, fraction in args.rules]
     report(rows, "default fit by stopping rule (n=800 x 20, one torch thread)", summary(rows),
-           "per simulator and rule", "stopping_rule")
+           "per simulator and rule", args.output)
 
 
 if __name__ == "__main__":

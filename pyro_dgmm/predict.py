@@ -77,6 +77,7 @@ from pyro.infer import Predictive
 from .data import DataSchema, LongitudinalData, visit_order
 from .errors import ConfigError, DataError, describe_rows
 from .impute import log_target, random_walk_metropolis
+from .model import StandardNormal
 from .parallel import Shards, run_shards
 from .posterior import subjects_per_chunk, weighted_moments
 
@@ -118,8 +119,7 @@ def _defensive_draws(model, guide, data: LongitudinalData, num_proposals: int):
     importance weights against the equal mixture of the two."""
     encoder = guide.posterior(data)
     q = encoder.loc.shape[-1]
-    prior = dist.MultivariateNormal(torch.zeros_like(encoder.loc),
-                                    scale_tril=torch.eye(q, dtype=encoder.loc.dtype).expand_as(encoder.scale_tril))
+    prior = StandardNormal(q, dtype=encoder.loc.dtype, device=encoder.loc.device).expand(encoder.batch_shape)
     half = num_proposals // 2
     b = torch.cat([encoder.sample((half,)), prior.sample((num_proposals - half,))])
     log_r = torch.logsumexp(torch.stack([encoder.log_prob(b), prior.log_prob(b)]), 0) - math.log(2.0)
