@@ -186,8 +186,8 @@ class StandardNormal(dist.MultivariateNormal):
 @register_kl(dist.MultivariateNormal, StandardNormal)
 def _kl_from_standard_normal(q: dist.MultivariateNormal, p: StandardNormal) -> torch.Tensor:
     scale_tril = q.scale_tril
-    log_det = torch.diagonal(scale_tril, dim1=-2, dim2=-1).log().sum(-1)
-    kl = 0.5 * (scale_tril.pow(2).sum((-2, -1)) + q.loc.pow(2).sum(-1) - q.event_shape[0]) - log_det
+    log_det_scale = torch.diagonal(scale_tril, dim1=-2, dim2=-1).log().sum(-1)  # log det L = log det Sigma / 2
+    kl = 0.5 * (scale_tril.pow(2).sum((-2, -1)) + q.loc.pow(2).sum(-1) - q.event_shape[0]) - log_det_scale
     return kl.expand(torch.broadcast_shapes(q.batch_shape, p.batch_shape))
 
 

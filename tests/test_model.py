@@ -2,13 +2,17 @@
 from dataclasses import replace
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
+from pyro.distributions.kl import kl_divergence
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from torch.distributions.kl import _kl_multivariatenormal_multivariatenormal as general_kl
 
 from pyro_dgmm import DGMM, AmortizedGuide, DeepMixedModel, MixedModel, fit_svi, FitConfig
 from pyro_dgmm.data import DataSchema
+from pyro_dgmm.model import StandardNormal
 
 from common import OUTCOMES, tiny_frame
 
@@ -92,12 +96,6 @@ def test_standard_normal_prior_kl_is_the_gaussian_kl(latent_dim):
     """The registered closed-form KL from N(0, I) equals torch's general Gaussian
     KL (full and diagonal factors, broadcast batch shapes), and the prior is a
     standard normal in its density and draws."""
-    import pyro.distributions as dist
-    from pyro.distributions.kl import kl_divergence
-    from torch.distributions.kl import _kl_multivariatenormal_multivariatenormal as general_kl
-
-    from pyro_dgmm.model import StandardNormal
-
     torch.manual_seed(0)
     prior = StandardNormal(latent_dim, dtype=torch.float64).expand([5, 1])
     assert isinstance(prior, StandardNormal) and prior.batch_shape == (5, 1)
