@@ -6,7 +6,8 @@ Fits a DGMM to a CSV file or a shipped data set and writes, into ``--out``:
 * ``subjects.png`` -- a few subjects' observed values and fitted curves
 * ``loss.png``    -- training and held-out loss per epoch
 * ``model.pt``    -- the fitted model (``DeepMixedModel.load``)
-* ``summary.json`` -- fit settings, epochs, stop reason, time, dispersion estimates
+* ``summary.json`` -- fit settings, epochs, stop reason and convergence, latent
+  directions in use, time, dispersion estimates
 
 Dynamic predictions from a saved model (writes a tidy CSV)::
 
@@ -43,6 +44,7 @@ import pandas as pd
 
 from .bases import DEFAULT_TIME_BASIS
 from .errors import ConfigError, DgmmError
+from .fit import PRESETS
 
 log = logging.getLogger("pyro_dgmm")
 
@@ -87,8 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--covariate", action="append", default=[], help="baseline covariate column; repeat")
     fit.add_argument("--basis", default=DEFAULT_TIME_BASIS,
                      help=f"time basis (default {DEFAULT_TIME_BASIS}), e.g. 'spline(4)+fourier(7)'")
-    fit.add_argument("--latent-dim", type=int, default=2)
-    fit.add_argument("--max-epochs", type=int, default=None)
+    fit.add_argument("--latent-dim", type=_latent_dim, default="auto",
+                     help="dimension of the random effects b, or 'auto' (default: grows while all are in use)")
+    fit.add_argument("--preset", choices=sorted(PRESETS), default="accurate",
+                     help="'accurate' (default): fit until converged; 'fast': a quick look, less accurate")
+    fit.add_argument("--refine", action="store_true",
+                     help="after SVI, maximise the marginal likelihood over the linear parts and dispersions")
+    fit.add_argument("--max-epochs", type=int, default=None, help="cap on the epochs (default: the preset's)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
     fit.add_argument("--num-shards", type=int, default=None,
@@ -107,6 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--num-samples", type=int, default=1000)
     pred.add_argument("--out", type=Path, required=True, help="CSV of tidy predictions")
     return parser
+
+
+def _latent_dim(text: str) -> int | str:
+    """--latent-dim: a positive integer or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got '{text}'")
+    return value
 
 
 def run_predict(args: argparse.Namespace) -> dict | None:
@@ -166,13 +186,15 @@ def run_fit(args: argparse.Namespace) -> dict | None:
                            time_basis=args.basis, latent_dim=args.latent_dim)
     overrides = {"seed": args.seed, "progress": not args.quiet, "num_shards": args.num_shards,
                  "device": None if args.device == "auto" else args.device}
-    if args.max_epochs:
+    if args.max_epochs is not None:
         overrides["max_epochs"] = args.max_epochs
+    if args.refine:
+        overrides["refine"] = True
     rows, subjects = len(df), df[id_col].nunique()
     if args.partitioned:  # each process holds its own subjects
         rows, subjects = all_reduce_sum(torch.tensor([rows, subjects], dtype=torch.int64)).tolist()
     log.info("fitting %d rows, %d subjects, outcomes %s", rows, subjects, list(outcomes))
-    model.fit(df, distributed_input=bool(args.partitioned), **overrides)
+    model.fit(df, preset=args.preset, distributed_input=bool(args.partitioned), **overrides)
     fitted = model.fitted_values()  # sharded over processes, gathered everywhere
     if not is_main_process():
         return None
@@ -187,7 +209,10 @@ def run_fit(args: argparse.Namespace) -> dict | None:
     summary = {
         "rows": int(rows), "subjects": int(subjects), "outcomes": outcomes,
         "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "annealed_at_epoch": result.annealed_at,
-        "stop_reason": result.stop_reason,
+        "stop_reason": result.stop_reason, "converged": result.converged,
+        "latent_dim": model.latent_dim_, "active_directions": result.active_directions,
+        "latent_activity": [round(v, 4) for v in result.latent_activity],
+        "refinement": result.refinement,
         "fit_seconds": round(result.seconds, 2),
         "dispersion": {name: float(model.model_.dispersion(name).detach())
                        for name in outcomes if model.model_.dispersion(name) is not None},

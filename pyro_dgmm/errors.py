@@ -33,3 +33,15 @@ def describe_rows(labels, limit: int = 5) -> str:
     more = f" (and {len(labels) - limit} more)" if len(labels) > limit else ""
     word = "row" if len(labels) == 1 else "rows"
     return f"{word} {shown}{more}"
+
+
+class ConvergenceWarning(UserWarning):
+    """A fit stopped before its convergence test was met (during KL
+    annealing, at ``max_epochs`` while still improving, or without ever
+    improving on held-out subjects): its estimates may be far from the
+    optimum (statsmodels and lme4 warn alike)."""
+
+
+class LatentDimensionWarning(UserWarning):
+    """Every latent direction of a fit is in use: the data may support more
+    random-effects directions than ``latent_dim`` gives them."""

@@ -18,6 +18,8 @@ Example::
 from __future__ import annotations
 
 import importlib
+import logging
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -39,8 +41,27 @@ from .partitioned import fit_schema
 from .impute import (ImputationConfig, ImputationTrace, fit_with_imputation, impute_completed,
                      multiple_imputations, with_fill)
 from .posterior import fitted_means, marginal_means
+from .variance import refine
 
 SAVE_FORMAT = 1
+log = logging.getLogger(__name__)
+
+#: The most latent directions ``latent_dim='auto'`` grows to.
+MAX_LATENT_DIM = 16
+
+
+def default_latent_dim(num_outcomes: int, num_time_features: int) -> int:
+    """Where ``latent_dim='auto'`` starts: ``K + F + 1`` for K outcomes and F
+    time functions, clamped to [4, 8].
+
+    A linear mixed model with a random intercept and random coefficients on
+    the F time functions has F + 1 random effects per outcome; shared
+    factors make K outcomes need fewer than K (F + 1).  Four leaves room
+    for a nonlinear profile with three random parameters plus one spare;
+    eight covers most multi-outcome data without letting directions the
+    data do not use (they stay at the prior) grow the network inputs.
+    """
+    return int(min(8, max(4, num_outcomes + num_time_features + 1)))
 
 
 @dataclass
@@ -52,7 +73,7 @@ class ModelOptions:
     :class:`DGMM` (``fixed_hidden``, ``random_hidden``, ``activation``).
     """
 
-    latent_dim: int = 2
+    latent_dim: int | str = "auto"
     model_options: dict = field(default_factory=dict)
     encoder: str = "set"
     encoder_hidden: tuple = (64, 64)
@@ -77,7 +98,12 @@ class DeepMixedModel:
     :param time_basis: time functions T_ij: ``'poly(1)'`` (default,
         :data:`~pyro_dgmm.bases.DEFAULT_TIME_BASIS`), ``'spline(4)'``,
         ``'poly(2)'``, ``'spline(4)+fourier(7)'``...
-    :param latent_dim: q, the dimension of b_i.
+    :param latent_dim: q, the dimension of b_i, or ``'auto'`` (default):
+        start from :func:`default_latent_dim` (more outcomes and time
+        functions, more directions) and, while a fit uses every direction
+        (:attr:`~pyro_dgmm.fit.FitResult.active_directions`) and has
+        converged, refit with twice as many, up to :data:`MAX_LATENT_DIM`.  Unused directions
+        stay at the prior and cost little, so starting generous is safe.
     :param model_class: :class:`DGMM` or a user subclass of
         :class:`~pyro_dgmm.model.MixedModel`.
     :param model_options: keyword arguments for ``model_class``.
@@ -87,7 +113,7 @@ class DeepMixedModel:
     """
 
     def __init__(self, *, id_col: str, time_col: str, outcomes: Mapping[str, str | Family],
-                 covariates: Sequence[str] = (), time_basis=DEFAULT_TIME_BASIS, latent_dim: int = 2,
+                 covariates: Sequence[str] = (), time_basis=DEFAULT_TIME_BASIS, latent_dim: int | str = "auto",
                  model_class: type[MixedModel] = DGMM, model_options: dict | None = None,
                  encoder: str = "set", encoder_hidden: Sequence[int] = (64, 64),
                  covariance: str = "full", activation: str = "tanh",
@@ -96,8 +122,10 @@ class DeepMixedModel:
             raise ConfigError(f"model_class must be a subclass of MixedModel, got {model_class!r}")
         if not 0 <= validation_fraction < 1:
             raise ConfigError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-        if latent_dim < 1:
-            raise ConfigError(f"latent_dim must be a positive integer, got {latent_dim}")
+        if latent_dim != "auto" and not (isinstance(latent_dim, (int, np.integer)) and not isinstance(latent_dim, bool)
+                                         and latent_dim >= 1):
+            raise ConfigError(f"latent_dim must be a positive integer or 'auto', got {latent_dim!r}")
+        latent_dim = latent_dim if latent_dim == "auto" else int(latent_dim)
         self.id_col, self.time_col = id_col, time_col
         self.outcomes = dict(outcomes)
         self.covariates = list(covariates)
@@ -110,6 +138,7 @@ class DeepMixedModel:
         self.model_: MixedModel | None = None
         self.guide_: AmortizedGuide | None = None
         self.result_: FitResult | None = None
+        self.latent_dim_: int | None = None
         self.data_: LongitudinalData | None = None
         self.training_baseline_: pd.DataFrame | None = None
         self.imputation_trace_: ImputationTrace | None = None
@@ -117,13 +146,20 @@ class DeepMixedModel:
         self.distributed_input = False
 
     # ------------------------------------------------------------------ fit
-    def fit(self, df: pd.DataFrame, config: FitConfig | None = None, *, missing: str = "mask",
+    def fit(self, df: pd.DataFrame, config: FitConfig | None = None, *, preset: str | None = None,
+            missing: str = "mask",
             imputation: ImputationConfig | None = None, distributed_input: bool = False,
             **config_overrides) -> "DeepMixedModel":
         """Fit to ``df`` (one row per visit).
 
         Fit settings come from ``config`` (a :class:`~pyro_dgmm.fit.FitConfig`)
-        and/or keyword overrides such as ``max_epochs=200, progress=False``.
+        or ``preset`` (``'accurate'``, the default: fit until converged;
+        ``'fast'``: a quick look, see :data:`~pyro_dgmm.fit.PRESETS`), and
+        keyword overrides such as ``max_epochs=200, progress=False``.  A fit
+        that stops before it converged warns
+        (:class:`~pyro_dgmm.errors.ConvergenceWarning`), and so does one
+        that uses every latent direction it was given
+        (:class:`~pyro_dgmm.errors.LatentDimensionWarning`).
 
         :param missing: how the encoder meets unobserved cells.  ``'mask'``
             (default): it reads the observation mask and a neutral fill, with
@@ -143,7 +179,9 @@ class DeepMixedModel:
         """
         if missing not in ("mask", "impute"):
             raise ConfigError(f"missing must be 'mask' or 'impute', got '{missing}'")
-        config = replace(config or FitConfig(), **config_overrides)
+        if config is not None and preset is not None:
+            raise ConfigError("pass either config or preset, not both")
+        config = replace(config or FitConfig.from_preset(preset or "accurate"), **config_overrides)
         self.missing, self.distributed_input = missing, distributed_input
         schema_options = dict(id_col=self.id_col, time_col=self.time_col, outcomes=self.outcomes,
                               covariates=self.covariates, time_basis=self.time_basis)
@@ -159,17 +197,43 @@ class DeepMixedModel:
             self.schema_, self.data_ = DataSchema.fit_transform(df, **schema_options)
             self.training_baseline_ = self._baseline_frame(df)
             train, validation = self._split(self.data_, config.seed)
+        latent_dim = self.options.latent_dim
+        if latent_dim != "auto":
+            self._fit_latent(latent_dim, train, validation, config, imputation)
+            return self
+        latent_dim = default_latent_dim(len(self.outcomes), self.schema_.time_basis.num_features)
+        while True:  # grow q while every direction is in use
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self._fit_latent(latent_dim, train, validation, config, imputation)
+            saturated = self.result_.active_directions == latent_dim
+            if not (saturated and self.result_.converged) or latent_dim >= MAX_LATENT_DIM:
+                break
+            log.info("latent_dim='auto': all %d directions in use, refitting with %d", latent_dim,
+                     min(2 * latent_dim, MAX_LATENT_DIM))
+            latent_dim = min(2 * latent_dim, MAX_LATENT_DIM)
+        for record in caught:  # the final fit's warnings
+            warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
+        return self
+
+    def _fit_latent(self, latent_dim: int, train: LongitudinalData, validation: LongitudinalData | None,
+                    config: FitConfig, imputation: ImputationConfig | None) -> None:
+        """Build model and guide with ``latent_dim`` directions and fit them
+        (SVI or the imputation loop, then the refinement if asked for)."""
         pyro.set_rng_seed(config.seed)
-        self.model_, self.guide_ = self._build(self.schema_, self.data_.num_visits)
-        if missing == "mask":
+        self.latent_dim_ = latent_dim
+        self.model_, self.guide_ = self._build(self.schema_, self.data_.num_visits, latent_dim)
+        if self.missing == "mask":
             self.result_ = fit_svi(self.model_, self.guide_, train, validation, config,
-                                   distributed_input=distributed_input)
+                                   distributed_input=self.distributed_input)
         else:
             self.result_, self.imputation_trace_, _ = fit_with_imputation(
                 self.model_, self.guide_, self.schema_, train, validation, config, imputation or ImputationConfig(),
-                distributed_input=distributed_input)
+                distributed_input=self.distributed_input)
         self.model_.cpu(), self.guide_.cpu()
-        return self
+        if config.refine:
+            self.result_.refinement = refine(self.model_, self.guide_, self._encoder_view(train), seed=config.seed,
+                                             num_shards=config.num_shards, distributed_input=self.distributed_input)
 
     def _encoder_view(self, data: LongitudinalData) -> LongitudinalData:
         """What the encoder reads: ``data`` itself, or (models fitted with the
@@ -178,11 +242,11 @@ class DeepMixedModel:
             return data
         return with_fill(data, self.schema_, impute_completed(self.model_, self.guide_, self.schema_, data))
 
-    def _build(self, schema: DataSchema, num_visits: int):
+    def _build(self, schema: DataSchema, num_visits: int, latent_dim: int):
         o = self.options
         model_options = {"activation": o.activation, **o.model_options}
-        model = self.model_class.from_schema(schema, o.latent_dim, **model_options)
-        guide = AmortizedGuide.from_schema(schema, o.latent_dim, kind=o.encoder, hidden=o.encoder_hidden,
+        model = self.model_class.from_schema(schema, latent_dim, **model_options)
+        guide = AmortizedGuide.from_schema(schema, latent_dim, kind=o.encoder, hidden=o.encoder_hidden,
                                            covariance=o.covariance, activation=o.activation,
                                            num_visits=num_visits)
         return model, guide
@@ -356,6 +420,7 @@ class DeepMixedModel:
             "model_class": f"{self.model_class.__module__}:{self.model_class.__qualname__}",
             "schema": self.schema_.to_spec(),
             "num_visits": self.data_.num_visits,
+            "latent_dim": self.latent_dim_,
             "missing": self.missing,
             "model_state": self.model_.state_dict(),
             "guide_state": self.guide_.state_dict(),
@@ -375,7 +440,8 @@ class DeepMixedModel:
             model_class = getattr(model_class, part)
         self = cls(model_class=model_class, **saved["init"])
         self.schema_ = DataSchema.from_spec(saved["schema"])
-        self.model_, self.guide_ = self._build(self.schema_, saved["num_visits"])
+        self.latent_dim_ = saved.get("latent_dim", saved["init"]["latent_dim"])  # files before latent_dim="auto"
+        self.model_, self.guide_ = self._build(self.schema_, saved["num_visits"], self.latent_dim_)
         self.model_.load_state_dict(saved["model_state"])
         self.guide_.load_state_dict(saved["guide_state"])
         self.model_.eval(), self.guide_.eval()

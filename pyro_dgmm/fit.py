@@ -23,12 +23,29 @@ closed-form KL as in the talk, without a host read-back per step);
 The loop optimises with Adam (:class:`~pyro_dgmm.optim.PackedAdam`: all
 parameters in one flat buffer) on ``elbo.differentiable_loss`` (the Pyro
 idiom for custom objectives), clips gradient norms and follows a cosine
-learning-rate schedule over ``max_epochs``.  The stopping rule watches the
-negative ELBO of held-out subjects: at its first plateau (no improvement
-for ``patience`` evaluations) the cosine is cut short and decays over a
-fraction of the epochs run so far; when it reaches its floor the fit
-stops, restoring the parameters with the best held-out ELBO.
-``max_epochs`` is then a cap, not the length of the fit.
+learning-rate schedule over ``max_epochs``.  The fit runs until a
+noise-aware convergence test on the monitored loss (the negative ELBO of
+held-out subjects, or the training loss when nobody is held out) is met,
+and ``max_epochs`` is a cap, not the length of the fit:
+
+1. *Plateau.* After KL annealing, every evaluation regresses the last
+   ``patience`` monitored losses on their epochs (:func:`trend_test`).  The
+   trend is flat when the improvement it predicts over as many epochs
+   again is below two of its standard errors or below ``tolerance`` nats
+   per observed value.  The first flat trend is the noise floor of the
+   current learning rate, not convergence: the cosine is cut short and
+   decays to its floor over ``anneal_fraction`` times the epochs run.
+2. *Convergence.* From the floor on, the fit stops at the next flat trend:
+   it has converged.  Reaching ``max_epochs`` before that, stopping during
+   KL annealing, or never improving on the held-out loss is reported in
+   :attr:`FitResult.converged` and warned about
+   (:class:`~pyro_dgmm.errors.ConvergenceWarning`).
+
+The parameters with the best held-out loss are restored at the end.
+Afterwards the fit measures how many latent directions the encoder uses
+(:func:`latent_activity`) and warns
+(:class:`~pyro_dgmm.errors.LatentDimensionWarning`) when all of them are:
+the data may support more.
 """
 from __future__ import annotations
 
@@ -37,6 +54,8 @@ import copy
 import math
 import os
 import time
+import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import pyro
@@ -46,7 +65,7 @@ from tqdm.auto import tqdm
 
 from .data import LongitudinalData
 from .elbo import MeanFieldELBO
-from .errors import ConfigError, FitError
+from .errors import ConfigError, ConvergenceWarning, FitError, LatentDimensionWarning
 from .optim import PackedAdam
 from .parallel import Shards, all_reduce_sum, is_main_process, reseed, stream_seed
 from .posterior import subjects_per_chunk
@@ -60,7 +79,8 @@ class FitConfig:
 
     :param elbo: ``'meanfield'`` (closed-form KL) or ``'trace'``.
     :param num_particles: M, Monte Carlo draws of b per subject and step.
-    :param max_epochs: passes over the training subjects, at most.
+    :param max_epochs: passes over the training subjects, at most (a cap:
+        the fit normally ends at convergence, see the module docstring).
     :param batch_size: subjects per step; None: :func:`default_batch_size`.
     :param learning_rate: Adam's initial step size; decays along a cosine
         to ``learning_rate * final_lr_factor`` at ``max_epochs``.
@@ -75,12 +95,19 @@ class FitConfig:
     :param ridge: kappa, the ridge penalty on network weights.
     :param clip_norm: gradient-norm clipping threshold.
     :param eval_every: epochs between held-out evaluations.
-    :param patience: evaluations without improvement (after KL annealing)
-        that count as a plateau.  The first plateau shortens the cosine
-        schedule: the learning rate decays to its floor over
-        ``anneal_fraction`` times the epochs run so far (at least
-        ``patience * eval_every`` epochs), and the fit ends when it gets
-        there, or at ``max_epochs`` (see :class:`CosineDecay`).
+    :param patience: evaluations (after KL annealing) that the trend test
+        looks back over (:func:`trend_test`).  The first flat trend
+        shortens the cosine schedule: the learning rate decays to its floor
+        over ``anneal_fraction`` times the epochs run so far (at least
+        ``patience * eval_every`` epochs, see :class:`CosineDecay`); the
+        first flat trend at the floor ends the fit (converged).
+    :param tolerance: the smallest improvement of the monitored loss, in
+        nats per observed value, over ``patience`` evaluations that still
+        counts as progress.
+    :param refine: after SVI, move the linear fixed and random effects and
+        the dispersions to the maximum of the importance-sampled marginal
+        likelihood (:func:`~pyro_dgmm.variance.maximize_marginal_likelihood`;
+        done by :class:`~pyro_dgmm.estimator.DeepMixedModel`).
     :param eval_particles: draws of b per held-out subject per evaluation.
     :param seed: makes a run reproducible (data split, batches, draws, init).
     :param num_shards: subjects are split into this many shards, each
@@ -94,7 +121,7 @@ class FitConfig:
 
     elbo: str = "meanfield"
     num_particles: int = 1
-    max_epochs: int = 200
+    max_epochs: int = 1000
     batch_size: int | None = None
     learning_rate: float = 0.01
     final_lr_factor: float = 0.05
@@ -104,8 +131,10 @@ class FitConfig:
     ridge: float = 1e-4
     clip_norm: float = 10.0
     eval_every: int = 2
-    patience: int = 6
-    anneal_fraction: float = 0.5
+    patience: int = 10
+    anneal_fraction: float = 1.0
+    tolerance: float = 1e-4
+    refine: bool = False
     eval_particles: int = 4
     seed: int = 0
     num_shards: int | None = None
@@ -126,8 +155,19 @@ class FitConfig:
             raise ConfigError(f"batch_size must be positive or None, got {self.batch_size}")
         if not 0 < self.anneal_fraction <= 1:
             raise ConfigError(f"anneal_fraction must be in (0, 1], got {self.anneal_fraction}")
+        if not self.tolerance >= 0:
+            raise ConfigError(f"tolerance must be >= 0, got {self.tolerance}")
+        if self.patience < 3:
+            raise ConfigError(f"patience must be at least 3 (evaluations for the trend test), got {self.patience}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+
+    @classmethod
+    def from_preset(cls, preset: str = "accurate", **overrides) -> "FitConfig":
+        """The settings of a named preset (:data:`PRESETS`), with ``overrides``."""
+        if preset not in PRESETS:
+            raise ConfigError(f"preset must be one of {sorted(PRESETS)}, got '{preset}'")
+        return cls(**{**PRESETS[preset], **overrides})
 
     def resolved_device(self) -> torch.device:
         if self.device is None:
@@ -145,6 +185,16 @@ class FitConfig:
         return min(1.0, self.kl_start + (1 - self.kl_start) * epoch / self.kl_warmup_epochs)
 
 
+#: Named fit settings.  ``'accurate'`` (the defaults) fits until the
+#: convergence test is met; ``'fast'`` is for quick looks: a shorter trend
+#: window, a coarser tolerance, a shorter decay and a lower cap, at some
+#: cost in accuracy (docs/fitting.md gives both side by side).
+PRESETS = {
+    "accurate": {},
+    "fast": {"max_epochs": 200, "patience": 6, "anneal_fraction": 0.5, "tolerance": 1e-3},
+}
+
+
 @dataclass
 class FitResult:
     """What a fit produced besides the fitted modules.
@@ -152,6 +202,15 @@ class FitResult:
     ``train_loss[e]`` is the objective of epoch ``e`` (its steps' mean negative ELBO term
     plus the ridge penalty at its end);
     ``validation_loss`` holds ``(epoch, held-out negative ELBO per subject)``.
+    ``converged`` says whether the convergence test was met (module
+    docstring) and ``stop_reason`` why the fit stopped.
+    ``latent_activity`` holds the eigenvalues (descending) of the covariance
+    across training subjects of the encoder's means :math:`E_q[b_i]`: a
+    direction of b that the data inform has a value near its share of the
+    prior variance 1, an unused one a value near 0; ``active_directions``
+    counts those above :data:`ACTIVE_THRESHOLD` (the "active units" of
+    Burda et al. 2016, made rotation-invariant).  ``refinement`` records
+    the maximum-likelihood refinement, if one ran.
     """
 
     config: dict
@@ -162,7 +221,11 @@ class FitResult:
     annealed_at: int | None = None
     epochs_run: int = 0
     stop_reason: str = ""
+    converged: bool = False
     seconds: float = 0.0
+    latent_activity: list[float] = field(default_factory=list)
+    active_directions: int | None = None
+    refinement: dict | None = None
 
 
 def ridge_weights(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -171,7 +234,7 @@ def ridge_weights(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData | None = None,
-            config: FitConfig | None = None, *, distributed_input: bool = False) -> FitResult:
+            config: FitConfig | None = None, *, distributed_input: bool = False, warn: bool = True) -> FitResult:
     """Fit ``model`` and ``guide`` to ``train`` in place; return a :class:`FitResult`.
 
     Runs unchanged in one process or in each of several ``torch.distributed``
@@ -182,8 +245,12 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
         (partitioned input, :mod:`pyro_dgmm.partitioned`); they form its
         shards, and N is the number of subjects over all processes.
 
-    :param validation: held-out subjects for early stopping (None: run
-        ``max_epochs`` and keep the final parameters).
+    :param validation: held-out subjects for the convergence test (None:
+        the test watches the training loss, and the final parameters are kept).
+    :param warn: warn (:class:`~pyro_dgmm.errors.ConvergenceWarning`,
+        :class:`~pyro_dgmm.errors.LatentDimensionWarning`) about what the
+        result says; off for fits that are one step of a longer procedure
+        (the imputation loop's rounds).
     """
     config = config or FitConfig()
     device = config.resolved_device()
@@ -211,9 +278,12 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     positions = torch.arange(shard_batch, device=device)
     generators = {s: torch.Generator().manual_seed(config.seed * 7919 + s) for s in shards.local}
     eval_seed = stream_seed(config.seed, 0, -1, 1)  # the same at every evaluation (see heldout_loss)
+    # the tolerance per observed value, on the monitored loss's per-subject scale
+    tolerance = config.tolerance * _observed_per_subject(validation if validation is not None else train,
+                                                         distributed_input)
     result = FitResult(config=asdict(config))
     best = (math.inf, None)
-    stale = 0
+    monitored: list[tuple[int, float]] = []  # (epoch, loss) after KL annealing
     start = time.perf_counter()
     bar = tqdm(range(config.max_epochs), disable=not (config.progress and is_main_process()),
                desc="fitting DGMM", unit="epoch")
@@ -255,23 +325,26 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
         result.kl_scale.append(beta)
         result.epochs_run = epoch + 1
         bar.set_postfix(loss=f"{result.train_loss[-1]:.4g}", beta=f"{beta:.2f}")
-        at_floor = decay.shortened and (epoch + 1) * steps_per_epoch >= decay.end
-        if validation is None or ((epoch + 1) % config.eval_every and not at_floor):
+        if (epoch + 1) % config.eval_every:
             continue
-        held_out = heldout_loss(model, guide, val_shards, eval_elbo, seed=eval_seed)
-        result.validation_loss.append((epoch, held_out))
+        if validation is None:
+            current = epoch_loss  # per subject, like the held-out loss
+        else:
+            current = heldout_loss(model, guide, val_shards, eval_elbo, seed=eval_seed)
+            result.validation_loss.append((epoch, current))
         if beta < 1.0:  # the objective is not yet the ELBO: nothing to compare
             continue
-        if held_out < best[0]:
-            best = (held_out, _snapshot(model, guide))
+        monitored.append((epoch, current))
+        if current < best[0]:
+            best = (current, _snapshot(model, guide) if validation is not None else None)
             result.best_epoch = epoch
-            stale = 0
-        else:
-            stale += 1
-        if at_floor:
-            result.stop_reason = "the learning rate decayed to its floor after the held-out plateau"
+        if len(monitored) < config.patience or trend_test(monitored[-config.patience:], tolerance):
+            continue
+        if decay.shortened and (epoch + 1) * steps_per_epoch >= decay.end:
+            result.converged = True
+            result.stop_reason = "converged: the monitored loss stopped improving at the final learning rate"
             break
-        if stale >= config.patience and not decay.shortened:
+        if not decay.shortened:
             anneal_epochs = max(config.patience * config.eval_every, round(config.anneal_fraction * (epoch + 1)))
             if decay.shorten((epoch + 1) * steps_per_epoch, anneal_epochs * steps_per_epoch):
                 result.annealed_at = epoch
@@ -279,10 +352,98 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     optimizer.release()
     if best[1] is not None:
         _restore(model, guide, best[1])
-    result.stop_reason = result.stop_reason or f"reached max_epochs={config.max_epochs}"
     result.seconds = time.perf_counter() - start
     model.eval(), guide.eval()
+    if result.converged and validation is not None and monitored and result.best_epoch == monitored[0][0]:
+        result.converged = False
+        result.stop_reason = (f"the held-out loss never improved after KL annealing (epoch {result.best_epoch}); "
+                              "the parameters of that epoch are kept. The model may overfit: try a larger "
+                              "ridge, smaller networks or more subjects")
+    if not result.converged:
+        result.stop_reason = _unconverged_reason(result, config, validation is not None)
+        if warn and is_main_process():
+            warnings.warn(f"the fit did not converge: {result.stop_reason}", ConvergenceWarning, stacklevel=2)
+    result.latent_activity = latent_activity(guide, train_shards, model.latent_dim).tolist()
+    result.active_directions = sum(v > ACTIVE_THRESHOLD for v in result.latent_activity)
+    if warn and result.active_directions == model.latent_dim and is_main_process():
+        warnings.warn(
+            f"all {model.latent_dim} latent directions are in use (variances of the posterior means across "
+            f"subjects: {', '.join(f'{v:.2g}' for v in result.latent_activity)}): the data may support more "
+            "random-effects directions; try a larger latent_dim or latent_dim='auto'",
+            LatentDimensionWarning, stacklevel=2)
     return result
+
+
+def _unconverged_reason(result: FitResult, config: FitConfig, held_out: bool) -> str:
+    """Why a fit that did not converge stopped, in words a user can act on."""
+    if result.stop_reason:
+        return result.stop_reason
+    if result.kl_scale and result.kl_scale[-1] < 1.0:
+        return (f"it stopped during KL annealing (beta = {result.kl_scale[-1]:.2f} after {result.epochs_run} "
+                f"epochs, kl_warmup_epochs={config.kl_warmup_epochs}); raise max_epochs")
+    if held_out and result.best_epoch < 0:
+        return (f"the held-out loss was never evaluated after KL annealing in {result.epochs_run} epochs; "
+                "raise max_epochs")
+    return (f"it reached max_epochs={config.max_epochs} while the loss was still improving; raise max_epochs "
+            "(the fit stops by itself once it has converged)")
+
+
+def trend_test(history: Sequence[tuple[int, float]], tolerance: float) -> bool:
+    r"""Whether the losses ``history`` ((epoch, loss) pairs) are still falling.
+
+    The least-squares line :math:`\hat L(e) = a + s e` through them predicts
+    an improvement :math:`g = -s\,\Delta` over as many epochs again
+    (:math:`\Delta` = the span of ``history``), with standard error
+    :math:`\mathrm{se}(g) = \mathrm{se}(s)\,\Delta` from the residuals.
+    Still falling means :math:`g > 2\,\mathrm{se}(g)` (a real trend, not
+    noise) and :math:`g >` ``tolerance`` (one worth waiting for).
+    """
+    epochs = torch.tensor([e for e, _ in history], dtype=torch.float64)
+    losses = torch.tensor([v for _, v in history], dtype=torch.float64)
+    x = epochs - epochs.mean()
+    slope = float((x * (losses - losses.mean())).sum() / x.square().sum())
+    residuals = losses - losses.mean() - slope * x
+    slope_se = math.sqrt(float(residuals.square().sum()) / (len(history) - 2) / float(x.square().sum()))
+    span = float(epochs[-1] - epochs[0]) + 1
+    gain, gain_se = -slope * span, slope_se * span
+    return gain > 2 * gain_se and gain > tolerance
+
+
+#: Variance across subjects of the posterior means above which a latent
+#: direction counts as active (Burda, Grosse & Salakhutdinov 2016).
+ACTIVE_THRESHOLD = 0.01
+
+
+@torch.no_grad()
+def latent_activity(guide, shards: dict[int, LongitudinalData], latent_dim: int) -> torch.Tensor:
+    r"""Eigenvalues, descending, of :math:`\operatorname{Cov}_i(E_q[b_i])`
+    over the subjects of ``shards`` (summed over processes).
+
+    For an exact posterior, :math:`\operatorname{Cov}(E[b \mid y]) = I -
+    E[\operatorname{Cov}(b \mid y)]`: an eigenvalue near 1 is a direction
+    the data pin down, one near 0 a direction left at its prior (unused).
+    Eigenvalues, unlike per-coordinate variances, do not depend on how the
+    fit happened to rotate b.
+    """
+    sums = torch.zeros(1 + latent_dim + latent_dim ** 2, dtype=torch.float64)
+    for data in shards.values():
+        for chunk in data.chunks(4096):
+            loc = guide.posterior(chunk).loc.double().cpu()
+            sums += torch.cat([torch.tensor([loc.shape[0]], dtype=torch.float64), loc.sum(0), (loc.T @ loc).flatten()])
+    sums = all_reduce_sum(sums)
+    q = latent_dim
+    count, total, outer = sums[0], sums[1:1 + q], sums[1 + q:].reshape(q, q)
+    mean = total / count
+    covariance = outer / count - torch.outer(mean, mean)
+    return torch.linalg.eigvalsh(covariance).flip(0).clamp_min(0.0)
+
+
+def _observed_per_subject(data: LongitudinalData, distributed_input: bool) -> float:
+    """Mean number of observed values per subject of ``data`` (over processes)."""
+    counts = torch.tensor([float(data.mask.sum()), float(data.num_subjects)], dtype=torch.float64)
+    if distributed_input:
+        counts = all_reduce_sum(counts)
+    return float(counts[0] / counts[1].clamp_min(1.0))
 
 
 class CosineDecay:

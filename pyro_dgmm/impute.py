@@ -329,7 +329,7 @@ def fit_with_imputation(model, guide, schema: DataSchema, train: LongitudinalDat
     for r in rounds:
         filled = [with_fill(g.data, schema, g.completed()) for g in groups]
         result = fit_svi(model, guide, filled[0], filled[1] if validation is not None else None,
-                         imputation.round_config(config, r), distributed_input=distributed_input)
+                         imputation.round_config(config, r), distributed_input=distributed_input, warn=False)
         model.cpu(), guide.cpu()
         gamma = imputation.step_size(r)
         moved = [g.move(model, guide, schema, imputation, gamma, seed=config.seed, round_=r, group=k)

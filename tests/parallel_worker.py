@@ -29,7 +29,7 @@ CLI = ["--id", "pid", "--time", "t", "--outcome", "g:gaussian", "--outcome", "bi
 
 def model() -> DeepMixedModel:
     return DeepMixedModel(id_col="pid", time_col="t", outcomes={"g": "gaussian", "bin": "bernoulli"},
-                          covariates=["arm"], time_basis="poly(1)")
+                          covariates=["arm"], time_basis="poly(1)", latent_dim=2)
 
 
 def main(folder: Path) -> None:

@@ -38,9 +38,9 @@ def test_groups_dims_coords_and_shapes(fitted):
     assert set(idata.groups()) == {"posterior", "posterior_predictive", "observed_data", "log_likelihood",
                                    "constant_data"}
     assert idata.posterior["b"].dims == ("chain", "draw", "subject", "latent")
-    assert idata.posterior["b"].shape == (1, S, 20, 2)
+    assert idata.posterior["b"].shape == (1, S, 20, est.latent_dim_)
     assert idata.posterior.subject.values.tolist() == sorted(frame.pid.unique())
-    assert idata.posterior.latent.values.tolist() == [0, 1]
+    assert idata.posterior.latent.values.tolist() == list(range(est.latent_dim_))
     for name in names:
         assert idata.posterior_predictive[name].dims == ("chain", "draw", "subject", "visit")
         assert idata.posterior_predictive[name].shape == (1, S, 20, 5)
@@ -85,7 +85,7 @@ def test_loo_waic_summary_and_ppc_run(fitted):
     assert np.isfinite(loo.elpd_loo) and np.isfinite(waic.elpd_waic)
     assert by_name.pareto_k.dims == ("subject",)
     summary = az.summary(idata, var_names=["b"], kind="stats")
-    assert len(summary) == 20 * 2
+    assert len(summary) == 20 * fitted[1].latent_dim_
     with warnings.catch_warnings():
         # arviz 0.23 calls a matplotlib API deprecated in matplotlib 3.11
         warnings.filterwarnings("ignore", message="Passing a dict or None as alias_mapping")

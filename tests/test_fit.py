@@ -1,12 +1,15 @@
 """Fitting: the linear-Gaussian oracle against statsmodels MixedLM, importance
 posterior against the closed form, reproducibility and failure messages."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 from pyro_dgmm import DeepMixedModel, FitConfig, FitError, ConfigError
 from pyro_dgmm.datasets import simulate_linear
-from pyro_dgmm.fit import CosineDecay, default_batch_size, pyro_checks
+from pyro_dgmm.errors import ConvergenceWarning
+from pyro_dgmm.fit import CosineDecay, default_batch_size, pyro_checks, trend_test
 from pyro_dgmm.parallel import reseed
 from pyro_dgmm.posterior import draw_posterior
 
@@ -14,6 +17,8 @@ from common import tiny_frame
 
 
 def linear_dgmm(**kwargs):
+    """The linear special case: a linear mixed model (two random effects by default)."""
+    kwargs.setdefault("latent_dim", 2)
     return DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["age", "group"],
                           time_basis="poly(1)", model_options=dict(fixed_hidden=(), random_hidden=()), **kwargs)
 
@@ -85,7 +90,7 @@ def test_importance_posterior_matches_closed_form_lmm_posterior():
     sample size above 200 is below 0.02)."""
     frame = tiny_frame(n_subjects=6, n_visits=5)
     est = DeepMixedModel(id_col="pid", time_col="t", outcomes={"g": "gaussian"}, time_basis="poly(1)",
-                         model_options=dict(fixed_hidden=(), random_hidden=()))
+                         latent_dim=2, model_options=dict(fixed_hidden=(), random_hidden=()))
     est.fit(frame, max_epochs=40, progress=False)
     model, guide, data = est.model_, est.guide_, est.data_
     torch.manual_seed(0)
@@ -115,9 +120,9 @@ def test_same_seed_same_fit_and_different_seed_differs():
     assert a.result_.train_loss != c.result_.train_loss
 
 
-def linear_dgmm_tiny():
+def linear_dgmm_tiny(**kwargs):
     return DeepMixedModel(id_col="pid", time_col="t", outcomes={"g": "gaussian", "bin": "bernoulli"},
-                          covariates=["arm"], time_basis="poly(1)")
+                          covariates=["arm"], time_basis="poly(1)", **kwargs)
 
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN")
@@ -129,19 +134,54 @@ def test_nan_loss_stops_with_a_clear_message():
             frame.assign(g=frame.g.where(frame.index % 2 == 0, 1e-30)), progress=False, max_epochs=3)
 
 
-def test_early_stopping_restores_the_best_epoch():
+def test_convergence_rule_decays_then_stops_at_a_flat_trend_and_restores_the_best_epoch():
     frame = tiny_frame(n_subjects=40)
-    est = linear_dgmm_tiny().fit(frame, max_epochs=200, progress=False, patience=2, kl_warmup_epochs=2,
-                                 eval_every=1, learning_rate=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # a converged fit does not warn
+        est = linear_dgmm_tiny(latent_dim=2).fit(frame, max_epochs=400, progress=False, patience=4,
+                                                 kl_warmup_epochs=2, eval_every=1, learning_rate=0.05)
     r = est.result_
-    assert "floor" in r.stop_reason and r.epochs_run < 200
-    # the plateau starts the decay over half the epochs run so far (at least patience * eval_every) ...
+    assert r.converged and r.stop_reason.startswith("converged") and r.epochs_run < 400
+    # the first flat trend starts the decay over the epochs run so far (anneal_fraction 1) ...
     assert r.annealed_at is not None
-    anneal_epochs = max(2, round(0.5 * (r.annealed_at + 1)))
-    # ... and the fit ends where the decay does
-    assert r.epochs_run == r.annealed_at + 1 + anneal_epochs
+    anneal_epochs = max(4, r.annealed_at + 1)
+    # ... and the fit ends at a flat trend at the floor, not before it
+    assert r.epochs_run >= r.annealed_at + 1 + anneal_epochs
     best = min(v for e, v in r.validation_loss if e >= 2)
     assert dict(r.validation_loss)[r.best_epoch] == best
+
+
+def test_trend_test_separates_a_trend_from_noise_and_from_a_negligible_trend():
+    rng = np.random.default_rng(0)
+    epochs = np.arange(0, 40, 2)
+    noise = rng.normal(0, 0.05, epochs.size)
+    falling = list(zip(epochs, 10 - 0.01 * epochs + noise))  # 0.4 over the window, noise SD 0.05
+    flat = list(zip(epochs, 10 + noise))
+    rising = list(zip(epochs, 10 + 0.01 * epochs + noise))
+    assert trend_test(falling, tolerance=0.1)
+    assert not trend_test(flat, tolerance=0.1)
+    assert not trend_test(rising, tolerance=0.1)
+    assert not trend_test(falling, tolerance=1.0)  # real, but smaller than worth waiting for
+    assert not trend_test(list(zip(epochs, 10 - 0.01 * epochs + 40 * noise)), tolerance=0.1)  # lost in noise
+
+
+@pytest.mark.parametrize("max_epochs, reason", [(5, "KL annealing"), (30, "max_epochs=30")])
+def test_a_fit_stopped_early_warns_and_says_why(max_epochs, reason):
+    frame = tiny_frame(n_subjects=40)
+    with pytest.warns(ConvergenceWarning, match=reason):
+        est = linear_dgmm_tiny(latent_dim=2).fit(frame, max_epochs=max_epochs, progress=False, kl_warmup_epochs=12,
+                                                 tolerance=0.0)
+    assert not est.result_.converged and reason in est.result_.stop_reason
+
+
+def test_fast_preset_and_bad_preset():
+    fast = FitConfig.from_preset("fast", seed=3)
+    assert (fast.max_epochs, fast.patience, fast.anneal_fraction, fast.seed) == (200, 6, 0.5, 3)
+    assert FitConfig.from_preset("accurate") == FitConfig()
+    with pytest.raises(ConfigError, match="preset must be one of"):
+        FitConfig.from_preset("quick")
+    with pytest.raises(ConfigError, match="either config or preset"):
+        linear_dgmm_tiny().fit(tiny_frame(), FitConfig(), preset="fast")
 
 
 def test_cosine_decay_is_cut_short_continuously():
@@ -241,3 +281,50 @@ def test_default_rule_does_not_stop_while_a_latent_direction_is_quiet():
         variances = q.covariance_matrix.diagonal(dim1=-2, dim2=-1)
         kl_per_direction = 0.5 * (variances + q.loc ** 2 - 1 - variances.log()).mean(0)
     assert (kl_per_direction > 0.5).all(), kl_per_direction
+
+
+def test_latent_activity_counts_the_directions_the_data_use():
+    """Linear simulator: two random effects (intercept and slope).  Given four
+    latent directions, the fit uses two: the other two stay at the prior
+    (variance of their posterior means across subjects near 0), and it does
+    not warn; given one, that one is in use and the fit warns."""
+    from pyro_dgmm.errors import LatentDimensionWarning
+
+    torch.set_num_threads(1)
+    sim = simulate_linear(n_subjects=200, n_visits=10, seed=4)
+    est = linear_dgmm(latent_dim=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LatentDimensionWarning)
+        est.fit(sim.data, progress=False, seed=0)
+    activity = est.result_.latent_activity
+    assert est.result_.active_directions == 2, activity
+    assert activity[1] > 0.2 and activity[2] < 0.01  # in use vs at the prior: far apart, not near the threshold
+    with pytest.warns(LatentDimensionWarning, match="all 1 latent directions are in use"):
+        linear_dgmm(latent_dim=1).fit(sim.data, progress=False, seed=0, max_epochs=60)
+
+
+def test_auto_latent_dim_grows_while_every_direction_is_in_use(monkeypatch):
+    """Started (here) at one direction on data with two random effects,
+    'auto' refits with two (both in use: saturated again) and then four,
+    where two stay unused; only the final fit's warnings reach the user."""
+    import pyro_dgmm.estimator as estimator
+    from pyro_dgmm.errors import LatentDimensionWarning
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(estimator, "default_latent_dim", lambda num_outcomes, num_time_features: 1)
+    sim = simulate_linear(n_subjects=200, n_visits=10, seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LatentDimensionWarning)
+        est = linear_dgmm(latent_dim="auto").fit(sim.data, progress=False, seed=0)
+    assert est.latent_dim_ == 4 and est.result_.active_directions == 2
+    assert est.model_.latent_dim == 4 and est.options.latent_dim == "auto"
+
+
+def test_default_latent_dim_grows_with_outcomes_and_time_functions():
+    from pyro_dgmm.estimator import default_latent_dim
+
+    assert default_latent_dim(1, 1) == 4
+    assert default_latent_dim(3, 2) == 6
+    assert default_latent_dim(6, 1) == 8 and default_latent_dim(30, 6) == 8
+    with pytest.raises(ConfigError, match="latent_dim must be a positive integer or 'auto'"):
+        linear_dgmm(latent_dim=0)

@@ -19,7 +19,7 @@ def linear_gaussian():
     independent chains targeting the same closed-form posterior."""
     frame = tiny_frame(n_subjects=10, n_visits=6)
     est = DeepMixedModel(id_col="pid", time_col="t", outcomes={"g": "gaussian"}, time_basis="poly(1)",
-                         model_options=dict(fixed_hidden=(), random_hidden=()))
+                         latent_dim=2, model_options=dict(fixed_hidden=(), random_hidden=()))
     est.fit(frame, max_epochs=15, progress=False)
     model, guide = est.model_, est.guide_
     one = est.data_.subset([2])

@@ -20,7 +20,7 @@ from pyro_dgmm.predict import predict, random_effects_posterior  # noqa: E402
 from common import OUTCOMES, tiny_frame  # noqa: E402
 
 LINEAR = dict(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["age", "group"],
-              time_basis="poly(1)", model_options=dict(fixed_hidden=(), random_hidden=()))
+              time_basis="poly(1)", latent_dim=2, model_options=dict(fixed_hidden=(), random_hidden=()))
 
 
 def first_visits(df: pd.DataFrame, n: int) -> pd.DataFrame:

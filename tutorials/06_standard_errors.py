@@ -53,7 +53,7 @@ from pyro_dgmm.variance import (LINEAR_FIXED_EFFECTS, LINEAR_RANDOM_EFFECTS, inf
 SMOKE_TEST = "CI" in os.environ
 torch.set_num_threads(1)
 pyro.set_rng_seed(0)
-SAMPLES = 50 if SMOKE_TEST else 1000
+SAMPLES = 300 if SMOKE_TEST else 1000
 
 
 def reporting_warnings(fn, *args, **kwargs):
@@ -86,7 +86,7 @@ LINEAR = dict(fixed_hidden=(), random_hidden=())
 def fit_lmm(time_basis):
     """A linear DGMM (a linear mixed model) fitted by SVI to the linear simulator."""
     model = DeepMixedModel(id_col="id", time_col="time", outcomes=sim.outcomes, covariates=sim.covariates,
-                           time_basis=time_basis, model_options=LINEAR, validation_fraction=0.0)
+                           time_basis=time_basis, latent_dim=2, model_options=LINEAR, validation_fraction=0.0)
     model.fit(sim.data, max_epochs=2 if SMOKE_TEST else 150, batch_size=32, seed=0, progress=False)
     print(f"{time_basis}: {model.result_.epochs_run} epochs in {model.result_.seconds:.0f} s")
     return model

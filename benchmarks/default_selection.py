@@ -1,0 +1,161 @@
+"""Issue 19: the truths and seeds on which fit defaults are chosen.
+
+Defaults (stopping rule, latent dimension, refinement) are tuned here and
+only here, on truths that are *not* the ones reported in
+``unseen_truths.py`` (those are held out until the defaults are fixed):
+
+* ``nonlinear``: the package's :func:`~pyro_dgmm.datasets.simulate_nonlinear`
+  (sigmoid with a random level and a random shift of the rise; 2 random
+  parameters);
+* ``quadratic``: a linear mixed model with 3 correlated random effects on
+  ``(1, t, t^2)`` (t in [0, 5]), a continuous covariate ``z`` and a binary
+  ``g`` with a ``g x t`` term, sigma 0.8;
+* ``emax``: an Emax dose-response-like curve in time with 3 random
+  parameters (baseline, log maximum effect, log half-time)::
+
+      y = e0_i + emax_i * t / (ed50_i + t) + 0.4 z_i + eps,  eps ~ N(0, 0.3^2)
+      e0_i = 1 + 0.5 b1,  emax_i = 3 exp(0.3 b2),  ed50_i = 1.5 exp(0.5 b3)
+
+* ``twofactor``: six Gaussian outcomes driven by 2 latent factors with
+  loadings that change over time.
+
+Each configuration (``--configs name=JSON``, fit keyword arguments and
+``DeepMixedModel`` options) is fitted on each truth and seed; the table
+reports RMSE of fitted subject-specific means against the truth, epochs,
+seconds and the fit's own diagnostics.
+
+Run:  python benchmarks/default_selection.py --truths nonlinear emax --seeds 0 1 \
+          --configs 'default={}' 'q4={"latent_dim": 4}'
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import pandas as pd
+
+from common import print_table, rmse, single_thread, write_json
+
+
+def _frames(times, covariates: dict, means: dict, sigma: dict, rng, missing: float = 0.0):
+    """Long data and truth frames from (n, J) arrays; MCAR cells with probability ``missing``."""
+    from pyro_dgmm.datasets.simulate import SimulatedData
+
+    n, j = times.shape
+    data = {"id": np.repeat(np.arange(n), j), "time": times.ravel()}
+    truth = dict(data)
+    for name, mean in means.items():
+        y = mean + sigma[name] * rng.standard_normal(mean.shape)
+        y[rng.uniform(size=y.shape) < missing] = np.nan
+        data[name] = y.ravel()
+        truth[f"{name}_mean"] = mean.ravel()
+    for name, values in covariates.items():
+        data[name] = np.repeat(values, j)
+    return SimulatedData(data=pd.DataFrame(data), truth=pd.DataFrame(truth), random_effects=np.zeros((n, 0)),
+                         outcomes={name: "gaussian" for name in means}, covariates=list(covariates), params={},
+                         population_truth=pd.DataFrame())
+
+
+def _times(rng, n, j, t_max):
+    grid = np.linspace(0, t_max, j)
+    jitter = rng.uniform(-0.02 * t_max, 0.02 * t_max, (n, j))
+    jitter[:, 0] = 0
+    return np.sort(np.clip(grid + jitter, 0, t_max), axis=1)
+
+
+def simulate_quadratic(n: int = 800, j: int = 20, seed: int = 0):
+    rng = np.random.default_rng([19, 1, seed])
+    t = _times(rng, n, j, 5.0)
+    z, g = rng.standard_normal(n), rng.integers(0, 2, n).astype(float)
+    cov = np.array([[1.0, 0.3, -0.05], [0.3, 0.36, -0.03], [-0.05, -0.03, 0.0225]])
+    b = rng.multivariate_normal(np.zeros(3), cov, n)
+    mean = (2 + 0.5 * z[:, None] + (0.8 + 0.4 * g[:, None]) * t - 0.1 * t ** 2
+            + b[:, :1] + b[:, 1:2] * t + b[:, 2:3] * t ** 2)
+    return _frames(t, {"z": z, "g": g}, {"y": mean}, {"y": 0.8}, rng)
+
+
+def simulate_emax(n: int = 800, j: int = 20, seed: int = 0):
+    rng = np.random.default_rng([19, 2, seed])
+    t = _times(rng, n, j, 8.0)
+    z = rng.standard_normal(n)
+    b = rng.standard_normal((n, 3))
+    e0, emax, ed50 = 1 + 0.5 * b[:, :1], 3 * np.exp(0.3 * b[:, 1:2]), 1.5 * np.exp(0.5 * b[:, 2:3])
+    mean = e0 + emax * t / (ed50 + t) + 0.4 * z[:, None]
+    return _frames(t, {"z": z}, {"y": mean}, {"y": 0.3}, rng)
+
+
+def simulate_twofactor(n: int = 800, j: int = 20, seed: int = 0):
+    rng = np.random.default_rng([19, 3, seed])
+    t = _times(rng, n, j, 4.0)
+    f = rng.standard_normal((n, 2))
+    means = {}
+    for k in range(6):
+        a = rng.uniform(-1, 1, 2)
+        c = rng.uniform(-0.5, 0.5, 2)
+        loading1 = a[0] + c[0] * t
+        loading2 = a[1] * np.cos(np.pi * t / 4) + c[1]
+        means[f"y{k}"] = 0.3 * k + 0.2 * t + loading1 * f[:, :1] + loading2 * f[:, 1:]
+    return _frames(t, {}, means, {name: 0.5 for name in means}, rng, missing=0.2)
+
+
+def simulate_nonlinear(n: int = 800, j: int = 20, seed: int = 0):
+    from pyro_dgmm.datasets import simulate_nonlinear as simulate
+
+    return simulate(n_subjects=n, n_visits=j, seed=100 + seed)
+
+
+TRUTHS = {"nonlinear": simulate_nonlinear, "quadratic": simulate_quadratic, "emax": simulate_emax,
+          "twofactor": simulate_twofactor}
+
+
+def run(sim, options: dict, seed: int) -> dict:
+    from pyro_dgmm import DeepMixedModel
+
+    options = dict(options)
+    init = {k: options.pop(k) for k in ("latent_dim", "time_basis", "model_options", "encoder_hidden")
+            if k in options}
+    model = DeepMixedModel(id_col="id", time_col="time", outcomes=sim.outcomes, covariates=sim.covariates, **init)
+    start = time.perf_counter()
+    model.fit(sim.data, progress=False, seed=seed, **options)
+    seconds = time.perf_counter() - start
+    fitted = model.fitted_values()
+    errors = [rmse(fitted[f"{k}_fitted"], sim.truth[f"{k}_mean"]) for k in sim.outcomes]
+    result = model.result_
+    return {"rmse": float(np.mean(errors)), "epochs": result.epochs_run, "seconds": seconds,
+            "converged": getattr(result, "converged", None),
+            "active": getattr(result, "active_directions", None), "stop": result.stop_reason[:60]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--truths", nargs="+", default=list(TRUTHS), choices=list(TRUTHS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--configs", nargs="+", default=["default={}"], help="name=JSON of options")
+    parser.add_argument("--n-subjects", type=int, default=800)
+    parser.add_argument("--output", default="default_selection")
+    args = parser.parse_args()
+    single_thread()
+    configs = dict(c.split("=", 1) for c in args.configs)
+    rows = []
+    for truth in args.truths:
+        for seed in args.seeds:
+            sim = TRUTHS[truth](args.n_subjects, seed=seed)
+            for name, options in configs.items():
+                row = {"truth": truth, "seed": seed, "config": name, **run(sim, json.loads(options), seed)}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    frame = pd.DataFrame(rows)
+    ref = frame[frame.config == next(iter(configs))].set_index(["truth", "seed"])["rmse"]
+    frame["vs_first"] = frame.rmse / ref.reindex(pd.MultiIndex.from_frame(frame[["truth", "seed"]])).to_numpy()
+    print_table(frame.to_dict("records"), "per fit")
+    summary = frame.groupby(["truth", "config"], sort=False).agg(
+        rmse=("rmse", "median"), vs_first=("vs_first", "median"), vs_first_max=("vs_first", "max"),
+        epochs=("epochs", "median"), seconds=("seconds", "median")).reset_index()
+    print_table(summary.to_dict("records"), "medians over seeds")
+    write_json(frame.to_dict("records"), args.output)
+
+
+if __name__ == "__main__":
+    main()
