@@ -131,7 +131,7 @@ class FitConfig:
     ridge: float = 1e-4
     clip_norm: float = 10.0
     eval_every: int = 2
-    patience: int = 10
+    patience: int = 40
     anneal_fraction: float = 1.0
     tolerance: float = 1e-4
     refine: bool = False
