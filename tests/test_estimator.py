@@ -52,14 +52,20 @@ def test_unfitted_model_says_so():
 
 
 def test_cli_fits_shipped_pbc_and_writes_every_output(tmp_path, capsys):
+    from pyro_dgmm.errors import ConvergenceWarning
+
     out = tmp_path / "pbc"
-    assert main(["fit", "--dataset", "pbc", "--max-epochs", "1", "--quiet", "--out", str(out)]) == 0
+    with pytest.warns(ConvergenceWarning, match="KL annealing"):  # one epoch: the command line says so
+        assert main(["fit", "--dataset", "pbc", "--max-epochs", "1", "--quiet", "--out", str(out)]) == 0
     files = {p.name for p in out.iterdir()}
     assert {"fitted.csv", "subjects.png", "loss.png", "model.pt", "summary.json"} <= files
     fitted = pd.read_csv(out / "fitted.csv")
     assert len(fitted) == 1945 and fitted["id"].nunique() == 312
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["subjects"] == 312 and summary["epochs_run"] == 1
+    assert summary["subjects"] == 312 and summary["epochs_run"] == 1 and summary["converged"] is False
+    # six outcomes and poly(2) time: K + F + 1 = 9 directions, clamped to 8
+    assert summary["latent_dim"] == 8 and len(summary["latent_activity"]) == 8
+    assert summary["active_directions"] == sum(v > 0.01 for v in summary["latent_activity"])
 
 
 def test_cli_predict_from_saved_model(fitted, tmp_path, capsys):
@@ -82,6 +88,13 @@ def test_cli_csv_input_and_errors(tmp_path, capsys):
             "--outcome", "bin:bernoulli", "--covariate", "arm", "--max-epochs", "1", "--quiet",
             "--out", str(tmp_path / "o")]
     assert main(args) == 0
+    assert main(args[:-2] + ["--outcome", "g", "--out", str(tmp_path / "o2")]) == 2
+    assert "NAME:FAMILY" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(args[:-2] + ["--latent-dim", "0", "--out", str(tmp_path / "o3")])
+    assert "positive integer or 'auto'" in capsys.readouterr().err
+    assert main(args[:-5] + ["--max-epochs", "0", "--quiet", "--out", str(tmp_path / "o4")]) == 2  # not ignored
+    assert "max_epochs must be a positive integer" in capsys.readouterr().err
     assert main(args[:-2] + ["--outcome", "g", "--out", str(tmp_path / "o2")]) == 2
     assert "NAME:FAMILY" in capsys.readouterr().err
     bad = tiny_frame()
