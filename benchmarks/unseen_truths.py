@@ -590,8 +590,12 @@ def main() -> None:
                         help="fit no baseline (cached baseline results are used)")
     parser.add_argument("--skip-dgmm", action="store_true", help="baselines and oracles only (fills the cache)")
     parser.add_argument("--refresh-cache", action="store_true", help="recompute cached baselines and oracles")
+    parser.add_argument("--dgmm-rows", type=Path, default=None,
+                        help="take pyro_dgmm's rows from this results JSON (an earlier run) instead of fitting: "
+                             "summarise them against baselines and oracles cached since")
     parser.add_argument("--output", default="unseen_truths")
     args = parser.parse_args()
+    earlier = json.loads(args.dgmm_rows.read_text())["rows"] if args.dgmm_rows else None
     single_thread()
     dgmm, baselines, oracles = [], [], []
     oracle_key = json.dumps([args.oracle_fit_options, args.oracle_samples, args.oracle_max_steps], sort_keys=True)
@@ -608,7 +612,10 @@ def main() -> None:
             oracles += cached("oracle", name, seed, n, lambda: oracle_rows(name, sim, seed, n, args),
                               args.refresh_cache, tag + oracle_key, skip=args.skip_oracle)
             print(f"[{name} seed {seed}] oracle {time.perf_counter() - start:.1f} s", flush=True)
-            if not args.skip_dgmm:
+            if earlier is not None:
+                dgmm += [r for r in earlier if r.get("method") == "pyro_dgmm" and (r["truth"], r["seed"],
+                                                                                 r["n_subjects"]) == (name, seed, n)]
+            elif not args.skip_dgmm:
                 dgmm += dgmm_rows(name, sim, seed, n, args)
                 print(f"[{name} seed {seed}] pyro_dgmm {dgmm[-1]['seconds']:.1f} s", flush=True)
     shown = ["truth", "seed", "outcome", "method", "rmse", "brier", "rmse_dynamic", "auc_dynamic", "seconds"]

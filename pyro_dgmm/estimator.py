@@ -100,10 +100,11 @@ class DeepMixedModel:
         ``'poly(2)'``, ``'spline(4)+fourier(7)'``...
     :param latent_dim: q, the dimension of b_i, or ``'auto'`` (default):
         start from :func:`default_latent_dim` (more outcomes and time
-        functions, more directions) and, while a fit uses every direction
-        (:attr:`~pyro_dgmm.fit.FitResult.active_directions`) and has
-        converged, refit with twice as many, up to :data:`MAX_LATENT_DIM`.  Unused directions
-        stay at the prior and cost little, so starting generous is safe.
+        functions, more directions) and, while a converged fit uses every
+        direction (:attr:`~pyro_dgmm.fit.FitResult.active_directions`),
+        refit with twice as many, up to :data:`MAX_LATENT_DIM`.  Unused
+        directions stay at the prior and cost little, so starting generous
+        is safe.  The fitted dimension is ``latent_dim_``.
     :param model_class: :class:`DGMM` or a user subclass of
         :class:`~pyro_dgmm.model.MixedModel`.
     :param model_options: keyword arguments for ``model_class``.

@@ -340,7 +340,7 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
             result.best_epoch = epoch
         if len(monitored) < config.patience or trend_test(monitored[-config.patience:], tolerance):
             continue
-        if decay.shortened and (epoch + 1) * steps_per_epoch >= decay.end:
+        if (epoch + 1) * steps_per_epoch >= decay.end:  # flat at the final learning rate
             result.converged = True
             result.stop_reason = "converged: the monitored loss stopped improving at the final learning rate"
             break
