@@ -220,17 +220,20 @@ class DGMM(MixedModel):
     with :class:`~pyro_dgmm.nn.FixedEffectsNet` as ``fixed_effects`` (mu1)
     and :class:`~pyro_dgmm.nn.RandomEffectsNet` as ``random_effects`` (mu2).
     ``fixed_hidden=()`` and ``random_hidden=()`` make both linear: with a
-    Gaussian family this is exactly a linear mixed model.
+    Gaussian family this is exactly a linear mixed model, with
+    covariate-by-time fixed effects if ``covariate_time=True``.
     """
 
     def __init__(self, families: Mapping[str, Family], latent_dim: int, *,
                  offsets: Sequence[float], scales: Sequence[float],
                  dispersions: Sequence[float | None], num_covariates: int,
                  num_time_features: int, fixed_hidden: Sequence[int] = (32, 32),
-                 random_hidden: Sequence[int] = (32, 32), activation: str = "tanh"):
+                 random_hidden: Sequence[int] = (32, 32), activation: str = "tanh",
+                 covariate_time: bool = False):
         super().__init__(families, latent_dim, offsets, scales, dispersions)
         k = len(self.families)
-        self.fixed_effects = FixedEffectsNet(num_covariates, num_time_features, k, fixed_hidden, activation)
+        self.fixed_effects = FixedEffectsNet(num_covariates, num_time_features, k, fixed_hidden, activation,
+                                             covariate_time)
         self.random_effects = RandomEffectsNet(latent_dim, num_time_features, k, random_hidden, activation)
 
     def linear_predictor(self, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:

@@ -49,9 +49,12 @@ def _zero_last_layer(mlp: MLP) -> MLP:
 class FixedEffectsNet(nn.Module):
     r"""mu1(X_i, T_ij): the population part of the linear predictor.
 
-    .. math:: \mu_{1,ijk} = \beta_k^\top x_i + \gamma_k^\top T_{ij} + \mathrm{dnn}_k(x_i, T_{ij})
+    .. math:: \mu_{1,ijk} = \beta_k^\top x_i + \gamma_k^\top T_{ij}
+              + [\,x_i^\top \Delta_k T_{ij}\,] + \mathrm{dnn}_k(x_i, T_{ij})
 
-    A linear part (the fixed effects of a linear mixed model) plus a dense
+    A linear part (the fixed effects of a linear mixed model, with the
+    covariate-by-time terms :math:`x_i^\top \Delta_k T_{ij}` when
+    ``covariate_time``, starting at zero) plus a dense
     net on covariates and time features together, whose last layer starts
     at zero: training begins from the linear model and adds nonlinearity
     and interactions where the data support them.  (Started at random, the
@@ -62,10 +65,14 @@ class FixedEffectsNet(nn.Module):
     """
 
     def __init__(self, num_covariates: int, num_time_features: int, num_outcomes: int,
-                 hidden: Sequence[int] = (64, 64), activation: str = "tanh"):
+                 hidden: Sequence[int] = (64, 64), activation: str = "tanh", covariate_time: bool = False):
         super().__init__()
         self.intercept = nn.Parameter(torch.zeros(num_outcomes))
         self.covariate_effects = nn.Linear(num_covariates, num_outcomes, bias=False) if num_covariates else None
+        self.covariate_time = None
+        if covariate_time and num_covariates:
+            self.covariate_time = nn.Linear(num_covariates * num_time_features, num_outcomes, bias=False)
+            nn.init.zeros_(self.covariate_time.weight)
         self.net = _zero_last_layer(MLP(num_covariates + num_time_features, hidden, num_outcomes,
                                         activation)) if hidden else None
         self.time_skip = nn.Linear(num_time_features, num_outcomes, bias=False)
@@ -74,6 +81,9 @@ class FixedEffectsNet(nn.Module):
         linear = self.intercept + self.time_skip(time_features)
         if self.covariate_effects is not None:
             linear = linear + self.covariate_effects(covariates).unsqueeze(-2)
+        if self.covariate_time is not None:  # x_i (x) T_ij: (N, T, P * F)
+            products = covariates.unsqueeze(-2).unsqueeze(-1) * time_features.unsqueeze(-2)
+            linear = linear + self.covariate_time(products.flatten(-2))
         if self.net is None:
             return linear
         x = covariates.unsqueeze(-2).expand(*time_features.shape[:-1], covariates.shape[-1])

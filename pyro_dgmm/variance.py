@@ -114,6 +114,8 @@ PARETO_K_THRESHOLD = 0.7
 LINEAR_FIXED_EFFECTS = (
     "fixed_effects.intercept", "fixed_effects.time_skip.weight", "fixed_effects.covariate_effects.weight",
 )
+#: The covariate-by-time fixed effects of a DGMM built with ``covariate_time=True``.
+COVARIATE_TIME_EFFECTS = "fixed_effects.covariate_time.weight"
 #: The matrix A of the linear random effects Z A b (covariance s^2 A A').
 LINEAR_RANDOM_EFFECTS = "random_effects.linear_coefficients.weight"
 #: Eigenvalues of the information below this fraction of the largest are flat directions.
@@ -793,7 +795,8 @@ def minimum_samples(latent_dim: int) -> int:
 def refine(model, guide, data: LongitudinalData, *, num_samples: int | None = None, seed: int = 0,
            num_shards: int | None = None, distributed_input: bool = False) -> dict:
     r"""Maximum-likelihood refinement after SVI (``FitConfig.refine``): the
-    linear fixed effects, the linear random-effects map and the dispersions
+    linear fixed effects (with the covariate-by-time terms, if the model
+    has them), the linear random-effects map and the dispersions
     that ``model`` has are moved to the maximum of the estimated marginal
     log-likelihood (:func:`maximize_marginal_likelihood`), the networks'
     other weights held at their SVI values.
@@ -813,10 +816,11 @@ def refine(model, guide, data: LongitudinalData, *, num_samples: int | None = No
 
     start = time.perf_counter()
     known = dict(model.named_parameters())
-    names = [name for name in (*LINEAR_FIXED_EFFECTS, LINEAR_RANDOM_EFFECTS) if name in known]
+    linear = (*LINEAR_FIXED_EFFECTS, COVARIATE_TIME_EFFECTS, LINEAR_RANDOM_EFFECTS)
+    names = [name for name in linear if name in known]
     if not names and not _dispersion_labels(model):
         raise ConfigError(f"refine: {type(model).__name__} has none of the parameters the refinement moves "
-                          f"({', '.join((*LINEAR_FIXED_EFFECTS, LINEAR_RANDOM_EFFECTS))}) and no dispersion; "
+                          f"({', '.join(linear)}) and no dispersion; "
                           "call maximize_marginal_likelihood with the names of its own parameters")
     num_samples = num_samples or max(500, minimum_samples(model.latent_dim))
     result = maximize_marginal_likelihood(model, guide, data, names, num_samples=num_samples, seed=seed,
@@ -1090,6 +1094,9 @@ def linear_coefficients(model, schema: DataSchema, errors: StandardErrors) -> pd
     if fixed is None or fixed.net is not None:
         raise ConfigError("linear_coefficients needs a DGMM with a linear fixed-effects net "
                           "(model_options=dict(fixed_hidden=()))")
+    if fixed.covariate_time is not None:
+        raise ConfigError("linear_coefficients does not tabulate covariate-by-time terms "
+                          "(covariate_time=True); use standard_errors(...).summary() for them")
     index, matrix, offset = _linear_map(model, schema, errors)
     matrix = matrix.to(errors.theta)
     estimate = offset.to(errors.theta) + matrix @ errors.theta

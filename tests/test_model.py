@@ -156,3 +156,24 @@ def test_fitted_means_weight_the_means_at_the_importance_draws():
     pyro.set_rng_seed(3)
     assert torch.allclose(fitted_means(model, guide, data, num_samples=50), expected, atol=1e-6)
     assert draw_posterior(model, guide, data, num_samples=5, method="encoder").eta is None
+
+
+def test_covariate_by_time_terms_start_at_zero_and_add_x_delta_t():
+    frame = tiny_frame()
+    schema = DataSchema.fit(frame, id_col="pid", time_col="t", outcomes=OUTCOMES, covariates=["age", "arm"],
+                            time_basis="poly(2)")
+    data = schema.transform(frame)
+    plain = DGMM.from_schema(schema, latent_dim=2)
+    crossed = DGMM.from_schema(schema, latent_dim=2, covariate_time=True)
+    missing, unexpected = crossed.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["fixed_effects.covariate_time.weight"] and not unexpected
+    b = torch.randn(data.num_subjects, 2)
+    assert torch.equal(plain.eta(b, data), crossed.eta(b, data))  # zero start: the same model
+    weight = crossed.fixed_effects.covariate_time.weight  # (K, P * F)
+    p, f = data.covariates.shape[-1], data.time_features.shape[-1]
+    assert weight.shape == (len(OUTCOMES), p * f)
+    with torch.no_grad():
+        weight[0, 1 * f + 0] = 0.7  # covariate 1 times time feature 0, outcome 0
+    delta = (crossed.eta(b, data) - plain.eta(b, data))[..., 0]
+    expected = crossed.outcome_scale[0] * 0.7 * data.covariates[:, 1:2] * data.time_features[..., 0]
+    torch.testing.assert_close(delta, expected)

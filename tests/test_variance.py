@@ -358,7 +358,8 @@ def test_acceptance_against_mixedlm_on_300_subjects():
 @pytest.mark.slow
 def test_refinement_lands_the_linear_special_case_on_the_mle_with_three_random_effects():
     """A linear mixed model with random intercept, slope and quadratic term
-    (correlated), fitted as the linear DGMM with ``refine=True``: the
+    (correlated) and a covariate-by-time term, fitted as the linear DGMM
+    (``covariate_time=True``) with ``refine=True``: the
     refinement is part of ``fit``, and it reaches MixedLM's maximum: the
     log-likelihood within 0.5 nats (Monte Carlo error of the estimate is
     far smaller for a Gaussian posterior), the population mean curve within
@@ -372,23 +373,24 @@ def test_refinement_lands_the_linear_special_case_on_the_mle_with_three_random_e
     ids = np.repeat(np.arange(n), j)
     z = rng.standard_normal(n)[ids]
     b = rng.multivariate_normal([0, 0, 0], [[1, 0.3, -0.1], [0.3, 0.4, -0.05], [-0.1, -0.05, 0.09]], n)[ids]
-    y = 1 + 0.5 * z + 0.7 * t - 0.2 * t ** 2 + b[:, 0] + b[:, 1] * t + b[:, 2] * t ** 2 + rng.normal(0, 0.5, n * j)
+    y = (1 + 0.5 * z + 0.7 * t - 0.2 * t ** 2 + 0.3 * z * t + b[:, 0] + b[:, 1] * t + b[:, 2] * t ** 2
+         + rng.normal(0, 0.5, n * j))
     df = pd.DataFrame({"id": ids, "time": t, "z": z, "y": y})
-    X = np.column_stack([np.ones_like(t), t, t ** 2, z])
+    X = np.column_stack([np.ones_like(t), t, t ** 2, z, z * t, z * t ** 2])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = MixedLM(y, X, groups=ids, exog_re=X[:, :3]).fit(reml=False)
     est = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["z"],
                          time_basis="poly(2)", latent_dim=3, validation_fraction=0.0,
-                         model_options=dict(fixed_hidden=(), random_hidden=()))
+                         model_options=dict(fixed_hidden=(), random_hidden=(), covariate_time=True))
     est.fit(df, progress=False, seed=0, refine=True)
     refinement = est.result_.refinement
     assert refinement["converged"]
     assert refinement["log_likelihood_after"] == pytest.approx(ref.llf, abs=0.5)
     assert refinement["log_likelihood_after"] > refinement["log_likelihood_before"]
     population = est.population_mean([0.0, 1.5, 3.0], df)["y"].to_numpy()
-    # E[y(t)] at the mean of z: MixedLM's fixed effects there
-    expected = ref.fe_params[0] + ref.fe_params[1] * np.array([0, 1.5, 3]) + ref.fe_params[2] * np.array([0, 2.25, 9]) \
-        + ref.fe_params[3] * z[::j].mean()
+    # E[y(t)] averaged over the subjects' z (z enters linearly): MixedLM's fixed effects at the mean z
+    times, beta, z_mean = np.array([0, 1.5, 3]), np.asarray(ref.fe_params), z[::j].mean()
+    expected = beta[0] + beta[1] * times + beta[2] * times ** 2 + z_mean * (beta[3] + beta[4] * times + beta[5] * times ** 2)
     se = np.sqrt(np.asarray(ref.cov_params())[0, 0])
     np.testing.assert_allclose(population, expected, atol=0.25 * se + 0.02)
