@@ -233,8 +233,16 @@ class DeepMixedModel:
                 distributed_input=self.distributed_input)
         self.model_.cpu(), self.guide_.cpu()
         if config.refine:
-            self.result_.refinement = refine(self.model_, self.guide_, self._encoder_view(train), seed=config.seed,
-                                             num_shards=config.num_shards, distributed_input=self.distributed_input)
+            refinement = refine(self.model_, self.guide_, self._encoder_view(train), seed=config.seed,
+                                num_shards=config.num_shards, distributed_input=self.distributed_input)
+            # the encoder was amortised for the SVI parameters: fit it again for the refined ones
+            encoder_fit = fit_svi(self.model_, self.guide_, train, validation,
+                                  replace(config, kl_start=1.0, kl_warmup_epochs=0, linear_warmup_epochs=0,
+                                          progress=False),
+                                  distributed_input=self.distributed_input, warn=False, guide_only=True)
+            self.model_.cpu(), self.guide_.cpu()
+            self.result_.refinement = {**refinement, "encoder_epochs": encoder_fit.epochs_run,
+                                       "encoder_converged": encoder_fit.converged}
 
     def _encoder_view(self, data: LongitudinalData) -> LongitudinalData:
         """What the encoder reads: ``data`` itself, or (models fitted with the

@@ -234,7 +234,8 @@ def ridge_weights(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData | None = None,
-            config: FitConfig | None = None, *, distributed_input: bool = False, warn: bool = True) -> FitResult:
+            config: FitConfig | None = None, *, distributed_input: bool = False, warn: bool = True,
+            guide_only: bool = False) -> FitResult:
     """Fit ``model`` and ``guide`` to ``train`` in place; return a :class:`FitResult`.
 
     Runs unchanged in one process or in each of several ``torch.distributed``
@@ -247,6 +248,9 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
 
     :param validation: held-out subjects for the convergence test (None:
         the test watches the training loss, and the final parameters are kept).
+    :param guide_only: train the encoder alone, the model's parameters held
+        fixed (to re-amortise the guide after the model was moved, e.g. by
+        the maximum-likelihood refinement).
     :param warn: warn (:class:`~pyro_dgmm.errors.ConvergenceWarning`,
         :class:`~pyro_dgmm.errors.LatentDimensionWarning`) about what the
         result says; off for fits that are one step of a longer procedure
@@ -264,9 +268,10 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
                               max_plate_nesting=2)
     eval_elbo = ELBOS[config.elbo](num_particles=config.eval_particles, vectorize_particles=True,
                                    max_plate_nesting=2)
-    optimizer = PackedAdam(list(model.parameters()) + list(guide.parameters()))
-    linear_warmup_rate = optimizer.mask(model.residual_parameters(), 0.0, other=1.0)
-    ridge_gradient = optimizer.mask(ridge_weights(model, guide), 2 * config.ridge)  # d/dw of ridge * |w|^2
+    trained = [guide] if guide_only else [model, guide]
+    optimizer = PackedAdam([p for module in trained for p in module.parameters()])
+    linear_warmup_rate = optimizer.mask([] if guide_only else model.residual_parameters(), 0.0, other=1.0)
+    ridge_gradient = optimizer.mask(ridge_weights(*trained), 2 * config.ridge)  # d/dw of ridge * |w|^2
     n = _num_subjects(train, distributed_input)
     batch_size = config.batch_size or default_batch_size(n)
     shard_batch = max(1, batch_size // shards.num_shards)
@@ -350,6 +355,9 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
                 result.annealed_at = epoch
     bar.close()
     optimizer.release()
+    if guide_only:  # the held model's gradients were computed but never used
+        for p in model.parameters():
+            p.grad = None
     if best[1] is not None:
         _restore(model, guide, best[1])
     result.seconds = time.perf_counter() - start

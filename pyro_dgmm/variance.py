@@ -810,7 +810,8 @@ def refine(model, guide, data: LongitudinalData, *, num_samples: int | None = No
     :param num_samples: importance samples per subject (default: 500, or
         :func:`minimum_samples` if more).
     :returns: :class:`Maximization`'s fields as a dict, with the parameters
-        refined and the seconds taken.
+        refined and the seconds taken.  (The encoder, amortised for the SVI
+        parameters, then needs fitting again; ``DeepMixedModel.fit`` does so.)
     """
     import time
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_dgmm import DeepMixedModel, FitConfig, FitError, ConfigError
+from pyro_dgmm import DeepMixedModel, FitConfig, FitError, ConfigError, fit_svi
 from pyro_dgmm.datasets import simulate_linear
 from pyro_dgmm.errors import ConvergenceWarning
 from pyro_dgmm.fit import CosineDecay, default_batch_size, pyro_checks, trend_test
@@ -278,3 +278,14 @@ def test_default_rule_does_not_stop_while_a_latent_direction_is_quiet():
     assert rmse < 0.112
     # both random parameters (level, shift of the rise) carry information: two directions in use at least
     assert est.result_.active_directions >= 2, est.result_.latent_activity
+
+
+def test_guide_only_fit_moves_the_encoder_and_nothing_else():
+    est = linear_dgmm_tiny(latent_dim=2).fit(tiny_frame(n_subjects=30), max_epochs=5, progress=False)
+    before_model = {k: v.clone() for k, v in est.model_.state_dict().items()}
+    before_guide = {k: v.clone() for k, v in est.guide_.state_dict().items()}
+    fit_svi(est.model_, est.guide_, est.data_, None, FitConfig(max_epochs=3, kl_start=1.0, kl_warmup_epochs=0,
+                                                               progress=False), warn=False, guide_only=True)
+    assert all(torch.equal(v, est.model_.state_dict()[k]) for k, v in before_model.items())
+    assert not all(torch.equal(v, est.guide_.state_dict()[k]) for k, v in before_guide.items())
+    assert all(p.grad is None for p in est.model_.parameters())
