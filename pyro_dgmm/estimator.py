@@ -50,6 +50,13 @@ log = logging.getLogger(__name__)
 MAX_LATENT_DIM = 16
 
 
+def _selection_loss(result: FitResult) -> float:
+    """What ``latent_dim='auto'`` compares fits by: the held-out negative ELBO
+    per subject at the kept epoch (the same held-out subjects and random
+    numbers for every q), or the final training loss when nobody is held out."""
+    return dict(result.validation_loss).get(result.best_epoch, result.train_loss[-1])
+
+
 def default_latent_dim(num_outcomes: int, num_time_features: int) -> int:
     """Where ``latent_dim='auto'`` starts: ``K + F + 1`` for K outcomes and F
     time functions, clamped to [4, 8].
@@ -102,9 +109,10 @@ class DeepMixedModel:
         start from :func:`default_latent_dim` (more outcomes and time
         functions, more directions) and, while a converged fit uses every
         direction (:attr:`~pyro_dgmm.fit.FitResult.active_directions`),
-        refit with twice as many, up to :data:`MAX_LATENT_DIM`.  Unused
-        directions stay at the prior and cost little, so starting generous
-        is safe.  The fitted dimension is ``latent_dim_``.
+        refit with twice as many, up to :data:`MAX_LATENT_DIM`; the fit
+        with the best held-out ELBO is kept.  Unused directions stay at
+        the prior and cost little, so starting generous is safe.  The
+        fitted dimension is ``latent_dim_``.
     :param model_class: :class:`DGMM` or a user subclass of
         :class:`~pyro_dgmm.model.MixedModel`.
     :param model_options: keyword arguments for ``model_class``.
@@ -203,17 +211,21 @@ class DeepMixedModel:
             self._fit_latent(latent_dim, train, validation, config, imputation)
             return self
         latent_dim = default_latent_dim(len(self.outcomes), self.schema_.time_basis.num_features)
-        while True:  # grow q while every direction is in use
+        best = None
+        while True:  # grow q while every direction is in use; keep the fit with the best held-out ELBO
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 self._fit_latent(latent_dim, train, validation, config, imputation)
+            fit = (_selection_loss(self.result_), latent_dim, self.model_, self.guide_, self.result_, caught)
+            best = fit if best is None or fit[0] < best[0] else best
             saturated = self.result_.active_directions == latent_dim
             if not (saturated and self.result_.converged) or latent_dim >= MAX_LATENT_DIM:
                 break
             log.info("latent_dim='auto': all %d directions in use, refitting with %d", latent_dim,
                      min(2 * latent_dim, MAX_LATENT_DIM))
             latent_dim = min(2 * latent_dim, MAX_LATENT_DIM)
-        for record in caught:  # the final fit's warnings
+        _, self.latent_dim_, self.model_, self.guide_, self.result_, caught = best
+        for record in caught:  # the kept fit's warnings
             warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
         return self
 

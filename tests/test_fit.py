@@ -289,3 +289,55 @@ def test_guide_only_fit_moves_the_encoder_and_nothing_else():
     assert all(torch.equal(v, est.model_.state_dict()[k]) for k, v in before_model.items())
     assert not all(torch.equal(v, est.guide_.state_dict()[k]) for k, v in before_guide.items())
     assert all(p.grad is None for p in est.model_.parameters())
+
+
+def test_latent_activity_counts_the_directions_the_data_use():
+    """Linear simulator: two random effects (intercept and slope).  Given four
+    latent directions, the fit uses two: the other two stay at the prior
+    (variance of their posterior means across subjects near 0), and it does
+    not warn; given one, that one is in use and the fit warns."""
+    from pyro_dgmm.errors import LatentDimensionWarning
+
+    torch.set_num_threads(1)
+    sim = simulate_linear(n_subjects=200, n_visits=10, seed=4)
+    est = linear_dgmm(latent_dim=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LatentDimensionWarning)
+        est.fit(sim.data, progress=False, seed=0)
+    activity = est.result_.latent_activity
+    assert est.result_.active_directions == 2, activity
+    assert activity[1] > 0.2 and activity[2] < 0.01  # in use vs at the prior: far apart, not near the threshold
+    with pytest.warns(LatentDimensionWarning, match="all 1 latent directions are in use"):
+        linear_dgmm(latent_dim=1).fit(sim.data, progress=False, seed=0, max_epochs=60)
+
+
+def test_auto_latent_dim_grows_while_every_direction_is_in_use_and_keeps_the_best(monkeypatch, caplog):
+    """Started (here) at one direction on data with two random effects,
+    'auto' refits with two (both in use: saturated again) and then four,
+    where two stay unused; it keeps the fit with the best held-out ELBO,
+    which is not the one-direction fit, and only the kept fit's warnings
+    reach the user (none here)."""
+    import logging
+
+    import pyro_dgmm.estimator as estimator
+    from pyro_dgmm.errors import LatentDimensionWarning
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(estimator, "default_latent_dim", lambda num_outcomes, num_time_features: 1)
+    sim = simulate_linear(n_subjects=200, n_visits=10, seed=4)
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="pyro_dgmm.estimator"):
+        warnings.simplefilter("error", LatentDimensionWarning)
+        est = linear_dgmm(latent_dim="auto").fit(sim.data, progress=False, seed=0)
+    assert "refitting with 2" in caplog.text and "refitting with 4" in caplog.text
+    assert est.latent_dim_ in (2, 4) and est.model_.latent_dim == est.latent_dim_
+    assert est.result_.active_directions == 2 and est.options.latent_dim == "auto"
+
+
+def test_default_latent_dim_grows_with_outcomes_and_time_functions():
+    from pyro_dgmm.estimator import default_latent_dim
+
+    assert default_latent_dim(1, 1) == 4
+    assert default_latent_dim(3, 2) == 6
+    assert default_latent_dim(6, 1) == 8 and default_latent_dim(30, 6) == 8
+    with pytest.raises(ConfigError, match="latent_dim must be a positive integer or 'auto'"):
+        linear_dgmm(latent_dim=0)
