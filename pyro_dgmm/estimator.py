@@ -255,6 +255,9 @@ class DeepMixedModel:
             self.model_.cpu(), self.guide_.cpu()
             self.result_.refinement = {**refinement, "encoder_epochs": encoder_fit.epochs_run,
                                        "encoder_converged": encoder_fit.converged}
+            # the directions in use are the re-fitted encoder's
+            self.result_.latent_activity = encoder_fit.latent_activity
+            self.result_.active_directions = encoder_fit.active_directions
 
     def _encoder_view(self, data: LongitudinalData) -> LongitudinalData:
         """What the encoder reads: ``data`` itself, or (models fitted with the

@@ -362,13 +362,10 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
         _restore(model, guide, best[1])
     result.seconds = time.perf_counter() - start
     model.eval(), guide.eval()
-    if result.converged and validation is not None and monitored and result.best_epoch == monitored[0][0]:
+    never_improved = validation is not None and bool(monitored) and result.best_epoch == monitored[0][0]
+    if never_improved or not result.converged:
         result.converged = False
-        result.stop_reason = (f"the held-out loss never improved after KL annealing (epoch {result.best_epoch}); "
-                              "the parameters of that epoch are kept. The model may overfit: try a larger "
-                              "ridge, smaller networks or more subjects")
-    if not result.converged:
-        result.stop_reason = _unconverged_reason(result, config, validation is not None)
+        result.stop_reason = _unconverged_reason(result, config, validation is not None, never_improved)
         if warn and is_main_process():
             warnings.warn(f"the fit did not converge: {result.stop_reason}", ConvergenceWarning, stacklevel=2)
     result.latent_activity = latent_activity(guide, train_shards, model.latent_dim).tolist()
@@ -382,10 +379,12 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     return result
 
 
-def _unconverged_reason(result: FitResult, config: FitConfig, held_out: bool) -> str:
+def _unconverged_reason(result: FitResult, config: FitConfig, held_out: bool, never_improved: bool) -> str:
     """Why a fit that did not converge stopped, in words a user can act on."""
-    if result.stop_reason:
-        return result.stop_reason
+    if never_improved:
+        return (f"the held-out loss never improved after KL annealing (epoch {result.best_epoch}); the "
+                "parameters of that epoch are kept. The model may overfit: try a larger ridge, smaller "
+                "networks or more subjects")
     if result.kl_scale and result.kl_scale[-1] < 1.0:
         return (f"it stopped during KL annealing (beta = {result.kl_scale[-1]:.2f} after {result.epochs_run} "
                 f"epochs, kl_warmup_epochs={config.kl_warmup_epochs}); raise max_epochs")
