@@ -16,6 +16,8 @@ only here, on truths that are *not* the ones reported in
       y = e0_i + emax_i * t / (ed50_i + t) + 0.4 z_i + eps,  eps ~ N(0, 0.3^2)
       e0_i = 1 + 0.5 b1,  emax_i = 3 exp(0.3 b2),  ed50_i = 1.5 exp(0.5 b3)
 
+* ``emax_sparse``: the same Emax curve seen at 3 to 8 visits per subject
+  at uniform random times on [0, 8];
 * ``twofactor``: six Gaussian outcomes driven by 2 latent factors with
   loadings that change over time, 20% of cells missing;
 * ``linear``: the package's :func:`~pyro_dgmm.datasets.simulate_linear`
@@ -90,6 +92,28 @@ def simulate_emax(n: int = 800, j: int = 20, seed: int = 0):
     return _frames(t, {"z": z}, {"y": mean}, {"y": 0.3}, rng)
 
 
+def simulate_emax_sparse(n: int = 800, j: int = 20, seed: int = 0):
+    """The Emax truth seen at 3 to 8 visits per subject at uniform random
+    times on [0, 8] (``j`` is not used): the sparse, irregular regime."""
+    rng = np.random.default_rng([19, 4, seed])
+    lengths = rng.integers(3, 9, n)
+    z = rng.standard_normal(n)
+    b = rng.standard_normal((n, 3))
+    e0, emax, ed50 = 1 + 0.5 * b[:, 0], 3 * np.exp(0.3 * b[:, 1]), 1.5 * np.exp(0.5 * b[:, 2])
+    rows = []
+    for i in range(n):
+        t = np.sort(rng.uniform(0, 8.0, lengths[i]))
+        mean = e0[i] + emax[i] * t / (ed50[i] + t) + 0.4 * z[i]
+        rows.append(pd.DataFrame({"id": i, "time": t, "y": mean + 0.3 * rng.standard_normal(t.size),
+                                  "y_mean": mean, "z": z[i]}))
+    from pyro_dgmm.datasets.simulate import SimulatedData
+
+    frame = pd.concat(rows, ignore_index=True)
+    return SimulatedData(data=frame[["id", "time", "y", "z"]], truth=frame[["id", "time", "y_mean"]],
+                         random_effects=b, outcomes={"y": "gaussian"}, covariates=["z"], params={},
+                         population_truth=pd.DataFrame())
+
+
 def simulate_twofactor(n: int = 800, j: int = 20, seed: int = 0):
     rng = np.random.default_rng([19, 3, seed])
     t = _times(rng, n, j, 4.0)
@@ -117,6 +141,7 @@ def simulate_linear(n: int = 800, j: int = 20, seed: int = 0):
 
 
 TRUTHS = {"nonlinear": simulate_nonlinear, "quadratic": simulate_quadratic, "emax": simulate_emax,
+          "emax_sparse": simulate_emax_sparse,
           "twofactor": simulate_twofactor, "linear": simulate_linear}
 
 

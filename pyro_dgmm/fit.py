@@ -18,7 +18,10 @@ with :math:`M` = ``num_particles``, :math:`\beta` the KL-annealing weight
 and dispersion parameters are not penalised).  ``elbo='meanfield'`` uses
 :class:`~pyro_dgmm.elbo.MeanFieldELBO` (Pyro's ``TraceMeanField_ELBO``,
 closed-form KL as in the talk, without a host read-back per step);
-``elbo='trace'`` uses ``Trace_ELBO`` (Monte Carlo KL).
+``elbo='trace'`` uses ``Trace_ELBO`` (Monte Carlo KL); ``elbo='iwae'``
+uses :class:`~pyro_dgmm.elbo.ImportanceWeightedELBO`, the importance-weighted
+bound with :math:`M` particles, tighter than the ELBO (the held-out loss is
+then that bound too).
 
 The loop optimises with Adam (:class:`~pyro_dgmm.optim.PackedAdam`: all
 parameters in one flat buffer) on ``elbo.differentiable_loss`` (the Pyro
@@ -64,20 +67,21 @@ from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
 from .data import LongitudinalData
-from .elbo import MeanFieldELBO
+from .elbo import ImportanceWeightedELBO, MeanFieldELBO
 from .errors import ConfigError, ConvergenceWarning, FitError, LatentDimensionWarning
 from .optim import PackedAdam
 from .parallel import Shards, all_reduce_sum, is_main_process, reseed, stream_seed
 from .posterior import subjects_per_chunk
 
-ELBOS = {"meanfield": MeanFieldELBO, "trace": Trace_ELBO}
+ELBOS = {"meanfield": MeanFieldELBO, "trace": Trace_ELBO, "iwae": ImportanceWeightedELBO}
 
 
 @dataclass
 class FitConfig:
     """Settings of :func:`fit_svi` (all keyword, all with defaults).
 
-    :param elbo: ``'meanfield'`` (closed-form KL) or ``'trace'``.
+    :param elbo: ``'meanfield'`` (closed-form KL), ``'trace'`` (Monte Carlo
+        KL) or ``'iwae'`` (importance-weighted bound over ``num_particles``).
     :param num_particles: M, Monte Carlo draws of b per subject and step.
     :param max_epochs: passes over the training subjects, at most (a cap:
         the fit normally ends at convergence, see the module docstring).
