@@ -169,6 +169,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--configs", nargs="+", default=["default={}"], help="name=JSON of options")
     parser.add_argument("--n-subjects", type=int, default=800)
+    parser.add_argument("--n-visits", type=int, default=20, help="visits per subject of the dense truths")
     parser.add_argument("--output", default="default_selection")
     args = parser.parse_args()
     single_thread()
@@ -176,7 +177,7 @@ def main() -> None:
     rows = []
     for truth in args.truths:
         for seed in args.seeds:
-            sim = TRUTHS[truth](args.n_subjects, seed=seed)
+            sim = TRUTHS[truth](args.n_subjects, args.n_visits, seed=seed)
             reference = best_mixedlm(sim)[0] if list(sim.outcomes) == ["y"] else float("nan")
             for name, options in configs.items():
                 row = {"truth": truth, "seed": seed, "config": name, **run(sim, json.loads(options), seed)}
