@@ -42,6 +42,9 @@ and ``max_epochs`` is a cap, not the length of the fit:
    (:class:`~pyro_dgmm.errors.ConvergenceWarning`).
 
 The parameters with the best held-out loss are restored at the end.
+A long fit can write checkpoints and be resumed from one to the same
+result, and Ctrl-C stops it cleanly after the current step (see
+:func:`fit_svi`, :mod:`pyro_dgmm.checkpoint`, :mod:`pyro_dgmm.interrupt`).
 Afterwards the fit measures how many latent directions the encoder uses
 (:func:`latent_activity`) and warns
 (:class:`~pyro_dgmm.errors.LatentDimensionWarning`) when all of them are:
