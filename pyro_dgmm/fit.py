@@ -321,10 +321,11 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     order of an epoch it stopped inside) to continue exactly.
 
     *Ctrl-C* (SIGINT, in a single-process fit on the main thread; see
-    :mod:`pyro_dgmm.interrupt`), or a :class:`KeyboardInterrupt` raised
-    inside a step, stops the fit after the current step: the best
-    parameters are restored as at a normal stop, a checkpoint is written
-    if one was asked for, and the result has ``interrupted=True`` and
+    :mod:`pyro_dgmm.interrupt`) stops the fit after the current step (a
+    :class:`KeyboardInterrupt` raised inside a step, e.g. by a callback,
+    stops it before that step, which is dropped): the best parameters
+    are restored as at a normal stop, a checkpoint is written if one was
+    asked for, and the result has ``interrupted=True`` and
     ``converged=False``.  A second Ctrl-C aborts at once.
     """
     config = config or FitConfig()

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -139,6 +140,27 @@ def test_checkpoint_loads_safely_and_records_its_fit(frame, tmp_path):
     assert state["progress"]["epoch"] == 4 and state["progress"]["finished"]
     assert {"model", "guide", "optimizer", "decay", "generators", "rng", "result"} <= set(state)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.ckpt"]  # written atomically: no temporary left
+
+
+def test_an_auto_candidate_checkpoint_records_it_and_resumes_with_its_latent_dim(frame, tmp_path, fail_at):
+    path = tmp_path / "fit.ckpt"
+    options = {**FIT, "max_epochs": 3}  # unconverged: 'auto' stops after its first candidate
+    auto = estimator(latent_dim="auto").fit(frame, checkpoint=path, **options)
+    stage = torch.load(path, weights_only=True)["stage"]
+    assert stage == f"latent_dim={auto.latent_dim_} (a candidate of latent_dim='auto')"
+    fail_at((1, crash))
+    fixed = estimator(latent_dim=auto.latent_dim_).fit(frame, checkpoint=path, resume=True, **options)
+    assert_same_parameters(fixed, auto)
+
+
+def test_a_fit_off_the_main_thread_checkpoints_and_leaves_sigint_alone(frame, tmp_path):
+    before, outcome = signal.getsignal(signal.SIGINT), {}
+    worker = threading.Thread(target=lambda: outcome.update(model=estimator().fit(
+        frame, checkpoint=tmp_path / "fit.ckpt", **{**FIT, "max_epochs": 2})))
+    worker.start()
+    worker.join()
+    assert outcome["model"].result_.epochs_run == 2 and (tmp_path / "fit.ckpt").is_file()
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 # ----------------------------------------------------------- refused resumes
