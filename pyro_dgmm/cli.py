@@ -25,6 +25,16 @@ one big CSV), each process reading only its subjects (see
     torchrun --standalone --nproc_per_node=4 -m pyro_dgmm fit --partitioned parts/ --id patient \\
         --time years --outcome albumin:gaussian --out outputs/big
 
+Long fits: ``--checkpoint PATH`` writes the fit's full state every
+``--checkpoint-every`` epochs (and when it stops); after a crash or Ctrl-C
+the same command with ``--resume`` continues where it stopped and ends as
+the uninterrupted fit would have.  Ctrl-C stops the fit after the current
+step, prints one line (``interrupted: ...``), writes no outputs and exits
+with code 130::
+
+    python -m pyro_dgmm fit --dataset pbc --out outputs/pbc --latent-dim 4 --checkpoint pbc.ckpt
+    python -m pyro_dgmm fit --dataset pbc --out outputs/pbc --latent-dim 4 --checkpoint pbc.ckpt --resume
+
 Examples::
 
     python -m pyro_dgmm fit --dataset pbc --out outputs/pbc
@@ -104,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="--partitioned: subjects to processes by id hash, or part files to processes")
     fit.add_argument("--out", type=Path, required=True, help="output folder (created if needed)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.add_argument("--checkpoint", type=Path, metavar="PATH",
+                     help="write the fit's full state to PATH every --checkpoint-every epochs and when it stops "
+                          "(also on Ctrl-C), so that --resume can continue it")
+    fit.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                     help="epochs between checkpoints (default 10)")
+    fit.add_argument("--resume", action="store_true",
+                     help="continue from --checkpoint (same data and options; needs a fixed --latent-dim)")
     pred = sub.add_parser("predict", help="dynamic predictions from a saved model and a history CSV")
     pred.add_argument("--model", type=Path, required=True, help="model.pt written by 'fit'")
     pred.add_argument("--history", type=Path, required=True,
@@ -190,11 +207,21 @@ def run_fit(args: argparse.Namespace) -> dict | None:
         overrides["max_epochs"] = args.max_epochs
     if args.refine:
         overrides["refine"] = True
+    if args.resume and args.checkpoint is None:
+        raise ConfigError("--resume needs --checkpoint PATH (the checkpoint to continue from)")
+    if args.checkpoint is not None:
+        overrides.update(checkpoint=args.checkpoint, resume=args.resume)
+    if args.checkpoint_every is not None:
+        overrides["checkpoint_every"] = args.checkpoint_every
     rows, subjects = len(df), df[id_col].nunique()
     if args.partitioned:  # each process holds its own subjects
         rows, subjects = all_reduce_sum(torch.tensor([rows, subjects], dtype=torch.int64)).tolist()
     log.info("fitting %d rows, %d subjects, outcomes %s", rows, subjects, list(outcomes))
     model.fit(df, preset=args.preset, distributed_input=bool(args.partitioned), **overrides)
+    if model.result_.interrupted:  # Ctrl-C: no outputs from a fit that did not finish
+        raise KeyboardInterrupt(f"fit stopped in epoch {model.result_.epochs_run}; "
+                                + (f"checkpoint at {args.checkpoint} (rerun with --resume to continue)"
+                                   if args.checkpoint else "no checkpoint (use --checkpoint PATH to be able to resume)"))
     fitted = model.fitted_values()  # sharded over processes, gathered everywhere
     if not is_main_process():
         return None
@@ -234,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     except DgmmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2  # no teardown: a barrier would wait for processes that did not fail
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: one line, no traceback, the shell's code for SIGINT
+        print(f"interrupted: {interrupt or 'stopped before the outputs were written'}", file=sys.stderr)
+        return 130
     if owns_group:
         from .parallel import end_process_group
 

@@ -31,7 +31,8 @@ import torch
 
 from .bases import DEFAULT_TIME_BASIS
 from .data import DataSchema, LongitudinalData
-from .errors import ConfigError, DataError, NotFittedError
+from .checkpoint import open_checkpoint
+from .errors import ConfigError, ConvergenceWarning, DataError, NotFittedError
 from .families import Family
 from .fit import FitConfig, FitResult, fit_svi
 from .guide import AmortizedGuide
@@ -153,6 +154,7 @@ class DeepMixedModel:
         self.imputation_trace_: ImputationTrace | None = None
         self.missing = "mask"
         self.distributed_input = False
+        self._interrupt_warned = False  # a fit stopped by Ctrl-C warns once, when its results are first used
 
     # ------------------------------------------------------------------ fit
     def fit(self, df: pd.DataFrame, config: FitConfig | None = None, *, preset: str | None = None,
@@ -185,13 +187,25 @@ class DeepMixedModel:
             process's subjects form its shards, and each holds out
             ``validation_fraction`` of its own subjects.  Default: every
             process passes the same ``df``.
+
+        Long fits: ``checkpoint=PATH, checkpoint_every=N`` write the fit's
+        full state every N epochs, ``resume=True`` continues from it (same
+        data and settings: the result equals the uninterrupted fit's), and
+        Ctrl-C stops the fit after the current step, keeps the best
+        parameters and marks ``result_.interrupted`` (using the results
+        then warns once).  With ``latent_dim='auto'`` each candidate fit
+        writes the checkpoint (it records which one); resuming one needs
+        that fixed ``latent_dim``.  The imputation loop has no checkpoints.
+        See docs/fitting.md, "Long fits: checkpoints and resume".
         """
         if missing not in ("mask", "impute"):
             raise ConfigError(f"missing must be 'mask' or 'impute', got '{missing}'")
         if config is not None and preset is not None:
             raise ConfigError("pass either config or preset, not both")
         config = replace(config or FitConfig.from_preset(preset or "accurate"), **config_overrides)
+        self._check_resumable(config, missing)
         self.missing, self.distributed_input = missing, distributed_input
+        self._interrupt_warned = False
         schema_options = dict(id_col=self.id_col, time_col=self.time_col, outcomes=self.outcomes,
                               covariates=self.covariates, time_basis=self.time_basis)
         if distributed_input:
@@ -217,7 +231,9 @@ class DeepMixedModel:
                 warnings.simplefilter("always")
                 self._fit_latent(latent_dim, train, validation, config, imputation)
             fit = (_selection_loss(self.result_), latent_dim, self.model_, self.guide_, self.result_, caught)
-            best = fit if best is None or fit[0] < best[0] else best
+            best = fit if best is None or fit[0] < best[0] or self.result_.interrupted else best
+            if self.result_.interrupted:  # Ctrl-C: keep the fit that was running, try no more
+                break
             saturated = self.result_.active_directions == latent_dim
             if not (saturated and self.result_.converged) or latent_dim >= MAX_LATENT_DIM:
                 break
@@ -229,28 +245,59 @@ class DeepMixedModel:
             warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
         return self
 
+    def _check_resumable(self, config: FitConfig, missing: str) -> None:
+        """Refuse checkpoints where they cannot be resumed: a checkpoint holds
+        one SVI fit, while the imputation loop carries chains of imputed
+        values from round to round, and ``latent_dim='auto'`` compares
+        candidate fits that a checkpoint does not hold."""
+        if config.checkpoint is None:
+            return
+        if missing == "impute":
+            raise ConfigError(
+                f"checkpoint={config.checkpoint!r}: checkpoints and resume are not supported with missing='impute' "
+                "(the imputation loop's chains are not in a checkpoint); fit without checkpoint or with "
+                "missing='mask'")
+        if config.resume_path is not None and self.options.latent_dim == "auto":
+            stage = open_checkpoint(config.resume_path)["stage"]
+            raise ConfigError(
+                f"resume={config.resume!r} cannot continue latent_dim='auto' (it compares several candidate fits); "
+                f"checkpoint {config.resume_path} holds the fit {stage!r}: resume it with that latent_dim, "
+                "or fit afresh without resume")
+
     def _fit_latent(self, latent_dim: int, train: LongitudinalData, validation: LongitudinalData | None,
                     config: FitConfig, imputation: ImputationConfig | None) -> None:
         """Build model and guide with ``latent_dim`` directions and fit them
-        (SVI or the imputation loop, then the refinement if asked for)."""
+        (SVI or the imputation loop, then the refinement if asked for; not
+        after Ctrl-C).  A fit that fails leaves the estimator unfitted."""
         pyro.set_rng_seed(config.seed)
         self.latent_dim_ = latent_dim
         self.model_, self.guide_ = self._build(self.schema_, self.data_.num_visits, latent_dim)
+        stage = f"latent_dim={latent_dim}" + (" (a candidate of latent_dim='auto')"
+                                              if self.options.latent_dim == "auto" else "")
+        try:
+            self._fit_modules(train, validation, config, imputation, stage)
+        except BaseException:  # no half-trained model behind a result of another fit
+            self.model_ = self.guide_ = self.result_ = None
+            raise
+
+    def _fit_modules(self, train: LongitudinalData, validation: LongitudinalData | None, config: FitConfig,
+                     imputation: ImputationConfig | None, stage: str) -> None:
+        """The fit of :meth:`_fit_latent` on the model and guide just built."""
         if self.missing == "mask":
             self.result_ = fit_svi(self.model_, self.guide_, train, validation, config,
-                                   distributed_input=self.distributed_input)
+                                   distributed_input=self.distributed_input, stage=stage)
         else:
             self.result_, self.imputation_trace_, _ = fit_with_imputation(
                 self.model_, self.guide_, self.schema_, train, validation, config, imputation or ImputationConfig(),
                 distributed_input=self.distributed_input)
         self.model_.cpu(), self.guide_.cpu()
-        if config.refine:
+        if config.refine and not self.result_.interrupted:
             refinement = refine(self.model_, self.guide_, self._encoder_view(train), seed=config.seed,
                                 num_shards=config.num_shards, distributed_input=self.distributed_input)
             # the encoder was amortised for the SVI parameters: fit it again for the refined ones
             encoder_fit = fit_svi(self.model_, self.guide_, train, validation,
                                   replace(config, kl_start=1.0, kl_warmup_epochs=0, linear_warmup_epochs=0,
-                                          progress=False),
+                                          progress=False, checkpoint=None, resume=False),
                                   distributed_input=self.distributed_input, warn=False, guide_only=True)
             self.model_.cpu(), self.guide_.cpu()
             self.result_.refinement = {**refinement, "encoder_epochs": encoder_fit.epochs_run,
@@ -304,6 +351,10 @@ class DeepMixedModel:
     def _check_fitted(self) -> None:
         if self.model_ is None:
             raise NotFittedError("this DeepMixedModel is not fitted yet: call fit(df) first")
+        if self.result_ is not None and self.result_.interrupted and not self._interrupt_warned:
+            self._interrupt_warned = True
+            warnings.warn(f"this model's fit was interrupted and did not converge ({self.result_.stop_reason}); "
+                          "its estimates may be far from the optimum", ConvergenceWarning, stacklevel=3)
 
     def transform(self, df: pd.DataFrame, *, require_observed: bool = True) -> LongitudinalData:
         """Tensors for ``df`` with the fitted schema (scalers, levels, basis)."""

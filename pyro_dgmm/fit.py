@@ -45,6 +45,9 @@ and ``max_epochs`` is a cap, not the length of the fit:
    (:class:`~pyro_dgmm.errors.ConvergenceWarning`).
 
 The parameters with the best held-out loss are restored at the end.
+A long fit can write checkpoints and be resumed from one to the same
+result, and Ctrl-C stops it cleanly after the current step (see
+:func:`fit_svi`, :mod:`pyro_dgmm.checkpoint`, :mod:`pyro_dgmm.interrupt`).
 Afterwards the fit measures how many latent directions the encoder uses
 (:func:`latent_activity`) and warns
 (:class:`~pyro_dgmm.errors.LatentDimensionWarning`) when all of them are:
@@ -66,11 +69,13 @@ import torch
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
+from .checkpoint import fingerprint, read_checkpoint, rng_state, set_rng_state, write_checkpoint
 from .data import LongitudinalData
 from .elbo import ImportanceWeightedELBO, MeanFieldELBO
 from .errors import ConfigError, ConvergenceWarning, FitError, LatentDimensionWarning
+from .interrupt import deferred_interrupt
 from .optim import PackedAdam
-from .parallel import Shards, all_reduce_sum, is_main_process, reseed, stream_seed
+from .parallel import Shards, all_reduce_sum, is_main_process, reseed, stream_seed, world
 from .posterior import subjects_per_chunk
 
 ELBOS = {"meanfield": MeanFieldELBO, "trace": Trace_ELBO, "iwae": ImportanceWeightedELBO}
@@ -121,6 +126,15 @@ class FitConfig:
         processes that divides it (see :mod:`pyro_dgmm.parallel`).
     :param device: ``'cpu'``, ``'cuda'``, or None for cuda when available.
     :param progress: show a tqdm progress bar.
+    :param checkpoint: a file to write the fit's full state to (see
+        :mod:`pyro_dgmm.checkpoint`) every ``checkpoint_every`` epochs, when
+        the fit stops and when it is interrupted; None: no checkpoints.
+    :param checkpoint_every: epochs between checkpoints.
+    :param resume: continue from a checkpoint: True reads ``checkpoint``, a
+        path reads that file (and, without ``checkpoint``, keeps writing
+        there).  The checkpoint must come from the same data and settings
+        (:class:`~pyro_dgmm.errors.ConfigError` otherwise); the resumed fit
+        ends with the parameters the fit would have had without the break.
     """
 
     elbo: str = "meanfield"
@@ -144,6 +158,9 @@ class FitConfig:
     num_shards: int | None = None
     device: str | None = "cpu"
     progress: bool = True
+    checkpoint: str | None = None
+    checkpoint_every: int = 10
+    resume: bool | str = False
 
     def __post_init__(self):
         if self.elbo not in ELBOS:
@@ -165,6 +182,39 @@ class FitConfig:
             raise ConfigError(f"patience must be at least 3 (evaluations for the trend test), got {self.patience}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        self._check_checkpoint_options()
+
+    def _check_checkpoint_options(self) -> None:
+        """Normalise ``checkpoint``/``resume`` to str (plain values in a saved
+        config) and refuse what cannot work before any epoch runs."""
+        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
+                or self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every must be a positive integer (epochs), got {self.checkpoint_every!r}")
+        if isinstance(self.resume, os.PathLike):
+            self.resume = os.fspath(self.resume)
+        if not isinstance(self.resume, (bool, str)):
+            raise ConfigError(f"resume must be True, False or a checkpoint path, got {self.resume!r}")
+        if isinstance(self.resume, str) and self.checkpoint is None:
+            self.checkpoint = self.resume
+        if self.checkpoint is None:
+            if self.resume:
+                raise ConfigError("resume=True needs checkpoint=PATH (the file to continue from)")
+            return
+        if not isinstance(self.checkpoint, (str, os.PathLike)):
+            raise ConfigError(f"checkpoint must be a file path or None, got {self.checkpoint!r}")
+        self.checkpoint = os.fspath(self.checkpoint)
+        folder = os.path.dirname(os.path.abspath(self.checkpoint))
+        if os.path.isdir(self.checkpoint):
+            raise ConfigError(f"checkpoint {self.checkpoint} is a folder; give a file path")
+        if not os.path.isdir(folder):
+            raise ConfigError(f"checkpoint {self.checkpoint}: its folder {folder} does not exist")
+
+    @property
+    def resume_path(self) -> str | None:
+        """The checkpoint file a resumed fit reads (None: start afresh)."""
+        if self.resume is False:
+            return None
+        return self.checkpoint if self.resume is True else self.resume
 
     @classmethod
     def from_preset(cls, preset: str = "accurate", **overrides) -> "FitConfig":
@@ -214,7 +264,9 @@ class FitResult:
     prior variance 1, an unused one a value near 0; ``active_directions``
     counts those above :data:`ACTIVE_THRESHOLD` (the "active units" of
     Burda et al. 2016, made rotation-invariant).  ``refinement`` records
-    the maximum-likelihood refinement, if one ran.
+    the maximum-likelihood refinement, if one ran.  ``interrupted`` says
+    the fit was stopped by Ctrl-C (:func:`fit_svi`): it did not converge,
+    and ``stop_reason`` says where it stopped.
     """
 
     config: dict
@@ -230,6 +282,7 @@ class FitResult:
     latent_activity: list[float] = field(default_factory=list)
     active_directions: int | None = None
     refinement: dict | None = None
+    interrupted: bool = False
 
 
 def ridge_weights(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -239,7 +292,7 @@ def ridge_weights(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData | None = None,
             config: FitConfig | None = None, *, distributed_input: bool = False, warn: bool = True,
-            guide_only: bool = False) -> FitResult:
+            guide_only: bool = False, stage: str = "") -> FitResult:
     """Fit ``model`` and ``guide`` to ``train`` in place; return a :class:`FitResult`.
 
     Runs unchanged in one process or in each of several ``torch.distributed``
@@ -259,9 +312,31 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
         :class:`~pyro_dgmm.errors.LatentDimensionWarning`) about what the
         result says; off for fits that are one step of a longer procedure
         (the imputation loop's rounds).
+    :param stage: which fit of a longer procedure this is (e.g. a candidate
+        of ``latent_dim='auto'``), recorded in the checkpoint.
+
+    *Checkpoints* (``config.checkpoint``, :mod:`pyro_dgmm.checkpoint`) are
+    written every ``checkpoint_every`` epochs, when the fit stops and when
+    it is interrupted; ``config.resume`` continues from one.  Every step
+    draws from generators seeded by its global step number
+    (:func:`~pyro_dgmm.parallel.stream_seed`) and every evaluation from a
+    fixed seed, so beyond parameters, optimiser and schedule a checkpoint
+    needs only the per-shard generators of the subject order (and the
+    order of an epoch it stopped inside) to continue exactly.
+
+    *Ctrl-C* (SIGINT, in a single-process fit on the main thread; see
+    :mod:`pyro_dgmm.interrupt`) stops the fit after the current step (a
+    :class:`KeyboardInterrupt` raised inside a step, e.g. by a callback,
+    stops it before that step, which is dropped): the best parameters
+    are restored as at a normal stop, a checkpoint is written if one was
+    asked for, and the result has ``interrupted=True`` and
+    ``converged=False``.  A second Ctrl-C aborts at once.
     """
     config = config or FitConfig()
     device = config.resolved_device()
+    if config.checkpoint is not None and world()[1] > 1:
+        raise ConfigError(f"checkpoint={config.checkpoint!r}: checkpoints are written by single-process fits "
+                          "only; run without checkpoint under torch.distributed")
     pyro.set_rng_seed(config.seed)
     model.to(device)
     guide.to(device)
@@ -291,96 +366,204 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     tolerance = config.tolerance * _observed_per_subject(validation if validation is not None else train,
                                                          distributed_input)
     result = FitResult(config=asdict(config))
-    best = (math.inf, None)
-    monitored: list[tuple[int, float]] = []  # (epoch, loss) after KL annealing
-    start = time.perf_counter()
-    bar = tqdm(range(config.max_epochs), disable=not (config.progress and is_main_process()),
-               desc="fitting DGMM", unit="epoch")
-    for epoch in bar:
-        beta = config.kl_scale(epoch)
-        model.train(), guide.train()
-        orders = {s: torch.randperm(d.num_subjects, generator=generators[s]).to(device)
-                  for s, d in train_shards.items()}
-        epoch_loss = torch.zeros((), device=device)
-        for step in range(steps_per_epoch):
-            global_step = epoch * steps_per_epoch + step
-            optimizer.zero_grad()
-            loss = torch.zeros((), device=device)
-            for s, shard in train_shards.items():
-                reseed(stream_seed(config.seed, global_step, s, shards.num_shards), device)
-                index = orders[s][(step * shard_batch + positions) % shard.num_subjects]
-                with pyro_checks(epoch == 0 and step == 0):
-                    shard_loss = elbo.differentiable_loss(model, guide, shard.minibatch(index), num_subjects=n,
-                                                          kl_scale=beta)
-                loss = loss + shard_loss / (n * shards.num_shards)
-            loss.backward()
-            all_reduce_sum(optimizer.grad)
-            optimizer.grad.addcmul_(optimizer.data, ridge_gradient)
-            optimizer.clip_grad_norm_(config.clip_norm)
-            rate = config.learning_rate * decay(global_step)
-            optimizer.step(rate * linear_warmup_rate if global_step < frozen_steps else rate)
-            epoch_loss += loss.detach() / steps_per_epoch  # stays on the device: no sync per step
-        epoch_loss = float(all_reduce_sum(epoch_loss.cpu()))
-        if not math.isfinite(epoch_loss):
-            raise FitError(
-                f"the loss became {epoch_loss} in epoch {epoch}. Try a smaller learning_rate (now "
-                f"{config.learning_rate}), a smaller clip_norm (now {config.clip_norm}), a larger "
-                f"ridge (now {config.ridge}) or a longer kl_warmup_epochs; also check outcomes "
-                "for extreme values"
-            )
-        with torch.no_grad():
-            ridge = 0.5 * float((optimizer.data.square() * ridge_gradient).sum())  # ridge * |w|^2
-            result.train_loss.append(epoch_loss + ridge)
-        result.kl_scale.append(beta)
-        result.epochs_run = epoch + 1
-        bar.set_postfix(loss=f"{result.train_loss[-1]:.4g}", beta=f"{beta:.2f}")
+    progress = _Progress()
+    mark = None
+    if config.checkpoint is not None or config.resume_path is not None:
+        options = {k: v for k, v in asdict(config).items() if k not in _NOT_FINGERPRINTED}
+        options.update(guide_only=guide_only, distributed_input=distributed_input)
+        mark = fingerprint(options, [train, validation], [model, guide])
+    parts = dict(model=model, guide=guide, optimizer=optimizer, decay=decay, generators=generators,
+                 result=result, progress=progress, device=device)
+    if config.resume_path is not None:
+        _load_state(read_checkpoint(config.resume_path, mark), **parts)
+        result.interrupted = False  # this run's own interruption, if any, is set below
+        result.stop_reason = result.stop_reason if progress.finished else ""
+    seconds_before, start = result.seconds, time.perf_counter()
+
+    def save_checkpoint() -> None:
+        result.seconds = seconds_before + time.perf_counter() - start
+        if config.checkpoint is not None:
+            write_checkpoint(config.checkpoint, _state(**parts), mark, stage=stage)
+
+    def end_of_epoch(epoch: int, beta: float, epoch_loss: float) -> bool:
+        """Evaluate and apply the stopping rule (module docstring); True: converged."""
         if (epoch + 1) % config.eval_every:
-            continue
+            return False
         if validation is None:
             current = epoch_loss  # per subject, like the held-out loss
         else:
             current = heldout_loss(model, guide, val_shards, eval_elbo, seed=eval_seed)
             result.validation_loss.append((epoch, current))
         if beta < 1.0:  # the objective is not yet the ELBO: nothing to compare
-            continue
-        monitored.append((epoch, current))
-        if current < best[0]:
-            best = (current, _snapshot(model, guide) if validation is not None else None)
+            return False
+        progress.monitored.append((epoch, current))
+        if current < progress.best_loss:
+            progress.best_loss = current
+            progress.best_state = _snapshot(model, guide) if validation is not None else None
             result.best_epoch = epoch
-        if len(monitored) < config.patience or trend_test(monitored[-config.patience:], tolerance):
-            continue
+        if len(progress.monitored) < config.patience or trend_test(progress.monitored[-config.patience:],
+                                                                      tolerance):
+            return False
         if (epoch + 1) * steps_per_epoch >= decay.end:  # flat at the final learning rate
             result.converged = True
             result.stop_reason = "converged: the monitored loss stopped improving at the final learning rate"
-            break
+            return True
         if not decay.shortened:
             anneal_epochs = max(config.patience * config.eval_every, round(config.anneal_fraction * (epoch + 1)))
             if decay.shorten((epoch + 1) * steps_per_epoch, anneal_epochs * steps_per_epoch):
                 result.annealed_at = epoch
+        return False
+
+    bar = tqdm(total=config.max_epochs, initial=progress.epoch,
+               disable=not (config.progress and is_main_process()), desc="fitting DGMM", unit="epoch")
+    with deferred_interrupt(enabled=world()[1] == 1) as stop:
+        while not (progress.finished or stop.requested) and progress.epoch < config.max_epochs:
+            epoch = progress.epoch
+            beta = config.kl_scale(epoch)
+            model.train(), guide.train()
+            if progress.orders is None:  # a new epoch (not one resumed in its middle)
+                progress.orders = {s: torch.randperm(d.num_subjects, generator=generators[s]).to(device)
+                                   for s, d in train_shards.items()}
+                progress.epoch_loss = torch.zeros((), device=device)
+            while progress.step < steps_per_epoch and not stop.requested:
+                step = progress.step
+                global_step = epoch * steps_per_epoch + step
+                optimizer.zero_grad()
+                loss = torch.zeros((), device=device)
+                try:
+                    for s, shard in train_shards.items():
+                        reseed(stream_seed(config.seed, global_step, s, shards.num_shards), device)
+                        index = progress.orders[s][(step * shard_batch + positions) % shard.num_subjects]
+                        with pyro_checks(epoch == 0 and step == 0):
+                            shard_loss = elbo.differentiable_loss(model, guide, shard.minibatch(index),
+                                                                  num_subjects=n, kl_scale=beta)
+                        loss = loss + shard_loss / (n * shards.num_shards)
+                    loss.backward()
+                except KeyboardInterrupt:  # raised inside the step: drop the step, stop before it
+                    if stop.requested:
+                        raise
+                    stop.request()
+                    break
+                all_reduce_sum(optimizer.grad)
+                optimizer.grad.addcmul_(optimizer.data, ridge_gradient)
+                optimizer.clip_grad_norm_(config.clip_norm)
+                rate = config.learning_rate * decay(global_step)
+                optimizer.step(rate * linear_warmup_rate if global_step < frozen_steps else rate)
+                progress.epoch_loss += loss.detach() / steps_per_epoch  # stays on the device: no sync per step
+                progress.step += 1
+            if stop.requested:  # mid-epoch, or before its evaluation: the checkpoint resumes here
+                break
+            epoch_loss = float(all_reduce_sum(progress.epoch_loss.cpu()))
+            if not math.isfinite(epoch_loss):
+                raise FitError(
+                    f"the loss became {epoch_loss} in epoch {epoch}. Try a smaller learning_rate (now "
+                    f"{config.learning_rate}), a smaller clip_norm (now {config.clip_norm}), a larger "
+                    f"ridge (now {config.ridge}) or a longer kl_warmup_epochs; also check outcomes "
+                    "for extreme values"
+                )
+            with torch.no_grad():
+                ridge = 0.5 * float((optimizer.data.square() * ridge_gradient).sum())  # ridge * |w|^2
+                result.train_loss.append(epoch_loss + ridge)
+            result.kl_scale.append(beta)
+            result.epochs_run = epoch + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{result.train_loss[-1]:.4g}", beta=f"{beta:.2f}")
+            progress.finished = end_of_epoch(epoch, beta, epoch_loss)
+            progress.epoch, progress.step, progress.orders, progress.epoch_loss = epoch + 1, 0, None, None
+            if (epoch + 1) % config.checkpoint_every == 0 and not progress.finished:
+                save_checkpoint()
     bar.close()
+    if stop.requested:
+        result.interrupted, result.converged = True, False
+        result.stop_reason = (f"interrupted (Ctrl-C) in epoch {progress.epoch} after {progress.step} of its "
+                              f"{steps_per_epoch} steps; " + (f"checkpoint {config.checkpoint} continues it "
+                                                              "(resume=True)" if config.checkpoint else
+                                                              "no checkpoint was asked for"))
+    else:
+        progress.finished = True
+    save_checkpoint()
     optimizer.release()
     if guide_only:  # the held model's gradients were computed but never used
         for p in model.parameters():
             p.grad = None
-    if best[1] is not None:
-        _restore(model, guide, best[1])
-    result.seconds = time.perf_counter() - start
+    if progress.best_state is not None:
+        _restore(model, guide, progress.best_state)
     model.eval(), guide.eval()
+    monitored = progress.monitored
     never_improved = validation is not None and bool(monitored) and result.best_epoch == monitored[0][0]
-    if never_improved or not result.converged:
+    if not result.interrupted and (never_improved or not result.converged):
         result.converged = False
         result.stop_reason = _unconverged_reason(result, config, validation is not None, never_improved)
         if warn and is_main_process():
             warnings.warn(f"the fit did not converge: {result.stop_reason}", ConvergenceWarning, stacklevel=2)
     result.latent_activity = latent_activity(guide, train_shards, model.latent_dim).tolist()
     result.active_directions = sum(v > ACTIVE_THRESHOLD for v in result.latent_activity)
-    if warn and result.active_directions == model.latent_dim and is_main_process():
+    if warn and not result.interrupted and result.active_directions == model.latent_dim and is_main_process():
         warnings.warn(
             f"all {model.latent_dim} latent directions are in use (variances of the posterior means across "
             f"subjects: {', '.join(f'{v:.2g}' for v in result.latent_activity)}): the data may support more "
             "random-effects directions; try a larger latent_dim or latent_dim='auto'",
             LatentDimensionWarning, stacklevel=2)
     return result
+
+
+#: Settings a checkpoint need not match: they do not change the fit's
+#: numbers (``device``: a fit continued on another device is a valid
+#: continuation, equal to the uninterrupted one up to floating-point
+#: rounding rather than to the bit).
+_NOT_FINGERPRINTED = ("progress", "checkpoint", "checkpoint_every", "resume", "refine", "device")
+
+
+@dataclass
+class _Progress:
+    """The fit loop's own state: where it stands and what the stopping rule has seen."""
+
+    epoch: int = 0  # the epoch running, or the next one
+    step: int = 0  # the next step of that epoch
+    orders: dict | None = None  # that epoch's subject order per shard, once drawn
+    epoch_loss: torch.Tensor | None = None  # that epoch's loss so far (its steps' mean, partial)
+    best_loss: float = math.inf
+    best_state: tuple | None = None  # model and guide states at the best held-out loss
+    monitored: list = field(default_factory=list)  # (epoch, loss) after KL annealing
+    finished: bool = False  # the loop ended (converged or max_epochs): a resume only restores
+
+
+def _state(model, guide, optimizer: PackedAdam, decay: CosineDecay, generators: dict, result: FitResult,
+           progress: _Progress, device: torch.device) -> dict:
+    """Everything :func:`fit_svi` needs to continue, as tensors and plain values."""
+    return {
+        "model": model.state_dict(), "guide": guide.state_dict(),
+        "optimizer": {"steps": optimizer.steps, "exp_avg": optimizer.exp_avg, "exp_avg_sq": optimizer.exp_avg_sq},
+        "decay": {"start": decay.start, "length": decay.length, "top": decay.top, "shortened": decay.shortened},
+        "generators": {s: g.get_state() for s, g in generators.items()},
+        "rng": rng_state(device),
+        "result": {k: v for k, v in asdict(result).items() if k != "config"},
+        "progress": asdict(progress),
+    }
+
+
+def _load_state(state: dict, model, guide, optimizer: PackedAdam, decay: CosineDecay, generators: dict,
+                result: FitResult, progress: _Progress, device: torch.device) -> None:
+    """Put the state saved by :func:`_state` back (in place)."""
+    model.load_state_dict(state["model"])  # parameters are views of optimizer.data: copied into it
+    guide.load_state_dict(state["guide"])
+    optimizer.steps = state["optimizer"]["steps"]
+    optimizer.exp_avg.copy_(state["optimizer"]["exp_avg"])
+    optimizer.exp_avg_sq.copy_(state["optimizer"]["exp_avg_sq"])
+    for name, value in state["decay"].items():
+        setattr(decay, name, value)
+    for s, generator in generators.items():
+        generator.set_state(state["generators"][s])
+    set_rng_state(state["rng"], device)
+    for name, value in state["result"].items():
+        setattr(result, name, value)
+    for name, value in state["progress"].items():
+        setattr(progress, name, value)
+    if progress.orders is not None:
+        progress.orders = {s: order.to(device) for s, order in progress.orders.items()}
+        progress.epoch_loss = progress.epoch_loss.to(device)
+    if progress.best_state is not None:
+        progress.best_state = tuple({k: v.to(device) for k, v in part.items()} for part in progress.best_state)
 
 
 def _unconverged_reason(result: FitResult, config: FitConfig, held_out: bool, never_improved: bool) -> str:

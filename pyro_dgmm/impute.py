@@ -312,11 +312,18 @@ def fit_with_imputation(model, guide, schema: DataSchema, train: LongitudinalDat
     shards only (the subjects :func:`~pyro_dgmm.fit.fit_svi` trains on
     here); ``distributed_input`` as in :func:`~pyro_dgmm.fit.fit_svi`.
 
+    Ctrl-C during a round's fit ends the loop after that fit (its result
+    has ``interrupted=True``).  Checkpoints (``config.checkpoint``) are
+    refused: the chains carried between rounds are not in them.
+
     :returns: the fit history of the last round, the per-round trace
         (means over all processes' subjects), and the final completed
         training outcomes (N, T, K), gathered from every process (with
         ``distributed_input``: this process's subjects).
     """
+    if config.checkpoint is not None:
+        raise ConfigError(f"checkpoint={config.checkpoint!r}: the imputation loop (missing='impute') has no "
+                          "checkpoints; fit without checkpoint")
     start = time.perf_counter()
     trace = ImputationTrace()
     shards = Shards.current(config.num_shards)
@@ -331,6 +338,8 @@ def fit_with_imputation(model, guide, schema: DataSchema, train: LongitudinalDat
         result = fit_svi(model, guide, filled[0], filled[1] if validation is not None else None,
                          imputation.round_config(config, r), distributed_input=distributed_input, warn=False)
         model.cpu(), guide.cpu()
+        if result.interrupted:  # Ctrl-C: no more rounds
+            break
         gamma = imputation.step_size(r)
         moved = [g.move(model, guide, schema, imputation, gamma, seed=config.seed, round_=r, group=k)
                  for k, g in enumerate(groups)]
