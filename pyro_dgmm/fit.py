@@ -86,8 +86,11 @@ class FitConfig:
     """Settings of :func:`fit_svi` (all keyword, all with defaults).
 
     :param elbo: ``'meanfield'`` (closed-form KL), ``'trace'`` (Monte Carlo
-        KL) or ``'iwae'`` (importance-weighted bound over ``num_particles``).
-    :param num_particles: M, Monte Carlo draws of b per subject and step.
+        KL), ``'iwae'`` (importance-weighted bound over ``num_particles``) or
+        ``'auto'`` (default): ``'iwae'`` when subjects have few visits,
+        ``'meanfield'`` otherwise (:func:`resolve_objective`).
+    :param num_particles: M, Monte Carlo draws of b per subject and step
+        (None: :data:`IWAE_PARTICLES` for ``'iwae'``, 1 otherwise).
     :param max_epochs: passes over the training subjects, at most (a cap:
         the fit normally ends at convergence, see the module docstring).
     :param batch_size: subjects per step; None: :func:`default_batch_size`.
@@ -137,8 +140,8 @@ class FitConfig:
         ends with the parameters the fit would have had without the break.
     """
 
-    elbo: str = "meanfield"
-    num_particles: int = 1
+    elbo: str = "auto"
+    num_particles: int | None = None
     max_epochs: int = 1000
     batch_size: int | None = None
     learning_rate: float = 0.01
@@ -163,14 +166,14 @@ class FitConfig:
     resume: bool | str = False
 
     def __post_init__(self):
-        if self.elbo not in ELBOS:
-            raise ConfigError(f"elbo must be one of {sorted(ELBOS)}, got '{self.elbo}'")
+        if self.elbo not in ELBOS and self.elbo != "auto":
+            raise ConfigError(f"elbo must be 'auto' or one of {sorted(ELBOS)}, got '{self.elbo}'")
         if not 0 < self.kl_start <= 1:
             raise ConfigError(f"kl_start must be in (0, 1], got {self.kl_start}")
         if self.linear_warmup_epochs < 0:
             raise ConfigError(f"linear_warmup_epochs must be >= 0, got {self.linear_warmup_epochs}")
         for name in ("num_particles", "max_epochs", "eval_every", "patience", "eval_particles"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size must be positive or None, got {self.batch_size}")
@@ -332,7 +335,7 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     asked for, and the result has ``interrupted=True`` and
     ``converged=False``.  A second Ctrl-C aborts at once.
     """
-    config = config or FitConfig()
+    config = resolve_objective(config or FitConfig(), train, distributed_input)
     device = config.resolved_device()
     if config.checkpoint is not None and world()[1] > 1:
         raise ConfigError(f"checkpoint={config.checkpoint!r}: checkpoints are written by single-process fits "
@@ -630,6 +633,43 @@ def latent_activity(guide, shards: dict[int, LongitudinalData], latent_dim: int)
     mean = total / count
     covariance = outer / count - torch.outer(mean, mean)
     return torch.linalg.eigvalsh(covariance).flip(0).clamp_min(0.0)
+
+
+#: Visits per subject below which ``elbo='auto'`` fits the importance-weighted bound.
+SPARSE_VISITS = 10
+#: Particles of the importance-weighted bound when ``num_particles`` is not set.
+IWAE_PARTICLES = 8
+
+
+def resolve_objective(config: FitConfig, train: LongitudinalData, distributed_input: bool = False) -> FitConfig:
+    """``config`` with ``elbo='auto'`` and ``num_particles=None`` made concrete.
+
+    ``'auto'`` is the importance-weighted bound with :data:`IWAE_PARTICLES`
+    particles when the training subjects have on average fewer than
+    :data:`SPARSE_VISITS` visits with an observed value, and the mean-field
+    ELBO otherwise.  With few visits the posterior of b is far from
+    Gaussian (a few points cannot pin down a shift or a rate), the Gaussian
+    encoder misfits it, and the ELBO pulls the decoder towards curves whose
+    posterior it can fit, leaving latent directions unused; the tighter
+    bound removes most of that pull (on the sparse development truth, 3-8
+    visits, RMSE 13% lower and two active directions instead of one, at 2-3
+    times the cost per epoch).  With many visits the posterior is nearly
+    Gaussian and the two fits agree (within 2% on the dense development
+    truths), so the cheaper ELBO is kept (docs/fitting.md).
+    """
+    elbo = config.elbo
+    if elbo == "auto":
+        elbo = "iwae" if _visits_per_subject(train, distributed_input) < SPARSE_VISITS else "meanfield"
+    particles = config.num_particles or (IWAE_PARTICLES if elbo == "iwae" else 1)
+    return replace(config, elbo=elbo, num_particles=particles)
+
+
+def _visits_per_subject(data: LongitudinalData, distributed_input: bool) -> float:
+    """Mean number of visits with at least one observed value per subject (over processes)."""
+    counts = torch.tensor([float(data.mask.any(-1).sum()), float(data.num_subjects)], dtype=torch.float64)
+    if distributed_input:
+        counts = all_reduce_sum(counts)
+    return float(counts[0] / counts[1].clamp_min(1.0))
 
 
 def _observed_per_subject(data: LongitudinalData, distributed_input: bool) -> float:

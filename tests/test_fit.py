@@ -298,7 +298,7 @@ def test_importance_weighted_elbo_tightens_to_the_marginal_likelihood():
 
     sim = simulate_linear(n_subjects=100, n_visits=6, seed=1)
     est = DeepMixedModel(id_col="id", time_col="time", outcomes=sim.outcomes, covariates=sim.covariates,
-                         latent_dim=2).fit(sim.data, max_epochs=30, progress=False)
+                         latent_dim=2).fit(sim.data, max_epochs=30, progress=False, elbo="meanfield")
     losses = {}
     for name, elbo, m in (("elbo", MeanFieldELBO, 100), ("iwae_10", ImportanceWeightedELBO, 10),
                           ("iwae_1000", ImportanceWeightedELBO, 1000)):
@@ -394,3 +394,23 @@ def test_default_latent_dim_grows_with_outcomes_and_time_functions():
     assert default_latent_dim(6, 1) == 8 and default_latent_dim(30, 6) == 8
     with pytest.raises(ConfigError, match="latent_dim must be a positive integer or 'auto'"):
         linear_dgmm(latent_dim=0)
+
+
+@pytest.mark.parametrize("visits, expected", [(5, ("iwae", 8)), (12, ("meanfield", 1))])
+def test_auto_objective_is_the_importance_weighted_bound_when_visits_are_few(visits, expected):
+    """``elbo='auto'`` resolves by the mean number of visits with an observed
+    value (below 10: IWAE with 8 particles), explicit settings are kept, and
+    the fit records what it used."""
+    from pyro_dgmm.fit import resolve_objective
+
+    est = DeepMixedModel(id_col="pid", time_col="t", outcomes={"g": "gaussian"}, latent_dim=2)
+    frame = tiny_frame(n_subjects=8, n_visits=visits)
+    frame["g"] = frame["g"].fillna(0.0)  # every visit observed: the mean is exactly `visits`
+    est.fit(frame, max_epochs=2, progress=False)
+    assert (est.result_.config["elbo"], est.result_.config["num_particles"]) == expected
+    data = est.data_
+    assert resolve_objective(FitConfig(elbo="meanfield"), data).num_particles == 1
+    assert resolve_objective(FitConfig(num_particles=3), data).num_particles == 3
+    assert resolve_objective(FitConfig(elbo="iwae"), data) == FitConfig(elbo="iwae", num_particles=8)
+    with pytest.raises(ConfigError, match="elbo"):
+        FitConfig(elbo="bogus")
