@@ -124,7 +124,7 @@ class DeepMixedModel:
         ``'minutes'``, ``'hours'``, ``'weeks'`` or ``'years'`` (365.25 days),
         counted from the earliest training visit; the conversion is stored
         and replayed on new data, and outputs keep the user's time type
-        (:doc:`data`).  Numeric times keep their own units.
+        (:doc:`/data`).  Numeric times keep their own units.
     """
 
     def __init__(self, *, id_col: str, time_col: str, outcomes: Mapping[str, str | Family],
