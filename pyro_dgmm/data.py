@@ -666,6 +666,7 @@ def _build(schema: DataSchema, df: pd.DataFrame, dtype) -> "LongitudinalData":
         time_values=time_values,
         time_zone=schema.time_zone,
         outcome_shift=schema.shift,
+        time_origin=float(schema.time_origin) if schema.time_kind == "numeric" else 0.0,
     )
 
 
@@ -703,6 +704,7 @@ class LongitudinalData:
     time_values: np.ndarray | None = None
     time_zone: str | None = None  # of tz-aware datetime times, restored by ``to_long``
     outcome_shift: np.ndarray | None = None  # (K,) float64 added back by ``response_values``; None: zeros
+    time_origin: float = 0.0  # numeric times: ``times + time_origin`` are the user's (model time otherwise)
 
     @property
     def num_subjects(self) -> int:
