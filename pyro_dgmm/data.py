@@ -59,7 +59,7 @@ import torch
 
 from .bases import DEFAULT_TIME_BASIS, TimeBasis, basis_from_spec, parse_basis
 from .errors import ConfigError, DataError, describe_rows
-from .families import Family, Gaussian, get_family
+from .families import Family, get_family
 
 
 def _require_columns(df: pd.DataFrame, columns: Sequence[str]) -> None:
@@ -119,7 +119,7 @@ def _require_float32(values: np.ndarray, df: pd.DataFrame, column: str, what: st
     if bad.any():
         raise DataError(
             f"{what} column '{column}' has values beyond the float32 range (+-{FLOAT32_MAX:.3g}) at "
-            f"{describe_rows(df.index[bad])} (e.g. {values[bad][0]!r}); the model computes in float32: "
+            f"{describe_rows(df.index[bad])} (e.g. {float(values[bad][0]):g}); the model computes in float32: "
             "rescale the column (e.g. divide it by a power of ten)"
         )
 
@@ -145,7 +145,8 @@ def _model_times(df: pd.DataFrame, column: str, kind: str, unit: str, origin: fl
     """Model time, float64: ``t - origin`` (numeric), ``(t - origin) / unit``
     (datetime, timedelta: an exact int64 subtraction in nanoseconds first)."""
     if kind == "numeric":
-        return _as_numeric(df, column, "time") - origin
+        with np.errstate(over="ignore"):  # an overflow to inf is refused by _require_float32
+            return _as_numeric(df, column, "time") - origin
     return (_nanoseconds(df[column]) - origin).astype(np.float64) / TIME_UNITS[unit]
 
 
@@ -163,7 +164,9 @@ def _time_numbers(df: pd.DataFrame, column: str) -> np.ndarray:
                 f"pd.to_datetime(df['{column}']), and choose the model's time_unit ('days' by default)"
             ) from None
         _require_finite(times, df, column, "time")
-        _require_float32(times - times.min(), df, column, "time")
+        with np.errstate(over="ignore"):  # an overflow to inf is refused just below
+            centred = times - times.min()
+        _require_float32(centred, df, column, "time")
         return times
     missing = series.isna().to_numpy()
     if missing.any():
@@ -294,8 +297,9 @@ class DataSchema:
 
     @property
     def shift(self) -> np.ndarray:
-        """(K,) float64 ``outcome_shift``: the training mean of Gaussian
-        outcomes, 0 for the others (whose support a shift would break)."""
+        """(K,) float64 ``outcome_shift``: the training mean of outcomes whose
+        family is ``shift_invariant`` (Gaussian), 0 for the others (whose
+        support a shift would break)."""
         return np.zeros(len(self.families)) if self.outcome_shift is None else self.outcome_shift
 
     def relative_times(self, df: pd.DataFrame) -> np.ndarray:
@@ -391,8 +395,8 @@ class DataSchema:
         ``time_unit`` (a key of :data:`TIME_UNITS`) is the unit of model time
         for a datetime or timedelta time column, measured from the earliest
         training visit; numeric times keep their units and are measured from
-        their minimum.  Gaussian outcomes are shifted by their training mean
-        (module docstring)."""
+        their minimum.  Outcomes of ``shift_invariant`` families (Gaussian)
+        are shifted by their training mean (module docstring)."""
         if not outcomes:
             raise ConfigError("at least one outcome is needed: outcomes={'column': 'family'}")
         if not isinstance(time_unit, str) or time_unit not in TIME_UNITS:
@@ -417,7 +421,7 @@ class DataSchema:
                     f"outcome column '{name}' has no observed value (every row is NaN); drop it from "
                     "outcomes or give it data"
                 )
-            shifts.append(float(observed.mean()) if isinstance(family, Gaussian) else 0.0)
+            shifts.append(float(observed.mean()) if family.shift_invariant else 0.0)
             observed = observed - shifts[-1]  # float64, before any float32 cast
             encoded = family.encode(torch.as_tensor(observed)).numpy()
             sd = float(encoded.std())

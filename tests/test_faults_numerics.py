@@ -154,6 +154,8 @@ BAD_FRAMES = {
     "outcome beyond float32": (set_cell("y", 1e39), "outcome column 'y'", "float32"),
     "count beyond float32": (set_cell("c", 1e39), "outcome column 'c'", "float32"),
     "time beyond float32": (set_cell("t", 1e39), "time column 't'", "float32"),
+    "times at both ends of float64": (lambda f: f.assign(t=np.where(f.index == 4, 1.7e308, np.where(
+        f.index == 5, -1.7e308, f.t))), "time column 't'", "float32"),
     "covariate beyond float32": (lambda f: f.assign(age=np.where(f.id == 2, -1e39, 40.0)), "covariate column 'age'",
                                  "float32"),
     "all-NaN outcome column": (lambda f: f.assign(z=np.nan), "outcome column 'z'", "no observed value"),
