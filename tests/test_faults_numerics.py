@@ -236,3 +236,11 @@ def test_time_unit_must_be_a_known_unit(value):
         DeepMixedModel(id_col="id", time_col="t", outcomes={"y": "gaussian"}, time_unit=value)
     with pytest.raises(ConfigError, match="time_unit"):
         DataSchema.fit(tiny_frame(), id_col="pid", time_col="t", outcomes=OUTCOMES, time_unit=value)
+
+
+def test_landmark_evaluation_refuses_datetime_times(datetime_model):
+    """Landmarks and horizons are numbers: a datetime column is refused, not compared as nanoseconds."""
+    frame = with_times(small_frame(n=4, visits=3), "datetime")
+    with pytest.raises(DataError) as err:
+        datetime_model.landmark_evaluation(frame, 1.0, num_samples=5)
+    assert "'t'" in str(err.value) and "numeric time column" in str(err.value)
