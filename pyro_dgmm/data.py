@@ -675,12 +675,14 @@ def _build(schema: DataSchema, df: pd.DataFrame, dtype) -> "LongitudinalData":
 
 
 def _user_times(series: pd.Series) -> np.ndarray:
-    """The user's time values as a numpy array: float64, datetime64[ns] (UTC
-    for tz-aware columns) or timedelta64[ns]."""
+    """The user's time values as a numpy array: float64, or datetime64 (UTC
+    for tz-aware columns) / timedelta64 in the column's own resolution."""
     kind = time_kind(series)
     if kind == "numeric":
         return pd.to_numeric(series).to_numpy(dtype=np.float64)
-    return _nanoseconds(series).view("datetime64[ns]" if kind == "datetime" else "timedelta64[ns]")
+    if kind == "datetime" and series.dt.tz is not None:
+        series = series.dt.tz_convert("UTC").dt.tz_localize(None)
+    return series.to_numpy()
 
 
 @dataclass(frozen=True)
@@ -704,7 +706,7 @@ class LongitudinalData:
     id_col: str = "id"
     time_col: str = "time"
     encoder_mask: torch.Tensor | None = None  # what the encoder treats as observed; None: ``mask``
-    # (N, T) the user's times (float64, datetime64[ns] in UTC or timedelta64[ns]), for ``to_long``
+    # (N, T) the user's times (float64, datetime64 in UTC or timedelta64), for ``to_long``
     time_values: np.ndarray | None = None
     time_zone: str | None = None  # of tz-aware datetime times, restored by ``to_long``
     outcome_shift: np.ndarray | None = None  # (K,) float64 added back by ``response_values``; None: zeros
