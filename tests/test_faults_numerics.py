@@ -244,3 +244,14 @@ def test_landmark_evaluation_refuses_datetime_times(datetime_model):
     with pytest.raises(DataError) as err:
         datetime_model.landmark_evaluation(frame, 1.0, num_samples=5)
     assert "'t'" in str(err.value) and "numeric time column" in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["datetime", "tz", "timedelta"])
+@pytest.mark.parametrize("unit", ["s", "us", "ns"])
+def test_time_values_keep_their_type_and_resolution(kind, unit):
+    frame = with_times(small_frame(n=3, visits=3), kind)
+    frame["t"] = frame.t.dt.floor("s").astype(str(frame.t.dtype).replace("[ns", f"[{unit}"))
+    schema = DataSchema.fit(frame, id_col="id", time_col="t", outcomes={"y": "gaussian"}, time_unit="hours")
+    back = DataSchema.from_spec(schema.to_spec()).transform(frame).observed_long()
+    assert back.t.dtype == frame.t.dtype
+    assert (back.t == frame.sort_values(["id", "t"]).t.reset_index(drop=True)).all()
