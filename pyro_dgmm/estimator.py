@@ -377,6 +377,8 @@ class DeepMixedModel:
         """Population mean curve: E[y(t)] averaged over b ~ N(0, I) and over the
         covariates of the subjects in ``df`` (default: the training data).
 
+        :param times: a sequence of times of the training time column's type
+            (numbers, or datetimes / timedeltas).
         :returns: DataFrame with the time column and one column per outcome.
         """
         self._check_fitted()

@@ -62,7 +62,7 @@ def long_frames(draw):
     return frame.sample(frac=1.0, random_state=int(rng.integers(1000))).reset_index(drop=True), outcomes
 
 
-@settings(QUICK, max_examples=12)
+@settings(QUICK, max_examples=30)
 @given(long_frames())
 def test_valid_frames_fit_and_come_back_unchanged(case):
     frame, outcomes = case
@@ -109,7 +109,7 @@ def valid_frame() -> pd.DataFrame:
     return frame
 
 
-@settings(QUICK, max_examples=60)
+@settings(QUICK, max_examples=150)
 @given(kind=st.sampled_from(sorted(CORRUPTIONS)), pick=st.integers(0, 10 ** 6), row=st.integers(0, 23))
 def test_a_corrupted_cell_gives_a_data_error_naming_its_column(kind, pick, row):
     value_for, columns = CORRUPTIONS[kind]
