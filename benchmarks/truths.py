@@ -588,7 +588,8 @@ class NonlinearOracle(MixedModel):
     keyword arguments of ``MixedModel.from_schema`` (``num_covariates``,
     ``num_time_features``) and the estimator's ``activation`` are accepted;
     time features and ``activation`` are ignored (the curve uses the raw
-    times ``data.times``).
+    times ``data.times + data.time_origin``, and ``eta`` is the curve less
+    the schema's outcome shift, as the data's outcomes are).
     """
 
     truth: NonlinearTruth = None
@@ -621,8 +622,10 @@ class NonlinearOracle(MixedModel):
 
     def linear_predictor(self, b: torch.Tensor, data) -> torch.Tensor:
         theta = self.subject_parameters(b, data.covariates)
-        curve = self.truth.curve({k: v.unsqueeze(-1) for k, v in theta.items()}, data.times)  # (..., N, T)
-        return ((curve - self.outcome_offset[0]) / self.outcome_scale[0]).unsqueeze(-1)
+        times = data.times + data.time_origin
+        curve = self.truth.curve({k: v.unsqueeze(-1) for k, v in theta.items()}, times)  # (..., N, T)
+        shift = 0.0 if data.outcome_shift is None else float(data.outcome_shift[0])
+        return ((curve - shift - self.outcome_offset[0]) / self.outcome_scale[0]).unsqueeze(-1)
 
     def parameter_names(self) -> list[str]:
         """The names (``model.named_parameters()``) of the curve's parameters,

@@ -120,13 +120,14 @@ def to_inference_data(predictive: PosteriorPredictive, schema: DataSchema, *,
     visits = data.visit_mask.cpu().numpy()  # (N, T)
     nan = np.nan
     names = [f"y_{name}" for name in data.outcomes]
-    draws = np.where(visits[..., None], _numpy(predictive.draws), nan)  # (S, N, T, K)
-    observed = np.where(data.mask.cpu().numpy(), _numpy(data.y), nan)
+    draws = np.where(visits[..., None], data.response_values(predictive.draws), nan)  # (S, N, T, K)
+    observed = np.where(data.mask.cpu().numpy(), data.response_values(data.y), nan)
     log_lik = _numpy(predictive.log_likelihood)
     log_likelihood = {"y": _chain(np.nansum(log_lik, axis=(-2, -1)))}
     if cell_log_likelihood:
         log_likelihood.update({name: _chain(log_lik[..., k]) for k, name in enumerate(names)})
-    constant = {"time": np.where(visits, _numpy(data.times), nan)}
+    numeric = data.time_values is not None and data.time_values.dtype.kind == "f"
+    constant = {"time": np.where(visits, data.time_values if numeric else _numpy(data.times), nan)}
     covariate_names = schema.covariate_encoder.columns
     if covariate_names:
         constant["covariates"] = _covariates(predictive, schema)

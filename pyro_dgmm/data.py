@@ -16,16 +16,36 @@ slots, ``K`` outcomes, ``F`` time features, ``P`` covariate columns):
 =================  ===========  ==============================================
 name               shape        meaning
 =================  ===========  ==============================================
-``y``              (N, T, K)    outcomes; unobserved cells hold a valid filler
+``y``              (N, T, K)    outcomes minus the schema's ``outcome_shift``
+                                (float64 subtraction before the cast);
+                                unobserved cells hold a valid filler
 ``mask``           (N, T, K)    True where the outcome was observed
 ``visit_mask``     (N, T)       True where the subject has a row (a visit)
-``times``          (N, T)       visit times; padding repeats the last time
+``times``          (N, T)       visit times relative to the schema's time origin
+                                (float64 subtraction before the cast); padding
+                                repeats the last time
 ``time_features``  (N, T, F)    time basis at ``times`` (the talk's T_i)
 ``encoder_y``      (N, T, K)    standardised outcomes, 0 where unobserved
 ``encoder_mask``   (N, T, K)    optional: cells the encoder treats as observed
                                 (imputation fills); None means ``mask``
 ``covariates``     (N, P)       standardised numerics and one-hot categories
 =================  ===========  ==============================================
+
+Numerics.  Tensors are float32, whose 24-bit mantissa resolves about 1 in
+1.7e7: times like 1e9 + (0..10) or outcomes around 1e7 with noise SD 0.5
+would lose most of their information in the cast.  So every value is
+centred in float64 first: times are measured from the earliest training
+time (``time_origin``), Gaussian outcomes have their training mean
+(``outcome_shift``) subtracted, and every output on the outcome scale adds
+the shift back in float64 (:meth:`LongitudinalData.response_values`).
+Values beyond the float32 range (about 3.4e38) are refused with a
+:class:`~pyro_dgmm.errors.DataError` naming the column and rows.
+
+Time columns may be numeric, ``datetime64`` (tz-naive or tz-aware) or
+``timedelta64``.  Datetimes and timedeltas are converted to numbers in
+``time_unit`` (``'days'`` by default) since the earliest training visit;
+the same conversion is replayed on new data, and outputs carry the user's
+own time values and type.
 """
 from __future__ import annotations
 
@@ -75,6 +95,84 @@ def _require_finite(values: np.ndarray, df: pd.DataFrame, column: str, what: str
             f"{what} column '{column}' has missing or infinite values at "
             f"{describe_rows(df.index[bad])}; {what} values must be finite"
         )
+
+
+#: Largest magnitude a float32 tensor holds (about 3.4e38).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+#: Units a datetime or timedelta time column is measured in, in nanoseconds
+#: (a year is 365.25 days).
+TIME_UNITS = {
+    "seconds": 10 ** 9,
+    "minutes": 60 * 10 ** 9,
+    "hours": 3600 * 10 ** 9,
+    "days": 86400 * 10 ** 9,
+    "weeks": 7 * 86400 * 10 ** 9,
+    "years": 36525 * 864 * 10 ** 9,
+}
+
+
+def _require_float32(values: np.ndarray, df: pd.DataFrame, column: str, what: str) -> None:
+    """DataError naming the rows whose (centred) values overflow float32."""
+    with np.errstate(invalid="ignore"):
+        bad = np.abs(values) > FLOAT32_MAX
+    if bad.any():
+        raise DataError(
+            f"{what} column '{column}' has values beyond the float32 range (+-{FLOAT32_MAX:.3g}) at "
+            f"{describe_rows(df.index[bad])} (e.g. {float(values[bad][0]):g}); the model computes in float32: "
+            "rescale the column (e.g. divide it by a power of ten)"
+        )
+
+
+def time_kind(series: pd.Series) -> str:
+    """``'datetime'`` (tz-naive or tz-aware), ``'timedelta'`` or ``'numeric'``."""
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return "datetime"
+    if pd.api.types.is_timedelta64_dtype(series):
+        return "timedelta"
+    return "numeric"
+
+
+def _nanoseconds(series: pd.Series) -> np.ndarray:
+    """A datetime (as UTC) or timedelta series as int64 nanoseconds; NaT: the int64 minimum."""
+    if time_kind(series) == "datetime" and getattr(series.dt, "tz", None) is not None:
+        series = series.dt.tz_convert("UTC").dt.tz_localize(None)
+    kind = "datetime64[ns]" if time_kind(series) == "datetime" else "timedelta64[ns]"
+    return series.to_numpy(dtype=kind).view(np.int64)
+
+
+def _model_times(df: pd.DataFrame, column: str, kind: str, unit: str, origin: float | int) -> np.ndarray:
+    """Model time, float64: ``t - origin`` (numeric), ``(t - origin) / unit``
+    (datetime, timedelta: an exact int64 subtraction in nanoseconds first)."""
+    if kind == "numeric":
+        with np.errstate(over="ignore"):  # an overflow to inf is refused by _require_float32
+            return _as_numeric(df, column, "time") - origin
+    return (_nanoseconds(df[column]) - origin).astype(np.float64) / TIME_UNITS[unit]
+
+
+def _time_numbers(df: pd.DataFrame, column: str) -> np.ndarray:
+    """The time column as float64 for ordering and checks (datetimes and
+    timedeltas in nanoseconds, relative to their minimum), with a DataError
+    naming the rows that are missing, infinite or not numbers."""
+    series = df[column]
+    if time_kind(series) == "numeric":
+        try:
+            times = _as_numeric(df, column, "time")
+        except DataError as err:
+            raise DataError(
+                f"{err}; for dates convert the column first, e.g. df['{column}'] = "
+                f"pd.to_datetime(df['{column}']), and choose the model's time_unit ('days' by default)"
+            ) from None
+        _require_finite(times, df, column, "time")
+        with np.errstate(over="ignore"):  # an overflow to inf is refused just below
+            centred = times - times.min()
+        _require_float32(centred, df, column, "time")
+        return times
+    missing = series.isna().to_numpy()
+    if missing.any():
+        raise DataError(f"time column '{column}' has missing values (NaT) at {describe_rows(df.index[missing])}")
+    ns = _nanoseconds(series)
+    return (ns - ns.min()).astype(np.float64)
 
 
 @dataclass
@@ -187,10 +285,98 @@ class DataSchema:
     initial_offset: np.ndarray  # (K,) family.initial_offset of the observed values
     initial_scale: np.ndarray  # (K,)
     initial_dispersion: list  # (K,) float or None
+    time_kind: str = "numeric"  # of the training time column: 'numeric', 'datetime' or 'timedelta'
+    time_unit: str = "days"  # what one unit of model time is, for datetime/timedelta times (TIME_UNITS)
+    time_origin: float | int = 0.0  # earliest training time: a number, or int nanoseconds (datetimes in UTC)
+    time_zone: str | None = None  # of tz-aware datetime training times
+    outcome_shift: np.ndarray | None = None  # (K,) float64 subtracted from the outcomes; None: zeros
 
     @property
     def outcomes(self) -> list[str]:
         return list(self.families)
+
+    @property
+    def shift(self) -> np.ndarray:
+        """(K,) float64 ``outcome_shift``: the training mean of outcomes whose
+        family is ``shift_invariant`` (Gaussian), 0 for the others (whose
+        support a shift would break)."""
+        return np.zeros(len(self.families)) if self.outcome_shift is None else self.outcome_shift
+
+    def relative_times(self, df: pd.DataFrame) -> np.ndarray:
+        """The time column of ``df`` in model time, float64: ``t - time_origin``
+        for numeric times, ``(t - time_origin) / time_unit`` for datetimes and
+        timedeltas (an exact int64 subtraction in nanoseconds first).
+
+        Raises:
+            DataError: the column's type (numeric, datetime, timedelta,
+                tz-aware or not) is not the training column's.
+        """
+        self.check_time_type(df[self.time_col])
+        return _model_times(df, self.time_col, self.time_kind, self.time_unit, self.time_origin)
+
+    def add_offsets(self, times: pd.Series, offsets: np.ndarray) -> pd.Series:
+        """``times`` (the user's time type) plus ``offsets`` in model time
+        (float64; ``time_unit`` for datetimes and timedeltas, rounded to the
+        nanosecond)."""
+        if self.time_kind == "numeric":
+            return pd.to_numeric(times).astype(np.float64) + offsets
+        ns = np.round(np.asarray(offsets, dtype=np.float64) * TIME_UNITS[self.time_unit]).astype(np.int64)
+        return times + pd.to_timedelta(ns, unit="ns")
+
+    def elapsed(self, later: pd.Series, earlier: pd.Series) -> np.ndarray:
+        """``later - earlier`` (the user's time type) in model time, float64."""
+        if self.time_kind == "numeric":
+            return pd.to_numeric(later).to_numpy(np.float64) - pd.to_numeric(earlier).to_numpy(np.float64)
+        return ((later - earlier) / pd.Timedelta(TIME_UNITS[self.time_unit], unit="ns")).to_numpy(np.float64)
+
+    def time_grid(self, times, *, relative: bool = False) -> pd.Series:
+        """A sequence of times given by the user (prediction times, a curve's
+        grid) checked and returned as a Series of the training time type;
+        with ``relative``, offsets as float64 model time instead: numbers
+        (in model time: ``time_unit`` for datetime columns) or timedeltas.
+
+        Raises:
+            DataError: empty, missing or non-finite values, or values of
+                another type than the training time column (named).
+        """
+        values = pd.Series(list(times) if np.ndim(times) else [times])
+        if values.empty:
+            raise DataError(f"no times given for the time column '{self.time_col}'")
+        frame = values.to_frame(self.time_col)
+        if relative and self.time_kind != "numeric" and time_kind(values) == "timedelta":
+            return pd.Series(_model_times(frame, self.time_col, "timedelta", self.time_unit, 0))
+        if relative or self.time_kind == "numeric":
+            if time_kind(values) != "numeric":
+                raise DataError(f"times for the time column '{self.time_col}' must be numbers"
+                                f"{' (offsets in ' + self.time_unit + ') or timedeltas' if relative else ''}; "
+                                f"got {values.dtype} values such as {values.iloc[0]!r}")
+            numbers = _as_numeric(frame, self.time_col, "time")
+            _require_finite(numbers, frame, self.time_col, "time")
+            return pd.Series(numbers)
+        self.check_time_type(values)
+        _time_numbers(frame, self.time_col)  # NaT
+        return values
+
+    def check_time_type(self, series: pd.Series) -> None:
+        """DataError unless ``series`` has the training time column's type
+        (numeric, datetime or timedelta; tz-aware or not)."""
+        kind = time_kind(series)
+        zone = getattr(series.dt, "tz", None) if kind == "datetime" else None
+        wanted = {"numeric": "numbers", "datetime": "datetimes (datetime64)", "timedelta": "timedeltas"}
+        if kind != self.time_kind:
+            hint = {"datetime": f"pd.to_datetime(df['{self.time_col}'])",
+                    "timedelta": f"pd.to_timedelta(df['{self.time_col}'])",
+                    "numeric": f"numbers in the training units (not {wanted[kind]})"}[self.time_kind]
+            raise DataError(
+                f"time column '{self.time_col}' holds {wanted[kind]} but the model was fitted with "
+                f"{wanted[self.time_kind]}; give it the training type, e.g. {hint}"
+            )
+        if kind == "datetime" and (zone is None) != (self.time_zone is None):
+            raise DataError(
+                f"time column '{self.time_col}' is {'tz-aware' if zone is not None else 'tz-naive'} but the "
+                f"model was fitted with {'tz-aware' if self.time_zone else 'tz-naive'} datetimes; use "
+                f"df['{self.time_col}'].dt.tz_localize(...) or .dt.tz_convert(None) to match"
+            )
 
     @classmethod
     def fit(
@@ -202,19 +388,41 @@ class DataSchema:
         outcomes: Mapping[str, str | Family],
         covariates: Sequence[str] = (),
         time_basis: str | TimeBasis = DEFAULT_TIME_BASIS,
+        time_unit: str = "days",
     ) -> "DataSchema":
-        """Learn the schema from a training frame (validating it on the way)."""
+        """Learn the schema from a training frame (validating it on the way).
+
+        ``time_unit`` (a key of :data:`TIME_UNITS`) is the unit of model time
+        for a datetime or timedelta time column, measured from the earliest
+        training visit; numeric times keep their units and are measured from
+        their minimum.  Outcomes of ``shift_invariant`` families (Gaussian)
+        are shifted by their training mean (module docstring)."""
         if not outcomes:
             raise ConfigError("at least one outcome is needed: outcomes={'column': 'family'}")
+        if not isinstance(time_unit, str) or time_unit not in TIME_UNITS:
+            raise ConfigError(f"time_unit must be one of {list(TIME_UNITS)}; got {time_unit!r}")
         families = {str(name): get_family(spec) for name, spec in outcomes.items()}
         _validate_frame(df, id_col, time_col, families, list(covariates), require_observed=True)
+        kind = time_kind(df[time_col])
+        origin = (float(_as_numeric(df, time_col, "time").min()) if kind == "numeric"
+                  else int(_nanoseconds(df[time_col]).min()))
+        zone = getattr(df[time_col].dt, "tz", None) if kind == "datetime" else None
+        timing = dict(time_kind=kind, time_unit=time_unit, time_origin=origin,
+                      time_zone=None if zone is None else str(zone))
         basis = parse_basis(time_basis)
-        basis.fit(_as_numeric(df, time_col, "time"))
+        basis.fit(_model_times(df, time_col, kind, time_unit, origin))
         baseline = _baseline(df, id_col, list(covariates))
-        centers, scales, fillers, offsets, out_scales, dispersions = [], [], [], [], [], []
+        centers, scales, fillers, offsets, out_scales, dispersions, shifts = [], [], [], [], [], [], []
         for name, family in families.items():
             observed = _as_numeric(df, name, "outcome")
             observed = observed[~np.isnan(observed)]
+            if observed.size == 0:
+                raise DataError(
+                    f"outcome column '{name}' has no observed value (every row is NaN); drop it from "
+                    "outcomes or give it data"
+                )
+            shifts.append(float(observed.mean()) if family.shift_invariant else 0.0)
+            observed = observed - shifts[-1]  # float64, before any float32 cast
             encoded = family.encode(torch.as_tensor(observed)).numpy()
             sd = float(encoded.std())
             centers.append(float(encoded.mean()))
@@ -236,6 +444,8 @@ class DataSchema:
             initial_offset=np.array(offsets),
             initial_scale=np.array(out_scales),
             initial_dispersion=dispersions,
+            **timing,
+            outcome_shift=np.array(shifts),
         )
 
     @classmethod
@@ -267,6 +477,7 @@ class DataSchema:
         _validate_frame(
             df, self.id_col, self.time_col, self.families, self.covariates, require_observed
         )
+        self.check_time_type(df[self.time_col])
         return df
 
     def to_spec(self) -> dict:
@@ -287,6 +498,11 @@ class DataSchema:
             "initial_offset": self.initial_offset.tolist(),
             "initial_scale": self.initial_scale.tolist(),
             "initial_dispersion": list(self.initial_dispersion),
+            "time_kind": self.time_kind,
+            "time_unit": self.time_unit,
+            "time_origin": self.time_origin,
+            "time_zone": self.time_zone,
+            "outcome_shift": self.shift.tolist(),
         }
 
     @classmethod
@@ -307,6 +523,12 @@ class DataSchema:
             initial_offset=np.array(spec["initial_offset"]),
             initial_scale=np.array(spec["initial_scale"]),
             initial_dispersion=list(spec["initial_dispersion"]),
+            # files saved before these fields: numeric times and outcomes, no shift
+            time_kind=spec.get("time_kind", "numeric"),
+            time_unit=spec.get("time_unit", "days"),
+            time_origin=spec.get("time_origin", 0.0),
+            time_zone=spec.get("time_zone"),
+            outcome_shift=np.array(spec.get("outcome_shift", [0.0] * len(spec["families"])), dtype=np.float64),
         )
 
 
@@ -320,6 +542,11 @@ def _validate_frame(
 ) -> None:
     if not isinstance(df, pd.DataFrame):
         raise DataError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    if isinstance(df.columns, pd.MultiIndex):
+        raise DataError(
+            f"the DataFrame has MultiIndex columns ({list(df.columns[:3])} ...); flatten them first, e.g. "
+            "df.columns = ['_'.join(map(str, c)) for c in df.columns]"
+        )
     if len(df) == 0:
         raise DataError("the DataFrame is empty: there are no rows to fit")
     _require_columns(df, [id_col, time_col, *families, *covariates])
@@ -327,8 +554,7 @@ def _validate_frame(
         raise DataError(
             f"id column '{id_col}' has missing values at {describe_rows(df.index[df[id_col].isna()])}"
         )
-    times = _as_numeric(df, time_col, "time")
-    _require_finite(times, df, time_col, "time")
+    times = _time_numbers(df, time_col)
     subject = pd.factorize(df[id_col])[0]
     order = visit_order(subject, times)  # one sort serves the duplicate and the covariate checks
     duplicated = duplicated_visits(subject, times, order)
@@ -344,6 +570,7 @@ def _validate_frame(
             raise DataError(
                 f"outcome column '{name}' has infinite values at {describe_rows(df.index[inf])}"
             )
+        _require_float32(values, df, name, "outcome")
         invalid = family.invalid(values)
         if invalid.any():
             raise DataError(
@@ -355,6 +582,7 @@ def _validate_frame(
         series = df[col]
         if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
             _require_finite(series.to_numpy(dtype=np.float64), df, col, "covariate")
+            _require_float32(series.to_numpy(dtype=np.float64), df, col, "covariate")
         elif series.isna().any():
             raise DataError(
                 f"covariate column '{col}' has missing values at "
@@ -388,10 +616,12 @@ def _baseline(df: pd.DataFrame, id_col: str, covariates: list[str]) -> pd.DataFr
 
 
 def _build(schema: DataSchema, df: pd.DataFrame, dtype) -> "LongitudinalData":
-    times = _as_numeric(df, schema.time_col, "time")
+    times = schema.relative_times(df)  # float64, centred before the cast below
     order = visit_order(pd.factorize(df[schema.id_col], sort=True)[0], times)
     df = df.iloc[order]
     times = times[order]
+    _require_float32(times, df, schema.time_col, "time")
+    user_times = _user_times(df[schema.time_col])
     subject, ids = pd.factorize(df[schema.id_col], sort=True)
     n = len(ids)
     counts = np.bincount(subject, minlength=n)
@@ -399,7 +629,9 @@ def _build(schema: DataSchema, df: pd.DataFrame, dtype) -> "LongitudinalData":
     t_max = int(counts.max())
 
     names = schema.outcomes
-    raw = np.column_stack([_as_numeric(df, name, "outcome") for name in names])
+    raw = np.column_stack([_as_numeric(df, name, "outcome") for name in names]) - schema.shift  # float64
+    for k, name in enumerate(names):
+        _require_float32(raw[:, k], df, name, "outcome")
     observed = ~np.isnan(raw)
     y = np.broadcast_to(schema.filler, (n, t_max, len(names))).copy()
     mask = np.zeros((n, t_max, len(names)), dtype=bool)
@@ -407,8 +639,11 @@ def _build(schema: DataSchema, df: pd.DataFrame, dtype) -> "LongitudinalData":
     mask[subject, slot] = observed
     visit_mask = np.zeros((n, t_max), dtype=bool)
     visit_mask[subject, slot] = True
-    grid = np.repeat(times[np.cumsum(counts) - 1][:, None], t_max, axis=1)  # pad: last time
+    last = np.cumsum(counts) - 1
+    grid = np.repeat(times[last][:, None], t_max, axis=1)  # pad: last time
     grid[subject, slot] = times
+    time_values = np.repeat(user_times[last][:, None], t_max, axis=1)
+    time_values[subject, slot] = user_times
 
     y_t = torch.as_tensor(y, dtype=dtype)
     mask_t = torch.as_tensor(mask)
@@ -432,8 +667,22 @@ def _build(schema: DataSchema, df: pd.DataFrame, dtype) -> "LongitudinalData":
         outcomes=names,
         id_col=schema.id_col,
         time_col=schema.time_col,
-        time_values=grid,
+        time_values=time_values,
+        time_zone=schema.time_zone,
+        outcome_shift=schema.shift,
+        time_origin=float(schema.time_origin) if schema.time_kind == "numeric" else 0.0,
     )
+
+
+def _user_times(series: pd.Series) -> np.ndarray:
+    """The user's time values as a numpy array: float64, or datetime64 (UTC
+    for tz-aware columns) / timedelta64 in the column's own resolution."""
+    kind = time_kind(series)
+    if kind == "numeric":
+        return pd.to_numeric(series).to_numpy(dtype=np.float64)
+    if kind == "datetime" and series.dt.tz is not None:
+        series = series.dt.tz_convert("UTC").dt.tz_localize(None)
+    return series.to_numpy()
 
 
 @dataclass(frozen=True)
@@ -457,11 +706,23 @@ class LongitudinalData:
     id_col: str = "id"
     time_col: str = "time"
     encoder_mask: torch.Tensor | None = None  # what the encoder treats as observed; None: ``mask``
-    time_values: np.ndarray | None = None  # (N, T) the user's times in float64, for ``to_long``
+    # (N, T) the user's times (float64, datetime64 in UTC or timedelta64), for ``to_long``
+    time_values: np.ndarray | None = None
+    time_zone: str | None = None  # of tz-aware datetime times, restored by ``to_long``
+    outcome_shift: np.ndarray | None = None  # (K,) float64 added back by ``response_values``; None: zeros
+    time_origin: float = 0.0  # numeric times: ``times + time_origin`` are the user's (model time otherwise)
 
     @property
     def num_subjects(self) -> int:
         return self.y.shape[0]
+
+    def response_values(self, values: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Values on the outcome scale of ``y`` (last axis: the K outcomes,
+        e.g. fitted means or draws) back on the user's scale: float64, with
+        ``outcome_shift`` added in float64 (module docstring)."""
+        values = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+        values = values.astype(np.float64)
+        return values if self.outcome_shift is None else values + self.outcome_shift
 
     @property
     def num_visits(self) -> int:
@@ -541,10 +802,10 @@ class LongitudinalData:
         """
         keep = np.ones(self.visit_mask.shape, bool) if all_slots else self.visit_mask.cpu().numpy()
         subject, slot = np.nonzero(keep)
-        out = {
-            self.id_col: self.ids[subject],
-            self.time_col: (self.times.cpu().numpy() if self.time_values is None else self.time_values)[subject, slot],
-        }
+        times = (self.times.cpu().numpy() if self.time_values is None else self.time_values)[subject, slot]
+        if self.time_zone is not None:
+            times = pd.DatetimeIndex(times).tz_localize("UTC").tz_convert(self.time_zone)
+        out = {self.id_col: self.ids[subject], self.time_col: times}
         for name, array in values.items():
             array = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
             if array.shape != keep.shape:
@@ -554,7 +815,7 @@ class LongitudinalData:
 
     def observed_long(self) -> pd.DataFrame:
         """The outcomes back in long format (NaN where unobserved)."""
-        y = torch.where(self.mask, self.y, torch.tensor(float("nan"), dtype=self.y.dtype, device=self.device))
+        y = np.where(self.mask.cpu().numpy(), self.response_values(self.y), np.nan)
         return self.to_long({name: y[..., k] for k, name in enumerate(self.outcomes)})
 
 

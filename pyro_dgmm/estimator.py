@@ -30,8 +30,8 @@ import pyro
 import torch
 
 from .bases import DEFAULT_TIME_BASIS
-from .data import DataSchema, LongitudinalData
 from .checkpoint import open_checkpoint
+from .data import TIME_UNITS, DataSchema, LongitudinalData
 from .errors import ConfigError, ConvergenceWarning, DataError, NotFittedError
 from .families import Family
 from .fit import FitConfig, FitResult, fit_svi
@@ -120,6 +120,12 @@ class DeepMixedModel:
     :param encoder: ``'set'`` (pools over visits) or ``'dense'`` (talk).
     :param covariance: ``'full'`` (Cholesky) or ``'diagonal'`` Sigma_b.
     :param validation_fraction: share of subjects held out for early stopping.
+    :param time_unit: unit of model time when the time column holds
+        datetimes or timedeltas: ``'days'`` (default), ``'seconds'``,
+        ``'minutes'``, ``'hours'``, ``'weeks'`` or ``'years'`` (365.25 days),
+        counted from the earliest training visit; the conversion is stored
+        and replayed on new data, and outputs keep the user's time type
+        (:doc:`/data`).  Numeric times keep their own units.
     """
 
     def __init__(self, *, id_col: str, time_col: str, outcomes: Mapping[str, str | Family],
@@ -127,7 +133,7 @@ class DeepMixedModel:
                  model_class: type[MixedModel] = DGMM, model_options: dict | None = None,
                  encoder: str = "set", encoder_hidden: Sequence[int] = (64, 64),
                  covariance: str = "full", activation: str = "tanh",
-                 validation_fraction: float = 0.1):
+                 validation_fraction: float = 0.1, time_unit: str = "days"):
         if not (isinstance(model_class, type) and issubclass(model_class, MixedModel)):
             raise ConfigError(f"model_class must be a subclass of MixedModel, got {model_class!r}")
         if not 0 <= validation_fraction < 1:
@@ -144,6 +150,9 @@ class DeepMixedModel:
         self.options = ModelOptions(latent_dim, dict(model_options or {}), encoder,
                                     tuple(encoder_hidden), covariance, activation)
         self.validation_fraction = validation_fraction
+        if not isinstance(time_unit, str) or time_unit not in TIME_UNITS:
+            raise ConfigError(f"time_unit must be one of {list(TIME_UNITS)}; got {time_unit!r}")
+        self.time_unit = time_unit
         self.schema_: DataSchema | None = None
         self.model_: MixedModel | None = None
         self.guide_: AmortizedGuide | None = None
@@ -207,7 +216,7 @@ class DeepMixedModel:
         self.missing, self.distributed_input = missing, distributed_input
         self._interrupt_warned = False
         schema_options = dict(id_col=self.id_col, time_col=self.time_col, outcomes=self.outcomes,
-                              covariates=self.covariates, time_basis=self.time_basis)
+                              covariates=self.covariates, time_basis=self.time_basis, time_unit=self.time_unit)
         if distributed_input:
             self.schema_ = fit_schema(df, **schema_options, seed=config.seed)
             data = agree(lambda: self.schema_.transform(df))
@@ -383,6 +392,7 @@ class DeepMixedModel:
 
         def compute(part: LongitudinalData) -> pd.DataFrame:
             means = fitted_means(self.model_, self.guide_, self._encoder_view(part), num_samples, method)
+            means = part.response_values(means)  # float64, the outcome shift added back
             fitted = part.to_long({f"{name}_fitted": means[..., k] for k, name in enumerate(part.outcomes)})
             return pd.concat([part.observed_long(), fitted.drop(columns=[part.id_col, part.time_col])], axis=1)
 
@@ -418,19 +428,21 @@ class DeepMixedModel:
         """Population mean curve: E[y(t)] averaged over b ~ N(0, I) and over the
         covariates of the subjects in ``df`` (default: the training data).
 
+        :param times: a sequence of times of the training time column's type
+            (numbers, or datetimes / timedeltas).
         :returns: DataFrame with the time column and one column per outcome.
         """
         self._check_fitted()
         base = self._baseline_frame(df)
-        times = np.asarray(times, dtype=float)
+        times = self.schema_.time_grid(times)  # a Series of the training time type
         grid = base.loc[base.index.repeat(len(times))].reset_index(drop=True)
-        grid[self.time_col] = np.tile(times, len(base))
+        grid[self.time_col] = times.iloc[np.tile(np.arange(len(times)), len(base))].reset_index(drop=True)
         data = self.transform(grid, require_observed=False)
-        means = marginal_means(self.model_, data, num_samples)  # (N, T, K), T = len(times), sorted
-        order = np.argsort(times)
-        out = pd.DataFrame({self.time_col: times[order]})
+        means = data.response_values(marginal_means(self.model_, data, num_samples))  # (N, T, K), sorted
+        order = np.argsort(self.schema_.relative_times(times.to_frame(self.time_col)), kind="stable")
+        out = pd.DataFrame({self.time_col: times.iloc[order].reset_index(drop=True)})
         for k, name in enumerate(data.outcomes):
-            out[name] = means[..., k].mean(0).cpu().numpy()
+            out[name] = means[..., k].mean(0)
         return out
 
     def _baseline_frame(self, df: pd.DataFrame | None) -> pd.DataFrame:
@@ -534,4 +546,5 @@ class DeepMixedModel:
             "latent_dim": o.latent_dim, "model_options": o.model_options, "encoder": o.encoder,
             "encoder_hidden": list(o.encoder_hidden), "covariance": o.covariance,
             "activation": o.activation, "validation_fraction": self.validation_fraction,
+            "time_unit": self.time_unit,
         }

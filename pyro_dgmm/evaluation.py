@@ -48,6 +48,9 @@ def landmark_split(df: pd.DataFrame, *, id_col: str, time_col: str, outcomes: Se
     for column in (id_col, time_col, *outcomes):
         if column not in df.columns:
             raise DataError(f"column '{column}' not found in the DataFrame; its columns are {list(df.columns)}")
+    if not pd.api.types.is_numeric_dtype(df[time_col]):
+        raise DataError(f"landmark evaluation needs a numeric time column; '{time_col}' holds {df[time_col].dtype} "
+                        f"values: convert it to numbers, e.g. (df['{time_col}'] - start) / pd.Timedelta(days=1)")
     time = pd.to_numeric(df[time_col])
     history = df[time <= landmark]
     end = np.inf if horizon is None else landmark + horizon

@@ -79,6 +79,11 @@ class Family(abc.ABC):
     has_dispersion: bool = False
     #: Name of that parameter (``'sigma'``, ``'precision'``) or ``None``.
     dispersion_name: str | None = None
+    #: Whether ``y - c`` follows the family with its location moved by ``-c``
+    #: on the whole real line, so the schema may subtract the training mean in
+    #: float64 before the float32 cast (:mod:`pyro_dgmm.data`); True for
+    #: :class:`Gaussian`, False where a shift would leave the support.
+    shift_invariant: bool = False
 
     # ----------------------------------------------------------------- link
     @abc.abstractmethod
@@ -198,6 +203,7 @@ class Gaussian(Family):
     name = "gaussian"
     has_dispersion = True
     dispersion_name = "sigma"
+    shift_invariant = True
     support_description = "values must be finite real numbers"
 
     def inverse_link(self, eta):

@@ -415,7 +415,7 @@ def multiple_imputations(model, guide, data: LongitudinalData, num_imputations: 
     """
     draws, _ = sample_random_effects(model, guide, data, num_samples=num_imputations * mcmc_steps,
                                      warmup_steps=warmup_steps, kernel=kernel)
-    completed = draw_missing(model, data, draws[mcmc_steps - 1::mcmc_steps])
+    completed = data.response_values(draw_missing(model, data, draws[mcmc_steps - 1::mcmc_steps]))  # float64
     visits = data.visit_mask.cpu().numpy()
     frames = []
     for m in range(num_imputations):

@@ -168,7 +168,7 @@ def _check_file_split(sources: list[tuple[Path, list]], id_col: str) -> None:
 
 def fit_schema(df: pd.DataFrame, *, id_col: str, time_col: str, outcomes: Mapping[str, str | Family],
                covariates: Sequence[str] = (), time_basis: str | TimeBasis = DEFAULT_TIME_BASIS,
-               max_subjects: int = 5000, seed: int = 0) -> DataSchema:
+               time_unit: str = "days", max_subjects: int = 5000, seed: int = 0) -> DataSchema:
     """The same :class:`~pyro_dgmm.data.DataSchema` on every process from
     each process's own subjects ``df`` (module docstring).  Every process
     must call it; a DataError on any process (the local frame is validated
@@ -199,7 +199,7 @@ def fit_schema(df: pd.DataFrame, *, id_col: str, time_col: str, outcomes: Mappin
     sample = sample.iloc[visit_order(pd.factorize(sample[id_col], sort=True)[0],
                                      pd.to_numeric(sample[time_col]).to_numpy(float))].reset_index(drop=True)
     schema = DataSchema.fit(sample, id_col=id_col, time_col=time_col, outcomes=families,
-                            covariates=list(covariates), time_basis=time_basis)
+                            covariates=list(covariates), time_basis=time_basis, time_unit=time_unit)
     for col in schema.covariate_encoder.categorical:
         schema.covariate_encoder.categorical[col] = sorted(set().union(*(part[2][col] for part in gathered)))
     return schema

@@ -315,9 +315,11 @@ def _check_levels(levels: Sequence[float]) -> list[float]:
     return levels
 
 
-def _times_frame(schema: DataSchema, history: pd.DataFrame, times) -> pd.DataFrame:
+def _times_frame(schema: DataSchema, history: pd.DataFrame, times, relative: bool = False) -> pd.DataFrame:
     """The requested rows: (id, time) for every history subject (a sequence
-    of times) or as given (a DataFrame, possibly with outcome columns)."""
+    of times of the training time type, or offsets if ``relative``: see
+    :meth:`~pyro_dgmm.data.DataSchema.time_grid`) or as given (a DataFrame,
+    possibly with outcome columns)."""
     id_col, time_col = schema.id_col, schema.time_col
     if isinstance(times, pd.DataFrame):
         if times.empty:
@@ -333,11 +335,10 @@ def _times_frame(schema: DataSchema, history: pd.DataFrame, times) -> pd.DataFra
                 "least one history row (baseline covariates, outcomes may be NaN)"
             )
         return times
-    grid = np.asarray(times, dtype=float).ravel()
-    if grid.size == 0 or not np.isfinite(grid).all():
-        raise DataError(f"times must be a non-empty sequence of finite numbers or a DataFrame; got {times!r}")
+    grid = schema.time_grid(np.ravel(times) if np.ndim(times) > 1 else times, relative=relative)
     ids = pd.unique(history[id_col])
-    return pd.DataFrame({id_col: np.repeat(ids, grid.size), time_col: np.tile(grid, ids.size)})
+    return pd.DataFrame({id_col: np.repeat(ids, grid.size),
+                         time_col: grid.iloc[np.tile(np.arange(grid.size), ids.size)].reset_index(drop=True)})
 
 
 def _target_frame(schema: DataSchema, history: pd.DataFrame, times, relative: bool,
@@ -347,18 +348,20 @@ def _target_frame(schema: DataSchema, history: pd.DataFrame, times, relative: bo
     ``history`` flag; a requested (id, time) already in the history keeps
     the history row."""
     id_col, time_col = schema.id_col, schema.time_col
-    rows = _times_frame(schema, history, times).reindex(
+    rows = _times_frame(schema, history, times, relative).reindex(
         columns=[id_col, time_col, *schema.outcomes])  # outcomes not given: NaN
     last = history.groupby(id_col, sort=False)[time_col].max()
-    if relative:
-        rows[time_col] = rows[time_col].to_numpy(float) + rows[id_col].map(last).to_numpy(float)
+    if relative:  # offsets (model time) from each subject's last visit
+        offsets = schema.time_grid(rows[time_col], relative=True).to_numpy()
+        rows[time_col] = schema.add_offsets(rows[id_col].map(last), offsets)
     rows["history"] = False
     if include_history:
         past = history[[id_col, time_col, *schema.outcomes]].assign(history=True)
         rows = pd.concat([past, rows], ignore_index=True).drop_duplicates([id_col, time_col], keep="first")
     if schema.covariates:
         rows = rows.join(history.groupby(id_col, sort=False)[schema.covariates].first(), on=id_col)
-    rows["horizon"] = rows[time_col].to_numpy(float) - rows[id_col].map(last).to_numpy(float)
+    schema.check_time_type(rows[time_col])  # a DataError before any arithmetic on mixed types
+    rows["horizon"] = schema.elapsed(rows[time_col], rows[id_col].map(last))
     return rows.sort_values([id_col, time_col], kind="stable").reset_index(drop=True)
 
 
@@ -368,8 +371,9 @@ def _summary_table(rows: pd.DataFrame, predictive: PosteriorPredictive, schema: 
     with it, from per-slot draws; ``rows`` are the visits in slot order."""
     data, names = predictive.data, schema.outcomes
     subject, slot = np.nonzero(data.visit_mask.cpu().numpy())
-    means = predictive.means.cpu().numpy()[:, subject, slot]  # (S, V, K) over the V visits
-    draws = predictive.draws.cpu().numpy()[:, subject, slot]
+    # (S, V, K) over the V visits, float64 with the outcome shift added back
+    means = data.response_values(predictive.means.cpu().numpy()[:, subject, slot])
+    draws = data.response_values(predictive.draws.cpu().numpy()[:, subject, slot])
     stats = {"mean": means.mean(0)}
     for level in levels:
         tail, label = (1 - level) / 2, _level_label(level)
@@ -424,7 +428,7 @@ def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, r
     if Shards.current(num_shards).num_shards == 1:
         return _predict_subjects(model, guide, schema, history, times, **options)
     schema.validate(history, require_observed=False)
-    _times_frame(schema, history, times)  # errors are raised alike on every process, before any shard runs
+    _times_frame(schema, history, times, relative)  # errors are raised alike on every process, before any shard runs
     id_col, time_col = schema.id_col, schema.time_col
     ids = pd.factorize(history[id_col], sort=True)[1]
 
@@ -438,7 +442,7 @@ def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, r
 
     parts = [part for part in run_shards(compute, len(ids), num_shards=num_shards, seed=seed) if part is not None]
     table = pd.concat([t for t, _ in parts], ignore_index=True)
-    order = visit_order(pd.factorize(table[id_col], sort=True)[0], table[time_col].to_numpy(float))
+    order = visit_order(pd.factorize(table[id_col], sort=True)[0], schema.relative_times(table))
     draws = np.concatenate([d for _, d in parts], axis=1)[:, order]
     return Prediction(table.iloc[order].reset_index(drop=True), draws, None)
 

@@ -1043,6 +1043,8 @@ def population_curve(model, data: LongitudinalData, errors: StandardErrors, *, s
     lower, upper = eta - z * se, eta + z * se
     if scale == "response":
         eta, se, lower, upper = _to_response(model, eta, se, lower, upper)
+    # the outcome shift (non-zero for Gaussian outcomes only, identity link) back in float64
+    eta, lower, upper = (data.response_values(x) for x in (eta, lower, upper))
     columns = {}
     for k, name in enumerate(data.outcomes):
         columns.update({name: eta[..., k], f"{name}_se": se[..., k], f"{name}_lower": lower[..., k],
@@ -1145,7 +1147,7 @@ def _linear_map(model, schema: DataSchema, errors: StandardErrors) -> tuple[pd.M
         time_terms = [schema.time_col if m == 1 else f"{schema.time_col}^{m}" for m in range(1, raw.shape[0])]
         terms += [(outcome, t) for t in ["intercept", *time_terms, *(label for label, _ in extra)]]
         rows += [block, *(row[None] for _, row in extra)]
-        offsets += [float(model.outcome_offset[k])] + [0.0] * (raw.shape[0] - 1 + len(extra))
+        offsets += [float(model.outcome_offset[k]) + float(schema.shift[k])] + [0.0] * (raw.shape[0] - 1 + len(extra))
     index = pd.MultiIndex.from_tuples(terms, names=["outcome", "term"])
     return index, torch.cat(rows), torch.tensor(offsets, dtype=torch.float64)
 
@@ -1173,7 +1175,10 @@ def _raw_polynomial(schema: DataSchema) -> torch.Tensor:
     if not isinstance(basis, Polynomial):
         raise ConfigError(f"data-scale coefficients need a polynomial time basis (time_basis='poly(d)'), "
                           f"got {basis.name}; use population_curve for other bases")
-    d, center, spread = basis.degree, basis.center, basis.scale
+    # the basis is fitted to times measured from the schema's origin: t below is the user's numeric time
+    # (datetimes: time_unit since the earliest training visit)
+    origin = schema.time_origin if schema.time_kind == "numeric" else 0.0
+    d, center, spread = basis.degree, basis.center + origin, basis.scale
     return torch.tensor([[math.comb(f, m) * (-center) ** (f - m) / spread ** f if m <= f else 0.0
                           for f in range(d + 1)] for m in range(d + 1)], dtype=torch.float64)
 

@@ -59,7 +59,7 @@ def test_values_follow_the_data_and_padding_is_nan(fitted):
     mask, visits = data.mask.numpy(), data.visit_mask.numpy()
     observed = idata.observed_data["y_g"].values
     assert np.array_equal(~np.isnan(observed), mask[..., 0])
-    np.testing.assert_allclose(observed[mask[..., 0]], data.y[..., 0].numpy()[mask[..., 0]])
+    np.testing.assert_allclose(observed[mask[..., 0]], data.response_values(data.y)[..., 0][mask[..., 0]], rtol=1e-6)
     pp = idata.posterior_predictive["y_g"].values[0]
     assert np.array_equal(~np.isnan(pp), np.broadcast_to(visits, pp.shape))  # unobserved visits drawn too
     assert (idata.posterior_predictive["y_score"].values[0][:, visits] >= 1).all()

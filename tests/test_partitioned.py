@@ -106,7 +106,8 @@ def test_fit_schema_sample_keeps_every_level_and_the_time_range():
     schema = fit_schema(frame, **SCHEMA, max_subjects=3)
     assert schema.covariate_encoder.categorical["arm"] == ["a", "b", "rare"]
     basis = schema.time_basis
-    assert basis.t_min == frame["t"].min() and basis.t_max == frame["t"].max()
+    assert schema.time_origin == frame["t"].min()  # the basis sees times from the earliest one
+    assert basis.t_min == 0.0 and basis.t_max == frame["t"].max() - frame["t"].min()
 
 
 def test_fit_schema_reports_invalid_local_data():

@@ -157,7 +157,7 @@ def test_prediction_input_errors(mixed):
         predict(est.model_, est.guide_, est.schema_, history.drop(columns="age"), [3.0], num_samples=10)
     with pytest.raises(DataError, match="has no rows"):
         predict(*args, frame[frame.t > 99], num_samples=10)
-    with pytest.raises(DataError, match="finite numbers"):
+    with pytest.raises(DataError, match="time column 't' .* must be finite"):
         predict(*args, [1.0, np.nan], num_samples=10)
     with pytest.raises(ConfigError, match="levels"):
         predict(*args, [3.0], levels=(95,), num_samples=10)
