@@ -30,7 +30,7 @@ from common import OUTCOMES, tiny_frame
 ROOT = Path(__file__).resolve().parent.parent
 # 27 training subjects in batches of 8: 4 steps an epoch; a short warm-up and
 # trend window, so the stopping rule (annealing, best state) acts within the fit
-FIT = dict(max_epochs=30, batch_size=8, kl_warmup_epochs=2, linear_warmup_epochs=1, patience=3, eval_every=1,
+FIT = dict(elbo="meanfield", max_epochs=30, batch_size=8, kl_warmup_epochs=2, linear_warmup_epochs=1, patience=3, eval_every=1,
            progress=False)
 STEPS_PER_EPOCH = 4
 
