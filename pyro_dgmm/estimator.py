@@ -166,7 +166,8 @@ class DeepMixedModel:
         if model_options is not None and not isinstance(model_options, Mapping):
             raise ConfigError(f"model_options must be a dict of keyword arguments, got {model_options!r}")
         if isinstance(encoder_hidden, (str, bytes)) or not isinstance(encoder_hidden, Iterable):
-            raise ConfigError(f"encoder_hidden must be a sequence of layer widths, e.g. (64, 64), got {encoder_hidden!r}")
+            raise ConfigError(f"encoder_hidden must be a sequence of layer widths, e.g. (64, 64), "
+                              f"got {encoder_hidden!r}")
         encoder_hidden = tuple(check_int(f"encoder_hidden[{k}]", width) for k, width in enumerate(encoder_hidden))
         self.options = ModelOptions(latent_dim, dict(model_options or {}), check_choice("encoder", encoder, ENCODERS),
                                     encoder_hidden, check_choice("covariance", covariance, COVARIANCES),

@@ -103,7 +103,7 @@ def check_choice(name: str, value, choices: Iterable[str]) -> str:
     choices = list(choices)
     if isinstance(value, str) and value in choices:
         return value
-    hint = _closest(value, choices)
+    hint = suggestion(value, choices)
     raise ConfigError(f"{name} must be one of {choices}, got {_describe(value)}{hint}")
 
 
@@ -123,14 +123,17 @@ def check_keywords(where: str, given: Mapping[str, object], valid: Iterable[str]
     if not unknown:
         return
     key = unknown[0]
-    hint = _closest(key, valid)
+    hint = suggestion(key, valid)
     more = f" (and {unknown[1:]})" if len(unknown) > 1 else ""
     raise ConfigError(f"{where} got an unknown option '{key}'{more}{hint or f'; valid options: {valid}'}")
 
 
-def _closest(value, choices: list[str]) -> str:
-    """``"; did you mean 'x'?"`` for the closest of ``choices`` to ``value``, or ``""``."""
+def suggestion(value, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` to ``value``
+    (:func:`difflib.get_close_matches`), or ``""`` when none is close."""
     if not isinstance(value, str):
         return ""
-    match = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
-    return f"; did you mean '{match[0]}'?" if match else ""
+    choices = [str(c) for c in choices]
+    lowered = {c.lower(): c for c in reversed(choices)}  # case-insensitive; the first spelling wins
+    match = difflib.get_close_matches(value.lower(), list(lowered), n=1, cutoff=0.6)
+    return f"; did you mean '{lowered[match[0]]}'?" if match else ""
