@@ -38,6 +38,8 @@ import math
 import numbers
 from collections.abc import Iterable, Mapping
 
+import numpy as np
+
 from .errors import ConfigError
 
 
@@ -92,7 +94,7 @@ def check_float(name: str, value, *, low: float | None = None, high: float | Non
 def check_bool(name: str, value) -> bool:
     """``value`` as a Python ``bool``; ``True``/``False`` and numpy booleans
     only (not 0/1 or strings such as ``'false'``, which is truthy)."""
-    if type(value).__name__ == "bool_" or isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise ConfigError(f"{name} must be True or False, got {_describe(value)}")
 

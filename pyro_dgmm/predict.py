@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -80,13 +80,15 @@ from .data import DataSchema, LongitudinalData, visit_order
 from .errors import ConfigError, DataError, describe_rows
 from .impute import log_target, random_walk_metropolis
 from .model import StandardNormal
-from .options import check_bool, check_choice, check_int, check_keywords
+from .options import check_bool, check_choice, check_float, check_int, check_keywords
 from .parallel import map_blocks, world
 from .posterior import subjects_per_chunk, weighted_moments
 
 METHODS = ("importance", "mcmc", "encoder")
 #: The options of :func:`random_effects_posterior` that :func:`predict` passes on.
 POSTERIOR_OPTIONS = ("num_proposals", "adapt_rounds", "mcmc_steps", "chunk_size")
+#: :func:`predict`'s own keyword options (named in the suggestion for a misspelled one).
+PREDICT_OPTIONS = ("relative", "include_history", "levels", "num_samples", "method", "seed")
 _STUDENT_DF = 5.0
 _COVARIANCE_INFLATION = 1.5
 
@@ -314,11 +316,16 @@ def _level_label(level: float) -> str:
     return f"{100 * level:g}"
 
 
-def _check_levels(levels: Sequence[float]) -> list[float]:
-    levels = [float(v) for v in levels]
-    if not levels or not all(0 < v < 1 for v in levels):
-        raise ConfigError(f"levels must be numbers in (0, 1), e.g. (0.5, 0.95); got {levels}")
-    return levels
+def _check_levels(levels: Sequence[float] | float) -> list[float]:
+    """``levels`` (one number or a sequence) as a list of floats in (0, 1)."""
+    given = [levels] if isinstance(levels, (int, float, np.number)) else levels
+    levels = [] if isinstance(given, str) or not isinstance(given, Iterable) else list(given)
+    try:
+        if levels:
+            return [check_float("levels", v, low=0, high=1, low_open=True, high_open=True) for v in levels]
+    except ConfigError:
+        pass
+    raise ConfigError(f"levels must be numbers in (0, 1), e.g. (0.5, 0.95); got {given!r}")
 
 
 def _times_frame(schema: DataSchema, history: pd.DataFrame, times) -> pd.DataFrame:
@@ -424,7 +431,7 @@ def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, r
     follow the time basis' extrapolation policy (:mod:`pyro_dgmm.bases`).
     """
     levels = _check_levels(levels)
-    check_keywords("predict", posterior_options, POSTERIOR_OPTIONS)
+    check_keywords("predict", posterior_options, (*POSTERIOR_OPTIONS, *PREDICT_OPTIONS))
     options = dict(relative=check_bool("relative", relative), include_history=check_bool("include_history",
                    include_history), levels=levels, num_samples=check_int("num_samples", num_samples),
                    method=check_choice("method", method, METHODS), **_check_posterior_options(posterior_options))
