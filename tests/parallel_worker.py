@@ -42,6 +42,8 @@ def main(folder: Path) -> None:
     fitted = model().fit(frame, missing="impute", imputation=IMPUTATION, **FIT)
     data = fitted.transform(frame)
     prediction = fitted.predict(frame, TIMES, num_samples=SAMPLES)
+    values = fitted.fitted_values(frame, num_samples=SAMPLES)  # draws seeded per block of subjects
+    imputations = fitted.impute(frame, 2, mcmc_steps=2, warmup_steps=3)
     marginal = marginal_log_likelihood(fitted.model_, fitted.guide_, data, SAMPLES)
     errors = standard_errors(fitted.model_, fitted.guide_, data, num_samples=SAMPLES)
     local = read_subjects(folder / "parts", "pid")
@@ -62,6 +64,7 @@ def main(folder: Path) -> None:
     if is_main_process():
         fitted.save(folder / "impute.pt")
         torch.save({"trace": fitted.imputation_trace_, "table": prediction.table, "draws": prediction.draws,
+                    "fitted": values, "imputations": imputations,
                     "marginal": marginal.to_frame(), "se": errors.summary()}, folder / "results.pt")
         (folder / "ranks.json").write_text(json.dumps({"ids": ranks, "rows": rows, "world": world()[1],
                                                         "split_errors": split_errors,
