@@ -25,9 +25,19 @@ one big CSV), each process reading only its subjects (see
     torchrun --standalone --nproc_per_node=4 -m pyro_dgmm fit --partitioned parts/ --id patient \\
         --time years --outcome albumin:gaussian --out outputs/big
 
+Input is checked before any fitting: the CSV file (it exists, is a file,
+is not empty, decodes with ``--encoding``, default utf-8; a file read as a
+single column whose header holds ``;``, a tab or ``|`` suggests ``--sep``),
+every column named by ``--id``, ``--time``, ``--outcome`` and
+``--covariate`` (the message lists the file's columns and the closest
+name), and ``--out`` (a folder that can be created and written).  Each
+failure prints one line ``error: ...`` on stderr and exits with code 2.
+
 Examples::
 
     python -m pyro_dgmm fit --dataset pbc --out outputs/pbc
+    python -m pyro_dgmm fit --csv visits_de.csv --sep ';' --encoding latin-1 --id patient --time years \\
+        --outcome albumin:gaussian --out outputs/de
     python -m pyro_dgmm fit --csv visits.csv --id patient --time years \\
         --outcome albumin:gaussian --outcome ascites:bernoulli --covariate age --out outputs/mine
 """
