@@ -107,7 +107,9 @@ def _check_names(option: str, names) -> list[str]:
 
 
 def _check_outcomes(outcomes) -> dict:
-    """``outcomes`` as a dict column -> family (a name such as ``'gaussian'`` or a Family)."""
+    """``outcomes`` as a dict column -> family (a name such as ``'gaussian'``,
+    a spec dict or a :class:`~pyro_dgmm.families.Family`), each family
+    checked by :func:`~pyro_dgmm.families.get_family`."""
     if not isinstance(outcomes, Mapping) or not outcomes:
         raise ConfigError("outcomes must be a non-empty dict of outcome column -> family, "
                           f"e.g. {{'y': 'gaussian'}}, got {outcomes!r}")
@@ -117,7 +119,7 @@ def _check_outcomes(outcomes) -> dict:
             get_family(family)
         except ConfigError as error:
             raise ConfigError(f"outcome '{name}': {error}") from None
-    return dict(outcomes)
+    return {str(name): family for name, family in outcomes.items()}
 
 
 class DeepMixedModel:
@@ -157,7 +159,11 @@ class DeepMixedModel:
             raise ConfigError(f"model_class must be a subclass of MixedModel, got {model_class!r}")
         validation_fraction = check_float("validation_fraction", validation_fraction, low=0, high=1, high_open=True)
         if not (isinstance(latent_dim, str) and latent_dim == "auto"):
-            latent_dim = check_int("latent_dim (or 'auto')", latent_dim)
+            try:
+                latent_dim = check_int("latent_dim", latent_dim)
+            except ConfigError:
+                raise ConfigError(f"latent_dim must be a positive integer or 'auto', got {latent_dim!r} "
+                                  f"({type(latent_dim).__name__})") from None
         self.id_col, self.time_col = check_str("id_col", id_col), check_str("time_col", time_col)
         self.outcomes = _check_outcomes(outcomes)
         self.covariates = _check_names("covariates", covariates)

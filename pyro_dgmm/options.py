@@ -110,9 +110,10 @@ def check_choice(name: str, value, choices: Iterable[str]) -> str:
 
 
 def check_str(name: str, value) -> str:
-    """``value`` if it is a non-empty string (a column name, for example)."""
+    """``value`` as a plain ``str`` if it is a non-empty string (a column
+    name, for example; numpy strings are converted)."""
     if isinstance(value, str) and value:
-        return value
+        return str(value)
     raise ConfigError(f"{name} must be a non-empty string, got {_describe(value)}")
 
 

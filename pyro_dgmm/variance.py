@@ -379,8 +379,10 @@ class _MarginalObjective:
     def __init__(self, model, guide, data: LongitudinalData, names: Sequence[str], num_samples: int,
                  chunk_size: int | None, seed: int, adapt: bool, num_shards: int | None = None,
                  distributed_input: bool = False):
-        num_samples = check_int(f"num_samples (10 per control variate for latent_dim={model.latent_dim})",
-                                num_samples, minimum=minimum_samples(model.latent_dim))
+        num_samples = check_int("num_samples", num_samples)
+        if num_samples < minimum_samples(model.latent_dim):
+            raise ConfigError(f"num_samples must be at least {minimum_samples(model.latent_dim)} (10 per control variate "
+                              f"for latent_dim={model.latent_dim}), got {num_samples}")
         chunk_size, seed = check_int("chunk_size", chunk_size, none=True), check_int("seed", seed, minimum=0)
         adapt, num_shards = check_bool("adapt", adapt), check_int("num_shards", num_shards, none=True)
         shards = Shards.current(num_shards)

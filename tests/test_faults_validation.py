@@ -102,9 +102,11 @@ def test_imputation_config_option_is_checked(changes, option):
 def test_numpy_scalars_are_normalised_to_python_types():
     """np.int64 / np.float32 where ints and floats are meant: accepted and
     stored as plain Python numbers (so saved files hold no numpy types)."""
-    model = build(latent_dim=np.int64(2), validation_fraction=np.float32(0.25), encoder_hidden=np.array([8, 8]))
+    model = build(latent_dim=np.int64(2), validation_fraction=np.float32(0.25), encoder_hidden=np.array([8, 8]),
+                  covariates=np.array(["arm"]), id_col=np.str_("pid"))
     assert type(model.options.latent_dim) is int and type(model.validation_fraction) is float
     assert all(type(width) is int for width in model.options.encoder_hidden)
+    assert model.covariates == ["arm"] and type(model.covariates[0]) is str and type(model.id_col) is str
     config = FitConfig(max_epochs=np.int32(3), learning_rate=np.float32(0.02), progress=np.bool_(False))
     assert type(config.max_epochs) is int and type(config.learning_rate) is float and config.progress is False
 
@@ -266,3 +268,14 @@ def test_cli_error_in_a_subprocess_is_one_line_without_traceback(files):
     assert run.stderr.strip().splitlines() == [run.stderr.strip()] and "Traceback" not in run.stderr
     assert run.stderr.startswith("error: --csv") and "--sep ';'" in run.stderr
     assert not (files / "never").exists()
+
+
+def test_numpy_typed_arguments_survive_save_and_load(tmp_path):
+    """The arguments are normalised when given, so a model built with numpy
+    scalars and arrays saves and loads (weights_only) like any other."""
+    frame = tiny_frame(n_subjects=8, n_visits=3)
+    model = build(latent_dim=np.int64(2), covariates=np.array(["arm"]), encoder_hidden=np.array([8]))
+    model.fit(frame, max_epochs=np.int64(1), progress=False)
+    model.save(tmp_path / "model.pt")
+    loaded = DeepMixedModel.load(tmp_path / "model.pt")
+    assert loaded.latent_dim_ == 2 and loaded.covariates == ["arm"] and loaded.options.encoder_hidden == (8,)
