@@ -184,9 +184,11 @@ def run_shards(compute, num_subjects: int, *, num_shards: int | None = None, see
 #: Post-fit per-subject work (fitted values, imputations, predictions) is
 #: cut into blocks of consecutive subjects: about ``num_subjects /
 #: BLOCKS`` each (so up to this many processes share it), but no fewer
-#: than ``MIN_BLOCK_SIZE`` (the per-block overhead) and no more than
-#: ``MAX_BLOCK_SIZE`` (memory is bounded inside a block anyway).
-BLOCKS, MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 16, 8, 1024
+#: than ``MIN_BLOCK_SIZE`` and no more than ``MAX_BLOCK_SIZE``.  Each block
+#: has a fixed cost (an MCMC run of the imputations costs about as much as
+#: imputing 300 subjects), so small data stay in one or two blocks; within
+#: a block, memory is bounded by chunking.
+BLOCKS, MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 16, 256, 4096
 
 
 def subject_blocks(num_subjects: int) -> list[np.ndarray]:
@@ -194,8 +196,8 @@ def subject_blocks(num_subjects: int) -> list[np.ndarray]:
     boundaries depend on ``num_subjects`` alone, never on the number of
     processes: that is what makes seeded results layout-independent.
 
-    >>> [block.tolist() for block in subject_blocks(20)]
-    [[0, 1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15], [16, 17, 18, 19]]
+    >>> [len(block) for block in subject_blocks(600)], [len(block) for block in subject_blocks(8000)]
+    ([256, 256, 88], [500, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500])
     """
     size = min(MAX_BLOCK_SIZE, max(MIN_BLOCK_SIZE, -(-num_subjects // BLOCKS)))
     return [np.arange(start, min(start + size, num_subjects)) for start in range(0, num_subjects, size)]

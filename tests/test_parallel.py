@@ -96,8 +96,10 @@ def test_imputation_loop_sharded_matches_one_process(two_process_run):
     assert trace.fill_change == pytest.approx(single.imputation_trace_.fill_change, rel=1e-4)
 
 
-def test_prediction_and_likelihood_gathered_match_one_process(two_process_run):
+def test_prediction_and_likelihood_gathered_match_one_process(two_process_run, monkeypatch):
     import parallel_worker as worker
+
+    monkeypatch.setattr("pyro_dgmm.parallel.MIN_BLOCK_SIZE", worker.BLOCK_SIZE)  # the blocks the processes used
     from pyro_dgmm.variance import InferenceWarning, marginal_log_likelihood, standard_errors
 
     folder, frame, results = two_process_run
@@ -115,11 +117,13 @@ def test_prediction_and_likelihood_gathered_match_one_process(two_process_run):
     pd.testing.assert_frame_equal(results["se"], errors.summary(), rtol=1e-5)
 
 
-def test_fitted_values_and_imputations_do_not_depend_on_the_process_count(two_process_run):
+def test_fitted_values_and_imputations_do_not_depend_on_the_process_count(two_process_run, monkeypatch):
     """Post-fit draws are seeded per block of subjects, not per process:
     the same model and seed give the same fitted values and imputations in
     one process as in two (issue 22: they differed by up to 0.08)."""
     import parallel_worker as worker
+
+    monkeypatch.setattr("pyro_dgmm.parallel.MIN_BLOCK_SIZE", worker.BLOCK_SIZE)  # 3 blocks, spread over 2 processes
 
     folder, frame, results = two_process_run
     fitted = DeepMixedModel.load(folder / "impute.pt")
