@@ -35,9 +35,19 @@ with code 130::
     python -m pyro_dgmm fit --dataset pbc --out outputs/pbc --latent-dim 4 --checkpoint pbc.ckpt
     python -m pyro_dgmm fit --dataset pbc --out outputs/pbc --latent-dim 4 --checkpoint pbc.ckpt --resume
 
+Input is checked before any fitting: the CSV file (it exists, is a file,
+is not empty, decodes with ``--encoding``, default utf-8; a file read as a
+single column whose header holds ``;``, a tab or ``|`` suggests ``--sep``),
+every column named by ``--id``, ``--time``, ``--outcome`` and
+``--covariate`` (the message lists the file's columns and the closest
+name), and ``--out`` (a folder that can be created and written).  Each
+failure prints one line ``error: ...`` on stderr and exits with code 2.
+
 Examples::
 
     python -m pyro_dgmm fit --dataset pbc --out outputs/pbc
+    python -m pyro_dgmm fit --csv visits_de.csv --sep ';' --encoding latin-1 --id patient --time years \\
+        --outcome albumin:gaussian --out outputs/de
     python -m pyro_dgmm fit --csv visits.csv --id patient --time years \\
         --outcome albumin:gaussian --outcome ascites:bernoulli --covariate age --out outputs/mine
 """
@@ -53,8 +63,9 @@ from pathlib import Path
 import pandas as pd
 
 from .bases import DEFAULT_TIME_BASIS
-from .errors import ConfigError, DgmmError
+from .errors import ConfigError, DataError, DgmmError
 from .fit import PRESETS
+from .options import suggestion
 
 log = logging.getLogger("pyro_dgmm")
 
@@ -92,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--partitioned", type=Path, metavar="PATH",
                         help="a directory of CSV/Parquet part files, or one big CSV: each process reads "
                              "only its subjects (see pyro_dgmm.partitioned)")
+    _add_csv_options(fit)
     fit.add_argument("--id", help="subject id column (CSV input)")
     fit.add_argument("--time", help="time column (CSV input)")
     fit.add_argument("--outcome", action="append", default=[], metavar="NAME:FAMILY",
@@ -125,12 +137,97 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--model", type=Path, required=True, help="model.pt written by 'fit'")
     pred.add_argument("--history", type=Path, required=True,
                       help="CSV with the training columns: each subject's visits so far (outcomes may be empty)")
+    _add_csv_options(pred)
     pred.add_argument("--times", type=float, nargs="+", required=True, help="times to predict at")
     pred.add_argument("--relative", action="store_true", help="times are offsets from each subject's last visit")
     pred.add_argument("--levels", type=float, nargs="+", default=[0.95], help="interval levels")
     pred.add_argument("--num-samples", type=int, default=1000)
     pred.add_argument("--out", type=Path, required=True, help="CSV of tidy predictions")
     return parser
+
+
+def _add_csv_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sep", default=",", type=_separator,
+                        help="CSV field separator: one character (default ','), e.g. ';', or '\\t' for tabs")
+    parser.add_argument("--encoding", default="utf-8", help="CSV text encoding (default utf-8), e.g. latin-1")
+
+
+def _separator(text: str) -> str:
+    """--sep: one character; the two characters ``\\t`` mean a tab."""
+    text = "\t" if text == "\\t" else text
+    if len(text) != 1:
+        raise argparse.ArgumentTypeError(f"must be one character (or '\\t' for tabs), got '{text}'")
+    return text
+
+
+def read_csv(path: Path, option: str, *, sep: str = ",", encoding: str = "utf-8") -> pd.DataFrame:
+    """Read the CSV file given as ``option`` (e.g. ``--csv``), or raise an
+    error naming the option and the file: a missing file, a folder, an
+    empty file, text that is not ``encoding`` (suggests ``--encoding``), a
+    file that does not parse, or one read as a single column whose header
+    holds another separator (suggests ``--sep``)."""
+    if not path.exists():
+        raise ConfigError(f"{option} {path}: no such file")
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder, not a CSV file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{option} {path} is empty (0 bytes)")
+    try:
+        df = pd.read_csv(path, sep=sep, encoding=encoding)
+    except LookupError:
+        raise ConfigError(f"--encoding '{encoding}' is not a known text encoding (e.g. utf-8, latin-1)") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{option} {path} is not {encoding} text (byte {error.start}: {error.reason}); "
+                        "pass its encoding, e.g. --encoding latin-1") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{option} {path} has no columns (blank lines only)") from None
+    except (pd.errors.ParserError, ValueError) as error:
+        raise DataError(f"{option} {path} cannot be read as CSV with --sep '{sep}': "
+                        f"{str(error).strip().splitlines()[-1]}") from None
+    except OSError as error:
+        raise ConfigError(f"{option} {path} cannot be read: {error.strerror or error}") from None
+    if df.shape[1] == 1:
+        header = str(df.columns[0])
+        for other, name, flag in ((";", "';'", "--sep ';'"), ("\t", "tabs", "--sep '\\t'"), ("|", "'|'", "--sep '|'")):
+            if other != sep and other in header:
+                raise DataError(f"{option} {path} was read as one column '{header[:60]}': its fields look "
+                                f"separated by {name}, not {sep!r}; pass {flag}")
+    if df.empty:
+        raise DataError(f"{option} {path} has a header but no rows")
+    return df
+
+
+def check_columns(df: pd.DataFrame, source: str, columns: dict[str, list[str]]) -> None:
+    """Every column named on the command line (``columns``: option ->
+    names) is in ``df`` (read from ``source``); otherwise a
+    :class:`~pyro_dgmm.errors.DataError` naming the option, the column, the
+    closest existing one and the columns there are."""
+    available = [str(c) for c in df.columns]
+    for option, names in columns.items():
+        for name in names:
+            if name not in available:
+                more = f" (and {len(available) - 30} more)" if len(available) > 30 else ""
+                listed = ", ".join(available[:30]) + more
+                raise DataError(f"{option} '{name}' is not a column of {source} (its columns: {listed})"
+                                f"{suggestion(name, available)}")
+
+
+def check_output(path: Path, option: str = "--out", *, folder: bool) -> None:
+    """Fail before any work if ``path`` (an output folder, or a file when not
+    ``folder``) cannot be written: it is a file where a folder is meant or
+    the reverse, something above it is a regular file, or the nearest
+    existing folder above it is not writable."""
+    if path.exists() and folder and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file, not a folder")
+    if path.exists() and not folder and path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; give a file name")
+    parent = path if folder else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {path}: {parent} is a file, so nothing can be written below it")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{option} {path}: no permission to write there")
 
 
 def _latent_dim(text: str) -> int | str:
@@ -156,11 +253,13 @@ def run_predict(args: argparse.Namespace) -> dict | None:
     from .parallel import init_from_environment, is_main_process
 
     init_from_environment()
-    for path in (args.model, args.history):
-        if not path.exists():
-            raise ConfigError(f"file {path} does not exist")
+    if not args.model.is_file():
+        raise ConfigError(f"--model {args.model}: no such file" if not args.model.exists()
+                          else f"--model {args.model} is a folder, not a saved model")
+    check_output(args.out, folder=False)
+    history = read_csv(args.history, "--history", sep=args.sep, encoding=args.encoding)
     model = DeepMixedModel.load(args.model)
-    history = pd.read_csv(args.history)
+    check_columns(history, args.history, {"model's id column": [model.id_col], "model's time column": [model.time_col]})
     start = time.perf_counter()
     table = model.predict(history, args.times, relative=args.relative, levels=args.levels,
                           num_samples=args.num_samples).table
@@ -184,7 +283,7 @@ def run_fit(args: argparse.Namespace) -> dict | None:
     from .plotting import plot_loss, plot_subjects
 
     init_from_environment(args.device)
-
+    check_output(args.out, folder=True)  # before reading or fitting, not after an hour's fit
     if args.dataset:
         df, id_col, time_col, outcomes, covariates = _shipped(args.dataset, args.seed)
     else:
@@ -195,10 +294,10 @@ def run_fit(args: argparse.Namespace) -> dict | None:
         if args.partitioned:
             df = read_subjects(args.partitioned, id_col, split=args.split,
                                columns=[id_col, time_col, *outcomes, *covariates])
-        elif not args.csv.exists():
-            raise ConfigError(f"CSV file {args.csv} does not exist")
         else:
-            df = pd.read_csv(args.csv)
+            df = read_csv(args.csv, "--csv", sep=args.sep, encoding=args.encoding)
+            check_columns(df, args.csv, {"--id": [id_col], "--time": [time_col], "--outcome": list(outcomes),
+                                         "--covariate": covariates})
     model = DeepMixedModel(id_col=id_col, time_col=time_col, outcomes=outcomes, covariates=covariates,
                            time_basis=args.basis, latent_dim=args.latent_dim)
     overrides = {"seed": args.seed, "progress": not args.quiet, "num_shards": args.num_shards,

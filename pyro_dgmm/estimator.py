@@ -22,7 +22,7 @@ import logging
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,14 +33,18 @@ from .bases import DEFAULT_TIME_BASIS
 from .checkpoint import open_checkpoint
 from .data import TIME_UNITS, DataSchema, LongitudinalData
 from .errors import ConfigError, ConvergenceWarning, DataError, NotFittedError
-from .families import Family
+from .families import Family, get_family
 from .fit import FitConfig, FitResult, fit_svi
 from .guide import AmortizedGuide
 from .model import DGMM, MixedModel
 from .parallel import Shards, agree, all_reduce_max, gather_objects, map_subjects, world
 from .partitioned import fit_schema
-from .impute import (ImputationConfig, ImputationTrace, fit_with_imputation, impute_completed,
+from .impute import (KERNELS, ImputationConfig, ImputationTrace, fit_with_imputation, impute_completed,
                      multiple_imputations, with_fill)
+from .guide import ENCODERS
+from .nn import ACTIVATIONS, COVARIANCES
+from .options import check_bool, check_choice, check_float, check_int, check_keywords, check_str
+from .predict import METHODS
 from .posterior import fitted_means, marginal_means
 from .variance import refine
 
@@ -95,6 +99,30 @@ def _hold_out(data: LongitudinalData, n_val: int, rng: np.random.Generator):
     return data.subset(np.sort(perm[n_val:])), data.subset(np.sort(perm[:n_val]))
 
 
+def _check_names(option: str, names) -> list[str]:
+    """``names`` (column names) as a list; a bare string is refused, as it
+    would otherwise be read as a list of one-letter columns."""
+    if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+        raise ConfigError(f"{option} must be a list of column names, e.g. ['age'], got {names!r}")
+    return [check_str(f"{option}[{k}]", name) for k, name in enumerate(names)]
+
+
+def _check_outcomes(outcomes) -> dict:
+    """``outcomes`` as a dict column -> family (a name such as ``'gaussian'``,
+    a spec dict or a :class:`~pyro_dgmm.families.Family`), each family
+    checked by :func:`~pyro_dgmm.families.get_family`."""
+    if not isinstance(outcomes, Mapping) or not outcomes:
+        raise ConfigError("outcomes must be a non-empty dict of outcome column -> family, "
+                          f"e.g. {{'y': 'gaussian'}}, got {outcomes!r}")
+    for name, family in outcomes.items():
+        check_str("an outcome column name", name)
+        try:
+            get_family(family)
+        except ConfigError as error:
+            raise ConfigError(f"outcome '{name}': {error}") from None
+    return {str(name): family for name, family in outcomes.items()}
+
+
 class DeepMixedModel:
     """A Deep Generalized Mixed Model for a long DataFrame.
 
@@ -136,19 +164,27 @@ class DeepMixedModel:
                  validation_fraction: float = 0.1, time_unit: str = "days"):
         if not (isinstance(model_class, type) and issubclass(model_class, MixedModel)):
             raise ConfigError(f"model_class must be a subclass of MixedModel, got {model_class!r}")
-        if not 0 <= validation_fraction < 1:
-            raise ConfigError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-        if latent_dim != "auto" and not (isinstance(latent_dim, (int, np.integer)) and not isinstance(latent_dim, bool)
-                                         and latent_dim >= 1):
-            raise ConfigError(f"latent_dim must be a positive integer or 'auto', got {latent_dim!r}")
-        latent_dim = latent_dim if latent_dim == "auto" else int(latent_dim)
-        self.id_col, self.time_col = id_col, time_col
-        self.outcomes = dict(outcomes)
-        self.covariates = list(covariates)
+        validation_fraction = check_float("validation_fraction", validation_fraction, low=0, high=1, high_open=True)
+        if not (isinstance(latent_dim, str) and latent_dim == "auto"):
+            try:
+                latent_dim = check_int("latent_dim", latent_dim)
+            except ConfigError:
+                raise ConfigError(f"latent_dim must be a positive integer or 'auto', got {latent_dim!r} "
+                                  f"({type(latent_dim).__name__})") from None
+        self.id_col, self.time_col = check_str("id_col", id_col), check_str("time_col", time_col)
+        self.outcomes = _check_outcomes(outcomes)
+        self.covariates = _check_names("covariates", covariates)
         self.time_basis = time_basis
         self.model_class = model_class
-        self.options = ModelOptions(latent_dim, dict(model_options or {}), encoder,
-                                    tuple(encoder_hidden), covariance, activation)
+        if model_options is not None and not isinstance(model_options, Mapping):
+            raise ConfigError(f"model_options must be a dict of keyword arguments, got {model_options!r}")
+        if isinstance(encoder_hidden, (str, bytes)) or not isinstance(encoder_hidden, Iterable):
+            raise ConfigError(f"encoder_hidden must be a sequence of layer widths, e.g. (64, 64), "
+                              f"got {encoder_hidden!r}")
+        encoder_hidden = tuple(check_int(f"encoder_hidden[{k}]", width) for k, width in enumerate(encoder_hidden))
+        self.options = ModelOptions(latent_dim, dict(model_options or {}), check_choice("encoder", encoder, ENCODERS),
+                                    encoder_hidden, check_choice("covariance", covariance, COVARIANCES),
+                                    check_choice("activation", activation, ACTIVATIONS))
         self.validation_fraction = validation_fraction
         if not isinstance(time_unit, str) or time_unit not in TIME_UNITS:
             raise ConfigError(f"time_unit must be one of {list(TIME_UNITS)}; got {time_unit!r}")
@@ -207,8 +243,13 @@ class DeepMixedModel:
         that fixed ``latent_dim``.  The imputation loop has no checkpoints.
         See docs/fitting.md, "Long fits: checkpoints and resume".
         """
-        if missing not in ("mask", "impute"):
-            raise ConfigError(f"missing must be 'mask' or 'impute', got '{missing}'")
+        check_choice("missing", missing, ("mask", "impute"))
+        check_keywords("fit", config_overrides, FitConfig.fields())
+        if config is not None and not isinstance(config, FitConfig):
+            raise ConfigError(f"config must be a FitConfig or None, got {config!r}")
+        if imputation is not None and not isinstance(imputation, ImputationConfig):
+            raise ConfigError(f"imputation must be an ImputationConfig or None, got {imputation!r}")
+        distributed_input = check_bool("distributed_input", distributed_input)
         if config is not None and preset is not None:
             raise ConfigError("pass either config or preset, not both")
         config = replace(config or FitConfig.from_preset(preset or "accurate"), **config_overrides)
@@ -365,13 +406,17 @@ class DeepMixedModel:
             warnings.warn(f"this model's fit was interrupted and did not converge ({self.result_.stop_reason}); "
                           "its estimates may be far from the optimum", ConvergenceWarning, stacklevel=3)
 
+    def _draw_seed(self, seed: int | None) -> int:
+        """The seed of post-fit draws: ``seed``, or the fit's when None."""
+        return self.result_.config["seed"] if seed is None else check_int("seed", seed, minimum=0)
+
     def transform(self, df: pd.DataFrame, *, require_observed: bool = True) -> LongitudinalData:
         """Tensors for ``df`` with the fitted schema (scalers, levels, basis)."""
         self._check_fitted()
         return self.schema_.transform(df, require_observed=require_observed)
 
     def fitted_values(self, df: pd.DataFrame | None = None, *, num_samples: int = 500,
-                      method: str = "importance") -> pd.DataFrame:
+                      method: str = "importance", seed: int | None = None) -> pd.DataFrame:
         """Subject-specific fitted means for every row (visit) of ``df``
         (default: the training data), observed or not.
 
@@ -380,12 +425,18 @@ class DeepMixedModel:
         ``<outcome>_fitted``: E[y | y_i^o] on the response scale
         (probabilities for binary outcomes), by importance sampling
         (``method='importance'``) or from the encoder alone (``'encoder'``).
-        Under ``torch.distributed`` each process computes its share of the
+        The draws are seeded per block of subjects by ``seed`` (default: the
+        fit's), so the values are reproducible and the same in one process
+        or several (:func:`~pyro_dgmm.parallel.map_blocks`).  Under
+        ``torch.distributed`` each process computes its share of the
         subjects and every process gets the gathered frame (after a fit
         with ``distributed_input``, by default: every process's own
         training subjects).
         """
         self._check_fitted()
+        num_samples = check_int("num_samples", num_samples)
+        check_choice("method", method, ("importance", "encoder"))
+        seed = self._draw_seed(seed)
         if df is None and self.data_ is None:
             raise NotFittedError("this model was loaded from disk without its data: pass df")
         data = self.data_ if df is None else self.transform(df)
@@ -396,21 +447,26 @@ class DeepMixedModel:
             fitted = part.to_long({f"{name}_fitted": means[..., k] for k, name in enumerate(part.outcomes)})
             return pd.concat([part.observed_long(), fitted.drop(columns=[part.id_col, part.time_col])], axis=1)
 
-        return map_subjects(compute, data, sort_by=[data.id_col, data.time_col],
+        return map_subjects(compute, data, sort_by=[data.id_col, data.time_col], seed=seed,
                             distributed_input=self.distributed_input and df is None)
 
     def impute(self, df: pd.DataFrame | None = None, num_imputations: int = 5, *, mcmc_steps: int = 10,
-               warmup_steps: int = 50, kernel: str = "mh") -> list[pd.DataFrame]:
+               warmup_steps: int = 50, kernel: str = "mh", seed: int | None = None) -> list[pd.DataFrame]:
         """``num_imputations`` completed copies of ``df`` (default: the training
         data) drawn from the fitted model, for analyses in other tools.
 
         Each is a long DataFrame (one row per visit, the user's ids and times)
         with every outcome completed, ``<outcome>_imputed`` flags and an
         ``imputation`` number; see :func:`~pyro_dgmm.impute.multiple_imputations`.
-        Under ``torch.distributed`` subjects are imputed on their shard's
-        process and gathered.
+        Draws are seeded per block of subjects by ``seed`` (default: the
+        fit's), as in :meth:`fitted_values`; under ``torch.distributed``
+        the blocks are imputed on their processes and gathered.
         """
         self._check_fitted()
+        num_imputations, mcmc_steps = check_int("num_imputations", num_imputations), check_int("mcmc_steps", mcmc_steps)
+        warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
+        check_choice("kernel", kernel, KERNELS)
+        seed = self._draw_seed(seed)
         if df is None and self.data_ is None:
             raise NotFittedError("this model was loaded from disk without its data: pass df")
         data = self.data_ if df is None else self.transform(df)
@@ -420,7 +476,7 @@ class DeepMixedModel:
                                                   num_imputations, mcmc_steps=mcmc_steps,
                                                   warmup_steps=warmup_steps, kernel=kernel))
 
-        stacked = map_subjects(compute, data, sort_by=["imputation", data.id_col, data.time_col],
+        stacked = map_subjects(compute, data, sort_by=["imputation", data.id_col, data.time_col], seed=seed,
                                distributed_input=self.distributed_input and df is None)
         return [frame.reset_index(drop=True) for _, frame in stacked.groupby("imputation", sort=True)]
 
@@ -433,6 +489,7 @@ class DeepMixedModel:
         :returns: DataFrame with the time column and one column per outcome.
         """
         self._check_fitted()
+        num_samples = check_int("num_samples", num_samples)
         base = self._baseline_frame(df)
         times = self.schema_.time_grid(times)  # a Series of the training time type
         grid = base.loc[base.index.repeat(len(times))].reset_index(drop=True)
@@ -457,9 +514,10 @@ class DeepMixedModel:
         """Dynamic predictions for the subjects of ``history`` (new or known;
         any number of rows, possibly none observed) at ``times``; see
         :func:`pyro_dgmm.predict.predict` for ``options`` (``relative``,
-        ``levels``, ``num_samples``, ``method``, ``num_shards``, ``seed``, ...).
+        ``levels``, ``num_samples``, ``method``, ``seed``, ...).
         Under ``torch.distributed`` every process passes the same
-        ``history``, computes its shards' subjects and gets the whole table.
+        ``history``, computes its blocks of subjects and gets the whole
+        table, the same as one process computes with the same ``seed``.
 
         :returns: a :class:`~pyro_dgmm.predict.Prediction`: ``table`` (tidy:
             id, time, outcome, mean, interval bounds), ``draws``.
@@ -487,6 +545,10 @@ class DeepMixedModel:
         self._check_fitted()
         from .convert import to_inference_data
         from .predict import posterior_predictive
+
+        num_samples = check_int("num_samples", num_samples)
+        check_choice("method", method, METHODS)
+        cell_log_likelihood = check_bool("cell_log_likelihood", cell_log_likelihood)
 
         if df is None and self.data_ is None:
             raise NotFittedError("this model was loaded from disk without its data: pass df")

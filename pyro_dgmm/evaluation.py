@@ -31,6 +31,7 @@ import pandas as pd
 from .data import DataSchema
 from .errors import DataError
 from .families import Bernoulli, Family, get_family
+from .options import check_float, check_int
 from .predict import predict
 
 ALL_HORIZONS = "all"
@@ -212,11 +213,14 @@ def landmark_evaluation(model, guide, schema: DataSchema, df: pd.DataFrame, land
 
     ``fallback`` goes to :func:`last_value_predictions` (e.g. the training
     means); ``predict_options`` to :func:`~pyro_dgmm.predict.predict`
-    (``method``, ``num_samples``, ``num_shards``, ``seed``, ...).  Horizons are
+    (``method``, ``num_samples``, ``seed``, ...).  Horizons are
     measured from the landmark.  Under ``torch.distributed`` every process
-    passes the same ``df``; the predictions are computed shard by shard on
+    passes the same ``df``; the predictions are computed block by block on
     the processes and gathered, so every process gets the whole evaluation.
     """
+    landmark = check_float("landmark", landmark)
+    horizon = check_float("horizon", horizon, low=0, low_open=True, none=True)
+    calibration_bins = check_int("calibration_bins", calibration_bins)
     id_col, time_col, outcomes = schema.id_col, schema.time_col, schema.outcomes
     history, future = landmark_split(df, id_col=id_col, time_col=time_col, outcomes=outcomes,
                                      landmark=landmark, horizon=horizon)

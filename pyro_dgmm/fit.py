@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import os
 import time
@@ -75,6 +76,7 @@ from .elbo import ImportanceWeightedELBO, MeanFieldELBO
 from .errors import ConfigError, ConvergenceWarning, FitError, LatentDimensionWarning
 from .interrupt import deferred_interrupt
 from .optim import PackedAdam
+from .options import check_bool, check_choice, check_float, check_int, check_keywords
 from .parallel import Shards, all_reduce_sum, is_main_process, reseed, stream_seed, world
 from .posterior import subjects_per_chunk
 
@@ -166,25 +168,28 @@ class FitConfig:
     resume: bool | str = False
 
     def __post_init__(self):
-        if self.elbo not in ELBOS and self.elbo != "auto":
-            raise ConfigError(f"elbo must be 'auto' or one of {sorted(ELBOS)}, got '{self.elbo}'")
-        if not 0 < self.kl_start <= 1:
-            raise ConfigError(f"kl_start must be in (0, 1], got {self.kl_start}")
-        if self.linear_warmup_epochs < 0:
-            raise ConfigError(f"linear_warmup_epochs must be >= 0, got {self.linear_warmup_epochs}")
-        for name in ("num_particles", "max_epochs", "eval_every", "patience", "eval_particles"):
-            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"batch_size must be positive or None, got {self.batch_size}")
-        if not 0 < self.anneal_fraction <= 1:
-            raise ConfigError(f"anneal_fraction must be in (0, 1], got {self.anneal_fraction}")
-        if not self.tolerance >= 0:
-            raise ConfigError(f"tolerance must be >= 0, got {self.tolerance}")
-        if self.patience < 3:
-            raise ConfigError(f"patience must be at least 3 (evaluations for the trend test), got {self.patience}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        """Check every setting's type and range (:mod:`pyro_dgmm.options`) and
+        normalise numpy scalars to Python ones, so a bad setting fails here,
+        naming itself, rather than in the middle of a fit."""
+        self.elbo = check_choice("elbo", self.elbo, ["auto", *ELBOS])
+        self.num_particles = check_int("num_particles", self.num_particles, none=True)
+        for name in ("max_epochs", "eval_every", "eval_particles"):
+            setattr(self, name, check_int(name, getattr(self, name)))
+        for name in ("kl_warmup_epochs", "linear_warmup_epochs", "seed"):
+            setattr(self, name, check_int(name, getattr(self, name), minimum=0))
+        self.patience = check_int("patience (evaluations for the trend test)", self.patience, minimum=3)
+        self.batch_size = check_int("batch_size", self.batch_size, none=True)
+        self.num_shards = check_int("num_shards", self.num_shards, none=True)
+        self.learning_rate = check_float("learning_rate", self.learning_rate, low=0, low_open=True)
+        for name in ("final_lr_factor", "kl_start", "anneal_fraction"):
+            setattr(self, name, check_float(name, getattr(self, name), low=0, high=1, low_open=True))
+        self.ridge = check_float("ridge", self.ridge, low=0)
+        self.clip_norm = check_float("clip_norm", self.clip_norm, low=0, low_open=True)
+        self.tolerance = check_float("tolerance", self.tolerance, low=0)
+        self.refine = check_bool("refine", self.refine)
+        self.progress = check_bool("progress", self.progress)
+        if self.device is not None and not isinstance(self.device, (str, torch.device)):
+            raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:N', a torch.device or None, got {self.device!r}")
         self._check_checkpoint_options()
 
     def _check_checkpoint_options(self) -> None:
@@ -220,10 +225,15 @@ class FitConfig:
         return self.checkpoint if self.resume is True else self.resume
 
     @classmethod
+    def fields(cls) -> list[str]:
+        """The names of the settings (what ``fit(**overrides)`` accepts)."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
     def from_preset(cls, preset: str = "accurate", **overrides) -> "FitConfig":
         """The settings of a named preset (:data:`PRESETS`), with ``overrides``."""
-        if preset not in PRESETS:
-            raise ConfigError(f"preset must be one of {sorted(PRESETS)}, got '{preset}'")
+        check_choice("preset", preset, PRESETS)
+        check_keywords("FitConfig.from_preset", overrides, cls.fields())
         return cls(**{**PRESETS[preset], **overrides})
 
     def resolved_device(self) -> torch.device:

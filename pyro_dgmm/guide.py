@@ -23,6 +23,9 @@ from .errors import ConfigError
 from .model import network, subjects_plate
 from .nn import DenseEncoder, SetEncoder
 
+#: Encoder kinds: ``'set'`` pools over visits, ``'dense'`` reads a flat record (the talk's).
+ENCODERS = ("set", "dense")
+
 
 class AmortizedGuide(PyroModule):
     """Guide with one encoder network shared by all subjects.
@@ -53,7 +56,7 @@ class AmortizedGuide(PyroModule):
             if num_visits is None:
                 raise ConfigError("the dense encoder needs num_visits (the padded record length)")
             return cls(DenseEncoder(*args, num_visits=num_visits, **options))
-        raise ConfigError(f"encoder kind must be 'set' or 'dense', got '{kind}'")
+        raise ConfigError(f"encoder kind must be one of {ENCODERS}, got '{kind}'")
 
     def posterior(self, data: LongitudinalData) -> dist.MultivariateNormal:
         """q(b_i | y_i) for every subject in ``data``: batch (N,), event (q,)."""

@@ -56,8 +56,12 @@ from tqdm.auto import tqdm
 from .data import DataSchema, LongitudinalData
 from .errors import ConfigError
 from .fit import FitConfig, FitResult, fit_svi
+from .options import check_choice, check_float, check_int
 from .parallel import Shards, all_reduce_sum, gather_objects, is_main_process, stream_seed
 from .posterior import observed_log_likelihood, standard_normal_log_density
+
+#: MCMC kernels for b | y: independence Metropolis-Hastings or NUTS.
+KERNELS = ("mh", "nuts")
 
 
 def log_target(model, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
@@ -248,6 +252,17 @@ class ImputationConfig:
     burn_in: int = 4
     sa_exponent: float = 0.7
     kernel: str = "mh"
+
+    def __post_init__(self):
+        """Check types and ranges (:mod:`pyro_dgmm.options`).  The SA steps
+        gamma_r = (r - burn_in)^(-a) satisfy the Robbins-Monro conditions
+        (sum gamma = inf, sum gamma^2 < inf) for a in (1/2, 1]."""
+        for name in ("rounds", "epochs_per_round", "mcmc_steps"):
+            setattr(self, name, check_int(name, getattr(self, name)))
+        self.burn_in = check_int("burn_in", self.burn_in, minimum=0)
+        self.later_lr_factor = check_float("later_lr_factor", self.later_lr_factor, low=0, low_open=True)
+        self.sa_exponent = check_float("sa_exponent", self.sa_exponent, low=0.5, high=1, low_open=True)
+        self.kernel = check_choice("kernel", self.kernel, KERNELS)
 
     def step_size(self, r: int) -> float:
         """gamma_r for round r = 1, 2, ..."""

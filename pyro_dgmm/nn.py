@@ -16,6 +16,8 @@ from torch import nn
 
 from .errors import ConfigError
 
+#: Shapes of the encoder's Sigma_b: a full Cholesky factor or a diagonal.
+COVARIANCES = ("full", "diagonal")
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
@@ -148,8 +150,8 @@ class _GaussianHead(nn.Module):
     def __init__(self, in_features: int, hidden: Sequence[int], latent_dim: int,
                  covariance: str, activation: str):
         super().__init__()
-        if covariance not in ("full", "diagonal"):
-            raise ConfigError(f"covariance must be 'full' or 'diagonal', got '{covariance}'")
+        if covariance not in COVARIANCES:
+            raise ConfigError(f"covariance must be one of {COVARIANCES}, got '{covariance}'")
         self.latent_dim = latent_dim
         self.covariance = covariance
         n_offdiag = latent_dim * (latent_dim - 1) // 2 if covariance == "full" else 0

@@ -16,10 +16,14 @@ Launch with ``torchrun`` (it sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
 ``MASTER_PORT``); :func:`init_from_environment` starts the process group
 (``gloo`` on CPU, ``nccl`` for CUDA tensors).
 
-The same sharding serves every per-subject computation after the fit
-(:func:`map_subjects`, :func:`run_shards`): fitted values, imputations,
-predictions, the marginal likelihood (:mod:`pyro_dgmm.variance`), each
-shard's random draws seeded by :func:`shard_seed`.  Partitioned input,
+After the fit, per-subject computations are spread the same way.  The
+marginal likelihood and standard errors (:mod:`pyro_dgmm.variance`) use
+the ``num_shards`` shards (:func:`run_shards`), each shard's random draws
+seeded by :func:`shard_seed`.  Fitted values, imputations and predictions
+use fixed blocks of consecutive subjects (:func:`subject_blocks`,
+:func:`map_blocks`), each seeded by its block number: their boundaries
+depend on the number of subjects only, so the same ``seed`` gives the same
+draws for every subject whether one process or several compute them.  Partitioned input,
 where each process holds only its own subjects, is
 :mod:`pyro_dgmm.partitioned`.
 """
@@ -177,22 +181,71 @@ def run_shards(compute, num_subjects: int, *, num_shards: int | None = None, see
     return [result for _, result in sorted(gathered, key=lambda item: item[0])]
 
 
-def map_subjects(compute, data, *, sort_by: list[str], distributed_input: bool = False):
-    """``compute(part)`` on this process's share of ``data``'s subjects (one
-    shard per process, see :func:`run_shards`), gathered into one DataFrame
-    sorted by ``sort_by`` on every process.  Per-subject work (fitted
-    values, imputation) is independent across subjects, so this is exact.
-    ``compute`` returns a DataFrame; in one process it is called on all of
-    ``data``.  Draws use each process's current random state.
+#: Post-fit per-subject work (fitted values, imputations, predictions) is
+#: cut into blocks of consecutive subjects: about ``num_subjects /
+#: BLOCKS`` each (so up to this many processes share it), but no fewer
+#: than ``MIN_BLOCK_SIZE`` and no more than ``MAX_BLOCK_SIZE``.  Each block
+#: has a fixed cost (an MCMC run of the imputations costs about as much as
+#: imputing 300 subjects), so small data stay in one or two blocks; within
+#: a block, memory is bounded by chunking.
+BLOCKS, MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 16, 256, 4096
+
+
+def subject_blocks(num_subjects: int) -> list[np.ndarray]:
+    """Consecutive blocks of subject positions for post-fit work.  Their
+    boundaries depend on ``num_subjects`` alone, never on the number of
+    processes: that is what makes seeded results layout-independent.
+
+    >>> [len(block) for block in subject_blocks(600)], [len(block) for block in subject_blocks(8000)]
+    ([256, 256, 88], [500, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500, 500])
+    """
+    size = min(MAX_BLOCK_SIZE, max(MIN_BLOCK_SIZE, -(-num_subjects // BLOCKS)))
+    return [np.arange(start, min(start + size, num_subjects)) for start in range(0, num_subjects, size)]
+
+
+def map_blocks(compute, num_subjects: int, *, seed: int, distributed_input: bool = False) -> list:
+    """``compute(positions)`` for every block of :func:`subject_blocks`,
+    gathered in block order on every process.
+
+    Block ``k`` runs on process ``k % world_size`` with torch's CPU
+    generator (the one Pyro's samplers draw from) seeded by
+    :func:`shard_seed` ``(seed, k)``, so every subject's draws are the same
+    in one process or several: the block it belongs to, its companions and
+    its seed do not depend on the process count.  The caller's random state
+    is restored afterwards.  ``distributed_input``: each process holds its
+    own subjects and computes all of its blocks, numbered after those of
+    the lower ranks (results then depend on how subjects were partitioned).
+    """
+    rank, size = world()
+    blocks = list(enumerate(subject_blocks(num_subjects)))
+    if distributed_input:
+        offset = sum(gather_objects(len(blocks))[:rank])
+        blocks = [(offset + k, positions) for k, positions in blocks]
+    else:
+        blocks = [(k, positions) for k, positions in blocks if k % size == rank]
+    results = []
+    with torch.random.fork_rng(devices=[]):
+        for k, positions in blocks:
+            torch.default_generator.manual_seed(shard_seed(seed, k))
+            results.append((k, compute(positions)))
+    gathered = [item for part in gather_objects(results) for item in part]
+    return [result for _, result in sorted(gathered, key=lambda item: item[0])]
+
+
+def map_subjects(compute, data, *, sort_by: list[str], seed: int, distributed_input: bool = False):
+    """``compute(part)`` on every block of ``data``'s subjects
+    (:func:`map_blocks`: seeded per block, blocks spread over processes),
+    gathered into one DataFrame sorted by ``sort_by`` on every process.
+    Per-subject work (fitted values, imputation) is independent across
+    subjects, so splitting it is exact, and with the same ``seed`` the
+    frame is the same in any number of processes.  ``compute`` returns a
+    DataFrame.
     """
     import pandas as pd
 
-    if world()[1] == 1:
-        return compute(data)
-    frames = run_shards(lambda positions: compute(data.subset(positions)), data.num_subjects,
+    frames = map_blocks(lambda positions: compute(data.subset(positions)), data.num_subjects, seed=seed,
                         distributed_input=distributed_input)
-    gathered = pd.concat(frames)
-    return gathered.sort_values(sort_by, kind="stable").reset_index(drop=True)
+    return pd.concat(frames).sort_values(sort_by, kind="stable").reset_index(drop=True)
 
 
 def agree(check):

@@ -51,12 +51,14 @@ The posterior of :math:`b_i` (``method``):
     (resample-move): duplicated draws spread out while the posterior stays
     invariant.
 
-Sharding.  Subjects are independent given the fitted networks, so
-:func:`predict` splits them into ``num_shards`` shards (subject *i* in id
-order -> shard *i mod num_shards*; default: one per ``torch.distributed``
-process, see :mod:`pyro_dgmm.parallel`), computes each shard on the process
-that owns it with draws seeded per shard, and gathers the table on every
-process: the result does not depend on how the shards are spread.
+Blocks.  Subjects are independent given the fitted networks, so
+:func:`predict` splits them into blocks of consecutive subjects (in id
+order) whose boundaries depend on the number of subjects only
+(:func:`~pyro_dgmm.parallel.subject_blocks`), draws each block's random
+numbers from a generator seeded by ``(seed, block)``, computes the blocks
+on the ``torch.distributed`` processes (one process: all of them) and
+gathers the table on every process: the same ``seed`` gives the same table
+in one process or several.
 
 Shapes: ``S`` draws, ``N`` subjects, ``T`` visit slots, ``K`` outcomes, ``q``
 latent dimensions.  Work is done in chunks of ``chunk_size`` subjects, so
@@ -65,8 +67,8 @@ memory grows with ``chunk_size * max(S, P) * T * K``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -78,10 +80,15 @@ from .data import DataSchema, LongitudinalData, visit_order
 from .errors import ConfigError, DataError, describe_rows
 from .impute import log_target, random_walk_metropolis
 from .model import StandardNormal
-from .parallel import Shards, run_shards
+from .options import check_bool, check_choice, check_float, check_int, check_keywords
+from .parallel import map_blocks, world
 from .posterior import subjects_per_chunk, weighted_moments
 
 METHODS = ("importance", "mcmc", "encoder")
+#: The options of :func:`random_effects_posterior` that :func:`predict` passes on.
+POSTERIOR_OPTIONS = ("num_proposals", "adapt_rounds", "mcmc_steps", "chunk_size")
+#: :func:`predict`'s own keyword options (named in the suggestion for a misspelled one).
+PREDICT_OPTIONS = ("relative", "include_history", "levels", "num_samples", "method", "seed")
 _STUDENT_DF = 5.0
 _COVARIANCE_INFLATION = 1.5
 
@@ -182,10 +189,11 @@ def random_effects_posterior(model, guide, data: LongitudinalData, num_samples: 
     :param mcmc_steps: random-walk steps per draw (``method='mcmc'``).
     :returns: a :class:`RandomEffectsPosterior` with ``b`` of shape (S, N, q).
     """
-    if method not in METHODS:
-        raise ConfigError(f"method must be one of {METHODS}, got '{method}'")
-    if num_samples < 1 or (chunk_size is not None and chunk_size < 1) or adapt_rounds < 0 or mcmc_steps < 0:
-        raise ConfigError("num_samples and chunk_size must be positive; adapt_rounds and mcmc_steps >= 0")
+    check_choice("method", method, METHODS)
+    num_samples = check_int("num_samples", num_samples)
+    checked = _check_posterior_options(dict(num_proposals=num_proposals, adapt_rounds=adapt_rounds,
+                                            mcmc_steps=mcmc_steps, chunk_size=chunk_size))
+    num_proposals, adapt_rounds, mcmc_steps, chunk_size = (checked[name] for name in POSTERIOR_OPTIONS)
     if method == "encoder":
         return RandomEffectsPosterior(guide.posterior(data).sample((num_samples,)), method)
     num_proposals = num_proposals or num_samples
@@ -295,7 +303,7 @@ class Prediction:
     ``draws``: (S, len(table)) posterior predictive draws of y, column ``r``
     for table row ``r``.  ``predictive``: everything behind it
     (:class:`PosteriorPredictive`; its ``data`` are the prediction cells,
-    subjects sorted by id); None when computed in several shards (its
+    subjects sorted by id); None when computed by several processes (its
     tensors stay where they were computed).
     """
 
@@ -308,11 +316,16 @@ def _level_label(level: float) -> str:
     return f"{100 * level:g}"
 
 
-def _check_levels(levels: Sequence[float]) -> list[float]:
-    levels = [float(v) for v in levels]
-    if not levels or not all(0 < v < 1 for v in levels):
-        raise ConfigError(f"levels must be numbers in (0, 1), e.g. (0.5, 0.95); got {levels}")
-    return levels
+def _check_levels(levels: Sequence[float] | float) -> list[float]:
+    """``levels`` (one number or a sequence) as a list of floats in (0, 1)."""
+    given = [levels] if isinstance(levels, (int, float, np.number)) else levels
+    levels = [] if isinstance(given, str) or not isinstance(given, Iterable) else list(given)
+    try:
+        if levels:
+            return [check_float("levels", v, low=0, high=1, low_open=True, high_open=True) for v in levels]
+    except ConfigError:
+        pass
+    raise ConfigError(f"levels must be numbers in (0, 1), e.g. (0.5, 0.95); got {given!r}")
 
 
 def _times_frame(schema: DataSchema, history: pd.DataFrame, times, relative: bool = False) -> pd.DataFrame:
@@ -392,8 +405,7 @@ def _summary_table(rows: pd.DataFrame, predictive: PosteriorPredictive, schema: 
 
 def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, relative: bool = False,
             include_history: bool = False, levels: Sequence[float] = (0.95,), num_samples: int = 1000,
-            method: str = "importance", num_shards: int | None = None, seed: int = 0,
-            **posterior_options) -> Prediction:
+            method: str = "importance", seed: int = 0, **posterior_options) -> Prediction:
     """Dynamic predictions for the subjects of ``history`` at ``times``.
 
     :param history: long DataFrame with the training columns (id, time,
@@ -411,11 +423,11 @@ def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, r
     :param levels: interval levels, each in (0, 1).
     :param num_samples: S, draws of b and of y per subject.
     :param method: ``'importance'``, ``'mcmc'`` or ``'encoder'`` (module docstring).
-    :param num_shards: subject shards (default: the number of
-        ``torch.distributed`` processes, 1 without); every process passes
-        the same ``history`` and ``times`` and gets the whole table.
-    :param seed: with more than one shard, seeds each shard's draws (one
-        shard uses torch's current random state).
+    :param seed: seeds the draws, block of subjects by block
+        (:func:`~pyro_dgmm.parallel.map_blocks`): the same table in one
+        process or several.  Under ``torch.distributed`` every process
+        passes the same ``history`` and ``times``, computes its blocks and
+        gets the whole table.
     :param posterior_options: ``num_proposals``, ``adapt_rounds``,
         ``mcmc_steps``, ``chunk_size`` of :func:`random_effects_posterior`.
 
@@ -423,12 +435,13 @@ def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, r
     follow the time basis' extrapolation policy (:mod:`pyro_dgmm.bases`).
     """
     levels = _check_levels(levels)
-    options = dict(relative=relative, include_history=include_history, levels=levels, num_samples=num_samples,
-                   method=method, **posterior_options)
-    if Shards.current(num_shards).num_shards == 1:
-        return _predict_subjects(model, guide, schema, history, times, **options)
+    check_keywords("predict", posterior_options, (*POSTERIOR_OPTIONS, *PREDICT_OPTIONS))
+    options = dict(relative=check_bool("relative", relative), include_history=check_bool("include_history",
+                   include_history), levels=levels, num_samples=check_int("num_samples", num_samples),
+                   method=check_choice("method", method, METHODS), **_check_posterior_options(posterior_options))
+    seed = check_int("seed", seed, minimum=0)
     schema.validate(history, require_observed=False)
-    _times_frame(schema, history, times, relative)  # errors are raised alike on every process, before any shard runs
+    _times_frame(schema, history, times, relative)  # errors are raised alike on every process, before any block runs
     id_col, time_col = schema.id_col, schema.time_col
     ids = pd.factorize(history[id_col], sort=True)[1]
 
@@ -438,13 +451,53 @@ def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, r
         if not mine.any() or len(their_times) == 0:
             return None
         prediction = _predict_subjects(model, guide, schema, history[mine], their_times, **options)
-        return prediction.table, prediction.draws
+        return prediction.table, prediction.draws, prediction.predictive if single else None
 
-    parts = [part for part in run_shards(compute, len(ids), num_shards=num_shards, seed=seed) if part is not None]
-    table = pd.concat([t for t, _ in parts], ignore_index=True)
+    single = world()[1] == 1  # the tensors behind the table are kept in a single process only
+    parts = [part for part in map_blocks(compute, len(ids), seed=seed) if part is not None]
+    table = pd.concat([t for t, _, _ in parts], ignore_index=True)
     order = visit_order(pd.factorize(table[id_col], sort=True)[0], schema.relative_times(table))
-    draws = np.concatenate([d for _, d in parts], axis=1)[:, order]
-    return Prediction(table.iloc[order].reset_index(drop=True), draws, None)
+    draws = np.concatenate([d for _, d, _ in parts], axis=1)[:, order]
+    predictive = _concat_predictive([p for _, _, p in parts]) if single else None
+    return Prediction(table.iloc[order].reset_index(drop=True), draws, predictive)
+
+
+def _concat_predictive(parts: list[PosteriorPredictive]) -> PosteriorPredictive:
+    """The blocks' predictive draws as one, subjects in block (= id) order;
+    visit slots padded to the longest block's (NaN draws, no visit)."""
+    if len(parts) == 1:
+        return parts[0]
+    slots = max(p.data.num_visits for p in parts)
+    data = [p.data.pad(slots) for p in parts]
+
+    def cat(values, dim=0):
+        return None if values[0] is None else torch.cat(values, dim)
+
+    def grow(x: torch.Tensor) -> torch.Tensor:  # (S, n, T, K) -> (S, n, slots, K)
+        return torch.nn.functional.pad(x, (0, 0, 0, slots - x.shape[2]), value=float("nan"))
+
+    joined = replace(data[0], **{name: cat([getattr(d, name) for d in data]) for name in
+                                 ("y", "mask", "visit_mask", "times", "time_features", "encoder_y", "covariates",
+                                  "encoder_mask")},
+                     ids=np.concatenate([d.ids for d in data]),
+                     time_values=None if data[0].time_values is None else np.concatenate([d.time_values for d in data]))
+    posterior = [p.posterior for p in parts]
+    joined_posterior = RandomEffectsPosterior(
+        cat([q.b for q in posterior], 1), posterior[0].method, cat([q.ess for q in posterior]),
+        cat([q.log_marginal for q in posterior]), cat([q.acceptance for q in posterior]))
+    means, draws, log_lik = (torch.cat([grow(getattr(p, name)) for p in parts], 1)
+                             for name in ("means", "draws", "log_likelihood"))
+    return PosteriorPredictive(joined, joined_posterior, means, draws, log_lik)
+
+
+def _check_posterior_options(options: dict) -> dict:
+    """Types and ranges of :func:`random_effects_posterior`'s options."""
+    checked = dict(options)
+    for name, minimum in (("num_proposals", 1), ("chunk_size", 1), ("adapt_rounds", 0), ("mcmc_steps", 0)):
+        if name in checked:
+            checked[name] = check_int(name, checked[name], minimum=minimum, none=name in ("num_proposals",
+                                                                                          "chunk_size"))
+    return checked
 
 
 def _predict_subjects(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, relative: bool,

@@ -105,6 +105,7 @@ from torch import nn
 from .bases import Polynomial
 from .data import DataSchema, LongitudinalData
 from .errors import ConfigError
+from .options import check_bool, check_choice, check_float, check_int
 from .parallel import Shards, all_reduce_max, all_reduce_sum, gather_objects, is_main_process, shard_seed
 from .posterior import observed_log_likelihood, standard_normal_log_density, subjects_per_chunk, weighted_moments
 
@@ -378,9 +379,12 @@ class _MarginalObjective:
     def __init__(self, model, guide, data: LongitudinalData, names: Sequence[str], num_samples: int,
                  chunk_size: int | None, seed: int, adapt: bool, num_shards: int | None = None,
                  distributed_input: bool = False):
-        if int(num_samples) < minimum_samples(model.latent_dim):
+        num_samples = check_int("num_samples", num_samples)
+        if num_samples < minimum_samples(model.latent_dim):
             raise ConfigError(f"num_samples must be at least {minimum_samples(model.latent_dim)} (10 per control variate "
                               f"for latent_dim={model.latent_dim}), got {num_samples}")
+        chunk_size, seed = check_int("chunk_size", chunk_size, none=True), check_int("seed", seed, minimum=0)
+        adapt, num_shards = check_bool("adapt", adapt), check_int("num_shards", num_shards, none=True)
         shards = Shards.current(num_shards)
         local = shards.local_positions(data.num_subjects, distributed_input=distributed_input)
         self.num_shards, self.distributed_input = shards.num_shards, distributed_input
@@ -691,9 +695,9 @@ def standard_errors(model, guide, data: LongitudinalData, parameters: Sequence[s
         when ``-hessian`` has a negative eigenvalue (not at a maximum, or
         Monte Carlo noise) or some subject's Pareto k-hat exceeds 0.7.
     """
-    if method not in ("autograd", "central"):
-        raise ConfigError(f"method must be 'autograd' or 'central', got '{method}'")
+    check_choice("method", method, ("autograd", "central"))
     _check_level(level)
+    check_float("step", step, low=0, low_open=True)
     names = _select_parameters(model, parameters, include_dispersion)
     objective = _MarginalObjective(model, guide, data, names, num_samples, chunk_size, seed, adapt, num_shards,
                                    distributed_input)
@@ -864,8 +868,7 @@ def _assign(model, layout: _Layout, theta: torch.Tensor) -> None:
 
 
 def _check_level(level: float) -> None:
-    if not 0 < level < 1:
-        raise ConfigError(f"level must be in (0, 1), got {level}")
+    check_float("level", level, low=0, high=1, low_open=True, high_open=True)
 
 
 def _dispersion_labels(model) -> dict[str, str]:

@@ -18,11 +18,15 @@ from pyro_dgmm.impute import ImputationConfig  # noqa: E402
 from pyro_dgmm.parallel import gather_objects, init_from_environment, is_main_process, world  # noqa: E402
 from pyro_dgmm.partitioned import fit_schema, read_subjects  # noqa: E402
 from pyro_dgmm.variance import marginal_log_likelihood, standard_errors  # noqa: E402
+import pyro_dgmm.parallel  # noqa: E402
 
 FIT = dict(max_epochs=2, kl_warmup_epochs=1, linear_warmup_epochs=1, seed=5, num_shards=2, progress=False)
 IMPUTATION = ImputationConfig(rounds=2, epochs_per_round=1, mcmc_steps=3, burn_in=1)
 TIMES = [5.0, 6.5]
 SAMPLES = 60
+#: blocks of 8 subjects (default 256), so the 24 subjects' post-fit draws span 3 blocks on the 2 processes
+#: (tests/test_parallel.py uses the same in one process)
+BLOCK_SIZE = 8
 CLI = ["--id", "pid", "--time", "t", "--outcome", "g:gaussian", "--outcome", "bin:bernoulli",
        "--covariate", "arm", "--basis", "poly(1)", "--max-epochs", "3", "--seed", "3", "--quiet"]
 
@@ -38,10 +42,13 @@ def main(folder: Path) -> None:
     from pyro_dgmm.cli import main as cli
 
     init_from_environment()
+    pyro_dgmm.parallel.MIN_BLOCK_SIZE = BLOCK_SIZE
     frame = pd.read_csv(folder / "visits.csv")
     fitted = model().fit(frame, missing="impute", imputation=IMPUTATION, **FIT)
     data = fitted.transform(frame)
     prediction = fitted.predict(frame, TIMES, num_samples=SAMPLES)
+    values = fitted.fitted_values(frame, num_samples=SAMPLES)  # draws seeded per block of subjects
+    imputations = fitted.impute(frame, 2, mcmc_steps=2, warmup_steps=3)
     marginal = marginal_log_likelihood(fitted.model_, fitted.guide_, data, SAMPLES)
     errors = standard_errors(fitted.model_, fitted.guide_, data, num_samples=SAMPLES)
     local = read_subjects(folder / "parts", "pid")
@@ -62,6 +69,7 @@ def main(folder: Path) -> None:
     if is_main_process():
         fitted.save(folder / "impute.pt")
         torch.save({"trace": fitted.imputation_trace_, "table": prediction.table, "draws": prediction.draws,
+                    "fitted": values, "imputations": imputations,
                     "marginal": marginal.to_frame(), "se": errors.summary()}, folder / "results.pt")
         (folder / "ranks.json").write_text(json.dumps({"ids": ranks, "rows": rows, "world": world()[1],
                                                         "split_errors": split_errors,
