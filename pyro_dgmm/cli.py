@@ -63,6 +63,7 @@ from pathlib import Path
 import pandas as pd
 
 from .bases import DEFAULT_TIME_BASIS
+from .data import TIME_UNITS
 from .errors import ConfigError, DataError, DgmmError
 from .fit import PRESETS
 from .options import suggestion
@@ -109,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--outcome", action="append", default=[], metavar="NAME:FAMILY",
                      help="outcome column and family (gaussian, bernoulli, poisson, bounded(LOW,HIGH)); repeat")
     fit.add_argument("--covariate", action="append", default=[], help="baseline covariate column; repeat")
+    fit.add_argument("--time-unit", choices=sorted(TIME_UNITS), default="days",
+                     help="unit of model time when --time holds dates or durations (default days): dates "
+                          "count from the earliest visit")
     fit.add_argument("--basis", default=DEFAULT_TIME_BASIS,
                      help=f"time basis (default {DEFAULT_TIME_BASIS}), e.g. 'spline(4)+fourier(7)'")
     fit.add_argument("--latent-dim", type=_latent_dim, default="auto",
@@ -138,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--history", type=Path, required=True,
                       help="CSV with the training columns: each subject's visits so far (outcomes may be empty)")
     _add_csv_options(pred)
-    pred.add_argument("--times", type=float, nargs="+", required=True, help="times to predict at")
+    pred.add_argument("--times", nargs="+", required=True,
+                      help="times to predict at: numbers, or dates (e.g. 2024-05-01) for a model fitted on dates")
     pred.add_argument("--relative", action="store_true", help="times are offsets from each subject's last visit")
     pred.add_argument("--levels", type=float, nargs="+", default=[0.95], help="interval levels")
     pred.add_argument("--num-samples", type=int, default=1000)
@@ -195,6 +200,46 @@ def read_csv(path: Path, option: str, *, sep: str = ",", encoding: str = "utf-8"
     if df.empty:
         raise DataError(f"{option} {path} has a header but no rows")
     return df
+
+
+def parse_time_column(df: pd.DataFrame, column: str, source) -> pd.DataFrame:
+    """``df`` with a text time column read as dates (ISO 8601 and the like)
+    or, failing that, durations (``'3 days'``, ``'04:30:00'``); numbers are
+    left as they are.  A text column that is neither is a
+    :class:`~pyro_dgmm.errors.DataError` naming the column, a bad value and
+    its row."""
+    series = df[column]
+    if not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)):
+        return df
+    for parse in (lambda x: pd.to_datetime(x, format="mixed"), pd.to_timedelta):
+        try:
+            parsed = parse(series)
+        except (ValueError, TypeError, OverflowError):
+            continue
+        return df.assign(**{column: parsed})
+    numbers = pd.to_numeric(series, errors="coerce")
+    bad = series.notna() & numbers.isna()
+    row = bad.idxmax() if bad.any() else series.index[0]
+    raise DataError(f"time column '{column}' of {source} holds text that is neither a number, a date nor a "
+                    f"duration (e.g. {series[row]!r} in row {row})")
+
+
+def _prediction_times(values: list[str], history_times: pd.Series, relative: bool) -> list:
+    """--times as numbers, or as dates when the model's time column holds dates."""
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        pass
+    if relative or not pd.api.types.is_datetime64_any_dtype(history_times):
+        raise ConfigError(f"--times must be numbers for this model{' with --relative' if relative else ''}, "
+                          f"got {values}")
+    try:
+        times = pd.to_datetime(pd.Series(values), format="mixed")
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"--times: {values} are not all dates ({error})") from None
+    if history_times.dt.tz is not None and times.dt.tz is None:
+        times = times.dt.tz_localize(history_times.dt.tz)
+    return list(times)
 
 
 def check_columns(df: pd.DataFrame, source: str, columns: dict[str, list[str]]) -> None:
@@ -260,8 +305,10 @@ def run_predict(args: argparse.Namespace) -> dict | None:
     history = read_csv(args.history, "--history", sep=args.sep, encoding=args.encoding)
     model = DeepMixedModel.load(args.model)
     check_columns(history, args.history, {"model's id column": [model.id_col], "model's time column": [model.time_col]})
+    history = parse_time_column(history, model.time_col, args.history)
+    times = _prediction_times(args.times, history[model.time_col], args.relative)
     start = time.perf_counter()
-    table = model.predict(history, args.times, relative=args.relative, levels=args.levels,
+    table = model.predict(history, times, relative=args.relative, levels=args.levels,
                           num_samples=args.num_samples).table
     seconds = time.perf_counter() - start
     if not is_main_process():
@@ -298,8 +345,9 @@ def run_fit(args: argparse.Namespace) -> dict | None:
             df = read_csv(args.csv, "--csv", sep=args.sep, encoding=args.encoding)
             check_columns(df, args.csv, {"--id": [id_col], "--time": [time_col], "--outcome": list(outcomes),
                                          "--covariate": covariates})
+        df = parse_time_column(df, time_col, args.csv or args.partitioned)
     model = DeepMixedModel(id_col=id_col, time_col=time_col, outcomes=outcomes, covariates=covariates,
-                           time_basis=args.basis, latent_dim=args.latent_dim)
+                           time_basis=args.basis, latent_dim=args.latent_dim, time_unit=args.time_unit)
     overrides = {"seed": args.seed, "progress": not args.quiet, "num_shards": args.num_shards,
                  "device": None if args.device == "auto" else args.device}
     if args.max_epochs is not None:
