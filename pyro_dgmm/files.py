@@ -4,6 +4,9 @@ Every file is written to a temporary file in the target's own folder, flushed
 to disk (``fsync``) and moved over the target with :func:`os.replace`, which
 is atomic on POSIX and Windows: a reader (or a process killed mid-write)
 sees either the old complete file or the new complete one, never a mix.
+A set of files that belong together (the command line's outputs) is written
+into a fresh folder that :func:`atomic_folder` then switches into place the
+same way.
 
     >>> import tempfile, pathlib
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -16,11 +19,18 @@ sees either the old complete file or the new complete one, never a mix.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import re
+import secrets
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+from .errors import ConfigError
 
 
 def _fsync_file(path: Path) -> None:
@@ -70,3 +80,175 @@ def write_text_atomic(path: str | os.PathLike, text: str, encoding: str = "utf-8
     """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding=encoding)
+
+
+# ------------------------------------------------------------ output folders
+def _owned(name: str) -> re.Pattern:
+    """Names of the hidden siblings :func:`atomic_folder` makes for ``name``:
+    ``.<name>.run-<pid>-<hex>`` (a run's folder) and ``.<name>.link-<pid>-<hex>``
+    (a link about to be moved onto ``name``)."""
+    return re.compile(rf"\.{re.escape(name)}\.(run|link)-(\d+)-[0-9a-f]{{8}}")
+
+
+def _is_our_link(target: Path) -> bool:
+    match = _owned(target.name).fullmatch(os.readlink(target))
+    return match is not None and match.group(1) == "run"
+
+
+def check_folder_target(path: str | os.PathLike, replaceable: Iterable[str] = ()) -> None:
+    """Check, before any work, that :func:`atomic_folder` can replace ``path``:
+    it is absent, a link made by an earlier :func:`atomic_folder`, or a plain
+    folder holding only files named in ``replaceable`` (an older run's
+    outputs); and the nearest existing folder above it is a writable folder.
+
+    :raises ConfigError: naming ``path`` and what is in the way (a file, a
+        folder with other files, a link made by someone else, no permission).
+    """
+    target = Path(os.path.abspath(path))
+    if not target.name:
+        raise ConfigError(f"output folder {path} has no name: pass a folder below {target}")
+    ancestor = target.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"output folder {path} cannot be created: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"output folder {path} cannot be created: no permission to write in {ancestor}")
+    if target.is_symlink():
+        if not _is_our_link(target):
+            raise ConfigError(f"output folder {path} is a symbolic link not made by pyro_dgmm: pass the folder it "
+                              "points to, or a new name")
+    elif target.exists():
+        if not target.is_dir():
+            raise ConfigError(f"output folder {path} is a file, not a folder")
+        allowed = set(replaceable)
+        others = sorted(p.name for p in target.iterdir() if p.name not in allowed or not p.is_file())
+        if others:
+            shown = ", ".join(others[:5]) + (f" (and {len(others) - 5} more)" if len(others) > 5 else "")
+            raise ConfigError(f"output folder {path} holds files that no run wrote ({shown}): the outputs replace "
+                              "the folder as a whole, so pass a new or empty folder")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a process of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Remove the hidden siblings of ``target`` that killed runs left (their
+    process is gone, or it is this one), except the folder ``target`` links to."""
+    current = os.readlink(target) if target.is_symlink() else None
+    pattern = _owned(target.name)
+    for entry in target.parent.iterdir():
+        match = pattern.fullmatch(entry.name)
+        if match is None or entry.name == current:
+            continue
+        pid = int(match.group(2))
+        if pid == os.getpid() or not _alive(pid):
+            _remove(entry)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``); False where the system or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def _switch(link: Path, target: Path) -> Path | None:
+    """Put ``link`` in ``target``'s place; return what ``target`` held before
+    (to remove), or None.  A link (an earlier run's) or nothing is replaced
+    with one atomic ``os.replace``; a plain folder (an older pyro_dgmm's
+    output) is exchanged atomically where the system can, else moved aside
+    first (two renames: only this one-time migration has an instant
+    without ``target``)."""
+    if target.is_symlink() or not target.exists():
+        previous = target.parent / os.readlink(target) if target.is_symlink() else None
+        os.replace(link, target)
+        return previous
+    if _exchange(link, target):
+        return link  # now holds the old folder
+    aside = link.with_name(link.name.replace(".link-", ".run-", 1))
+    os.rename(target, aside)
+    os.replace(link, target)
+    return aside
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike, replaceable: Iterable[str] = ()) -> Iterator[Path]:
+    """Yield a new empty folder beside ``path``; when the block ends without
+    an exception, ``path`` switches to it in one atomic step, so that at
+    every instant ``path`` shows either the previous complete set of files
+    or the new complete set, never a mix (even if the process is killed).
+
+    The folders are hidden siblings ``.<name>.run-<pid>-<hex>`` and ``path``
+    is a relative symbolic link to the current one, replaced with
+    :func:`os.replace`; every file is fsynced before the switch.  The
+    previous run's folder is removed after it, and folders of runs that were
+    killed (their process is gone) at the start of the next.  ``path`` may
+    also be a plain folder holding only ``replaceable`` files (written by an
+    older version): it is swapped out the same way (see :func:`_switch`).
+    If the block raises, its folder is removed and ``path`` is untouched.
+    Needs symbolic links (POSIX).  Two runs writing the same ``path`` at
+    once each leave a complete folder; the last to finish wins.
+
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "outputs"
+        >>> with atomic_folder(out) as folder:
+        ...     _ = (folder / "a.txt").write_text("first run")
+        >>> with atomic_folder(out) as folder:
+        ...     _ = (folder / "a.txt").write_text("second run")
+        >>> (out / "a.txt").read_text(), out.is_symlink()
+        ('second run', True)
+        >>> len(list(out.parent.iterdir()))  # the link and the current folder
+        2
+
+    :param replaceable: file names an older plain folder at ``path`` may
+        hold (see :func:`check_folder_target`).
+    :raises ConfigError: ``path`` cannot be replaced (before the block runs).
+    """
+    target = Path(os.path.abspath(path))
+    check_folder_target(target, replaceable)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(target)
+    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+    work, link = target.with_name(f".{target.name}.run-{tag}"), target.with_name(f".{target.name}.link-{tag}")
+    work.mkdir()
+    try:
+        yield work
+        for file in work.rglob("*"):
+            if file.is_file() and not file.is_symlink():
+                _fsync_file(file)
+        _fsync_folder(work)
+        os.symlink(work.name, link)
+    except BaseException:
+        link.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    previous = _switch(link, target)
+    _fsync_folder(target.parent)
+    if previous is not None:
+        _remove(previous)
