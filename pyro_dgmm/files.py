@@ -25,7 +25,6 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -63,9 +62,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     ``Figure.savefig``, ``torch.save``, ...).
     """
     target = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    # created like open() would (mode 0o666 less the umask; mkstemp's 0o600 would hide outputs from the group)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
         _fsync_file(tmp)
@@ -191,7 +190,7 @@ def _switch(link: Path, target: Path) -> Path | None:
         return previous
     if _exchange(link, target):
         return link  # now holds the old folder
-    aside = link.with_name(link.name.replace(".link-", ".run-", 1))
+    aside = target.with_name(f".{target.name}.run-{os.getpid()}-{secrets.token_hex(4)}")
     os.rename(target, aside)
     os.replace(link, target)
     return aside
