@@ -466,33 +466,45 @@ def _check_complete(out: Path, rows: int) -> tuple:
     return summary["fit_seconds"], (out / "model.pt").read_bytes()
 
 
-def _kill_runs(tmp_path: Path, kills: int, share: tuple[float, float], seed: int) -> int:
-    """A complete CLI fit, then ``kills`` fits each killed with SIGKILL after
-    a random ``share`` (uniform between its bounds) of the first run's time;
-    after each, ``--out`` must be the previous complete run or a new complete
-    one.  Returns how many kills landed before the run ended."""
+def _kill_runs(tmp_path: Path, kills: int, seed: int, while_writing: bool = False) -> int:
+    """A complete CLI fit, then ``kills`` fits (subprocesses) each killed with
+    SIGKILL at a random moment: anywhere in the run (up to 1.1 times a
+    complete run's time), or, ``while_writing``, within 0.6 s of the moment
+    its output folder appears.  After each kill ``--out`` must be the previous
+    complete run or a new complete one.  Returns how many kills landed
+    before the run ended."""
     csv, out = tmp_path / "visits.csv", tmp_path / "out"
     frame = tiny_frame(n_subjects=30)
     frame.to_csv(csv, index=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
         "PYTHONPATH", "")])}
 
+    def arguments(run: int) -> list[str]:
+        return ["fit", "--csv", str(csv), "--id", "pid", "--time", "t", "--outcome", "g:gaussian", "--outcome",
+                "bin:bernoulli", "--covariate", "age", "--latent-dim", "2", "--preset", "fast", "--max-epochs", "3",
+                "--seed", str(run), "--quiet", "--out", str(out)]
+
     def start(run: int) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "pyro_dgmm", "fit", "--csv", str(csv), "--id", "pid", "--time", "t",
-             "--outcome", "g:gaussian", "--outcome", "bin:bernoulli", "--covariate", "age", "--latent-dim", "2",
-             "--preset", "fast", "--max-epochs", "3", "--seed", str(run), "--quiet", "--out", str(out)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen([sys.executable, "-m", "pyro_dgmm", *arguments(run)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     began = time.perf_counter()
-    assert start(0).wait(timeout=300) == 0
+    if while_writing:
+        assert main(arguments(0)) == 0  # in this process: no start-up time
+    else:
+        assert start(0).wait(timeout=300) == 0
     duration = time.perf_counter() - began
     previous = _check_complete(out, len(frame))
     rng = random.Random(seed)
     interrupted = 0
     for run in range(1, kills + 1):
         process = start(run)
-        time.sleep(rng.uniform(*share) * duration)
+        if while_writing:
+            while process.poll() is None and not list(tmp_path.glob(f".out.run-{process.pid}-*")):
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.6))
+        else:
+            time.sleep(rng.uniform(0.0, 1.1) * duration)
         interrupted += process.poll() is None
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
@@ -502,16 +514,15 @@ def _kill_runs(tmp_path: Path, kills: int, share: tuple[float, float], seed: int
     return interrupted
 
 
-def test_cli_fit_killed_at_random_moments_fast(tmp_path):
-    """Two kills late in the run (the fit ends at about 50% of it, the
-    write phase follows)."""
-    _kill_runs(tmp_path, kills=2, share=(0.5, 1.0), seed=1)
+def test_cli_fit_killed_while_writing_its_outputs(tmp_path):
+    """Two kills in the write phase, where a mix of two runs could arise."""
+    _kill_runs(tmp_path, kills=2, seed=1, while_writing=True)
 
 
 @pytest.mark.slow
 def test_cli_fit_killed_at_random_moments(tmp_path):
-    """Twelve kills over the whole run (start-up, fit, write phase, after)."""
-    assert _kill_runs(tmp_path, kills=12, share=(0.0, 1.1), seed=2) >= 6  # most kills landed mid-run
-    # the next complete run removes what the killed ones left
-    _kill_runs(tmp_path, kills=0, share=(0.0, 0.0), seed=0)
+    """Twelve kills over the whole run (start-up, fit, write phase, after),
+    then a complete run, which removes what the killed ones left."""
+    assert _kill_runs(tmp_path, kills=12, seed=2) >= 6  # most kills landed mid-run
+    _kill_runs(tmp_path, kills=0, seed=0)
     assert len(list(tmp_path.iterdir())) == 3  # the CSV, --out and its folder
