@@ -488,7 +488,7 @@ class DeepMixedModel:
             self.result_ = FitResult(**meta["result"])
         except SaveFileError:
             raise
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:  # ConfigError is a ValueError
+        except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:  # ConfigError: a ValueError
             raise SaveFileError(f"save file {path} does not describe a model this pyro_dgmm can rebuild "
                                 f"(model class {meta.get('model_class')!r}): {error}") from error
         self.model_.eval(), self.guide_.eval()

@@ -232,12 +232,15 @@ def read(path: str | os.PathLike) -> SavedFile:
         raise SaveFileError(f"save file {path} does not exist")
     if path.is_dir():
         raise SaveFileError(f"save file {path} is a directory, not a file written by DeepMixedModel.save")
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            zip_start = handle.read(4) == b"PK\x03\x04"
+    except OSError as error:
+        raise SaveFileError(f"save file {path} cannot be read: {error.strerror}") from None
     if size == 0:
         raise SaveFileError(f"save file {path} is empty (0 bytes): it was not written completely")
     if not zipfile.is_zipfile(path):
-        with open(path, "rb") as handle:
-            zip_start = handle.read(4) == b"PK\x03\x04"
         what = "is truncated or damaged" if zip_start else "is not a PyTorch archive written by DeepMixedModel.save"
         raise SaveFileError(f"save file {path} {what} ({size} bytes)")
     try:

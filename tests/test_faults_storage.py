@@ -108,6 +108,12 @@ def _damage(kind: str, good: Path, path: Path) -> Path:
         torch.save({"format": "pyro_dgmm", "payload": _Exploit()}, path)
     elif kind == "plain pickle":
         path.write_bytes(pickle.dumps({"format": "pyro_dgmm"}))
+    elif kind == "zip archive":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("notes.txt", "not a model")
+    elif kind == "unreadable":
+        path.write_bytes(good.read_bytes())
+        path.chmod(0)
     return path
 
 
@@ -122,6 +128,9 @@ def _damage(kind: str, good: Path, path: Path) -> Path:
     ("format 1 file", "save format 1"),
     ("malicious pickle", "holds objects other than plain values"),
     ("plain pickle", "not a PyTorch archive"),
+    ("zip archive", "cannot be read as a pyro_dgmm save file"),
+    pytest.param("unreadable", "cannot be read: Permission denied", marks=pytest.mark.skipif(
+        os.geteuid() == 0, reason="root reads any file")),
 ])
 def test_bad_save_file_is_a_clear_error_naming_it(kind, says, saved_file, tmp_path):
     path = _damage(kind, saved_file, tmp_path / "bad.pt")
@@ -180,7 +189,7 @@ def test_failed_save_leaves_the_previous_file_intact(fault, fitted, tmp_path, mo
                                     "validation_fraction np.float64"])
 def test_numpy_options_save_and_load_with_weights_only(option, tmp_path):
     name, kind = option.split()
-    value = {"latent_dim": np.int64(2), "covariates": np.array(["age", "arm"]),
+    value = {"latent_dim": np.int64(4), "covariates": np.array(["age", "arm"]),
              "encoder_hidden": np.array([8, 4]), "validation_fraction": np.float64(0.2)}[name]
     model = fit_small(**{name: value})
     path = tmp_path / "model.pt"
@@ -314,13 +323,24 @@ def test_register_model_class_refuses_a_non_model():
         register_model_class(dict)
 
 
-def test_well_formed_file_missing_an_entry_names_the_file(saved_file, tmp_path):
-    saved = storage.read(saved_file)
+@pytest.mark.parametrize("change, says", [
+    ("no schema", "'schema'"),
+    ("model class not a string", "model class [1, 2]"),
+    ("unknown option", "max_epoch"),
+])
+def test_well_formed_file_with_wrong_metadata_names_the_file(change, says, saved_file, tmp_path):
+    metadata = dict(storage.read(saved_file).metadata)
+    if change == "no schema":
+        del metadata["schema"]
+    elif change == "model class not a string":
+        metadata["model_class"] = [1, 2]
+    else:
+        metadata["init"] = {**metadata["init"], "max_epoch": 5}
     crafted = tmp_path / "crafted.pt"
-    storage.write(crafted, {k: v for k, v in saved.metadata.items() if k != "schema"}, saved.tensors)
+    storage.write(crafted, metadata, storage.read(saved_file).tensors)
     with pytest.raises(SaveFileError, match="does not describe a model") as caught:
         DeepMixedModel.load(crafted)
-    assert str(crafted) in str(caught.value) and "schema" in str(caught.value)
+    assert str(crafted) in str(caught.value) and says in str(caught.value)
 
 
 # ------------------------------------------------------- output folders
