@@ -193,9 +193,15 @@ def write(path: str | os.PathLike, metadata: dict, tensors: Mapping[str, Mapping
     :func:`to_plain`), ``tensors`` (group -> name -> tensor, e.g. state
     dicts) and their digest.
 
-    :raises ConfigError: a metadata value has no plain form, or a tensor
-        group holds something else than tensors (nothing is written).
+    :raises ConfigError: ``path`` is a folder or its folder does not exist,
+        a metadata value has no plain form, or a tensor group holds
+        something else than tensors (nothing is written).
     """
+    folder = Path(path).parent
+    if Path(path).is_dir():
+        raise ConfigError(f"cannot save to {path}: it is a folder; pass a file name such as {Path(path) / 'model.pt'}")
+    if not folder.is_dir():
+        raise ConfigError(f"cannot save to {path}: the folder {folder} does not exist")
     metadata = to_plain(metadata, "the model's settings")
     stored = {}
     for group, state in tensors.items():

@@ -184,6 +184,14 @@ def test_failed_save_leaves_the_previous_file_intact(fault, fitted, tmp_path, mo
     same_predictions(fitted, DeepMixedModel.load(path))
 
 
+@pytest.mark.parametrize("where, says", [("a folder", "it is a folder"), ("no folder", "does not exist")])
+def test_save_to_an_unusable_path_names_it(where, says, fitted, tmp_path):
+    path = tmp_path if where == "a folder" else tmp_path / "missing" / "model.pt"
+    with pytest.raises(ConfigError) as caught:
+        fitted.save(path)
+    assert f"cannot save to {path}" in str(caught.value) and says in str(caught.value)
+
+
 # ------------------------------------------------ plain types before saving
 @pytest.mark.parametrize("option", ["latent_dim np.int64", "covariates np.array", "encoder_hidden np.array",
                                     "validation_fraction np.float64"])
