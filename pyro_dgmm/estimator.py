@@ -476,8 +476,8 @@ class DeepMixedModel:
         """
         saved = storage.read(path)
         meta = saved.metadata
+        model_class = storage.resolve_model_class(meta.get("model_class"), path, model_class)
         try:
-            model_class = storage.resolve_model_class(meta["model_class"], path, model_class)
             self = cls(model_class=model_class, **meta["init"])
             self.schema_ = DataSchema.from_spec(meta["schema"])
             self.latent_dim_, self.num_visits_ = meta["latent_dim"], meta["num_visits"]
@@ -486,11 +486,9 @@ class DeepMixedModel:
             self.guide_.load_state_dict(saved.tensors["guide"])
             self.missing = meta["missing"]
             self.result_ = FitResult(**meta["result"])
-        except SaveFileError:
-            raise
-        except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:  # ConfigError: a ValueError
-            raise SaveFileError(f"save file {path} does not describe a model this pyro_dgmm can rebuild "
-                                f"(model class {meta.get('model_class')!r}): {error}") from error
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:  # ConfigError is a ValueError
+            raise SaveFileError(f"save file {path} does not describe a model this pyro_dgmm can rebuild as a "
+                                f"{model_class.__qualname__}: {error}") from error
         self.model_.eval(), self.guide_.eval()
         return self
 

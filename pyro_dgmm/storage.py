@@ -128,6 +128,9 @@ def resolve_model_class(name: str, path: str | os.PathLike, model_class: type | 
         if not (isinstance(model_class, type) and issubclass(model_class, MixedModel)):
             raise ConfigError(f"model_class must be a subclass of MixedModel, got {model_class!r}")
         return model_class
+    if not isinstance(name, str):
+        raise SaveFileError(f"save file {path} names no model class (it holds {name!r}): pass load('{path}', "
+                            "model_class=...)")
     found = _REGISTERED.get(name) or _shipped_class(name)
     if found is None:
         short = name.rpartition(":")[2].rpartition(".")[2] or name

@@ -321,7 +321,7 @@ def test_user_class_reloads_when_passed_or_registered(tmp_path, monkeypatch):
 def test_wrong_model_class_is_a_clear_error(model_class, error, says, saved_file):
     with pytest.raises(error) as caught:
         DeepMixedModel.load(saved_file, model_class=model_class)
-    assert says in str(caught.value)
+    assert type(caught.value) is error and says in str(caught.value)
     if error is SaveFileError:
         assert str(saved_file) in str(caught.value)
 
@@ -332,9 +332,9 @@ def test_register_model_class_refuses_a_non_model():
 
 
 @pytest.mark.parametrize("change, says", [
-    ("no schema", "'schema'"),
-    ("model class not a string", "model class [1, 2]"),
-    ("unknown option", "max_epoch"),
+    ("no schema", "does not describe a model this pyro_dgmm can rebuild as a DGMM: 'schema'"),
+    ("model class not a string", "names no model class (it holds [1, 2])"),
+    ("unknown option", "does not describe a model this pyro_dgmm can rebuild as a DGMM"),
 ])
 def test_well_formed_file_with_wrong_metadata_names_the_file(change, says, saved_file, tmp_path):
     metadata = dict(storage.read(saved_file).metadata)
@@ -346,9 +346,11 @@ def test_well_formed_file_with_wrong_metadata_names_the_file(change, says, saved
         metadata["init"] = {**metadata["init"], "max_epoch": 5}
     crafted = tmp_path / "crafted.pt"
     storage.write(crafted, metadata, storage.read(saved_file).tensors)
-    with pytest.raises(SaveFileError, match="does not describe a model") as caught:
+    with pytest.raises(SaveFileError) as caught:
         DeepMixedModel.load(crafted)
     assert str(crafted) in str(caught.value) and says in str(caught.value)
+    if change == "unknown option":
+        assert "max_epoch" in str(caught.value)
 
 
 # ------------------------------------------------------- output folders
