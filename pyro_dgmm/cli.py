@@ -11,7 +11,7 @@ Fits a DGMM to a CSV file or a shipped data set and writes, into ``--out``
   directions in use, time, dispersion estimates
 
 ``--out`` never holds a mix of two runs: the files are written into a new
-hidden folder beside it (``.<name>.run-<pid>-<hex>``) and ``--out``, a
+hidden folder beside it (``.<name>.run-<hex>``) and ``--out``, a
 symbolic link to the current run's folder, is switched to it in one atomic
 step (:func:`~pyro_dgmm.files.atomic_folder`).  Whenever a run is killed,
 ``--out`` is the previous complete run or the new complete one; the next run

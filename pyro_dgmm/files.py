@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import re
 import secrets
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -82,11 +84,19 @@ def write_text_atomic(path: str | os.PathLike, text: str, encoding: str = "utf-8
 
 
 # ------------------------------------------------------------ output folders
+#: Seconds a new run folder is never taken for a killed run's (its run locks it right after making it).
+_GRACE_SECONDS = 1.0
+
+
 def _owned(name: str) -> re.Pattern:
     """Names of the hidden siblings :func:`atomic_folder` makes for ``name``:
-    ``.<name>.run-<pid>-<hex>`` (a run's folder) and ``.<name>.link-<pid>-<hex>``
-    (a link about to be moved onto ``name``)."""
-    return re.compile(rf"\.{re.escape(name)}\.(run|link)-(\d+)-[0-9a-f]{{8}}")
+    ``.<name>.run-<hex>`` (a run's folder) and ``.<name>.link-<hex>`` (a
+    link about to be moved onto ``name``; same ``<hex>`` as its folder)."""
+    return re.compile(rf"\.{re.escape(name)}\.(run|link)-([0-9a-f]{{12}})")
+
+
+def _sibling(target: Path, kind: str, tag: str) -> Path:
+    return target.with_name(f".{target.name}.{kind}-{tag}")
 
 
 def _is_our_link(target: Path) -> bool:
@@ -128,14 +138,31 @@ def check_folder_target(path: str | os.PathLike, replaceable: Iterable[str] = ()
                               "the folder as a whole, so pass a new or empty folder")
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (a process of another user counts)."""
+def _lock(folder: Path) -> int | None:
+    """Lock ``folder`` for as long as this run writes it (``flock``; the
+    system drops the lock when the process ends, killed or not); the open
+    descriptor to close at the end, or None where the file system has no locks."""
+    fd = os.open(folder, os.O_RDONLY)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _abandoned(folder: Path) -> bool:
+    """Whether ``folder`` is a run folder that no running process holds (its
+    run was killed or has ended), so it may be removed."""
+    try:
+        if time.time() - folder.lstat().st_mtime < _GRACE_SECONDS or not folder.is_dir():
+            return False
+        fd = _lock(folder)
+    except OSError:
         return False
-    except PermissionError:
-        return True
+    if fd is None:
+        return False
+    os.close(fd)
     return True
 
 
@@ -147,16 +174,17 @@ def _remove(path: Path) -> None:
 
 
 def _remove_leftovers(target: Path) -> None:
-    """Remove the hidden siblings of ``target`` that killed runs left (their
-    process is gone, or it is this one), except the folder ``target`` links to."""
+    """Remove the hidden siblings of ``target`` that no running process
+    holds (left by killed runs), except the folder ``target`` links to."""
     current = os.readlink(target) if target.is_symlink() else None
     pattern = _owned(target.name)
     for entry in target.parent.iterdir():
         match = pattern.fullmatch(entry.name)
         if match is None or entry.name == current:
             continue
-        pid = int(match.group(2))
-        if pid == os.getpid() or not _alive(pid):
+        run = entry if match.group(1) == "run" else _sibling(target, "run", match.group(2))
+        # a link is kept only while its run still holds its folder (between making the link and the switch)
+        if _abandoned(run) or (entry is not run and (not run.exists() or run.name == current)):
             _remove(entry)
 
 
@@ -190,9 +218,13 @@ def _switch(link: Path, target: Path) -> Path | None:
         return previous
     if _exchange(link, target):
         return link  # now holds the old folder
-    aside = target.with_name(f".{target.name}.run-{os.getpid()}-{secrets.token_hex(4)}")
+    aside = _sibling(target, "run", secrets.token_hex(6))
     os.rename(target, aside)
-    os.replace(link, target)
+    try:
+        os.replace(link, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
     return aside
 
 
@@ -203,16 +235,18 @@ def atomic_folder(path: str | os.PathLike, replaceable: Iterable[str] = ()) -> I
     every instant ``path`` shows either the previous complete set of files
     or the new complete set, never a mix (even if the process is killed).
 
-    The folders are hidden siblings ``.<name>.run-<pid>-<hex>`` and ``path``
-    is a relative symbolic link to the current one, replaced with
-    :func:`os.replace`; every file is fsynced before the switch.  The
-    previous run's folder is removed after it, and folders of runs that were
-    killed (their process is gone) at the start of the next.  ``path`` may
-    also be a plain folder holding only ``replaceable`` files (written by an
-    older version): it is swapped out the same way (see :func:`_switch`).
-    If the block raises, its folder is removed and ``path`` is untouched.
-    Needs symbolic links (POSIX).  Two runs writing the same ``path`` at
-    once each leave a complete folder; the last to finish wins.
+    The folders are hidden siblings ``.<name>.run-<hex>`` and ``path`` is a
+    relative symbolic link to the current one, replaced with
+    :func:`os.replace`; every file is fsynced before the switch.  A run
+    holds a lock (``flock``) on its folder while it writes; the previous
+    run's folder is removed after the switch, and folders no running
+    process holds (left by killed runs) at the start of the next run.
+    ``path`` may also be a plain folder holding only ``replaceable`` files
+    (written by an older version): it is swapped out the same way (see
+    :func:`_switch`).  If the block raises, its folder is removed and
+    ``path`` is untouched.  Needs symbolic links (POSIX).  Two runs writing
+    the same ``path`` at once each leave a complete folder; the last to
+    finish wins.
 
         >>> import tempfile, pathlib
         >>> out = pathlib.Path(tempfile.mkdtemp()) / "outputs"
@@ -233,9 +267,10 @@ def atomic_folder(path: str | os.PathLike, replaceable: Iterable[str] = ()) -> I
     check_folder_target(target, replaceable)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(target)
-    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
-    work, link = target.with_name(f".{target.name}.run-{tag}"), target.with_name(f".{target.name}.link-{tag}")
+    tag = secrets.token_hex(6)
+    work, link = _sibling(target, "run", tag), _sibling(target, "link", tag)
     work.mkdir()
+    lock = _lock(work)
     try:
         yield work
         for file in work.rglob("*"):
@@ -243,11 +278,15 @@ def atomic_folder(path: str | os.PathLike, replaceable: Iterable[str] = ()) -> I
                 _fsync_file(file)
         _fsync_folder(work)
         os.symlink(work.name, link)
+        previous = _switch(link, target)
     except BaseException:
-        link.unlink(missing_ok=True)
-        shutil.rmtree(work, ignore_errors=True)
+        if not (target.is_symlink() and os.readlink(target) == work.name):  # the switch did not happen
+            link.unlink(missing_ok=True)
+            shutil.rmtree(work, ignore_errors=True)
         raise
-    previous = _switch(link, target)
+    finally:
+        if lock is not None:
+            os.close(lock)
     _fsync_folder(target.parent)
     if previous is not None:
         _remove(previous)

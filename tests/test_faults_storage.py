@@ -6,6 +6,7 @@ killed at random moments.
 Every case asserts the error class and that the message names the file,
 option or folder.
 """
+import fcntl
 import json
 import os
 import pickle
@@ -399,18 +400,25 @@ def test_older_plain_output_folder_is_replaced(exchange, tmp_path, monkeypatch):
     assert len(list(tmp_path.iterdir())) == 2
 
 
-def test_leftovers_of_dead_processes_are_removed_and_of_live_ones_kept(tmp_path):
+def test_leftovers_of_killed_runs_are_removed_and_of_running_ones_kept(tmp_path):
     out = tmp_path / "out"
     _fake_run(out, "previous")
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    stale = tmp_path / f".out.run-{dead.pid}-0123abcd"
-    stale.mkdir()
-    (stale / "fitted.csv").write_text("half")
-    busy = tmp_path / f".out.run-{os.getppid()}-0123abcd"  # a live process's run in progress
-    busy.mkdir()
-    _fake_run(out, "next")
-    assert not stale.exists() and busy.exists()
+    stale, busy = tmp_path / ".out.run-0123456789ab", tmp_path / ".out.run-ba9876543210"
+    for folder in (stale, busy):
+        folder.mkdir()
+        (folder / "fitted.csv").write_text("half")
+        os.utime(folder, (time.time() - 60, time.time() - 60))
+    stale_link = tmp_path / ".out.link-0123456789ab"
+    stale_link.symlink_to(stale.name)
+    held = os.open(busy, os.O_RDONLY)  # a run in progress holds its folder's lock
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        _fake_run(out, "next")
+    finally:
+        os.close(held)
+    assert not stale.exists() and not stale_link.is_symlink() and busy.exists()
+    _fake_run(out, "last")  # once its run has ended, it goes too
+    assert not busy.exists() and len(list(tmp_path.iterdir())) == 2
 
 
 @pytest.mark.parametrize("setup, says", [
@@ -528,9 +536,10 @@ def _kill_runs(tmp_path: Path, kills: int, seed: int, while_writing: bool = Fals
     rng = random.Random(seed)
     interrupted = 0
     for run in range(1, kills + 1):
+        folders = set(tmp_path.glob(".out.run-*"))
         process = start(run)
-        if while_writing:
-            while process.poll() is None and not list(tmp_path.glob(f".out.run-{process.pid}-*")):
+        if while_writing:  # wait for the run's output folder to appear
+            while process.poll() is None and not set(tmp_path.glob(".out.run-*")) - folders:
                 time.sleep(0.005)
             time.sleep(rng.uniform(0.0, 0.6))
         else:
@@ -553,6 +562,8 @@ def test_cli_fit_killed_while_writing_its_outputs(tmp_path):
 def test_cli_fit_killed_at_random_moments(tmp_path):
     """Twelve kills over the whole run (start-up, fit, write phase, after),
     then a complete run, which removes what the killed ones left."""
-    assert _kill_runs(tmp_path, kills=12, seed=2) >= 6  # most kills landed mid-run
+    landed = _kill_runs(tmp_path, kills=12, seed=2)
+    # kills after the end are complete runs; on a loaded machine run times vary, so ask for a quarter mid-run
+    assert landed >= 3, f"only {landed} of 12 kills landed before the run ended"
     _kill_runs(tmp_path, kills=0, seed=0)
     assert len(list(tmp_path.iterdir())) == 3  # the CSV, --out and its folder
