@@ -16,6 +16,7 @@ from .families import BoundedContinuous, Bernoulli, Gaussian, Poisson, get_famil
 from .fit import FitConfig, FitResult, fit_svi  # noqa: E402
 from .guide import AmortizedGuide  # noqa: E402
 from .model import DGMM, MixedModel  # noqa: E402
+from .storage import register_model_class  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -23,4 +24,5 @@ __all__ = [
     "AmortizedGuide", "Bernoulli", "BoundedContinuous", "ConfigError", "DGMM", "DataError",
     "DataSchema", "DeepMixedModel", "FitConfig", "FitError", "FitResult", "Gaussian",
     "LongitudinalData", "MixedModel", "NotFittedError", "Poisson", "fit_svi", "get_family",
+    "register_model_class",
 ]

@@ -1,6 +1,7 @@
 """Command line: ``python -m pyro_dgmm fit ...`` (also installed as ``pyro-dgmm``).
 
-Fits a DGMM to a CSV file or a shipped data set and writes, into ``--out``:
+Fits a DGMM to a CSV file or a shipped data set and writes, into ``--out``
+(replaced as a whole, see below):
 
 * ``fitted.csv``  -- observed values and fitted subject-specific means per visit
 * ``subjects.png`` -- a few subjects' observed values and fitted curves
@@ -9,7 +10,17 @@ Fits a DGMM to a CSV file or a shipped data set and writes, into ``--out``:
 * ``summary.json`` -- fit settings, epochs, stop reason and convergence, latent
   directions in use, time, dispersion estimates
 
-Dynamic predictions from a saved model (writes a tidy CSV)::
+``--out`` never holds a mix of two runs: the files are written into a new
+hidden folder beside it (``.<name>.run-<hex>``) and ``--out``, a
+symbolic link to the current run's folder, is switched to it in one atomic
+step (:func:`~pyro_dgmm.files.atomic_folder`).  Whenever a run is killed,
+``--out`` is the previous complete run or the new complete one; the next run
+removes what a killed one left.  An ``--out`` folder written by an older
+version (a plain folder holding only the files above) is replaced the same
+way; one holding other files is refused before fitting, as is an ``--out``
+that cannot be created.  Remove a run with ``rm -r out .out.run-*``.
+
+Dynamic predictions from a saved model (writes a tidy CSV, atomically)::
 
     python -m pyro_dgmm predict --model outputs/pbc/model.pt --history history.csv \\
         --times 0.5 1 2 --relative --out predictions.csv
@@ -65,12 +76,15 @@ import pandas as pd
 from .bases import DEFAULT_TIME_BASIS
 from .data import TIME_UNITS
 from .errors import ConfigError, DataError, DgmmError
+from .files import atomic_folder, atomic_path, check_folder_target, write_text_atomic
 from .fit import PRESETS
 from .options import suggestion
 
 log = logging.getLogger("pyro_dgmm")
 
 SHIPPED = ("pbc", "linear", "nonlinear", "dropout", "app")
+#: What ``fit`` writes into ``--out`` (an older plain ``--out`` folder holding only these is replaced).
+FIT_OUTPUTS = ("fitted.csv", "subjects.png", "loss.png", "model.pt", "summary.json")
 
 
 def _shipped(name: str, seed: int):
@@ -314,23 +328,27 @@ def run_predict(args: argparse.Namespace) -> dict | None:
     if not is_main_process():
         return None
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
+    with atomic_path(args.out) as tmp:
+        table.to_csv(tmp, index=False)
     return {"subjects": int(table[model.id_col].nunique()), "rows": len(table), "file": str(args.out),
             "predict_seconds": round(seconds, 3)}
 
 
 def run_fit(args: argparse.Namespace) -> dict | None:
     """Fit and write the outputs; under ``torchrun`` every process fits its
-    shards and rank 0 alone writes (returns None on the other ranks)."""
+    shards and rank 0 alone writes (returns None on the other ranks).
+    ``--out`` is checked before the fit and switched to the new outputs in
+    one atomic step after it (module docstring)."""
     from .estimator import DeepMixedModel
     import torch
 
-    from .parallel import all_reduce_sum, init_from_environment, is_main_process
+    from .parallel import agree, all_reduce_sum, init_from_environment, is_main_process
     from .partitioned import read_subjects
     from .plotting import plot_loss, plot_subjects
 
     init_from_environment(args.device)
     check_output(args.out, folder=True)  # before reading or fitting, not after an hour's fit
+    agree(lambda: check_folder_target(args.out, FIT_OUTPUTS) if is_main_process() else None)
     if args.dataset:
         df, id_col, time_col, outcomes, covariates = _shipped(args.dataset, args.seed)
     else:
@@ -372,13 +390,19 @@ def run_fit(args: argparse.Namespace) -> dict | None:
     fitted = model.fitted_values()  # sharded over processes, gathered everywhere
     if not is_main_process():
         return None
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    fitted.to_csv(out / "fitted.csv", index=False)
-    plot_subjects(fitted, list(outcomes), id_col=id_col, time_col=time_col, seed=args.seed).savefig(
-        out / "subjects.png", dpi=110)
-    plot_loss(model.result_).savefig(out / "loss.png", dpi=110)
-    model.save(out / "model.pt")
+    with atomic_folder(args.out, FIT_OUTPUTS) as out:
+        fitted.to_csv(out / "fitted.csv", index=False)
+        plot_subjects(fitted, list(outcomes), id_col=id_col, time_col=time_col, seed=args.seed).savefig(
+            out / "subjects.png", dpi=110)
+        plot_loss(model.result_).savefig(out / "loss.png", dpi=110)
+        model.save(out / "model.pt")
+        summary = _summary(model, rows, subjects, outcomes, files=sorted(p.name for p in out.iterdir()))
+        write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def _summary(model, rows: int, subjects: int, outcomes: dict, files: list[str]) -> dict:
+    """What ``summary.json`` holds (module docstring)."""
     result = model.result_
     summary = {
         "rows": int(rows), "subjects": int(subjects), "outcomes": outcomes,
@@ -390,9 +414,8 @@ def run_fit(args: argparse.Namespace) -> dict | None:
         "fit_seconds": round(result.seconds, 2),
         "dispersion": {name: float(model.model_.dispersion(name).detach())
                        for name in outcomes if model.model_.dispersion(name) is not None},
-        "files": sorted(p.name for p in out.iterdir()),
+        "files": files,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

@@ -18,6 +18,12 @@ class ConfigError(DgmmError, ValueError):
     """An option (family, basis, network size, fit setting) is not valid."""
 
 
+class SaveFileError(ConfigError):
+    """A save file cannot be loaded: missing, damaged (its digest does not
+    match), not written by pyro_dgmm, or naming a model class that was
+    neither passed, registered nor shipped (see :mod:`pyro_dgmm.storage`)."""
+
+
 class NotFittedError(DgmmError, RuntimeError):
     """A method that needs a fitted model was called before ``fit``."""
 

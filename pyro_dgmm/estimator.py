@@ -17,7 +17,6 @@ Example::
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -32,7 +31,7 @@ import torch
 from .bases import DEFAULT_TIME_BASIS
 from .checkpoint import open_checkpoint
 from .data import TIME_UNITS, DataSchema, LongitudinalData
-from .errors import ConfigError, ConvergenceWarning, DataError, NotFittedError
+from .errors import ConfigError, ConvergenceWarning, DataError, NotFittedError, SaveFileError
 from .families import Family, get_family
 from .fit import FitConfig, FitResult, fit_svi
 from .guide import AmortizedGuide
@@ -46,9 +45,9 @@ from .nn import ACTIVATIONS, COVARIANCES
 from .options import check_bool, check_choice, check_float, check_int, check_keywords, check_str
 from .predict import METHODS
 from .posterior import fitted_means, marginal_means
+from . import storage
 from .variance import refine
 
-SAVE_FORMAT = 1
 log = logging.getLogger(__name__)
 
 #: The most latent directions ``latent_dim='auto'`` grows to.
@@ -195,6 +194,7 @@ class DeepMixedModel:
         self.result_: FitResult | None = None
         self.latent_dim_: int | None = None
         self.data_: LongitudinalData | None = None
+        self.num_visits_: int | None = None  # the padded record length (the dense encoder's input size)
         self.training_baseline_: pd.DataFrame | None = None
         self.imputation_trace_: ImputationTrace | None = None
         self.missing = "mask"
@@ -270,6 +270,7 @@ class DeepMixedModel:
             self.schema_, self.data_ = DataSchema.fit_transform(df, **schema_options)
             self.training_baseline_ = self._baseline_frame(df)
             train, validation = self._split(self.data_, config.seed)
+        self.num_visits_ = self.data_.num_visits
         latent_dim = self.options.latent_dim
         if latent_dim != "auto":
             self._fit_latent(latent_dim, train, validation, config, imputation)
@@ -561,41 +562,59 @@ class DeepMixedModel:
 
     # ----------------------------------------------------------- save/load
     def save(self, path: str | Path) -> None:
-        """Save the fitted model (configuration, schema, weights, fit history)."""
+        """Save the fitted model (configuration, schema, weights, fit history)
+        to ``path`` in the format of :mod:`pyro_dgmm.storage`: written
+        atomically (a failed save leaves the previous file intact), plain
+        types only (so :meth:`load` reads it with ``weights_only=True``), with
+        a SHA-256 digest that :meth:`load` verifies.  The training data are
+        not stored.
+
+        :raises ConfigError: an option has no plain form (the message says
+            which); nothing is written.
+        """
         self._check_fitted()
-        torch.save({
-            "format": SAVE_FORMAT,
+        storage.write(path, metadata={
             "init": self._init_kwargs(),
-            "model_class": f"{self.model_class.__module__}:{self.model_class.__qualname__}",
+            "model_class": storage.model_class_name(self.model_class),
             "schema": self.schema_.to_spec(),
-            "num_visits": self.data_.num_visits,
+            "num_visits": self.num_visits_,
             "latent_dim": self.latent_dim_,
             "missing": self.missing,
-            "model_state": self.model_.state_dict(),
-            "guide_state": self.guide_.state_dict(),
             "result": asdict(self.result_),
-        }, path)
+        }, tensors={"model": self.model_.state_dict(), "guide": self.guide_.state_dict()})
 
     @classmethod
-    def load(cls, path: str | Path) -> "DeepMixedModel":
+    def load(cls, path: str | Path, model_class: type[MixedModel] | None = None) -> "DeepMixedModel":
         """Load a model saved with :meth:`save`; it predicts exactly as before.
-        The training data are not stored: pass ``df`` to ``fitted_values``."""
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved.get("format") != SAVE_FORMAT:
-            raise ConfigError(f"{path} is not a pyro_dgmm save file of format {SAVE_FORMAT}")
-        module, _, qualname = saved["model_class"].partition(":")
-        model_class = importlib.import_module(module)
-        for part in qualname.split("."):
-            model_class = getattr(model_class, part)
-        self = cls(model_class=model_class, **saved["init"])
-        self.schema_ = DataSchema.from_spec(saved["schema"])
-        self.latent_dim_ = saved.get("latent_dim", saved["init"]["latent_dim"])  # files before latent_dim="auto"
-        self.model_, self.guide_ = self._build(self.schema_, saved["num_visits"], self.latent_dim_)
-        self.model_.load_state_dict(saved["model_state"])
-        self.guide_.load_state_dict(saved["guide_state"])
+        The training data are not stored: pass ``df`` to ``fitted_values``.
+
+        The file's model class is never imported from the file's say-so: it
+        is ``model_class`` if given (any :class:`~pyro_dgmm.model.MixedModel`
+        subclass whose parameters fit the stored weights, e.g. a class
+        defined in ``__main__``), else a class registered with
+        :func:`~pyro_dgmm.storage.register_model_class`, else one shipped by
+        pyro_dgmm (rules in :mod:`pyro_dgmm.storage`).
+
+        :raises SaveFileError: the file is missing, damaged, not a pyro_dgmm
+            save file, names a class that is not allowed, or its weights do
+            not fit the model class; the message names the file.
+        """
+        saved = storage.read(path)
+        meta = saved.metadata
+        model_class = storage.resolve_model_class(meta.get("model_class"), path, model_class)
+        try:
+            self = cls(model_class=model_class, **meta["init"])
+            self.schema_ = DataSchema.from_spec(meta["schema"])
+            self.latent_dim_, self.num_visits_ = meta["latent_dim"], meta["num_visits"]
+            self.model_, self.guide_ = self._build(self.schema_, self.num_visits_, self.latent_dim_)
+            self.model_.load_state_dict(saved.tensors["model"])
+            self.guide_.load_state_dict(saved.tensors["guide"])
+            self.missing = meta["missing"]
+            self.result_ = FitResult(**meta["result"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:  # ConfigError is a ValueError
+            raise SaveFileError(f"save file {path} does not describe a model this pyro_dgmm can rebuild as a "
+                                f"{model_class.__qualname__}: {error}") from error
         self.model_.eval(), self.guide_.eval()
-        self.missing = saved["missing"]
-        self.result_ = FitResult(**saved["result"])
         return self
 
     def _init_kwargs(self) -> dict:
