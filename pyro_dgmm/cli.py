@@ -46,6 +46,14 @@ with code 130::
     python -m pyro_dgmm fit --dataset pbc --out outputs/pbc --latent-dim 4 --checkpoint pbc.ckpt
     python -m pyro_dgmm fit --dataset pbc --out outputs/pbc --latent-dim 4 --checkpoint pbc.ckpt --resume
 
+Dates: a time column of dates (``2024-05-01``, ``2024-05-01 08:30``) or
+durations (``3 days``) is read as such and measured in ``--time-unit``
+(default days) since the earliest visit; ``fitted.csv`` gives the dates
+back, and ``predict --times`` then takes dates::
+
+    python -m pyro_dgmm fit --csv visits.csv --id pid --time date --outcome y:gaussian --time-unit weeks --out o
+    python -m pyro_dgmm predict --model o/model.pt --history visits.csv --times 2024-06-01 --out pred.csv
+
 Input is checked before any fitting: the CSV file (it exists, is a file,
 is not empty, decodes with ``--encoding``, default utf-8; a file read as a
 single column whose header holds ``;``, a tab or ``|`` suggests ``--sep``),

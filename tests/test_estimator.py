@@ -104,6 +104,31 @@ def test_cli_csv_input_and_errors(tmp_path, capsys):
     assert "outcome column 'bin'" in capsys.readouterr().err
 
 
+def test_cli_reads_dates_and_predicts_at_dates(tmp_path, capsys):
+    """A CSV time column of ISO dates is read as dates (model time in
+    --time-unit since the first visit); fitted.csv gives the dates back and
+    predict takes dates in --times; text that is no date names the column."""
+    frame = tiny_frame(n_subjects=8)
+    frame["t"] = (pd.Timestamp("2024-01-01") + pd.to_timedelta(frame["t"] * 7, unit="D")).dt.strftime(
+        "%Y-%m-%d %H:%M:%S")
+    csv = tmp_path / "visits.csv"
+    frame.to_csv(csv, index=False)
+    args = ["fit", "--csv", str(csv), "--id", "pid", "--time", "t", "--outcome", "g:gaussian", "--time-unit",
+            "weeks", "--max-epochs", "2", "--latent-dim", "2", "--quiet", "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    fitted = pd.read_csv(tmp_path / "o" / "fitted.csv", parse_dates=["t"])
+    assert fitted["t"].min() == pd.Timestamp(frame["t"].min())
+    out = tmp_path / "pred.csv"
+    assert main(["predict", "--model", str(tmp_path / "o" / "model.pt"), "--history", str(csv), "--times",
+                 "2024-03-01", "2024-04-01", "--num-samples", "20", "--out", str(out)]) == 0
+    table = pd.read_csv(out, parse_dates=["t"])
+    assert set(table["t"]) == {pd.Timestamp("2024-03-01"), pd.Timestamp("2024-04-01")}
+    frame.loc[5, "t"] = "soon"
+    frame.to_csv(csv, index=False)
+    assert main(args[:-1] + [str(tmp_path / "o2")]) == 2
+    assert "time column 't'" in capsys.readouterr().err
+
+
 def test_facade_predicts_and_exports_to_arviz(fitted, tmp_path):
     history = tiny_frame(n_subjects=3, seed=9)
     prediction = fitted.predict(history, [5.0, 6.0], num_samples=50)
