@@ -279,16 +279,14 @@ def check_columns(df: pd.DataFrame, source: str, columns: dict[str, list[str]]) 
                                 f"{suggestion(name, available)}")
 
 
-def check_output(path: Path, option: str = "--out", *, folder: bool) -> None:
-    """Fail before any work if ``path`` (an output folder, or a file when not
-    ``folder``) cannot be written: it is a file where a folder is meant or
-    the reverse, something above it is a regular file, or the nearest
-    existing folder above it is not writable."""
-    if path.exists() and folder and not path.is_dir():
-        raise ConfigError(f"{option} {path} is a file, not a folder")
-    if path.exists() and not folder and path.is_dir():
+def check_output_file(path: Path, option: str = "--out") -> None:
+    """Fail before any work if the output file ``path`` cannot be written:
+    it is a folder, something above it is a regular file, or the nearest
+    existing folder above it is not writable.  (Output folders are checked
+    by :func:`~pyro_dgmm.files.check_folder_target`.)"""
+    if path.is_dir():
         raise ConfigError(f"{option} {path} is a folder; give a file name")
-    parent = path if folder else path.parent
+    parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
@@ -323,7 +321,7 @@ def run_predict(args: argparse.Namespace) -> dict | None:
     if not args.model.is_file():
         raise ConfigError(f"--model {args.model}: no such file" if not args.model.exists()
                           else f"--model {args.model} is a folder, not a saved model")
-    check_output(args.out, folder=False)
+    check_output_file(args.out)
     history = read_csv(args.history, "--history", sep=args.sep, encoding=args.encoding)
     model = DeepMixedModel.load(args.model)
     check_columns(history, args.history, {"model's id column": [model.id_col], "model's time column": [model.time_col]})
@@ -355,7 +353,7 @@ def run_fit(args: argparse.Namespace) -> dict | None:
     from .plotting import plot_loss, plot_subjects
 
     init_from_environment(args.device)
-    check_output(args.out, folder=True)  # before reading or fitting, not after an hour's fit
+    # before reading or fitting, not after an hour's fit
     agree(lambda: check_folder_target(args.out, FIT_OUTPUTS) if is_main_process() else None)
     if args.dataset:
         df, id_col, time_col, outcomes, covariates = _shipped(args.dataset, args.seed)

@@ -1403,8 +1403,8 @@ CLI_CASES = [
     (["--csv", "header.csv"], "no rows"),
     (["--csv", "latin1.csv"], "--encoding"),
     (["--csv", "latin1.csv", "--encoding", "klingon"], "--encoding 'klingon'"),
-    (["--csv", "ok.csv", "--out", "a_file/out"], "--out a_file/out"),
-    (["--csv", "ok.csv", "--out", "a_file"], "--out a_file is a file"),
+    (["--csv", "ok.csv", "--out", "a_file/out"], "output folder a_file/out cannot be created"),
+    (["--csv", "ok.csv", "--out", "a_file"], "output folder a_file is a file"),
     (["--csv", "ok.csv", "--max-epochs", "0"], "max_epochs"),
 ]
 
