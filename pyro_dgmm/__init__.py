@@ -1,21 +1,18 @@
 """pyro_dgmm: Deep Generalized Mixed Models on Pyro.
 
-Importing the package turns on Pyro's module-local parameters
-(``pyro.settings.set(module_local_params=True)``): each fitted model keeps
-its parameters in its own ``PyroModule`` rather than in Pyro's global
-parameter store, so two models never share parameters by name.
+Importing the package changes no Pyro setting.  Models and guides are
+``PyroModule`` objects with process-unique names
+(:func:`~pyro_dgmm.model.unique_name`), so Pyro's own ``SVI`` loop, ``poutine.trace``
+and the global parameter store see every parameter, and two models never
+share parameters by name.
 """
-import pyro
-
-pyro.settings.set(module_local_params=True)
-
-from .data import DataSchema, LongitudinalData  # noqa: E402
-from .errors import ConfigError, DataError, FitError, NotFittedError  # noqa: E402
-from .estimator import DeepMixedModel  # noqa: E402
-from .families import BoundedContinuous, Bernoulli, Gaussian, Poisson, get_family  # noqa: E402
-from .fit import FitConfig, FitResult, fit_svi  # noqa: E402
-from .guide import AmortizedGuide  # noqa: E402
-from .model import DGMM, MixedModel  # noqa: E402
+from .data import DataSchema, LongitudinalData
+from .errors import ConfigError, DataError, FitError, NotFittedError
+from .estimator import DeepMixedModel
+from .families import BoundedContinuous, Bernoulli, Gaussian, Poisson, get_family
+from .fit import FitConfig, FitResult, fit_svi
+from .guide import AmortizedGuide
+from .model import DGMM, MixedModel
 
 __version__ = "0.1.0"
 

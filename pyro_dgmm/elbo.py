@@ -26,6 +26,13 @@ without changing the loss:
 observed sites' log-likelihoods and the latent sites' KL.  While Pyro's
 validation is on (the fit loop's first step) it takes Pyro's own path, with
 every model/guide and shape check.
+
+Two of Pyro's underscored ``ELBO`` methods are used, because Pyro has no
+public way to get the traces without scoring them: ``_get_traces`` (the
+extension point every Pyro ELBO subclass implements, here called for the
+checked path) and ``_vectorized_num_particles`` (the particle plate that
+``vectorize_particles=True`` adds, reused so particles are laid out as
+Pyro lays them out).  pyproject.toml pins Pyro to 1.9.x, where both are as used here.
 """
 from __future__ import annotations
 

@@ -1082,7 +1082,7 @@ def linear_coefficients(model, schema: DataSchema, errors: StandardErrors) -> pd
                  + \sum_p \beta_{kp} x_p\Big], \qquad z = (t - m_t)/s_t,
 
     with numeric covariates standardised, :math:`x_p = (v_p - m_p)/s_p`, and
-    categorical ones one-hot.  Rewritten as :math:`\eta_k = a_{k0} +
+    categorical ones in treatment contrasts (0/1 per level but the first).  Rewritten as :math:`\eta_k = a_{k0} +
     \sum_{m \ge 1} a_{km} t^m + \sum_p a_{kp} v_p + \sum_{\ell \ge 1}
     a_{k\ell}\,[\text{level} = \ell]`: per-time-unit polynomial
     coefficients, per-covariate-unit effects and contrasts of each level
@@ -1138,15 +1138,10 @@ def _linear_map(model, schema: DataSchema, errors: StandardErrors) -> tuple[pd.M
             row[pos["covariates"][p]] = s_k / sd
             block[0, pos["covariates"][p]] -= s_k * mean / sd
             extra.append((col, row))
-        start = len(numeric)
-        for col, levels in encoder.categorical.items():
-            first = pos["covariates"][start]
-            block[0, first] += s_k
-            for j, level in enumerate(levels[1:], start=start + 1):
-                row = torch.zeros(p_total, dtype=torch.float64)
-                row[pos["covariates"][j]], row[first] = s_k, -s_k
-                extra.append((f"{col}[{level}]", row))
-            start += len(levels)
+        for j, label in enumerate(encoder.columns[len(numeric):], start=len(numeric)):  # treatment contrasts
+            row = torch.zeros(p_total, dtype=torch.float64)
+            row[pos["covariates"][j]] = s_k
+            extra.append((label, row))
         time_terms = [schema.time_col if m == 1 else f"{schema.time_col}^{m}" for m in range(1, raw.shape[0])]
         terms += [(outcome, t) for t in ["intercept", *time_terms, *(label for label, _ in extra)]]
         rows += [block, *(row[None] for _, row in extra)]
