@@ -28,7 +28,7 @@ name               shape        meaning
 ``encoder_y``      (N, T, K)    standardised outcomes, 0 where unobserved
 ``encoder_mask``   (N, T, K)    optional: cells the encoder treats as observed
                                 (imputation fills); None means ``mask``
-``covariates``     (N, P)       standardised numerics and one-hot categories
+``covariates``     (N, P)       standardised numerics, category contrasts
 =================  ===========  ==============================================
 
 Numerics.  Tensors are float32, whose 24-bit mantissa resolves about 1 in
@@ -177,7 +177,7 @@ def _time_numbers(df: pd.DataFrame, column: str) -> np.ndarray:
 
 @dataclass
 class CovariateEncoder:
-    """Fitted covariate design: numeric columns standardised, categories in
+    r"""Fitted covariate design: numeric columns standardised, categories in
     treatment contrasts.
 
     A categorical covariate (non-numeric or boolean column) with levels

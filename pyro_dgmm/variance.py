@@ -755,8 +755,8 @@ def maximize_marginal_likelihood(model, guide, data: LongitudinalData, parameter
     derivatives are taken; with a proposal fixed at the start, the optimiser
     drifts to where the Monte Carlo error of the estimate flatters it.  The
     steps use only directions whose absolute curvature exceeds
-    :math:`10^{-3}` times the largest: flat ones (a rotation of b, a one-hot
-    category next to an intercept) stay where SVI left them.
+    :math:`10^{-3}` times the largest: flat ones (a rotation of b, an
+    unused latent direction) stay where SVI left them.
 
     :param parameters: names from ``model.named_parameters()``; for a
         linear DGMM all of them (:data:`LINEAR_FIXED_EFFECTS`,
@@ -841,8 +841,8 @@ def _ascent_step(gradient: torch.Tensor, information: torch.Tensor):
 
     Taking :math:`|\lambda_k|` (saddle-free Newton, Dauphin et al. 2014)
     climbs along directions of negative curvature too, as far from the
-    maximum there are; near-flat directions (a rotation of b, a one-hot
-    category next to an intercept) are left alone, where a Newton step
+    maximum there are; near-flat directions (a rotation of b, an
+    unused latent direction) are left alone, where a Newton step
     could be huge.
     """
     eigenvalues, vectors = torch.linalg.eigh((information + information.T) / 2)
@@ -1143,7 +1143,7 @@ def _linear_map(model, schema: DataSchema, errors: StandardErrors) -> tuple[pd.M
             row[pos["covariates"][j]] = s_k
             extra.append((label, row))
         time_terms = [schema.time_col if m == 1 else f"{schema.time_col}^{m}" for m in range(1, raw.shape[0])]
-        terms += [(outcome, t) for t in ["intercept", *time_terms, *(label for label, _ in extra)]]
+        terms += [(outcome, t) for t in ["Intercept", *time_terms, *(label for label, _ in extra)]]
         rows += [block, *(row[None] for _, row in extra)]
         offsets += [float(model.outcome_offset[k]) + float(schema.shift[k])] + [0.0] * (raw.shape[0] - 1 + len(extra))
     index = pd.MultiIndex.from_tuples(terms, names=["outcome", "term"])
@@ -1202,7 +1202,7 @@ def linear_random_effects_covariance(model, schema: DataSchema) -> pd.DataFrame:
     blocks = [float(model.outcome_scale[k]) * raw for k in range(len(schema.outcomes))]
     weight = effects.linear_coefficients.weight.detach().to(torch.float64).cpu()  # (K (d + 1), q)
     u = torch.block_diag(*blocks) @ weight
-    terms = ["intercept"] + [schema.time_col if m == 1 else f"{schema.time_col}^{m}" for m in range(1, raw.shape[0])]
+    terms = ["Intercept"] + [schema.time_col if m == 1 else f"{schema.time_col}^{m}" for m in range(1, raw.shape[0])]
     index = pd.MultiIndex.from_tuples([(o, t) for o in schema.outcomes for t in terms], names=["outcome", "term"])
     return pd.DataFrame((u @ u.T).numpy(), index=index, columns=index)
 
@@ -1221,9 +1221,8 @@ def count_parameters(model, data: LongitudinalData, *, max_parameters: int = 200
     subjects of ``data`` (at least twice as many outputs as parameters),
     minus :math:`q(q-1)/2` for rotations of b, which leave the marginal
     likelihood unchanged because the prior is :math:`\mathcal N(0, I)` and
-    the DGMM reads b through linear layers.  Exact redundancies (a
-    one-hot category next to an intercept) and inactive units do not
-    count.  For the linear DGMM with random intercept and slope this is
+    the DGMM reads b through linear layers.  Exact redundancies such as
+    inactive units do not count.  For the linear DGMM with random intercept and slope this is
     MixedLM's count: fixed effects, the 3 parameters of D and sigma.
 
     :param max_parameters: above this many parameters a ConfigError is
