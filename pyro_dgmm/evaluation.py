@@ -213,7 +213,7 @@ def landmark_evaluation(model, guide, schema: DataSchema, df: pd.DataFrame, land
 
     ``fallback`` goes to :func:`last_value_predictions` (e.g. the training
     means); ``predict_options`` to :func:`~pyro_dgmm.predict.predict`
-    (``method``, ``num_samples``, ``seed``, ...).  Horizons are
+    (``method``, ``num_samples``, ``seed``, ``encoder_view``, ...).  Horizons are
     measured from the landmark.  Under ``torch.distributed`` every process
     passes the same ``df``; the predictions are computed block by block on
     the processes and gathered, so every process gets the whole evaluation.
