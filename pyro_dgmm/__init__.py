@@ -9,7 +9,7 @@ share parameters by name.
 from .data import DataSchema, LongitudinalData
 from .errors import ConfigError, DataError, FitError, NotFittedError
 from .estimator import DeepMixedModel
-from .families import BoundedContinuous, Bernoulli, Gaussian, Poisson, get_family
+from .families import BoundedContinuous, Bernoulli, Gaussian, Poisson, get_family, register_family
 from .fit import FitConfig, FitResult, fit_svi
 from .guide import AmortizedGuide
 from .model import DGMM, MixedModel
@@ -20,4 +20,5 @@ __all__ = [
     "AmortizedGuide", "Bernoulli", "BoundedContinuous", "ConfigError", "DGMM", "DataError",
     "DataSchema", "DeepMixedModel", "FitConfig", "FitError", "FitResult", "Gaussian",
     "LongitudinalData", "MixedModel", "NotFittedError", "Poisson", "fit_svi", "get_family",
+    "register_family",
 ]

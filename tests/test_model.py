@@ -15,7 +15,7 @@ from pyro.distributions.kl import kl_divergence
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions.kl import _kl_multivariatenormal_multivariatenormal as general_kl
 
-from pyro_dgmm import DGMM, AmortizedGuide, DeepMixedModel, MixedModel, fit_svi, FitConfig
+from pyro_dgmm import DGMM, AmortizedGuide, ConfigError, DeepMixedModel, MixedModel, fit_svi, FitConfig
 from pyro_dgmm.data import DataSchema
 from pyro_dgmm.model import StandardNormal
 
@@ -145,7 +145,7 @@ def test_user_variant_fits_through_the_estimator():
     # a random-intercept fit explains most of the between-subject variance
     resid = (fitted["g"] - fitted["g_fitted"])[observed]
     assert resid.std() < 0.6 * fitted["g"][observed].std()
-    with pytest.raises(Exception, match="subclass of MixedModel"):
+    with pytest.raises(ConfigError, match="subclass of MixedModel"):
         DeepMixedModel(id_col="pid", time_col="t", outcomes={"g": "gaussian"}, model_class=dict)
 
 
