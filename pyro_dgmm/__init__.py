@@ -5,6 +5,16 @@ Importing the package changes no Pyro setting.  Models and guides are
 (:func:`~pyro_dgmm.model.unique_name`), so Pyro's own ``SVI`` loop, ``poutine.trace``
 and the global parameter store see every parameter, and two models never
 share parameters by name.
+
+Example (a two-epoch fit on a tiny simulated data set):
+
+>>> from pyro_dgmm import DeepMixedModel
+>>> from pyro_dgmm.datasets import simulate_linear
+>>> df = simulate_linear(n_subjects=12, n_visits=4, seed=0).data
+>>> est = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["age", "group"])
+>>> est = est.fit(df, max_epochs=2, progress=False)  # a real fit runs until it converges
+>>> est.fitted_values(num_samples=20).columns.tolist()
+['id', 'time', 'y', 'y_fitted']
 """
 from .data import DataSchema, LongitudinalData
 from .errors import ConfigError, DataError, FitError, NotFittedError

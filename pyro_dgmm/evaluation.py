@@ -19,6 +19,12 @@ All scoring functions take the tidy tables of :func:`pyro_dgmm.predict.predict`
 (columns ``outcome``, ``horizon``, ``observed``, ``mean`` and, optionally,
 ``lower_<L>``/``upper_<L>``), so other predictors (such as
 :func:`last_value_predictions`) are scored the same way.
+
+Example:
+
+>>> import numpy as np
+>>> auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
+0.75
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ equal object.  A family of your own becomes known by name, to
 :meth:`~pyro_dgmm.estimator.DeepMixedModel.load` in the loading process too.
 
 >>> get_family("bounded(1, 7)").to_spec()
-{'name': 'bounded', 'low': 1.0, 'high': 7.0, 'squeeze': 0.001}
+{'name': 'bounded', 'low': 1.0, 'high': 7.0, 'squeeze': 0.005}
 >>> get_family({"name": "poisson"}).name
 'poisson'
 """

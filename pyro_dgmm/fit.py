@@ -52,6 +52,16 @@ Afterwards the fit measures how many latent directions the encoder uses
 (:func:`latent_activity`) and warns
 (:class:`~pyro_dgmm.errors.LatentDimensionWarning`) when all of them are:
 the data may support more.
+
+Example (a preset, and the trend test of the stopping rule on a falling
+and on a flat loss):
+
+>>> FitConfig.from_preset("fast").max_epochs
+200
+>>> trend_test([(e, 10.0 - 0.5 * e) for e in range(10)], tolerance=1e-4)
+True
+>>> trend_test([(e, 1.0 + 0.01 * (-1) ** e) for e in range(10)], tolerance=1e-4)
+False
 """
 from __future__ import annotations
 

@@ -9,6 +9,17 @@ closed-form KL of the talk:
 
 .. math:: \mathrm{KL}(q \,\|\, p) = \tfrac12\big(\operatorname{tr}\Sigma_b - q
           + \mu_b^\top \mu_b - \log\det \Sigma_b\big)
+
+Example:
+
+>>> from pyro_dgmm.data import DataSchema
+>>> from pyro_dgmm.datasets import simulate_linear
+>>> df = simulate_linear(n_subjects=5, n_visits=3, seed=0).data
+>>> schema = DataSchema.fit(df, id_col="id", time_col="time", outcomes={"y": "gaussian"})
+>>> guide = AmortizedGuide.from_schema(schema, latent_dim=2)
+>>> q = guide.posterior(schema.transform(df))
+>>> q.batch_shape, q.event_shape
+(torch.Size([5]), torch.Size([2]))
 """
 from __future__ import annotations
 

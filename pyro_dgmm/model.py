@@ -19,6 +19,18 @@ Sample sites: ``b`` (batch (N, 1), event (q,)) and ``y_<outcome>`` (batch
 (N, T)).  Missing cells are handled by ``Distribution.mask`` on a filled
 ``obs`` (never ``obs_mask``, which would add latent sites the guide has to
 cover; see the design notes), so the ELBO is exact for the observed cells.
+
+Example (the sample sites of one run):
+
+>>> from pyro import poutine
+>>> from pyro_dgmm.data import DataSchema
+>>> from pyro_dgmm.datasets import simulate_linear
+>>> df = simulate_linear(n_subjects=5, n_visits=3, seed=0).data
+>>> schema = DataSchema.fit(df, id_col="id", time_col="time", outcomes={"y": "gaussian"})
+>>> model = DGMM.from_schema(schema, latent_dim=2)
+>>> trace = poutine.trace(model).get_trace(schema.transform(df))
+>>> [(name, tuple(site["value"].shape)) for name, site in trace.nodes.items() if site["type"] == "sample"]
+[('subjects', (5,)), ('b', (5, 1, 2)), ('time', (3,)), ('y_y', (5, 3))]
 """
 from __future__ import annotations
 

@@ -29,6 +29,11 @@ choice is valid: they only standardise inputs and start the fit).
 Pass the local frame to :meth:`DeepMixedModel.fit(df, distributed_input=True)
 <pyro_dgmm.estimator.DeepMixedModel.fit>`, or use the command line's
 ``--partitioned PATH`` under ``torchrun``.
+
+Example (which process reads which subject, the same in every run):
+
+>>> subject_ranks([101, 102, 103, 104, 101], world_size=3).tolist()
+[2, 0, 0, 0, 2]
 """
 from __future__ import annotations
 

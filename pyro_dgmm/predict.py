@@ -63,6 +63,17 @@ in one process or several.
 Shapes: ``S`` draws, ``N`` subjects, ``T`` visit slots, ``K`` outcomes, ``q``
 latent dimensions.  Work is done in chunks of ``chunk_size`` subjects, so
 memory grows with ``chunk_size * max(S, P) * T * K``.
+
+Example (predictions a year after each subject's last visit):
+
+>>> from pyro_dgmm import DeepMixedModel
+>>> from pyro_dgmm.datasets import simulate_linear
+>>> df = simulate_linear(n_subjects=12, n_visits=4, seed=0).data
+>>> est = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["age", "group"])
+>>> est = est.fit(df, max_epochs=2, progress=False)  # a real fit runs until it converges
+>>> p = predict(est.model_, est.guide_, est.schema_, df, [1.0], relative=True, num_samples=50)
+>>> p.table[["outcome", "mean", "lower_95", "upper_95"]].shape
+(12, 4)
 """
 from __future__ import annotations
 

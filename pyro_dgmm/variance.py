@@ -85,6 +85,13 @@ per-subject results are then gathered in rank order.
 Shapes: ``N`` subjects, ``T`` visit slots, ``K`` outcomes, ``q`` latent
 dimensions, ``S`` importance samples, ``P`` scalar parameters, ``F =
 q + q(q+1)/2`` controls.
+
+Example (Pareto k-hat of light-tailed importance weights is small):
+
+>>> import torch
+>>> log_w = torch.distributions.Normal(0.0, 0.5).sample((3, 2000))
+>>> bool((pareto_k(log_w) < 0.5).all())
+True
 """
 from __future__ import annotations
 
