@@ -101,6 +101,7 @@ def inference(est, num_samples: int, seed: int = 0):
     errors = V.standard_errors(est.model_, est.guide_, est.data_, V.LINEAR_FIXED_EFFECTS, num_samples=num_samples,
                                seed=seed)
     table = V.linear_coefficients(est.model_, est.schema_, errors).loc["y"]
+    table = table.rename(index={"Intercept": "intercept", "group[T.treated]": "group[treated]"})  # the truth's names
     seconds = time.perf_counter() - start
     return table, errors.summary().loc["sigma[y]"], errors.marginal.total, errors.marginal.total_mc_sd, seconds
 

@@ -23,6 +23,15 @@ Every basis is serialisable: ``basis.to_spec()`` is a JSON dict including the
 fitted state and :func:`basis_from_spec` rebuilds an equal basis with an
 identical transform. :func:`parse_basis` also accepts short strings such as
 ``'spline(4)+fourier(7)'``.
+
+Example:
+
+>>> import numpy as np, torch
+>>> basis = parse_basis("poly(2)").fit(np.array([0.0, 1.0, 2.0, 3.0]))
+>>> basis.num_features, tuple(basis.transform(torch.tensor([0.5, 1.5])).shape)
+(2, (2, 2))
+>>> parse_basis(basis.to_spec()) == basis
+True
 """
 
 from __future__ import annotations

@@ -69,6 +69,12 @@ Examples::
         --outcome albumin:gaussian --out outputs/de
     python -m pyro_dgmm fit --csv visits.csv --id patient --time years \\
         --outcome albumin:gaussian --outcome ascites:bernoulli --covariate age --out outputs/mine
+
+Example (the parser behind ``pyro-dgmm``; ``main(argv)`` runs a command):
+
+>>> args = build_parser().parse_args(["fit", "--dataset", "pbc", "--max-epochs", "2", "--out", "out"])
+>>> args.command, args.dataset, args.max_epochs
+('fit', 'pbc', 2)
 """
 from __future__ import annotations
 

@@ -37,6 +37,19 @@ weights is :math:`p(y_i^o)`, estimated by importance sampling in
 ``RandomEffectsPosterior.log_marginal``).  ``cell_log_likelihood=True``
 adds the per-cell values ``y_<outcome>`` (NaN where unobserved, which
 ``az.loo`` does not accept: drop those cells first).
+
+Example:
+
+>>> from pyro_dgmm import DeepMixedModel
+>>> from pyro_dgmm.datasets import simulate_linear
+>>> df = simulate_linear(n_subjects=12, n_visits=4, seed=0).data
+>>> est = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["age", "group"])
+>>> est = est.fit(df, max_epochs=2, progress=False)  # a real fit runs until it converges
+>>> idata = est.to_inference_data(num_samples=10)
+>>> sorted(idata.groups())
+[...'posterior', 'posterior_predictive'...]
+>>> dict(idata.posterior.sizes)
+{'chain': 1, 'draw': 10, 'subject': 12, 'latent': 4}
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ name               shape        meaning
 ``encoder_y``      (N, T, K)    standardised outcomes, 0 where unobserved
 ``encoder_mask``   (N, T, K)    optional: cells the encoder treats as observed
                                 (imputation fills); None means ``mask``
-``covariates``     (N, P)       standardised numerics and one-hot categories
+``covariates``     (N, P)       standardised numerics, category contrasts
 =================  ===========  ==============================================
 
 Numerics.  Tensors are float32, whose 24-bit mantissa resolves about 1 in
@@ -177,11 +177,31 @@ def _time_numbers(df: pd.DataFrame, column: str) -> np.ndarray:
 
 @dataclass
 class CovariateEncoder:
-    """Fitted covariate design: numeric columns standardised, categories one-hot.
+    r"""Fitted covariate design: numeric columns standardised, categories in
+    treatment contrasts.
 
-    Every level of a categorical covariate gets a column (no reference level:
-    the networks have biases, so the redundancy is harmless and the encoding
-    does not depend on level order).
+    A categorical covariate (non-numeric or boolean column) with levels
+    :math:`\ell_0, \ell_1, \dots, \ell_L` gets one 0/1 column per level
+    after the first, named as patsy and statsmodels name them
+    (``group[T.treated]``); the first level is the reference, absorbed by
+    the intercept, so the linear model's coefficients are identified (each
+    is the difference from the reference).  The levels are the training
+    values in sorted order (of their strings), or, for a pandas
+    ``Categorical``, the categories that occur, in the categorical's order:
+    make the reference first with ``pd.Categorical(values,
+    categories=[reference, ...])``.  ``categorical`` holds every level,
+    the reference first.
+
+    >>> import pandas as pd
+    >>> baseline = pd.DataFrame({"age": [40.0, 60.0, 50.0], "arm": ["placebo", "drug", "placebo"]})
+    >>> encoder = CovariateEncoder.fit(baseline, ["age", "arm"])
+    >>> encoder.columns
+    ['age', 'arm[T.placebo]']
+    >>> encoder.transform(baseline)[:, 1].tolist()
+    [1.0, 0.0, 1.0]
+    >>> baseline["arm"] = pd.Categorical(baseline["arm"], categories=["placebo", "drug"])
+    >>> CovariateEncoder.fit(baseline, ["arm"]).columns
+    ['arm[T.drug]']
     """
 
     numeric: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -189,11 +209,13 @@ class CovariateEncoder:
 
     @classmethod
     def fit(cls, baseline: pd.DataFrame, columns: Sequence[str]) -> "CovariateEncoder":
+        """Learn means and SDs of the numeric ``columns`` and the levels of the
+        categorical ones from ``baseline`` (one row per subject)."""
         numeric, categorical = {}, {}
         for col in columns:
             series = baseline[col]
             if pd.api.types.is_bool_dtype(series) or not pd.api.types.is_numeric_dtype(series):
-                categorical[col] = sorted(series.astype(str).unique().tolist())
+                categorical[col] = levels_of(series)
             else:
                 values = series.to_numpy(dtype=np.float64)
                 sd = float(values.std())
@@ -202,12 +224,16 @@ class CovariateEncoder:
 
     @property
     def columns(self) -> list[str]:
+        """Design column names: numeric covariates, then ``col[T.level]`` for
+        every level but the reference of each categorical one."""
         names = list(self.numeric)
         for col, levels in self.categorical.items():
-            names += [f"{col}[{level}]" for level in levels]
+            names += [f"{col}[T.{level}]" for level in levels[1:]]
         return names
 
     def transform(self, baseline: pd.DataFrame) -> np.ndarray:
+        """The design matrix (subjects, len(columns)) of ``baseline``; a level
+        not seen in training is a :class:`~pyro_dgmm.errors.DataError`."""
         parts = [np.zeros((len(baseline), 0))]
         for col, (mean, sd) in self.numeric.items():
             values = _as_numeric(baseline, col, "covariate")
@@ -221,8 +247,18 @@ class CovariateEncoder:
                     f"was fitted: {sorted(values[unseen].unique().tolist())} for subjects "
                     f"{list(baseline.index[unseen][:5])}; known levels are {levels}"
                 )
-            parts.append((values.to_numpy()[:, None] == np.array(levels)[None, :]).astype(float))
+            parts.append((values.to_numpy()[:, None] == np.array(levels[1:])[None, :]).astype(float))
         return np.concatenate(parts, axis=1)
+
+
+def levels_of(series: pd.Series) -> list[str]:
+    """The levels of a categorical covariate, reference first (as strings):
+    a ``Categorical``'s categories that occur, in its order; otherwise the
+    sorted distinct values."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        present = set(series.dropna().astype(str))
+        return [str(c) for c in series.cat.categories if str(c) in present]
+    return sorted(series.astype(str).unique().tolist())
 
 
 def visit_order(subject: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -490,6 +526,7 @@ class DataSchema:
             "covariate_encoder": {
                 "numeric": self.covariate_encoder.numeric,
                 "categorical": self.covariate_encoder.categorical,
+                "contrasts": "treatment",
             },
             "time_basis": self.time_basis.to_spec(),
             "encoder_center": self.encoder_center.tolist(),
@@ -507,6 +544,11 @@ class DataSchema:
 
     @classmethod
     def from_spec(cls, spec: dict) -> "DataSchema":
+        """The schema described by :meth:`to_spec`'s output."""
+        covariates = spec["covariate_encoder"]
+        if covariates["categorical"] and covariates.get("contrasts") != "treatment":
+            raise DataError(f"this model was saved with one-hot categorical covariates "
+                            f"{sorted(covariates['categorical'])} (before treatment contrasts); refit it")
         return cls(
             id_col=spec["id_col"],
             time_col=spec["time_col"],

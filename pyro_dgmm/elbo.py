@@ -26,6 +26,25 @@ without changing the loss:
 observed sites' log-likelihoods and the latent sites' KL.  While Pyro's
 validation is on (the fit loop's first step) it takes Pyro's own path, with
 every model/guide and shape check.
+
+Two of Pyro's underscored ``ELBO`` methods are used, because Pyro has no
+public way to get the traces without scoring them: ``_get_traces`` (the
+extension point every Pyro ELBO subclass implements, here called for the
+checked path) and ``_vectorized_num_particles`` (the particle plate that
+``vectorize_particles=True`` adds, reused so particles are laid out as
+Pyro lays them out).  pyproject.toml pins Pyro to 1.9.x, where both are as used here.
+
+Example (the loss of a fitted model and guide on its data):
+
+>>> from pyro_dgmm import DeepMixedModel
+>>> from pyro_dgmm.datasets import simulate_linear
+>>> df = simulate_linear(n_subjects=12, n_visits=4, seed=0).data
+>>> est = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["age", "group"])
+>>> est = est.fit(df, max_epochs=2, progress=False)  # a real fit runs until it converges
+>>> elbo = MeanFieldELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=2)
+>>> loss = elbo.differentiable_loss(est.model_, est.guide_, est.data_)
+>>> loss.shape, bool(loss.isfinite())
+(torch.Size([]), True)
 """
 from __future__ import annotations
 

@@ -3,6 +3,13 @@
 Every message names what the user can change: the column, the rows, the
 option. None of these is raised for an internal inconsistency; those stay
 ``AssertionError``/``RuntimeError``.
+
+Example:
+
+>>> issubclass(DataError, ValueError), issubclass(NotFittedError, RuntimeError)
+(True, True)
+>>> describe_rows([3, 8, 12, 20, 21, 30, 31])
+'rows 3, 8, 12, 20, 21 (and 2 more)'
 """
 
 

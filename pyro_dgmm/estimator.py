@@ -519,6 +519,8 @@ class DeepMixedModel:
         Under ``torch.distributed`` every process passes the same
         ``history``, computes its blocks of subjects and gets the whole
         table, the same as one process computes with the same ``seed``.
+        A model fitted with ``missing='impute'`` encodes each history
+        completed by imputation, as in training.
 
         :returns: a :class:`~pyro_dgmm.predict.Prediction`: ``table`` (tidy:
             id, time, outcome, mean, interval bounds), ``draws``.
@@ -526,23 +528,29 @@ class DeepMixedModel:
         self._check_fitted()
         from .predict import predict
 
-        return predict(self.model_, self.guide_, self.schema_, history, times, **options)
+        return predict(self.model_, self.guide_, self.schema_, history, times, encoder_view=self._encoder_view,
+                       **options)
 
     def landmark_evaluation(self, df: pd.DataFrame, landmark: float, **options):
         """Score dynamic predictions of the subjects of ``df`` from their
         history up to ``landmark``; see :func:`pyro_dgmm.evaluation.landmark_evaluation`
-        (predictions sharded over processes as in :meth:`predict`)."""
+        (predictions sharded over processes and histories encoded as in
+        :meth:`predict`)."""
         self._check_fitted()
         from .evaluation import landmark_evaluation
 
-        return landmark_evaluation(self.model_, self.guide_, self.schema_, df, landmark, **options)
+        return landmark_evaluation(self.model_, self.guide_, self.schema_, df, landmark,
+                                   encoder_view=self._encoder_view, **options)
 
     def to_inference_data(self, df: pd.DataFrame | None = None, *, num_samples: int = 500,
                           method: str = "importance", cell_log_likelihood: bool = False):
         """ArviZ ``InferenceData`` of the fit on ``df`` (default: the training
         data): posterior of b, posterior predictive, observed data, per-subject
         log-likelihood (for ``az.loo``), constant data; see
-        :func:`pyro_dgmm.convert.to_inference_data`."""
+        :func:`pyro_dgmm.convert.to_inference_data`.  The posterior of b
+        encodes the data as :meth:`fitted_values` does (completed by
+        imputation for ``missing='impute'``); the likelihood uses the
+        observed cells."""
         self._check_fitted()
         from .convert import to_inference_data
         from .predict import posterior_predictive
@@ -554,7 +562,8 @@ class DeepMixedModel:
         if df is None and self.data_ is None:
             raise NotFittedError("this model was loaded from disk without its data: pass df")
         data = self.data_ if df is None else self.transform(df)
-        predictive = posterior_predictive(self.model_, self.guide_, data, num_samples=num_samples, method=method)
+        predictive = posterior_predictive(self.model_, self.guide_, self._encoder_view(data), num_samples=num_samples,
+                                          method=method)
         attrs = {"model_class": self.model_class.__qualname__, "missing": self.missing,
                  "fit": {k: v for k, v in self.result_.config.items() if k != "device"},
                  "epochs_run": self.result_.epochs_run, "stop_reason": self.result_.stop_reason}

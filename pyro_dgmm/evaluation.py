@@ -19,6 +19,12 @@ All scoring functions take the tidy tables of :func:`pyro_dgmm.predict.predict`
 (columns ``outcome``, ``horizon``, ``observed``, ``mean`` and, optionally,
 ``lower_<L>``/``upper_<L>``), so other predictors (such as
 :func:`last_value_predictions`) are scored the same way.
+
+Example:
+
+>>> import numpy as np
+>>> auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
+0.75
 """
 from __future__ import annotations
 
@@ -213,7 +219,7 @@ def landmark_evaluation(model, guide, schema: DataSchema, df: pd.DataFrame, land
 
     ``fallback`` goes to :func:`last_value_predictions` (e.g. the training
     means); ``predict_options`` to :func:`~pyro_dgmm.predict.predict`
-    (``method``, ``num_samples``, ``seed``, ...).  Horizons are
+    (``method``, ``num_samples``, ``seed``, ``encoder_view``, ...).  Horizons are
     measured from the landmark.  Under ``torch.distributed`` every process
     passes the same ``df``; the predictions are computed block by block on
     the processes and gathered, so every process gets the whole evaluation.

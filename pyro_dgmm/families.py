@@ -16,7 +16,15 @@ values.
 
 Every family is immutable and serialisable: ``family.to_spec()`` is a JSON
 dict and ``get_family(spec)`` (alias :func:`family_from_spec`) rebuilds an
-equal object.
+equal object.  A family of your own becomes known by name, to
+``outcomes={...}``, saving and loading, once registered
+(:func:`register_family`); register it before
+:meth:`~pyro_dgmm.estimator.DeepMixedModel.load` in the loading process too.
+
+>>> get_family("bounded(1, 7)").to_spec()
+{'name': 'bounded', 'low': 1.0, 'high': 7.0, 'squeeze': 0.005}
+>>> get_family({"name": "poisson"}).name
+'poisson'
 """
 
 from __future__ import annotations
@@ -420,11 +428,53 @@ _ALIASES = {
     "binary": Bernoulli,
     "poisson": Poisson,
 }
+_BUILT_IN = frozenset(_ALIASES) | {"bounded"}
 _VALID = (
     "'gaussian' (or 'normal'), 'bernoulli' (or 'binary'), 'poisson', "
     "'bounded(low, high)' such as 'bounded(1, 7)', a Family instance, "
     "or a dict from Family.to_spec()"
 )
+
+
+def _valid() -> str:
+    """The valid family specs, for messages (registered families included)."""
+    registered = sorted(set(_ALIASES) - _BUILT_IN)
+    return _VALID + (f"; registered: {registered}" if registered else "")
+
+
+def register_family(name: str, factory) -> None:
+    """Make a family of your own known by ``name``.
+
+    After registration, ``outcomes={"y": name}`` (any case) builds
+    ``factory()``, and a spec dict ``{"name": name, **params}`` (what the
+    family's :meth:`Family.to_spec` returns, as saved with a model) builds
+    ``factory(**params)``.  A family's ``to_spec()`` must therefore name it
+    by ``name`` and hold its constructor's keyword arguments.  Register
+    the family in every process that loads a model using it, before
+    :meth:`~pyro_dgmm.estimator.DeepMixedModel.load`.
+
+    :param name: lower-case identifier; the built-in names cannot be
+        replaced, a registered one can (re-registering updates it).
+    :param factory: a :class:`Family` subclass, or any callable that
+        returns a :class:`Family` instance.
+    :raises ConfigError: for a bad name or a factory that is not callable.
+
+    >>> class Laplace(Gaussian):
+    ...     name = "laplace"
+    ...     def distribution(self, eta, dispersion):
+    ...         return dist.Laplace(eta, self._dispersion_for(eta, dispersion))
+    >>> register_family("laplace", Laplace)
+    >>> get_family("Laplace").distribution(torch.zeros(2), torch.tensor(1.0))
+    Laplace(loc: torch.Size([2]), scale: torch.Size([2]))
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ConfigError(f"register_family: name must be a lower-case identifier such as 'laplace', got {name!r}")
+    if name in _BUILT_IN:
+        raise ConfigError(f"register_family: '{name}' is a built-in family; choose another name")
+    if not callable(factory):
+        raise ConfigError(f"register_family: factory for '{name}' must be a Family subclass or a callable "
+                          f"returning a Family, got {factory!r}")
+    _ALIASES[name] = factory
 _NUMBER = r"\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*"
 _BOUNDED = re.compile(rf"bounded\s*\({_NUMBER},{_NUMBER}\)")
 
@@ -432,26 +482,35 @@ _BOUNDED = re.compile(rf"bounded\s*\({_NUMBER},{_NUMBER}\)")
 def _from_string(spec: str) -> Family:
     text = spec.strip().lower()
     if text in _ALIASES:
-        return _ALIASES[text]()
+        return _built(text, {})
     match = _BOUNDED.fullmatch(text)
     if match:
         return BoundedContinuous(float(match.group(1)), float(match.group(2)))
-    raise ConfigError(f"unknown family {spec!r}; valid families are {_VALID}")
+    raise ConfigError(f"unknown family {spec!r}; valid families are {_valid()}")
+
+
+def _built(name: str, params: dict) -> Family:
+    """``_ALIASES[name](**params)``, checked to be a :class:`Family`."""
+    try:
+        family = _ALIASES[name](**params)
+    except TypeError as err:
+        raise ConfigError(f"invalid family spec {dict(name=name, **params)!r}: {err}") from None
+    if not isinstance(family, Family):
+        raise ConfigError(f"the factory registered for family '{name}' returned {family!r}, not a Family")
+    return family
 
 
 def _from_dict(spec: dict) -> Family:
     params = dict(spec)
     name = params.pop("name", None)
     if name == BoundedContinuous.name:
-        cls = BoundedContinuous
-    elif name in _ALIASES and not params:
-        cls = _ALIASES[name]
-    else:
-        raise ConfigError(f"invalid family spec {spec!r}; valid families are {_VALID}")
-    try:
-        return cls(**params)
-    except TypeError as err:
-        raise ConfigError(f"invalid family spec {spec!r}: {err}") from None
+        try:
+            return BoundedContinuous(**params)
+        except TypeError as err:
+            raise ConfigError(f"invalid family spec {spec!r}: {err}") from None
+    if name in _ALIASES and (name not in _BUILT_IN or not params):  # the other built-ins take no parameters
+        return _built(name, params)
+    raise ConfigError(f"invalid family spec {spec!r}; valid families are {_valid()}")
 
 
 def get_family(spec) -> Family:
@@ -472,7 +531,7 @@ def get_family(spec) -> Family:
         return _from_string(spec)
     if isinstance(spec, dict):
         return _from_dict(spec)
-    raise ConfigError(f"unknown family {spec!r}; valid families are {_VALID}")
+    raise ConfigError(f"unknown family {spec!r}; valid families are {_valid()}")
 
 
 #: Rebuild a family from :meth:`Family.to_spec` (same as :func:`get_family`).

@@ -9,6 +9,17 @@ closed-form KL of the talk:
 
 .. math:: \mathrm{KL}(q \,\|\, p) = \tfrac12\big(\operatorname{tr}\Sigma_b - q
           + \mu_b^\top \mu_b - \log\det \Sigma_b\big)
+
+Example:
+
+>>> from pyro_dgmm.data import DataSchema
+>>> from pyro_dgmm.datasets import simulate_linear
+>>> df = simulate_linear(n_subjects=5, n_visits=3, seed=0).data
+>>> schema = DataSchema.fit(df, id_col="id", time_col="time", outcomes={"y": "gaussian"})
+>>> guide = AmortizedGuide.from_schema(schema, latent_dim=2)
+>>> q = guide.posterior(schema.transform(df))
+>>> q.batch_shape, q.event_shape
+(torch.Size([5]), torch.Size([2]))
 """
 from __future__ import annotations
 
@@ -16,18 +27,17 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.nn import PyroModule
 
 from .data import DataSchema, LongitudinalData
 from .errors import ConfigError
-from .model import network, subjects_plate
+from .model import OwnParameters, subjects_plate
 from .nn import DenseEncoder, SetEncoder
 
 #: Encoder kinds: ``'set'`` pools over visits, ``'dense'`` reads a flat record (the talk's).
 ENCODERS = ("set", "dense")
 
 
-class AmortizedGuide(PyroModule):
+class AmortizedGuide(OwnParameters):
     """Guide with one encoder network shared by all subjects.
 
     :param encoder: a module ``(encoder_y, mask, visit_mask, time_features,
@@ -61,8 +71,7 @@ class AmortizedGuide(PyroModule):
     def posterior(self, data: LongitudinalData) -> dist.MultivariateNormal:
         """q(b_i | y_i) for every subject in ``data``: batch (N,), event (q,)."""
         mask = data.mask if data.encoder_mask is None else data.encoder_mask
-        encoder = network(self, "encoder")
-        loc, scale_tril = encoder(data.encoder_y, mask, data.visit_mask, data.time_features, data.covariates)
+        loc, scale_tril = self.encoder(data.encoder_y, mask, data.visit_mask, data.time_features, data.covariates)
         return dist.MultivariateNormal(loc, scale_tril=scale_tril)
 
     def forward(self, data: LongitudinalData, *, num_subjects: int | None = None,

@@ -39,6 +39,17 @@ sharded like the fit: each process moves the chains of the subjects in its
 shards only, with draws seeded per (round, shard), so a run gives the same
 result in one process or several with the same ``num_shards``; the trace's
 means are over every process's subjects.
+
+Example (two completed copies of the training data):
+
+>>> from pyro_dgmm import DeepMixedModel
+>>> from pyro_dgmm.datasets import simulate_linear
+>>> df = simulate_linear(n_subjects=12, n_visits=4, seed=0).data
+>>> est = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["age", "group"])
+>>> est = est.fit(df, max_epochs=2, progress=False)  # a real fit runs until it converges
+>>> frames = est.impute(num_imputations=2, mcmc_steps=2, warmup_steps=5)
+>>> len(frames), bool(frames[0]["y"].notna().all())
+(2, True)
 """
 from __future__ import annotations
 

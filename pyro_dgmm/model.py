@@ -19,9 +19,22 @@ Sample sites: ``b`` (batch (N, 1), event (q,)) and ``y_<outcome>`` (batch
 (N, T)).  Missing cells are handled by ``Distribution.mask`` on a filled
 ``obs`` (never ``obs_mask``, which would add latent sites the guide has to
 cover; see the design notes), so the ELBO is exact for the observed cells.
+
+Example (the sample sites of one run):
+
+>>> from pyro import poutine
+>>> from pyro_dgmm.data import DataSchema
+>>> from pyro_dgmm.datasets import simulate_linear
+>>> df = simulate_linear(n_subjects=5, n_visits=3, seed=0).data
+>>> schema = DataSchema.fit(df, id_col="id", time_col="time", outcomes={"y": "gaussian"})
+>>> model = DGMM.from_schema(schema, latent_dim=2)
+>>> trace = poutine.trace(model).get_trace(schema.transform(df))
+>>> [(name, tuple(site["value"].shape)) for name, site in trace.nodes.items() if site["type"] == "sample"]
+[('subjects', (5,)), ('b', (5, 1, 2)), ('time', (3,)), ('y_y', (5, 3))]
 """
 from __future__ import annotations
 
+import itertools
 from typing import Mapping, Sequence
 
 import pyro
@@ -36,7 +49,39 @@ from .families import Family
 from .nn import FixedEffectsNet, RandomEffectsNet
 
 
-class MixedModel(PyroModule):
+def unique_name(module: PyroModule) -> str:
+    """A process-unique ``PyroModule`` name for ``module`` (``'DGMM_3'``).
+
+    Outside Pyro's ``module_local_params`` mode (the default), a
+    ``PyroModule`` registers its parameters in Pyro's global parameter store
+    under its name: two models of the same name would share, and overwrite,
+    each other's parameters there.  Models and guides therefore get a fresh
+    name when built and when copied or unpickled.
+    """
+    return f"{type(module).__name__}_{next(_INSTANCES)}"
+
+
+_INSTANCES = itertools.count()
+
+
+class OwnParameters(PyroModule):
+    """Root ``PyroModule`` of a model or guide: a unique name
+    (:func:`unique_name`) at construction and on ``copy.deepcopy`` or
+    unpickling, so each instance has parameter sites of its own in Pyro's
+    global parameter store."""
+
+    def __init__(self):
+        super().__init__(name=unique_name(self))
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        old, new = self._pyro_name, unique_name(self)
+        for module in self.modules():  # sub-PyroModules carry the root's name as their prefix
+            if isinstance(module, PyroModule) and module._pyro_name.startswith(old):
+                module._pyro_name = new + module._pyro_name[len(old):]
+
+
+class MixedModel(OwnParameters):
     """Base class of mixed models with latent ``b_i ~ N(0, I_q)``.
 
     Subclasses implement :meth:`linear_predictor`.  Everything else (plates,
@@ -191,19 +236,6 @@ def _kl_from_standard_normal(q: dist.MultivariateNormal, p: StandardNormal) -> t
     return kl.expand(torch.broadcast_shapes(q.batch_shape, p.batch_shape))
 
 
-def network(module: PyroModule, name: str) -> torch.nn.Module:
-    """The plain ``torch.nn.Module`` attribute ``name`` of ``module``, read
-    without PyroModule's attribute hook.
-
-    Inside a model or guide run, with module-local parameters, that hook
-    records a placeholder ``param`` site for every weight of a plain
-    submodule on every access (about a sixth of a small-batch training
-    step); the weights are used directly either way and optimised through
-    ``module.parameters()``, so nothing reads those sites.
-    """
-    return torch.nn.Module.__getattr__(module, name)
-
-
 def subjects_plate(data: LongitudinalData, num_subjects: int | None = None):
     """The ``subjects`` plate (dim -2) over a batch of ``data.num_subjects``
     drawn from ``num_subjects`` (default: the batch is everything)."""
@@ -237,8 +269,7 @@ class DGMM(MixedModel):
         self.random_effects = RandomEffectsNet(latent_dim, num_time_features, k, random_hidden, activation)
 
     def linear_predictor(self, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
-        fixed_effects, random_effects = network(self, "fixed_effects"), network(self, "random_effects")
-        return fixed_effects(data.covariates, data.time_features) + random_effects(b, data.time_features)
+        return self.fixed_effects(data.covariates, data.time_features) + self.random_effects(b, data.time_features)
 
     def residual_parameters(self) -> list[torch.nn.Parameter]:
         paths = [self.fixed_effects.net, self.random_effects.coefficients, self.random_effects.joint]

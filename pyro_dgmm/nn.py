@@ -6,6 +6,13 @@
 * :class:`RandomEffectsNet` -- mu2(b_i, T_ij): random effects and time features.
 * :class:`SetEncoder`, :class:`DenseEncoder` -- the amortised encoder
   ``(y_i, mask_i, T_i, X_i) -> (mu_b, Sigma_b)`` of the guide.
+
+Example:
+
+>>> import torch
+>>> net = MLP(3, hidden=(8,), out_features=2)
+>>> net(torch.zeros(5, 4, 3)).shape
+torch.Size([5, 4, 2])
 """
 from __future__ import annotations
 

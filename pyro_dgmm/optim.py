@@ -28,6 +28,18 @@ without weight decay: with gradient :math:`g_t` at step :math:`t`,
 
 where :math:`\eta_t` is a number or a per-element tensor (per-parameter
 learning rates, e.g. 0 for parameters held fixed for a while).
+
+Example (minimising :math:`(w - 3)^2`):
+
+>>> import torch
+>>> w = torch.nn.Parameter(torch.zeros(1))
+>>> adam = PackedAdam([w])
+>>> for _ in range(300):
+...     adam.zero_grad()
+...     (w - 3).pow(2).sum().backward()
+...     adam.step(0.05)
+>>> round(w.item(), 2)
+3.0
 """
 from __future__ import annotations
 

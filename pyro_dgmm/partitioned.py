@@ -29,6 +29,11 @@ choice is valid: they only standardise inputs and start the fit).
 Pass the local frame to :meth:`DeepMixedModel.fit(df, distributed_input=True)
 <pyro_dgmm.estimator.DeepMixedModel.fit>`, or use the command line's
 ``--partitioned PATH`` under ``torchrun``.
+
+Example (which process reads which subject, the same in every run):
+
+>>> subject_ranks([101, 102, 103, 104, 101], world_size=3).tolist()
+[2, 0, 0, 0, 2]
 """
 from __future__ import annotations
 
@@ -42,7 +47,7 @@ import pandas as pd
 import torch
 
 from .bases import DEFAULT_TIME_BASIS, TimeBasis
-from .data import DataSchema, _validate_frame, visit_order
+from .data import DataSchema, _validate_frame, levels_of, visit_order
 from .errors import ConfigError, DataError
 from .families import Family, get_family
 from .parallel import agree, all_reduce_sum, gather_objects, world
@@ -189,7 +194,7 @@ def fit_schema(df: pd.DataFrame, *, id_col: str, time_col: str, outcomes: Mappin
     chosen = np.random.default_rng([seed, rank]).choice(len(ids), size=take, replace=False)
     sample = df[df[id_col].isin(ids[chosen]) | df[id_col].isin(extremes)]
     kinds = {col: _is_categorical(df[col]) for col in covariates}
-    levels = {col: set(df[col].astype(str).unique()) for col, categorical in kinds.items() if categorical}
+    levels = {col: levels_of(df[col]) for col, categorical in kinds.items() if categorical}
     gathered = gather_objects((sample, kinds, levels))
     for col in covariates:
         if len({part[1][col] for part in gathered}) > 1:
@@ -200,8 +205,10 @@ def fit_schema(df: pd.DataFrame, *, id_col: str, time_col: str, outcomes: Mappin
                                      pd.to_numeric(sample[time_col]).to_numpy(float))].reset_index(drop=True)
     schema = DataSchema.fit(sample, id_col=id_col, time_col=time_col, outcomes=families,
                             covariates=list(covariates), time_basis=time_basis, time_unit=time_unit)
-    for col in schema.covariate_encoder.categorical:
-        schema.covariate_encoder.categorical[col] = sorted(set().union(*(part[2][col] for part in gathered)))
+    for col in schema.covariate_encoder.categorical:  # every process's levels; the reference as levels_of puts it
+        union = list(dict.fromkeys(level for part in gathered for level in part[2][col]))
+        ordered = isinstance(df[col].dtype, pd.CategoricalDtype)
+        schema.covariate_encoder.categorical[col] = union if ordered else sorted(union)
     return schema
 
 

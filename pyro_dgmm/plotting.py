@@ -1,4 +1,13 @@
-"""Matplotlib figures from results (DataFrames and fit histories), never from models."""
+"""Matplotlib figures from results (DataFrames and fit histories), never from models.
+
+Example:
+
+>>> from pyro_dgmm.fit import FitResult
+>>> result = FitResult(config={}, train_loss=[3.0, 2.1, 1.7, 1.6], validation_loss=[(1, 2.4), (3, 1.9)])
+>>> fig = plot_loss(result)
+>>> [text.get_text() for text in fig.axes[0].get_legend().get_texts()][0]
+'training objective'
+"""
 from __future__ import annotations
 
 from typing import Sequence

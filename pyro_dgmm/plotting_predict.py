@@ -2,6 +2,14 @@
 
 They take the tables of :mod:`pyro_dgmm.predict` and :mod:`pyro_dgmm.evaluation`,
 never models.  (The loss curve is :func:`pyro_dgmm.plotting.plot_loss`.)
+
+Example:
+
+>>> import pandas as pd
+>>> calibration = pd.DataFrame({"outcome": ["event"] * 2, "bin_lower": [0.0, 0.5], "bin_upper": [0.5, 1.0],
+...                             "n": [10, 5], "mean_predicted": [0.2, 0.7], "observed_rate": [0.25, 0.6]})
+>>> plot_calibration(calibration).axes[0].get_title()
+'event'
 """
 from __future__ import annotations
 

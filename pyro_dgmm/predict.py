@@ -63,12 +63,23 @@ in one process or several.
 Shapes: ``S`` draws, ``N`` subjects, ``T`` visit slots, ``K`` outcomes, ``q``
 latent dimensions.  Work is done in chunks of ``chunk_size`` subjects, so
 memory grows with ``chunk_size * max(S, P) * T * K``.
+
+Example (predictions a year after each subject's last visit):
+
+>>> from pyro_dgmm import DeepMixedModel
+>>> from pyro_dgmm.datasets import simulate_linear
+>>> df = simulate_linear(n_subjects=12, n_visits=4, seed=0).data
+>>> est = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["age", "group"])
+>>> est = est.fit(df, max_epochs=2, progress=False)  # a real fit runs until it converges
+>>> p = predict(est.model_, est.guide_, est.schema_, df, [1.0], relative=True, num_samples=50)
+>>> p.table[["outcome", "mean", "lower_95", "upper_95"]].shape
+(12, 4)
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -405,7 +416,9 @@ def _summary_table(rows: pd.DataFrame, predictive: PosteriorPredictive, schema: 
 
 def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, relative: bool = False,
             include_history: bool = False, levels: Sequence[float] = (0.95,), num_samples: int = 1000,
-            method: str = "importance", seed: int = 0, **posterior_options) -> Prediction:
+            method: str = "importance", seed: int = 0,
+            encoder_view: Callable[[LongitudinalData], LongitudinalData] | None = None,
+            **posterior_options) -> Prediction:
     """Dynamic predictions for the subjects of ``history`` at ``times``.
 
     :param history: long DataFrame with the training columns (id, time,
@@ -428,6 +441,11 @@ def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, r
         process or several.  Under ``torch.distributed`` every process
         passes the same ``history`` and ``times``, computes its blocks and
         gets the whole table.
+    :param encoder_view: maps the history's tensors to what the encoder
+        reads (:class:`~pyro_dgmm.estimator.DeepMixedModel` passes the
+        imputation completion of models fitted with ``missing='impute'``);
+        None: the history itself.  The likelihood always uses the observed
+        cells.
     :param posterior_options: ``num_proposals``, ``adapt_rounds``,
         ``mcmc_steps``, ``chunk_size`` of :func:`random_effects_posterior`.
 
@@ -438,7 +456,8 @@ def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, r
     check_keywords("predict", posterior_options, (*POSTERIOR_OPTIONS, *PREDICT_OPTIONS))
     options = dict(relative=check_bool("relative", relative), include_history=check_bool("include_history",
                    include_history), levels=levels, num_samples=check_int("num_samples", num_samples),
-                   method=check_choice("method", method, METHODS), **_check_posterior_options(posterior_options))
+                   method=check_choice("method", method, METHODS), encoder_view=encoder_view,
+                   **_check_posterior_options(posterior_options))
     seed = check_int("seed", seed, minimum=0)
     schema.validate(history, require_observed=False)
     _times_frame(schema, history, times, relative)  # errors are raised alike on every process, before any block runs
@@ -502,11 +521,13 @@ def _check_posterior_options(options: dict) -> dict:
 
 def _predict_subjects(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, relative: bool,
                       include_history: bool, levels: list[float], num_samples: int, method: str,
+                      encoder_view: Callable[[LongitudinalData], LongitudinalData] | None,
                       **posterior_options) -> Prediction:
     """:func:`predict` for all subjects of ``history`` at once."""
     past = schema.transform(history, require_observed=False)  # validates the history
     rows = _target_frame(schema, history, times, relative, include_history)
     past = past.subset(np.flatnonzero(np.isin(past.ids, pd.unique(rows[schema.id_col]))))
+    past = past if encoder_view is None else encoder_view(past)
     target = schema.transform(rows, require_observed=False)
     predictive = posterior_predictive(model, guide, past, target=target, num_samples=num_samples,
                                       method=method, **posterior_options)

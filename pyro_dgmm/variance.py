@@ -85,6 +85,13 @@ per-subject results are then gathered in rank order.
 Shapes: ``N`` subjects, ``T`` visit slots, ``K`` outcomes, ``q`` latent
 dimensions, ``S`` importance samples, ``P`` scalar parameters, ``F =
 q + q(q+1)/2`` controls.
+
+Example (Pareto k-hat of light-tailed importance weights is small):
+
+>>> import torch
+>>> log_w = torch.distributions.Normal(0.0, 0.5).sample((3, 2000))
+>>> bool((pareto_k(log_w) < 0.5).all())
+True
 """
 from __future__ import annotations
 
@@ -755,8 +762,8 @@ def maximize_marginal_likelihood(model, guide, data: LongitudinalData, parameter
     derivatives are taken; with a proposal fixed at the start, the optimiser
     drifts to where the Monte Carlo error of the estimate flatters it.  The
     steps use only directions whose absolute curvature exceeds
-    :math:`10^{-3}` times the largest: flat ones (a rotation of b, a one-hot
-    category next to an intercept) stay where SVI left them.
+    :math:`10^{-3}` times the largest: flat ones (a rotation of b, an
+    unused latent direction) stay where SVI left them.
 
     :param parameters: names from ``model.named_parameters()``; for a
         linear DGMM all of them (:data:`LINEAR_FIXED_EFFECTS`,
@@ -841,8 +848,8 @@ def _ascent_step(gradient: torch.Tensor, information: torch.Tensor):
 
     Taking :math:`|\lambda_k|` (saddle-free Newton, Dauphin et al. 2014)
     climbs along directions of negative curvature too, as far from the
-    maximum there are; near-flat directions (a rotation of b, a one-hot
-    category next to an intercept) are left alone, where a Newton step
+    maximum there are; near-flat directions (a rotation of b, an
+    unused latent direction) are left alone, where a Newton step
     could be huge.
     """
     eigenvalues, vectors = torch.linalg.eigh((information + information.T) / 2)
@@ -1082,7 +1089,7 @@ def linear_coefficients(model, schema: DataSchema, errors: StandardErrors) -> pd
                  + \sum_p \beta_{kp} x_p\Big], \qquad z = (t - m_t)/s_t,
 
     with numeric covariates standardised, :math:`x_p = (v_p - m_p)/s_p`, and
-    categorical ones one-hot.  Rewritten as :math:`\eta_k = a_{k0} +
+    categorical ones in treatment contrasts (0/1 per level but the first).  Rewritten as :math:`\eta_k = a_{k0} +
     \sum_{m \ge 1} a_{km} t^m + \sum_p a_{kp} v_p + \sum_{\ell \ge 1}
     a_{k\ell}\,[\text{level} = \ell]`: per-time-unit polynomial
     coefficients, per-covariate-unit effects and contrasts of each level
@@ -1138,17 +1145,12 @@ def _linear_map(model, schema: DataSchema, errors: StandardErrors) -> tuple[pd.M
             row[pos["covariates"][p]] = s_k / sd
             block[0, pos["covariates"][p]] -= s_k * mean / sd
             extra.append((col, row))
-        start = len(numeric)
-        for col, levels in encoder.categorical.items():
-            first = pos["covariates"][start]
-            block[0, first] += s_k
-            for j, level in enumerate(levels[1:], start=start + 1):
-                row = torch.zeros(p_total, dtype=torch.float64)
-                row[pos["covariates"][j]], row[first] = s_k, -s_k
-                extra.append((f"{col}[{level}]", row))
-            start += len(levels)
+        for j, label in enumerate(encoder.columns[len(numeric):], start=len(numeric)):  # treatment contrasts
+            row = torch.zeros(p_total, dtype=torch.float64)
+            row[pos["covariates"][j]] = s_k
+            extra.append((label, row))
         time_terms = [schema.time_col if m == 1 else f"{schema.time_col}^{m}" for m in range(1, raw.shape[0])]
-        terms += [(outcome, t) for t in ["intercept", *time_terms, *(label for label, _ in extra)]]
+        terms += [(outcome, t) for t in ["Intercept", *time_terms, *(label for label, _ in extra)]]
         rows += [block, *(row[None] for _, row in extra)]
         offsets += [float(model.outcome_offset[k]) + float(schema.shift[k])] + [0.0] * (raw.shape[0] - 1 + len(extra))
     index = pd.MultiIndex.from_tuples(terms, names=["outcome", "term"])
@@ -1207,7 +1209,7 @@ def linear_random_effects_covariance(model, schema: DataSchema) -> pd.DataFrame:
     blocks = [float(model.outcome_scale[k]) * raw for k in range(len(schema.outcomes))]
     weight = effects.linear_coefficients.weight.detach().to(torch.float64).cpu()  # (K (d + 1), q)
     u = torch.block_diag(*blocks) @ weight
-    terms = ["intercept"] + [schema.time_col if m == 1 else f"{schema.time_col}^{m}" for m in range(1, raw.shape[0])]
+    terms = ["Intercept"] + [schema.time_col if m == 1 else f"{schema.time_col}^{m}" for m in range(1, raw.shape[0])]
     index = pd.MultiIndex.from_tuples([(o, t) for o in schema.outcomes for t in terms], names=["outcome", "term"])
     return pd.DataFrame((u @ u.T).numpy(), index=index, columns=index)
 
@@ -1226,9 +1228,8 @@ def count_parameters(model, data: LongitudinalData, *, max_parameters: int = 200
     subjects of ``data`` (at least twice as many outputs as parameters),
     minus :math:`q(q-1)/2` for rotations of b, which leave the marginal
     likelihood unchanged because the prior is :math:`\mathcal N(0, I)` and
-    the DGMM reads b through linear layers.  Exact redundancies (a
-    one-hot category next to an intercept) and inactive units do not
-    count.  For the linear DGMM with random intercept and slope this is
+    the DGMM reads b through linear layers.  Exact redundancies such as
+    inactive units do not count.  For the linear DGMM with random intercept and slope this is
     MixedLM's count: fixed effects, the 3 parameters of D and sigma.
 
     :param max_parameters: above this many parameters a ConfigError is

@@ -47,7 +47,7 @@ def test_groups_dims_coords_and_shapes(fitted):
         assert idata.observed_data[name].dims == ("subject", "visit")
         assert idata.log_likelihood[name].dims == ("chain", "draw", "subject", "visit")
     assert idata.log_likelihood["y"].dims == ("chain", "draw", "subject")
-    assert idata.constant_data["covariates"].coords["covariate"].values.tolist() == ["age", "arm[a]", "arm[b]"]
+    assert idata.constant_data["covariates"].coords["covariate"].values.tolist() == ["age", "arm[T.b]"]
     assert idata.posterior.attrs["inference_library"] == "pyro"
     assert idata.posterior.attrs["posterior_method"] == "importance"
     assert idata.posterior.attrs["fit"] == '{"a": 1}'

@@ -23,7 +23,7 @@ def test_shapes_masks_and_padding_with_unequal_visits():
     n, t, k = 12, 5, 4
     assert data.y.shape == (n, t, k) and data.mask.shape == (n, t, k)
     assert data.visit_mask.shape == (n, t) and data.time_features.shape == (n, t, 1)
-    assert data.covariates.shape == (n, 1 + 2)  # age + one-hot arm (2 levels)
+    assert data.covariates.shape == (n, 1 + 1)  # age + arm[T.b] (2 levels, the first the reference)
     row = list(data.ids).index(101)
     assert data.visit_mask[row].tolist() == [True, True, False, False, False]
     assert not data.mask[row, 2:].any()
@@ -185,6 +185,31 @@ def test_error_unseen_category_level_at_transform():
     new = tiny_frame(n_subjects=2).assign(arm="c")
     with pytest.raises(DataError, match=r"'arm' has levels not seen.*\['c'\]"):
         schema.transform(new)
+
+
+def test_categorical_covariates_are_treatment_coded_with_the_reference_first():
+    """Reference level: the first in sorted order, or a Categorical's first
+    category that occurs; one 0/1 column per other level, named as patsy does."""
+    frame = tiny_frame().assign(arm=lambda f: f["arm"].map({"a": "placebo", "b": "drug"}))
+    schema = schema_for(frame)
+    assert schema.covariate_encoder.columns == ["age", "arm[T.placebo]"]
+    data = schema.transform(frame)
+    placebo = frame.groupby("pid")["arm"].first().to_numpy() == "placebo"
+    np.testing.assert_array_equal(data.covariates[:, 1].numpy(), placebo.astype(np.float32))
+    frame["arm"] = pd.Categorical(frame["arm"], categories=["unused", "placebo", "drug"])
+    schema = schema_for(frame)
+    assert schema.covariate_encoder.categorical["arm"] == ["placebo", "drug"]
+    assert schema.covariate_encoder.columns == ["age", "arm[T.drug]"]
+    restored = DataSchema.from_spec(schema.to_spec())
+    assert restored.covariate_encoder == schema.covariate_encoder
+    assert torch.equal(restored.transform(frame).covariates, schema.transform(frame).covariates)
+
+
+def test_error_model_saved_with_one_hot_categories():
+    spec = schema_for(tiny_frame()).to_spec()
+    del spec["covariate_encoder"]["contrasts"]  # as written before treatment contrasts
+    with pytest.raises(DataError, match=r"one-hot categorical covariates \['arm'\].*refit"):
+        DataSchema.from_spec(spec)
 
 
 def test_error_no_outcomes_and_unknown_family():

@@ -704,7 +704,7 @@ def test_a_stopped_and_resumed_fit_equals_the_uninterrupted_fit(ckpt_frame, unin
     path = tmp_path / "fit.ckpt"
     fail_at((call, action))
     if action is crash:  # like SIGKILL: no last checkpoint, the periodic one (epoch 3) stays
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="the machine went away"):
             estimator(validation_fraction=fraction).fit(ckpt_frame, checkpoint=path, checkpoint_every=3, **FIT)
     else:
         stopped = estimator(validation_fraction=fraction).fit(ckpt_frame, checkpoint=path, checkpoint_every=3, **FIT)

@@ -275,9 +275,11 @@ def test_our_elbos_give_pyros_loss_and_gradients(reference, ours, num_particles,
 
 def test_importance_weighted_elbo_tightens_to_the_marginal_likelihood():
     """The bound rises with M towards log p(y): with M = 1000 it is within
-    0.5 nats (of about 980) of the importance-sampled log marginal
+    0.5 nats (of about 920) of the importance-sampled log marginal
     likelihood with 20,000 draws, and above the mean-field ELBO by more
-    than its Monte Carlo noise."""
+    than its Monte Carlo noise.  One estimate of the M = 10 bound has a
+    Monte Carlo SD of about 1.6 nats here, more than its expected gap to
+    M = 1000, so it is averaged over 8 seeds and compared within 3 SEs."""
     import pyro
 
     from pyro_dgmm.elbo import ImportanceWeightedELBO, MeanFieldELBO
@@ -285,17 +287,19 @@ def test_importance_weighted_elbo_tightens_to_the_marginal_likelihood():
     sim = simulate_linear(n_subjects=100, n_visits=6, seed=1)
     est = DeepMixedModel(id_col="id", time_col="time", outcomes=sim.outcomes, covariates=sim.covariates,
                          latent_dim=2).fit(sim.data, max_epochs=30, progress=False, elbo="meanfield")
-    losses = {}
-    for name, elbo, m in (("elbo", MeanFieldELBO, 100), ("iwae_10", ImportanceWeightedELBO, 10),
-                          ("iwae_1000", ImportanceWeightedELBO, 1000)):
-        pyro.set_rng_seed(0)
-        losses[name] = elbo(num_particles=m, vectorize_particles=True, max_plate_nesting=2).loss(
+    def loss(elbo, m, seed):
+        pyro.set_rng_seed(seed)
+        return elbo(num_particles=m, vectorize_particles=True, max_plate_nesting=2).loss(
             est.model_, est.guide_, est.data_)
+
+    iwae_10 = np.array([loss(ImportanceWeightedELBO, 10, seed) for seed in range(8)])
+    losses = {"elbo": loss(MeanFieldELBO, 100, 0), "iwae_10": iwae_10.mean(),
+              "iwae_1000": loss(ImportanceWeightedELBO, 1000, 0)}
     torch.manual_seed(0)
     exact = -float(draw_posterior(est.model_, est.guide_, est.data_, num_samples=20000).log_marginal.sum())
     assert abs(losses["iwae_1000"] - exact) < 0.5, (losses, exact)
     assert losses["elbo"] - losses["iwae_10"] > 5, losses
-    assert losses["iwae_10"] >= losses["iwae_1000"] - 0.5, losses
+    assert losses["iwae_10"] >= losses["iwae_1000"] - 3 * iwae_10.std(ddof=1) / np.sqrt(8), (losses, iwae_10)
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pyro_dgmm import DeepMixedModel
+from pyro_dgmm import ConfigError, DeepMixedModel
 from pyro_dgmm.impute import (IndependenceMetropolis, ImputationConfig, draw_missing, imputation_intervals,
                               sample_random_effects)
 
@@ -111,18 +111,54 @@ def test_multiple_imputations_round_trip_to_long(mixed):
     assert (intervals["lower"] <= intervals["upper"]).all()
 
 
-def test_imputation_loop_records_its_trace():
+@pytest.fixture(scope="module")
+def imputed():
+    """A model fitted with the imputation loop (missing='impute')."""
     est = DeepMixedModel(id_col="pid", time_col="t", outcomes=OUTCOMES, time_basis="poly(1)")
     settings = ImputationConfig(rounds=5, epochs_per_round=1, burn_in=2, mcmc_steps=3)
-    est.fit(tiny_frame(n_subjects=30), missing="impute", imputation=settings, progress=False,
-            kl_warmup_epochs=1, linear_warmup_epochs=1)
+    return est.fit(tiny_frame(n_subjects=30), missing="impute", imputation=settings, progress=False,
+                   kl_warmup_epochs=1, linear_warmup_epochs=1)
+
+
+def test_imputation_loop_records_its_trace(imputed):
+    est = imputed
     trace = est.imputation_trace_
     assert trace.step_size == [1.0, 1.0, 1.0, 2.0 ** -0.7, 3.0 ** -0.7]
     assert len(trace.acceptance_rate) == 5 and all(0 <= a <= 1 for a in trace.acceptance_rate)
     fitted = est.fitted_values(num_samples=20)
     assert fitted["score_fitted"].between(1, 7).all()
-    with pytest.raises(Exception, match="missing must be"):
-        est.fit(tiny_frame(), missing="drop")
+    with pytest.raises(ConfigError, match="missing must be"):
+        DeepMixedModel(id_col="pid", time_col="t", outcomes=OUTCOMES).fit(tiny_frame(), missing="drop")
+
+
+def test_missing_impute_is_honoured_by_predict_landmark_and_inference_data(imputed, monkeypatch):
+    """A model fitted with missing='impute' encodes histories completed by
+    imputation (as in training) in predict, landmark_evaluation and
+    to_inference_data: the encoder reads cells that were not observed,
+    while the likelihood keeps the observed mask."""
+    est, frame = imputed, tiny_frame(n_subjects=30)
+    views = []
+    encoder_view = est._encoder_view
+
+    def spy(data):
+        view = encoder_view(data)
+        views.append((data, view))
+        return view
+
+    monkeypatch.setattr(est, "_encoder_view", spy)
+    history = frame[frame.t < 2.5]
+    calls = {
+        "predict": lambda: est.predict(history, [3.0], num_samples=20, method="encoder"),
+        "landmark": lambda: est.landmark_evaluation(frame, 2.5, num_samples=20, method="encoder"),
+        "inference data": lambda: est.to_inference_data(num_samples=20, method="encoder"),
+    }
+    for name, call in calls.items():
+        views.clear()
+        call()
+        assert views, f"{name} did not encode through the imputation view"
+        for data, view in views:
+            assert torch.equal(view.mask, data.mask) and torch.equal(view.y, data.y)
+            assert (view.encoder_mask & ~data.mask).any(), f"{name}: the encoder saw no completed cell"
 
 
 @pytest.mark.slow

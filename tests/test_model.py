@@ -1,5 +1,10 @@
 """Model and guide: Pyro traces, masking, minibatch scaling, KL, variants."""
+import copy
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -10,11 +15,13 @@ from pyro.distributions.kl import kl_divergence
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions.kl import _kl_multivariatenormal_multivariatenormal as general_kl
 
-from pyro_dgmm import DGMM, AmortizedGuide, DeepMixedModel, MixedModel, fit_svi, FitConfig
+from pyro_dgmm import DGMM, AmortizedGuide, ConfigError, DeepMixedModel, MixedModel, fit_svi, FitConfig
 from pyro_dgmm.data import DataSchema
 from pyro_dgmm.model import StandardNormal
 
 from common import OUTCOMES, tiny_frame
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def build(frame=None, covariance="full", encoder="set", outcomes=OUTCOMES):
@@ -138,7 +145,7 @@ def test_user_variant_fits_through_the_estimator():
     # a random-intercept fit explains most of the between-subject variance
     resid = (fitted["g"] - fitted["g_fitted"])[observed]
     assert resid.std() < 0.6 * fitted["g"][observed].std()
-    with pytest.raises(Exception, match="subclass of MixedModel"):
+    with pytest.raises(ConfigError, match="subclass of MixedModel"):
         DeepMixedModel(id_col="pid", time_col="t", outcomes={"g": "gaussian"}, model_class=dict)
 
 
@@ -177,3 +184,67 @@ def test_covariate_by_time_terms_start_at_zero_and_add_x_delta_t():
     delta = (crossed.eta(b, data) - plain.eta(b, data))[..., 0]
     expected = crossed.outcome_scale[0] * 0.7 * data.covariates[:, 1:2] * data.time_features[..., 0]
     torch.testing.assert_close(delta, expected)
+
+
+# ------------------------------------------------------------- Pyro idioms
+def all_parameters(est) -> dict:
+    """name -> parameter of a fitted model and its guide."""
+    named = {f"model.{n}": p for n, p in est.model_.named_parameters()}
+    return named | {f"guide.{n}": p for n, p in est.guide_.named_parameters()}
+
+
+def svi_steps(est, steps: int) -> None:
+    """Pyro's own loop: SVI with a pyro.optim optimiser and Trace_ELBO."""
+    svi = pyro.infer.SVI(est.model_, est.guide_, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+    for _ in range(steps):
+        svi.step(est.data_)
+
+
+@pytest.fixture(scope="module")
+def two_fits():
+    """Two models fitted in one process, past the linear warm-up (so every
+    nonlinear path has left its zero start)."""
+    frame = tiny_frame(n_subjects=30)
+    return [DeepMixedModel(id_col="pid", time_col="t", outcomes=OUTCOMES, covariates=["age", "arm"])
+            .fit(frame, max_epochs=8, kl_warmup_epochs=2, linear_warmup_epochs=1, progress=False, seed=s)
+            for s in (0, 1)]
+
+
+def test_plain_pyro_svi_trains_every_parameter_of_model_and_guide(two_fits):
+    est = two_fits[0]
+    params = all_parameters(est)
+    before = {n: p.detach().clone() for n, p in params.items()}
+    trace = poutine.trace(est.model_).get_trace(est.data_)
+    seen = {id(site["value"].unconstrained()) for site in trace.nodes.values() if site["type"] == "param"}
+    assert {id(p) for p in est.model_.parameters()} <= seen  # poutine.trace sees every model parameter
+    svi_steps(est, 2)
+    unchanged = [n for n, p in params.items() if torch.equal(p.detach(), before[n])]
+    assert not unchanged, f"SVI left {unchanged} unchanged"
+    store = {id(p) for _, p in pyro.get_param_store().named_parameters()}
+    assert {id(p) for p in params.values()} <= store
+
+
+def test_two_models_in_one_process_keep_their_own_parameters(two_fits):
+    first, second = two_fits
+    first_before = {n: p.detach().clone() for n, p in all_parameters(first).items()}
+    second_params = all_parameters(second)
+    second_before = {n: p.detach().clone() for n, p in second_params.items()}
+    svi_steps(second, 2)  # after the first model's sites are in the param store
+    assert all(torch.equal(p.detach(), first_before[n]) for n, p in all_parameters(first).items())
+    assert all(p is all_parameters(second)[n] for n, p in second_params.items())  # none replaced
+    assert all(not torch.equal(p.detach(), second_before[n]) for n, p in second_params.items())
+    copy_ = copy.deepcopy(second)  # a copy is a third model with sites of its own
+    assert copy_.model_._pyro_name != second.model_._pyro_name
+    second_trained = {n: p.detach().clone() for n, p in second_params.items()}
+    svi_steps(copy_, 1)
+    assert all(torch.equal(p.detach(), second_trained[n]) for n, p in all_parameters(second).items())
+    assert not torch.equal(next(copy_.model_.parameters()), second_trained["model." + next(
+        copy_.model_.named_parameters())[0]])
+
+
+def test_importing_the_package_changes_no_pyro_setting():
+    code = ("import pyro; before = dict(pyro.settings.get()); import pyro_dgmm; "
+            "assert dict(pyro.settings.get()) == before, (before, pyro.settings.get())")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

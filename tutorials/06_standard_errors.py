@@ -121,7 +121,7 @@ print(f"log-likelihood {polish.log_likelihood_before:.1f} -> {polish.log_likelih
 errors = reporting_warnings(standard_errors, lmm.model_, lmm.guide_, lmm.data_, parameters=LINEAR_FIXED_EFFECTS,
                             num_samples=SAMPLES, seed=0)
 table = linear_coefficients(lmm.model_, lmm.schema_, errors)
-truth = pd.Series(sim.params["beta"])
+truth = pd.Series(sim.params["beta"]).rename({"intercept": "Intercept", "group[treated]": "group[T.treated]"})
 table["truth"] = [truth[term] for term in table.index.get_level_values("term")]
 print(table[["estimate", "se", "lower", "upper", "truth"]].round(3).to_string())
 print(errors.summary().loc[["sigma[y]"], ["estimate", "se", "lower", "upper"]].round(3).to_string(),

@@ -6,6 +6,13 @@
   :data:`PBC_TIME`, :data:`PBC_COVARIATES`.
 * The simulators return a :class:`SimulatedData` (data, truth, random
   effects, population means); :data:`SIMULATORS` maps a short name to each.
+
+Example:
+
+>>> load_pbc()[["id", "years"]].shape[1]
+2
+>>> simulate_linear(n_subjects=3, n_visits=2, seed=0).data.shape
+(6, 5)
 """
 
 from pyro_dgmm.datasets.pbc import (

@@ -7,6 +7,12 @@ references and licence (LGPL >= 2, separate from the library's licence).
 
 Missing values are kept as ``NaN``: for the outcome columns a missing value
 is a missing outcome, which the DGMM likelihood simply skips.
+
+Example:
+
+>>> df = load_pbc()
+>>> df["id"].nunique()
+312
 """
 
 from __future__ import annotations

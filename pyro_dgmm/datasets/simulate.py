@@ -18,6 +18,14 @@ Conventions shared by all simulators:
   :data:`POPULATION_SEED` (so it does not depend on ``seed``). For the
   simulators with missing data it is the mean of the complete-data process,
   the target that a missing-at-random analysis should recover.
+
+Example (data and the truth behind them):
+
+>>> sim = simulate_linear(n_subjects=4, n_visits=3, seed=0)
+>>> sim.data.columns.tolist()
+['id', 'time', 'y', 'age', 'group']
+>>> sim.params["beta"]["group[treated]"]
+0.8
 """
 
 from __future__ import annotations
