@@ -386,7 +386,7 @@ def test_default_latent_dim_grows_with_outcomes_and_time_functions():
         linear_dgmm(latent_dim=0)
 
 
-@pytest.mark.parametrize("visits, expected", [(5, ("iwae", 8)), (12, ("meanfield", 1))])
+@pytest.mark.parametrize("visits, expected", [(5, ("iwae", 32)), (12, ("meanfield", 1))])
 def test_auto_objective_is_the_importance_weighted_bound_when_visits_are_few(visits, expected):
     """``elbo='auto'`` resolves by the mean number of visits with an observed
     value (below 10: IWAE with 8 particles), explicit settings are kept, and
@@ -401,6 +401,6 @@ def test_auto_objective_is_the_importance_weighted_bound_when_visits_are_few(vis
     data = est.data_
     assert resolve_objective(FitConfig(elbo="meanfield"), data).num_particles == 1
     assert resolve_objective(FitConfig(num_particles=3), data).num_particles == 3
-    assert resolve_objective(FitConfig(elbo="iwae"), data) == FitConfig(elbo="iwae", num_particles=8)
+    assert resolve_objective(FitConfig(elbo="iwae"), data) == FitConfig(elbo="iwae", num_particles=32)
     with pytest.raises(ConfigError, match="elbo"):
         FitConfig(elbo="bogus")
