@@ -111,7 +111,7 @@ import torch
 from torch import nn
 
 from pyro_dgmm.datasets.simulate import SimulatedData
-from pyro_dgmm.model import MixedModel, network
+from pyro_dgmm.model import MixedModel
 
 T_MAX = 10.0
 JITTER = 0.4  # of the visit spacing
@@ -537,8 +537,7 @@ SIMULATORS = {
 
 # ------------------------------------------------------------------ oracles
 class _OracleParameters(nn.Module):
-    r"""Learnable parameters of a :class:`NonlinearOracle` (a plain module,
-    read with :func:`pyro_dgmm.model.network`).
+    r"""Learnable parameters of a :class:`NonlinearOracle` (a plain module).
 
     ``intercept`` (P,) and ``covariate_effects`` (P, C): the fixed part
     ``a_p + w_p' x_i`` of each subject-level parameter (x_i the model's
@@ -609,7 +608,7 @@ class NonlinearOracle(MixedModel):
 
     def subject_parameters(self, b: torch.Tensor, covariates: torch.Tensor) -> dict[str, torch.Tensor]:
         """theta (..., N) per parameter name, from b (..., N, r) and covariates (N, C)."""
-        core = network(self, "parameters_")
+        core = self.parameters_
         fixed = core.intercept + covariates @ core.covariate_effects.T  # (N, P)
         random = b @ core.random_map(self.latent_dim).T  # (..., N, r)
         theta = {}
@@ -630,7 +629,7 @@ class NonlinearOracle(MixedModel):
     def parameter_names(self) -> list[str]:
         """The names (``model.named_parameters()``) of the curve's parameters,
         for :func:`pyro_dgmm.variance.maximize_marginal_likelihood`."""
-        return [f"parameters_.{name}" for name, _ in network(self, "parameters_").named_parameters()]
+        return [f"parameters_.{name}" for name, _ in self.parameters_.named_parameters()]
 
 
 class LogisticGrowthOracle(NonlinearOracle):
