@@ -12,7 +12,7 @@ pyro.settings.set(module_local_params=True)
 from .data import DataSchema, LongitudinalData  # noqa: E402
 from .errors import ConfigError, DataError, FitError, NotFittedError  # noqa: E402
 from .estimator import DeepMixedModel  # noqa: E402
-from .families import BoundedContinuous, Bernoulli, Gaussian, Poisson, get_family  # noqa: E402
+from .families import BoundedContinuous, Bernoulli, Gaussian, Poisson, StudentT, get_family  # noqa: E402
 from .fit import FitConfig, FitResult, fit_svi  # noqa: E402
 from .guide import AmortizedGuide  # noqa: E402
 from .model import DGMM, MixedModel  # noqa: E402
@@ -22,5 +22,5 @@ __version__ = "0.1.0"
 __all__ = [
     "AmortizedGuide", "Bernoulli", "BoundedContinuous", "ConfigError", "DGMM", "DataError",
     "DataSchema", "DeepMixedModel", "FitConfig", "FitError", "FitResult", "Gaussian",
-    "LongitudinalData", "MixedModel", "NotFittedError", "Poisson", "fit_svi", "get_family",
+    "LongitudinalData", "MixedModel", "NotFittedError", "Poisson", "StudentT", "fit_svi", "get_family",
 ]

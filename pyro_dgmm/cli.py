@@ -55,6 +55,7 @@ import pandas as pd
 from .bases import DEFAULT_TIME_BASIS
 from .errors import ConfigError, DgmmError
 from .fit import PRESETS
+from .model import DISPERSION_MODELS
 
 log = logging.getLogger("pyro_dgmm")
 
@@ -95,10 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--id", help="subject id column (CSV input)")
     fit.add_argument("--time", help="time column (CSV input)")
     fit.add_argument("--outcome", action="append", default=[], metavar="NAME:FAMILY",
-                     help="outcome column and family (gaussian, bernoulli, poisson, bounded(LOW,HIGH)); repeat")
+                     help="outcome column and family (gaussian, student_t, bernoulli, poisson, bounded(LOW,HIGH)); "
+                          "repeat")
     fit.add_argument("--covariate", action="append", default=[], help="baseline covariate column; repeat")
     fit.add_argument("--basis", default=DEFAULT_TIME_BASIS,
                      help=f"time basis (default {DEFAULT_TIME_BASIS}), e.g. 'spline(4)+fourier(7)'")
+    fit.add_argument("--dispersion-model", choices=DISPERSION_MODELS, default="constant",
+                     help="'constant' (default): one dispersion per outcome; 'linear': log dispersion linear "
+                          "in the time features and covariates")
     fit.add_argument("--latent-dim", type=_latent_dim, default="auto",
                      help="dimension of the random effects b, or 'auto' (default: grows while all are in use)")
     fit.add_argument("--preset", choices=sorted(PRESETS), default="accurate",
@@ -200,7 +205,8 @@ def run_fit(args: argparse.Namespace) -> dict | None:
         else:
             df = pd.read_csv(args.csv)
     model = DeepMixedModel(id_col=id_col, time_col=time_col, outcomes=outcomes, covariates=covariates,
-                           time_basis=args.basis, latent_dim=args.latent_dim)
+                           time_basis=args.basis, latent_dim=args.latent_dim,
+                           model_options={"dispersion_model": args.dispersion_model})
     overrides = {"seed": args.seed, "progress": not args.quiet, "num_shards": args.num_shards,
                  "device": None if args.device == "auto" else args.device}
     if args.max_epochs is not None:
@@ -241,12 +247,22 @@ def run_fit(args: argparse.Namespace) -> dict | None:
         "latent_activity": [round(v, 4) for v in result.latent_activity],
         "refinement": result.refinement,
         "fit_seconds": round(result.seconds, 2),
-        "dispersion": {name: float(model.model_.dispersion(name).detach())
-                       for name in outcomes if model.model_.dispersion(name) is not None},
+        "dispersion": {name: _dispersion_summary(model.model_, name)
+                       for name in outcomes if model.model_.dispersion_coefficients(name) is not None},
+        "shape": {name: {key: float(value.detach()) for key, value in model.model_.shape_parameters(name).items()}
+                  for name in outcomes if model.model_.shape_parameters(name)},
         "files": sorted(p.name for p in out.iterdir()),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _dispersion_summary(model, name: str):
+    """A constant dispersion's value, or the log-linear coefficients (a, slopes) of a linear one."""
+    coefficients = model.dispersion_coefficients(name).detach()
+    if coefficients.numel() == 1:
+        return float(coefficients.exp())
+    return {"log_coefficients": [round(float(v), 6) for v in coefficients]}
 
 
 def main(argv: list[str] | None = None) -> int:

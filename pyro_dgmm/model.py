@@ -32,8 +32,14 @@ from pyro.distributions.kl import register_kl
 from pyro.nn import PyroModule, PyroParam
 
 from .data import DataSchema, LongitudinalData
+from .errors import ConfigError
 from .families import Family
 from .nn import FixedEffectsNet, RandomEffectsNet
+
+
+#: Values of ``dispersion_model``: one dispersion per outcome, or a
+#: log-linear function of the time features and covariates (:meth:`MixedModel.dispersion`).
+DISPERSION_MODELS = ("constant", "linear")
 
 
 class MixedModel(PyroModule):
@@ -49,23 +55,43 @@ class MixedModel(PyroModule):
     :param offsets, scales: per-outcome :math:`\\alpha_k, s_k` (shape (K,)).
     :param dispersions: per-outcome initial dispersion (None for families
         without one).
+    :param dispersion_model: ``'constant'`` (default: one dispersion
+        :math:`\sigma_k` per outcome) or ``'linear'``: :math:`\log\sigma_k`
+        linear in the time features and covariates (:meth:`dispersion`), for
+        every outcome whose family has a dispersion; the slopes start at 0.
+    :param num_covariates, num_time_features: P and F (needed by ``'linear'``).
     """
 
     def __init__(self, families: Mapping[str, Family], latent_dim: int,
                  offsets: Sequence[float], scales: Sequence[float],
-                 dispersions: Sequence[float | None]):
+                 dispersions: Sequence[float | None], *, dispersion_model: str = "constant",
+                 num_covariates: int = 0, num_time_features: int = 0):
         super().__init__()
+        if dispersion_model not in DISPERSION_MODELS:
+            raise ConfigError(f"dispersion_model must be one of {DISPERSION_MODELS}, got {dispersion_model!r}")
         self.families = dict(families)
         self.latent_dim = latent_dim
+        self.dispersion_model = dispersion_model
         self.register_buffer("outcome_offset", torch.as_tensor(offsets, dtype=torch.float32))
         self.register_buffer("outcome_scale", torch.as_tensor(scales, dtype=torch.float32))
         self._dispersion_attr: dict[str, str] = {}
+        self._slopes_attr: dict[str, str] = {}
+        self._shape_attr: dict[str, dict[str, str]] = {}
         for k, (name, family) in enumerate(self.families.items()):
             if family.has_dispersion:
                 attr = f"dispersion_{k}"
                 setattr(self, attr, PyroParam(torch.tensor(float(dispersions[k])),
                                               constraint=dist.constraints.positive))
                 self._dispersion_attr[name] = attr
+                if dispersion_model == "linear":  # starts constant: zero slopes
+                    setattr(self, f"dispersion_slopes_{k}",
+                            torch.nn.Parameter(torch.zeros(num_time_features + num_covariates)))
+                    self._slopes_attr[name] = f"dispersion_slopes_{k}"
+            self._shape_attr[name] = {}
+            for shape, value in family.initial_shape().items():
+                attr = f"{shape}_{k}"
+                setattr(self, attr, PyroParam(torch.tensor(float(value)), constraint=family.shape_constraint(shape)))
+                self._shape_attr[name][shape] = attr
 
     @classmethod
     def from_schema(cls, schema: DataSchema, latent_dim: int, **kwargs) -> "MixedModel":
@@ -86,10 +112,75 @@ class MixedModel(PyroModule):
     def outcomes(self) -> list[str]:
         return list(self.families)
 
-    def dispersion(self, name: str) -> torch.Tensor | None:
-        """The dispersion parameter of outcome ``name`` (None if it has none)."""
+    def dispersion(self, name: str, data: LongitudinalData | None = None) -> torch.Tensor | None:
+        r"""The dispersion of outcome ``name`` (None if its family has none).
+
+        With ``dispersion_model='constant'`` a scalar :math:`\sigma_k` (``data``
+        is ignored).  With ``'linear'`` the value at every cell of ``data``,
+        shape (N, T):
+
+        .. math:: \log \sigma_{k}(T_{ij}, x_i) = a_k + c_k^\top T_{ij} + d_k^\top x_i,
+
+        with the time features :math:`T_{ij}` and the encoded (standardised)
+        covariates :math:`x_i` of :meth:`dispersion_features`;
+        :math:`e^{a_k}` is the parameter ``dispersion_<k>`` (the value where
+        all features are 0) and :math:`(c_k, d_k)` the vector
+        ``dispersion_slopes_<k>`` (:meth:`dispersion_coefficients`).
+
+        :raises ConfigError: a linear dispersion model and no ``data``.
+        """
         attr = self._dispersion_attr.get(name)
-        return getattr(self, attr) if attr else None
+        if attr is None:
+            return None
+        base = getattr(self, attr)
+        if name not in self._slopes_attr:
+            return base
+        if data is None:
+            raise ConfigError(f"the dispersion of outcome '{name}' depends on time and covariates "
+                              "(dispersion_model='linear'): pass the data to evaluate it at, or read "
+                              "dispersion_coefficients()")
+        slopes = getattr(self, self._slopes_attr[name])
+        return base * torch.exp(self.dispersion_features(data) @ slopes.to(data.y.dtype))
+
+    @staticmethod
+    def dispersion_features(data: LongitudinalData) -> torch.Tensor:
+        """(N, T, F + P): the time features then the encoded covariates of every cell."""
+        times = data.time_features
+        covariates = data.covariates.unsqueeze(-2).expand(*times.shape[:-1], data.covariates.shape[-1])
+        return torch.cat([times, covariates.to(times.dtype)], dim=-1)
+
+    def dispersion_coefficients(self, name: str) -> torch.Tensor | None:
+        """Outcome ``name``'s log-dispersion coefficients :math:`(a_k, c_k, d_k)`,
+        shape (1 + F + P,) (just :math:`a_k` for a constant dispersion); None
+        if its family has no dispersion."""
+        attr = self._dispersion_attr.get(name)
+        if attr is None:
+            return None
+        log_base = getattr(self, attr).log().reshape(1)
+        if name not in self._slopes_attr:
+            return log_base
+        return torch.cat([log_base, getattr(self, self._slopes_attr[name])])
+
+    def shape_parameters(self, name: str) -> dict[str, torch.Tensor]:
+        """The further parameters of outcome ``name``'s family (such as the
+        Student-t ``df``), by name; empty for most families."""
+        return {shape: getattr(self, attr) for shape, attr in self._shape_attr.get(name, {}).items()}
+
+    def observation_parameters(self) -> dict[str, str]:
+        """Every parameter of the observation model (dispersions, their slopes,
+        shape parameters), as ``named_parameters()`` name -> label such as
+        ``'sigma[y]'``, ``'log sigma[y] slopes'`` or ``'df[y]'``."""
+        names = {id(p): name for name, p in self.named_parameters()}
+        labels = {}
+        for k, (outcome, family) in enumerate(self.families.items()):
+            if outcome in self._dispersion_attr:
+                value = getattr(self, self._dispersion_attr[outcome])
+                labels[names[id(value.unconstrained())]] = f"{family.dispersion_name}[{outcome}]"
+            if outcome in self._slopes_attr:
+                labels[self._slopes_attr[outcome]] = f"log {family.dispersion_name}[{outcome}] slopes"
+            for shape, attr in self._shape_attr[outcome].items():
+                labels[names[id(getattr(self, attr).unconstrained())]] = f"{shape}[{outcome}]"
+        return labels
 
     def linear_predictor(self, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
         """nu(b, data): the part of the linear predictor to model, on the unit scale.
@@ -127,7 +218,7 @@ class MixedModel(PyroModule):
         (``eta``: the linear predictor at ``b``, if already computed)."""
         eta = self.eta(b, data) if eta is None else eta
         return {
-            name: family.distribution(eta[..., k], self.dispersion(name))
+            name: family.distribution(eta[..., k], self.dispersion(name, data), **self.shape_parameters(name))
             for k, (name, family) in enumerate(self.families.items())
         }
 
@@ -151,8 +242,7 @@ class MixedModel(PyroModule):
                 b = pyro.sample("b", prior)
             eta = self.eta(b.squeeze(-2), data)
             with pyro.plate("time", t, dim=-1):
-                for k, (name, family) in enumerate(self.families.items()):
-                    fn = family.distribution(eta[..., k], self.dispersion(name))
+                for k, (name, fn) in enumerate(self.observation_distributions(b, data, eta).items()):
                     if observe:
                         pyro.sample(f"y_{name}", fn.mask(data.mask[..., k]), obs=data.y[..., k])
                     else:
@@ -229,8 +319,9 @@ class DGMM(MixedModel):
                  dispersions: Sequence[float | None], num_covariates: int,
                  num_time_features: int, fixed_hidden: Sequence[int] = (32, 32),
                  random_hidden: Sequence[int] = (32, 32), activation: str = "tanh",
-                 covariate_time: bool = False):
-        super().__init__(families, latent_dim, offsets, scales, dispersions)
+                 covariate_time: bool = False, dispersion_model: str = "constant"):
+        super().__init__(families, latent_dim, offsets, scales, dispersions, dispersion_model=dispersion_model,
+                         num_covariates=num_covariates, num_time_features=num_time_features)
         k = len(self.families)
         self.fixed_effects = FixedEffectsNet(num_covariates, num_time_features, k, fixed_hidden, activation,
                                              covariate_time)
