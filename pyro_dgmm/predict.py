@@ -290,7 +290,11 @@ class Prediction:
       observation at level ``L`` percent (observation noise included);
     * ``mean_lower_<L>``, ``mean_upper_<L>``: credible interval of the
       subject's mean curve :math:`g^{-1}(\\eta)` (for binary outcomes, of
-      the probability).
+      the probability);
+    * ``log_density``: the log predictive density (mass, for discrete
+      outcomes) of the observed value, :math:`\\log \\frac1S \\sum_s
+      p(y \\mid b^{(s)})`, NaN where ``observed`` is; summed over held-out
+      values it is the held-out log-likelihood (a proper score).
 
     ``draws``: (S, len(table)) posterior predictive draws of y, column ``r``
     for table row ``r``.  ``predictive``: everything behind it
@@ -370,6 +374,8 @@ def _summary_table(rows: pd.DataFrame, predictive: PosteriorPredictive, schema: 
     subject, slot = np.nonzero(data.visit_mask.cpu().numpy())
     means = predictive.means.cpu().numpy()[:, subject, slot]  # (S, V, K) over the V visits
     draws = predictive.draws.cpu().numpy()[:, subject, slot]
+    log_lik = predictive.log_likelihood[:, subject, slot]  # NaN where nothing was observed
+    log_density = (torch.logsumexp(log_lik, 0) - math.log(log_lik.shape[0])).cpu().numpy()
     stats = {"mean": means.mean(0)}
     for level in levels:
         tail, label = (1 - level) / 2, _level_label(level)
@@ -383,6 +389,7 @@ def _summary_table(rows: pd.DataFrame, predictive: PosteriorPredictive, schema: 
     table["observed"] = observed.ravel()
     for key, value in stats.items():
         table[key] = value.ravel()
+    table["log_density"] = log_density.ravel()
     return table, draws.reshape(draws.shape[0], -1)
 
 

@@ -111,7 +111,7 @@ def test_prediction_table_layout(mixed):
     table = p.table
     assert table.columns.tolist() == [
         "pid", "t", "outcome", "history", "horizon", "observed", "mean", "lower_50", "upper_50",
-        "mean_lower_50", "mean_upper_50", "lower_90", "upper_90", "mean_lower_90", "mean_upper_90"]
+        "mean_lower_50", "mean_upper_50", "lower_90", "upper_90", "mean_lower_90", "mean_upper_90", "log_density"]
     assert len(table) == 30 * 2 * 4
     assert table.outcome.tolist()[:4] == list(OUTCOMES)
     assert not table.history.any() and table.observed.isna().all()
