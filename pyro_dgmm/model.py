@@ -56,7 +56,7 @@ class MixedModel(PyroModule):
     :param dispersions: per-outcome initial dispersion (None for families
         without one).
     :param dispersion_model: ``'constant'`` (default: one dispersion
-        :math:`\sigma_k` per outcome) or ``'linear'``: :math:`\log\sigma_k`
+        :math:`\\sigma_k` per outcome) or ``'linear'``: :math:`\\log\\sigma_k`
         linear in the time features and covariates (:meth:`dispersion`), for
         every outcome whose family has a dispersion; the slopes start at 0.
     :param num_covariates, num_time_features: P and F (needed by ``'linear'``).
