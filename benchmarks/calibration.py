@@ -47,6 +47,8 @@ SETTINGS = {
     "student_t": ("student_t", "constant"),
     "gaussian+linear": ("gaussian", "linear"),
     "student_t+linear": ("student_t", "linear"),
+    "gaussian+linear+random": ("gaussian", "linear+random"),
+    "student_t+linear+random": ("student_t", "linear+random"),
 }
 LEVELS = (0.5, 0.8, 0.95)
 SIM_LANDMARK = 5.0

@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"time basis (default {DEFAULT_TIME_BASIS}), e.g. 'spline(4)+fourier(7)'")
     fit.add_argument("--dispersion-model", choices=DISPERSION_MODELS, default="constant",
                      help="'constant' (default): one dispersion per outcome; 'linear': log dispersion linear "
-                          "in the time features and covariates")
+                          "in the time features and covariates; 'linear+random': and in the random effects")
     fit.add_argument("--latent-dim", type=_latent_dim, default="auto",
                      help="dimension of the random effects b, or 'auto' (default: grows while all are in use)")
     fit.add_argument("--preset", choices=sorted(PRESETS), default="accurate",

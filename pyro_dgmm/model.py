@@ -37,9 +37,10 @@ from .families import Family
 from .nn import FixedEffectsNet, RandomEffectsNet
 
 
-#: Values of ``dispersion_model``: one dispersion per outcome, or a
-#: log-linear function of the time features and covariates (:meth:`MixedModel.dispersion`).
-DISPERSION_MODELS = ("constant", "linear")
+#: Values of ``dispersion_model``: one dispersion per outcome, a log-linear
+#: function of the time features and covariates, or of those and the random
+#: effects (:meth:`MixedModel.dispersion`).
+DISPERSION_MODELS = ("constant", "linear", "linear+random")
 
 
 class MixedModel(PyroModule):
@@ -56,9 +57,10 @@ class MixedModel(PyroModule):
     :param dispersions: per-outcome initial dispersion (None for families
         without one).
     :param dispersion_model: ``'constant'`` (default: one dispersion
-        :math:`\\sigma_k` per outcome) or ``'linear'``: :math:`\\log\\sigma_k`
-        linear in the time features and covariates (:meth:`dispersion`), for
-        every outcome whose family has a dispersion; the slopes start at 0.
+        :math:`\\sigma_k` per outcome), ``'linear'``: :math:`\\log\\sigma_k`
+        linear in the time features and covariates, or ``'linear+random'``:
+        and in the random effects (:meth:`dispersion`), for every outcome
+        whose family has a dispersion; the slopes start at 0.
     :param num_covariates, num_time_features: P and F (needed by ``'linear'``).
     """
 
@@ -72,6 +74,7 @@ class MixedModel(PyroModule):
         self.families = dict(families)
         self.latent_dim = latent_dim
         self.dispersion_model = dispersion_model
+        self.num_dispersion_features = num_time_features + num_covariates
         self.register_buffer("outcome_offset", torch.as_tensor(offsets, dtype=torch.float32))
         self.register_buffer("outcome_scale", torch.as_tensor(scales, dtype=torch.float32))
         self._dispersion_attr: dict[str, str] = {}
@@ -83,9 +86,9 @@ class MixedModel(PyroModule):
                 setattr(self, attr, PyroParam(torch.tensor(float(dispersions[k])),
                                               constraint=dist.constraints.positive))
                 self._dispersion_attr[name] = attr
-                if dispersion_model == "linear":  # starts constant: zero slopes
-                    setattr(self, f"dispersion_slopes_{k}",
-                            torch.nn.Parameter(torch.zeros(num_time_features + num_covariates)))
+                if dispersion_model != "constant":  # starts constant: zero slopes
+                    size = num_time_features + num_covariates + (latent_dim if self.dispersion_uses_b else 0)
+                    setattr(self, f"dispersion_slopes_{k}", torch.nn.Parameter(torch.zeros(size)))
                     self._slopes_attr[name] = f"dispersion_slopes_{k}"
             self._shape_attr[name] = {}
             for shape, value in family.initial_shape().items():
@@ -112,12 +115,13 @@ class MixedModel(PyroModule):
     def outcomes(self) -> list[str]:
         return list(self.families)
 
-    def dispersion(self, name: str, data: LongitudinalData | None = None) -> torch.Tensor | None:
+    def dispersion(self, name: str, data: LongitudinalData | None = None,
+                   b: torch.Tensor | None = None) -> torch.Tensor | None:
         r"""The dispersion of outcome ``name`` (None if its family has none).
 
-        With ``dispersion_model='constant'`` a scalar :math:`\sigma_k` (``data``
-        is ignored).  With ``'linear'`` the value at every cell of ``data``,
-        shape (N, T):
+        With ``dispersion_model='constant'`` a scalar :math:`\sigma_k`
+        (``data`` and ``b`` are ignored).  With ``'linear'`` the value at every
+        cell of ``data``, shape (N, T):
 
         .. math:: \log \sigma_{k}(T_{ij}, x_i) = a_k + c_k^\top T_{ij} + d_k^\top x_i,
 
@@ -125,9 +129,15 @@ class MixedModel(PyroModule):
         covariates :math:`x_i` of :meth:`dispersion_features`;
         :math:`e^{a_k}` is the parameter ``dispersion_<k>`` (the value where
         all features are 0) and :math:`(c_k, d_k)` the vector
-        ``dispersion_slopes_<k>`` (:meth:`dispersion_coefficients`).
+        ``dispersion_slopes_<k>`` (:meth:`dispersion_coefficients`).  With
+        ``'linear+random'`` the random effects enter too,
+        :math:`+\, e_k^\top b_i` (the last q slopes), so subjects differ in
+        their noise level as in their trajectories (a scale mixture over
+        subjects; its posterior given a subject's history sets the width of
+        their prediction intervals); then ``b`` (..., N, q) is needed and the
+        result has shape (..., N, T).
 
-        :raises ConfigError: a linear dispersion model and no ``data``.
+        :raises ConfigError: a linear dispersion model and no ``data`` (or no ``b``).
         """
         attr = self._dispersion_attr.get(name)
         if attr is None:
@@ -135,12 +145,22 @@ class MixedModel(PyroModule):
         base = getattr(self, attr)
         if name not in self._slopes_attr:
             return base
-        if data is None:
-            raise ConfigError(f"the dispersion of outcome '{name}' depends on time and covariates "
-                              "(dispersion_model='linear'): pass the data to evaluate it at, or read "
-                              "dispersion_coefficients()")
-        slopes = getattr(self, self._slopes_attr[name])
-        return base * torch.exp(self.dispersion_features(data) @ slopes.to(data.y.dtype))
+        if data is None or (self.dispersion_uses_b and b is None):
+            needed = "data and random effects b" if self.dispersion_uses_b else "data"
+            raise ConfigError(f"the dispersion of outcome '{name}' is not constant "
+                              f"(dispersion_model={self.dispersion_model!r}): pass the {needed} to evaluate it "
+                              "at, or read dispersion_coefficients()")
+        slopes = getattr(self, self._slopes_attr[name]).to(data.y.dtype)
+        features = self.num_dispersion_features
+        log_scale = self.dispersion_features(data) @ slopes[:features]
+        if self.dispersion_uses_b:
+            log_scale = log_scale + (b @ slopes[features:]).unsqueeze(-1)
+        return base * torch.exp(log_scale)
+
+    @property
+    def dispersion_uses_b(self) -> bool:
+        """Whether the dispersions depend on the random effects (``'linear+random'``)."""
+        return self.dispersion_model == "linear+random"
 
     @staticmethod
     def dispersion_features(data: LongitudinalData) -> torch.Tensor:
@@ -150,9 +170,9 @@ class MixedModel(PyroModule):
         return torch.cat([times, covariates.to(times.dtype)], dim=-1)
 
     def dispersion_coefficients(self, name: str) -> torch.Tensor | None:
-        """Outcome ``name``'s log-dispersion coefficients :math:`(a_k, c_k, d_k)`,
-        shape (1 + F + P,) (just :math:`a_k` for a constant dispersion); None
-        if its family has no dispersion."""
+        """Outcome ``name``'s log-dispersion coefficients :math:`(a_k, c_k, d_k[, e_k])`,
+        shape (1 + F + P [+ q],) (just :math:`a_k` for a constant dispersion);
+        None if its family has no dispersion."""
         attr = self._dispersion_attr.get(name)
         if attr is None:
             return None
@@ -218,7 +238,7 @@ class MixedModel(PyroModule):
         (``eta``: the linear predictor at ``b``, if already computed)."""
         eta = self.eta(b, data) if eta is None else eta
         return {
-            name: family.distribution(eta[..., k], self.dispersion(name, data), **self.shape_parameters(name))
+            name: family.distribution(eta[..., k], self.dispersion(name, data, b), **self.shape_parameters(name))
             for k, (name, family) in enumerate(self.families.items())
         }
 
@@ -242,7 +262,7 @@ class MixedModel(PyroModule):
                 b = pyro.sample("b", prior)
             eta = self.eta(b.squeeze(-2), data)
             with pyro.plate("time", t, dim=-1):
-                for k, (name, fn) in enumerate(self.observation_distributions(b, data, eta).items()):
+                for k, (name, fn) in enumerate(self.observation_distributions(b.squeeze(-2), data, eta).items()):
                     if observe:
                         pyro.sample(f"y_{name}", fn.mask(data.mask[..., k]), obs=data.y[..., k])
                     else:

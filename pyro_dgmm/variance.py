@@ -1249,7 +1249,7 @@ def count_parameters(model, data: LongitudinalData, *, max_parameters: int = 200
 def _distribution_parameters(model, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
     """eta(b, data) flattened, followed by the dispersions: all the observation model depends on."""
     extra = [value.reshape(-1) for name in model.outcomes
-             for value in (model.dispersion(name, data), *model.shape_parameters(name).values()) if value is not None]
+             for value in (model.dispersion(name, data, b), *model.shape_parameters(name).values()) if value is not None]
     return torch.cat([model.eta(b, data).reshape(-1), *extra])
 
 
