@@ -449,13 +449,42 @@ class DeepMixedModel:
         Under ``torch.distributed`` every process passes the same
         ``history``, computes its shards' subjects and gets the whole table.
 
+        ``parameter_uncertainty=True`` propagates the uncertainty of the
+        linear fixed and random effects and of the dispersions (and Student-t
+        df) into the intervals: their standard errors are computed on the
+        training data (:meth:`parameter_errors`) and ``parameter_draws``
+        (20) parameter vectors drawn from the Wald approximation; a
+        :class:`~pyro_dgmm.variance.StandardErrors` may be passed instead.
+        Worth it for small training sets (docs/prediction.md).
+
         :returns: a :class:`~pyro_dgmm.predict.Prediction`: ``table`` (tidy:
             id, time, outcome, mean, interval bounds), ``draws``.
         """
         self._check_fitted()
         from .predict import predict
 
+        if options.get("parameter_uncertainty") is True:
+            options["parameter_uncertainty"] = self.parameter_errors()
+        elif options.get("parameter_uncertainty") is False:
+            options["parameter_uncertainty"] = None
         return predict(self.model_, self.guide_, self.schema_, history, times, **options)
+
+    def parameter_errors(self, *, num_samples: int = 1000, seed: int = 0):
+        """Standard errors of the linear fixed and random effects present in
+        the model and of every observation-model parameter (dispersions, their
+        slopes, Student-t df), from the training data
+        (:func:`~pyro_dgmm.variance.standard_errors`); what
+        ``predict(..., parameter_uncertainty=True)`` draws from."""
+        self._check_fitted()
+        from . import variance
+
+        if self.data_ is None:
+            raise NotFittedError("this model was loaded from disk without its training data: compute "
+                                 "pyro_dgmm.variance.standard_errors on it and pass them as parameter_uncertainty")
+        known = dict(self.model_.named_parameters())
+        linear = [name for name in (*variance.LINEAR_FIXED_EFFECTS, variance.LINEAR_RANDOM_EFFECTS) if name in known]
+        return variance.standard_errors(self.model_, self.guide_, self.data_, linear, num_samples=num_samples,
+                                        seed=seed)
 
     def landmark_evaluation(self, df: pd.DataFrame, landmark: float, **options):
         """Score dynamic predictions of the subjects of ``df`` from their
