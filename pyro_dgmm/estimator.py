@@ -100,7 +100,7 @@ class DeepMixedModel:
 
     :param id_col, time_col: subject id and time columns.
     :param outcomes: outcome column -> family (``'gaussian'``,
-        ``'bernoulli'``, ``'poisson'``, ``'bounded(1,7)'`` or a
+        ``'student_t'``, ``'bernoulli'``, ``'poisson'``, ``'bounded(1,7)'`` or a
         :class:`~pyro_dgmm.families.Family`).  Outcomes share one latent b_i.
     :param covariates: baseline covariate columns (numeric or categorical).
     :param time_basis: time functions T_ij: ``'poly(1)'`` (default,
@@ -116,7 +116,9 @@ class DeepMixedModel:
         fitted dimension is ``latent_dim_``.
     :param model_class: :class:`DGMM` or a user subclass of
         :class:`~pyro_dgmm.model.MixedModel`.
-    :param model_options: keyword arguments for ``model_class``.
+    :param model_options: keyword arguments for ``model_class``, e.g.
+        ``{"dispersion_model": "linear"}`` for dispersions log-linear in time
+        and covariates (:meth:`~pyro_dgmm.model.MixedModel.dispersion`).
     :param encoder: ``'set'`` (pools over visits) or ``'dense'`` (talk).
     :param covariance: ``'full'`` (Cholesky) or ``'diagonal'`` Sigma_b.
     :param validation_fraction: share of subjects held out for early stopping.

@@ -332,6 +332,7 @@ class DGMM(MixedModel):
     ``fixed_hidden=()`` and ``random_hidden=()`` make both linear: with a
     Gaussian family this is exactly a linear mixed model, with
     covariate-by-time fixed effects if ``covariate_time=True``.
+    ``dispersion_model`` goes to :class:`MixedModel`.
     """
 
     def __init__(self, families: Mapping[str, Family], latent_dim: int, *,

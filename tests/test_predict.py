@@ -349,7 +349,7 @@ def test_parameter_uncertainty_draws_follow_the_wald_approximation_and_widen_int
     """Parameter draws: their SD on the working scale matches the standard
     errors (200 draws: within 25%, about 2.5 SDs of a sample SD); the 95%
     intervals of 40 training subjects' future visits widen, by a few
-    percent (p/n small), never by more than half (S = 2000 draws of y per
+    percent (p/n small), never by more than half (S = 1000 draws of y per
     cell: the Monte Carlo error of the mean width ratio is well under 1%)."""
     import dataclasses
 
@@ -369,10 +369,10 @@ def test_parameter_uncertainty_draws_follow_the_wald_approximation_and_widen_int
     widths = []
     for errors_ in (dataclasses.replace(errors, covariance=0 * errors.covariance), errors):  # same path, same seeds
         torch.manual_seed(0)
-        table = est.predict(history, later, num_samples=2000, parameter_uncertainty=errors_).table
+        table = est.predict(history, later, num_samples=1000, parameter_uncertainty=errors_, parameter_draws=10).table
         widths.append(table.upper_95 - table.lower_95)
     ratio = (widths[1] / widths[0]).mean()
-    assert 1.0 < ratio < 1.5  # measured 1.025 and 1.040 at seeds 0 and 1
+    assert 1.0 < ratio < 1.5  # measured 1.02-1.04
     with pytest.raises(ConfigError, match="parameter_draws"):
         est.predict(history, later, num_samples=10, parameter_uncertainty=errors, parameter_draws=20)
 
