@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pyro
 import pytest
+import torch
 
 from pyro_dgmm import DeepMixedModel, NotFittedError
 from pyro_dgmm.cli import main
@@ -175,3 +176,18 @@ def test_cli_reports_dispersion_coefficients_and_df(tmp_path, robust):
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["dispersion"]["y"]["log_coefficients"]) == 3  # a, time, age
     assert summary["shape"]["y"]["df"] > 2
+
+
+def test_refine_observation_model_raises_the_marginal_likelihood(robust):
+    import copy
+    import warnings
+
+    est = copy.deepcopy(robust[0])
+    before = {name: est.model_.dispersion_coefficients(name).detach().clone() for name in ("y", "g")}
+    df = est.model_.shape_parameters("y")["df"].item()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pareto k-hat of the t outcome (docs/inference.md)
+        result = est.refine_observation_model(num_samples=60)
+    assert result.log_likelihood_after > result.log_likelihood_before and result.steps >= 1
+    assert est.model_.shape_parameters("y")["df"].item() != df
+    assert not torch.equal(est.model_.dispersion_coefficients("y").detach(), before["y"])
