@@ -478,12 +478,16 @@ class DeepMixedModel:
         (:func:`~pyro_dgmm.variance.maximize_marginal_likelihood` over
         :meth:`~pyro_dgmm.model.MixedModel.observation_parameters`).
 
-        Recommended after fitting a Student-t outcome: the ELBO moves the
-        degrees of freedom slowly (its gradient is weak and noisy), and SVI
-        left them near 4.5 for a true 3 in our simulations; this brought
-        them to 2.8 (docs/prediction.md).  A few Newton steps on the
-        marginal likelihood, each with its Hessian over these parameters
-        only: minutes for hundreds of subjects.
+        SVI moves Student-t degrees of freedom slowly (the ELBO's gradient
+        in them is weak and noisy): it left them near 4.5 for a true 3 in our
+        simulations, and this brought them to 2.8-3.2, with unchanged
+        prediction intervals.  Use it when the df (or the dispersions)
+        themselves matter.  On PBC it made held-out predictions worse
+        (the networks fitted to the training subjects leave residuals that
+        look lighter-tailed and smaller than new subjects' errors;
+        docs/prediction.md).  A few Newton steps on the marginal likelihood,
+        each with its Hessian over these parameters only: minutes for
+        hundreds of subjects.
 
         :returns: the :class:`~pyro_dgmm.variance.Maximization`.
         """
