@@ -178,17 +178,20 @@ def main() -> None:
     args = parser.parse_args()
     single_thread()
     rows = []
+    name = args.name or f"calibration_{args.part}"
     if args.part == "sim":
         for scenario in args.scenarios:
             for seed in args.seeds:
                 rows += sim_rows(scenario, seed, args.n_subjects, args.settings)
+                write_json(rows, name)  # so far: a long run stopped early keeps its finished seeds
         table = summary(rows, ["scenario", "setting"])
     else:
         for split in args.splits:
             rows += pbc_rows(split, args.settings)
+            write_json(rows, name)
         table = summary(rows, ["landmark", "outcome", "setting"])
     print_table(table, "median over runs (range)")
-    write_json(rows + [{"summary": table}], args.name or f"calibration_{args.part}")
+    write_json(rows + [{"summary": table}], name)
 
 
 if __name__ == "__main__":
