@@ -141,7 +141,7 @@ def test_student_t_and_linear_dispersion_through_the_facade(robust, tmp_path):
     assert labels == {"sigma[y]", "log sigma[y] slopes", "df[y]", "sigma[g]", "log sigma[g] slopes"}
     sigma = model.dispersion("y", est.data_)
     assert sigma.shape == (est.data_.num_subjects, est.data_.num_visits) and (sigma > 0).all()
-    assert model.dispersion_coefficients("y").shape == (1 + 1 + 3,)  # a; time; age, group (two levels)
+    assert model.dispersion_coefficients("y").shape == (1 + 1 + len(est.schema_.covariate_encoder.columns),)
     table = est.predict(frame[frame.time < 5], frame[frame.time >= 5], num_samples=50).table
     assert table["log_density"].notna().all() and (table["lower_95"] < table["upper_95"]).all()
     assert est.fitted_values(num_samples=20)[["y_fitted", "g_fitted"]].notna().all().all()

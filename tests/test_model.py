@@ -190,8 +190,9 @@ def test_linear_dispersion_is_log_linear_in_time_features_and_covariates():
     model = DGMM.from_schema(schema, latent_dim=2, dispersion_model="linear")
     assert model.dispersion("bin", data) is None and model.dispersion_coefficients("bin") is None
     features = model.dispersion_features(data)
-    assert features.shape == (data.num_subjects, data.num_visits, 2 + 3)  # poly(2); age, arm[a], arm[b]
-    slopes = torch.tensor([0.4, -0.3, 0.2, 0.1, -0.1])
+    width = 2 + len(schema.covariate_encoder.columns)  # poly(2), then the encoded age and arm
+    assert features.shape == (data.num_subjects, data.num_visits, width)
+    slopes = torch.linspace(0.4, -0.3, width)
     with torch.no_grad():
         model.dispersion_slopes_0.copy_(slopes)
     expected = model.dispersion_0 * torch.exp(features @ slopes)
