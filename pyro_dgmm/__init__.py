@@ -19,7 +19,7 @@ Example (a two-epoch fit on a tiny simulated data set):
 from .data import DataSchema, LongitudinalData
 from .errors import ConfigError, DataError, FitError, NotFittedError
 from .estimator import DeepMixedModel
-from .families import BoundedContinuous, Bernoulli, Gaussian, Poisson, get_family, register_family
+from .families import BoundedContinuous, Bernoulli, Gaussian, Poisson, StudentT, get_family, register_family
 from .fit import FitConfig, FitResult, fit_svi
 from .guide import AmortizedGuide
 from .model import DGMM, MixedModel
@@ -30,6 +30,6 @@ __version__ = "0.1.0"
 __all__ = [
     "AmortizedGuide", "Bernoulli", "BoundedContinuous", "ConfigError", "DGMM", "DataError",
     "DataSchema", "DeepMixedModel", "FitConfig", "FitError", "FitResult", "Gaussian",
-    "LongitudinalData", "MixedModel", "NotFittedError", "Poisson", "fit_svi", "get_family",
+    "LongitudinalData", "MixedModel", "NotFittedError", "Poisson", "StudentT", "fit_svi", "get_family",
     "register_family", "register_model_class",
 ]

@@ -92,6 +92,7 @@ from .data import TIME_UNITS
 from .errors import ConfigError, DataError, DgmmError
 from .files import atomic_folder, atomic_path, check_folder_target, write_text_atomic
 from .fit import PRESETS
+from .model import DISPERSION_MODELS
 from .options import suggestion
 
 log = logging.getLogger("pyro_dgmm")
@@ -136,13 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--id", help="subject id column (CSV input)")
     fit.add_argument("--time", help="time column (CSV input)")
     fit.add_argument("--outcome", action="append", default=[], metavar="NAME:FAMILY",
-                     help="outcome column and family (gaussian, bernoulli, poisson, bounded(LOW,HIGH)); repeat")
+                     help="outcome column and family (gaussian, student_t, bernoulli, poisson, bounded(LOW,HIGH)); "
+                          "repeat")
     fit.add_argument("--covariate", action="append", default=[], help="baseline covariate column; repeat")
     fit.add_argument("--time-unit", choices=sorted(TIME_UNITS), default="days",
                      help="unit of model time when --time holds dates or durations (default days): dates "
                           "count from the earliest visit")
     fit.add_argument("--basis", default=DEFAULT_TIME_BASIS,
                      help=f"time basis (default {DEFAULT_TIME_BASIS}), e.g. 'spline(4)+fourier(7)'")
+    fit.add_argument("--dispersion-model", choices=DISPERSION_MODELS, default="constant",
+                     help="'constant' (default): one dispersion per outcome; 'linear': log dispersion linear "
+                          "in the time features and covariates; 'linear+random': and in the random effects")
     fit.add_argument("--latent-dim", type=_latent_dim, default="auto",
                      help="dimension of the random effects b, or 'auto' (default: grows while all are in use)")
     fit.add_argument("--preset", choices=sorted(PRESETS), default="accurate",
@@ -377,7 +382,8 @@ def run_fit(args: argparse.Namespace) -> dict | None:
                                          "--covariate": covariates})
         df = parse_time_column(df, time_col, args.csv or args.partitioned)
     model = DeepMixedModel(id_col=id_col, time_col=time_col, outcomes=outcomes, covariates=covariates,
-                           time_basis=args.basis, latent_dim=args.latent_dim, time_unit=args.time_unit)
+                           time_basis=args.basis, latent_dim=args.latent_dim, time_unit=args.time_unit,
+                           model_options={"dispersion_model": args.dispersion_model})
     overrides = {"seed": args.seed, "progress": not args.quiet, "num_shards": args.num_shards,
                  "device": None if args.device == "auto" else args.device}
     if args.max_epochs is not None:
@@ -424,11 +430,21 @@ def _summary(model, rows: int, subjects: int, outcomes: dict, files: list[str]) 
         "latent_activity": [round(v, 4) for v in result.latent_activity],
         "refinement": result.refinement,
         "fit_seconds": round(result.seconds, 2),
-        "dispersion": {name: float(model.model_.dispersion(name).detach())
-                       for name in outcomes if model.model_.dispersion(name) is not None},
+        "dispersion": {name: _dispersion_summary(model.model_, name)
+                       for name in outcomes if model.model_.dispersion_coefficients(name) is not None},
+        "shape": {name: {key: float(value.detach()) for key, value in model.model_.shape_parameters(name).items()}
+                  for name in outcomes if model.model_.shape_parameters(name)},
         "files": files,
     }
     return summary
+
+
+def _dispersion_summary(model, name: str):
+    """A constant dispersion's value, or the log-linear coefficients (a, slopes) of a linear one."""
+    coefficients = model.dispersion_coefficients(name).detach()
+    if coefficients.numel() == 1:
+        return float(coefficients.exp())
+    return {"log_coefficients": [round(float(v), 6) for v in coefficients]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,7 @@ from pyro.distributions.kl import register_kl
 from pyro.nn import PyroModule, PyroParam
 
 from .data import DataSchema, LongitudinalData
+from .errors import ConfigError
 from .families import Family
 from .nn import FixedEffectsNet, RandomEffectsNet
 
@@ -81,6 +82,12 @@ class OwnParameters(PyroModule):
                 module._pyro_name = new + module._pyro_name[len(old):]
 
 
+#: Values of ``dispersion_model``: one dispersion per outcome, a log-linear
+#: function of the time features and covariates, or of those and the random
+#: effects (:meth:`MixedModel.dispersion`).
+DISPERSION_MODELS = ("constant", "linear", "linear+random")
+
+
 class MixedModel(OwnParameters):
     """Base class of mixed models with latent ``b_i ~ N(0, I_q)``.
 
@@ -94,23 +101,45 @@ class MixedModel(OwnParameters):
     :param offsets, scales: per-outcome :math:`\\alpha_k, s_k` (shape (K,)).
     :param dispersions: per-outcome initial dispersion (None for families
         without one).
+    :param dispersion_model: ``'constant'`` (default: one dispersion
+        :math:`\\sigma_k` per outcome), ``'linear'``: :math:`\\log\\sigma_k`
+        linear in the time features and covariates, or ``'linear+random'``:
+        and in the random effects (:meth:`dispersion`), for every outcome
+        whose family has a dispersion; the slopes start at 0.
+    :param num_covariates, num_time_features: P and F (needed by ``'linear'``).
     """
 
     def __init__(self, families: Mapping[str, Family], latent_dim: int,
                  offsets: Sequence[float], scales: Sequence[float],
-                 dispersions: Sequence[float | None]):
+                 dispersions: Sequence[float | None], *, dispersion_model: str = "constant",
+                 num_covariates: int = 0, num_time_features: int = 0):
         super().__init__()
+        if dispersion_model not in DISPERSION_MODELS:
+            raise ConfigError(f"dispersion_model must be one of {DISPERSION_MODELS}, got {dispersion_model!r}")
         self.families = dict(families)
         self.latent_dim = latent_dim
+        self.dispersion_model = dispersion_model
+        self.num_dispersion_features = num_time_features + num_covariates
         self.register_buffer("outcome_offset", torch.as_tensor(offsets, dtype=torch.float32))
         self.register_buffer("outcome_scale", torch.as_tensor(scales, dtype=torch.float32))
         self._dispersion_attr: dict[str, str] = {}
+        self._slopes_attr: dict[str, str] = {}
+        self._shape_attr: dict[str, dict[str, str]] = {}
         for k, (name, family) in enumerate(self.families.items()):
             if family.has_dispersion:
                 attr = f"dispersion_{k}"
                 setattr(self, attr, PyroParam(torch.tensor(float(dispersions[k])),
                                               constraint=dist.constraints.positive))
                 self._dispersion_attr[name] = attr
+                if dispersion_model != "constant":  # starts constant: zero slopes
+                    size = num_time_features + num_covariates + (latent_dim if self.dispersion_uses_b else 0)
+                    setattr(self, f"dispersion_slopes_{k}", torch.nn.Parameter(torch.zeros(size)))
+                    self._slopes_attr[name] = f"dispersion_slopes_{k}"
+            self._shape_attr[name] = {}
+            for shape, value in family.initial_shape().items():
+                attr = f"{shape}_{k}"
+                setattr(self, attr, PyroParam(torch.tensor(float(value)), constraint=family.shape_constraint(shape)))
+                self._shape_attr[name][shape] = attr
 
     @classmethod
     def from_schema(cls, schema: DataSchema, latent_dim: int, **kwargs) -> "MixedModel":
@@ -131,10 +160,92 @@ class MixedModel(OwnParameters):
     def outcomes(self) -> list[str]:
         return list(self.families)
 
-    def dispersion(self, name: str) -> torch.Tensor | None:
-        """The dispersion parameter of outcome ``name`` (None if it has none)."""
+    def dispersion(self, name: str, data: LongitudinalData | None = None,
+                   b: torch.Tensor | None = None) -> torch.Tensor | None:
+        r"""The dispersion of outcome ``name`` (None if its family has none).
+
+        With ``dispersion_model='constant'`` a scalar :math:`\sigma_k`
+        (``data`` and ``b`` are ignored).  With ``'linear'`` the value at every
+        cell of ``data``, shape (N, T):
+
+        .. math:: \log \sigma_{k}(T_{ij}, x_i) = a_k + c_k^\top T_{ij} + d_k^\top x_i,
+
+        with the time features :math:`T_{ij}` and the encoded (standardised)
+        covariates :math:`x_i` of :meth:`dispersion_features`;
+        :math:`e^{a_k}` is the parameter ``dispersion_<k>`` (the value where
+        all features are 0) and :math:`(c_k, d_k)` the vector
+        ``dispersion_slopes_<k>`` (:meth:`dispersion_coefficients`).  With
+        ``'linear+random'`` the random effects enter too,
+        :math:`+\, e_k^\top b_i` (the last q slopes), so subjects differ in
+        their noise level as in their trajectories (a scale mixture over
+        subjects; its posterior given a subject's history sets the width of
+        their prediction intervals); then ``b`` (..., N, q) is needed and the
+        result has shape (..., N, T).
+
+        :raises ConfigError: a linear dispersion model and no ``data`` (or no ``b``).
+        """
         attr = self._dispersion_attr.get(name)
-        return getattr(self, attr) if attr else None
+        if attr is None:
+            return None
+        base = getattr(self, attr)
+        if name not in self._slopes_attr:
+            return base
+        if data is None or (self.dispersion_uses_b and b is None):
+            needed = "data and random effects b" if self.dispersion_uses_b else "data"
+            raise ConfigError(f"the dispersion of outcome '{name}' is not constant "
+                              f"(dispersion_model={self.dispersion_model!r}): pass the {needed} to evaluate it "
+                              "at, or read dispersion_coefficients()")
+        slopes = getattr(self, self._slopes_attr[name]).to(data.y.dtype)
+        features = self.num_dispersion_features
+        log_scale = self.dispersion_features(data) @ slopes[:features]
+        if self.dispersion_uses_b:
+            log_scale = log_scale + (b @ slopes[features:]).unsqueeze(-1)
+        return base * torch.exp(log_scale)
+
+    @property
+    def dispersion_uses_b(self) -> bool:
+        """Whether the dispersions depend on the random effects (``'linear+random'``)."""
+        return self.dispersion_model == "linear+random"
+
+    @staticmethod
+    def dispersion_features(data: LongitudinalData) -> torch.Tensor:
+        """(N, T, F + P): the time features then the encoded covariates of every cell."""
+        times = data.time_features
+        covariates = data.covariates.unsqueeze(-2).expand(*times.shape[:-1], data.covariates.shape[-1])
+        return torch.cat([times, covariates.to(times.dtype)], dim=-1)
+
+    def dispersion_coefficients(self, name: str) -> torch.Tensor | None:
+        """Outcome ``name``'s log-dispersion coefficients :math:`(a_k, c_k, d_k[, e_k])`,
+        shape (1 + F + P [+ q],) (just :math:`a_k` for a constant dispersion);
+        None if its family has no dispersion."""
+        attr = self._dispersion_attr.get(name)
+        if attr is None:
+            return None
+        log_base = getattr(self, attr).log().reshape(1)
+        if name not in self._slopes_attr:
+            return log_base
+        return torch.cat([log_base, getattr(self, self._slopes_attr[name])])
+
+    def shape_parameters(self, name: str) -> dict[str, torch.Tensor]:
+        """The further parameters of outcome ``name``'s family (such as the
+        Student-t ``df``), by name; empty for most families."""
+        return {shape: getattr(self, attr) for shape, attr in self._shape_attr.get(name, {}).items()}
+
+    def observation_parameters(self) -> dict[str, str]:
+        """Every parameter of the observation model (dispersions, their slopes,
+        shape parameters), as ``named_parameters()`` name -> label such as
+        ``'sigma[y]'``, ``'log sigma[y] slopes'`` or ``'df[y]'``."""
+        names = {id(p): name for name, p in self.named_parameters()}
+        labels = {}
+        for k, (outcome, family) in enumerate(self.families.items()):
+            if outcome in self._dispersion_attr:
+                value = getattr(self, self._dispersion_attr[outcome])
+                labels[names[id(value.unconstrained())]] = f"{family.dispersion_name}[{outcome}]"
+            if outcome in self._slopes_attr:
+                labels[self._slopes_attr[outcome]] = f"log {family.dispersion_name}[{outcome}] slopes"
+            for shape, attr in self._shape_attr[outcome].items():
+                labels[names[id(getattr(self, attr).unconstrained())]] = f"{shape}[{outcome}]"
+        return labels
 
     def linear_predictor(self, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
         """nu(b, data): the part of the linear predictor to model, on the unit scale.
@@ -172,7 +283,7 @@ class MixedModel(OwnParameters):
         (``eta``: the linear predictor at ``b``, if already computed)."""
         eta = self.eta(b, data) if eta is None else eta
         return {
-            name: family.distribution(eta[..., k], self.dispersion(name))
+            name: family.distribution(eta[..., k], self.dispersion(name, data, b), **self.shape_parameters(name))
             for k, (name, family) in enumerate(self.families.items())
         }
 
@@ -196,8 +307,7 @@ class MixedModel(OwnParameters):
                 b = pyro.sample("b", prior)
             eta = self.eta(b.squeeze(-2), data)
             with pyro.plate("time", t, dim=-1):
-                for k, (name, family) in enumerate(self.families.items()):
-                    fn = family.distribution(eta[..., k], self.dispersion(name))
+                for k, (name, fn) in enumerate(self.observation_distributions(b.squeeze(-2), data, eta).items()):
                     if observe:
                         pyro.sample(f"y_{name}", fn.mask(data.mask[..., k]), obs=data.y[..., k])
                     else:
@@ -254,6 +364,7 @@ class DGMM(MixedModel):
     ``fixed_hidden=()`` and ``random_hidden=()`` make both linear: with a
     Gaussian family this is exactly a linear mixed model, with
     covariate-by-time fixed effects if ``covariate_time=True``.
+    ``dispersion_model`` goes to :class:`MixedModel`.
     """
 
     def __init__(self, families: Mapping[str, Family], latent_dim: int, *,
@@ -261,8 +372,9 @@ class DGMM(MixedModel):
                  dispersions: Sequence[float | None], num_covariates: int,
                  num_time_features: int, fixed_hidden: Sequence[int] = (32, 32),
                  random_hidden: Sequence[int] = (32, 32), activation: str = "tanh",
-                 covariate_time: bool = False):
-        super().__init__(families, latent_dim, offsets, scales, dispersions)
+                 covariate_time: bool = False, dispersion_model: str = "constant"):
+        super().__init__(families, latent_dim, offsets, scales, dispersions, dispersion_model=dispersion_model,
+                         num_covariates=num_covariates, num_time_features=num_time_features)
         k = len(self.families)
         self.fixed_effects = FixedEffectsNet(num_covariates, num_time_features, k, fixed_hidden, activation,
                                              covariate_time)

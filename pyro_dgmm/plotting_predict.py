@@ -1,6 +1,7 @@
 """Matplotlib figures of dynamic predictions and their calibration.
 
-They take the tables of :mod:`pyro_dgmm.predict` and :mod:`pyro_dgmm.evaluation`,
+They take the tables of :mod:`pyro_dgmm.predict` and :mod:`pyro_dgmm.evaluation`
+(interval coverage and PIT: :func:`plot_interval_calibration`),
 never models.  (The loss curve is :func:`pyro_dgmm.plotting.plot_loss`.)
 
 Example:
@@ -104,5 +105,48 @@ def plot_calibration(calibration: pd.DataFrame):
         ax.plot(part["mean_predicted"], part["observed_rate"], color="C0", lw=1)
         ax.set(xlim=(0, 1), ylim=(0, 1), title=name, xlabel="mean predicted probability")
     axes[0, 0].set_ylabel("observed rate")
+    fig.tight_layout()
+    return fig
+
+
+def plot_interval_calibration(coverage: pd.DataFrame, pit: pd.DataFrame | None = None):
+    """Calibration of the predictive distributions, one column per outcome.
+
+    Top row: coverage of each interval level against its nominal level,
+    by horizon bin (from :func:`pyro_dgmm.evaluation.interval_coverage`;
+    error bars: 2 binomial SEs; the diagonal is perfect calibration).
+    Bottom row (if ``pit`` is given): the PIT histogram
+    (:func:`pyro_dgmm.evaluation.pit_histogram`, pooled horizons) against
+    the uniform density 1.
+
+    :returns: the matplotlib Figure.
+    """
+    outcomes = list(pd.unique(coverage["outcome"]))
+    if not outcomes:
+        raise DataError("the coverage table is empty: no observed value with prediction intervals")
+    rows = 1 if pit is None else 2
+    fig, axes = plt.subplots(rows, len(outcomes), figsize=(3.2 * len(outcomes), 3.0 * rows), squeeze=False)
+    for col, name in enumerate(outcomes):
+        ax = axes[0, col]
+        part = coverage[coverage["outcome"] == name]
+        ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
+        for j, (horizon, group) in enumerate(part.groupby("horizon", sort=False)):
+            style = dict(color="k", lw=2) if horizon == "all" else dict(color=f"C{j}", lw=1)
+            ax.errorbar(group["nominal"], group["coverage"], yerr=2 * group["se"], marker="o", ms=3,
+                        label=f"horizon {horizon}", capsize=2, **style)
+        low = min(0.4, float(part["coverage"].min()) - 0.05, float(part["nominal"].min()) - 0.05)
+        ax.set(xlim=(low, 1), ylim=(low, 1), title=name, xlabel="nominal level")
+        if col == 0:
+            ax.set_ylabel("coverage")
+            ax.legend(fontsize=6)
+        if pit is not None:
+            ax = axes[1, col]
+            bars = pit[(pit["outcome"] == name) & (pit["horizon"] == "all")]
+            ax.bar(bars["bin_lower"], bars["density"], width=bars["bin_upper"] - bars["bin_lower"], align="edge",
+                   color="C0", alpha=0.7, edgecolor="white")
+            ax.axhline(1.0, color="grey", ls="--", lw=1)
+            ax.set(xlim=(0, 1), xlabel="PIT")
+            if col == 0:
+                ax.set_ylabel("density")
     fig.tight_layout()
     return fig

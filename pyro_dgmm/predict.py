@@ -19,7 +19,24 @@ Prediction intervals are quantiles of the :math:`y^{(s)}` (they include the
 observation noise: they are meant to cover a future *observed* value);
 ``mean`` is :math:`\frac1S\sum_s g_k^{-1}(\eta^{(s)})`, the predicted value
 (a probability for binary outcomes).  Network weights and dispersions are
-point estimates: their uncertainty is not propagated.
+point estimates unless ``parameter_uncertainty`` is given: then the
+parameters it covers (a :class:`~pyro_dgmm.variance.StandardErrors`, e.g.
+the linear fixed and random effects and the dispersions) are drawn
+:math:`M` times from their Wald (Laplace) approximation
+:math:`\theta^{(m)} \sim \mathcal N(\hat\theta, \widehat{\operatorname{cov}})`
+on the unconstrained scale, and each draw gets :math:`S/M` draws of b and
+y, so the predictive distribution is
+
+.. math::
+
+    p(y_{ik}(t) \mid \mathcal H_i) \approx \frac1M \sum_{m=1}^M
+        \int F_k(y; \theta^{(m)}, b)\, p(b \mid \mathcal H_i; \theta^{(m)})\, db.
+
+The extra width is of order :math:`\sqrt{p/n}` relative to the
+observation noise (p parameters, n subjects): negligible for hundreds of
+subjects, noticeable for tens, or for predictions far outside the data
+(docs/prediction.md).  The other parameters (the nonlinear network weights)
+stay at their estimates.
 
 The posterior of :math:`b_i` (``method``):
 
@@ -77,6 +94,7 @@ Example (predictions a year after each subject's last visit):
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Sequence
@@ -99,7 +117,8 @@ METHODS = ("importance", "mcmc", "encoder")
 #: The options of :func:`random_effects_posterior` that :func:`predict` passes on.
 POSTERIOR_OPTIONS = ("num_proposals", "adapt_rounds", "mcmc_steps", "chunk_size")
 #: :func:`predict`'s own keyword options (named in the suggestion for a misspelled one).
-PREDICT_OPTIONS = ("relative", "include_history", "levels", "num_samples", "method", "seed")
+PREDICT_OPTIONS = ("relative", "include_history", "levels", "num_samples", "method", "seed", "parameter_uncertainty",
+                   "parameter_draws")
 _STUDENT_DF = 5.0
 _COVARIANCE_INFLATION = 1.5
 
@@ -309,7 +328,11 @@ class Prediction:
       observation at level ``L`` percent (observation noise included);
     * ``mean_lower_<L>``, ``mean_upper_<L>``: credible interval of the
       subject's mean curve :math:`g^{-1}(\\eta)` (for binary outcomes, of
-      the probability).
+      the probability);
+    * ``log_density``: the log predictive density (mass, for discrete
+      outcomes) of the observed value, :math:`\\log \\frac1S \\sum_s
+      p(y \\mid b^{(s)})`, NaN where ``observed`` is; summed over held-out
+      values it is the held-out log-likelihood (a proper score).
 
     ``draws``: (S, len(table)) posterior predictive draws of y, column ``r``
     for table row ``r``.  ``predictive``: everything behind it
@@ -398,6 +421,8 @@ def _summary_table(rows: pd.DataFrame, predictive: PosteriorPredictive, schema: 
     # (S, V, K) over the V visits, float64 with the outcome shift added back
     means = data.response_values(predictive.means.cpu().numpy()[:, subject, slot])
     draws = data.response_values(predictive.draws.cpu().numpy()[:, subject, slot])
+    log_lik = predictive.log_likelihood[:, subject, slot]  # NaN where nothing was observed
+    log_density = (torch.logsumexp(log_lik, 0) - math.log(log_lik.shape[0])).cpu().numpy()
     stats = {"mean": means.mean(0)}
     for level in levels:
         tail, label = (1 - level) / 2, _level_label(level)
@@ -411,6 +436,7 @@ def _summary_table(rows: pd.DataFrame, predictive: PosteriorPredictive, schema: 
     table["observed"] = observed.ravel()
     for key, value in stats.items():
         table[key] = value.ravel()
+    table["log_density"] = log_density.ravel()
     return table, draws.reshape(draws.shape[0], -1)
 
 
@@ -418,7 +444,7 @@ def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, r
             include_history: bool = False, levels: Sequence[float] = (0.95,), num_samples: int = 1000,
             method: str = "importance", seed: int = 0,
             encoder_view: Callable[[LongitudinalData], LongitudinalData] | None = None,
-            **posterior_options) -> Prediction:
+            parameter_uncertainty=None, parameter_draws: int = 20, **posterior_options) -> Prediction:
     """Dynamic predictions for the subjects of ``history`` at ``times``.
 
     :param history: long DataFrame with the training columns (id, time,
@@ -438,7 +464,7 @@ def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, r
     :param method: ``'importance'``, ``'mcmc'`` or ``'encoder'`` (module docstring).
     :param seed: seeds the draws, block of subjects by block
         (:func:`~pyro_dgmm.parallel.map_blocks`): the same table in one
-        process or several.  Under ``torch.distributed`` every process
+        process or several (and the parameter draws).  Under ``torch.distributed`` every process
         passes the same ``history`` and ``times``, computes its blocks and
         gets the whole table.
     :param encoder_view: maps the history's tensors to what the encoder
@@ -446,6 +472,11 @@ def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, r
         imputation completion of models fitted with ``missing='impute'``);
         None: the history itself.  The likelihood always uses the observed
         cells.
+    :param parameter_uncertainty: None (default: plug-in parameters) or a
+        :class:`~pyro_dgmm.variance.StandardErrors` of this model: its
+        parameters are drawn ``parameter_draws`` times from the Wald
+        approximation (module docstring; directions with negative
+        curvature estimates get no spread).
     :param posterior_options: ``num_proposals``, ``adapt_rounds``,
         ``mcmc_steps``, ``chunk_size`` of :func:`random_effects_posterior`.
 
@@ -459,6 +490,11 @@ def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, r
                    method=check_choice("method", method, METHODS), encoder_view=encoder_view,
                    **_check_posterior_options(posterior_options))
     seed = check_int("seed", seed, minimum=0)
+    if parameter_uncertainty is not None:
+        parameter_draws = check_int("parameter_draws", parameter_draws)
+        if parameter_draws > options["num_samples"]:
+            raise ConfigError(f"parameter_draws must be between 1 and num_samples={num_samples}, got {parameter_draws}")
+        options["models"] = parameter_models(model, parameter_uncertainty, parameter_draws, seed=seed)
     schema.validate(history, require_observed=False)
     _times_frame(schema, history, times, relative)  # errors are raised alike on every process, before any block runs
     id_col, time_col = schema.id_col, schema.time_col
@@ -522,13 +558,53 @@ def _check_posterior_options(options: dict) -> dict:
 def _predict_subjects(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, relative: bool,
                       include_history: bool, levels: list[float], num_samples: int, method: str,
                       encoder_view: Callable[[LongitudinalData], LongitudinalData] | None,
-                      **posterior_options) -> Prediction:
-    """:func:`predict` for all subjects of ``history`` at once."""
+                      models: list | None = None, **posterior_options) -> Prediction:
+    """:func:`predict` for all subjects of ``history`` at once (with ``models``:
+    pooling ``num_samples / len(models)`` draws under each)."""
     past = schema.transform(history, require_observed=False)  # validates the history
     rows = _target_frame(schema, history, times, relative, include_history)
     past = past.subset(np.flatnonzero(np.isin(past.ids, pd.unique(rows[schema.id_col]))))
     past = past if encoder_view is None else encoder_view(past)
     target = schema.transform(rows, require_observed=False)
-    predictive = posterior_predictive(model, guide, past, target=target, num_samples=num_samples,
-                                      method=method, **posterior_options)
+    if models is None:
+        predictive = posterior_predictive(model, guide, past, target=target, num_samples=num_samples,
+                                          method=method, **posterior_options)
+    else:
+        each = math.ceil(num_samples / len(models))
+        # every parameter draw's posterior of b gets the full importance sample, so the pool is as accurate
+        posterior_options.setdefault("num_proposals", num_samples)
+        parts = [posterior_predictive(m, guide, past, target=target, num_samples=each, method=method,
+                                      **posterior_options) for m in models]
+        posterior = RandomEffectsPosterior(torch.cat([p.posterior.b for p in parts]), method)
+        predictive = PosteriorPredictive(target, posterior, *(torch.cat([getattr(p, key) for p in parts])
+                                                              for key in ("means", "draws", "log_likelihood")))
     return Prediction(*_summary_table(rows, predictive, schema, levels), predictive)
+
+
+def parameter_models(model, errors, num_draws: int, *, seed: int = 0) -> list:
+    r"""``num_draws`` copies of ``model`` whose parameters ``errors.parameter_names``
+    are drawn from :math:`\mathcal N(\hat\theta, \widehat{\operatorname{cov}})`
+    on their working (unconstrained) scale (``errors``: a
+    :class:`~pyro_dgmm.variance.StandardErrors`; negative eigenvalues of the
+    covariance, from Monte Carlo noise or a point that is not a maximum,
+    are set to 0), in antithetic pairs :math:`\hat\theta \pm R z` (with few
+    draws, their mean would otherwise be off :math:`\hat\theta` by
+    :math:`1/\sqrt M` standard errors, shifting every interval).  The
+    generator is seeded with ``seed``."""
+    theta, covariance = errors.theta.detach().cpu(), errors.covariance.detach().cpu()
+    values, vectors = torch.linalg.eigh((covariance + covariance.T) / 2)
+    root = vectors * values.clamp_min(0).sqrt()
+    generator = torch.Generator().manual_seed(seed)
+    half = torch.randn(((num_draws + 1) // 2, theta.numel()), generator=generator, dtype=theta.dtype)
+    noise = torch.cat([half, -half])[:num_draws]  # antithetic pairs: the draws' mean is theta itself
+    draws = theta + noise @ root.T
+    models = []
+    for draw in draws:
+        copy_ = copy.deepcopy(model)
+        params = dict(copy_.named_parameters())
+        with torch.no_grad():
+            for name in errors.parameter_names:
+                target = params[name]
+                target.copy_(draw[errors.slices[name]].reshape(target.shape).to(target))
+        models.append(copy_)
+    return models

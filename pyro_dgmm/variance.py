@@ -879,14 +879,10 @@ def _check_level(level: float) -> None:
 
 
 def _dispersion_labels(model) -> dict[str, str]:
-    """Parameter name of each dispersion -> label such as ``'sigma[y]'``."""
-    names = {id(p): name for name, p in model.named_parameters()}
-    labels = {}
-    for outcome, family in model.families.items():
-        value = model.dispersion(outcome)
-        if value is not None:
-            labels[names[id(value.unconstrained())]] = f"{family.dispersion_name}[{outcome}]"
-    return labels
+    """Parameter name of each observation-model parameter (dispersions, their
+    slopes, shape parameters such as the Student-t df) -> label such as
+    ``'sigma[y]'`` (:meth:`~pyro_dgmm.model.MixedModel.observation_parameters`)."""
+    return model.observation_parameters()
 
 
 def _select_parameters(model, parameters: Sequence[str], include_dispersion: bool) -> list[str]:
@@ -1261,8 +1257,9 @@ def count_parameters(model, data: LongitudinalData, *, max_parameters: int = 200
 
 def _distribution_parameters(model, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
     """eta(b, data) flattened, followed by the dispersions: all the observation model depends on."""
-    dispersions = [model.dispersion(name).reshape(-1) for name in model.outcomes if model.dispersion(name) is not None]
-    return torch.cat([model.eta(b, data).reshape(-1), *dispersions])
+    extra = [value.reshape(-1) for name in model.outcomes
+             for value in (model.dispersion(name, data, b), *model.shape_parameters(name).values()) if value is not None]
+    return torch.cat([model.eta(b, data).reshape(-1), *extra])
 
 
 @dataclass

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pyro
 import pytest
+import torch
 
 from pyro_dgmm import DeepMixedModel, NotFittedError
 from pyro_dgmm.cli import main
@@ -138,3 +139,80 @@ def test_facade_predicts_and_exports_to_arviz(fitted, tmp_path):
     idata = fitted.to_inference_data(num_samples=20)
     assert {"posterior", "posterior_predictive", "observed_data", "log_likelihood"} <= set(idata.groups())
     assert idata.posterior.attrs["missing"] == "mask"
+
+
+@pytest.fixture(scope="module")
+def robust():
+    """Student-t outcome with a dispersion linear in time and covariates, briefly fitted."""
+    import warnings
+
+    from pyro_dgmm.datasets import simulate_linear_noise
+
+    sim = simulate_linear_noise(40, 6, seed=2, df=3, sd_growth=1.0)
+    est = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "t", "g": "gaussian"},
+                         covariates=["age", "group"], time_basis="poly(1)", latent_dim=2,
+                         model_options={"dispersion_model": "linear"})
+    frame = sim.data.assign(g=sim.data["y"] + np.random.default_rng(0).normal(size=len(sim.data)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an unconverged 5-epoch fit warns
+        est.fit(frame, max_epochs=5, progress=False)
+    return est, frame
+
+
+def test_student_t_and_linear_dispersion_through_the_facade(robust, tmp_path):
+    est, frame = robust
+    model = est.model_
+    labels = set(model.observation_parameters().values())
+    assert labels == {"sigma[y]", "log sigma[y] slopes", "df[y]", "sigma[g]", "log sigma[g] slopes"}
+    sigma = model.dispersion("y", est.data_)
+    assert sigma.shape == (est.data_.num_subjects, est.data_.num_visits) and (sigma > 0).all()
+    assert model.dispersion_coefficients("y").shape == (1 + 1 + len(est.schema_.covariate_encoder.columns),)
+    table = est.predict(frame[frame.time < 5], frame[frame.time >= 5], num_samples=50).table
+    assert table["log_density"].notna().all() and (table["lower_95"] < table["upper_95"]).all()
+    assert est.fitted_values(num_samples=20)[["y_fitted", "g_fitted"]].notna().all().all()
+    completed = est.impute(num_imputations=2, mcmc_steps=2)
+    assert len(completed) == 2 and completed[0][["y", "g"]].notna().all().all()
+    idata = est.to_inference_data(num_samples=20)
+    assert {"posterior", "posterior_predictive", "log_likelihood"} <= set(idata.groups())
+    path = tmp_path / "robust.pt"
+    est.save(path)
+    loaded = DeepMixedModel.load(path)
+    assert loaded.schema_.families["y"].to_spec() == {"name": "student_t"}
+    for name in ("y", "g"):
+        np.testing.assert_array_equal(loaded.model_.dispersion_coefficients(name).detach().numpy(),
+                                      model.dispersion_coefficients(name).detach().numpy())
+    assert loaded.model_.shape_parameters("y")["df"].item() == model.shape_parameters("y")["df"].item()
+    pyro.set_rng_seed(3)
+    before = est.predict(frame[frame.time < 5], [6.0], num_samples=30).table
+    pyro.set_rng_seed(3)
+    after = loaded.predict(frame[frame.time < 5], [6.0], num_samples=30).table
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_cli_reports_dispersion_coefficients_and_df(tmp_path, robust):
+    est, frame = robust
+    csv = tmp_path / "noise.csv"
+    frame.to_csv(csv, index=False)
+    out = tmp_path / "out"
+    code = main(["fit", "--csv", str(csv), "--id", "id", "--time", "time", "--outcome", "y:student_t",
+                 "--covariate", "age", "--basis", "poly(1)", "--latent-dim", "2", "--dispersion-model", "linear",
+                 "--max-epochs", "2", "--out", str(out), "--quiet"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["dispersion"]["y"]["log_coefficients"]) == 3  # a, time, age
+    assert summary["shape"]["y"]["df"] > 2
+
+
+def test_refine_observation_model_raises_the_marginal_likelihood(robust):
+    import copy
+    import warnings
+
+    est = copy.deepcopy(robust[0])
+    before = {name: est.model_.dispersion_coefficients(name).detach().clone() for name in ("y", "g")}
+    df = est.model_.shape_parameters("y")["df"].item()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pareto k-hat of the t outcome (docs/inference.md)
+        result = est.refine_observation_model(num_samples=60)
+    assert result.log_likelihood_after > result.log_likelihood_before and result.steps >= 1
+    assert est.model_.shape_parameters("y")["df"].item() != df
+    assert not torch.equal(est.model_.dispersion_coefficients("y").detach(), before["y"])

@@ -334,3 +334,56 @@ def test_register_family_refuses_bad_names_and_factories():
     register_family("not_a_family", lambda: "oops")
     with pytest.raises(ConfigError, match="returned 'oops', not a Family"):
         get_family("not_a_family")
+
+
+# ------------------------------------------------------------ Student-t
+def test_student_t_log_prob_matches_torch_and_scipy():
+    from pyro_dgmm.families import StudentT
+
+    y = torch.tensor([-3.0, -0.4, 0.1, 1.9, 12.0], dtype=torch.float64)
+    df = torch.tensor(3.7, dtype=torch.float64)
+    got = StudentT().distribution(ETA, 0.8, df=df).log_prob(y)
+    torch.testing.assert_close(got, torch.distributions.StudentT(df, ETA, 0.8).log_prob(y))
+    np.testing.assert_allclose(got.numpy(), stats.t.logpdf(y.numpy(), 3.7, loc=ETA.numpy(), scale=0.8), rtol=1e-10)
+    fixed = StudentT(df=4).distribution(ETA, 0.8)  # a fixed df needs no df argument
+    np.testing.assert_allclose(fixed.log_prob(y).numpy(), stats.t.logpdf(y.numpy(), 4, loc=ETA.numpy(), scale=0.8))
+    with pytest.raises(ValueError, match="pass df exactly"):
+        StudentT().distribution(ETA, 0.8)
+    with pytest.raises(ValueError, match="pass df exactly"):
+        StudentT(df=4).distribution(ETA, 0.8, df=df)
+
+
+def test_student_t_df_constraint_is_softplus_above_two():
+    from torch.distributions import biject_to
+
+    from pyro_dgmm.families import StudentT
+
+    family = StudentT()
+    assert family.shape_names == ("df",) and StudentT(4).shape_names == ()
+    assert family.initial_shape() == {"df": StudentT.initial_df}
+    transform = biject_to(family.shape_constraint("df"))
+    u = torch.tensor([-50.0, 0.0, 3.0, 100.0], dtype=torch.float64)
+    torch.testing.assert_close(transform(u), 2 + torch.nn.functional.softplus(u))
+    torch.testing.assert_close(transform.inv(transform(u[1:])), u[1:])
+    assert (transform(u) >= 2).all() and family.shape_constraint("df").check(torch.tensor(2.5))
+    with pytest.raises(KeyError):
+        StudentT(4).shape_constraint("df")
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("student_t", {"name": "student_t"}), ("t", {"name": "student_t"}), (" Student_T ", {"name": "student_t"}),
+    ("student_t(4)", {"name": "student_t", "df": 4.0}), ("t(2.5)", {"name": "student_t", "df": 2.5}),
+])
+def test_student_t_specs_round_trip(spec, expected):
+    family = get_family(spec)
+    assert family.to_spec() == expected
+    assert get_family(json.loads(json.dumps(family.to_spec()))) == family
+
+
+def test_student_t_rejects_bad_df():
+    from pyro_dgmm.families import StudentT
+
+    with pytest.raises(ConfigError, match="df > 0"):
+        StudentT(df=0)
+    with pytest.raises(ConfigError, match="valid families are"):
+        get_family("student(3)")

@@ -248,3 +248,37 @@ def test_importing_the_package_changes_no_pyro_setting():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_linear_dispersion_is_log_linear_in_time_features_and_covariates():
+    from pyro_dgmm import ConfigError
+
+    frame = tiny_frame()
+    outcomes = {"g": "t", "bin": "bernoulli", "score": "bounded(1,7)"}
+    schema = DataSchema.fit(frame, id_col="pid", time_col="t", outcomes=outcomes, covariates=["age", "arm"],
+                            time_basis="poly(2)")
+    data = schema.transform(frame)
+    model = DGMM.from_schema(schema, latent_dim=2, dispersion_model="linear")
+    assert model.dispersion("bin", data) is None and model.dispersion_coefficients("bin") is None
+    features = model.dispersion_features(data)
+    width = 2 + len(schema.covariate_encoder.columns)  # poly(2), then the encoded age and arm
+    assert features.shape == (data.num_subjects, data.num_visits, width)
+    slopes = torch.linspace(0.4, -0.3, width)
+    with torch.no_grad():
+        model.dispersion_slopes_0.copy_(slopes)
+    expected = model.dispersion_0 * torch.exp(features @ slopes)
+    torch.testing.assert_close(model.dispersion("g", data), expected)
+    assert model.dispersion("score", data).shape == (data.num_subjects, data.num_visits)
+    # the slopes reach the likelihood: the trace's log-density of y_g is the Student-t one at sigma(T, x)
+    trace = poutine.trace(model).get_trace(data)
+    eta = trace.nodes["_RETURN"]["value"][..., 0]
+    df = model.shape_parameters("g")["df"]
+    direct = dist.StudentT(df, eta, expected).log_prob(data.y[..., 0])
+    site = trace.nodes["y_g"]
+    torch.testing.assert_close(site["fn"].log_prob(site["value"]), torch.where(data.mask[..., 0], direct, 0.0))
+    with pytest.raises(ConfigError, match="pass the data"):
+        model.dispersion("g")
+    with pytest.raises(ConfigError, match="dispersion_model must be one of"):
+        DGMM.from_schema(schema, latent_dim=2, dispersion_model="quadratic")
+    constant = DGMM.from_schema(schema, latent_dim=2)
+    assert constant.dispersion("g", data).shape == () and "dispersion_slopes_0" not in dict(constant.named_parameters())

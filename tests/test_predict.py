@@ -113,7 +113,7 @@ def test_prediction_table_layout(mixed):
     table = p.table
     assert table.columns.tolist() == [
         "pid", "t", "outcome", "history", "horizon", "observed", "mean", "lower_50", "upper_50",
-        "mean_lower_50", "mean_upper_50", "lower_90", "upper_90", "mean_lower_90", "mean_upper_90"]
+        "mean_lower_50", "mean_upper_50", "lower_90", "upper_90", "mean_lower_90", "mean_upper_90", "log_density"]
     assert len(table) == 30 * 2 * 4
     assert table.outcome.tolist()[:4] == list(OUTCOMES)
     assert not table.history.any() and table.observed.isna().all()
@@ -268,3 +268,166 @@ def test_chunks_shrink_as_records_and_draws_grow():
     assert subjects_per_chunk(100, short) == CELLS_PER_CHUNK // (100 * cells_per_subject)
     assert subjects_per_chunk(10_000, short) < subjects_per_chunk(100, short)
     assert subjects_per_chunk(10**9, short) == 1
+
+
+# ------------------------------------------------------------ calibration
+def _normal_table(n: int, scale_true: float, seed: int = 0):
+    """A prediction table for n values y ~ N(0, scale_true^2) under the
+    forecast N(0, 1): intervals and 1000 predictive draws per row."""
+    from scipy import stats
+
+    rng = np.random.default_rng(seed)
+    table = pd.DataFrame({"outcome": "y", "horizon": rng.uniform(0, 4, n), "observed": rng.normal(0, scale_true, n),
+                          "mean": 0.0})
+    for level in (0.5, 0.95):
+        z = stats.norm.ppf(0.5 + level / 2)
+        table[f"lower_{level * 100:g}"], table[f"upper_{level * 100:g}"] = -z, z
+    return table, rng.normal(size=(1000, n))
+
+
+def test_interval_coverage_and_pit_of_a_calibrated_forecast():
+    """Calibrated forecast, 4000 values: coverage within 3 binomial SEs of
+    the nominal levels in every horizon bin, and the PIT histogram flat
+    (every bin within 5 SDs of a multinomial count, 400 +- 19; the PIT from
+    1000 draws adds a rounding of 1/1000)."""
+    from pyro_dgmm.evaluation import interval_coverage, pit_histogram, pit_values
+
+    table, draws = _normal_table(4000, 1.0)
+    coverage = interval_coverage(table, horizon_bins=[0, 2, 4])
+    assert set(coverage.horizon) == {"(0.0, 2.0]", "(2.0, 4.0]", "all"} and set(coverage.nominal) == {0.5, 0.95}
+    assert ((coverage.coverage - coverage.nominal).abs() < 3 * coverage.se).all()
+    np.testing.assert_allclose(coverage.coverage, 1 - coverage.below - coverage.above)
+    pit = pit_values(table, draws, {"y": "gaussian"})
+    hist = pit_histogram(pit, bins=10)
+    assert len(hist) == 10 and hist.n.sum() == 4000
+    assert (hist.n - 400).abs().max() < 5 * np.sqrt(4000 * 0.1 * 0.9)
+
+
+def test_too_narrow_forecast_has_low_coverage_and_a_u_shaped_pit():
+    from pyro_dgmm.evaluation import interval_coverage, pit_histogram, pit_values
+
+    table, draws = _normal_table(4000, 1.5)
+    coverage = interval_coverage(table).set_index("nominal")
+    assert coverage.loc[0.95, "coverage"] < 0.85  # P(|N(0, 1.5^2)| < 1.96) = 0.809
+    hist = pit_histogram(pit_values(table, draws, {"y": "gaussian"}), bins=10)
+    assert hist.density.iloc[0] > 1.5 and hist.density.iloc[-1] > 1.5 and hist.density.iloc[4:6].max() < 0.8
+
+
+def test_randomised_pit_of_a_calibrated_count_forecast_is_uniform():
+    """Poisson(3) values under their own predictive distribution: without
+    randomisation the PIT would pile up on a few values; randomised it is
+    uniform (4000 values, every decile within 5 multinomial SDs)."""
+    from pyro_dgmm.evaluation import pit_histogram, pit_values
+
+    rng = np.random.default_rng(1)
+    table = pd.DataFrame({"outcome": "c", "horizon": 1.0, "observed": rng.poisson(3.0, 4000).astype(float)})
+    pit = pit_values(table, rng.poisson(3.0, (2000, 4000)).astype(float), {"c": "poisson"}, seed=2)
+    assert pit.pit.between(0, 1).all()
+    hist = pit_histogram(pit, bins=10)
+    assert (hist.n - 400).abs().max() < 5 * np.sqrt(4000 * 0.1 * 0.9)
+    with pytest.raises(DataError, match="one column per table row"):
+        pit_values(table, np.zeros((10, 3)), {"c": "poisson"})
+    with pytest.raises(DataError, match="no 'pit' column"):
+        pit_histogram(table)
+
+
+def test_landmark_evaluation_reports_coverage_and_pit_with_a_figure(mixed):
+    from pyro_dgmm.plotting_predict import plot_interval_calibration
+
+    frame, est = mixed
+    result = landmark_evaluation(est.model_, est.guide_, est.schema_, frame, 2.0, horizon_bins=[0, 1, 2],
+                                 num_samples=100, method="encoder")
+    assert set(result.coverage.nominal) == {0.5, 0.8, 0.95}
+    assert set(result.coverage.outcome) == set(OUTCOMES)
+    assert result.predictions.pit.dropna().between(0, 1).all()
+    assert set(result.pit.outcome) == set(OUTCOMES) and (result.pit.groupby("outcome").n.sum() > 0).all()
+    assert "log_density" in result.scores.columns
+    fig = plot_interval_calibration(result.coverage, result.pit)
+    assert len(fig.axes) == 2 * len(OUTCOMES)
+    matplotlib.pyplot.close("all")
+
+
+def test_parameter_uncertainty_draws_follow_the_wald_approximation_and_widen_intervals(linear):
+    """Parameter draws: their SD on the working scale matches the standard
+    errors (200 draws: within 25%, about 2.5 SDs of a sample SD); the 95%
+    intervals of 40 training subjects' future visits widen, by a few
+    percent (p/n small), never by more than half (S = 1000 draws of y per
+    cell: the Monte Carlo error of the mean width ratio is well under 1%)."""
+    import dataclasses
+
+    from pyro_dgmm import variance
+    from pyro_dgmm.predict import parameter_models
+
+    sim, est = linear
+    # the fixed effects and sigma (the random-effects map of this short fit is not at a maximum yet)
+    errors = variance.standard_errors(est.model_, est.guide_, est.data_, variance.LINEAR_FIXED_EFFECTS,
+                                      num_samples=300)
+    models = parameter_models(est.model_, errors, 200, seed=1)
+    name = errors.parameter_names[0]
+    values = torch.stack([dict(m.named_parameters())[name].detach().reshape(-1) for m in models]).double()
+    expected = errors.covariance.diagonal()[errors.slices[name]].sqrt()
+    np.testing.assert_allclose(values.std(0).numpy(), expected.numpy(), rtol=0.25)
+    history, later = first_visits(sim.data, 3), sim.data[sim.data.groupby("id").cumcount() >= 3]
+    widths = []
+    for errors_ in (dataclasses.replace(errors, covariance=0 * errors.covariance), errors):  # same path, same seeds
+        torch.manual_seed(0)
+        table = est.predict(history, later, num_samples=1000, parameter_uncertainty=errors_, parameter_draws=10).table
+        widths.append(table.upper_95 - table.lower_95)
+    ratio = (widths[1] / widths[0]).mean()
+    assert 1.0 < ratio < 1.5  # measured 1.02-1.04
+    with pytest.raises(ConfigError, match="parameter_draws"):
+        est.predict(history, later, num_samples=10, parameter_uncertainty=errors, parameter_draws=20)
+
+
+# ------------------------------------------------ acceptance simulations
+def _noise_coverage(settings: dict, seed: int, **noise):
+    """Fit on 300 subjects x 10 visits of simulate_linear_noise, predict 300
+    new subjects' visits after time 5 from those up to 5: 95% coverage and
+    the fitted models."""
+    from pyro_dgmm.datasets import simulate_linear_noise
+
+    train = simulate_linear_noise(300, 10, seed, **noise)
+    test = simulate_linear_noise(300, 10, seed + 1000, **noise).data.assign(id=lambda d: d.id + 300)
+    out = {}
+    for label, (family, dispersion_model) in settings.items():
+        est = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": family}, covariates=["age", "group"],
+                             model_options={"dispersion_model": dispersion_model})
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # convergence warnings: the coverage is what is tested
+            est.fit(train.data, progress=False, seed=seed)
+        result = est.landmark_evaluation(test, 5.0, seed=seed)
+        coverage = result.coverage.query("horizon == 'all'").set_index("nominal").coverage
+        out[label] = (coverage, est)
+    return out
+
+
+@pytest.mark.slow
+def test_student_t_calibrates_every_level_under_t3_errors():
+    """t3 errors (acceptance of issue 25): 95% coverage in [0.93, 0.97]
+    with the Student-t family, and its 50% and 80% intervals closer to
+    nominal than the Gaussian fit's (about 1500 future values of 300
+    subjects: binomial SE 0.6-1.3%).  The Gaussian's 95% intervals cover
+    about 95% too (for t3 errors the Gaussian 95% interval happens to hold
+    about 95.7%); its 50% and 80% ones over-cover (0.55, 0.84 at seeds
+    0-2).  SVI leaves the df near 4.5 for a true 3; moved to the maximum
+    of the marginal likelihood (refine_observation_model) they come within
+    25% (2.78 at seed 0)."""
+    out = _noise_coverage({"t": ("student_t", "constant"), "gaussian": ("gaussian", "constant")}, 0, df=3.0)
+    t, gaussian = out["t"][0], out["gaussian"][0]
+    assert 0.93 <= t[0.95] <= 0.97
+    for level in (0.5, 0.8):
+        assert abs(t[level] - level) < abs(gaussian[level] - level)
+    est = out["t"][1]
+    est.refine_observation_model()
+    assert abs(est.model_.shape_parameters("y")["df"].item() / 3 - 1) < 0.25
+
+
+@pytest.mark.slow
+def test_linear_dispersion_covers_when_the_residual_sd_grows_over_time():
+    """Residual SD growing fourfold over follow-up: 95% coverage in [0.93,
+    0.97] with dispersion_model='linear' (the constant-dispersion figure is
+    reported by benchmarks/calibration.py)."""
+    out = _noise_coverage({"linear": ("gaussian", "linear")}, 0, sd_growth=float(np.log(4.0)))
+    assert 0.93 <= out["linear"][0][0.95] <= 0.97

@@ -28,6 +28,7 @@ from pyro_dgmm.datasets.simulate import (
     simulate_app,
     simulate_dropout,
     simulate_linear,
+    simulate_linear_noise,
     simulate_nonlinear,
 )
 
@@ -50,5 +51,6 @@ __all__ = [
     "simulate_app",
     "simulate_dropout",
     "simulate_linear",
+    "simulate_linear_noise",
     "simulate_nonlinear",
 ]

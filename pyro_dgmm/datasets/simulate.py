@@ -49,6 +49,7 @@ __all__ = [
     "simulate_app",
     "simulate_dropout",
     "simulate_linear",
+    "simulate_linear_noise",
     "simulate_nonlinear",
 ]
 
@@ -320,6 +321,55 @@ def simulate_linear(n_subjects: int = 800, n_visits: int = 20, seed: int = 0) ->
         outcomes={"y": "gaussian"},
         covariates=list(columns),
         params=copy.deepcopy(_LINEAR),
+        population_truth=_population_truth(
+            _draw_linear_subjects, _linear_means, _irregular_grid()
+        ),
+    )
+
+
+def simulate_linear_noise(n_subjects: int = 300, n_visits: int = 10, seed: int = 0, *,
+                          df: float | None = None, sd_growth: float = 0.0) -> SimulatedData:
+    r""":func:`simulate_linear` with heavy-tailed and/or time-varying noise.
+
+    Subjects, covariates, times and means are those of
+    :func:`simulate_linear`; the error is
+
+    .. math::
+
+        \varepsilon_{ij} = \sigma(t_{ij})\, e_{ij}, \qquad
+        \sigma(t) = 0.5\, \exp(\texttt{sd\_growth}\; t / 10),
+
+    with :math:`e_{ij} \sim t_{\texttt{df}}` (scale 1, so the SD is
+    :math:`\sigma\sqrt{\nu/(\nu-2)}`) or :math:`\mathcal N(0, 1)` when
+    ``df`` is None.  ``sd_growth = log(4)`` makes the noise scale grow
+    fourfold, 0.5 to 2, over the follow-up [0, 10].  ``params`` adds ``df``
+    and ``sd_growth`` to those of :func:`simulate_linear` (``sigma`` = 0.5 is
+    the scale at time 0).
+    """
+    n_subjects = _check_count("n_subjects", n_subjects, 1)
+    n_visits = _check_count("n_visits", n_visits, 2)
+    sd_growth = _check_finite("sd_growth", sd_growth)
+    if df is not None and not (math.isfinite(float(df)) and float(df) > 0):
+        raise ConfigError(f"df must be a positive number or None, got {df!r}")
+    rng = _make_rng(seed)
+    b, covariates = _draw_linear_subjects(rng, n_subjects)
+    times = _jittered_times(rng, n_subjects, n_visits)
+    means = _linear_means(b, covariates, times)
+    noise = rng.standard_normal(times.shape) if df is None else rng.standard_t(float(df), size=times.shape)
+    scale = _LINEAR["sigma"] * np.exp(sd_growth * times / T_MAX)
+    complete = {"y": means["y"] + scale * noise}
+    columns = {
+        "age": covariates["age"],
+        "group": _categorical(covariates["treated"], ("control", "treated")),
+    }
+    data, truth = _long_frames(times, columns, means, complete, _all_observed(complete))
+    return SimulatedData(
+        data=data,
+        truth=truth,
+        random_effects=b,
+        outcomes={"y": "gaussian" if df is None else "student_t"},
+        covariates=list(columns),
+        params={**copy.deepcopy(_LINEAR), "df": None if df is None else float(df), "sd_growth": sd_growth},
         population_truth=_population_truth(
             _draw_linear_subjects, _linear_means, _irregular_grid()
         ),
