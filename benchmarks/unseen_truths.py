@@ -451,7 +451,7 @@ def nonlinear_oracle(name: str, sim, base: dict, args) -> dict:
 def aligned(fitted: pd.DataFrame, sim, outcome: str) -> np.ndarray:
     """``<outcome>_fitted`` of ``fitted`` in the row order of ``sim.data`` (NaN where absent)."""
     merged = sim.data[[ID, TIME]].merge(fitted[[ID, TIME, f"{outcome}_fitted"]], on=[ID, TIME], how="left")
-    return merged[f"{outcome}_fitted"].to_numpy(float)
+    return np.array(merged[f"{outcome}_fitted"], dtype=float)  # a writable copy
 
 
 def fit_dgmm(data: pd.DataFrame, sim, args):
