@@ -30,3 +30,12 @@ def _seed():
     pyro.set_rng_seed(0)
     np.random.seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Close the figures a test made (pyplot keeps them until closed)."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")

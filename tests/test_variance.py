@@ -46,7 +46,7 @@ def lmm():
     """A briefly fitted linear DGMM (a rough encoder) on 60 subjects x 6 visits, and MixedLM."""
     sim = simulate_linear(n_subjects=60, n_visits=6, seed=1)
     est = linear_dgmm().fit(sim.data, progress=False, seed=0, max_epochs=40, batch_size=16,
-                            kl_warmup_epochs=20, linear_warmup_epochs=10)
+                            kl_warmup_epochs=20, linear_warmup_epochs=10, elbo="meanfield")
     return types.SimpleNamespace(sim=sim, est=est, ref=mixedlm(sim.data))
 
 
