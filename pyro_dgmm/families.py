@@ -214,16 +214,16 @@ class Family(abc.ABC):
         return f"{type(self).__name__}({params})"
 
 
-class Gaussian(Family):
-    r"""Normal outcome with identity link and residual SD ``sigma``.
+class RealLine(Family):
+    r"""Base of location-scale families on the whole real line with the
+    identity link, :math:`E[y] = \eta`, and a scale ``sigma`` as dispersion
+    (:class:`Gaussian`, :class:`StudentT`).
 
-    .. math:: y \sim \mathcal N(\eta, \sigma^2), \qquad E[y] = \eta.
-
-    The encoder sees ``y`` unchanged. Starting values: offset = mean,
+    The encoder sees ``y`` unchanged; the schema may shift ``y`` by its
+    training mean (``shift_invariant``). Starting values: offset = mean,
     network scale = SD of the data, ``sigma`` = 0.5 SD.
     """
 
-    name = "gaussian"
     has_dispersion = True
     dispersion_name = "sigma"
     shift_invariant = True
@@ -234,9 +234,6 @@ class Gaussian(Family):
 
     def link(self, mean):
         return mean
-
-    def distribution(self, eta, dispersion):
-        return dist.Normal(eta, self._dispersion_for(eta, dispersion))
 
     def _in_support(self, values):
         return np.ones(values.shape, dtype=bool)
@@ -251,6 +248,21 @@ class Gaussian(Family):
     def initial_dispersion(self, values):
         """Half the SD of the observed values (0.5 if that SD is 0)."""
         return 0.5 * _sd_or_one(values)
+
+
+class Gaussian(RealLine):
+    r"""Normal outcome with identity link and residual SD ``sigma``.
+
+    .. math:: y \sim \mathcal N(\eta, \sigma^2), \qquad E[y] = \eta.
+
+    The encoder sees ``y`` unchanged. Starting values: offset = mean,
+    network scale = SD of the data, ``sigma`` = 0.5 SD.
+    """
+
+    name = "gaussian"
+
+    def distribution(self, eta, dispersion):
+        return dist.Normal(eta, self._dispersion_for(eta, dispersion))
 
 
 class Bernoulli(Family):
@@ -450,7 +462,7 @@ def _softplus_greater_than(constraint: SoftplusGreaterThan):
     return ComposeTransform([SoftplusTransform(), AffineTransform(constraint.lower_bound, 1.0)])
 
 
-class StudentT(Family):
+class StudentT(RealLine):
     r"""Heavy-tailed continuous outcome: location-scale Student-t with identity link.
 
     .. math::
@@ -478,10 +490,6 @@ class StudentT(Family):
     """
 
     name = "student_t"
-    has_dispersion = True
-    dispersion_name = "sigma"
-    shift_invariant = True  # a location family on the real line
-    support_description = "values must be finite real numbers"
     #: Lower bound :math:`\nu_{\min}` of learned degrees of freedom (the variance exists above it).
     min_df = 2.0
     #: Starting value of learned degrees of freedom (a common robust choice,
@@ -496,32 +504,12 @@ class StudentT(Family):
         self.df = df
         self.shape_names = ("df",) if df is None else ()
 
-    def inverse_link(self, eta):
-        return eta
-
-    def link(self, mean):
-        return mean
-
     def distribution(self, eta, dispersion, df=None):
         scale = self._dispersion_for(eta, dispersion)
         if (df is None) == (self.df is None):
             raise ValueError("pass df exactly when the family learns it (StudentT(df=None))")
         df = torch.as_tensor(self.df if df is None else df, dtype=eta.dtype, device=eta.device)
         return dist.StudentT(df.expand(eta.shape), eta, scale)
-
-    def _in_support(self, values):
-        return np.ones(values.shape, dtype=bool)
-
-    def encode(self, values):
-        return values
-
-    def initial_scale(self, values):
-        """SD of the observed values (``ddof=0``), 1.0 if that SD is 0."""
-        return _sd_or_one(values)
-
-    def initial_dispersion(self, values):
-        """Half the SD of the observed values (0.5 if that SD is 0)."""
-        return 0.5 * _sd_or_one(values)
 
     def initial_shape(self):
         """``{'df': initial_df}`` when df is learned."""

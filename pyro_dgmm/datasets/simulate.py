@@ -304,27 +304,7 @@ def simulate_linear(n_subjects: int = 800, n_visits: int = 20, seed: int = 0) ->
     """
     n_subjects = _check_count("n_subjects", n_subjects, 1)
     n_visits = _check_count("n_visits", n_visits, 2)
-    rng = _make_rng(seed)
-    b, covariates = _draw_linear_subjects(rng, n_subjects)
-    times = _jittered_times(rng, n_subjects, n_visits)
-    means = _linear_means(b, covariates, times)
-    complete = {"y": means["y"] + _LINEAR["sigma"] * rng.standard_normal(times.shape)}
-    columns = {
-        "age": covariates["age"],
-        "group": _categorical(covariates["treated"], ("control", "treated")),
-    }
-    data, truth = _long_frames(times, columns, means, complete, _all_observed(complete))
-    return SimulatedData(
-        data=data,
-        truth=truth,
-        random_effects=b,
-        outcomes={"y": "gaussian"},
-        covariates=list(columns),
-        params=copy.deepcopy(_LINEAR),
-        population_truth=_population_truth(
-            _draw_linear_subjects, _linear_means, _irregular_grid()
-        ),
-    )
+    return _simulate_linear(n_subjects, n_visits, seed, None, 0.0, copy.deepcopy(_LINEAR))
 
 
 def simulate_linear_noise(n_subjects: int = 300, n_visits: int = 10, seed: int = 0, *,
@@ -351,6 +331,14 @@ def simulate_linear_noise(n_subjects: int = 300, n_visits: int = 10, seed: int =
     sd_growth = _check_finite("sd_growth", sd_growth)
     if df is not None and not (math.isfinite(float(df)) and float(df) > 0):
         raise ConfigError(f"df must be a positive number or None, got {df!r}")
+    params = {**copy.deepcopy(_LINEAR), "df": None if df is None else float(df), "sd_growth": sd_growth}
+    return _simulate_linear(n_subjects, n_visits, seed, df, sd_growth, params)
+
+
+def _simulate_linear(n_subjects: int, n_visits: int, seed, df: float | None, sd_growth: float,
+                     params: dict) -> SimulatedData:
+    """The linear population with noise ``0.5 exp(sd_growth t / 10) e``, e
+    standard normal (``df`` None) or t with ``df`` degrees of freedom."""
     rng = _make_rng(seed)
     b, covariates = _draw_linear_subjects(rng, n_subjects)
     times = _jittered_times(rng, n_subjects, n_visits)
@@ -369,7 +357,7 @@ def simulate_linear_noise(n_subjects: int = 300, n_visits: int = 10, seed: int =
         random_effects=b,
         outcomes={"y": "gaussian" if df is None else "student_t"},
         covariates=list(columns),
-        params={**copy.deepcopy(_LINEAR), "df": None if df is None else float(df), "sd_growth": sd_growth},
+        params=params,
         population_truth=_population_truth(
             _draw_linear_subjects, _linear_means, _irregular_grid()
         ),
