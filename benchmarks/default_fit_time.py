@@ -1,6 +1,6 @@
 """Issue 19: seconds of the default fit at n=800 x 20 beside MixedLM's, in one
 process (one torch thread), on the package's nonlinear simulator and on
-truth (b) of ``truths.py``; each fit after a one-epoch warm-up that pays
+truth (b) of ``truths.py`` (``--truths`` names others); each fit after a one-epoch warm-up that pays
 the one-time imports.  ``--preset fast`` times the fast preset instead.
 
 Run:  python benchmarks/default_fit_time.py [--seeds 3 4] [--preset fast]
@@ -19,15 +19,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[3, 4])
     parser.add_argument("--preset", default="accurate")
+    parser.add_argument("--truths", nargs="+", default=["nonlinear", "logistic_growth"],
+                        choices=["nonlinear", *truths.SIMULATORS], help="which truths to time")
+    parser.add_argument("--output", default=None, help="results file name (default: by preset)")
     args = parser.parse_args()
     single_thread()
     from pyro_dgmm import DeepMixedModel
     from pyro_dgmm.datasets import simulate_nonlinear
 
-    sims = {"nonlinear": lambda seed: simulate_nonlinear(seed=seed), "logistic_growth":
-            lambda seed: truths.simulate_logistic_growth(seed=seed)}
+    sims = {"nonlinear": lambda seed: simulate_nonlinear(seed=seed),
+            **{name: (lambda seed, f=f: f(seed=seed)) for name, f in truths.SIMULATORS.items()}}
     rows = []
-    for name, simulate in sims.items():
+    for name in args.truths:
+        simulate = sims[name]
         for seed in args.seeds:
             sim = simulate(seed)
             warm = DeepMixedModel(id_col="id", time_col="time", outcomes=sim.outcomes, covariates=sim.covariates)
@@ -46,7 +50,7 @@ def main() -> None:
                          "dgmm_rmse": dgmm_rmse, "mixedlm_spline4_rmse": rmse(means, sim.truth["y_mean"])})
             print(rows[-1], flush=True)
     print_table(rows, f"Default fit ({args.preset}) vs MixedLM spline(4), n=800 x 20, one thread")
-    write_json(rows, f"default_fit_time_{args.preset}")
+    write_json(rows, args.output or f"default_fit_time_{args.preset}")
 
 
 if __name__ == "__main__":
