@@ -66,12 +66,18 @@ class MeanFieldELBO(TraceMeanField_ELBO):
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """The negative ELBO estimate as a differentiable tensor."""
-        traces = self._get_traces(model, guide, args, kwargs) if is_validation_enabled() else \
-            self._lean_traces(model, guide, args, kwargs)
         loss = 0.0
-        for model_trace, guide_trace in traces:
+        for model_trace, guide_trace in self._traces(model, guide, args, kwargs):
             loss = loss - elbo_particle(model_trace, guide_trace) / self.num_particles
         return loss
+
+    def _traces(self, model, guide, args, kwargs):
+        """(model trace, guide trace) per particle (one pair when particles are
+        vectorised): through Pyro's checked path while validation is on, else
+        :meth:`_lean_traces`."""
+        if is_validation_enabled():
+            return self._get_traces(model, guide, args, kwargs)
+        return self._lean_traces(model, guide, args, kwargs)
 
     def _lean_traces(self, model, guide, args, kwargs):
         """Guide and replayed model traces, as Pyro's ``get_importance_trace``
@@ -129,9 +135,7 @@ class ImportanceWeightedELBO(MeanFieldELBO):
         """The negative bound as a differentiable tensor."""
         if not self.vectorize_particles:
             raise ValueError("ImportanceWeightedELBO needs vectorize_particles=True")
-        traces = self._get_traces(model, guide, args, kwargs) if is_validation_enabled() else \
-            self._lean_traces(model, guide, args, kwargs)
-        model_trace, guide_trace = next(iter(traces))
+        model_trace, guide_trace = next(iter(self._traces(model, guide, args, kwargs)))
         log_likelihood, log_ratio, scale, latent_scale = 0.0, 0.0, 1.0, 1.0
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample" or site_is_subsample(site):

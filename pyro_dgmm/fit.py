@@ -386,8 +386,8 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     generators = {s: torch.Generator().manual_seed(config.seed * 7919 + s) for s in shards.local}
     eval_seed = stream_seed(config.seed, 0, -1, 1)  # the same at every evaluation (see heldout_loss)
     # the tolerance per observed value, on the monitored loss's per-subject scale
-    tolerance = config.tolerance * _observed_per_subject(validation if validation is not None else train,
-                                                         distributed_input)
+    monitored_data = validation if validation is not None else train
+    tolerance = config.tolerance * _mean_per_subject(monitored_data.mask, monitored_data, distributed_input)
     result = FitResult(config=asdict(config))
     progress = _Progress()
     mark = None
@@ -684,25 +684,19 @@ def resolve_objective(config: FitConfig, train: LongitudinalData, distributed_in
     """
     elbo = config.elbo
     if elbo == "auto":
-        elbo = "iwae" if _visits_per_subject(train, distributed_input) < SPARSE_VISITS else "meanfield"
+        visits = _mean_per_subject(train.mask.any(-1), train, distributed_input)  # visits with an observed value
+        elbo = "iwae" if visits < SPARSE_VISITS else "meanfield"
     particles = config.num_particles or (IWAE_PARTICLES if elbo == "iwae" else 1)
     return replace(config, elbo=elbo, num_particles=particles)
 
 
-def _visits_per_subject(data: LongitudinalData, distributed_input: bool) -> float:
-    """Mean number of visits with at least one observed value per subject (over processes)."""
-    counts = torch.tensor([float(data.mask.any(-1).sum()), float(data.num_subjects)], dtype=torch.float64)
+def _mean_per_subject(counts: torch.Tensor, data: LongitudinalData, distributed_input: bool) -> float:
+    """``counts`` (per subject, or their total) summed and divided by the
+    number of subjects of ``data``, over processes with ``distributed_input``."""
+    totals = torch.tensor([float(counts.sum()), float(data.num_subjects)], dtype=torch.float64)
     if distributed_input:
-        counts = all_reduce_sum(counts)
-    return float(counts[0] / counts[1].clamp_min(1.0))
-
-
-def _observed_per_subject(data: LongitudinalData, distributed_input: bool) -> float:
-    """Mean number of observed values per subject of ``data`` (over processes)."""
-    counts = torch.tensor([float(data.mask.sum()), float(data.num_subjects)], dtype=torch.float64)
-    if distributed_input:
-        counts = all_reduce_sum(counts)
-    return float(counts[0] / counts[1].clamp_min(1.0))
+        totals = all_reduce_sum(totals)
+    return float(totals[0] / totals[1].clamp_min(1.0))
 
 
 class CosineDecay:
