@@ -100,7 +100,9 @@ def test_prediction_and_likelihood_gathered_match_one_process(two_process_run, m
     import parallel_worker as worker
 
     monkeypatch.setattr("pyro_dgmm.parallel.MIN_BLOCK_SIZE", worker.BLOCK_SIZE)  # the blocks the processes used
-    from pyro_dgmm.variance import InferenceWarning, marginal_log_likelihood, standard_errors
+    from pyro_dgmm.diagnostics import InferenceWarning
+    from pyro_dgmm.marginal import marginal_log_likelihood
+    from pyro_dgmm.wald import standard_errors
 
     folder, frame, results = two_process_run
     fitted = DeepMixedModel.load(folder / "impute.pt")  # the very parameters the processes used
