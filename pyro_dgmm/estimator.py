@@ -516,7 +516,7 @@ class DeepMixedModel(LikelihoodMethods, SaveLoadMethods):
         if self.model_ is None:
             return f"{head}, latent_dim={self.options.latent_dim!r}, not fitted)"
         result = self.result_
-        status = "converged" if result.converged else f"not converged: {result.stop_reason}"
+        status = "converged" if result.converged else "not converged (see result_.stop_reason)"
         subjects = f"{self.data_.num_subjects} subjects, " if self.data_ is not None else ""
         return (f"{head}, latent_dim={self.latent_dim_} ({result.active_directions} active), fitted: "
                 f"{subjects}{result.epochs_run} epochs, {status})")

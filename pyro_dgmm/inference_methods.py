@@ -69,7 +69,7 @@ class LikelihoodMethods:
                                                  seed=seed)
 
     def standard_errors(self, parameters: Sequence[str] | None = None, *, level: float = 0.95,
-                        num_samples: int = 1000, method: str = "autograd", seed: int = 0):
+                        num_samples: int = 500, method: str = "autograd", seed: int = 0):
         """Wald standard errors from the observed information of the
         importance-sampled marginal likelihood on the training data
         (:func:`~pyro_dgmm.wald.standard_errors`, computed once per setting
@@ -98,7 +98,7 @@ class LikelihoodMethods:
             self.model_, self.guide_, data, parameters, level=level, num_samples=num_samples, method=method,
             seed=seed, distributed_input=self.distributed_input))
 
-    def marginal_log_likelihood(self, *, num_samples: int = 1000, seed: int = 0):
+    def marginal_log_likelihood(self, *, num_samples: int = 500, seed: int = 0):
         """The importance-sampled marginal log-likelihood of the training data
         per subject (:func:`~pyro_dgmm.marginal.marginal_log_likelihood`,
         cached): ``.total``, ``.total_mc_sd``, ``.to_frame()`` with per-subject
@@ -107,7 +107,7 @@ class LikelihoodMethods:
         return self._cached(("marginal", num_samples, seed), lambda: marginal.marginal_log_likelihood(
             self.model_, self.guide_, data, num_samples, seed=seed, distributed_input=self.distributed_input))
 
-    def information_criteria(self, *, num_samples: int = 1000, seed: int = 0, num_parameters: int | None = None):
+    def information_criteria(self, *, num_samples: int = 500, seed: int = 0, num_parameters: int | None = None):
         """Log-likelihood (:meth:`marginal_log_likelihood`), the number of
         identified parameters (:func:`~pyro_dgmm.comparison.count_parameters`,
         unless ``num_parameters`` is given), AIC and BIC on the training data,
@@ -123,7 +123,7 @@ class LikelihoodMethods:
             num_parameters=num_parameters, seed=seed, distributed_input=self.distributed_input))
 
     def compare(self, other: "LikelihoodMethods", *, names: Sequence[str] = ("self", "other"),
-                num_samples: int = 1000, seed: int = 0):
+                num_samples: int = 500, seed: int = 0):
         """This model against ``other``, fitted to the same data: both
         models' log-likelihoods, parameters, AIC and BIC, and (when their
         sizes differ) the likelihood-ratio test of the smaller against the
@@ -142,8 +142,8 @@ class LikelihoodMethods:
         criteria = [model.information_criteria(num_samples=num_samples, seed=seed) for model in (self, other)]
         return comparison.compare(criteria, names)
 
-    def summary(self, *, level: float = 0.95, num_samples: int = 1000, seed: int = 0):
-        """A statsmodels-style summary: ``print(model.summary())`` for text,
+    def summary(self, *, level: float = 0.95, num_samples: int = 500, seed: int = 0):
+        r"""A statsmodels-style summary: ``print(model.summary())`` for text,
         ``.tables`` / ``.to_frame()`` for DataFrames
         (:class:`~pyro_dgmm.results.Summary`).
 
@@ -155,12 +155,18 @@ class LikelihoodMethods:
         on what is missing and why.  Tables need linear parts
         (``model_options=dict(fixed_hidden=(), random_hidden=())`` and a
         ``poly(d)`` basis); SEs are at a maximum of the likelihood only
-        after ``fit(..., refine=True)``.  One pass of importance sampling
-        (:meth:`standard_errors`, whose draws also give the log-likelihood),
-        cached.
+        after ``fit(..., refine=True)``.  The SEs of the fixed effects and
+        dispersions are conditional on the random-effects map, as MixedLM's
+        :math:`(X^\top V^{-1} X)^{-1}` is conditional on the variance
+        parameters (whose observed cross-information with the fixed effects
+        has expectation zero).  One pass of importance sampling
+        (:meth:`standard_errors` over those parameters, whose draws also give
+        the log-likelihood), cached.
         """
         data = self._training_data("summary")
-        errors = self.standard_errors(level=level, num_samples=num_samples, seed=seed)
+        known = dict(self.model_.named_parameters())
+        fixed = [name for name in (*LINEAR_FIXED_EFFECTS, COVARIATE_TIME_EFFECTS) if name in known]
+        errors = self.standard_errors(fixed, level=level, num_samples=num_samples, seed=seed)
         self._inference_cache.setdefault(("marginal", num_samples, seed), errors.marginal)  # the same draws
         try:
             criteria, reason = self.information_criteria(num_samples=num_samples, seed=seed), None
