@@ -69,9 +69,35 @@ def count_parameters(model, data: LongitudinalData, *, max_parameters: int = 200
     def outputs(t: torch.Tensor) -> torch.Tensor:
         return torch.func.functional_call(bound, layout.unflatten(t), (_distribution_parameters, b, chunk))
 
-    jacobian = torch.func.jacrev(outputs, chunk_size=256)(theta)
+    jacobian = _jacobian(outputs, theta, generator)
     rank = int(torch.linalg.matrix_rank(jacobian, rtol=NULL_RTOL))
     return rank - model.latent_dim * (model.latent_dim - 1) // 2
+
+
+#: Up to this many parameters the rank is taken from a random sketch of the Jacobian.
+_SKETCH_PARAMETERS = 64
+
+
+def _jacobian(fn, theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    r"""A matrix with the rank of :math:`J = \partial\,\mathrm{fn} / \partial\theta` (outputs x P).
+
+    For few parameters (the linear special case) the sketch :math:`RJ`
+    with a Gaussian :math:`R` of :math:`2P + 10` rows: it has the rank of
+    :math:`J` with probability one, and its nonzero singular values are
+    those of :math:`J` within a small factor (:math:`R` restricted to the
+    column space of :math:`J` is well conditioned), so the relative rank
+    tolerance still separates exact zeros; it costs :math:`2P + 10`
+    backward passes of one forward pass.  Otherwise the full Jacobian
+    (``torch.func.jacrev``, whose first call in a process imports
+    ``torch._dynamo``, 3-5 s here: longer than the sketch of a small model).
+    """
+    if theta.numel() > _SKETCH_PARAMETERS:
+        return torch.func.jacrev(fn, chunk_size=256)(theta)
+    theta = theta.detach().requires_grad_(True)
+    out = fn(theta)
+    sketch = torch.randn((2 * theta.numel() + 10, out.numel()), generator=generator, dtype=out.dtype,
+                         device=out.device)
+    return torch.stack([torch.autograd.grad(out @ row, theta, retain_graph=True)[0] for row in sketch])
 
 
 def _distribution_parameters(model, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:

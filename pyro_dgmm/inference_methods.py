@@ -20,7 +20,7 @@ Example (a linear mixed model's summary, briefly fitted):
 >>> from pyro_dgmm.datasets import simulate_linear
 >>> sim = simulate_linear(n_subjects=40, n_visits=5, seed=1)
 >>> lmm = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["age"],
-...                      latent_dim=2, model_options=dict(fixed_hidden=(), random_hidden=()))
+...                      time_basis="poly(1)", latent_dim=2, model_options=dict(fixed_hidden=(), random_hidden=()))
 >>> lmm = lmm.fit(sim.data, max_epochs=5, progress=False)
 >>> table = lmm.summary(num_samples=100).to_frame()
 >>> table.loc["fixed"].index.tolist()
@@ -31,6 +31,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
 from . import comparison, marginal, wald
 from .data import LongitudinalData
@@ -98,14 +99,41 @@ class LikelihoodMethods:
             self.model_, self.guide_, data, parameters, level=level, num_samples=num_samples, method=method,
             seed=seed, distributed_input=self.distributed_input))
 
-    def marginal_log_likelihood(self, *, num_samples: int = 500, seed: int = 0):
-        """The importance-sampled marginal log-likelihood of the training data
-        per subject (:func:`~pyro_dgmm.marginal.marginal_log_likelihood`,
-        cached): ``.total``, ``.total_mc_sd``, ``.to_frame()`` with per-subject
-        ESS and Pareto k-hat."""
+    def marginal_log_likelihood(self, df: pd.DataFrame | None = None, *, num_samples: int = 500, seed: int = 0):
+        """The importance-sampled marginal log-likelihood per subject
+        (:func:`~pyro_dgmm.marginal.marginal_log_likelihood`): ``.total``,
+        ``.total_mc_sd``, ``.to_frame()`` with per-subject ESS and Pareto
+        k-hat.  On the training data (cached), or on the subjects of ``df``
+        (e.g. held out: the log predictive density of new subjects, a proper
+        score for comparing models of any kind; not cached)."""
+        if df is not None:
+            self._check_fitted()
+            return marginal.marginal_log_likelihood(self.model_, self.guide_, self.transform(df), num_samples,
+                                                    seed=seed)
         data = self._training_data("marginal_log_likelihood")
         return self._cached(("marginal", num_samples, seed), lambda: marginal.marginal_log_likelihood(
             self.model_, self.guide_, data, num_samples, seed=seed, distributed_input=self.distributed_input))
+
+    def population_curve(self, df: pd.DataFrame, *, parameters: Sequence[str] | None = None, scale: str = "link",
+                         level: float = 0.95, num_samples: int = 500, seed: int = 0) -> pd.DataFrame:
+        """The typical subject's curve (b = 0) at the covariates and times of
+        ``df`` (outcome columns not needed) with pointwise delta-method bands
+        (:func:`~pyro_dgmm.wald.population_curve`) from :meth:`standard_errors`
+        over ``parameters``: by default every parameter of the fixed-effects
+        net :math:`\\mu_1` (``fixed_effects.*``), as an honest band needs.
+
+        :param scale: ``'link'`` or ``'response'``.
+        :returns: one row per row of ``df``: id, time and per outcome
+            ``<name>``, ``<name>_se``, ``<name>_lower``, ``<name>_upper``.
+        """
+        self._check_fitted()
+        if parameters is None:
+            parameters = [name for name, _ in self.model_.named_parameters() if name.startswith("fixed_effects.")]
+            if not parameters:
+                raise ConfigError(f"{type(self.model_).__name__} has no 'fixed_effects.*' parameters: pass "
+                                  "parameters=[...] (names from model.model_.named_parameters())")
+        errors = self.standard_errors(parameters, level=level, num_samples=num_samples, seed=seed)
+        return wald.population_curve(self.model_, self.transform(df, require_observed=False), errors, scale=scale)
 
     def information_criteria(self, *, num_samples: int = 500, seed: int = 0, num_parameters: int | None = None):
         """Log-likelihood (:meth:`marginal_log_likelihood`), the number of
