@@ -107,7 +107,6 @@ def _distribution_parameters(model, b: torch.Tensor, data: LongitudinalData) -> 
     return torch.cat([model.eta(b, data).reshape(-1), *extra])
 
 
-
 def information_criteria(model, guide, data: LongitudinalData, *, num_parameters: int | None = None,
                          num_samples: int = 1000, adapt: bool = True, chunk_size: int | None = None,
                          seed: int = 0, num_shards: int | None = None,

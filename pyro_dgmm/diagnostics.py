@@ -36,7 +36,6 @@ class InferenceWarning(UserWarning):
     log-likelihood Hessian that is not negative definite."""
 
 
-
 def pareto_k(log_weights: torch.Tensor) -> torch.Tensor:
     r"""Pareto :math:`\hat k` of the upper tail of importance weights, per column.
 

@@ -201,7 +201,6 @@ def _summarise(log_w: torch.Tensor, draws: _Draws) -> tuple[torch.Tensor, ...]:
     return log_p, _regression_sd(log_w, draws), ess, pareto_k(log_w)
 
 
-
 class MarginalObjective:
     r"""theta -> :math:`\log \hat p(y; \theta)` with common random numbers.
 
@@ -421,7 +420,6 @@ def _kl(p: _Proposal, q: _Proposal) -> torch.Tensor:
                                              MultivariateNormal(q.loc, scale_tril=q.scale_tril))
 
 
-
 def warn_unreliable(marginal: MarginalLikelihood) -> None:
     """Warn (:class:`~pyro_dgmm.diagnostics.InferenceWarning`, on the main
     process only) when some subject's Pareto k-hat exceeds
@@ -436,7 +434,6 @@ def warn_unreliable(marginal: MarginalLikelihood) -> None:
             "the encoder longer",
             InferenceWarning, stacklevel=3,
         )
-
 
 
 def marginal_log_likelihood(model, guide, data: LongitudinalData, num_samples: int = 1000, *,
@@ -459,7 +456,7 @@ def marginal_log_likelihood(model, guide, data: LongitudinalData, num_samples: i
         per-subject values and diagnostics), the same on every process.
     """
     objective = MarginalObjective(model, guide, data, (), num_samples, chunk_size, seed, adapt, num_shards,
-                                   distributed_input)
+                                  distributed_input)
     marginal = objective.marginal(objective.theta)
     warn_unreliable(marginal)
     return marginal

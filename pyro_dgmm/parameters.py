@@ -130,7 +130,6 @@ def element_labels(model, layout: Layout) -> list[str]:
     return labels
 
 
-
 def constraint_of(bound: Bound, name: str):
     """u -> the constrained value of the PyroParam stored as ``name`` = '<path>_unconstrained'."""
     path = name[: -len("_unconstrained")]

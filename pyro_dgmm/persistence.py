@@ -1,4 +1,4 @@
-"""Save files of the analyst facade: what :meth:`~SaveLoadMethods.save` records and how :meth:`~SaveLoadMethods.load` rebuilds it.
+"""Save files of the analyst facade: what is recorded and how it is rebuilt.
 
 :class:`SaveLoadMethods` is the part of
 :class:`~pyro_dgmm.estimator.DeepMixedModel` that writes and reads its

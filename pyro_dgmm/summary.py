@@ -18,7 +18,6 @@ Example (notes for a fit that was not refined and has unreliable weights):
 """
 from __future__ import annotations
 
-
 from .data import DataSchema, LongitudinalData
 from .diagnostics import PARETO_K_THRESHOLD
 from .errors import ConfigError

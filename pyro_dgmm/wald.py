@@ -79,8 +79,10 @@ def standard_errors(model, guide, data: LongitudinalData, parameters: Sequence[s
     :param level: confidence level of the intervals.
     :param adapt: adapt the proposal to each subject (:mod:`pyro_dgmm.marginal`).
     :param step: relative step of the central differences.
-    :param num_shards, distributed_input: sharding over processes (:mod:`pyro_dgmm.marginal`); default one shard per ``torch.distributed`` process. The Hessian is
-        each process's Hessian of its partial sum, summed over processes.
+    :param num_shards, distributed_input: sharding over processes
+        (:mod:`pyro_dgmm.marginal`); default one shard per
+        ``torch.distributed`` process.  The Hessian is each process's
+        Hessian of its partial sum, summed over processes.
     :returns: a :class:`StandardErrors`.  Warns (:class:`InferenceWarning`)
         when ``-hessian`` has a negative eigenvalue (not at a maximum, or
         Monte Carlo noise) or some subject's Pareto k-hat exceeds 0.7.
@@ -90,7 +92,7 @@ def standard_errors(model, guide, data: LongitudinalData, parameters: Sequence[s
     check_float("step", step, low=0, low_open=True)
     names = select_parameters(model, parameters, include_dispersion)
     objective = MarginalObjective(model, guide, data, names, num_samples, chunk_size, seed, adapt, num_shards,
-                                   distributed_input)
+                                  distributed_input)
     theta = objective.theta
     hessian = objective.hessian(theta) if method == "autograd" else objective.central_hessian(theta, step)
     labels = element_labels(model, objective.layout)
@@ -138,13 +140,14 @@ def maximize_marginal_likelihood(model, guide, data: LongitudinalData, parameter
     :param parameters: names from ``model.named_parameters()``; for a
         linear DGMM all of them (:data:`LINEAR_FIXED_EFFECTS`,
         :data:`LINEAR_RANDOM_EFFECTS` and the dispersion).
-    :param num_shards, distributed_input: sharding over processes (:mod:`pyro_dgmm.marginal`); default one shard per ``torch.distributed`` process. Every process
-        takes the same steps.
+    :param num_shards, distributed_input: sharding over processes
+        (:mod:`pyro_dgmm.marginal`); default one shard per
+        ``torch.distributed`` process.  Every process takes the same steps.
     :returns: a :class:`Maximization`; the model's parameters are updated.
     """
     names = select_parameters(model, parameters, include_dispersion)
     objective = MarginalObjective(model, guide, data, names, num_samples, chunk_size, seed, adapt, num_shards,
-                                   distributed_input)
+                                  distributed_input)
     theta, damping, steps, converged = objective.theta, 0.0, 0, False
     before = value = objective(theta)
     for _ in range(max_steps):
