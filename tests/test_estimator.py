@@ -1,5 +1,6 @@
 """The analyst facade and the command line: fitted values, save/load, CLI outputs,
 summary, information criteria and model comparison."""
+import copy
 import json
 import warnings
 
@@ -335,6 +336,33 @@ def test_compare_rejects_dropping_a_real_effect_after_refinement(linear):
     est, smaller = fit_linear(sim.data, refine=True), fit_linear(sim.data, covariates=["age"], refine=True)
     test = check_comparison(est.compare(smaller, names=["with group", "without"], num_samples=200), est, smaller)
     assert test.statistic > 0 and test.p_value < 0.05
+
+
+@ROUGH_PROPOSAL
+def test_population_curve_band_at_the_reference_point_is_the_intercepts(linear):
+    """At time 0, age 0 and the reference group the typical curve is the
+    intercept, and its delta-method SE the intercept's SE in the summary."""
+    sim, est = linear
+    grid = pd.DataFrame({"id": [0, 0, 1], "time": [0.0, 5.0, 0.0], "age": 0.0,
+                         "group": ["control", "control", "treated"]})
+    curve = est.population_curve(grid, num_samples=200)
+    intercept = est.summary(num_samples=200).fixed_effects.loc[("y", "Intercept")]
+    assert curve.columns.tolist() == ["id", "time", "y", "y_se", "y_lower", "y_upper"]
+    assert curve.y.iloc[0] == pytest.approx(intercept.estimate, abs=1e-6)
+    assert curve.y_se.iloc[0] == pytest.approx(intercept.se, rel=1e-6)
+
+
+@ROUGH_PROPOSAL
+def test_held_out_likelihood_and_a_refinement_that_clears_the_cache(linear):
+    sim, est = linear
+    est = copy.deepcopy(est)
+    training = est.marginal_log_likelihood(num_samples=200)
+    # the same subjects passed as a DataFrame: the same draws, the same estimate (not cached)
+    assert est.marginal_log_likelihood(sim.data, num_samples=200).total == pytest.approx(training.total)
+    half = sim.data[sim.data.id < sim.data.id.unique()[30]]
+    assert est.marginal_log_likelihood(half, num_samples=200).ids.tolist() == sorted(half.id.unique())
+    est.refine_observation_model(num_samples=200)  # moves sigma: the cached likelihood no longer holds
+    assert est.marginal_log_likelihood(num_samples=200) is not training
 
 
 def test_compare_refuses_models_fitted_to_different_data(linear):
