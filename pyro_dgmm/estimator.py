@@ -335,7 +335,7 @@ class DeepMixedModel(LikelihoodMethods, SaveLoadMethods):
         self.model_.cpu(), self.guide_.cpu()
         if config.refine and not self.result_.interrupted:
             refinement = wald.refine(self.model_, self.guide_, self._encoder_view(train), seed=config.seed,
-                                num_shards=config.num_shards, distributed_input=self.distributed_input)
+                                     num_shards=config.num_shards, distributed_input=self.distributed_input)
             # the encoder was amortised for the SVI parameters: fit it again for the refined ones
             encoder_fit = fit_svi(self.model_, self.guide_, train, validation,
                                   replace(config, kl_start=1.0, kl_warmup_epochs=0, linear_warmup_epochs=0,
