@@ -26,7 +26,7 @@ test-slow: $(STAMP)
 # Every benchmark script (about an hour on 2 cores), then the docs page that
 # renders benchmarks/results/*.json as tables
 BENCHMARKS := core_accuracy missing_data dynamic_prediction standard_errors speed_scale scale_vs_mixedlm stopping_rule mixedlm_seeds \
-	schedule_length optimizer_step parallel_throughput
+	schedule_length optimizer_step parallel_throughput summary_time
 bench: $(STAMP)
 	cd benchmarks && for script in $(BENCHMARKS); do OMP_NUM_THREADS=1 ../$(PY) $$script.py || exit 1; done
 	$(MAKE) docs

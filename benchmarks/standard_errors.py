@@ -95,24 +95,24 @@ def exact_log_likelihood(model, data) -> float:
 
 def inference(est, num_samples: int, seed: int = 0):
     """(coefficient table indexed by term, sigma row, total log-likelihood, MC SD, seconds)."""
-    from pyro_dgmm import variance as V
+    from pyro_dgmm import linear_tables, parameters, wald
 
     start = time.perf_counter()
-    errors = V.standard_errors(est.model_, est.guide_, est.data_, V.LINEAR_FIXED_EFFECTS, num_samples=num_samples,
-                               seed=seed)
-    table = V.linear_coefficients(est.model_, est.schema_, errors).loc["y"]
+    errors = wald.standard_errors(est.model_, est.guide_, est.data_, parameters.LINEAR_FIXED_EFFECTS,
+                                  num_samples=num_samples, seed=seed)
+    table = linear_tables.linear_coefficients(est.model_, est.schema_, errors).loc["y"]
     table = table.rename(index={"Intercept": "intercept", "group[T.treated]": "group[treated]"})  # the truth's names
     seconds = time.perf_counter() - start
     return table, errors.summary().loc["sigma[y]"], errors.marginal.total, errors.marginal.total_mc_sd, seconds
 
 
 def maximize(est, num_samples: int) -> float:
-    from pyro_dgmm import variance as V
+    from pyro_dgmm import parameters, wald
 
     start = time.perf_counter()
-    V.maximize_marginal_likelihood(est.model_, est.guide_, est.data_, [*V.LINEAR_FIXED_EFFECTS,
-                                                                      V.LINEAR_RANDOM_EFFECTS],
-                                   num_samples=num_samples)
+    wald.maximize_marginal_likelihood(est.model_, est.guide_, est.data_,
+                                      [*parameters.LINEAR_FIXED_EFFECTS, parameters.LINEAR_RANDOM_EFFECTS],
+                                      num_samples=num_samples)
     return time.perf_counter() - start
 
 
@@ -149,7 +149,7 @@ def comparison(quantity: str, reference: float, svi: float, ml: float, ratios: b
 
 
 def monte_carlo_rows(est, sizes: list[int], seeds: int) -> list[dict]:
-    from pyro_dgmm import variance as V
+    from pyro_dgmm import diagnostics, marginal
 
     exact = exact_log_likelihood(est.model_, est.data_)
     rows = []
@@ -158,9 +158,9 @@ def monte_carlo_rows(est, sizes: list[int], seeds: int) -> list[dict]:
             runs = []
             start = time.perf_counter()
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", V.InferenceWarning)
+                warnings.simplefilter("ignore", diagnostics.InferenceWarning)
                 for seed in range(seeds):
-                    result = V.marginal_log_likelihood(est.model_, est.guide_, est.data_, size, adapt=adapt, seed=seed)
+                    result = marginal.marginal_log_likelihood(est.model_, est.guide_, est.data_, size, adapt=adapt, seed=seed)
                     runs.append((result.total, result.total_mc_sd, int(result.unreliable.sum())))
             totals, sds, bad = (np.array(x) for x in zip(*runs))
             rows.append({"proposal": "adapted" if adapt else "encoder", "M": size, "reported_sd": np.median(sds),
@@ -170,7 +170,7 @@ def monte_carlo_rows(est, sizes: list[int], seeds: int) -> list[dict]:
 
 
 def coverage_rows(reps: int, n_subjects: int, n_visits: int, epochs: int, num_samples: int) -> list[dict]:
-    from pyro_dgmm import variance as V
+    from pyro_dgmm import diagnostics
     from pyro_dgmm.datasets import simulate_linear
 
     z = NormalDist().inv_cdf(0.975)
@@ -183,7 +183,7 @@ def coverage_rows(reps: int, n_subjects: int, n_visits: int, epochs: int, num_sa
         hits["MixedLM"].append(dict(zip(TERMS, covered)))
         est = fit_dgmm(sim.data, epochs, seed=rep)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", V.InferenceWarning)
+            warnings.simplefilter("ignore", diagnostics.InferenceWarning)
             for key in ("SVI", "ML"):
                 if key == "ML":
                     maximize(est, num_samples)

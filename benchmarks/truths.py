@@ -628,7 +628,7 @@ class NonlinearOracle(MixedModel):
 
     def parameter_names(self) -> list[str]:
         """The names (``model.named_parameters()``) of the curve's parameters,
-        for :func:`pyro_dgmm.variance.maximize_marginal_likelihood`."""
+        for :func:`pyro_dgmm.wald.maximize_marginal_likelihood`."""
         return [f"parameters_.{name}" for name, _ in self.parameters_.named_parameters()]
 
 

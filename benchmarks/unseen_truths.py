@@ -38,7 +38,7 @@ docstring) and each seed it simulates n subjects x 20 visits and compares:
   true functional form (``truths.ORACLES``, a ``MixedModel`` variant) fitted
   by ``DeepMixedModel(model_class=<oracle>, latent_dim=<random parameters>)``
   with default fit settings, then refined by
-  ``pyro_dgmm.variance.maximize_marginal_likelihood`` on all its curve
+  ``pyro_dgmm.wald.maximize_marginal_likelihood`` on all its curve
   parameters and the residual SD (``--oracle-samples`` importance samples,
   at most ``--oracle-max-steps`` Newton steps).  Its RMSE is the refined
   fit's; a refinement that fails or stops early is recorded in the row.
@@ -409,7 +409,7 @@ def nonlinear_oracle(name: str, sim, base: dict, args) -> dict:
     """Fit the true functional form with the library, then refine it by
     maximum marginal likelihood (every curve parameter and the residual SD)."""
     from pyro_dgmm import DeepMixedModel
-    from pyro_dgmm.variance import maximize_marginal_likelihood
+    from pyro_dgmm.wald import maximize_marginal_likelihood
 
     oracle = truths.ORACLES[name]
     target = sim.truth["y_mean"].to_numpy()

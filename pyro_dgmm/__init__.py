@@ -20,7 +20,8 @@ from .data import DataSchema, LongitudinalData
 from .errors import ConfigError, DataError, FitError, NotFittedError
 from .estimator import DeepMixedModel
 from .families import BoundedContinuous, Bernoulli, Gaussian, Poisson, StudentT, get_family, register_family
-from .fit import FitConfig, FitResult, fit_svi
+from .fit import FitConfig, fit_svi
+from .results import FitResult
 from .guide import AmortizedGuide
 from .model import DGMM, MixedModel
 from .storage import register_model_class

@@ -19,25 +19,24 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import pyro
-import torch
 
 from .bases import DEFAULT_TIME_BASIS
 from .checkpoint import open_checkpoint
 from .data import TIME_UNITS, DataSchema, LongitudinalData
-from .errors import ConfigError, ConvergenceWarning, DataError, NotFittedError, SaveFileError
+from .errors import ConfigError, ConvergenceWarning, NotFittedError
 from .families import Family, get_family
-from .fit import FitConfig, FitResult, fit_svi
+from .fit import FitConfig, fit_svi
+from .results import FitResult
 from .guide import AmortizedGuide
 from .model import DGMM, MixedModel
-from .parallel import Shards, agree, all_reduce_max, gather_objects, map_subjects, world
-from .partitioned import fit_schema
+from .parallel import hold_out, local_hold_out, map_subjects
+from .partitioned import prepare_partitioned
 from .impute import (KERNELS, ImputationConfig, ImputationTrace, fit_with_imputation, impute_completed,
                      multiple_imputations, with_fill)
 from .guide import ENCODERS
@@ -45,8 +44,9 @@ from .nn import ACTIVATIONS, COVARIANCES
 from .options import check_bool, check_choice, check_float, check_int, check_keywords, check_str
 from .predict import METHODS
 from .posterior import fitted_means, marginal_means
-from . import storage
-from .variance import refine
+from . import wald
+from .inference_methods import LikelihoodMethods
+from .persistence import SaveLoadMethods
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +92,6 @@ class ModelOptions:
     activation: str = "tanh"
 
 
-def _hold_out(data: LongitudinalData, n_val: int, rng: np.random.Generator):
-    """(training, held-out) subjects: ``n_val`` drawn at random, both in id order."""
-    perm = rng.permutation(data.num_subjects)
-    return data.subset(np.sort(perm[n_val:])), data.subset(np.sort(perm[:n_val]))
-
-
 def _check_names(option: str, names) -> list[str]:
     """``names`` (column names) as a list; a bare string is refused, as it
     would otherwise be read as a list of one-letter columns."""
@@ -122,7 +116,7 @@ def _check_outcomes(outcomes) -> dict:
     return {str(name): family for name, family in outcomes.items()}
 
 
-class DeepMixedModel:
+class DeepMixedModel(LikelihoodMethods, SaveLoadMethods):
     """A Deep Generalized Mixed Model for a long DataFrame.
 
     :param id_col, time_col: subject id and time columns.
@@ -136,7 +130,7 @@ class DeepMixedModel:
     :param latent_dim: q, the dimension of b_i, or ``'auto'`` (default):
         start from :func:`default_latent_dim` (more outcomes and time
         functions, more directions) and, while a converged fit uses every
-        direction (:attr:`~pyro_dgmm.fit.FitResult.active_directions`),
+        direction (:attr:`~pyro_dgmm.results.FitResult.active_directions`),
         refit with twice as many, up to :data:`MAX_LATENT_DIM`; the fit
         with the best held-out ELBO is kept.  Unused directions stay at
         the prior and cost little, so starting generous is safe.  The
@@ -261,17 +255,12 @@ class DeepMixedModel:
         schema_options = dict(id_col=self.id_col, time_col=self.time_col, outcomes=self.outcomes,
                               covariates=self.covariates, time_basis=self.time_basis, time_unit=self.time_unit)
         if distributed_input:
-            self.schema_ = fit_schema(df, **schema_options, seed=config.seed)
-            data = agree(lambda: self.schema_.transform(df))
-            self.data_ = data.pad(int(all_reduce_max(torch.tensor(data.num_visits))))
-            baseline = pd.concat(gather_objects(self._baseline_frame(df)), ignore_index=True)
-            baseline = baseline.iloc[np.argsort(pd.factorize(baseline[self.id_col], sort=True)[0], kind="stable")]
-            self.training_baseline_ = baseline.reset_index(drop=True)
-            train, validation = self._local_split(self.data_, config)
+            self.schema_, self.data_, self.training_baseline_ = prepare_partitioned(df, schema_options, config.seed)
+            train, validation = local_hold_out(self.data_, self.validation_fraction, config.seed, config.num_shards)
         else:
             self.schema_, self.data_ = DataSchema.fit_transform(df, **schema_options)
             self.training_baseline_ = self._baseline_frame(df)
-            train, validation = self._split(self.data_, config.seed)
+            train, validation = hold_out(self.data_, self.validation_fraction, config.seed)
         self.num_visits_ = self.data_.num_visits
         latent_dim = self.options.latent_dim
         if latent_dim != "auto":
@@ -345,8 +334,8 @@ class DeepMixedModel:
                 distributed_input=self.distributed_input)
         self.model_.cpu(), self.guide_.cpu()
         if config.refine and not self.result_.interrupted:
-            refinement = refine(self.model_, self.guide_, self._encoder_view(train), seed=config.seed,
-                                num_shards=config.num_shards, distributed_input=self.distributed_input)
+            refinement = wald.refine(self.model_, self.guide_, self._encoder_view(train), seed=config.seed,
+                                     num_shards=config.num_shards, distributed_input=self.distributed_input)
             # the encoder was amortised for the SVI parameters: fit it again for the refined ones
             encoder_fit = fit_svi(self.model_, self.guide_, train, validation,
                                   replace(config, kl_start=1.0, kl_warmup_epochs=0, linear_warmup_epochs=0,
@@ -374,31 +363,6 @@ class DeepMixedModel:
                                            covariance=o.covariance, activation=o.activation,
                                            num_visits=num_visits)
         return model, guide
-
-    def _split(self, data: LongitudinalData, seed: int):
-        n_val = int(round(self.validation_fraction * data.num_subjects))
-        if n_val == 0 or data.num_subjects - n_val < 2:
-            return data, None
-        return _hold_out(data, n_val, np.random.default_rng(seed))
-
-    def _local_split(self, data: LongitudinalData, config: FitConfig):
-        """:meth:`_split` of each process's own subjects (partitioned input,
-        drawn with ``(seed, rank)``); subjects are held out only if every
-        process can hold out at least one per shard."""
-        rank = world()[0]
-        per_process = len(Shards.current(config.num_shards).local)
-
-        def check():
-            if data.num_subjects < per_process:
-                raise DataError(f"this process holds {data.num_subjects} subjects, fewer than its {per_process} "
-                                "shards: use fewer processes or shards, or more data")
-
-        agree(check)
-        n_val = int(round(self.validation_fraction * data.num_subjects))
-        usable = n_val >= per_process and data.num_subjects - n_val >= max(2, per_process)
-        if not all(gather_objects(usable)):
-            return data, None
-        return _hold_out(data, n_val, np.random.default_rng([config.seed, rank]))
 
     # ------------------------------------------------------------- results
     def _check_fitted(self) -> None:
@@ -527,9 +491,9 @@ class DeepMixedModel:
         ``parameter_uncertainty=True`` propagates the uncertainty of the
         linear fixed and random effects and of the dispersions (and Student-t
         df) into the intervals: their standard errors are computed on the
-        training data (:meth:`parameter_errors`) and ``parameter_draws``
+        training data (:meth:`standard_errors`) and ``parameter_draws``
         (20) parameter vectors drawn from the Wald approximation; a
-        :class:`~pyro_dgmm.variance.StandardErrors` may be passed instead.
+        :class:`~pyro_dgmm.results.StandardErrors` may be passed instead.
         Worth it for small training sets (docs/prediction.md).
 
         :returns: a :class:`~pyro_dgmm.predict.Prediction`: ``table`` (tidy:
@@ -539,57 +503,23 @@ class DeepMixedModel:
         from .predict import predict
 
         if options.get("parameter_uncertainty") is True:
-            options["parameter_uncertainty"] = self.parameter_errors()
+            options["parameter_uncertainty"] = self.standard_errors()
         elif options.get("parameter_uncertainty") is False:
             options["parameter_uncertainty"] = None
         return predict(self.model_, self.guide_, self.schema_, history, times, encoder_view=self._encoder_view,
                        **options)
 
-    def refine_observation_model(self, *, num_samples: int = 500, seed: int = 0):
-        """Move the observation-model parameters (dispersions, their slopes,
-        Student-t df) to the maximum of the importance-sampled marginal
-        likelihood on the training data, the networks held fixed
-        (:func:`~pyro_dgmm.variance.maximize_marginal_likelihood` over
-        :meth:`~pyro_dgmm.model.MixedModel.observation_parameters`).
-
-        SVI moves Student-t degrees of freedom slowly (the ELBO's gradient
-        in them is weak and noisy): it left them near 4.5 for a true 3 in our
-        simulations, and this brought them to 2.8-3.2, with unchanged
-        prediction intervals.  Use it when the df (or the dispersions)
-        themselves matter.  On PBC it made held-out predictions worse
-        (the networks fitted to the training subjects leave residuals that
-        look lighter-tailed and smaller than new subjects' errors;
-        docs/prediction.md).  A few Newton steps on the marginal likelihood,
-        each with its Hessian over these parameters only: minutes for
-        hundreds of subjects.
-
-        :returns: the :class:`~pyro_dgmm.variance.Maximization`.
-        """
-        self._check_fitted()
-        from . import variance
-
-        if self.data_ is None:
-            raise NotFittedError("this model was loaded from disk without its training data: call "
-                                 "pyro_dgmm.variance.maximize_marginal_likelihood with the data")
-        return variance.maximize_marginal_likelihood(self.model_, self.guide_, self.data_, (),
-                                                     num_samples=num_samples, seed=seed)
-
-    def parameter_errors(self, *, num_samples: int = 1000, seed: int = 0):
-        """Standard errors of the linear fixed and random effects present in
-        the model and of every observation-model parameter (dispersions, their
-        slopes, Student-t df), from the training data
-        (:func:`~pyro_dgmm.variance.standard_errors`); what
-        ``predict(..., parameter_uncertainty=True)`` draws from."""
-        self._check_fitted()
-        from . import variance
-
-        if self.data_ is None:
-            raise NotFittedError("this model was loaded from disk without its training data: compute "
-                                 "pyro_dgmm.variance.standard_errors on it and pass them as parameter_uncertainty")
-        known = dict(self.model_.named_parameters())
-        linear = [name for name in (*variance.LINEAR_FIXED_EFFECTS, variance.LINEAR_RANDOM_EFFECTS) if name in known]
-        return variance.standard_errors(self.model_, self.guide_, self.data_, linear, num_samples=num_samples,
-                                        seed=seed)
+    def __repr__(self) -> str:
+        families = ", ".join(f"{name}: {family if isinstance(family, str) else get_family(family).name}"
+                             for name, family in self.outcomes.items())
+        head = f"DeepMixedModel(outcomes={{{families}}}, time_basis={self.time_basis!r}"
+        if self.model_ is None:
+            return f"{head}, latent_dim={self.options.latent_dim!r}, not fitted)"
+        result = self.result_
+        status = "converged" if result.converged else "not converged (see result_.stop_reason)"
+        subjects = f"{self.data_.num_subjects} subjects, " if self.data_ is not None else ""
+        return (f"{head}, latent_dim={self.latent_dim_} ({result.active_directions} active), fitted: "
+                f"{subjects}{result.epochs_run} epochs, {status})")
 
     def landmark_evaluation(self, df: pd.DataFrame, landmark: float, **options):
         """Score dynamic predictions of the subjects of ``df`` from their
@@ -628,73 +558,3 @@ class DeepMixedModel:
                  "fit": {k: v for k, v in self.result_.config.items() if k != "device"},
                  "epochs_run": self.result_.epochs_run, "stop_reason": self.result_.stop_reason}
         return to_inference_data(predictive, self.schema_, cell_log_likelihood=cell_log_likelihood, attrs=attrs)
-
-    # ----------------------------------------------------------- save/load
-    def save(self, path: str | Path) -> None:
-        """Save the fitted model (configuration, schema, weights, fit history)
-        to ``path`` in the format of :mod:`pyro_dgmm.storage`: written
-        atomically (a failed save leaves the previous file intact), plain
-        types only (so :meth:`load` reads it with ``weights_only=True``), with
-        a SHA-256 digest that :meth:`load` verifies.  The training data are
-        not stored.
-
-        :raises ConfigError: an option has no plain form (the message says
-            which); nothing is written.
-        """
-        self._check_fitted()
-        storage.write(path, metadata={
-            "init": self._init_kwargs(),
-            "model_class": storage.model_class_name(self.model_class),
-            "schema": self.schema_.to_spec(),
-            "num_visits": self.num_visits_,
-            "latent_dim": self.latent_dim_,
-            "missing": self.missing,
-            "result": asdict(self.result_),
-        }, tensors={"model": self.model_.state_dict(), "guide": self.guide_.state_dict()})
-
-    @classmethod
-    def load(cls, path: str | Path, model_class: type[MixedModel] | None = None) -> "DeepMixedModel":
-        """Load a model saved with :meth:`save`; it predicts exactly as before.
-        The training data are not stored: pass ``df`` to ``fitted_values``.
-
-        The file's model class is never imported from the file's say-so: it
-        is ``model_class`` if given (any :class:`~pyro_dgmm.model.MixedModel`
-        subclass whose parameters fit the stored weights, e.g. a class
-        defined in ``__main__``), else a class registered with
-        :func:`~pyro_dgmm.storage.register_model_class`, else one shipped by
-        pyro_dgmm (rules in :mod:`pyro_dgmm.storage`).
-
-        :raises SaveFileError: the file is missing, damaged, not a pyro_dgmm
-            save file, names a class that is not allowed, or its weights do
-            not fit the model class; the message names the file.
-        """
-        saved = storage.read(path)
-        meta = saved.metadata
-        model_class = storage.resolve_model_class(meta.get("model_class"), path, model_class)
-        try:
-            self = cls(model_class=model_class, **meta["init"])
-            self.schema_ = DataSchema.from_spec(meta["schema"])
-            self.latent_dim_, self.num_visits_ = meta["latent_dim"], meta["num_visits"]
-            self.model_, self.guide_ = self._build(self.schema_, self.num_visits_, self.latent_dim_)
-            self.model_.load_state_dict(saved.tensors["model"])
-            self.guide_.load_state_dict(saved.tensors["guide"])
-            self.missing = meta["missing"]
-            self.result_ = FitResult(**meta["result"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:  # ConfigError is a ValueError
-            raise SaveFileError(f"save file {path} does not describe a model this pyro_dgmm can rebuild as a "
-                                f"{model_class.__qualname__}: {error}") from error
-        self.model_.eval(), self.guide_.eval()
-        return self
-
-    def _init_kwargs(self) -> dict:
-        o = self.options
-        return {
-            "id_col": self.id_col, "time_col": self.time_col,
-            "outcomes": {k: f.to_spec() for k, f in self.schema_.families.items()},
-            "covariates": self.covariates,
-            "time_basis": self.schema_.time_basis.to_spec(),
-            "latent_dim": o.latent_dim, "model_options": o.model_options, "encoder": o.encoder,
-            "encoder_hidden": list(o.encoder_hidden), "covariance": o.covariance,
-            "activation": o.activation, "validation_fraction": self.validation_fraction,
-            "time_unit": self.time_unit,
-        }

@@ -41,7 +41,7 @@ and ``max_epochs`` is a cap, not the length of the fit:
 2. *Convergence.* From the floor on, the fit stops at the next flat trend:
    it has converged.  Reaching ``max_epochs`` before that, stopping during
    KL annealing, or never improving on the held-out loss is reported in
-   :attr:`FitResult.converged` and warned about
+   :attr:`~pyro_dgmm.results.FitResult.converged` and warned about
    (:class:`~pyro_dgmm.errors.ConvergenceWarning`).
 
 The parameters with the best held-out loss are restored at the end.
@@ -89,6 +89,7 @@ from .optim import PackedAdam
 from .options import check_bool, check_choice, check_float, check_int, check_keywords
 from .parallel import Shards, all_reduce_sum, is_main_process, reseed, stream_seed, world
 from .posterior import subjects_per_chunk
+from .results import FitResult
 
 ELBOS = {"meanfield": MeanFieldELBO, "trace": Trace_ELBO, "iwae": ImportanceWeightedELBO}
 
@@ -130,7 +131,7 @@ class FitConfig:
         counts as progress.
     :param refine: after SVI, move the linear fixed and random effects and
         the dispersions to the maximum of the importance-sampled marginal
-        likelihood (:func:`~pyro_dgmm.variance.maximize_marginal_likelihood`;
+        likelihood (:func:`~pyro_dgmm.wald.maximize_marginal_likelihood`;
         done by :class:`~pyro_dgmm.estimator.DeepMixedModel`).
     :param eval_particles: draws of b per held-out subject per evaluation.
     :param seed: makes a run reproducible (data split, batches, draws, init).
@@ -270,42 +271,6 @@ PRESETS = {
     "accurate": {},
     "fast": {"max_epochs": 200, "patience": 6, "anneal_fraction": 0.5, "tolerance": 1e-3},
 }
-
-
-@dataclass
-class FitResult:
-    """What a fit produced besides the fitted modules.
-
-    ``train_loss[e]`` is the objective of epoch ``e`` (its steps' mean negative ELBO term
-    plus the ridge penalty at its end);
-    ``validation_loss`` holds ``(epoch, held-out negative ELBO per subject)``.
-    ``converged`` says whether the convergence test was met (module
-    docstring) and ``stop_reason`` why the fit stopped.
-    ``latent_activity`` holds the eigenvalues (descending) of the covariance
-    across training subjects of the encoder's means :math:`E_q[b_i]`: a
-    direction of b that the data inform has a value near its share of the
-    prior variance 1, an unused one a value near 0; ``active_directions``
-    counts those above :data:`ACTIVE_THRESHOLD` (the "active units" of
-    Burda et al. 2016, made rotation-invariant).  ``refinement`` records
-    the maximum-likelihood refinement, if one ran.  ``interrupted`` says
-    the fit was stopped by Ctrl-C (:func:`fit_svi`): it did not converge,
-    and ``stop_reason`` says where it stopped.
-    """
-
-    config: dict
-    train_loss: list[float] = field(default_factory=list)
-    validation_loss: list[tuple[int, float]] = field(default_factory=list)
-    kl_scale: list[float] = field(default_factory=list)
-    best_epoch: int = -1
-    annealed_at: int | None = None
-    epochs_run: int = 0
-    stop_reason: str = ""
-    converged: bool = False
-    seconds: float = 0.0
-    latent_activity: list[float] = field(default_factory=list)
-    active_directions: int | None = None
-    refinement: dict | None = None
-    interrupted: bool = False
 
 
 def ridge_weights(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:

@@ -17,7 +17,7 @@ Launch with ``torchrun`` (it sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
 (``gloo`` on CPU, ``nccl`` for CUDA tensors).
 
 After the fit, per-subject computations are spread the same way.  The
-marginal likelihood and standard errors (:mod:`pyro_dgmm.variance`) use
+marginal likelihood and standard errors (:mod:`pyro_dgmm.marginal`) use
 the ``num_shards`` shards (:func:`run_shards`), each shard's random draws
 seeded by :func:`shard_seed`.  Fitted values, imputations and predictions
 use fixed blocks of consecutive subjects (:func:`subject_blocks`,
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError, DgmmError
+from .errors import ConfigError, DataError, DgmmError
 
 
 def world() -> tuple[int, int]:
@@ -263,3 +263,43 @@ def agree(check):
     if failures:
         raise failures[0][1][0]("; ".join(f"rank {rank}: {message}" for rank, (_, message) in failures))
     return value
+
+
+def hold_out(data, fraction: float, seed: int):
+    """(training, held-out) subjects of ``data`` for early stopping:
+    ``round(fraction * N)`` drawn at random with ``seed``, both in id order;
+    (data, None) when that leaves none held out or fewer than 2 to train on."""
+    n_val = int(round(fraction * data.num_subjects))
+    if n_val == 0 or data.num_subjects - n_val < 2:
+        return data, None
+    return _draw_held_out(data, n_val, np.random.default_rng(seed))
+
+
+def local_hold_out(data, fraction: float, seed: int, num_shards: int | None):
+    """:func:`hold_out` of each process's own subjects (partitioned input),
+    drawn with ``(seed, rank)``; subjects are held out only if every process
+    can hold out at least one per shard (else (data, None) everywhere).
+
+    :raises DataError: on every process, if some process holds fewer
+        subjects than its shards.
+    """
+    rank = world()[0]
+    per_process = len(Shards.current(num_shards).local)
+
+    def check():
+        if data.num_subjects < per_process:
+            raise DataError(f"this process holds {data.num_subjects} subjects, fewer than its {per_process} "
+                            "shards: use fewer processes or shards, or more data")
+
+    agree(check)
+    n_val = int(round(fraction * data.num_subjects))
+    usable = n_val >= per_process and data.num_subjects - n_val >= max(2, per_process)
+    if not all(gather_objects(usable)):
+        return data, None
+    return _draw_held_out(data, n_val, np.random.default_rng([seed, rank]))
+
+
+def _draw_held_out(data, n_val: int, rng: np.random.Generator):
+    """(training, held-out) subjects: ``n_val`` drawn at random, both in id order."""
+    perm = rng.permutation(data.num_subjects)
+    return data.subset(np.sort(perm[n_val:])), data.subset(np.sort(perm[:n_val]))

@@ -50,7 +50,7 @@ from .bases import DEFAULT_TIME_BASIS, TimeBasis
 from .data import DataSchema, _validate_frame, levels_of, visit_order
 from .errors import ConfigError, DataError
 from .families import Family, get_family
-from .parallel import agree, all_reduce_sum, gather_objects, world
+from .parallel import agree, all_reduce_max, all_reduce_sum, gather_objects, world
 
 SPLITS = ("hash", "file")
 
@@ -210,6 +210,27 @@ def fit_schema(df: pd.DataFrame, *, id_col: str, time_col: str, outcomes: Mappin
         ordered = isinstance(df[col].dtype, pd.CategoricalDtype)
         schema.covariate_encoder.categorical[col] = union if ordered else sorted(union)
     return schema
+
+
+def prepare_partitioned(df: pd.DataFrame, schema_options: Mapping, seed: int):
+    """What a fit with ``distributed_input=True`` needs from this process's
+    subjects ``df``: the common schema (:func:`fit_schema`), this process's
+    data padded to the longest record of any process (so that every
+    process builds the same dense encoder), and every process's baseline
+    rows (id and covariates), gathered in id order.  Every process must call it.
+
+    :param schema_options: ``id_col``, ``time_col``, ``outcomes``,
+        ``covariates``, ``time_basis``, ``time_unit``.
+    :returns: (schema, data, baseline).
+    """
+    schema = fit_schema(df, **schema_options, seed=seed)
+    data = agree(lambda: schema.transform(df))
+    data = data.pad(int(all_reduce_max(torch.tensor(data.num_visits))))
+    id_col, covariates = schema_options["id_col"], list(schema_options.get("covariates", ()))
+    local = df.groupby(id_col, sort=True)[covariates].first().reset_index()
+    baseline = pd.concat(gather_objects(local), ignore_index=True)
+    baseline = baseline.iloc[np.argsort(pd.factorize(baseline[id_col], sort=True)[0], kind="stable")]
+    return schema, data, baseline.reset_index(drop=True)
 
 
 def _is_categorical(series: pd.Series) -> bool:

@@ -2,7 +2,7 @@
 
 Example:
 
->>> from pyro_dgmm.fit import FitResult
+>>> from pyro_dgmm.results import FitResult
 >>> result = FitResult(config={}, train_loss=[3.0, 2.1, 1.7, 1.6], validation_loss=[(1, 2.4), (3, 1.9)])
 >>> fig = plot_loss(result)
 >>> [text.get_text() for text in fig.axes[0].get_legend().get_texts()][0]
@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .fit import FitResult
+from .results import FitResult
 
 
 def plot_subjects(fitted: pd.DataFrame, outcomes: Sequence[str], *, id_col: str, time_col: str,

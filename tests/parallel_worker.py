@@ -17,7 +17,8 @@ from pyro_dgmm.errors import DataError  # noqa: E402
 from pyro_dgmm.impute import ImputationConfig  # noqa: E402
 from pyro_dgmm.parallel import gather_objects, init_from_environment, is_main_process, world  # noqa: E402
 from pyro_dgmm.partitioned import fit_schema, read_subjects  # noqa: E402
-from pyro_dgmm.variance import marginal_log_likelihood, standard_errors  # noqa: E402
+from pyro_dgmm.marginal import marginal_log_likelihood  # noqa: E402
+from pyro_dgmm.wald import standard_errors  # noqa: E402
 import pyro_dgmm.parallel  # noqa: E402
 
 FIT = dict(max_epochs=2, kl_warmup_epochs=1, linear_warmup_epochs=1, seed=5, num_shards=2, progress=False)

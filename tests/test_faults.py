@@ -1357,7 +1357,8 @@ def test_result_options_are_checked(briefly_fitted, method, options, named):
 
 
 def test_standard_error_options_are_checked(briefly_fitted):
-    from pyro_dgmm.variance import marginal_log_likelihood, standard_errors
+    from pyro_dgmm.marginal import marginal_log_likelihood
+    from pyro_dgmm.wald import standard_errors
 
     model, frame = briefly_fitted
     data = model.transform(frame)

@@ -100,7 +100,9 @@ def test_prediction_and_likelihood_gathered_match_one_process(two_process_run, m
     import parallel_worker as worker
 
     monkeypatch.setattr("pyro_dgmm.parallel.MIN_BLOCK_SIZE", worker.BLOCK_SIZE)  # the blocks the processes used
-    from pyro_dgmm.variance import InferenceWarning, marginal_log_likelihood, standard_errors
+    from pyro_dgmm.diagnostics import InferenceWarning
+    from pyro_dgmm.marginal import marginal_log_likelihood
+    from pyro_dgmm.wald import standard_errors
 
     folder, frame, results = two_process_run
     fitted = DeepMixedModel.load(folder / "impute.pt")  # the very parameters the processes used
@@ -156,3 +158,20 @@ def test_partitioned_input_each_rank_reads_its_subjects(two_process_run):
     assert DeepMixedModel.load(folder / "partitioned" / "model.pt").result_.epochs_run == 3
     predictions = pd.read_csv(folder / "predictions.csv")  # 'predict' under torchrun: sharded, rank 0 writes
     assert predictions["pid"].nunique() == 24 and len(predictions) == 48
+
+
+def test_hold_out_draws_a_seeded_share_of_subjects_in_id_order():
+    from pyro_dgmm.parallel import hold_out, local_hold_out
+
+    frame = tiny_frame(n_subjects=20)
+    data = DeepMixedModel(id_col="pid", time_col="t", outcomes={"g": "gaussian"}).fit(
+        frame, max_epochs=1, progress=False).data_
+    train, held = hold_out(data, 0.25, seed=3)
+    assert (train.num_subjects, held.num_subjects) == (15, 5)
+    assert sorted([*train.ids, *held.ids]) == sorted(data.ids) and list(held.ids) == sorted(held.ids)
+    assert list(hold_out(data, 0.25, seed=3)[1].ids) == list(held.ids)  # seeded
+    kept, none = hold_out(data, 0.01, seed=3)  # nobody to hold out
+    assert kept is data and none is None
+    # one process: the local split is the same draw with the seed (seed, rank 0)
+    local_train, local_held = local_hold_out(data, 0.25, seed=3, num_shards=None)
+    assert local_held.num_subjects == 5 and local_train.num_subjects == 15

@@ -355,13 +355,13 @@ def test_parameter_uncertainty_draws_follow_the_wald_approximation_and_widen_int
     cell: the Monte Carlo error of the mean width ratio is well under 1%)."""
     import dataclasses
 
-    from pyro_dgmm import variance
+    from pyro_dgmm import parameters, wald
     from pyro_dgmm.predict import parameter_models
 
     sim, est = linear
     # the fixed effects and sigma (the random-effects map of this short fit is not at a maximum yet)
-    errors = variance.standard_errors(est.model_, est.guide_, est.data_, variance.LINEAR_FIXED_EFFECTS,
-                                      num_samples=300)
+    errors = wald.standard_errors(est.model_, est.guide_, est.data_, parameters.LINEAR_FIXED_EFFECTS,
+                                  num_samples=300)
     models = parameter_models(est.model_, errors, 200, seed=1)
     name = errors.parameter_names[0]
     values = torch.stack([dict(m.named_parameters())[name].detach().reshape(-1) for m in models]).double()

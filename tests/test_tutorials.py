@@ -51,7 +51,7 @@ def test_tutorial_follows_the_conventions(path):
 
 
 # torch >= 2.10 warns about its own use of torch.jit.script the first time
-# forward-mode AD is used (pyro_dgmm.variance.population_curve)
+# forward-mode AD is used (pyro_dgmm.wald.population_curve)
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.stem)
 def test_tutorial_runs_in_smoke_mode(path, tmp_path, monkeypatch):

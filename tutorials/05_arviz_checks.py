@@ -32,7 +32,7 @@ from matplotlib import MatplotlibDeprecationWarning
 
 from pyro_dgmm import DeepMixedModel
 from pyro_dgmm.datasets import PBC_COVARIATES, PBC_ID, PBC_OUTCOMES, PBC_TIME, load_pbc
-from pyro_dgmm.variance import marginal_log_likelihood
+from pyro_dgmm.marginal import marginal_log_likelihood
 
 SMOKE_TEST = "CI" in os.environ
 torch.set_num_threads(1)
@@ -149,7 +149,7 @@ fig.savefig("tutorial05_khat.png", dpi=100)
 # $$
 #
 # (up to the influence of patient $i$ on $\hat\theta$), which
-# `pyro_dgmm.variance.marginal_log_likelihood` estimates by importance
+# `pyro_dgmm.marginal.marginal_log_likelihood` estimates by importance
 # sampling, with its own Pareto $\hat k$ per patient. Its sum is the quantity
 # to compare models with (tutorial 6).
 

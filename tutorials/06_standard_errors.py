@@ -24,14 +24,17 @@
 # taken by automatic differentiation (or by central differences, as in the
 # talk). By default the proposal is first moved to each subject's
 # importance-weighted posterior moments, and control variates remove most
-# of the Monte Carlo error (see `pyro_dgmm.variance`). The same estimate
+# of the Monte Carlo error (see `pyro_dgmm.marginal`). The same estimate
 # compares models: AIC, BIC and likelihood-ratio tests for nested models,
 # and $\ell$ on held-out subjects, a proper predictive score, unlike the
 # ELBO, which is only a bound.
 #
-# We use the linear simulator first, where the DGMM with linear networks
-# *is* a linear mixed model and the true coefficients are known; then we
-# compare a linear mixed model with a DGMM on nonlinear data.
+# The fitted model offers all of it: `summary()`, `standard_errors()`,
+# `marginal_log_likelihood()`, `information_criteria()`, `compare(other)` and
+# `population_curve(df)`, each computed once and cached. We use the linear
+# simulator first, where the DGMM with linear networks *is* a linear mixed
+# model and the true coefficients are known; then we compare a linear mixed
+# model with a DGMM on nonlinear data.
 
 # %%
 import os
@@ -45,15 +48,12 @@ import torch
 
 from pyro_dgmm import DeepMixedModel
 from pyro_dgmm.datasets import simulate_linear, simulate_nonlinear
-from pyro_dgmm.variance import (LINEAR_FIXED_EFFECTS, LINEAR_RANDOM_EFFECTS, information_criteria,
-                                likelihood_ratio_test, linear_coefficients, linear_random_effects_covariance,
-                                marginal_log_likelihood, maximize_marginal_likelihood, population_curve,
-                                standard_errors)
 
 SMOKE_TEST = "CI" in os.environ
 torch.set_num_threads(1)
 pyro.set_rng_seed(0)
-SAMPLES = 300 if SMOKE_TEST else 1000
+SAMPLES = 300 if SMOKE_TEST else 500
+SHORT = dict(max_epochs=2) if SMOKE_TEST else {}  # a real fit runs until it converges
 
 
 def reporting_warnings(fn, *args, **kwargs):
@@ -73,10 +73,13 @@ def reporting_warnings(fn, *args, **kwargs):
 # 0.8\,\text{treated}_i + b_{0i} + b_{1i} t_{ij} + \varepsilon_{ij}$. With
 # `fixed_hidden=()` and `random_hidden=()` both networks are linear and the
 # DGMM is this model (with $\operatorname{cov}(b_{0i}, b_{1i}) = AA^\top$).
-# Standard errors need a *converged* fit: the balance between the fixed
-# effects and the mean of the random effects is a slow direction for
-# stochastic optimisation, so we take many small steps (small batches, more
-# epochs) and use every subject for training.
+# Standard errors need a *converged* fit at the maximum of the likelihood.
+# SVI maximises the ELBO, whose maximiser differs from the maximum
+# likelihood estimate by the encoder's *amortisation gap*, so we fit with
+# `refine=True`: after SVI, a few damped (saddle-free) Newton steps on the
+# importance-sampled $\log \hat p(y; \theta)$ move the linear fixed and
+# random effects and the residual SD to its maximum (for this model, the
+# maximum likelihood estimate of the linear mixed model).
 
 # %%
 sim = simulate_linear(n_subjects=40 if SMOKE_TEST else 300, n_visits=5 if SMOKE_TEST else 10, seed=0)
@@ -87,44 +90,39 @@ def fit_lmm(time_basis):
     """A linear DGMM (a linear mixed model) fitted by SVI to the linear simulator."""
     model = DeepMixedModel(id_col="id", time_col="time", outcomes=sim.outcomes, covariates=sim.covariates,
                            time_basis=time_basis, latent_dim=2, model_options=LINEAR, validation_fraction=0.0)
-    model.fit(sim.data, max_epochs=2 if SMOKE_TEST else 150, batch_size=32, seed=0, progress=False)
-    print(f"{time_basis}: {model.result_.epochs_run} epochs in {model.result_.seconds:.0f} s")
+    reporting_warnings(model.fit, sim.data, seed=0, progress=False, refine=True, **SHORT)
+    refinement = model.result_.refinement
+    print(f"{time_basis}: {model.result_.epochs_run} epochs in {model.result_.seconds:.0f} s; log-likelihood "
+          f"{refinement['log_likelihood_before']:.1f} -> {refinement['log_likelihood_after']:.1f} by the refinement")
     return model
 
 
 lmm = fit_lmm("poly(1)")
+print(lmm)
 
 # %% [markdown]
-# SVI maximises the ELBO, whose maximiser differs from the maximum
-# likelihood estimate by the encoder's *amortisation gap*. Wald intervals
-# need the maximum of $\ell$, so first polish the estimates:
-# `maximize_marginal_likelihood` takes a few damped (saddle-free) Newton
-# steps on $\log \hat p(y; \theta)$, in place.
+# `summary()` prints what a linear mixed model program would: the fixed
+# effects on the data-scale design $[1, t, \text{age}, \text{treated}]$ (the
+# network works on standardised covariates and a centred, scaled time;
+# the summary maps the estimates and their covariance back) with Wald
+# standard errors and 95% intervals, the residual SD, the random-effects
+# covariance, the log-likelihood with its Monte Carlo SD, AIC and BIC, and
+# notes on anything to distrust.
 
 # %%
-ALL_LINEAR = [*LINEAR_FIXED_EFFECTS, LINEAR_RANDOM_EFFECTS]
-polish = reporting_warnings(maximize_marginal_likelihood, lmm.model_, lmm.guide_, lmm.data_,
-                            parameters=ALL_LINEAR, num_samples=SAMPLES, max_steps=2 if SMOKE_TEST else 20)
-print(f"log-likelihood {polish.log_likelihood_before:.1f} -> {polish.log_likelihood_after:.1f} "
-      f"in {polish.steps} steps (converged: {polish.converged})")
+summary = reporting_warnings(lmm.summary, num_samples=SAMPLES)
+print(summary)
 
 # %% [markdown]
-# `standard_errors` takes model parameters by name (those of
-# `model.named_parameters()`; `LINEAR_FIXED_EFFECTS` names the linear part
-# of $\mu_1$) and always adds the dispersions (here the residual SD). The
-# network works on standardised covariates and a centred, scaled time, so
-# `linear_coefficients` maps the estimates and their covariance to the
-# coefficients of the data-scale design $[1, t, \text{age}, \text{treated}]$,
-# the numbers a linear mixed model program would report.
+# The same numbers as DataFrames (`summary.tables`, or `summary.to_frame()`
+# in one long table), here beside the simulator's truth:
 
 # %%
-errors = reporting_warnings(standard_errors, lmm.model_, lmm.guide_, lmm.data_, parameters=LINEAR_FIXED_EFFECTS,
-                            num_samples=SAMPLES, seed=0)
-table = linear_coefficients(lmm.model_, lmm.schema_, errors)
+table = summary.fixed_effects.copy()
 truth = pd.Series(sim.params["beta"]).rename({"intercept": "Intercept", "group[treated]": "group[T.treated]"})
 table["truth"] = [truth[term] for term in table.index.get_level_values("term")]
 print(table[["estimate", "se", "lower", "upper", "truth"]].round(3).to_string())
-print(errors.summary().loc[["sigma[y]"], ["estimate", "se", "lower", "upper"]].round(3).to_string(),
+print(summary.dispersions[["estimate", "se", "lower", "upper"]].round(3).to_string(),
       "  truth:", sim.params["sigma"])
 
 # %% [markdown]
@@ -132,14 +130,17 @@ print(errors.summary().loc[["sigma[y]"], ["estimate", "se", "lower", "upper"]].r
 # time units) against the simulator's $D$:
 
 # %%
-print(linear_random_effects_covariance(lmm.model_, lmm.schema_).round(3).to_string())
+print(summary.random_effects.round(3).to_string())
 print("truth:", sim.params["D"])
 
 # %% [markdown]
-# These standard errors are *conditional*: the parameters not listed (here
-# the random-effects loadings $A$) are held at their estimates. For a linear
-# mixed model the fixed effects and the residual SD are nearly orthogonal to
-# the covariance parameters, so this changes little; for deep networks,
+# The summary's standard errors are *conditional* on the random-effects
+# loadings $A$ (held at their estimates), as a linear mixed model program's
+# $(X^\top V^{-1} X)^{-1}$ is conditional on the variance parameters: the
+# fixed effects and the residual SD are nearly orthogonal to them.
+# `standard_errors(parameters)` takes any model parameters by name (those of
+# `model.model_.named_parameters()`; by default the linear parts, $A$
+# included, and always the dispersions). For deep networks,
 # standard errors of individual weights mean little, and the useful targets
 # are curves and contrasts, as below.
 #
@@ -149,13 +150,14 @@ print("truth:", sim.params["D"])
 # $\eta^0 = \alpha + s\,\nu(b = 0, X, T)$ at any covariates and times, with
 # pointwise delta-method standard errors
 # $\sqrt{J \widehat{\operatorname{cov}}(\hat\theta) J^\top}$,
-# $J = \partial \eta^0 / \partial \theta$.
+# $J = \partial \eta^0 / \partial \theta$, over every parameter of the
+# fixed-effects net.
 
 # %%
 grid = np.linspace(0, 10, 21)
 design = pd.DataFrame({"id": np.repeat([0, 1], len(grid)), "time": np.tile(grid, 2), "age": 0.0,
                        "group": np.repeat(["control", "treated"], len(grid))})
-curve = population_curve(lmm.model_, lmm.schema_.transform(design, require_observed=False), errors)
+curve = reporting_warnings(lmm.population_curve, design, num_samples=SAMPLES)
 curve = curve.merge(design[["id", "time", "group"]], on=["id", "time"])
 
 fig, ax = plt.subplots(figsize=(6, 3.8))
@@ -175,25 +177,20 @@ fig.savefig("tutorial06_population_band.png", dpi=100)
 #
 # Is there curvature in the population course? Fit the model with a
 # quadratic time basis too (fixed *and* random effects on $[1, t, t^2]$),
-# polish both, and compare. `information_criteria` returns $\hat\ell$ with
+# refined in the same way, and compare. `information_criteria()` returns $\hat\ell$ with
 # its Monte Carlo SD, the number of identified parameters $p$ (the rank of
 # the model's Jacobian, so a rank-$q$ random-effects covariance counts what
 # it can identify) and AIC $= -2\hat\ell + 2p$, BIC $= -2\hat\ell + p \log n$
-# ($n$ observed cells). The likelihood-ratio statistic $2(\hat\ell_1 -
-# \hat\ell_0)$ is referred to $\chi^2_{p_1 - p_0}$.
+# ($n$ observed cells). `compare(other)` puts two models side by side and,
+# for models of different size, refers the likelihood-ratio statistic
+# $2(\hat\ell_1 - \hat\ell_0)$ to $\chi^2_{p_1 - p_0}$ (valid if the smaller
+# model is nested in the larger, which it cannot check).
 
 # %%
 quadratic = fit_lmm("poly(2)")
-reporting_warnings(maximize_marginal_likelihood, quadratic.model_, quadratic.guide_, quadratic.data_,
-                   parameters=ALL_LINEAR, num_samples=SAMPLES, max_steps=2 if SMOKE_TEST else 20)
-criteria = {name: reporting_warnings(information_criteria, model.model_, model.guide_, model.data_,
-                                     num_samples=SAMPLES)
-            for name, model in [("linear time", lmm), ("quadratic time", quadratic)]}
-print(pd.DataFrame({name: {"log-likelihood": c.log_likelihood, "MC SD": c.mc_sd, "parameters": c.num_parameters,
-                           "AIC": c.aic, "BIC": c.bic} for name, c in criteria.items()}).T.round(1).to_string())
-if criteria["quadratic time"].num_parameters > criteria["linear time"].num_parameters:
-    test = likelihood_ratio_test(criteria["linear time"], criteria["quadratic time"])
-    print(f"LR statistic {test.statistic:.2f} on {test.df} df, p = {test.p_value:.2f} (MC SD {test.mc_sd:.2f})")
+comparison = reporting_warnings(lmm.compare, quadratic, names=["linear time", "quadratic time"],
+                                num_samples=SAMPLES)
+print(comparison)
 
 # %% [markdown]
 # The data were simulated with a linear course, so the test should not
@@ -229,8 +226,7 @@ for name, options in candidates.items():
     model = DeepMixedModel(id_col="id", time_col="time", outcomes=nonlinear.outcomes,
                            covariates=nonlinear.covariates, **options)
     model.fit(train, max_epochs=2 if SMOKE_TEST else 150, batch_size=32, seed=0, progress=False)
-    score = reporting_warnings(marginal_log_likelihood, model.model_, model.guide_, model.transform(test),
-                               num_samples=SAMPLES, seed=0)
+    score = reporting_warnings(model.marginal_log_likelihood, test, num_samples=SAMPLES, seed=0)
     per_subject[name] = score.per_subject.numpy()
     rows.append({"model": name, "held-out log-likelihood": score.total, "Monte Carlo SD": score.total_mc_sd,
                  "subjects with k > 0.7": int(score.unreliable.sum()), "fit seconds": model.result_.seconds})

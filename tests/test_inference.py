@@ -1,5 +1,7 @@
-"""Marginal likelihood, standard errors, bands and model comparison
-(pyro_dgmm.variance) against closed forms for the linear mixed model and
+"""Likelihood-based inference: Pareto k (pyro_dgmm.diagnostics), the marginal
+likelihood (marginal), standard errors, ML refinement and bands (wald), the
+linear special case's tables (linear_tables) and model comparison
+(comparison), against closed forms for the linear mixed model and
 against statsmodels MixedLM."""
 import copy
 import math
@@ -13,10 +15,10 @@ import pytest
 import torch
 
 from pyro_dgmm import ConfigError, DeepMixedModel
-from pyro_dgmm import variance as V
+from pyro_dgmm import comparison, diagnostics, linear_tables, marginal, parameters, results, wald
 from pyro_dgmm.datasets import simulate_linear
 
-ALL_LINEAR = V.LINEAR_FIXED_EFFECTS + (V.LINEAR_RANDOM_EFFECTS,)
+ALL_LINEAR = parameters.LINEAR_FIXED_EFFECTS + (parameters.LINEAR_RANDOM_EFFECTS,)
 
 
 def linear_dgmm(**kwargs):
@@ -38,7 +40,7 @@ def mixedlm(df):
 
 # The fixture's encoder is deliberately rough: at 100-400 draws a subject or two of 60 may have
 # heavy-tailed weights (k-hat > 0.7, warned about); these tests check the total and its MC SD.
-ROUGH_PROPOSAL = pytest.mark.filterwarnings("ignore:.*Pareto k-hat:pyro_dgmm.variance.InferenceWarning")
+ROUGH_PROPOSAL = pytest.mark.filterwarnings("ignore:.*Pareto k-hat:pyro_dgmm.diagnostics.InferenceWarning")
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +65,8 @@ def exact_log_likelihood(model, data):
 
 def exact_hessian(model, data, names):
     """Hessian of the closed-form total log-likelihood over the model parameters ``names``."""
-    bound = V._float64_copy(model, "cpu")
-    layout = V._Layout(bound.model, names)
+    bound = parameters.float64_copy(model, "cpu")
+    layout = parameters.Layout(bound.model, names)
     data64 = data.to(dtype=torch.float64)
 
     def total(theta):
@@ -113,13 +115,13 @@ def test_pareto_k_recovers_the_tail_shape_of_generalized_pareto_weights(shape):
     (its SD per column is about 0.1)."""
     u = torch.rand(4000, 40, dtype=torch.float64)
     weights = -torch.log(u) if shape == 0 else (u ** -shape - 1) / shape
-    assert abs(V.pareto_k(weights.log()).mean().item() - shape) < 0.05
+    assert abs(diagnostics.pareto_k(weights.log()).mean().item() - shape) < 0.05
 
 
 def test_narrow_proposal_gives_large_k_hat_and_a_warning(lmm):
     est = lmm.est
-    with pytest.warns(V.InferenceWarning, match="Pareto k-hat"):
-        result = V.marginal_log_likelihood(est.model_, NarrowGuide(est.guide_), est.data_, 400, adapt=False)
+    with pytest.warns(diagnostics.InferenceWarning, match="Pareto k-hat"):
+        result = marginal.marginal_log_likelihood(est.model_, NarrowGuide(est.guide_), est.data_, 400, adapt=False)
     assert result.unreliable.float().mean() > 0.5
 
 
@@ -134,9 +136,9 @@ def test_marginal_log_likelihood_matches_the_closed_form_within_its_reported_mc_
     factor 2 (RMS of the standardised errors between 0.5 and 2; measured
     1.0-1.4; the errors are skewed: a few reach -6 SDs)."""
     est = lmm.est
-    result = V.marginal_log_likelihood(est.model_, est.guide_, est.data_, 400, adapt=adapt)
+    result = marginal.marginal_log_likelihood(est.model_, est.guide_, est.data_, 400, adapt=adapt)
     with torch.no_grad():
-        exact = exact_log_likelihood(V._float64_copy(est.model_, "cpu").model, est.data_.to(dtype=torch.float64))
+        exact = exact_log_likelihood(parameters.float64_copy(est.model_, "cpu").model, est.data_.to(dtype=torch.float64))
     z = (result.per_subject - exact) / result.mc_sd
     assert 0.5 < z.pow(2).mean().sqrt() < 2 and z.abs().max() < 8
     assert abs(result.total - exact.sum().item()) < 4 * result.total_mc_sd
@@ -148,16 +150,16 @@ def test_marginal_log_likelihood_matches_the_closed_form_within_its_reported_mc_
 @ROUGH_PROPOSAL
 def test_mc_sd_shrinks_like_one_over_root_num_samples(lmm):
     est = lmm.est
-    small = V.marginal_log_likelihood(est.model_, est.guide_, est.data_, 100, adapt=False)
-    large = V.marginal_log_likelihood(est.model_, est.guide_, est.data_, 1600, adapt=False)
+    small = marginal.marginal_log_likelihood(est.model_, est.guide_, est.data_, 100, adapt=False)
+    large = marginal.marginal_log_likelihood(est.model_, est.guide_, est.data_, 1600, adapt=False)
     assert 2.5 < small.total_mc_sd / large.total_mc_sd < 6  # sqrt(16) = 4
 
 
 @ROUGH_PROPOSAL
 def test_adapting_the_proposal_reduces_the_mc_sd(lmm):
     est = lmm.est
-    plain = V.marginal_log_likelihood(est.model_, est.guide_, est.data_, 400, adapt=False)
-    adapted = V.marginal_log_likelihood(est.model_, est.guide_, est.data_, 400, adapt=True)
+    plain = marginal.marginal_log_likelihood(est.model_, est.guide_, est.data_, 400, adapt=False)
+    adapted = marginal.marginal_log_likelihood(est.model_, est.guide_, est.data_, 400, adapt=True)
     assert adapted.total_mc_sd < plain.total_mc_sd / 3
     assert adapted.ess.min() > 0.5 * 400
 
@@ -169,9 +171,9 @@ def test_autograd_hessian_equals_central_differences(lmm):
     """With common random numbers the estimate is smooth: central differences
     of it reproduce its exact (autograd) Hessian."""
     est = lmm.est
-    kwargs = dict(parameters=V.LINEAR_FIXED_EFFECTS, num_samples=200)
-    auto = V.standard_errors(est.model_, est.guide_, est.data_, **kwargs)
-    central = V.standard_errors(est.model_, est.guide_, est.data_, method="central", **kwargs)
+    kwargs = dict(parameters=parameters.LINEAR_FIXED_EFFECTS, num_samples=200)
+    auto = wald.standard_errors(est.model_, est.guide_, est.data_, **kwargs)
+    central = wald.standard_errors(est.model_, est.guide_, est.data_, method="central", **kwargs)
     scale = auto.hessian.abs().max()
     assert torch.allclose(auto.hessian, central.hessian, atol=1e-5 * scale, rtol=0)
 
@@ -182,12 +184,12 @@ def test_standard_errors_match_the_exact_information(lmm):
     at the same parameters (the parameters of a rough fit: not a maximum,
     so this checks the Hessian, not Wald theory)."""
     est = lmm.est
-    errors = V.standard_errors(est.model_, est.guide_, est.data_, V.LINEAR_FIXED_EFFECTS, num_samples=400)
+    errors = wald.standard_errors(est.model_, est.guide_, est.data_, parameters.LINEAR_FIXED_EFFECTS, num_samples=400)
     exact = copy.copy(errors)
-    exact.covariance, exact.null_space = V._pseudo_inverse(
+    exact.covariance, exact.null_space = wald.pseudo_inverse(
         -exact_hessian(est.model_, est.data_, errors.parameter_names), errors.labels)
-    ours = V.linear_coefficients(est.model_, est.schema_, errors)
-    theirs = V.linear_coefficients(est.model_, est.schema_, exact)
+    ours = linear_tables.linear_coefficients(est.model_, est.schema_, errors)
+    theirs = linear_tables.linear_coefficients(est.model_, est.schema_, exact)
     assert np.allclose(ours.se, theirs.se, rtol=0.03)
     assert errors.covariance[0, 0].sqrt() == pytest.approx(exact.covariance[0, 0].sqrt().item(), rel=0.03)
 
@@ -204,11 +206,11 @@ def test_treatment_contrasts_identify_every_fixed_effect(lmm):
     parameters have no flat direction, every one has a finite SE, and the
     data-scale coefficients carry statsmodels' names."""
     est = lmm.est
-    errors = V.standard_errors(est.model_, est.guide_, est.data_, V.LINEAR_FIXED_EFFECTS, num_samples=200)
+    errors = wald.standard_errors(est.model_, est.guide_, est.data_, parameters.LINEAR_FIXED_EFFECTS, num_samples=200)
     assert errors.null_space.shape[1] == 0
     table = errors.summary()
     assert len(table) == 5 and np.isfinite(table.se).all()  # intercept, time, age, group[T.treated], sigma
-    coefficients = V.linear_coefficients(est.model_, est.schema_, errors)
+    coefficients = linear_tables.linear_coefficients(est.model_, est.schema_, errors)
     assert np.isfinite(coefficients.se).all()
     assert sorted(coefficients.loc["y"].index) == sorted(statsmodels_names(lmm.sim.data))
 
@@ -216,7 +218,7 @@ def test_treatment_contrasts_identify_every_fixed_effect(lmm):
 def test_dispersion_is_reported_on_its_natural_scale(lmm):
     """sigma = exp(u): SE = sigma se(u), interval exp(u -/+ z se(u))."""
     est = lmm.est
-    errors = V.standard_errors(est.model_, est.guide_, est.data_, num_samples=200, level=0.9)
+    errors = wald.standard_errors(est.model_, est.guide_, est.data_, num_samples=200, level=0.9)
     u, se_u = errors.theta[0], errors.covariance[0, 0].sqrt()
     row = errors.summary().loc["sigma[y]"]
     z = 1.6448536269514722
@@ -233,8 +235,8 @@ def test_hessian_that_is_not_negative_definite_warns(lmm):
     model = copy.deepcopy(est.model_)
     with torch.no_grad():
         model.random_effects.linear_coefficients.weight.mul_(0.05)
-    with pytest.warns(V.InferenceWarning, match="not positive definite"):
-        V.standard_errors(model, est.guide_, est.data_, [V.LINEAR_RANDOM_EFFECTS], num_samples=200)
+    with pytest.warns(diagnostics.InferenceWarning, match="not positive definite"):
+        wald.standard_errors(model, est.guide_, est.data_, [parameters.LINEAR_RANDOM_EFFECTS], num_samples=200)
 
 
 # ------------------------------------- maximum likelihood and MixedLM oracle
@@ -244,7 +246,7 @@ def test_hessian_that_is_not_negative_definite_warns(lmm):
 def maximized(lmm):
     """The fitted model moved to the maximum of the estimated marginal likelihood."""
     est = copy.deepcopy(lmm.est)
-    result = V.maximize_marginal_likelihood(est.model_, est.guide_, est.data_, ALL_LINEAR, num_samples=400)
+    result = wald.maximize_marginal_likelihood(est.model_, est.guide_, est.data_, ALL_LINEAR, num_samples=400)
     return est, result
 
 
@@ -253,8 +255,8 @@ def test_maximized_log_likelihood_matches_mixedlm(lmm, maximized):
     of MixedLM's maximised llf (in fact within 0.5 log-likelihood units)."""
     est, result = maximized
     assert result.converged and result.log_likelihood_after > result.log_likelihood_before
-    marginal = V.marginal_log_likelihood(est.model_, est.guide_, est.data_, 1000)
-    assert abs(marginal.total - lmm.ref.llf) < min(0.5, 0.005 * abs(lmm.ref.llf))
+    estimate = marginal.marginal_log_likelihood(est.model_, est.guide_, est.data_, 1000)
+    assert abs(estimate.total - lmm.ref.llf) < min(0.5, 0.005 * abs(lmm.ref.llf))
 
 
 def test_maximized_coefficients_and_standard_errors_match_mixedlm(lmm, maximized):
@@ -263,8 +265,8 @@ def test_maximized_coefficients_and_standard_errors_match_mixedlm(lmm, maximized
     reference is the full observed information of the closed-form
     likelihood at MixedLM's estimates)."""
     est, _ = maximized
-    errors = V.standard_errors(est.model_, est.guide_, est.data_, V.LINEAR_FIXED_EFFECTS, num_samples=1000)
-    table = V.linear_coefficients(est.model_, est.schema_, errors).loc["y"]
+    errors = wald.standard_errors(est.model_, est.guide_, est.data_, parameters.LINEAR_FIXED_EFFECTS, num_samples=1000)
+    table = linear_tables.linear_coefficients(est.model_, est.schema_, errors).loc["y"]
     assert list(table.index) == ["Intercept", "time", "age", "group[T.treated]"]  # statsmodels' names
     bse = np.asarray(lmm.ref.bse)[:4]
     assert np.all(np.abs(table.estimate - np.asarray(lmm.ref.fe_params)) < 0.2 * bse)
@@ -272,15 +274,15 @@ def test_maximized_coefficients_and_standard_errors_match_mixedlm(lmm, maximized
     sigma = errors.summary().loc["sigma[y]"]
     assert sigma.estimate == pytest.approx(np.sqrt(lmm.ref.scale), rel=0.01)
     assert sigma.se == pytest.approx(mixedlm_sigma_se(lmm.sim.data, lmm.ref), rel=0.1)
-    covariance = V.linear_random_effects_covariance(est.model_, est.schema_)
+    covariance = linear_tables.linear_random_effects_covariance(est.model_, est.schema_)
     assert np.allclose(covariance.to_numpy(), np.asarray(lmm.ref.cov_re), rtol=0.1, atol=0.01)
 
 
 def test_parameter_count_and_information_criteria_match_mixedlm(lmm, maximized):
     """Honest count: 4 fixed effects, 3 for D (4 entries of A less 1 rotation) and sigma = MixedLM's 8."""
     est, _ = maximized
-    assert V.count_parameters(est.model_, est.data_) == 8
-    criteria = V.information_criteria(est.model_, est.guide_, est.data_)
+    assert comparison.count_parameters(est.model_, est.data_) == 8
+    criteria = comparison.information_criteria(est.model_, est.guide_, est.data_)
     assert criteria.num_parameters == 8 and criteria.num_observations == len(lmm.sim.data)
     assert criteria.aic == pytest.approx(lmm.ref.aic, abs=1.0)
     assert criteria.bic == pytest.approx(lmm.ref.bic, abs=1.0)
@@ -290,17 +292,17 @@ def test_population_curve_band_agrees_with_the_linear_coefficients(lmm, maximize
     """At age 0 and the control group the typical curve is intercept + slope t;
     at t = 0 its delta-method SE is the intercept's SE."""
     est, _ = maximized
-    errors = V.standard_errors(est.model_, est.guide_, est.data_, V.LINEAR_FIXED_EFFECTS, num_samples=200)
-    coef = V.linear_coefficients(est.model_, est.schema_, errors).loc["y"]
+    errors = wald.standard_errors(est.model_, est.guide_, est.data_, parameters.LINEAR_FIXED_EFFECTS, num_samples=200)
+    coef = linear_tables.linear_coefficients(est.model_, est.schema_, errors).loc["y"]
     grid = pd.DataFrame({"id": [0, 0, 1], "time": [0.0, 5.0, 5.0], "age": [0.0, 0.0, 1.0],
                          "group": ["control", "control", "treated"]})
-    band = V.population_curve(est.model_, est.schema_.transform(grid, require_observed=False), errors)
+    band = wald.population_curve(est.model_, est.schema_.transform(grid, require_observed=False), errors)
     intercept = coef.estimate["Intercept"]
     expected = [intercept, intercept + 5 * coef.estimate.time, coef.estimate.sum() + 4 * coef.estimate.time]
     assert np.allclose(band.y, expected, atol=1e-5)
     assert band.y_se[0] == pytest.approx(coef.se["Intercept"], rel=1e-4)
     assert np.allclose(band.y_upper - band.y, 1.959964 * band.y_se, rtol=1e-5)
-    response = V.population_curve(est.model_, est.schema_.transform(grid, require_observed=False), errors,
+    response = wald.population_curve(est.model_, est.schema_.transform(grid, require_observed=False), errors,
                                   scale="response")
     assert np.allclose(response[["y", "y_se", "y_lower"]], band[["y", "y_se", "y_lower"]])
 
@@ -309,17 +311,17 @@ def test_population_curve_band_agrees_with_the_linear_coefficients(lmm, maximize
 
 
 def test_likelihood_ratio_test():
-    null = V.InformationCriteria(-1010.0, 0.3, 7, 500)
-    alternative = V.InformationCriteria(-1000.0, 0.4, 8, 500)
-    test = V.likelihood_ratio_test(null, alternative)
+    null = results.InformationCriteria(-1010.0, 0.3, 7, 500)
+    alternative = results.InformationCriteria(-1000.0, 0.4, 8, 500)
+    test = comparison.likelihood_ratio_test(null, alternative)
     assert (test.statistic, test.df) == (20.0, 1)
     assert test.p_value == pytest.approx(math.erfc(math.sqrt(20.0 / 2)), rel=1e-9)  # chi2(1) tail
     assert test.mc_sd == pytest.approx(1.0)
-    assert V.likelihood_ratio_test(alternative, V.InformationCriteria(-1001.0, 0.3, 9, 500)).p_value == 1.0
+    assert comparison.likelihood_ratio_test(alternative, results.InformationCriteria(-1001.0, 0.3, 9, 500)).p_value == 1.0
     with pytest.raises(ConfigError, match="more parameters"):
-        V.likelihood_ratio_test(alternative, null)
+        comparison.likelihood_ratio_test(alternative, null)
     with pytest.raises(ConfigError, match="different data"):
-        V.likelihood_ratio_test(null, V.InformationCriteria(-1000.0, 0.4, 8, 499))
+        comparison.likelihood_ratio_test(null, results.InformationCriteria(-1000.0, 0.4, 8, 499))
 
 
 # ------------------------------------------------------------ user errors
@@ -329,22 +331,22 @@ def test_user_errors_are_config_errors(lmm):
     est = lmm.est
     args = (est.model_, est.guide_, est.data_)
     with pytest.raises(ConfigError, match="did you mean 'fixed_effects.intercept'"):
-        V.standard_errors(*args, ["fixed_effects.intercep"])
+        wald.standard_errors(*args, ["fixed_effects.intercep"])
     with pytest.raises(ConfigError, match="num_samples must be at least 50"):
-        V.marginal_log_likelihood(*args, num_samples=20)
+        marginal.marginal_log_likelihood(*args, num_samples=20)
     with pytest.raises(ConfigError, match="method"):
-        V.standard_errors(*args, method="bfgs")
+        wald.standard_errors(*args, method="bfgs")
     with pytest.raises(ConfigError, match="no parameters"):
-        V.standard_errors(*args, include_dispersion=False)
-    errors = V.standard_errors(*args, num_samples=400)
+        wald.standard_errors(*args, include_dispersion=False)
+    errors = wald.standard_errors(*args, num_samples=400)
     with pytest.raises(ConfigError, match="errors lacks"):
-        V.linear_coefficients(est.model_, est.schema_, errors)
+        linear_tables.linear_coefficients(est.model_, est.schema_, errors)
     deep = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, time_basis="spline(3)")
     deep.fit(lmm.sim.data, progress=False, max_epochs=1)
     with pytest.raises(ConfigError, match="fixed_hidden"):
-        V.linear_coefficients(deep.model_, deep.schema_, errors)
+        linear_tables.linear_coefficients(deep.model_, deep.schema_, errors)
     with pytest.raises(ConfigError, match="random_hidden"):
-        V.linear_random_effects_covariance(deep.model_, deep.schema_)
+        linear_tables.linear_random_effects_covariance(deep.model_, deep.schema_)
 
 
 # ------------------------------------------------------------- acceptance
@@ -364,10 +366,10 @@ def test_acceptance_against_mixedlm_on_300_subjects():
     sigma_se = mixedlm_sigma_se(sim.data, ref)
     for polish in (False, True):
         if polish:
-            V.maximize_marginal_likelihood(est.model_, est.guide_, est.data_, ALL_LINEAR)
-        errors = V.standard_errors(est.model_, est.guide_, est.data_, V.LINEAR_FIXED_EFFECTS)
+            wald.maximize_marginal_likelihood(est.model_, est.guide_, est.data_, ALL_LINEAR)
+        errors = wald.standard_errors(est.model_, est.guide_, est.data_, parameters.LINEAR_FIXED_EFFECTS)
         assert abs(errors.marginal.total / ref.llf - 1) < 0.005
-        table = V.linear_coefficients(est.model_, est.schema_, errors).loc["y"]
+        table = linear_tables.linear_coefficients(est.model_, est.schema_, errors).loc["y"]
         assert np.allclose(table.se, np.asarray(ref.bse)[:4], rtol=0.1)
         assert errors.summary().loc["sigma[y]", "se"] == pytest.approx(sigma_se, rel=0.1)
 
@@ -438,10 +440,10 @@ def test_student_t_marginal_likelihood_matches_quadrature_over_one_random_effect
     with torch.no_grad():  # make every part of the observation model matter
         est.model_.dispersion_slopes_0.copy_(torch.linspace(0.3, -0.2, est.model_.dispersion_slopes_0.numel()))
         est.model_.df_0_unconstrained.fill_(1.0)  # df = 2 + softplus(1) = 3.31
-    with pytest.warns(V.InferenceWarning, match="Pareto k-hat"):
-        result = V.marginal_log_likelihood(est.model_, est.guide_, est.data_, 2000)
+    with pytest.warns(diagnostics.InferenceWarning, match="Pareto k-hat"):
+        result = marginal.marginal_log_likelihood(est.model_, est.guide_, est.data_, 2000)
     grid = torch.linspace(-10, 10, 4001, dtype=torch.float64)
-    model, data = V._float64_copy(est.model_, "cpu").model, est.data_.to(dtype=torch.float64)
+    model, data = parameters.float64_copy(est.model_, "cpu").model, est.data_.to(dtype=torch.float64)
     with torch.no_grad():
         b = grid[:, None, None].expand(len(grid), data.num_subjects, 1)
         log_integrand = observed_log_likelihood(model, b, data) + dist.Normal(0.0, 1.0).log_prob(grid)[:, None]

@@ -1,0 +1,341 @@
+"""Result containers: what fitting and likelihood-based inference return.
+
+Plain dataclasses with their own presentation (tables, text), apart from
+the code that computes them, so that plotting, conversion and saving read
+results without importing any inference module (docs/developer.md states
+the rule).  This module imports only the data layer and the diagnostics'
+threshold.
+
+* :class:`FitResult`: losses, convergence, latent activity of a fit
+  (:func:`~pyro_dgmm.fit.fit_svi`).
+* :class:`MarginalLikelihood`: per-subject importance-sampled
+  :math:`\\log p(y_i^o)` (:mod:`pyro_dgmm.marginal`).
+* :class:`StandardErrors`, :class:`Maximization`: Wald inference and the
+  maximum-likelihood refinement (:mod:`pyro_dgmm.wald`).
+* :class:`InformationCriteria`, :class:`LikelihoodRatioTest`,
+  :class:`Comparison`: model comparison (:mod:`pyro_dgmm.comparison`).
+* :class:`Summary`: the statsmodels-style summary of
+  :meth:`~pyro_dgmm.estimator.DeepMixedModel.summary`.
+
+Example:
+
+>>> criteria = InformationCriteria(log_likelihood=-100.0, mc_sd=0.1, num_parameters=4, num_observations=50)
+>>> criteria.aic, round(criteria.bic, 2)
+(208.0, 215.65)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .diagnostics import PARETO_K_THRESHOLD
+
+
+def wald_table(index: pd.Index, estimate, se, lower, upper) -> pd.DataFrame:
+    """estimate, se, z = estimate / se, two-sided normal p_value, lower, upper (tensors or arrays)."""
+    estimate, se, lower, upper = (np.asarray(torch.as_tensor(x).detach().cpu(), dtype=float)
+                                  for x in (estimate, se, lower, upper))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = estimate / se
+    p_value = np.array([math.erfc(abs(v) / math.sqrt(2)) for v in z])
+    return pd.DataFrame({"estimate": estimate, "se": se, "z": z, "p_value": p_value, "lower": lower,
+                         "upper": upper}, index=index)
+
+
+@dataclass
+class FitResult:
+    """What a fit produced besides the fitted modules.
+
+    ``train_loss[e]`` is the objective of epoch ``e`` (its steps' mean negative ELBO term
+    plus the ridge penalty at its end);
+    ``validation_loss`` holds ``(epoch, held-out negative ELBO per subject)``.
+    ``converged`` says whether the convergence test was met (module
+    docstring) and ``stop_reason`` why the fit stopped.
+    ``latent_activity`` holds the eigenvalues (descending) of the covariance
+    across training subjects of the encoder's means :math:`E_q[b_i]`: a
+    direction of b that the data inform has a value near its share of the
+    prior variance 1, an unused one a value near 0; ``active_directions``
+    counts those above :data:`~pyro_dgmm.fit.ACTIVE_THRESHOLD` (the "active units" of
+    Burda et al. 2016, made rotation-invariant).  ``refinement`` records
+    the maximum-likelihood refinement, if one ran.  ``interrupted`` says
+    the fit was stopped by Ctrl-C (:func:`~pyro_dgmm.fit.fit_svi`): it did not converge,
+    and ``stop_reason`` says where it stopped.
+    """
+
+    config: dict
+    train_loss: list[float] = field(default_factory=list)
+    validation_loss: list[tuple[int, float]] = field(default_factory=list)
+    kl_scale: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    annealed_at: int | None = None
+    epochs_run: int = 0
+    stop_reason: str = ""
+    converged: bool = False
+    seconds: float = 0.0
+    latent_activity: list[float] = field(default_factory=list)
+    active_directions: int | None = None
+    refinement: dict | None = None
+    interrupted: bool = False
+
+
+@dataclass
+class MarginalLikelihood:
+    r"""Importance-sampling estimate of :math:`\log p(y_i^o; \theta)` per subject.
+
+    ``per_subject``, ``mc_sd``, ``ess``, ``pareto_k``: shape (N,), in the
+    order of ``ids`` (every process's subjects when sharded).  ``mc_sd`` is the Monte Carlo SD of each estimate (see
+    the module docstring); it shrinks like :math:`1/\sqrt S`.
+    (:math:`\log \hat p_i` is biased down by about ``mc_sd**2 / 2``.)
+    """
+
+    per_subject: torch.Tensor
+    mc_sd: torch.Tensor
+    ess: torch.Tensor
+    pareto_k: torch.Tensor
+    num_samples: int
+    ids: np.ndarray
+
+    @property
+    def total(self) -> float:
+        """The estimate of the total marginal log-likelihood sum_i log p(y_i^o)."""
+        return float(self.per_subject.sum())
+
+    @property
+    def total_mc_sd(self) -> float:
+        """Monte Carlo SD of :attr:`total` (the subjects' draws are independent)."""
+        return float(self.mc_sd.pow(2).sum().sqrt())
+
+    @property
+    def unreliable(self) -> torch.Tensor:
+        """Subjects whose Pareto k-hat exceeds :data:`~pyro_dgmm.diagnostics.PARETO_K_THRESHOLD`, shape (N,)."""
+        return self.pareto_k > PARETO_K_THRESHOLD
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per subject: id, log_likelihood, mc_sd, ess, pareto_k."""
+        return pd.DataFrame({
+            "id": self.ids, "log_likelihood": self.per_subject.cpu().numpy(), "mc_sd": self.mc_sd.cpu().numpy(),
+            "ess": self.ess.cpu().numpy(), "pareto_k": self.pareto_k.cpu().numpy(),
+        })
+
+
+@dataclass
+class StandardErrors:
+    r"""Wald inference for a set of model parameters from the observed information.
+
+    ``parameter_names`` are model parameters, flattened in that order into
+    the P scalars named ``labels`` (``slices`` maps a name to its positions).
+    ``theta`` (P,) holds their values on the working (unconstrained) scale,
+    ``hessian`` (P, P) the Hessian of the estimated :math:`\ell` there,
+    ``covariance`` (P, P) the pseudo-inverse of ``-hessian`` over its
+    non-flat directions and ``null_space`` (P, r) an orthonormal basis of
+    the flat ones.  ``estimate``, ``se``, ``lower``, ``upper`` (P,) are on
+    the reported scale (dispersions on their natural scale, with intervals
+    transformed from the log scale); ``se`` is NaN for parameters that move
+    along a flat direction (not identified).  ``marginal`` is the
+    log-likelihood estimate at ``theta`` with the same draws.
+    """
+
+    parameter_names: list[str]
+    labels: list[str]
+    slices: dict[str, slice]
+    theta: torch.Tensor
+    hessian: torch.Tensor
+    covariance: torch.Tensor
+    null_space: torch.Tensor
+    estimate: torch.Tensor
+    se: torch.Tensor
+    lower: torch.Tensor
+    upper: torch.Tensor
+    level: float
+    method: str
+    marginal: MarginalLikelihood
+
+    def summary(self) -> pd.DataFrame:
+        """Table indexed by label: estimate, se, z, p_value, lower, upper."""
+        return wald_table(pd.Index(self.labels, name="parameter"), self.estimate, self.se, self.lower,
+                          self.upper)
+
+
+@dataclass
+class Maximization:
+    """What :func:`~pyro_dgmm.wald.maximize_marginal_likelihood` did: the estimated total
+    log-likelihood at the start and at the end (each with the proposal
+    fitted there), the steps taken and whether the Newton decrement fell
+    below the tolerance."""
+
+    log_likelihood_before: float
+    log_likelihood_after: float
+    steps: int
+    converged: bool
+
+
+@dataclass
+class InformationCriteria:
+    r"""Log-likelihood and information criteria of a fitted model on some data.
+
+    ``aic`` :math:`= -2\hat\ell + 2p`; ``bic`` :math:`= -2\hat\ell + p \log n`
+    with n the number of observed cells (statsmodels' convention for
+    MixedLM; with n = subjects BIC penalises less).  ``mc_sd`` is the Monte
+    Carlo SD of :math:`\hat\ell` (and so half that of AIC and BIC).
+    """
+
+    log_likelihood: float
+    mc_sd: float
+    num_parameters: int
+    num_observations: int
+
+    @property
+    def aic(self) -> float:
+        return -2 * self.log_likelihood + 2 * self.num_parameters
+
+    @property
+    def bic(self) -> float:
+        return -2 * self.log_likelihood + math.log(self.num_observations) * self.num_parameters
+
+
+@dataclass
+class LikelihoodRatioTest:
+    r""":math:`2(\hat\ell_1 - \hat\ell_0)` on ``df`` degrees of freedom, its
+    chi-square p-value and the statistic's Monte Carlo SD."""
+
+    statistic: float
+    df: int
+    p_value: float
+    mc_sd: float
+
+
+@dataclass
+class Comparison:
+    """Fitted models side by side (:func:`~pyro_dgmm.comparison.compare`).
+
+    ``table``: one row per model: log_likelihood, mc_sd, num_parameters,
+    aic, bic, delta_aic (from the smallest AIC).  ``likelihood_ratio``: the
+    test of the smaller model against the larger when there are two of
+    different size (valid only if nested), else None.
+    """
+
+    table: pd.DataFrame
+    likelihood_ratio: LikelihoodRatioTest | None = None
+
+    def __str__(self) -> str:
+        text = self.table.to_string(float_format=lambda v: f"{v:.3f}")
+        test = self.likelihood_ratio
+        if test is not None:
+            text += (f"\nLikelihood-ratio test (if nested): chi2 = {test.statistic:.3f} on {test.df} df, "
+                     f"p = {test.p_value:.4g} (Monte Carlo SD of chi2 {test.mc_sd:.3f})")
+        return text
+
+
+#: Column headings of the text summary's coefficient tables (statsmodels' style).
+_HEADINGS = {"estimate": "Coef.", "se": "Std.Err.", "z": "z", "p_value": "P>|z|"}
+
+
+@dataclass
+class Summary:
+    """What :meth:`~pyro_dgmm.estimator.DeepMixedModel.summary` reports,
+    as text (``str(summary)``, like statsmodels' ``summary()``) and as
+    DataFrames (:attr:`tables`, :meth:`to_frame`).
+
+    ``info``: the header (model, data, fit and likelihood facts; label ->
+    value).  ``fixed_effects``: the linear part's coefficients on the data
+    scale, indexed by (outcome, term): estimate, se, z, p_value, lower,
+    upper (None for a model without a linear fixed-effects net).
+    ``random_effects``: the data-scale covariance of the linear random
+    effects, indexed by (outcome, term) on both axes (None without a
+    linear random-effects net).  ``dispersions``: the observation-model
+    parameters (residual SD, Student-t df, ...) on their natural scale, as
+    ``fixed_effects``.  ``level``: the intervals' confidence level;
+    ``notes``: caveats (estimation by ELBO, unreliable weights, tables left
+    out and why).
+    """
+
+    info: dict
+    fixed_effects: pd.DataFrame | None
+    random_effects: pd.DataFrame | None
+    dispersions: pd.DataFrame
+    level: float = 0.95
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """``'info'`` (one column, ``value``) and each table present."""
+        tables = {"info": pd.DataFrame({"value": pd.Series(self.info, dtype=object)})}
+        for name in ("fixed_effects", "random_effects", "dispersions"):
+            if getattr(self, name) is not None:
+                tables[name] = getattr(self, name)
+        return tables
+
+    def to_frame(self) -> pd.DataFrame:
+        """All estimates in one long table indexed by (section, outcome, term):
+        ``'fixed'`` coefficients, ``'random'`` variances ``Var(term)`` and
+        covariances ``Cov(term, term)`` (estimates only), ``'dispersion'``
+        parameters (outcome taken from labels such as ``sigma[y]``);
+        columns as in :attr:`fixed_effects`."""
+        parts = []
+        if self.fixed_effects is not None:
+            parts.append(self.fixed_effects.set_axis(
+                pd.MultiIndex.from_tuples([("fixed", *key) for key in self.fixed_effects.index])))
+        if self.random_effects is not None:
+            keys, values = [], []
+            labels = list(self.random_effects.index)
+            for i, row in enumerate(labels):
+                for column in labels[:i + 1]:
+                    same = row[0] == column[0]
+                    outcome = row[0] if same else f"{column[0]}:{row[0]}"
+                    term = f"Var({row[1]})" if row == column else (
+                        f"Cov({column[1]}, {row[1]})" if same else f"Cov({column[0]}.{column[1]}, {row[0]}.{row[1]})")
+                    keys.append(("random", outcome, term))
+                    values.append(self.random_effects.loc[row, column])
+            parts.append(pd.DataFrame({"estimate": values}, index=pd.MultiIndex.from_tuples(keys)))
+        keys = [("dispersion", *_outcome_of(label)) for label in self.dispersions.index]
+        parts.append(self.dispersions.set_axis(pd.MultiIndex.from_tuples(keys)))
+        frame = pd.concat(parts)
+        frame.index.names = ["section", "outcome", "term"]
+        return frame[["estimate", "se", "z", "p_value", "lower", "upper"]]
+
+    def __str__(self) -> str:
+        width = 78
+        low, high = (1 - self.level) / 2, (1 + self.level) / 2
+        headings = {**_HEADINGS, "lower": f"[{low:.3g}", "upper": f"{high:.3g}]"}
+        items = [f"{key + ':':<20}{value}" for key, value in self.info.items()]
+        half = (len(items) + 1) // 2
+        lines = ["DeepMixedModel summary".center(width), "=" * width]
+        lines += [f"{a:<40}{b}".rstrip() for a, b in zip(items[:half], items[half:] + [""])]
+        tables = [("Fixed effects (data scale)", self.fixed_effects),
+                  ("Observation-model parameters", self.dispersions)]
+        for title, table in tables:
+            if table is not None and len(table):
+                lines += ["-" * width, title, _coefficient_text(table, headings)]
+        if self.random_effects is not None:
+            covariance = self.random_effects.copy()
+            names = [f"{o}: {t}" if covariance.index.get_level_values(0).nunique() > 1 else t
+                     for o, t in covariance.index]
+            covariance.index, covariance.columns = names, names
+            lines += ["-" * width, "Random-effects covariance (data scale)",
+                      covariance.to_string(float_format=lambda v: f"{v:.4f}")]
+        lines.append("=" * width)
+        lines += [f"Note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def _coefficient_text(table: pd.DataFrame, headings: dict) -> str:
+    """A coefficient table as fixed-width text, one row per parameter."""
+    shown = table[list(headings)].rename(columns=headings)
+    if isinstance(shown.index, pd.MultiIndex) and shown.index.get_level_values(0).nunique() == 1:
+        shown.index = shown.index.get_level_values(-1)
+    elif isinstance(shown.index, pd.MultiIndex):
+        shown.index = [f"{o}: {t}" for o, t in shown.index]
+    shown.index.name = None
+    return shown.to_string(float_format=lambda v: f"{v:.4f}")
+
+
+def _outcome_of(label: str) -> tuple[str, str]:
+    """('y', 'sigma') from 'sigma[y]'; ('', label) for labels without an outcome."""
+    if label.endswith("]") and "[" in label:
+        name, _, outcome = label[:-1].partition("[")
+        return outcome, name
+    return "", label
