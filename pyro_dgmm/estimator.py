@@ -125,7 +125,8 @@ def _check_outcomes(outcomes) -> dict:
 class DeepMixedModel:
     """A Deep Generalized Mixed Model for a long DataFrame.
 
-    :param id_col, time_col: subject id and time columns.
+    :param id_col: subject id column.
+    :param time_col: time column.
     :param outcomes: outcome column -> family (``'gaussian'``,
         ``'student_t'``, ``'bernoulli'``, ``'poisson'``, ``'bounded(1,7)'`` or a
         :class:`~pyro_dgmm.families.Family`).  Outcomes share one latent b_i.

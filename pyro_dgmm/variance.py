@@ -616,8 +616,10 @@ def marginal_log_likelihood(model, guide, data: LongitudinalData, num_samples: i
 
     :param num_samples: S, importance samples per subject (at least
         10 per control variate: 50 for q = 2).
-    :param num_shards, distributed_input: sharding over processes (module
-        docstring); default one shard per ``torch.distributed`` process.
+    :param num_shards: sharding over processes (module docstring); default
+        one shard per ``torch.distributed`` process.
+    :param distributed_input: each process passes only its own subjects
+        (module docstring).
     :returns: a :class:`MarginalLikelihood` (``.total``, ``.total_mc_sd``,
         per-subject values and diagnostics), the same on every process.
     """
@@ -695,8 +697,10 @@ def standard_errors(model, guide, data: LongitudinalData, parameters: Sequence[s
     :param level: confidence level of the intervals.
     :param adapt: adapt the proposal to each subject (module docstring).
     :param step: relative step of the central differences.
-    :param num_shards, distributed_input: sharding over processes (module
-        docstring); default one shard per ``torch.distributed`` process. The Hessian is
+    :param num_shards: sharding over processes (module docstring); default
+        one shard per ``torch.distributed`` process.
+    :param distributed_input: each process passes only its own subjects
+        (module docstring). The Hessian is
         each process's Hessian of its partial sum, summed over processes.
     :returns: a :class:`StandardErrors`.  Warns (:class:`InferenceWarning`)
         when ``-hessian`` has a negative eigenvalue (not at a maximum, or
@@ -768,8 +772,10 @@ def maximize_marginal_likelihood(model, guide, data: LongitudinalData, parameter
     :param parameters: names from ``model.named_parameters()``; for a
         linear DGMM all of them (:data:`LINEAR_FIXED_EFFECTS`,
         :data:`LINEAR_RANDOM_EFFECTS` and the dispersion).
-    :param num_shards, distributed_input: sharding over processes (module
-        docstring); default one shard per ``torch.distributed`` process. Every process
+    :param num_shards: sharding over processes (module docstring); default
+        one shard per ``torch.distributed`` process.
+    :param distributed_input: each process passes only its own subjects
+        (module docstring). Every process
         takes the same steps.
     :returns: a :class:`Maximization`; the model's parameters are updated.
     """
@@ -1294,8 +1300,10 @@ def information_criteria(model, guide, data: LongitudinalData, *, num_parameters
 
     :param num_parameters: p; default :func:`count_parameters` (on rank
         0's data with ``distributed_input``).
-    :param num_shards, distributed_input: sharding over processes (module
-        docstring); default one shard per ``torch.distributed`` process.
+    :param num_shards: sharding over processes (module docstring); default
+        one shard per ``torch.distributed`` process.
+    :param distributed_input: each process passes only its own subjects
+        (module docstring).
     """
     marginal = marginal_log_likelihood(model, guide, data, num_samples, adapt=adapt, chunk_size=chunk_size,
                                        seed=seed, num_shards=num_shards, distributed_input=distributed_input)
