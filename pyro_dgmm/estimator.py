@@ -30,7 +30,7 @@ import torch
 
 from .bases import DEFAULT_TIME_BASIS
 from .checkpoint import open_checkpoint
-from .data import TIME_UNITS, DataSchema, LongitudinalData
+from .data import TIME_UNITS, DataSchema, LongitudinalData, parse_covariate_formula
 from .errors import ConfigError, ConvergenceWarning, DataError, NotFittedError, SaveFileError
 from .families import Family, get_family
 from .fit import FitConfig, FitResult, fit_svi
@@ -130,7 +130,10 @@ class DeepMixedModel:
     :param outcomes: outcome column -> family (``'gaussian'``,
         ``'student_t'``, ``'bernoulli'``, ``'poisson'``, ``'bounded(1,7)'`` or a
         :class:`~pyro_dgmm.families.Family`).  Outcomes share one latent b_i.
-    :param covariates: baseline covariate columns (numeric or categorical).
+    :param covariates: baseline covariate columns (numeric or categorical),
+        or a formula of them such as ``"age * sex + C(trt)"`` (interactions,
+        contrasts and transforms, expanded by formulaic and replayed on new
+        data: :class:`~pyro_dgmm.data.FormulaEncoder`; docs/data.md).
     :param time_basis: time functions T_ij: ``'poly(1)'`` (default,
         :data:`~pyro_dgmm.bases.DEFAULT_TIME_BASIS`), ``'spline(4)'``,
         ``'poly(2)'``, ``'spline(4)+fourier(7)'``...
@@ -159,7 +162,7 @@ class DeepMixedModel:
     """
 
     def __init__(self, *, id_col: str, time_col: str, outcomes: Mapping[str, str | Family],
-                 covariates: Sequence[str] = (), time_basis=DEFAULT_TIME_BASIS, latent_dim: int | str = "auto",
+                 covariates: Sequence[str] | str = (), time_basis=DEFAULT_TIME_BASIS, latent_dim: int | str = "auto",
                  model_class: type[MixedModel] = DGMM, model_options: dict | None = None,
                  encoder: str = "set", encoder_hidden: Sequence[int] = (64, 64),
                  covariance: str = "full", activation: str = "tanh",
@@ -175,7 +178,8 @@ class DeepMixedModel:
                                   f"({type(latent_dim).__name__})") from None
         self.id_col, self.time_col = check_str("id_col", id_col), check_str("time_col", time_col)
         self.outcomes = _check_outcomes(outcomes)
-        self.covariates = _check_names("covariates", covariates)
+        self.covariates = (parse_covariate_formula(covariates)[0] if isinstance(covariates, str)
+                           else _check_names("covariates", covariates))
         self.time_basis = time_basis
         self.model_class = model_class
         if model_options is not None and not isinstance(model_options, Mapping):
@@ -253,6 +257,9 @@ class DeepMixedModel:
         if imputation is not None and not isinstance(imputation, ImputationConfig):
             raise ConfigError(f"imputation must be an ImputationConfig or None, got {imputation!r}")
         distributed_input = check_bool("distributed_input", distributed_input)
+        if distributed_input and isinstance(self.covariates, str):
+            raise ConfigError("covariates given as a formula cannot be fitted with distributed_input=True yet: "
+                              "give the covariates as a list of columns")
         if config is not None and preset is not None:
             raise ConfigError("pass either config or preset, not both")
         config = replace(config or FitConfig.from_preset(preset or "accurate"), **config_overrides)
@@ -512,7 +519,7 @@ class DeepMixedModel:
             if self.training_baseline_ is None:
                 raise NotFittedError("this model was loaded from disk without its data: pass df")
             return self.training_baseline_
-        return df.groupby(self.id_col, sort=True)[self.covariates].first().reset_index()
+        return df.groupby(self.id_col, sort=True)[self.schema_.covariates].first().reset_index()
 
     def predict(self, history: pd.DataFrame, times, **options):
         """Dynamic predictions for the subjects of ``history`` (new or known;
