@@ -40,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -125,6 +126,8 @@ def _run_cells(notebook, source: Path, scratch: Path, files: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # warnings as 'Category: message', without the build machine's file paths and source lines
+    warnings.formatwarning = lambda message, category, *_, **__: f"{category.__name__}: {message}\n"
     namespace = {"__name__": "__main__", "__file__": str(source)}
     number = 0
     for cell in notebook.cells:
