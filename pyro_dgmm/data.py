@@ -298,12 +298,13 @@ def parse_covariate_formula(formula: str) -> tuple[str, list[str]]:
 
     from formulaic import Formula
     from formulaic.errors import FormulaicError
+    from formulaic.formula import SimpleFormula
 
     try:
         parsed = Formula(formula)
     except (FormulaicError, SyntaxError, ValueError) as error:
         raise ConfigError(_formula_error(formula, error)) from None
-    if not hasattr(parsed, "__iter__") or not all(hasattr(term, "factors") for term in parsed):
+    if not isinstance(parsed, SimpleFormula):  # 'y ~ x' or several parts
         raise ConfigError(f"covariates formula {formula!r} must be a right-hand side only (e.g. 'age * sex + C(trt)'): "
                           "the outcomes are given by outcomes=")
     terms = list(parsed)

@@ -100,9 +100,11 @@ def _hold_out(data: LongitudinalData, n_val: int, rng: np.random.Generator):
 
 def _check_names(option: str, names) -> list[str]:
     """``names`` (column names) as a list; a bare string is refused, as it
-    would otherwise be read as a list of one-letter columns."""
+    would otherwise be read as a list of one-letter columns (``covariates``
+    takes a string as a formula before this check)."""
     if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
-        raise ConfigError(f"{option} must be a list of column names, e.g. ['age'], got {names!r}")
+        raise ConfigError(f"{option} must be a list of column names, e.g. ['age'] (or, for covariates, a "
+                          f"formula such as 'age * sex'), got {names!r}")
     return [check_str(f"{option}[{k}]", name) for k, name in enumerate(names)]
 
 
