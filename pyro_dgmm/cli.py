@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--times", nargs="+", required=True,
                       help="times to predict at: numbers, or dates (e.g. 2024-05-01) for a model fitted on dates")
     pred.add_argument("--relative", action="store_true", help="times are offsets from each subject's last visit")
-    pred.add_argument("--levels", type=_level, nargs="+", default=[0.95],
+    pred.add_argument("--levels", type=float, nargs="+", default=[0.95],
                       help="interval levels, as fractions or percents: 0.95 or 95 (default 0.95); several "
                            "give several intervals, e.g. --levels 0.8 0.95")
     pred.add_argument("--num-samples", type=int, default=1000)
@@ -365,18 +365,22 @@ def check_output_file(path: Path, option: str = "--out") -> None:
         raise ConfigError(f"{option} {path}: no permission to write there")
 
 
-def _level(text: str) -> float:
-    """--levels: a level in (0, 1), or a percent in (1, 100) (``95`` is 0.95)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if 1 < value < 100:
-        value /= 100
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a level between 0 and 1 (e.g. 0.95) or a percent "
-                                         f"between 1 and 100 (e.g. 95), got '{text}'")
-    return value
+def interval_levels(values: list[float]) -> list[float]:
+    """--levels as fractions: a level in (0, 1) as it is, a percent in
+    (1, 100) divided by 100 (``95`` is 0.95); anything else is a
+    :class:`~pyro_dgmm.errors.ConfigError`.
+
+    >>> interval_levels([0.8, 95])
+    [0.8, 0.95]
+    """
+    levels = []
+    for value in values:
+        level = value / 100 if 1 < value < 100 else value
+        if not 0 < level < 1:
+            raise ConfigError(f"--levels {value:g}: give a level between 0 and 1 (e.g. 0.95) or a percent "
+                              "between 1 and 100 (e.g. 95)")
+        levels.append(level)
+    return levels
 
 
 def _latent_dim(text: str) -> int | str:
@@ -406,13 +410,14 @@ def run_predict(args: argparse.Namespace) -> dict | None:
         raise ConfigError(f"--model {args.model}: no such file" if not args.model.exists()
                           else f"--model {args.model} is a folder, not a saved model")
     check_output_file(args.out)
+    levels = interval_levels(args.levels)
     history = read_csv(args.history, "--history", sep=args.sep, encoding=args.encoding)
     model = DeepMixedModel.load(args.model)
     check_columns(history, args.history, {"model's id column": [model.id_col], "model's time column": [model.time_col]})
     history = parse_time_column(history, model.time_col, args.history)
     times = _prediction_times(args.times, history[model.time_col], args.relative)
     start = time.perf_counter()
-    table = model.predict(history, times, relative=args.relative, levels=args.levels,
+    table = model.predict(history, times, relative=args.relative, levels=levels,
                           num_samples=args.num_samples).table
     seconds = time.perf_counter() - start
     if not is_main_process():

@@ -15,7 +15,9 @@ import pytest
 
 import pyro_dgmm
 from pyro_dgmm import DeepMixedModel
-from pyro_dgmm.cli import CSV_FLOAT_FORMAT, EXAMPLES, FIT_EXAMPLES, PREDICT_EXAMPLES, build_parser, main
+from pyro_dgmm.cli import (CSV_FLOAT_FORMAT, EXAMPLES, FIT_EXAMPLES, PREDICT_EXAMPLES, build_parser,
+                           interval_levels, main)
+from pyro_dgmm.errors import ConfigError
 from pyro_dgmm.variance import InferenceWarning, marginal_log_likelihood
 
 from common import tiny_frame
@@ -54,20 +56,16 @@ def test_help_shows_examples_that_parse(command, capsys):
         assert args.command in ("fit", "predict")
 
 
-@pytest.mark.parametrize("given, levels", [(["0.95"], [0.95]), (["95"], [0.95]), (["80", "0.9"], [0.8, 0.9]),
-                                           (["99.5"], [0.995])])
+@pytest.mark.parametrize("given, levels", [([0.95], [0.95]), ([95], [0.95]), ([80, 0.9], [0.8, 0.9]),
+                                           ([99.5], [0.995]), ([1.5], [0.015])])
 def test_levels_take_fractions_or_percents(given, levels):
-    args = build_parser().parse_args(["predict", "--model", "m.pt", "--history", "h.csv", "--times", "1",
-                                      "--out", "p.csv", "--levels", *given])
-    assert args.levels == pytest.approx(levels)
+    assert interval_levels(given) == pytest.approx(levels)
 
 
-@pytest.mark.parametrize("bad", ["0", "1", "100", "150", "-0.5", "high"])
-def test_levels_out_of_range_are_refused(bad, capsys):
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["predict", "--model", "m.pt", "--history", "h.csv", "--times", "1",
-                                   "--out", "p.csv", "--levels", bad])
-    assert "0.95" in capsys.readouterr().err and f"'{bad}'" in capsys.readouterr().err + f"'{bad}'"
+@pytest.mark.parametrize("bad", [0, 1, 100, 150, -0.5])
+def test_levels_out_of_range_are_refused(bad):
+    with pytest.raises(ConfigError, match=f"--levels {bad:g}: give a level between 0 and 1"):
+        interval_levels([0.9, bad])
 
 
 def test_levels_help_says_percents_are_accepted(capsys):

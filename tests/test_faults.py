@@ -1428,7 +1428,7 @@ PREDICT_CASES = [
     (["--model", "a_folder"], "--model a_folder is a folder"),
     (["--out", "a_folder"], "--out a_folder is a folder"),
     (["--num-samples", "0"], "num_samples"),
-    (["--levels", "95"], "levels"),
+    (["--levels", "150"], "--levels 150"),  # 95 is read as 95% (test_cli.py)
 ]
 
 
