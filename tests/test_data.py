@@ -347,3 +347,11 @@ def test_formula_fit_reproduces_the_list_fit_and_predicts_new_subjects(tmp_path)
     loaded = DeepMixedModel.load(tmp_path / "model.pt")
     assert loaded.covariates == "age * C(site)"
     pd.testing.assert_frame_equal(loaded.predict(new, [1.0, 2.0], num_samples=20, seed=0).table, table)
+
+
+def test_formula_with_partitioned_input_is_refused_before_any_work():
+    from pyro_dgmm import DeepMixedModel
+
+    model = DeepMixedModel(id_col="pid", time_col="t", outcomes={"g": "gaussian"}, covariates="age * arm")
+    with pytest.raises(ConfigError, match="formula cannot be fitted with distributed_input=True"):
+        model.fit(tiny_frame(), distributed_input=True, max_epochs=1)
