@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-.PHONY: install demo test test-slow bench docs
+.PHONY: install demo test test-slow bench docs docs-extra tutorials
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -31,8 +31,22 @@ bench: $(STAMP)
 	cd benchmarks && for script in $(BENCHMARKS); do OMP_NUM_THREADS=1 ../$(PY) $$script.py || exit 1; done
 	$(MAKE) docs
 
-# HTML docs in docs/_build/html, warnings as errors; needs no network once the
-# docs extra is installed (installed here on first use)
-docs: $(STAMP)
-	$(PY) -c "import sphinx, myst_parser, furo, jupytext" 2>/dev/null || $(PY) -m pip install --quiet -e ".[docs]"
-	OMP_NUM_THREADS=1 $(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+# The tutorials executed into notebooks with their outputs and figures, for
+# the docs: TUTORIALS=smoke (default: tiny fits, a minute or two in all) or
+# TUTORIALS=full (minutes each); a notebook is rerun only when its source,
+# the package or the mode changed
+TUTORIALS ?= smoke
+EXECUTED := docs/_build/executed
+docs-extra: $(STAMP)
+	$(PY) -c "import sphinx, myst_parser, furo, jupytext, nbformat, importlib; importlib.import_module('sphinx-mathjax-offline')" 2>/dev/null \
+		|| $(PY) -m pip install --quiet -e ".[docs]"
+
+tutorials: docs-extra
+	OMP_NUM_THREADS=1 $(PY) tutorials/make_notebooks.py --execute --mode $(TUTORIALS) --out $(EXECUTED)
+
+# HTML docs in docs/_build/html, warnings as errors, with the executed
+# tutorials; needs no network once the docs extra is installed (installed
+# here on first use), and the pages need none either (MathJax is served
+# from the site itself)
+docs: tutorials
+	OMP_NUM_THREADS=1 PYRO_DGMM_EXECUTED=$(EXECUTED) $(PY) -m sphinx -W --keep-going -b html docs docs/_build/html

@@ -5,15 +5,26 @@ Build (offline, warnings as errors) from the repository root::
     make docs
     # or: .venv/bin/python -m sphinx -W --keep-going -b html docs docs/_build/html
 
-Nothing here needs the network: MathJax is loaded by the reader's browser,
-not at build time, and no intersphinx inventories are fetched.
+Nothing here needs the network, at build time or when reading: MathJax
+3.2.2 comes from the ``sphinx-mathjax-offline`` package (the ``docs``
+extra), which copies it into ``_static/mathjax/`` of the built site, and
+``mathjax_path`` points there, so pages show rendered math offline (no CDN
+script; tests/test_docs.py checks the built HTML); no intersphinx
+inventories are fetched.
 
 Two directives are defined here:
 
 ``.. tutorial:: 01_quickstart.py``
-    renders a tutorial from its jupytext percent source in ``tutorials/``
-    without executing it: markdown cells as MyST markdown, code cells as
-    Python code blocks.
+    renders a tutorial from its jupytext percent source in ``tutorials/``:
+    markdown cells as MyST markdown, code cells as Python code blocks,
+    each followed by its outputs and figures from the executed notebook
+    that ``make tutorials`` writes (``tutorials/make_notebooks.py
+    --execute``; smoke mode by default, ``make docs TUTORIALS=full`` for
+    full runs) into ``docs/_build/executed/`` (or the folder named by the
+    environment variable ``PYRO_DGMM_EXECUTED``, absolute or from the
+    repository root).  A tutorial without an
+    executed notebook, or whose source changed since, is rendered without
+    outputs and warns (an error under ``-W``).
 ``.. benchmark-results::``
     renders every ``benchmarks/results/*.json`` (``{"meta": ..., "rows":
     [...]}``) as a table, with the script that produced it.
@@ -23,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -49,6 +61,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax itself, served from _static/mathjax/
     "sphinx.ext.viewcode",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
@@ -57,6 +70,8 @@ exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 templates_path: list[str] = []
 
 myst_enable_extensions = ["dollarmath", "amsmath"]
+# relative to _static/ (sphinx-mathjax-offline copies MathJax there): never a CDN URL
+mathjax_path = "mathjax/tex-chtml.js"
 myst_heading_anchors = 3
 
 autodoc_member_order = "bysource"
@@ -78,21 +93,80 @@ html_static_path: list[str] = []
 
 
 # ------------------------------------------------------------- tutorials
+# a relative PYRO_DGMM_EXECUTED is taken from the repository root (Sphinx runs conf.py in docs/)
+EXECUTED = (ROOT / os.environ.get("PYRO_DGMM_EXECUTED", DOCS / "_build" / "executed")).resolve()
 RUN_NOTE = (
     "*Run it:* {{download}}`{name} <../tutorials/{name}>` is a script and a notebook source "
     "(jupytext percent format). `python tutorials/{name}` runs it in full and saves its "
     "pictures in the working directory; with the environment variable `CI` set it runs a "
     "quick smoke version. `python tutorials/make_notebooks.py` writes the notebooks."
 )
+MODE_NOTE = {
+    "smoke": ("*The outputs on this page come from a smoke run* (`CI` set: tiny fits of a few epochs). "
+              "They show the code working and the kind of tables and pictures it makes, not the "
+              "results of the tutorial; `make docs TUTORIALS=full` renders the page from a full run."),
+    "full": "*The outputs on this page come from a full run of the tutorial* (`make docs TUTORIALS=full`).",
+}
 
 
-def tutorial_markdown(path: Path, *, run_note: bool = True) -> str:
+def executed_notebook(path: Path):
+    """The executed notebook of tutorial ``path`` (written by ``make
+    tutorials``) and None, or None and why it cannot be used (absent, or
+    executed from another version of the source)."""
+    import hashlib
+
+    import nbformat
+
+    target = EXECUTED / f"{path.stem}.ipynb"
+    if not target.is_file():
+        return None, f"no executed notebook {target}: run `make tutorials` (or `make docs`)"
+    notebook = nbformat.read(target, as_version=4)
+    meta = notebook.metadata.get("pyro_dgmm", {})
+    if meta.get("source_sha256") != hashlib.sha256(path.read_bytes()).hexdigest():
+        return None, f"{target} was executed from another version of {path.name}: run `make tutorials`"
+    return notebook, None
+
+
+def _fence(text: str, language: str = "text") -> str:
+    """A fenced block long enough not to be closed by backticks in ``text``."""
+    ticks = "`" * max(3, max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    return f"{ticks}{language}\n{text.rstrip()}\n{ticks}"
+
+
+def _outputs(cell, docdir: Path) -> list[str]:
+    """MyST markdown for a code cell's outputs: printed text and warnings
+    as text blocks, a last value as Jupyter shows it (HTML tables as raw
+    HTML), figures as images (paths relative to ``docdir``)."""
+    parts = []
+    for output in cell.get("outputs", []):
+        kind = output["output_type"]
+        if kind == "stream" and output["text"].strip():
+            parts.append(_fence(output["text"]))
+        elif kind in ("execute_result", "display_data"):
+            data, filename = output.get("data", {}), output.get("metadata", {}).get("filename")
+            if "image/png" in data and filename:
+                image = os.path.relpath(EXECUTED / filename, docdir)
+                parts.append(f"![{Path(filename).name}]({image})")
+            elif "text/html" in data:
+                html = "".join(data["text/html"])
+                parts.append(f"```{{raw}} html\n<div class=\"tutorial-output\">\n{html.strip()}\n</div>\n```")
+            elif "text/plain" in data:
+                parts.append(_fence("".join(data["text/plain"])))
+    return parts
+
+
+def tutorial_markdown(path: Path, *, run_note: bool = True, executed=None, docdir: Path = DOCS) -> str:
     """MyST markdown for a jupytext percent script: markdown cells as they
-    are, code cells as fenced Python blocks (nothing is executed); with
+    are, code cells as fenced Python blocks; with ``executed`` (the
+    notebook :func:`executed_notebook` returns), each code cell is followed
+    by its outputs and figures (image paths relative to ``docdir``); with
     ``run_note``, a line on how to run it follows the title."""
     import jupytext
 
-    notebook = jupytext.read(path, fmt="py:percent")
+    notebook = executed if executed is not None else jupytext.read(path, fmt="py:percent")
+    note = RUN_NOTE.format(name=path.name)
+    if executed is not None:
+        note += "\n\n" + MODE_NOTE[executed.metadata["pyro_dgmm"]["mode"]]
     parts = []
     for cell in notebook.cells:
         source = cell.source.strip("\n")
@@ -101,28 +175,37 @@ def tutorial_markdown(path: Path, *, run_note: bool = True) -> str:
         if cell.cell_type == "markdown":
             if run_note and not parts and source.startswith("# "):
                 title, _, rest = source.partition("\n")
-                source = f"{title}\n\n{RUN_NOTE.format(name=path.name)}\n{rest}"
+                source = f"{title}\n\n{note}\n{rest}"
             parts.append(source)
         else:
             parts.append(f"```python\n{source}\n```")
+            parts += _outputs(cell, docdir)
     return "\n\n".join(parts) + "\n"
 
 
 class TutorialDirective(SphinxDirective):
-    """``.. tutorial:: NN_name.py``: render ``tutorials/NN_name.py``."""
+    """``.. tutorial:: NN_name.py``: render ``tutorials/NN_name.py`` with the
+    outputs of its executed notebook."""
 
     required_arguments = 1
     has_content = False
 
     def run(self):
         from myst_parser.parsers.sphinx_ import MystParser
+        from sphinx.util import logging
 
         path = TUTORIALS / self.arguments[0]
         if not path.is_file():
             raise self.error(f"no tutorial source {path}")
         self.env.note_dependency(str(path))
+        executed, problem = executed_notebook(path)
+        # noted even when absent: Sphinx then reads the page again on every build until it appears
+        self.env.note_dependency(str(EXECUTED / f"{path.stem}.ipynb"))
+        if problem:
+            logging.getLogger(__name__).warning(problem, location=self.get_location())
+        docdir = (DOCS / self.env.docname).parent
         document = new_document(str(path), self.state.document.settings)
-        MystParser().parse(tutorial_markdown(path), document)
+        MystParser().parse(tutorial_markdown(path, executed=executed, docdir=docdir), document)
         return list(document.children)
 
 

@@ -7,8 +7,19 @@ Fits a DGMM to a CSV file or a shipped data set and writes, into ``--out``
 * ``subjects.png`` -- a few subjects' observed values and fitted curves
 * ``loss.png``    -- training and held-out loss per epoch
 * ``model.pt``    -- the fitted model (``DeepMixedModel.load``)
-* ``summary.json`` -- fit settings, epochs, stop reason and convergence, latent
-  directions in use, time, dispersion estimates
+* ``summary.json`` -- fit settings, epochs, stop reason and convergence
+  (``convergence``: converged, stop reason, epochs, kept epoch, final
+  training loss, held-out negative ELBO per subject at the kept epoch, or
+  at the last epoch measured before one was kept), latent directions in use, time,
+  dispersion estimates, and the marginal log-likelihood when
+  ``--log-likelihood`` is given (an importance-sampling estimate with its
+  Monte Carlo SD and Pareto k-hat: minutes for hundreds of subjects, so
+  not computed by default; ``null`` then)
+
+Every CSV the command line writes (``fitted.csv``, ``predict``'s table)
+formats floats the same way, :data:`CSV_FLOAT_FORMAT` (10 significant
+digits).  ``--levels`` takes interval levels as fractions or percents
+(``0.9 0.95`` or ``90 95``).
 
 ``--out`` never holds a mix of two runs: the files are written into a new
 hidden folder beside it (``.<name>.run-<hex>``) and ``--out``, a
@@ -88,7 +99,7 @@ from pathlib import Path
 import pandas as pd
 
 from .bases import DEFAULT_TIME_BASIS
-from .data import TIME_UNITS
+from .data import TIME_UNITS, parse_covariate_formula
 from .errors import ConfigError, DataError, DgmmError
 from .files import atomic_folder, atomic_path, check_folder_target, write_text_atomic
 from .fit import PRESETS
@@ -97,10 +108,39 @@ from .options import suggestion
 
 log = logging.getLogger("pyro_dgmm")
 
+#: One float format for every CSV the command line writes (``fitted.csv``,
+#: predictions): 10 significant digits, enough for float32 model outputs and
+#: float64 times, without binary noise such as ``0.30000000000000004``.
+CSV_FLOAT_FORMAT = "%.10g"
+
+EXAMPLES = """examples:
+  python -m pyro_dgmm fit --dataset pbc --out outputs/pbc
+  python -m pyro_dgmm fit --csv visits.csv --id patient --time years --outcome albumin:gaussian \\
+      --outcome ascites:bernoulli --covariate age --covariate sex --out outputs/mine
+  python -m pyro_dgmm predict --model outputs/pbc/model.pt --history history.csv \\
+      --times 0.5 1 2 --relative --levels 0.8 0.95 --out predictions.csv
+  torchrun --standalone --nproc_per_node=2 -m pyro_dgmm fit --dataset app --out outputs/app
+
+'python -m pyro_dgmm COMMAND --help' describes each command's options."""
+
 SHIPPED = ("pbc", "linear", "nonlinear", "dropout", "app")
 #: What ``fit`` writes into ``--out`` (an older plain ``--out`` folder holding only these is replaced).
 FIT_OUTPUTS = ("fitted.csv", "subjects.png", "loss.png", "model.pt", "summary.json")
 
+
+FIT_EXAMPLES = """examples:
+  python -m pyro_dgmm fit --dataset pbc --out outputs/pbc
+  python -m pyro_dgmm fit --dataset pbc --preset fast --max-epochs 50 --out outputs/quick
+  python -m pyro_dgmm fit --csv visits.csv --id patient --time years --outcome albumin:gaussian \\
+      --outcome ascites:bernoulli --covariate age --basis 'spline(4)' --out outputs/mine
+  python -m pyro_dgmm fit --dataset pbc --latent-dim 4 --checkpoint pbc.ckpt --out outputs/pbc   # then --resume
+  python -m pyro_dgmm fit --dataset pbc --log-likelihood --out outputs/pbc"""
+
+PREDICT_EXAMPLES = """examples:
+  python -m pyro_dgmm predict --model outputs/pbc/model.pt --history history.csv --times 1 2 5 \\
+      --out predictions.csv
+  python -m pyro_dgmm predict --model outputs/pbc/model.pt --history history.csv --times 0.5 1 \\
+      --relative --levels 80 95 --out predictions.csv"""
 
 def _shipped(name: str, seed: int):
     """(frame, id, time, outcomes, covariates) of a shipped data set."""
@@ -124,9 +164,17 @@ def _parse_outcomes(items: list[str]) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyro_dgmm", description="Deep Generalized Mixed Models on Pyro")
+    """The ``pyro_dgmm`` argument parser: commands ``fit`` and ``predict``,
+    ``--version``, examples in ``--help``."""
+    from . import __version__
+
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="pyro_dgmm", description="Deep Generalized Mixed Models on Pyro",
+                                     epilog=EXAMPLES, formatter_class=raw)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    fit = sub.add_parser("fit", help="fit a DGMM and write fitted trajectories, plots and the model")
+    fit = sub.add_parser("fit", help="fit a DGMM and write fitted trajectories, plots and the model",
+                         formatter_class=raw, epilog=FIT_EXAMPLES)
     source = fit.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", choices=SHIPPED, help="a shipped data set")
     source.add_argument("--csv", type=Path, help="a long-format CSV file (one row per visit)")
@@ -140,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="outcome column and family (gaussian, student_t, bernoulli, poisson, bounded(LOW,HIGH)); "
                           "repeat")
     fit.add_argument("--covariate", action="append", default=[], help="baseline covariate column; repeat")
+    fit.add_argument("--covariate-formula", metavar="FORMULA",
+                     help="the covariates as a formula instead of --covariate (CSV input), e.g. "
+                          "'age * sex + C(trt)': interactions, contrasts and transforms (pyro_dgmm.data.FormulaEncoder)")
     fit.add_argument("--time-unit", choices=sorted(TIME_UNITS), default="days",
                      help="unit of model time when --time holds dates or durations (default days): dates "
                           "count from the earliest visit")
@@ -170,7 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="epochs between checkpoints (default 10)")
     fit.add_argument("--resume", action="store_true",
                      help="continue from --checkpoint (same data and options; needs a fixed --latent-dim)")
-    pred = sub.add_parser("predict", help="dynamic predictions from a saved model and a history CSV")
+    fit.add_argument("--log-likelihood", action="store_true",
+                     help="estimate the marginal log-likelihood by importance sampling after the fit and put "
+                          "it in summary.json (minutes for hundreds of subjects)")
+    fit.add_argument("--log-likelihood-samples", type=int, default=500, metavar="S",
+                     help="importance samples per subject for --log-likelihood (default 500)")
+    pred = sub.add_parser("predict", help="dynamic predictions from a saved model and a history CSV",
+                          formatter_class=raw, epilog=PREDICT_EXAMPLES)
     pred.add_argument("--model", type=Path, required=True, help="model.pt written by 'fit'")
     pred.add_argument("--history", type=Path, required=True,
                       help="CSV with the training columns: each subject's visits so far (outcomes may be empty)")
@@ -178,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--times", nargs="+", required=True,
                       help="times to predict at: numbers, or dates (e.g. 2024-05-01) for a model fitted on dates")
     pred.add_argument("--relative", action="store_true", help="times are offsets from each subject's last visit")
-    pred.add_argument("--levels", type=float, nargs="+", default=[0.95], help="interval levels")
+    pred.add_argument("--levels", type=float, nargs="+", default=[0.95],
+                      help="interval levels, as fractions or percents: 0.95 or 95 (default 0.95); several "
+                           "give several intervals, e.g. --levels 0.8 0.95")
     pred.add_argument("--num-samples", type=int, default=1000)
     pred.add_argument("--out", type=Path, required=True, help="CSV of tidy predictions")
     return parser
@@ -306,6 +365,24 @@ def check_output_file(path: Path, option: str = "--out") -> None:
         raise ConfigError(f"{option} {path}: no permission to write there")
 
 
+def interval_levels(values: list[float]) -> list[float]:
+    """--levels as fractions: a level in (0, 1) as it is, a percent in
+    (1, 100) divided by 100 (``95`` is 0.95); anything else is a
+    :class:`~pyro_dgmm.errors.ConfigError`.
+
+    >>> interval_levels([0.8, 95])
+    [0.8, 0.95]
+    """
+    levels = []
+    for value in values:
+        level = value / 100 if 1 < value < 100 else value
+        if not 0 < level < 1:
+            raise ConfigError(f"--levels {value:g}: give a level between 0 and 1 (e.g. 0.95) or a percent "
+                              "between 1 and 100 (e.g. 95)")
+        levels.append(level)
+    return levels
+
+
 def _latent_dim(text: str) -> int | str:
     """--latent-dim: a positive integer or 'auto'."""
     if text == "auto":
@@ -333,20 +410,21 @@ def run_predict(args: argparse.Namespace) -> dict | None:
         raise ConfigError(f"--model {args.model}: no such file" if not args.model.exists()
                           else f"--model {args.model} is a folder, not a saved model")
     check_output_file(args.out)
+    levels = interval_levels(args.levels)
     history = read_csv(args.history, "--history", sep=args.sep, encoding=args.encoding)
     model = DeepMixedModel.load(args.model)
     check_columns(history, args.history, {"model's id column": [model.id_col], "model's time column": [model.time_col]})
     history = parse_time_column(history, model.time_col, args.history)
     times = _prediction_times(args.times, history[model.time_col], args.relative)
     start = time.perf_counter()
-    table = model.predict(history, times, relative=args.relative, levels=args.levels,
+    table = model.predict(history, times, relative=args.relative, levels=levels,
                           num_samples=args.num_samples).table
     seconds = time.perf_counter() - start
     if not is_main_process():
         return None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out) as tmp:
-        table.to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False, float_format=CSV_FLOAT_FORMAT)
     return {"subjects": int(table[model.id_col].nunique()), "rows": len(table), "file": str(args.out),
             "predict_seconds": round(seconds, 3)}
 
@@ -372,14 +450,23 @@ def run_fit(args: argparse.Namespace) -> dict | None:
         if not (args.id and args.time and args.outcome):
             raise ConfigError("CSV input needs --id, --time and at least one --outcome NAME:FAMILY")
         id_col, time_col, covariates = args.id, args.time, list(args.covariate)
+        columns = {"--covariate": covariates}
+        if args.covariate_formula is not None:
+            if covariates:
+                raise ConfigError("give the covariates either as --covariate columns or as --covariate-formula, "
+                                  "not both")
+            covariates, variables = parse_covariate_formula(args.covariate_formula)
+            columns = {"--covariate-formula": variables}
         outcomes = _parse_outcomes(args.outcome)
         if args.partitioned:
+            if args.covariate_formula is not None:
+                raise ConfigError("--covariate-formula cannot be used with --partitioned yet: use --covariate")
             df = read_subjects(args.partitioned, id_col, split=args.split,
                                columns=[id_col, time_col, *outcomes, *covariates])
         else:
             df = read_csv(args.csv, "--csv", sep=args.sep, encoding=args.encoding)
             check_columns(df, args.csv, {"--id": [id_col], "--time": [time_col], "--outcome": list(outcomes),
-                                         "--covariate": covariates})
+                                         **columns})
         df = parse_time_column(df, time_col, args.csv or args.partitioned)
     model = DeepMixedModel(id_col=id_col, time_col=time_col, outcomes=outcomes, covariates=covariates,
                            time_basis=args.basis, latent_dim=args.latent_dim, time_unit=args.time_unit,
@@ -406,22 +493,44 @@ def run_fit(args: argparse.Namespace) -> dict | None:
                                 + (f"checkpoint at {args.checkpoint} (rerun with --resume to continue)"
                                    if args.checkpoint else "no checkpoint (use --checkpoint PATH to be able to resume)"))
     fitted = model.fitted_values()  # sharded over processes, gathered everywhere
+    likelihood = _log_likelihood(model, args) if args.log_likelihood else None
     if not is_main_process():
         return None
     with atomic_folder(args.out, FIT_OUTPUTS) as out:
-        fitted.to_csv(out / "fitted.csv", index=False)
+        fitted.to_csv(out / "fitted.csv", index=False, float_format=CSV_FLOAT_FORMAT)
         plot_subjects(fitted, list(outcomes), id_col=id_col, time_col=time_col, seed=args.seed).savefig(
             out / "subjects.png", dpi=110)
         plot_loss(model.result_).savefig(out / "loss.png", dpi=110)
         model.save(out / "model.pt")
-        summary = _summary(model, rows, subjects, outcomes, files=sorted(p.name for p in out.iterdir()))
+        summary = _summary(model, rows, subjects, outcomes, files=sorted(p.name for p in out.iterdir()),
+                           log_likelihood=likelihood)
         write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
-def _summary(model, rows: int, subjects: int, outcomes: dict, files: list[str]) -> dict:
+def _log_likelihood(model, args: argparse.Namespace) -> dict:
+    """The importance-sampling estimate of the marginal log-likelihood of the
+    training data at the fitted parameters
+    (:func:`~pyro_dgmm.variance.marginal_log_likelihood`, adaptive proposal),
+    with its Monte Carlo SD and the Pareto k-hat diagnostics."""
+    from .variance import marginal_log_likelihood
+
+    estimate = marginal_log_likelihood(model.model_, model.guide_, model._encoder_view(model.data_),
+                                       args.log_likelihood_samples, seed=args.seed,
+                                       num_shards=args.num_shards, distributed_input=bool(args.partitioned))
+    k_hat = [float(k) for k in estimate.pareto_k]
+    return {"total": float(estimate.total), "mc_sd": float(estimate.total_mc_sd),
+            "num_samples": int(estimate.num_samples), "max_pareto_k": max(k_hat),
+            "subjects_pareto_k_above_0.7": sum(k > 0.7 for k in k_hat)}
+
+
+def _summary(model, rows: int, subjects: int, outcomes: dict, files: list[str], log_likelihood: dict | None = None) -> dict:
     """What ``summary.json`` holds (module docstring)."""
     result = model.result_
+    # held-out negative ELBO per subject at the kept epoch; before one is kept (a fit stopped during
+    # annealing), the last one measured; None without held-out subjects
+    losses = dict(result.validation_loss)
+    held_out_epoch = result.best_epoch if result.best_epoch in losses else max(losses, default=None)
     summary = {
         "rows": int(rows), "subjects": int(subjects), "outcomes": outcomes,
         "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "annealed_at_epoch": result.annealed_at,
@@ -430,6 +539,14 @@ def _summary(model, rows: int, subjects: int, outcomes: dict, files: list[str]) 
         "latent_activity": [round(v, 4) for v in result.latent_activity],
         "refinement": result.refinement,
         "fit_seconds": round(result.seconds, 2),
+        "convergence": {
+            "converged": result.converged, "stop_reason": result.stop_reason, "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch, "max_epochs": result.config.get("max_epochs"),
+            "final_train_loss": float(result.train_loss[-1]) if result.train_loss else None,
+            "held_out_loss": None if held_out_epoch is None else float(losses[held_out_epoch]),
+            "held_out_loss_epoch": held_out_epoch,
+        },
+        "log_likelihood": log_likelihood,
         "dispersion": {name: _dispersion_summary(model.model_, name)
                        for name in outcomes if model.model_.dispersion_coefficients(name) is not None},
         "shape": {name: {key: float(value.detach()) for key, value in model.model_.shape_parameters(name).items()}
@@ -448,6 +565,9 @@ def _dispersion_summary(model, name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns
+    the exit code: 0, 2 for a bad input or option (one ``error:`` line on
+    stderr), 130 after Ctrl-C."""
     logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
                         format="%(message)s")
     args = build_parser().parse_args(argv)

@@ -115,8 +115,9 @@ def information_criteria(model, guide, data: LongitudinalData, *, num_parameters
 
     :param num_parameters: p; default :func:`count_parameters` (on rank
         0's data with ``distributed_input``).
-    :param num_shards, distributed_input: sharding over processes
-        (:mod:`pyro_dgmm.marginal`); default one shard per ``torch.distributed`` process.
+    :param num_shards: sharding over processes (:mod:`pyro_dgmm.marginal`);
+        default one shard per ``torch.distributed`` process.
+    :param distributed_input: each process passes only its own subjects.
     """
     marginal = marginal_log_likelihood(model, guide, data, num_samples, adapt=adapt, chunk_size=chunk_size,
                                        seed=seed, num_shards=num_shards, distributed_input=distributed_input)

@@ -50,6 +50,7 @@ own time values and type.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field, replace
 from typing import Iterator, Mapping, Sequence
 
@@ -261,6 +262,233 @@ def levels_of(series: pd.Series) -> list[str]:
     return sorted(series.astype(str).unique().tolist())
 
 
+def _plain(value):
+    """``value`` with numpy scalars and arrays, tuples and enums turned into
+    Python numbers, lists and strings (what a save file may hold)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _formula_error(formula: str, error: Exception) -> str:
+    """formulaic's message, first line only (its syntax errors add a
+    coloured copy of the formula)."""
+    return f"covariates formula {formula!r}: {str(error).strip().splitlines()[0]}"
+
+
+def parse_covariate_formula(formula: str) -> tuple[str, list[str]]:
+    """Check a covariates formula (right-hand side only, intercept kept) and
+    return it with the data columns it reads, in order of appearance.
+
+    Columns are the names a term looks up (``sex``, ```my col```) or uses
+    inside a transform (``age`` in ``np.log(age)``, ``C(trt)``,
+    ``bs(age, df=3)``); functions and modules (``np``, ``C``, ``contr``)
+    are not columns.
+
+    >>> parse_covariate_formula("age * sex + C(trt) + np.log(bmi)")[1]
+    ['age', 'sex', 'trt', 'bmi']
+    """
+    import ast
+
+    from formulaic import Formula
+    from formulaic.errors import FormulaicError
+    from formulaic.formula import SimpleFormula
+
+    try:
+        parsed = Formula(formula)
+    except (FormulaicError, SyntaxError, ValueError) as error:
+        raise ConfigError(_formula_error(formula, error)) from None
+    if not isinstance(parsed, SimpleFormula):  # 'y ~ x' or several parts
+        raise ConfigError(f"covariates formula {formula!r} must be a right-hand side only (e.g. 'age * sex + C(trt)'): "
+                          "the outcomes are given by outcomes=")
+    terms = list(parsed)
+    if not any(not term.factors or str(term) == "1" for term in terms):
+        raise ConfigError(f"covariates formula {formula!r} removes the intercept ('0 +' or '- 1'): the model has its "
+                          "own intercept, so keep it in the formula (categorical terms are then coded as contrasts "
+                          "against their reference level)")
+    names: list[str] = []
+    for term in terms:
+        for factor in term.factors:
+            kind = getattr(factor.eval_method, "value", factor.eval_method)
+            if kind == "lookup":
+                names.append(str(factor.expr))
+            elif kind == "python":
+                tree = ast.parse(str(factor.expr), mode="eval")
+                called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+                bases = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+                names += [node.id for node in ast.walk(tree)
+                          if isinstance(node, ast.Name) and id(node) not in called | bases]
+    return formula, list(dict.fromkeys(names))
+
+
+@dataclass
+class FormulaEncoder:
+    r"""Fitted covariate design from a Wilkinson formula such as
+    ``"age * sex + C(trt)"`` (built by `formulaic
+    <https://matthewwardrop.github.io/formulaic/>`_), replayed on new data.
+
+    formulaic expands the formula on the training baseline (one row per
+    subject): categorical factors into contrasts (treatment by default,
+    ``C(trt, contr.sum)`` for others; levels sorted, or a pandas
+    ``Categorical``'s order), interactions into products, transforms
+    (``np.log(age)``, ``center(age)``, ``bs(age, df=3)``) into columns.
+    Its intercept column is dropped: the model has its own.  What it
+    learned (levels, transform state such as spline knots) is kept as plain
+    values and replayed by :meth:`transform`, so new subjects get the same
+    columns with the same codes.  A level not seen in training is a
+    :class:`~pyro_dgmm.errors.DataError` naming the column and the level.
+
+    As with the list form (:class:`CovariateEncoder`), design columns built
+    from numeric values are standardised with their training mean and SD
+    (``numeric``: column -> (mean, sd), these columns first), and contrast
+    columns (terms of categorical factors only) are kept as 0/1 codes after
+    them; so ``"age + sex"`` gives the same design as ``["age", "sex"]``.
+    Unlike the list form, a boolean column enters a formula as a number
+    (0/1, standardised); write ``C(flag)`` for a contrast.
+
+    >>> import pandas as pd
+    >>> baseline = pd.DataFrame({"age": [40.0, 60.0, 50.0], "arm": ["placebo", "drug", "placebo"]})
+    >>> encoder = FormulaEncoder.fit(baseline, "age * arm")
+    >>> encoder.columns
+    ['age', 'age:arm[T.placebo]', 'arm[T.placebo]']
+    >>> encoder.transform(baseline)[:, 2].tolist()
+    [1.0, 0.0, 1.0]
+    """
+
+    formula: str
+    numeric: dict[str, tuple[float, float]]  # standardised design columns -> (training mean, SD)
+    contrasts: list[str]  # contrast columns, unscaled
+    encoder_state: dict  # formulaic factor -> [kind, state] (levels of categorical factors)
+    transform_state: dict  # formulaic stateful transforms' state (e.g. spline knots)
+
+    @property
+    def categorical(self) -> dict[str, list]:
+        """Levels of each categorical factor of the formula, by its expression."""
+        return {expr: list(state.get("categories", [])) for expr, (kind, state) in self.encoder_state.items()
+                if kind == "categorical"}
+
+    @property
+    def columns(self) -> list[str]:
+        """Design column names: the standardised ones, then the contrasts."""
+        return [*self.numeric, *self.contrasts]
+
+    @classmethod
+    def fit(cls, baseline: pd.DataFrame, formula: str) -> "FormulaEncoder":
+        """Expand ``formula`` on ``baseline`` (one row per subject) and learn
+        the levels, transform state, means and SDs."""
+        import formulaic
+
+        formula, _ = parse_covariate_formula(formula)
+        matrix = _formula_matrix(formula, baseline, lambda data: formulaic.model_matrix(
+            formula, data, na_action="raise", ensure_full_rank=True))
+        spec = matrix.model_spec
+        kinds = {expr: kind.value for expr, (kind, _) in spec.encoder_state.items()}
+        numeric, contrasts = {}, []
+        for term in spec.structure:
+            factors = term.term.factors
+            if not factors or str(term.term) == "1":
+                continue  # the intercept
+            if all(kinds.get(str(f.expr)) == "categorical" for f in factors):
+                contrasts += list(term.columns)
+                continue
+            for column in term.columns:
+                values = matrix[column].to_numpy(dtype=np.float64)
+                sd = float(values.std())
+                numeric[column] = (float(values.mean()), sd if sd > 0 else 1.0)
+        encoder_state = {expr: [kind.value, _plain({k: v for k, v in state.items() if k != "contrasts"})]
+                         for expr, (kind, state) in spec.encoder_state.items()}
+        return cls(formula, numeric, contrasts, encoder_state, _plain(spec.transform_state))
+
+    def _spec(self):
+        """The formulaic ``ModelSpec`` rebuilt from the stored plain state."""
+        import copy
+
+        from formulaic import ModelSpec
+        from formulaic.parser.types import Factor
+
+        return ModelSpec(formula=self.formula, ensure_full_rank=True, na_action="raise",
+                         encoder_state={k: (Factor.Kind(kind), copy.deepcopy(state))
+                                        for k, (kind, state) in self.encoder_state.items()},
+                         transform_state=copy.deepcopy(self.transform_state))
+
+    def _check_levels(self, baseline: pd.DataFrame) -> None:
+        """Unseen levels of a categorical column (``sex`` or ``C(sex, ...)``)
+        as a DataError naming the column, the levels and the subjects."""
+        for expr, levels in self.categorical.items():
+            match = re.fullmatch(r"C\(\s*(\w+)\s*(?:,.*)?\)", expr, flags=re.S)
+            column = expr if expr in baseline.columns else match.group(1) if match else None
+            if column is None or column not in baseline.columns:
+                continue  # other expressions: formulaic's own warning, made an error in transform
+            values = baseline[column]
+            unseen = ~values.isin(levels)
+            if unseen.any():
+                raise DataError(
+                    f"covariate column '{column}' has levels not seen when the model was fitted: "
+                    f"{sorted(map(str, values[unseen].unique()))} for subjects {list(baseline.index[unseen][:5])}; "
+                    f"known levels are {levels} (covariates formula {self.formula!r})"
+                )
+
+    def transform(self, baseline: pd.DataFrame) -> np.ndarray:
+        """The design matrix (subjects, len(columns)) of ``baseline``."""
+        self._check_levels(baseline)
+        matrix = _formula_matrix(self.formula, baseline, self._spec().get_model_matrix)
+        missing = [c for c in self.columns if c not in matrix.columns]
+        if missing:
+            raise DataError(f"covariates formula {self.formula!r} gave no columns {missing} on this data "
+                            f"(it gave {list(matrix.columns)})")
+        design = matrix[self.columns].to_numpy(dtype=np.float64)
+        for j, (mean, sd) in enumerate(self.numeric.values()):
+            design[:, j] = (design[:, j] - mean) / sd
+        return design
+
+    def to_spec(self) -> dict:
+        """Plain types only (a save file is read with ``weights_only=True``)."""
+        return {"formula": self.formula, "numeric": {k: list(v) for k, v in self.numeric.items()},
+                "contrasts": list(self.contrasts), "encoder_state": self.encoder_state,
+                "transform_state": self.transform_state}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "FormulaEncoder":
+        """The encoder :meth:`to_spec` described."""
+        return cls(spec["formula"], {k: tuple(v) for k, v in spec["numeric"].items()}, list(spec["contrasts"]),
+                   {k: [kind, dict(state)] for k, (kind, state) in spec["encoder_state"].items()},
+                   dict(spec["transform_state"]))
+
+
+def _formula_matrix(formula: str, baseline: pd.DataFrame, build):
+    """``build(baseline)`` (a formulaic model matrix) with its failures as
+    DataErrors: a missing column, a value a transform cannot take (NaN or
+    infinite results, e.g. ``np.log`` of 0), an unseen level of a
+    categorical expression."""
+    import warnings
+
+    from formulaic.errors import DataMismatchWarning, FormulaicError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataMismatchWarning)
+        try:
+            matrix = build(baseline)
+        except DataMismatchWarning as warning:
+            raise DataError(f"covariates formula {formula!r}: levels not seen when the model was fitted "
+                            f"({str(warning).split(':', 1)[-1].split('. They')[0].strip()})") from None
+        except (FormulaicError, NameError, KeyError, ValueError, TypeError) as error:
+            raise DataError(_formula_error(formula, error)) from None
+    values = matrix.to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        column = matrix.columns[bad.any(axis=0)][0]
+        rows = baseline.index[bad.any(axis=1)]
+        raise DataError(f"covariates formula {formula!r}: design column '{column}' is NaN or infinite for "
+                        f"subjects {list(rows[:5])} (a transform of values outside its domain?)")
+    return matrix
+
+
 def visit_order(subject: np.ndarray, times: np.ndarray) -> np.ndarray:
     """Positions that sort rows by ``subject`` (integer codes), then by time.
 
@@ -312,8 +540,8 @@ class DataSchema:
     id_col: str
     time_col: str
     families: dict[str, Family]
-    covariates: list[str]
-    covariate_encoder: CovariateEncoder
+    covariates: list[str]  # the covariate columns read (of the formula, if given as one)
+    covariate_encoder: CovariateEncoder | FormulaEncoder
     time_basis: TimeBasis
     encoder_center: np.ndarray  # (K,) mean of family.encode(y) over observed cells
     encoder_scale: np.ndarray  # (K,) its SD
@@ -422,11 +650,14 @@ class DataSchema:
         id_col: str,
         time_col: str,
         outcomes: Mapping[str, str | Family],
-        covariates: Sequence[str] = (),
+        covariates: Sequence[str] | str = (),
         time_basis: str | TimeBasis = DEFAULT_TIME_BASIS,
         time_unit: str = "days",
     ) -> "DataSchema":
         """Learn the schema from a training frame (validating it on the way).
+
+        ``covariates`` is a list of baseline columns (:class:`CovariateEncoder`)
+        or a formula such as ``"age * sex + C(trt)"`` (:class:`FormulaEncoder`).
 
         ``time_unit`` (a key of :data:`TIME_UNITS`) is the unit of model time
         for a datetime or timedelta time column, measured from the earliest
@@ -438,6 +669,9 @@ class DataSchema:
         if not isinstance(time_unit, str) or time_unit not in TIME_UNITS:
             raise ConfigError(f"time_unit must be one of {list(TIME_UNITS)}; got {time_unit!r}")
         families = {str(name): get_family(spec) for name, spec in outcomes.items()}
+        formula = None
+        if isinstance(covariates, str):
+            formula, covariates = parse_covariate_formula(covariates)
         _validate_frame(df, id_col, time_col, families, list(covariates), require_observed=True)
         kind = time_kind(df[time_col])
         origin = (float(_as_numeric(df, time_col, "time").min()) if kind == "numeric"
@@ -472,7 +706,8 @@ class DataSchema:
             time_col=time_col,
             families=families,
             covariates=list(covariates),
-            covariate_encoder=CovariateEncoder.fit(baseline, list(covariates)),
+            covariate_encoder=(FormulaEncoder.fit(baseline, formula) if formula is not None
+                               else CovariateEncoder.fit(baseline, list(covariates))),
             time_basis=basis,
             encoder_center=np.array(centers),
             encoder_scale=np.array(scales),
@@ -523,7 +758,8 @@ class DataSchema:
             "time_col": self.time_col,
             "families": {k: f.to_spec() for k, f in self.families.items()},
             "covariates": self.covariates,
-            "covariate_encoder": {
+            "covariate_encoder": self.covariate_encoder.to_spec() if isinstance(
+                self.covariate_encoder, FormulaEncoder) else {
                 "numeric": self.covariate_encoder.numeric,
                 "categorical": self.covariate_encoder.categorical,
                 "contrasts": "treatment",
@@ -546,18 +782,20 @@ class DataSchema:
     def from_spec(cls, spec: dict) -> "DataSchema":
         """The schema described by :meth:`to_spec`'s output."""
         covariates = spec["covariate_encoder"]
-        if covariates["categorical"] and covariates.get("contrasts") != "treatment":
+        if "formula" in covariates:
+            encoder = FormulaEncoder.from_spec(covariates)
+        elif covariates["categorical"] and covariates.get("contrasts") != "treatment":
             raise DataError(f"this model was saved with one-hot categorical covariates "
                             f"{sorted(covariates['categorical'])} (before treatment contrasts); refit it")
+        else:
+            encoder = CovariateEncoder({k: tuple(v) for k, v in covariates["numeric"].items()},
+                                       {k: list(v) for k, v in covariates["categorical"].items()})
         return cls(
             id_col=spec["id_col"],
             time_col=spec["time_col"],
             families={k: get_family(f) for k, f in spec["families"].items()},
             covariates=list(spec["covariates"]),
-            covariate_encoder=CovariateEncoder(
-                {k: tuple(v) for k, v in spec["covariate_encoder"]["numeric"].items()},
-                {k: list(v) for k, v in spec["covariate_encoder"]["categorical"].items()},
-            ),
+            covariate_encoder=encoder,
             time_basis=basis_from_spec(spec["time_basis"]),
             encoder_center=np.array(spec["encoder_center"]),
             encoder_scale=np.array(spec["encoder_scale"]),

@@ -28,7 +28,7 @@ import pyro
 
 from .bases import DEFAULT_TIME_BASIS
 from .checkpoint import open_checkpoint
-from .data import TIME_UNITS, DataSchema, LongitudinalData
+from .data import TIME_UNITS, DataSchema, LongitudinalData, parse_covariate_formula
 from .errors import ConfigError, ConvergenceWarning, NotFittedError
 from .families import Family, get_family
 from .fit import FitConfig, fit_svi
@@ -94,9 +94,11 @@ class ModelOptions:
 
 def _check_names(option: str, names) -> list[str]:
     """``names`` (column names) as a list; a bare string is refused, as it
-    would otherwise be read as a list of one-letter columns."""
+    would otherwise be read as a list of one-letter columns (``covariates``
+    takes a string as a formula before this check)."""
     if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
-        raise ConfigError(f"{option} must be a list of column names, e.g. ['age'], got {names!r}")
+        raise ConfigError(f"{option} must be a list of column names, e.g. ['age'] (or, for covariates, a "
+                          f"formula such as 'age * sex'), got {names!r}")
     return [check_str(f"{option}[{k}]", name) for k, name in enumerate(names)]
 
 
@@ -119,11 +121,15 @@ def _check_outcomes(outcomes) -> dict:
 class DeepMixedModel(LikelihoodMethods, SaveLoadMethods):
     """A Deep Generalized Mixed Model for a long DataFrame.
 
-    :param id_col, time_col: subject id and time columns.
+    :param id_col: subject id column.
+    :param time_col: time column.
     :param outcomes: outcome column -> family (``'gaussian'``,
         ``'student_t'``, ``'bernoulli'``, ``'poisson'``, ``'bounded(1,7)'`` or a
         :class:`~pyro_dgmm.families.Family`).  Outcomes share one latent b_i.
-    :param covariates: baseline covariate columns (numeric or categorical).
+    :param covariates: baseline covariate columns (numeric or categorical),
+        or a formula of them such as ``"age * sex + C(trt)"`` (interactions,
+        contrasts and transforms, expanded by formulaic and replayed on new
+        data: :class:`~pyro_dgmm.data.FormulaEncoder`; docs/data.md).
     :param time_basis: time functions T_ij: ``'poly(1)'`` (default,
         :data:`~pyro_dgmm.bases.DEFAULT_TIME_BASIS`), ``'spline(4)'``,
         ``'poly(2)'``, ``'spline(4)+fourier(7)'``...
@@ -152,7 +158,7 @@ class DeepMixedModel(LikelihoodMethods, SaveLoadMethods):
     """
 
     def __init__(self, *, id_col: str, time_col: str, outcomes: Mapping[str, str | Family],
-                 covariates: Sequence[str] = (), time_basis=DEFAULT_TIME_BASIS, latent_dim: int | str = "auto",
+                 covariates: Sequence[str] | str = (), time_basis=DEFAULT_TIME_BASIS, latent_dim: int | str = "auto",
                  model_class: type[MixedModel] = DGMM, model_options: dict | None = None,
                  encoder: str = "set", encoder_hidden: Sequence[int] = (64, 64),
                  covariance: str = "full", activation: str = "tanh",
@@ -168,7 +174,8 @@ class DeepMixedModel(LikelihoodMethods, SaveLoadMethods):
                                   f"({type(latent_dim).__name__})") from None
         self.id_col, self.time_col = check_str("id_col", id_col), check_str("time_col", time_col)
         self.outcomes = _check_outcomes(outcomes)
-        self.covariates = _check_names("covariates", covariates)
+        self.covariates = (parse_covariate_formula(covariates)[0] if isinstance(covariates, str)
+                           else _check_names("covariates", covariates))
         self.time_basis = time_basis
         self.model_class = model_class
         if model_options is not None and not isinstance(model_options, Mapping):
@@ -246,6 +253,9 @@ class DeepMixedModel(LikelihoodMethods, SaveLoadMethods):
         if imputation is not None and not isinstance(imputation, ImputationConfig):
             raise ConfigError(f"imputation must be an ImputationConfig or None, got {imputation!r}")
         distributed_input = check_bool("distributed_input", distributed_input)
+        if distributed_input and isinstance(self.covariates, str):
+            raise ConfigError("covariates given as a formula cannot be fitted with distributed_input=True yet: "
+                              "give the covariates as a list of columns")
         if config is not None and preset is not None:
             raise ConfigError("pass either config or preset, not both")
         config = replace(config or FitConfig.from_preset(preset or "accurate"), **config_overrides)
@@ -475,7 +485,7 @@ class DeepMixedModel(LikelihoodMethods, SaveLoadMethods):
             if self.training_baseline_ is None:
                 raise NotFittedError("this model was loaded from disk without its data: pass df")
             return self.training_baseline_
-        return df.groupby(self.id_col, sort=True)[self.covariates].first().reset_index()
+        return df.groupby(self.id_col, sort=True)[self.schema_.covariates].first().reset_index()
 
     def predict(self, history: pd.DataFrame, times, **options):
         """Dynamic predictions for the subjects of ``history`` (new or known;

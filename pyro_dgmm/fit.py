@@ -109,8 +109,8 @@ class FitConfig:
     :param batch_size: subjects per step; None: :func:`default_batch_size`.
     :param learning_rate: Adam's initial step size; decays along a cosine
         to ``learning_rate * final_lr_factor`` at ``max_epochs``.
-    :param kl_start, kl_warmup_epochs: KL annealing from beta = kl_start
-        (must be > 0) to 1.
+    :param kl_start: KL annealing starts at beta = kl_start (must be > 0).
+    :param kl_warmup_epochs: beta rises from ``kl_start`` to 1 over these epochs.
     :param linear_warmup_epochs: epochs during which the model's
         :meth:`~pyro_dgmm.model.MixedModel.residual_parameters` (the dense
         nonlinear paths of :class:`~pyro_dgmm.model.DGMM`) are held at their

@@ -450,8 +450,10 @@ def marginal_log_likelihood(model, guide, data: LongitudinalData, num_samples: i
 
     :param num_samples: S, importance samples per subject (at least
         10 per control variate: 50 for q = 2).
-    :param num_shards, distributed_input: sharding over processes (module
-        docstring); default one shard per ``torch.distributed`` process.
+    :param num_shards: sharding over processes (module docstring); default
+        one shard per ``torch.distributed`` process.
+    :param distributed_input: each process passes only its own subjects
+        (module docstring).
     :returns: a :class:`MarginalLikelihood` (``.total``, ``.total_mc_sd``,
         per-subject values and diagnostics), the same on every process.
     """

@@ -18,7 +18,8 @@ likelihoods.  A model variant overrides one method,
 Sample sites: ``b`` (batch (N, 1), event (q,)) and ``y_<outcome>`` (batch
 (N, T)).  Missing cells are handled by ``Distribution.mask`` on a filled
 ``obs`` (never ``obs_mask``, which would add latent sites the guide has to
-cover; see the design notes), so the ELBO is exact for the observed cells.
+cover and that, covered, have no likelihood at observed cells), so the ELBO
+is exact for the observed cells.
 
 Example (the sample sites of one run):
 
@@ -98,7 +99,8 @@ class MixedModel(OwnParameters):
     :param families: outcome name -> :class:`~pyro_dgmm.families.Family`, in
         the order of the data's last axis.
     :param latent_dim: q, the dimension of ``b_i``.
-    :param offsets, scales: per-outcome :math:`\\alpha_k, s_k` (shape (K,)).
+    :param offsets: per-outcome :math:`\\alpha_k` (shape (K,)).
+    :param scales: per-outcome :math:`s_k` (shape (K,)).
     :param dispersions: per-outcome initial dispersion (None for families
         without one).
     :param dispersion_model: ``'constant'`` (default: one dispersion
@@ -106,7 +108,8 @@ class MixedModel(OwnParameters):
         linear in the time features and covariates, or ``'linear+random'``:
         and in the random effects (:meth:`dispersion`), for every outcome
         whose family has a dispersion; the slopes start at 0.
-    :param num_covariates, num_time_features: P and F (needed by ``'linear'``).
+    :param num_covariates: P, the covariate design columns (needed by ``'linear'``).
+    :param num_time_features: F, the time features (needed by ``'linear'``).
     """
 
     def __init__(self, families: Mapping[str, Family], latent_dim: int,

@@ -123,8 +123,10 @@ def read_subjects(path: str | Path, id_col: str, *, rank: int | None = None, wor
     :param path: a directory of ``.csv``/``.parquet`` part files, or one CSV
         (or Parquet) file.
     :param id_col: the subject id column.
-    :param rank, world_size: default this process's ``torch.distributed``
-        rank and world size ((0, 1) without a process group).
+    :param rank: default this process's ``torch.distributed`` rank (0
+        without a process group).
+    :param world_size: default the ``torch.distributed`` world size (1
+        without a process group).
     :param split: ``'hash'`` or ``'file'``.
     :param columns: columns to keep (the id column is always kept);
         default: the first file's columns.  Every file must have them.

@@ -79,9 +79,10 @@ def standard_errors(model, guide, data: LongitudinalData, parameters: Sequence[s
     :param level: confidence level of the intervals.
     :param adapt: adapt the proposal to each subject (:mod:`pyro_dgmm.marginal`).
     :param step: relative step of the central differences.
-    :param num_shards, distributed_input: sharding over processes
-        (:mod:`pyro_dgmm.marginal`); default one shard per
-        ``torch.distributed`` process.  The Hessian is each process's
+    :param num_shards: sharding over processes (:mod:`pyro_dgmm.marginal`);
+        default one shard per ``torch.distributed`` process.
+    :param distributed_input: each process passes only its own subjects.
+        The Hessian is each process's
         Hessian of its partial sum, summed over processes.
     :returns: a :class:`StandardErrors`.  Warns (:class:`InferenceWarning`)
         when ``-hessian`` has a negative eigenvalue (not at a maximum, or
@@ -140,9 +141,10 @@ def maximize_marginal_likelihood(model, guide, data: LongitudinalData, parameter
     :param parameters: names from ``model.named_parameters()``; for a
         linear DGMM all of them (:data:`LINEAR_FIXED_EFFECTS`,
         :data:`LINEAR_RANDOM_EFFECTS` and the dispersion).
-    :param num_shards, distributed_input: sharding over processes
-        (:mod:`pyro_dgmm.marginal`); default one shard per
-        ``torch.distributed`` process.  Every process takes the same steps.
+    :param num_shards: sharding over processes (:mod:`pyro_dgmm.marginal`);
+        default one shard per ``torch.distributed`` process.
+    :param distributed_input: each process passes only its own subjects.
+        Every process takes the same steps.
     :returns: a :class:`Maximization`; the model's parameters are updated.
     """
     names = select_parameters(model, parameters, include_dispersion)

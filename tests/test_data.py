@@ -224,3 +224,134 @@ def test_nan_outcomes_mean_missing_not_error():
     frame.loc[:5, "g"] = np.nan
     data = schema_for(frame).transform(frame)
     assert not data.mask[0, :, 0].any()
+
+
+# ------------------------------------------------------------ formula covariates
+def formula_frame(n_subjects: int = 30, seed: int = 1) -> pd.DataFrame:
+    """tiny_frame with a three-level covariate ``site`` (x, y, z)."""
+    frame = tiny_frame(n_subjects=n_subjects, seed=seed)
+    sites = np.array(["x", "y", "z"])[np.arange(n_subjects) % 3]
+    frame["site"] = sites[frame["pid"] - 100]
+    return frame
+
+
+def test_formula_gives_the_list_form_design():
+    """'age + arm' is ['age', 'arm']: same columns, same values."""
+    frame = tiny_frame()
+    listed, formula = schema_for(frame), schema_for(frame, covariates="age + arm")
+    assert formula.covariates == ["age", "arm"]
+    assert formula.covariate_encoder.columns == listed.covariate_encoder.columns == ["age", "arm[T.b]"]
+    assert torch.equal(formula.transform(frame).covariates, listed.transform(frame).covariates)
+
+
+def test_formula_interactions_contrasts_and_transforms_by_hand():
+    """Every design column against its definition: standardised numeric
+    columns (interactions and I() included) first, then 0/1 treatment
+    contrasts with the first sorted level as reference, no intercept."""
+    frame = formula_frame()
+    schema = schema_for(frame, covariates="age * arm + I(age ** 2) + C(site)")
+    base = frame.groupby("pid").first()
+    x = schema.transform(frame).covariates.double().numpy()
+    assert schema.covariate_encoder.columns == ["age", "I(age ** 2)", "age:arm[T.b]", "arm[T.b]",
+                                                "C(site)[T.y]", "C(site)[T.z]"]
+
+    def z(values):
+        return (values - values.mean()) / values.std()
+
+    arm_b = (base["arm"] == "b").to_numpy(float)
+    expected = np.column_stack([z(base["age"].to_numpy()), z(base["age"].to_numpy() ** 2),
+                                z(base["age"].to_numpy() * arm_b), arm_b, (base["site"] == "y").to_numpy(float),
+                                (base["site"] == "z").to_numpy(float)])
+    np.testing.assert_allclose(x, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_formula_state_is_replayed_on_new_subjects():
+    """New subjects (other ids, some levels absent) get the training codes and
+    the training transform state (spline knots, centring), not refitted ones."""
+    frame = formula_frame()
+    schema = schema_for(frame, covariates="bs(age, df=3) + center(age) + C(site) * arm")
+    train = schema.transform(frame).covariates
+    chosen = [103, 107, 112]  # sites x, y, x: level z absent from the new frame
+    new = frame[frame.pid.isin(chosen)].assign(pid=lambda d: d.pid + 1000)
+    rows = [list(schema.transform(frame).ids).index(pid) for pid in chosen]
+    assert torch.equal(schema.transform(new).covariates, train[rows])
+
+
+def test_formula_schema_round_trips_through_a_weights_only_save(tmp_path):
+    frame = formula_frame()
+    schema = schema_for(frame, covariates="bs(age, df=3) + C(site, contr.sum) * arm")
+    torch.save(schema.to_spec(), tmp_path / "spec.pt")
+    restored = DataSchema.from_spec(torch.load(tmp_path / "spec.pt", weights_only=True))
+    assert restored.covariate_encoder == schema.covariate_encoder
+    assert torch.equal(restored.transform(frame).covariates, schema.transform(frame).covariates)
+
+
+@pytest.mark.parametrize("formula", ["age * arm", "C(arm) + age"])
+def test_formula_unseen_level_names_column_and_level(formula):
+    frame = tiny_frame()
+    schema = schema_for(frame, covariates=formula)
+    new = frame.assign(arm=np.where(frame.pid == 104, "c", frame.arm))
+    with pytest.raises(DataError, match=r"column 'arm' has levels not seen .*\['c'\] for subjects \[104\]"):
+        schema.transform(new)
+
+
+def test_formula_unseen_level_of_an_expression_is_an_error():
+    frame = tiny_frame()
+    schema = schema_for(frame, covariates="C(arm + '_')")
+    with pytest.raises(DataError, match=r"levels not seen .*c_"):
+        schema.transform(frame.assign(arm="c"))
+
+
+@pytest.mark.parametrize("formula, message", [
+    ("age +* arm", "incorrectly used"),
+    ("g ~ age", "right-hand side only"),
+    ("0 + age + arm", "own intercept"),
+    ("age - 1", "own intercept"),
+])
+def test_formula_errors_name_the_formula(formula, message):
+    with pytest.raises(ConfigError, match=message):
+        schema_for(tiny_frame(), covariates=formula)
+
+
+def test_formula_data_errors_name_column_or_term():
+    frame = tiny_frame()
+    with pytest.raises(DataError, match="'weight'"):
+        schema_for(frame, covariates="age + weight")
+    with pytest.raises(DataError, match=r"np.log\(age - 50\)"):
+        schema_for(frame, covariates="np.log(age - 50)")  # negative for some subjects
+    with pytest.raises(DataError, match="changes within subjects"):
+        schema_for(frame.assign(age=np.arange(len(frame), dtype=float)), covariates="age * arm")
+
+
+def test_formula_fit_reproduces_the_list_fit_and_predicts_new_subjects(tmp_path):
+    """Same design, same seed: the same fitted values; a formula model with
+    an interaction predicts new subjects, names unseen levels, and saves."""
+    from pyro_dgmm import DeepMixedModel
+
+    frame = formula_frame()
+    options = dict(id_col="pid", time_col="t", outcomes={"g": "gaussian", "bin": "bernoulli"},
+                   time_basis="poly(1)", latent_dim=2)
+    fit = dict(max_epochs=4, progress=False, seed=5)
+    listed = DeepMixedModel(covariates=["age", "arm"], **options).fit(frame, **fit)
+    formula = DeepMixedModel(covariates="age + arm", **options).fit(frame, **fit)
+    pd.testing.assert_frame_equal(listed.fitted_values(num_samples=20, seed=0),
+                                  formula.fitted_values(num_samples=20, seed=0))
+
+    model = DeepMixedModel(covariates="age * C(site)", **options).fit(frame, **fit)
+    new = frame[frame.pid.isin([100, 101])].assign(pid=lambda d: d.pid + 1000)
+    table = model.predict(new, [1.0, 2.0], num_samples=20, seed=0).table
+    assert set(table["pid"]) == {1100, 1101} and table["mean"].notna().all()
+    with pytest.raises(DataError, match=r"column 'site' has levels not seen .*\['w'\]"):
+        model.predict(new.assign(site="w"), [1.0], num_samples=20)
+    model.save(tmp_path / "model.pt")
+    loaded = DeepMixedModel.load(tmp_path / "model.pt")
+    assert loaded.covariates == "age * C(site)"
+    pd.testing.assert_frame_equal(loaded.predict(new, [1.0, 2.0], num_samples=20, seed=0).table, table)
+
+
+def test_formula_with_partitioned_input_is_refused_before_any_work():
+    from pyro_dgmm import DeepMixedModel
+
+    model = DeepMixedModel(id_col="pid", time_col="t", outcomes={"g": "gaussian"}, covariates="age * arm")
+    with pytest.raises(ConfigError, match="formula cannot be fitted with distributed_input=True"):
+        model.fit(tiny_frame(), distributed_input=True, max_epochs=1)

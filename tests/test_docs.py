@@ -34,7 +34,6 @@ MODULES = ["pyro_dgmm"] + sorted(
 DOCUMENTED_WITH_PACKAGE = {"pyro_dgmm.datasets.pbc", "pyro_dgmm.datasets.simulate"}
 # public objects without a docstring today; remove entries as docstrings are added
 MISSING_DOCSTRINGS = {
-    "pyro_dgmm.cli.build_parser", "pyro_dgmm.cli.main",
     "pyro_dgmm.fit.FitConfig.resolved_device",
 }
 
@@ -147,13 +146,149 @@ def test_tutorials_render_to_markdown_and_notebooks(path, tmp_path, monkeypatch)
     assert markdown.startswith("# ") and "```python" in markdown and "{download}" in markdown
 
 
+def load_conf():
+    """docs/conf.py as a module (needs Sphinx, from the docs extra)."""
+    pytest.importorskip("sphinx")
+    spec = importlib.util.spec_from_file_location("docs_conf", DOCS / "conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    return conf
+
+
+REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?//", flags=re.I)
+
+
+def remote_resources(html: str) -> list[str]:
+    """Scripts and stylesheets an HTML page loads from another host
+    (``http://``, ``https://`` or protocol-relative ``//``)."""
+    scripts = re.findall(r"<script\b[^>]*\bsrc=[\"']([^\"']+)", html, flags=re.I)
+    sheets = [re.search(r"\bhref=[\"']([^\"']+)", tag).group(1)
+              for tag in re.findall(r"<link\b[^>]*>", html, flags=re.I)
+              if re.search(r"stylesheet|preload|modulepreload", tag, flags=re.I) and "href=" in tag]
+    return [url for url in scripts + sheets if REMOTE.match(url.strip())]
+
+
+def test_remote_resources_are_found():
+    """The detector of the build test below flags CDN scripts and passes local ones."""
+    page = ('<script defer src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js"></script>'
+            '<script src="_static/doctools.js?v=1"></script><script src="//example.org/x.js"></script>'
+            '<link rel="stylesheet" href="https://fonts.example.org/a.css"/><link rel="stylesheet" href="_static/b.css"/>')
+    assert remote_resources(page) == ["https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js",
+                                      "//example.org/x.js", "https://fonts.example.org/a.css"]
+
+
+def test_math_is_served_by_the_site_itself():
+    """conf.py loads MathJax from the built site (the sphinx-mathjax-offline
+    package copies it into _static/), never from a CDN, so pages render
+    math offline."""
+    conf = load_conf()
+    assert "sphinx.ext.mathjax" in conf.extensions and "sphinx-mathjax-offline" in conf.extensions
+    assert not REMOTE.match(conf.mathjax_path) and not Path(conf.mathjax_path).is_absolute()
+    package = importlib.util.find_spec("sphinx-mathjax-offline")
+    assert package is not None, "install the docs extra: pip install -e '.[docs]'"
+    shipped = Path(package.origin).parent / "static" / "mathjax" / conf.mathjax_path.removeprefix("mathjax/")
+    assert shipped.is_file(), f"{conf.mathjax_path} is not in the package ({shipped})"
+
+
+def fake_executed(source: Path, folder: Path, *, edited: bool = False):
+    """An executed notebook of ``source`` as ``make_notebooks.py --execute``
+    writes it, with made-up outputs (one printed line, one figure) in its
+    first code cell, saved in ``folder``."""
+    nbformat = pytest.importorskip("nbformat")
+    sys.path.insert(0, str(ROOT / "tutorials"))
+    try:
+        from make_notebooks import read_notebook, source_digest
+    finally:
+        sys.path.remove(str(ROOT / "tutorials"))
+    notebook = read_notebook(source)
+    cell = next(c for c in notebook.cells if c.cell_type == "code")
+    (folder / f"{source.stem}_files").mkdir(parents=True)
+    (folder / f"{source.stem}_files" / "fig.png").write_bytes(b"png")
+    cell.outputs = [{"output_type": "stream", "name": "stdout", "text": "hello ```\n"},
+                    {"output_type": "display_data", "metadata": {"filename": f"{source.stem}_files/fig.png"},
+                     "data": {"image/png": "cG5n", "text/plain": "<fig.png>"}}]
+    digest = "0" * 64 if edited else source_digest(source)
+    notebook.metadata["pyro_dgmm"] = {"mode": "smoke", "key": "k", "source_sha256": digest}
+    nbformat.write(nbformat.from_dict(notebook), folder / f"{source.stem}.ipynb")
+
+
+def test_tutorial_pages_show_the_outputs_of_the_executed_notebook(tmp_path, monkeypatch):
+    """A code cell is followed by its printed text (in a fence its backticks
+    cannot close) and its figure, linked from the docs folder; the page says
+    the outputs come from a smoke run."""
+    pytest.importorskip("jupytext")
+    conf = load_conf()
+    fake_executed(TUTORIALS[0], tmp_path)
+    monkeypatch.setattr(conf, "EXECUTED", tmp_path)
+    notebook, problem = conf.executed_notebook(TUTORIALS[0])
+    assert problem is None
+    markdown = conf.tutorial_markdown(TUTORIALS[0], executed=notebook, docdir=DOCS)
+    image = os.path.relpath(tmp_path / f"{TUTORIALS[0].stem}_files" / "fig.png", DOCS)
+    assert f"![fig.png]({image})" in markdown
+    assert "````text\nhello ```\n````" in markdown
+    assert "smoke run" in markdown
+    code, _, rest = markdown.partition("```python\n")[2].partition("\n```\n")
+    assert rest.lstrip().startswith("````text"), "the output follows its own code cell"
+
+
+def test_an_executed_notebook_of_another_source_version_is_refused(tmp_path, monkeypatch):
+    pytest.importorskip("jupytext")
+    conf = load_conf()
+    monkeypatch.setattr(conf, "EXECUTED", tmp_path)
+    assert "no executed notebook" in conf.executed_notebook(TUTORIALS[0])[1]
+    fake_executed(TUTORIALS[0], tmp_path, edited=True)
+    notebook, problem = conf.executed_notebook(TUTORIALS[0])
+    assert notebook is None and "another version" in problem
+
+
 # ------------------------------------------------------------ Sphinx build
-@pytest.mark.slow
-def test_sphinx_build_has_no_warnings(tmp_path):
+@pytest.fixture(scope="module")
+def built_docs(tmp_path_factory):
+    """The tutorials executed in smoke mode (``make tutorials``) and the
+    HTML docs built from them with warnings as errors (``make docs``),
+    into a scratch folder: (Sphinx's exit code and stderr, the HTML folder)."""
     pytest.importorskip("sphinx")
     pytest.importorskip("myst_parser")
+    pytest.importorskip("jupytext")
+    root = tmp_path_factory.mktemp("docs")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYRO_DGMM_EXECUTED": str(root / "executed")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    subprocess.run([sys.executable, str(ROOT / "tutorials" / "make_notebooks.py"), "--execute", "--out",
+                    str(root / "executed")], check=True, env=env, timeout=1800, capture_output=True)
     result = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(DOCS), str(tmp_path / "html")],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900,
+        [sys.executable, "-m", "sphinx", "-E", "-W", "--keep-going", "-q", "-b", "html", str(DOCS), str(root / "html")],
+        capture_output=True, text=True, env=env, timeout=900,
     )
+    return result, root / "html"
+
+
+@pytest.mark.slow
+def test_sphinx_build_has_no_warnings(built_docs):
+    result, _ = built_docs
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_built_pages_load_no_remote_script(built_docs):
+    """Offline readers see rendered math: no page loads a script or a
+    stylesheet from another host, and MathJax is in the site."""
+    result, html = built_docs
+    assert result.returncode == 0, result.stderr[-3000:]
+    pages = sorted(html.rglob("*.html"))
+    assert len(pages) > 20
+    remote = {str(p.relative_to(html)): remote_resources(p.read_text(encoding="utf-8")) for p in pages}
+    assert not {page: urls for page, urls in remote.items() if urls}
+    inference = (html / "inference.html").read_text(encoding="utf-8")
+    assert 'src="_static/mathjax/tex-chtml.js"' in inference and "\\(" in inference
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
+
+
+@pytest.mark.slow
+def test_every_tutorial_page_shows_its_figures(built_docs):
+    result, html = built_docs
+    assert result.returncode == 0, result.stderr[-3000:]
+    for source in TUTORIALS:
+        page = (html / f"tutorial{source.name[:2]}.html").read_text(encoding="utf-8")
+        images = re.findall(r'<img [^>]*src="(_images/[^"]+\.png)"', page)
+        assert images, f"tutorial{source.name[:2]}.html shows no figure"
+        assert all((html / image).is_file() for image in images)

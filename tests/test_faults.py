@@ -1236,7 +1236,8 @@ CONSTRUCTOR = [
     ({"latent_dim": 0}, "latent_dim", "positive"),
     ({"validation_fraction": 1.5}, "validation_fraction", "[0, 1)"),
     ({"validation_fraction": "0.1"}, "validation_fraction", "number"),
-    ({"covariates": "arm"}, "covariates", "list of column names"),
+    ({"covariates": 3}, "covariates", "list of column names"),
+    ({"covariates": "age +* arm"}, "covariates formula", "incorrectly used"),  # a string is a formula
     ({"encoder": "sett"}, "encoder", "did you mean 'set'"),
     ({"covariance": "ful"}, "covariance", "did you mean 'full'"),
     ({"activation": "Tanh"}, "activation", "did you mean 'tanh'"),
@@ -1428,7 +1429,7 @@ PREDICT_CASES = [
     (["--model", "a_folder"], "--model a_folder is a folder"),
     (["--out", "a_folder"], "--out a_folder is a folder"),
     (["--num-samples", "0"], "num_samples"),
-    (["--levels", "95"], "levels"),
+    (["--levels", "150"], "--levels 150"),  # 95 is read as 95% (test_cli.py)
 ]
 
 

@@ -1,0 +1,182 @@
+"""The command line's interface: --version, examples in --help that parse,
+--levels as fractions or percents, summary.json's convergence and
+log-likelihood, one float format in every CSV, --covariate-formula.
+
+(The fit and predict commands' inputs and outputs are tested in
+test_estimator.py and test_faults.py.)"""
+import json
+import math
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pyro_dgmm
+from pyro_dgmm import DeepMixedModel
+from pyro_dgmm.cli import (CSV_FLOAT_FORMAT, EXAMPLES, FIT_EXAMPLES, PREDICT_EXAMPLES, build_parser,
+                           interval_levels, main)
+from pyro_dgmm.errors import ConfigError
+from pyro_dgmm.variance import InferenceWarning, marginal_log_likelihood
+
+from common import tiny_frame
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pyro_dgmm {pyro_dgmm.__version__}"
+
+
+def examples(text: str) -> list[list[str]]:
+    """The ``python -m pyro_dgmm`` commands of an examples block, continuation
+    lines joined, comments dropped, as argument lists."""
+    joined = re.sub(r"\\\n\s*", "", text)
+    commands = []
+    for line in joined.splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith(("python", "torchrun")) and "-m pyro_dgmm " in line:
+            commands.append(line.split("-m pyro_dgmm ", 1)[1].replace("'", "").split())
+    return commands
+
+
+@pytest.mark.parametrize("command", [None, "fit", "predict"])
+def test_help_shows_examples_that_parse(command, capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"] if command is None else [command, "--help"])
+    shown = capsys.readouterr().out
+    block = {None: EXAMPLES, "fit": FIT_EXAMPLES, "predict": PREDICT_EXAMPLES}[command]
+    assert block.splitlines()[1] in shown  # the epilog is shown as written
+    commands = examples(block)
+    assert len(commands) >= 2
+    for argv in commands:
+        args = build_parser().parse_args(argv)  # every example is a valid command line
+        assert args.command in ("fit", "predict")
+
+
+@pytest.mark.parametrize("given, levels", [([0.95], [0.95]), ([95], [0.95]), ([80, 0.9], [0.8, 0.9]),
+                                           ([99.5], [0.995]), ([1.5], [0.015])])
+def test_levels_take_fractions_or_percents(given, levels):
+    assert interval_levels(given) == pytest.approx(levels)
+
+
+@pytest.mark.parametrize("bad", [0, 1, 100, 150, -0.5])
+def test_levels_out_of_range_are_refused(bad):
+    with pytest.raises(ConfigError, match=f"--levels {bad:g}: give a level between 0 and 1"):
+        interval_levels([0.9, bad])
+
+
+def test_levels_help_says_percents_are_accepted(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "0.95 or 95" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def cli_fit(tmp_path_factory):
+    """A two-epoch CLI fit of a CSV with --log-likelihood (few samples): the
+    folder, the CSV and the frame."""
+    folder = tmp_path_factory.mktemp("cli")
+    frame = tiny_frame(n_subjects=16, seed=4)
+    frame["t"] = frame["t"] / 3  # times like 0.1000... whose float64 text is long
+    csv = folder / "visits.csv"
+    frame.to_csv(csv, index=False)
+    argv = ["fit", "--csv", str(csv), "--id", "pid", "--time", "t", "--outcome", "g:gaussian", "--outcome",
+            "bin:bernoulli", "--covariate", "age", "--latent-dim", "2", "--max-epochs", "3", "--seed", "2",
+            "--quiet", "--log-likelihood", "--log-likelihood-samples", "60", "--out", str(folder / "o")]
+    with pytest.warns(pyro_dgmm.errors.ConvergenceWarning), warnings.catch_warnings():
+        warnings.simplefilter("ignore", InferenceWarning)  # 60 samples after 3 epochs: some k-hat > 0.7
+        assert main(argv) == 0
+    return folder, csv, frame
+
+
+def test_summary_carries_convergence_and_held_out_loss(cli_fit):
+    folder, _, _ = cli_fit
+    summary = json.loads((folder / "o" / "summary.json").read_text())
+    model = DeepMixedModel.load(folder / "o" / "model.pt")
+    convergence = summary["convergence"]
+    result = model.result_
+    assert convergence["converged"] is False and convergence["stop_reason"] == result.stop_reason
+    assert convergence["epochs_run"] == 3 and convergence["max_epochs"] == 3
+    assert convergence["final_train_loss"] == pytest.approx(result.train_loss[-1])
+    assert result.best_epoch == -1  # three epochs, all annealing: no kept epoch yet, so the last measured
+    epoch, loss = result.validation_loss[-1]
+    assert convergence["held_out_loss"] == pytest.approx(loss) and convergence["held_out_loss_epoch"] == epoch
+
+
+@pytest.mark.filterwarnings("ignore::pyro_dgmm.variance.InferenceWarning")
+def test_summary_log_likelihood_is_the_importance_sampling_estimate(cli_fit):
+    """The reported value is the estimate on the training data at the fitted
+    parameters: recomputed here from the saved model with the same seed."""
+    folder, _, frame = cli_fit
+    reported = json.loads((folder / "o" / "summary.json").read_text())["log_likelihood"]
+    model = DeepMixedModel.load(folder / "o" / "model.pt")
+    estimate = marginal_log_likelihood(model.model_, model.guide_, model.transform(frame), 60, seed=2)
+    assert reported["num_samples"] == 60 and math.isfinite(reported["total"]) and reported["mc_sd"] >= 0
+    assert reported["total"] == pytest.approx(estimate.total, rel=1e-6)
+    assert reported["max_pareto_k"] == pytest.approx(float(estimate.pareto_k.max()))
+    assert reported["subjects_pareto_k_above_0.7"] == int((estimate.pareto_k > 0.7).sum())
+    assert reported["total"] < 0  # Gaussian and Bernoulli outcomes of 16 subjects at unit-ish scale
+
+
+def test_summary_log_likelihood_is_null_unless_asked(tmp_path):
+    frame = tiny_frame(n_subjects=8)
+    frame.to_csv(tmp_path / "v.csv", index=False)
+    assert main(["fit", "--csv", str(tmp_path / "v.csv"), "--id", "pid", "--time", "t", "--outcome", "g:gaussian",
+                 "--latent-dim", "2", "--max-epochs", "1", "--quiet", "--out", str(tmp_path / "o")]) == 0
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["log_likelihood"] is None
+
+
+def float_fields(path) -> list[str]:
+    """The text of every non-integer numeric field of a CSV file."""
+    fields = [f for line in path.read_text().splitlines()[1:] for f in line.split(",")]
+    return [f for f in fields if re.fullmatch(r"-?\d*\.\d+(e[-+]\d+)?|-?\d+e[-+]\d+", f)]
+
+
+def test_every_csv_uses_one_float_format(cli_fit, capsys):
+    """fitted.csv and the predictions hold floats as CSV_FLOAT_FORMAT writes
+    them: at most 10 significant digits, and the values survive the round trip
+    to that precision."""
+    folder, csv, frame = cli_fit
+    out = folder / "pred.csv"
+    assert main(["predict", "--model", str(folder / "o" / "model.pt"), "--history", str(csv), "--times", "1",
+                 "2", "--levels", "90", "--num-samples", "20", "--out", str(out)]) == 0
+    assert {"lower_90", "upper_90"} <= set(pd.read_csv(out).columns)  # '90' read as 0.90
+    for path in (folder / "o" / "fitted.csv", out):
+        fields = float_fields(path)
+        assert fields
+        digits = [len(re.sub(r"e.*|[-.]", "", f).lstrip("0")) for f in fields]
+        assert max(digits) <= 10, path.name
+        assert max(digits) > 6, path.name  # not rounded coarser than the format
+        assert all(f == CSV_FLOAT_FORMAT % float(f) for f in fields), path.name
+    fitted = pd.read_csv(folder / "o" / "fitted.csv")
+    np.testing.assert_allclose(np.sort(fitted["t"].to_numpy()), np.sort(frame["t"].to_numpy()), rtol=1e-9)
+
+
+def test_covariate_formula(tmp_path, capsys):
+    frame = tiny_frame(n_subjects=10)
+    csv = tmp_path / "v.csv"
+    frame.to_csv(csv, index=False)
+    base = ["fit", "--csv", str(csv), "--id", "pid", "--time", "t", "--outcome", "g:gaussian", "--latent-dim",
+            "2", "--max-epochs", "1", "--quiet"]
+    assert main(base + ["--covariate-formula", "age * arm", "--out", str(tmp_path / "o")]) == 0
+    model = DeepMixedModel.load(tmp_path / "o" / "model.pt")
+    assert model.schema_.covariate_encoder.columns == ["age", "age:arm[T.b]", "arm[T.b]"]
+    assert main(base + ["--covariate-formula", "age * weight", "--out", str(tmp_path / "o2")]) == 2
+    assert "--covariate-formula 'weight' is not a column" in capsys.readouterr().err
+    assert main(base + ["--covariate", "age", "--covariate-formula", "age", "--out", str(tmp_path / "o3")]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_summary_held_out_loss_is_the_kept_epochs(cli_fit):
+    """With a kept epoch, the held-out loss is that epoch's, not the last one's."""
+    from pyro_dgmm.cli import _summary
+
+    folder, _, _ = cli_fit
+    model = DeepMixedModel.load(folder / "o" / "model.pt")
+    model.result_.validation_loss = [(4, 30.0), (5, 25.0), (6, 27.0)]
+    model.result_.best_epoch = 5
+    convergence = _summary(model, 1, 1, {"g": "gaussian"}, files=[])["convergence"]
+    assert convergence["held_out_loss"] == 25.0 and convergence["held_out_loss_epoch"] == 5
