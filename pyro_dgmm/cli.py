@@ -511,9 +511,9 @@ def run_fit(args: argparse.Namespace) -> dict | None:
 def _log_likelihood(model, args: argparse.Namespace) -> dict:
     """The importance-sampling estimate of the marginal log-likelihood of the
     training data at the fitted parameters
-    (:func:`~pyro_dgmm.variance.marginal_log_likelihood`, adaptive proposal),
+    (:func:`~pyro_dgmm.marginal.marginal_log_likelihood`, adaptive proposal),
     with its Monte Carlo SD and the Pareto k-hat diagnostics."""
-    from .variance import marginal_log_likelihood
+    from .marginal import marginal_log_likelihood
 
     estimate = marginal_log_likelihood(model.model_, model.guide_, model._encoder_view(model.data_),
                                        args.log_likelihood_samples, seed=args.seed,

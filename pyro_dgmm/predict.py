@@ -20,7 +20,7 @@ observation noise: they are meant to cover a future *observed* value);
 ``mean`` is :math:`\frac1S\sum_s g_k^{-1}(\eta^{(s)})`, the predicted value
 (a probability for binary outcomes).  Network weights and dispersions are
 point estimates unless ``parameter_uncertainty`` is given: then the
-parameters it covers (a :class:`~pyro_dgmm.variance.StandardErrors`, e.g.
+parameters it covers (a :class:`~pyro_dgmm.results.StandardErrors`, e.g.
 the linear fixed and random effects and the dispersions) are drawn
 :math:`M` times from their Wald (Laplace) approximation
 :math:`\theta^{(m)} \sim \mathcal N(\hat\theta, \widehat{\operatorname{cov}})`
@@ -473,7 +473,7 @@ def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, r
         None: the history itself.  The likelihood always uses the observed
         cells.
     :param parameter_uncertainty: None (default: plug-in parameters) or a
-        :class:`~pyro_dgmm.variance.StandardErrors` of this model: its
+        :class:`~pyro_dgmm.results.StandardErrors` of this model: its
         parameters are drawn ``parameter_draws`` times from the Wald
         approximation (module docstring; directions with negative
         curvature estimates get no spread).
@@ -585,7 +585,7 @@ def parameter_models(model, errors, num_draws: int, *, seed: int = 0) -> list:
     r"""``num_draws`` copies of ``model`` whose parameters ``errors.parameter_names``
     are drawn from :math:`\mathcal N(\hat\theta, \widehat{\operatorname{cov}})`
     on their working (unconstrained) scale (``errors``: a
-    :class:`~pyro_dgmm.variance.StandardErrors`; negative eigenvalues of the
+    :class:`~pyro_dgmm.results.StandardErrors`; negative eigenvalues of the
     covariance, from Monte Carlo noise or a point that is not a maximum,
     are set to 0), in antithetic pairs :math:`\hat\theta \pm R z` (with few
     draws, their mean would otherwise be off :math:`\hat\theta` by

@@ -18,7 +18,8 @@ from pyro_dgmm import DeepMixedModel
 from pyro_dgmm.cli import (CSV_FLOAT_FORMAT, EXAMPLES, FIT_EXAMPLES, PREDICT_EXAMPLES, build_parser,
                            interval_levels, main)
 from pyro_dgmm.errors import ConfigError
-from pyro_dgmm.variance import InferenceWarning, marginal_log_likelihood
+from pyro_dgmm.diagnostics import InferenceWarning
+from pyro_dgmm.marginal import marginal_log_likelihood
 
 from common import tiny_frame
 
@@ -106,7 +107,7 @@ def test_summary_carries_convergence_and_held_out_loss(cli_fit):
     assert convergence["held_out_loss"] == pytest.approx(loss) and convergence["held_out_loss_epoch"] == epoch
 
 
-@pytest.mark.filterwarnings("ignore::pyro_dgmm.variance.InferenceWarning")
+@pytest.mark.filterwarnings("ignore::pyro_dgmm.diagnostics.InferenceWarning")
 def test_summary_log_likelihood_is_the_importance_sampling_estimate(cli_fit):
     """The reported value is the estimate on the training data at the fitted
     parameters: recomputed here from the saved model with the same seed."""
