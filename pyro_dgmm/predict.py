@@ -48,7 +48,7 @@ The posterior of :math:`b_i` (``method``):
     adaptive importance sampling and resampling (the sampler ``'adaptive'``
     of :func:`~pyro_dgmm.posterior.sample_posterior`): a Gaussian fitted to
     each subject's posterior (Laplace approximation from the encoder's
-    mean, then ``adapt_rounds`` rounds of importance-weighted moment
+    mean, then ``adapt_rounds`` (default 0) rounds of importance-weighted moment
     matching), ``num_proposals`` draws from the defensive mixture
     :math:`0.9\, t_5(m_i, \Sigma_i) + 0.1\, \mathcal N(0, I)`, whose
     self-normalised weights
