@@ -85,7 +85,7 @@ from .data import LongitudinalData
 from .errors import ConfigError
 from .likelihood import log_joint, observed_log_likelihood, standard_normal_log_density
 from .model import StandardNormal
-from .options import check_choice, check_int
+from .options import check_choice, check_float, check_int
 
 #: The methods of :func:`sample_posterior` (module docstring).
 METHODS = ("encoder", "importance", "adaptive", "resample-move", "mh", "nuts")
@@ -103,7 +103,6 @@ _STUDENT_DF = 5.0
 _DEFENSIVE = 0.1  # weight of the prior in the final proposal of 'adaptive'
 _PILOT_INFLATION = 1.5  # pilot draws from N(m, 1.5^2 Sigma) see the posterior's far side
 _ADAPT_PRIOR = 10.0  # moment matching trusts a round's moments by ESS / (ESS + 10)
-_ADAPT_KL = 0.01  # a subject's proposal has converged when a round moves it less (KL)
 _NEWTON_STEPS, _NEWTON_HALVINGS, _NEWTON_TOLERANCE = 20, 10, 1e-3
 _RANDOM_WALK_SCALE = 2.38  # Roberts, Gelman & Gilks (1997): optimal for Gaussian targets
 
@@ -277,7 +276,7 @@ def _shrunk(covariance: torch.Tensor, ess: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------ fitted proposals
 def gaussian_proposal(model, data: LongitudinalData, loc: torch.Tensor, scale_tril: torch.Tensor, *,
                       rounds: int = 8, num_proposals: int = 1000, log_likelihood: LogLikelihood | None = None,
-                      seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      tolerance: float = 0.01, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     r"""A Gaussian :math:`\mathcal N(m_i, L_i L_i^\top)` fitted to each
     subject's posterior, starting from ``loc`` (N, q), ``scale_tril`` (N, q, q)
     (e.g. the encoder's).
@@ -292,8 +291,9 @@ def gaussian_proposal(model, data: LongitudinalData, loc: torch.Tensor, scale_tr
        covariance :math:`\tilde\Sigma` and ESS; the proposal moves to
        :math:`(\alpha\tilde m + (1-\alpha) m,\ \alpha\tilde\Sigma + (1-\alpha)\Sigma)`
        with :math:`\alpha = \mathrm{ESS}/(\mathrm{ESS} + 10)`.  A subject
-       whose proposal moves by less than 0.01 (KL divergence) stops there,
-       so each subject's result depends on its own draws only.
+       whose proposal moves by less than ``tolerance`` (KL divergence)
+       stops there, so each subject's result depends on its own draws only;
+       ``tolerance=0`` runs every round for every subject.
 
     :param log_likelihood: ``(b, data) -> (..., n)``; default the model's
         :func:`~pyro_dgmm.likelihood.observed_log_likelihood` (the marginal
@@ -302,8 +302,9 @@ def gaussian_proposal(model, data: LongitudinalData, loc: torch.Tensor, scale_tr
         state is restored); None draws from it as it is.
     :returns: ``(m, L)``, shapes (N, q) and (N, q, q), in ``loc``'s dtype.
     """
+    tolerance = check_float("tolerance", tolerance, low=0)
     with _seeded(seed):
-        return _gaussian_proposal(model, data, loc, scale_tril, rounds, num_proposals, log_likelihood)
+        return _gaussian_proposal(model, data, loc, scale_tril, rounds, num_proposals, log_likelihood, tolerance)
 
 
 def _seeded(seed: int | None):
@@ -323,7 +324,7 @@ def _seeded(seed: int | None):
     return seeded()
 
 
-def _gaussian_proposal(model, data, loc, scale_tril, rounds, num_proposals, log_likelihood):
+def _gaussian_proposal(model, data, loc, scale_tril, rounds, num_proposals, log_likelihood, tolerance):
     log_likelihood = log_likelihood or (lambda b, chunk: observed_log_likelihood(model, b, chunk))
 
     def target(b: torch.Tensor, chunk: LongitudinalData) -> torch.Tensor:
@@ -339,7 +340,7 @@ def _gaussian_proposal(model, data, loc, scale_tril, rounds, num_proposals, log_
         return loc, scale_tril
     locs, trils = [], []
     for chunk, index in _subject_chunks(data, subjects_per_chunk(num_proposals, data, DRAW_CELLS)):
-        mean, tril = _moment_matching(target, chunk, loc[index], scale_tril[index], rounds, num_proposals)
+        mean, tril = _moment_matching(target, chunk, loc[index], scale_tril[index], rounds, num_proposals, tolerance)
         locs.append(mean)
         trils.append(tril)
     return torch.cat(locs), torch.cat(trils)
@@ -354,7 +355,7 @@ def _subject_chunks(data: LongitudinalData, chunk_size: int):
 
 @torch.no_grad()
 def _moment_matching(target, data: LongitudinalData, mean: torch.Tensor, tril: torch.Tensor, rounds: int,
-                     num_proposals: int) -> tuple[torch.Tensor, torch.Tensor]:
+                     num_proposals: int, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The rounds of step 2 of :func:`gaussian_proposal` for one chunk."""
     active = torch.ones(data.num_subjects, dtype=torch.bool, device=mean.device)
     for _ in range(rounds):
@@ -367,7 +368,7 @@ def _moment_matching(target, data: LongitudinalData, mean: torch.Tensor, tril: t
         shift = torch.distributions.kl_divergence(moved, dist.MultivariateNormal(mean, scale_tril=tril))
         mean = torch.where(active.unsqueeze(-1), moved.loc, mean)
         tril = torch.where(active[:, None, None], moved.scale_tril, tril)
-        active = active & (shift >= _ADAPT_KL)
+        active = active & (shift > tolerance)
         if not active.any():
             break
     return mean, tril
