@@ -50,7 +50,7 @@ with the likelihood of the observed cells only (valid under MAR), from
 Memory and speed.  The weighted methods work on chunks of subjects sized by
 :func:`subjects_per_chunk` for a budget of ``DRAW_CELLS`` (draws x
 subjects x visit slots x outcomes) cells: small enough that the networks'
-activations stay in the processor's cache (several times faster on one
+activations stay in the processor's cache (2-3 times faster on one
 thread than the large chunks used before), large enough that Python
 overhead is negligible.  Randomness comes from torch's global generator
 (the one Pyro's samplers use), so :func:`~pyro_dgmm.parallel.map_blocks`
