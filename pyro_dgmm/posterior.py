@@ -76,6 +76,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import pyro
 import pyro.distributions as dist
 import torch
 from pyro.infer import MCMC, NUTS
@@ -206,16 +207,18 @@ def sample_posterior(model, guide, data: LongitudinalData, method: str = "import
             loc, scale_tril = gaussian_proposal(model, data, encoder.loc, encoder.scale_tril, rounds=adapt_rounds,
                                                 num_proposals=max(64, num_proposals // 4))
         parts = []
-        for chunk, index in _subject_chunks(data, chunk_size):
-            q = dist.MultivariateNormal(encoder.loc[index], scale_tril=encoder.scale_tril[index])
-            if method == "encoder":
-                b = q.sample((num_draws,))
-                parts.append(PosteriorDraws(b, _uniform(b), method))
-            elif method == "importance":
-                parts.append(_importance(model, q, chunk, num_draws, keep_eta))
-            else:
-                parts.append(_adaptive(model, chunk, loc[index], scale_tril[index], num_draws, num_proposals,
-                                       mcmc_steps if method == "resample-move" else None))
+        for k, (chunk, index) in enumerate(_subject_chunks(data, chunk_size)):
+            # argument and support checks on the first chunk only: the later ones repeat its computation
+            with contextlib.nullcontext() if k == 0 else pyro.validation_enabled(False):
+                q = dist.MultivariateNormal(encoder.loc[index], scale_tril=encoder.scale_tril[index])
+                if method == "encoder":
+                    b = q.sample((num_draws,))
+                    parts.append(PosteriorDraws(b, _uniform(b), method))
+                elif method == "importance":
+                    parts.append(_importance(model, q, chunk, num_draws, keep_eta))
+                else:
+                    parts.append(_adaptive(model, chunk, loc[index], scale_tril[index], num_draws, num_proposals,
+                                           mcmc_steps if method == "resample-move" else None))
         draws = PosteriorDraws.concat(parts)
         draws.method = method
         return draws
