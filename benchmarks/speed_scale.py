@@ -70,7 +70,7 @@ def plain_torch_loss(model, guide, batch, num_subjects: int):
     reparameterised draw of b, the masked log-likelihood, closed-form KL."""
     import torch
 
-    from pyro_dgmm.posterior import observed_log_likelihood
+    from pyro_dgmm.likelihood import observed_log_likelihood
 
     q = guide.posterior(batch)
     b = q.rsample()

@@ -34,7 +34,7 @@ posterior is over b only, and leaving subject i out moves
 :math:`b_i` back to its prior, far from :math:`p(b_i \mid y_i)` for an
 informative record (the exact leave-subject-out density given the
 weights is :math:`p(y_i^o)`, estimated by importance sampling in
-``RandomEffectsPosterior.log_marginal``).  ``cell_log_likelihood=True``
+``PosteriorDraws.log_marginal``).  ``cell_log_likelihood=True``
 adds the per-cell values ``y_<outcome>`` (NaN where unobserved, which
 ``az.loo`` does not accept: drop those cells first).
 

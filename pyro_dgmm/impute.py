@@ -1,21 +1,15 @@
-r"""Missing outcomes under MAR: MCMC for b given the observed data, imputation
-by Pyro's ``Predictive``, and the talk's stochastic-approximation EM loop.
+r"""Missing outcomes under MAR: imputation by Pyro's ``Predictive`` given
+draws of b, and the talk's stochastic-approximation EM loop.
 
-Random effects given the observed cells.  The target for subject i is
+Random effects given the observed cells come from
+:func:`~pyro_dgmm.posterior.sample_posterior`, the one posterior engine:
+its ``'mh'`` sampler (:class:`~pyro_dgmm.posterior.IndependenceMetropolis`,
+a Pyro ``MCMCKernel`` that proposes from the encoder and accepts per
+subject, then takes a random-walk step) or ``'nuts'``, targeting
 
 .. math:: \pi_i(b) \propto p(y_i^o \mid b; \theta)\, \mathcal N(b; 0, I)
 
 (the likelihood of observed cells only, so valid under MAR).
-:class:`IndependenceMetropolis` is a Pyro ``MCMCKernel`` that proposes
-:math:`b' \sim q(b \mid y_i)` (the encoder) for every subject at once and
-accepts per subject with probability
-
-.. math:: \min\Big(1, \frac{\pi_i(b')\, q(b_i)}{\pi_i(b_i)\, q(b')}\Big),
-
-then takes a random-walk Metropolis step (both leave :math:`\pi_i` invariant).
-
-``NUTS`` over all subjects' b (one potential, independent blocks) is the
-alternative (``kernel='nuts'``); both run through ``pyro.infer.MCMC``.
 
 Imputation.  Given draws of b, :func:`draw_missing` samples every cell
 from the model with ``observe=False`` through ``pyro.infer.Predictive``,
@@ -58,10 +52,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
-import pyro
 import torch
-from pyro.infer import MCMC, NUTS, Predictive
-from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
+from pyro.infer import Predictive
 from tqdm.auto import tqdm
 
 from .data import DataSchema, LongitudinalData
@@ -69,145 +61,11 @@ from .errors import ConfigError
 from .fit import FitConfig, FitResult, fit_svi
 from .options import check_choice, check_float, check_int
 from .parallel import Shards, all_reduce_sum, gather_objects, is_main_process, stream_seed
-from .posterior import observed_log_likelihood, standard_normal_log_density
+from .posterior import sample_posterior
 
-#: MCMC kernels for b | y: independence Metropolis-Hastings or NUTS.
+#: MCMC kernels for b | y: independence Metropolis-Hastings or NUTS
+#: (the samplers ``'mh'`` and ``'nuts'`` of :func:`~pyro_dgmm.posterior.sample_posterior`).
 KERNELS = ("mh", "nuts")
-
-
-def log_target(model, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
-    """log p(y_i^o | b_i) + log N(b_i; 0, I), shape (..., N) for b (..., N, q)."""
-    return observed_log_likelihood(model, b, data) + standard_normal_log_density(b)
-
-
-def random_walk_metropolis(model, data: LongitudinalData, b: torch.Tensor, log_pi: torch.Tensor,
-                           scale_tril: torch.Tensor):
-    """One random-walk Metropolis move ``b' = b + L eps`` of every draw and
-    subject, accepted with ``pi(b') / pi(b)`` (symmetric proposal).
-
-    :param b: (..., N, q); ``log_pi``: its :func:`log_target`, (..., N);
-        ``scale_tril``: L, broadcastable to (..., N, q, q).
-    :returns: moved b, its log target, and the acceptance indicator (..., N).
-    """
-    proposed = b + (scale_tril @ torch.randn_like(b).unsqueeze(-1)).squeeze(-1)
-    candidate = log_target(model, proposed, data)
-    accept = torch.rand_like(log_pi).log() < candidate - log_pi
-    return torch.where(accept.unsqueeze(-1), proposed, b), torch.where(accept, candidate, log_pi), accept
-
-
-class IndependenceMetropolis(MCMCKernel):
-    """Independence Metropolis-Hastings for b, all subjects at once.
-
-    The encoder ``q(b_i | y_i)`` is the proposal; each subject accepts or
-    rejects on its own, so the chain is a product of N independent chains
-    in one tensor.  Each transition is followed by a small random-walk
-    Metropolis step scaled by the encoder's covariance, which also leaves
-    the target invariant and frees chains started where q has no mass.
-    ``acceptance_rate`` counts the independence proposals.  Use it with ``pyro.infer.MCMC``::
-
-        kernel = IndependenceMetropolis(model, guide)
-        mcmc = MCMC(kernel, num_samples=200, warmup_steps=50)
-        mcmc.run(data)
-        b = mcmc.get_samples()["b"]          # (200, N, q)
-
-    ``acceptance_rate`` holds the per-subject acceptance rate of the run.
-    """
-
-    #: b is unconstrained: no transforms for ``pyro.infer.MCMC`` to apply
-    transforms: dict = {}
-
-    def __init__(self, model, guide, initial_b: torch.Tensor | None = None):
-        self.model, self.guide = model, guide
-        self._initial_b = initial_b
-
-    def setup(self, warmup_steps, data: LongitudinalData):
-        self.data = data
-        with torch.no_grad():
-            self.proposal = self.guide.posterior(data)
-            b = self._initial_b if self._initial_b is not None else self.proposal.sample()
-        self._state = (b, self._log_ratio(b))
-        self._accepted = torch.zeros(data.num_subjects)
-        self._steps = 0
-
-    def _log_ratio(self, b: torch.Tensor) -> torch.Tensor:
-        """log pi(b) - log q(b), per subject."""
-        return log_target(self.model, b, self.data) - self.proposal.log_prob(b)
-
-    @property
-    def initial_params(self):
-        return {"b": self._state[0]}
-
-    @initial_params.setter
-    def initial_params(self, params):
-        self._initial_b = params["b"]
-
-    @torch.no_grad()
-    def sample(self, params):
-        b, ratio = params["b"], self._state[1]
-        if b is not self._state[0]:  # a caller moved the state: recompute its weight
-            ratio = self._log_ratio(b)
-        proposed = self.proposal.sample()
-        proposed_ratio = self._log_ratio(proposed)
-        accept = torch.rand_like(ratio).log() < proposed_ratio - ratio
-        b = torch.where(accept.unsqueeze(-1), proposed, b)
-        ratio = torch.where(accept, proposed_ratio, ratio)
-        self._accepted += accept.float().cpu()
-        b, ratio = self._random_walk(b, ratio)
-        self._state = (b, ratio)
-        self._steps += 1
-        return {"b": b}
-
-    def _random_walk(self, b: torch.Tensor, ratio: torch.Tensor):
-        """A symmetric random-walk step b' = b + (2.38 / sqrt(q)) L eps (L the
-        encoder's Cholesky factor; the scale is Roberts, Gelman & Gilks' (1997)
-        optimum for Gaussian targets), accepted with pi(b') / pi(b).  It keeps the chain
-        moving where q is far lighter-tailed than pi (an independence sampler
-        alone can stick there for good)."""
-        log_q = self.proposal.log_prob
-        scale_tril = (2.38 / b.shape[-1] ** 0.5) * self.proposal.scale_tril
-        b, log_pi, _ = random_walk_metropolis(self.model, self.data, b, ratio + log_q(b), scale_tril)
-        return b, log_pi - log_q(b)
-
-    @property
-    def acceptance_rate(self) -> torch.Tensor:
-        """Per-subject share of accepted proposals so far, shape (N,)."""
-        return self._accepted / max(self._steps, 1)
-
-    def logging(self):
-        return f"accept {self.acceptance_rate.mean():.2f}"
-
-    def diagnostics(self):
-        return {"acceptance rate": float(self.acceptance_rate.mean())}
-
-
-def sample_random_effects(model, guide, data: LongitudinalData, num_samples: int = 100, *,
-                          warmup_steps: int = 20, kernel: str = "mh", initial_b: torch.Tensor | None = None,
-                          progress: bool = False) -> tuple[torch.Tensor, dict]:
-    """Draws of b_i | y_i^o by MCMC for every subject of ``data``.
-
-    :param kernel: ``'mh'`` (:class:`IndependenceMetropolis`) or ``'nuts'``.
-    :returns: draws (num_samples, N, q) and diagnostics (acceptance rate).
-    """
-    if kernel == "mh":
-        mcmc_kernel = IndependenceMetropolis(model, guide, initial_b)
-    elif kernel == "nuts":
-        def potential(params):
-            return -log_target(model, params["b"], data).sum()
-
-        mcmc_kernel = NUTS(potential_fn=potential, adapt_step_size=True)
-    else:
-        raise ConfigError(f"kernel must be 'mh' or 'nuts', got '{kernel}'")
-    start = initial_b if initial_b is not None else guide.posterior(data).sample().detach()
-    mcmc = MCMC(mcmc_kernel, num_samples=num_samples, warmup_steps=warmup_steps,
-                initial_params={"b": start}, disable_progbar=not progress)
-    mcmc.run(data)
-    draws = mcmc.get_samples()["b"]
-    if kernel == "mh":
-        rate = mcmc_kernel.acceptance_rate
-    else:
-        rate = torch.full((data.num_subjects,), float(mcmc.diagnostics()["acceptance rate"]["chain 0"]))
-    diagnostics = {"acceptance_rate": rate}
-    return draws, diagnostics
 
 
 @torch.no_grad()
@@ -314,15 +172,14 @@ class _Chain:
         (acceptance rates over subjects, subjects, absolute changes over
         missing cells, missing cells), float64 (4,)."""
         filled = with_fill(self.data, schema, self.completed)
-        draws, diagnostics = sample_random_effects(model, guide, filled, num_samples=1,
-                                                   warmup_steps=imputation.mcmc_steps - 1,
-                                                   kernel=imputation.kernel, initial_b=self.b)
-        self.b = draws[-1]
-        new = draw_missing(model, self.data, draws)[-1]
+        chain = sample_posterior(model, guide, filled, imputation.kernel, 1, warmup_steps=imputation.mcmc_steps - 1,
+                                 initial_b=self.b)
+        self.b = chain.b[-1]
+        new = draw_missing(model, self.data, chain.b)[-1]
         replace_cell = (torch.rand(new.shape) < gamma) & ~self.data.mask
         previous, self.completed = self.completed, torch.where(replace_cell, new, self.completed)
         missing = ~self.data.mask & self.data.visit_mask.unsqueeze(-1)
-        return torch.tensor([float(diagnostics["acceptance_rate"].sum()), self.data.num_subjects,
+        return torch.tensor([float(chain.acceptance.sum()), self.data.num_subjects,
                              float((self.completed - previous)[missing].abs().sum()), int(missing.sum())],
                             dtype=torch.float64)
 
@@ -439,8 +296,8 @@ def multiple_imputations(model, guide, data: LongitudinalData, num_imputations: 
         times), each outcome completed, plus ``<outcome>_imputed`` flags
         (True where the value was drawn) and an ``imputation`` number.
     """
-    draws, _ = sample_random_effects(model, guide, data, num_samples=num_imputations * mcmc_steps,
-                                     warmup_steps=warmup_steps, kernel=kernel)
+    draws = sample_posterior(model, guide, data, check_choice("kernel", kernel, KERNELS),
+                             num_imputations * mcmc_steps, warmup_steps=warmup_steps).b
     completed = data.response_values(draw_missing(model, data, draws[mcmc_steps - 1::mcmc_steps]))  # float64
     visits = data.visit_mask.cpu().numpy()
     frames = []

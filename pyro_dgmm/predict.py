@@ -12,7 +12,7 @@ time *t*, the predictive distribution of outcome *k* is
     \qquad p(b \mid \mathcal H_i) \propto p(y_i^o \mid b)\, \mathcal N(b; 0, I).
 
 Monte Carlo: :math:`S` equally weighted draws :math:`b^{(s)} \sim p(b \mid
-\mathcal H_i)` (:func:`random_effects_posterior`), then one draw
+\mathcal H_i)` (:func:`~pyro_dgmm.posterior.sample_posterior`), then one draw
 :math:`y^{(s)} \sim F_k(\cdot \mid b^{(s)})` each (:func:`posterior_predictive`,
 through ``pyro.infer.Predictive`` on the model run with ``observe=False``).
 Prediction intervals are quantiles of the :math:`y^{(s)}` (they include the
@@ -45,13 +45,13 @@ The posterior of :math:`b_i` (``method``):
     on whole records: on a truncated history it can be far off (measured in
     ``benchmarks/dynamic_prediction.py``).
 ``'importance'`` (default)
-    adaptive importance sampling and resampling.  Round 0 proposes from the
-    defensive mixture :math:`\tfrac12 q(b \mid \mathcal H_i) + \tfrac12
-    \mathcal N(0, I)`; each of ``adapt_rounds`` further rounds proposes from
-    a multivariate Student-t (5 degrees of freedom) with the weighted mean
-    and 1.5 times the weighted covariance of the previous round (shrunk
-    towards :math:`I` by the effective sample size, so a collapsed round
-    cannot collapse the next).  The last round's self-normalised weights
+    adaptive importance sampling and resampling (the sampler ``'adaptive'``
+    of :func:`~pyro_dgmm.posterior.sample_posterior`): a Gaussian fitted to
+    each subject's posterior (Laplace approximation from the encoder's
+    mean, then ``adapt_rounds`` (default 0) rounds of importance-weighted moment
+    matching), ``num_proposals`` draws from the defensive mixture
+    :math:`0.9\, t_5(m_i, \Sigma_i) + 0.1\, \mathcal N(0, I)`, whose
+    self-normalised weights
 
     .. math:: w^{(p)} \propto p(y_i^o \mid b^{(p)})\, \mathcal N(b^{(p)}; 0, I)
               / r(b^{(p)})
@@ -62,11 +62,11 @@ The posterior of :math:`b_i` (``method``):
     \frac1P \sum_p \tilde w^{(p)}` are kept.
 ``'mcmc'``
     the resampled draws moved by ``mcmc_steps`` random-walk Metropolis
-    steps (proposal :math:`\mathcal N(b, 2.38^2 \hat\Sigma_i / q)` with
+    steps (``'resample-move'`` of :func:`~pyro_dgmm.posterior.sample_posterior`:
+    proposal :math:`\mathcal N(b, 2.38^2 \hat\Sigma_i / q)` with
     :math:`\hat\Sigma_i` the importance-weighted posterior covariance),
-    every draw of every subject accepted or rejected on its own
-    (resample-move): duplicated draws spread out while the posterior stays
-    invariant.
+    every draw of every subject accepted or rejected on its own:
+    duplicated draws spread out while the posterior stays invariant.
 
 Blocks.  Subjects are independent given the fitted networks, so
 :func:`predict` splits them into blocks of consecutive subjects (in id
@@ -101,146 +101,36 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-import pyro.distributions as dist
 import torch
 from pyro.infer import Predictive
 
 from .data import DataSchema, LongitudinalData, visit_order
 from .errors import ConfigError, DataError, describe_rows
-from .impute import log_target, random_walk_metropolis
-from .model import StandardNormal
+from .likelihood import cell_log_likelihood
 from .options import check_bool, check_choice, check_float, check_int, check_keywords
 from .parallel import map_blocks, world
-from .posterior import subjects_per_chunk, weighted_moments
+from .posterior import DRAW_CELLS, PosteriorDraws, sample_posterior, subjects_per_chunk
 
 METHODS = ("importance", "mcmc", "encoder")
-#: The options of :func:`random_effects_posterior` that :func:`predict` passes on.
+#: The options of :func:`~pyro_dgmm.posterior.sample_posterior` that :func:`predict` passes on.
 POSTERIOR_OPTIONS = ("num_proposals", "adapt_rounds", "mcmc_steps", "chunk_size")
 #: :func:`predict`'s own keyword options (named in the suggestion for a misspelled one).
 PREDICT_OPTIONS = ("relative", "include_history", "levels", "num_samples", "method", "seed", "parameter_uncertainty",
                    "parameter_draws")
-_STUDENT_DF = 5.0
-_COVARIANCE_INFLATION = 1.5
 
 
 # ------------------------------------------------------------ posterior of b
-@dataclass
-class RandomEffectsPosterior:
-    """Equally weighted draws of :math:`b_i \\mid y_i^o` for ``N`` subjects.
-
-    ``b``: (S, N, q).  ``ess``: (N,) effective sample size of the final
-    importance round (None for ``'encoder'``).  ``log_marginal``: (N,)
-    importance estimate of :math:`\\log p(y_i^o)` (None for ``'encoder'``).
-    ``acceptance``: (N,) Metropolis acceptance rate (``'mcmc'`` only).
-    """
-
-    b: torch.Tensor
-    method: str
-    ess: torch.Tensor | None = None
-    log_marginal: torch.Tensor | None = None
-    acceptance: torch.Tensor | None = None
-
-
-def _weighted_moments(b: torch.Tensor, log_w: torch.Tensor):
-    """Mean (N, q), covariance (N, q, q) and ESS (N,) of draws ``b`` (P, N, q)
-    with log-weights (P, N); the covariance is shrunk towards ``I`` with
-    weight ``1 / (ESS + 1)``, so it is always positive definite."""
-    mean, cov, ess = weighted_moments(log_w, b)
-    eye = torch.eye(b.shape[-1], dtype=b.dtype, device=b.device)
-    shrink = (1.0 / (ess + 1.0))[:, None, None]
-    return mean, (1 - shrink) * cov + shrink * eye, ess
-
-
-def _defensive_draws(model, guide, data: LongitudinalData, num_proposals: int):
-    """Round 0: half the draws from the encoder, half from the prior; log
-    importance weights against the equal mixture of the two."""
-    encoder = guide.posterior(data)
-    q = encoder.loc.shape[-1]
-    prior = StandardNormal(q, dtype=encoder.loc.dtype, device=encoder.loc.device).expand(encoder.batch_shape)
-    half = num_proposals // 2
-    b = torch.cat([encoder.sample((half,)), prior.sample((num_proposals - half,))])
-    log_r = torch.logsumexp(torch.stack([encoder.log_prob(b), prior.log_prob(b)]), 0) - math.log(2.0)
-    return b, log_target(model, b, data) - log_r
-
-
-def _student_draws(model, data: LongitudinalData, mean, cov, num_proposals: int):
-    proposal = dist.MultivariateStudentT(_STUDENT_DF, mean,
-                                         torch.linalg.cholesky(_COVARIANCE_INFLATION * cov))
-    b = proposal.sample((num_proposals,))
-    return b, log_target(model, b, data) - proposal.log_prob(b)
-
-
-def _adaptive_importance(model, guide, data: LongitudinalData, num_proposals: int, adapt_rounds: int):
-    """Draws (P, N, q), normalised log-weights (P, N), log p(y_i^o) (N,)."""
-    b, log_w = _defensive_draws(model, guide, data, num_proposals)
-    for _ in range(adapt_rounds):
-        mean, cov, _ = _weighted_moments(b, log_w - torch.logsumexp(log_w, 0))
-        b, log_w = _student_draws(model, data, mean, cov, num_proposals)
-    log_norm = torch.logsumexp(log_w, 0)
-    return b, log_w - log_norm, log_norm - math.log(num_proposals)
-
-
-def _resample(b: torch.Tensor, log_w: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """Multinomial resampling of (P, N, q) draws by weights (P, N) -> (S, N, q)."""
-    index = torch.multinomial(log_w.exp().T, num_samples, replacement=True).T  # (S, N)
-    return torch.gather(b, 0, index.unsqueeze(-1).expand(-1, -1, b.shape[-1]))
-
-
-def _random_walk(model, data: LongitudinalData, b: torch.Tensor, cov: torch.Tensor, steps: int):
-    """``steps`` random-walk Metropolis moves of every draw of (S, N, q) ``b``;
-    returns the moved draws and the acceptance rate per subject (N,)."""
-    scale_tril = torch.linalg.cholesky(cov * (2.38 ** 2 / b.shape[-1]))  # (N, q, q)
-    current = log_target(model, b, data)
-    accepted = torch.zeros_like(current)
-    for _ in range(steps):
-        b, current, accept = random_walk_metropolis(model, data, b, current, scale_tril)
-        accepted += accept.to(accepted.dtype)
-    return b, accepted.mean(0) / max(steps, 1)
+#: predict's ``method`` -> the sampler of :func:`~pyro_dgmm.posterior.sample_posterior`.
+ENGINE_METHODS = {"importance": "adaptive", "mcmc": "resample-move", "encoder": "encoder"}
 
 
 def _chunks(data: LongitudinalData, chunk_size: int | None, num_samples: int):
     """(subject slice, subset of data) pairs of at most ``chunk_size`` subjects
-    (default: :func:`~pyro_dgmm.posterior.subjects_per_chunk` for ``num_samples`` draws)."""
-    chunk_size = chunk_size or subjects_per_chunk(num_samples, data)
+    (default: :func:`~pyro_dgmm.posterior.subjects_per_chunk` for ``num_samples``
+    draws and :data:`~pyro_dgmm.posterior.DRAW_CELLS` cells)."""
+    chunk_size = chunk_size or subjects_per_chunk(num_samples, data, DRAW_CELLS)
     slices = [slice(start, start + chunk_size) for start in range(0, data.num_subjects, chunk_size)]
     return [(index, data.subset(index)) for index in slices]
-
-
-@torch.no_grad()
-def random_effects_posterior(model, guide, data: LongitudinalData, num_samples: int = 1000, *,
-                             method: str = "importance", num_proposals: int | None = None,
-                             adapt_rounds: int = 2, mcmc_steps: int = 20,
-                             chunk_size: int | None = None) -> RandomEffectsPosterior:
-    """``num_samples`` equally weighted draws of :math:`b_i \\mid y_i^o` for
-    every subject of ``data`` (see the module docstring for the methods).
-
-    :param num_proposals: P, importance draws per round (default ``num_samples``).
-    :param adapt_rounds: Student-t rounds after the defensive round 0.
-    :param mcmc_steps: random-walk steps per draw (``method='mcmc'``).
-    :returns: a :class:`RandomEffectsPosterior` with ``b`` of shape (S, N, q).
-    """
-    check_choice("method", method, METHODS)
-    num_samples = check_int("num_samples", num_samples)
-    checked = _check_posterior_options(dict(num_proposals=num_proposals, adapt_rounds=adapt_rounds,
-                                            mcmc_steps=mcmc_steps, chunk_size=chunk_size))
-    num_proposals, adapt_rounds, mcmc_steps, chunk_size = (checked[name] for name in POSTERIOR_OPTIONS)
-    if method == "encoder":
-        return RandomEffectsPosterior(guide.posterior(data).sample((num_samples,)), method)
-    num_proposals = num_proposals or num_samples
-    parts = []
-    for _, chunk in _chunks(data, chunk_size, max(num_samples, num_proposals)):
-        b, log_w, log_marginal = _adaptive_importance(model, guide, chunk, num_proposals, adapt_rounds)
-        _, cov, ess = _weighted_moments(b, log_w)
-        draws = _resample(b, log_w, num_samples)
-        acceptance = None
-        if method == "mcmc":
-            draws, acceptance = _random_walk(model, chunk, draws, cov, mcmc_steps)
-        parts.append((draws, ess, log_marginal, acceptance))
-    draws, ess, log_marginal, acceptance = zip(*parts)
-    return RandomEffectsPosterior(
-        torch.cat(draws, dim=1), method, torch.cat(ess), torch.cat(log_marginal),
-        torch.cat(acceptance) if method == "mcmc" else None,
-    )
 
 
 # ------------------------------------------------------ posterior predictive
@@ -258,7 +148,7 @@ class PosteriorPredictive:
     """
 
     data: LongitudinalData
-    posterior: RandomEffectsPosterior
+    posterior: PosteriorDraws
     means: torch.Tensor
     draws: torch.Tensor
     log_likelihood: torch.Tensor
@@ -273,14 +163,12 @@ def _predictive_chunk(model, data: LongitudinalData, b: torch.Tensor):
     families = list(model.families.values())
     means = model.response_mean(eta)
     draws = torch.stack([f.constrain(sites[f"y_{name}"]) for name, f in zip(names, families)], -1)
-    log_lik = torch.stack([fn.log_prob(data.y[..., k])
-                           for k, fn in enumerate(model.observation_distributions(b, data, eta).values())], -1)
-    nan = torch.tensor(float("nan"), dtype=log_lik.dtype)
-    return means, draws.to(means.dtype), torch.where(data.mask, log_lik, nan)
+    log_lik = cell_log_likelihood(model, b, data, eta)
+    return means, draws.to(means.dtype), torch.where(data.mask, log_lik, torch.full_like(log_lik, float("nan")))
 
 
 @torch.no_grad()
-def predictive_draws(model, data: LongitudinalData, posterior: RandomEffectsPosterior, *,
+def predictive_draws(model, data: LongitudinalData, posterior: PosteriorDraws, *,
                      chunk_size: int | None = None) -> PosteriorPredictive:
     """Draw y at every slot of ``data`` given ``posterior.b`` (S, N, q), via
     ``pyro.infer.Predictive`` over the model run with ``observe=False``, in
@@ -300,12 +188,15 @@ def posterior_predictive(model, guide, data: LongitudinalData, *, target: Longit
     ``target`` must hold the same subjects as ``data`` (both are sorted by
     id); ``chunk_size`` bounds memory (subjects at a time); ``posterior_options``
     (``num_proposals``, ``adapt_rounds``, ``mcmc_steps``) go to
-    :func:`random_effects_posterior`.
+    :func:`~pyro_dgmm.posterior.sample_posterior`, whose sampler for
+    ``method`` is ``ENGINE_METHODS[method]``.
     """
     if target is not None and not np.array_equal(target.ids, data.ids):
         raise DataError("target must hold the same subjects as data, in the same (sorted) order")
-    posterior = random_effects_posterior(model, guide, data, num_samples, method=method, chunk_size=chunk_size,
-                                         **posterior_options)
+    posterior = sample_posterior(model, guide, data, ENGINE_METHODS[check_choice("method", method, METHODS)],
+                                 check_int("num_samples", num_samples), chunk_size=chunk_size,
+                                 **_check_posterior_options(posterior_options))
+    posterior = replace(posterior, method=method)  # as the caller named it (InferenceData provenance)
     return predictive_draws(model, data if target is None else target, posterior, chunk_size=chunk_size)
 
 
@@ -478,7 +369,7 @@ def predict(model, guide, schema: DataSchema, history: pd.DataFrame, times, *, r
         approximation (module docstring; directions with negative
         curvature estimates get no spread).
     :param posterior_options: ``num_proposals``, ``adapt_rounds``,
-        ``mcmc_steps``, ``chunk_size`` of :func:`random_effects_posterior`.
+        ``mcmc_steps``, ``chunk_size`` of :func:`~pyro_dgmm.posterior.sample_posterior`.
 
     The encoder sees the history only; times outside the fitted time range
     follow the time basis' extrapolation policy (:mod:`pyro_dgmm.bases`).
@@ -536,17 +427,14 @@ def _concat_predictive(parts: list[PosteriorPredictive]) -> PosteriorPredictive:
                                   "encoder_mask")},
                      ids=np.concatenate([d.ids for d in data]),
                      time_values=None if data[0].time_values is None else np.concatenate([d.time_values for d in data]))
-    posterior = [p.posterior for p in parts]
-    joined_posterior = RandomEffectsPosterior(
-        cat([q.b for q in posterior], 1), posterior[0].method, cat([q.ess for q in posterior]),
-        cat([q.log_marginal for q in posterior]), cat([q.acceptance for q in posterior]))
+    joined_posterior = PosteriorDraws.concat([p.posterior for p in parts])
     means, draws, log_lik = (torch.cat([grow(getattr(p, name)) for p in parts], 1)
                              for name in ("means", "draws", "log_likelihood"))
     return PosteriorPredictive(joined, joined_posterior, means, draws, log_lik)
 
 
 def _check_posterior_options(options: dict) -> dict:
-    """Types and ranges of :func:`random_effects_posterior`'s options."""
+    """Types and ranges of :func:`~pyro_dgmm.posterior.sample_posterior`'s options."""
     checked = dict(options)
     for name, minimum in (("num_proposals", 1), ("chunk_size", 1), ("adapt_rounds", 0), ("mcmc_steps", 0)):
         if name in checked:
@@ -575,7 +463,8 @@ def _predict_subjects(model, guide, schema: DataSchema, history: pd.DataFrame, t
         posterior_options.setdefault("num_proposals", num_samples)
         parts = [posterior_predictive(m, guide, past, target=target, num_samples=each, method=method,
                                       **posterior_options) for m in models]
-        posterior = RandomEffectsPosterior(torch.cat([p.posterior.b for p in parts]), method)
+        b = torch.cat([p.posterior.b for p in parts])
+        posterior = PosteriorDraws(b, torch.full(b.shape[:2], -math.log(b.shape[0]), dtype=b.dtype), method)
         predictive = PosteriorPredictive(target, posterior, *(torch.cat([getattr(p, key) for p in parts])
                                                               for key in ("means", "draws", "log_likelihood")))
     return Prediction(*_summary_table(rows, predictive, schema, levels), predictive)

@@ -11,7 +11,7 @@ from pyro_dgmm.datasets import simulate_linear
 from pyro_dgmm.errors import ConvergenceWarning
 from pyro_dgmm.fit import CosineDecay, default_batch_size, pyro_checks, trend_test
 from pyro_dgmm.parallel import reseed
-from pyro_dgmm.posterior import draw_posterior
+from pyro_dgmm.posterior import sample_posterior
 
 from common import tiny_frame
 
@@ -94,8 +94,8 @@ def test_importance_posterior_matches_closed_form_lmm_posterior():
     est.fit(frame, max_epochs=40, progress=False)
     model, guide, data = est.model_, est.guide_, est.data_
     torch.manual_seed(0)
-    draws = draw_posterior(model, guide, data, num_samples=20000)
-    assert draws.effective_sample_size().min() > 200
+    draws = sample_posterior(model, guide, data, num_draws=20000)
+    assert draws.ess.min() > 200
     mean_is = (draws.weights[..., None] * draws.b).sum(0)
     with torch.no_grad():
         sigma = model.dispersion("g")
@@ -297,7 +297,7 @@ def test_importance_weighted_elbo_tightens_to_the_marginal_likelihood():
     losses = {"elbo": loss(MeanFieldELBO, 100, 0), "iwae_10": iwae_10.mean(),
               "iwae_1000": loss(ImportanceWeightedELBO, 1000, 0)}
     torch.manual_seed(0)
-    exact = -float(draw_posterior(est.model_, est.guide_, est.data_, num_samples=20000).log_marginal.sum())
+    exact = -float(sample_posterior(est.model_, est.guide_, est.data_, num_draws=20000).log_marginal.sum())
     assert abs(losses["iwae_1000"] - exact) < 0.5, (losses, exact)
     assert losses["elbo"] - losses["iwae_10"] > 5, losses
     assert losses["iwae_10"] >= losses["iwae_1000"] - 3 * iwae_10.std(ddof=1) / np.sqrt(8), (losses, iwae_10)

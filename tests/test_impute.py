@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pyro_dgmm import ConfigError, DeepMixedModel
-from pyro_dgmm.impute import (IndependenceMetropolis, ImputationConfig, draw_missing, imputation_intervals,
-                              sample_random_effects)
+from pyro_dgmm.impute import ImputationConfig, draw_missing, imputation_intervals
+from pyro_dgmm.posterior import IndependenceMetropolis, sample_posterior
 
 from common import OUTCOMES, fit_tiny_mixed_model, tiny_frame
 
@@ -47,24 +47,23 @@ def test_mh_leaves_the_exact_posterior_invariant(linear_gaussian):
     torch.manual_seed(1)
     start = torch.distributions.MultivariateNormal(mean, cov).sample((4000,))
     _check_moments(start, mean, cov)
-    draws, diag = sample_random_effects(model, guide, data, num_samples=1, warmup_steps=30, initial_b=start)
-    _check_moments(draws[-1], mean, cov)
-    assert 0.05 < diag["acceptance_rate"].mean() <= 1
+    chain = sample_posterior(model, guide, data, "mh", 1, warmup_steps=30, initial_b=start)
+    _check_moments(chain.b[-1], mean, cov)
+    assert 0.05 < chain.acceptance.mean() <= 1
 
 
 def test_mh_converges_from_prior_draws(linear_gaussian):
     model, guide, data, mean, cov = linear_gaussian
     torch.manual_seed(2)
     start = torch.randn(4000, 2)
-    draws, _ = sample_random_effects(model, guide, data, num_samples=1, warmup_steps=100, initial_b=start)
-    _check_moments(draws[-1], mean, cov)
+    chain = sample_posterior(model, guide, data, "mh", 1, warmup_steps=100, initial_b=start)
+    _check_moments(chain.b[-1], mean, cov)
 
 
 def test_nuts_option_targets_the_same_posterior(linear_gaussian):
     model, guide, data, mean, cov = linear_gaussian
-    draws, _ = sample_random_effects(model, guide, data.subset(slice(0, 200)), num_samples=40,
-                                     warmup_steps=40, kernel="nuts")
-    b = draws.reshape(-1, 2)
+    chain = sample_posterior(model, guide, data.subset(slice(0, 200)), "nuts", 40, warmup_steps=40)
+    b = chain.b.reshape(-1, 2)
     assert torch.allclose(b.mean(0), mean, atol=0.1)
 
 

@@ -152,17 +152,17 @@ def test_user_variant_fits_through_the_estimator():
 def test_fitted_means_weight_the_means_at_the_importance_draws():
     """fitted_means reuses the linear predictor computed for the importance
     weights; the result is the weighted mean of E[y | b] at those draws."""
-    from pyro_dgmm.posterior import draw_posterior, fitted_means
+    from pyro_dgmm.posterior import fitted_means, sample_posterior
 
     model, guide, data = build()
     pyro.set_rng_seed(3)
-    draws = draw_posterior(model, guide, data, num_samples=50)
+    draws = sample_posterior(model, guide, data, num_draws=50, keep_eta=True)
     with torch.no_grad():
         expected = (draws.weights[..., None, None] * model.mean(draws.b, data)).sum(0)
     assert draws.eta is not None and draws.eta.shape == (50, data.num_subjects, data.num_visits, len(OUTCOMES))
     pyro.set_rng_seed(3)
     assert torch.allclose(fitted_means(model, guide, data, num_samples=50), expected, atol=1e-6)
-    assert draw_posterior(model, guide, data, num_samples=5, method="encoder").eta is None
+    assert sample_posterior(model, guide, data, "encoder", num_draws=5).eta is None
 
 
 def test_covariate_by_time_terms_start_at_zero_and_add_x_delta_t():

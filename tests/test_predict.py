@@ -15,7 +15,8 @@ from pyro_dgmm.datasets import simulate_linear  # noqa: E402
 from pyro_dgmm.evaluation import (auc, calibration_table, landmark_evaluation, landmark_split,  # noqa: E402
                                   last_value_predictions, score_predictions)
 from pyro_dgmm.plotting_predict import plot_calibration, plot_dynamic_prediction  # noqa: E402
-from pyro_dgmm.predict import predict, random_effects_posterior  # noqa: E402
+from pyro_dgmm.posterior import sample_posterior  # noqa: E402
+from pyro_dgmm.predict import predict  # noqa: E402
 
 from common import OUTCOMES, tiny_frame  # noqa: E402
 
@@ -58,7 +59,7 @@ def exact_posterior(model, data):
     return mean, cov
 
 
-@pytest.mark.parametrize("method", ["importance", "mcmc"])
+@pytest.mark.parametrize("method", ["adaptive", "resample-move"])
 def test_posterior_of_b_from_a_history_matches_the_closed_form(linear, method):
     """From 2-visit histories the encoder (trained on 6-visit records) is off;
     the refined draws must match the exact Gaussian posterior.  Tolerances:
@@ -67,14 +68,14 @@ def test_posterior_of_b_from_a_history_matches_the_closed_form(linear, method):
     about 4 SEs (80 comparisons)."""
     sim, est = linear
     data = est.transform(first_visits(sim.data, 2))
-    post = random_effects_posterior(est.model_, est.guide_, data, 2000, method=method, mcmc_steps=5)
+    post = sample_posterior(est.model_, est.guide_, data, method, 2000, mcmc_steps=5)
     assert post.b.shape == (2000, 40, 2)
     assert post.ess.min() > 300
     mean, cov = exact_posterior(est.model_, data)
     sd = cov.diagonal(dim1=-2, dim2=-1).sqrt()
     assert ((post.b.mean(0) - mean).abs() / sd).max() < 0.25
     assert ((post.b.std(0) / sd) - 1).abs().max() < 0.15
-    if method == "mcmc":
+    if method == "resample-move":
         assert 0.1 < post.acceptance.mean() < 0.9
 
 
@@ -82,7 +83,7 @@ def test_subject_without_outcomes_gets_the_prior(linear):
     """No observed outcome: the posterior of b is N(0, I) exactly."""
     sim, est = linear
     history = first_visits(sim.data, 1).assign(y=np.nan)
-    post = random_effects_posterior(est.model_, est.guide_, est.transform(history, require_observed=False), 2000)
+    post = sample_posterior(est.model_, est.guide_, est.transform(history, require_observed=False), "adaptive", 2000)
     b = post.b.reshape(-1, 2)
     assert b.mean(0).abs().max() < 0.03 and (b.std(0) - 1).abs().max() < 0.03
 

@@ -15,7 +15,7 @@
 # $$
 #
 # drawn by adaptive importance sampling and resampling
-# (`pyro_dgmm.predict.random_effects_posterior`). Replicated data
+# (`pyro_dgmm.posterior.sample_posterior`). Replicated data
 # $y^{\text{rep}(s)} \sim p(y \mid b^{(s)}; \hat\theta)$, one per draw, form
 # the posterior predictive distribution.
 
