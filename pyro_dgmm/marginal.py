@@ -31,9 +31,9 @@ subjects.
   1.5 times wider, as proposal (repeated until the proposals stop moving).
   This removes the amortisation gap of the encoder (and copes with a poor
   one); for a linear mixed model, whose posterior is Gaussian, the weights
-  become nearly constant.  (This adaptive sampler is
-  ``MarginalObjective._adapted``; it stays here, in one place, until the
-  posterior engine of :mod:`pyro_dgmm.posterior` replaces it.)
+  become nearly constant.  The proposal comes from the posterior engine
+  (:func:`pyro_dgmm.posterior.gaussian_proposal`), as every sampler of
+  b | y does.
 * *Calibration weights* :math:`a_{is} \ge 0`, :math:`\sum_s a_{is} = 1`, make
   the sample moments of the base noise exact,
   :math:`\sum_s a_{is}\varepsilon_{is} = 0` and
@@ -101,21 +101,15 @@ from .errors import ConfigError
 from .options import check_bool, check_int
 from .parallel import Shards, all_reduce_max, all_reduce_sum, gather_objects, is_main_process, shard_seed
 from .parameters import Layout, float64_copy
-from .posterior import observed_log_likelihood, standard_normal_log_density, subjects_per_chunk, weighted_moments
+from .likelihood import observed_log_likelihood, standard_normal_log_density
+from .posterior import gaussian_proposal, subjects_per_chunk
 from .results import MarginalLikelihood
 
 #: Cells (S * n * T * K) per chunk when chunk_size is not given.
 _CELLS_PER_CHUNK = 2 ** 22
-#: Pilot runs that adapt the proposal: at most this many, until no subject's
-#: proposal moves by more than _ADAPT_KL (KL divergence); their scale factor (to see the tails).
+#: Moment-matching rounds of the adapted proposal (all of them, for every
+#: subject: a per-subject stop made the standard errors noisier).
 _ADAPT_ROUNDS = 8
-_ADAPT_KL = 0.01
-_PILOT_INFLATION = 1.5
-#: Newton steps (and step halvings per step) for the Laplace approximations.
-_LAPLACE_STEPS = 30
-_LAPLACE_HALVINGS = 10
-#: Pilot effective sample size at which an adapted proposal is half pilot moments, half previous proposal.
-_ADAPT_PRIOR = 10.0
 
 
 @dataclass
@@ -335,89 +329,25 @@ class MarginalObjective:
                     for k in range(len(columns))]
         return ids, gathered
 
-    @torch.enable_grad()
-    def _laplace(self) -> _Proposal:
-        r"""Laplace approximations :math:`\mathcal N(\hat b_i, H_i^{-1})` of the posteriors at theta.
-
-        :math:`\hat b_i` maximises :math:`f_i(b) = \log p(y_i^o \mid b) + \log \mathcal N(b; 0, I)`
-        by Newton's method from the current proposal's mean, for all subjects
-        at once (:math:`f_i` depends on :math:`b_i` only, so the gradient of
-        :math:`\sum_i f_i` holds every subject's gradient, and q more
-        backward passes every subject's q x q Hessian); steps are halved
-        where they do not increase :math:`f_i`.  :math:`H_i` is
-        :math:`-\nabla^2 f_i` with its eigenvalues made positive.
-        """
-        params = self.layout.unflatten(self.theta.detach())
-
-        def log_joint(b: torch.Tensor, chunk: LongitudinalData) -> torch.Tensor:
-            loglik = torch.func.functional_call(self.bound, params, (observed_log_likelihood, b, chunk))
-            return loglik + standard_normal_log_density(b)
-
-        locs, trils = [], []
-        for _, index in self.chunks():
-            chunk = self.data.subset(index)
-            b = self.proposal.loc[index]
-            for _ in range(_LAPLACE_STEPS):
-                value, gradient, precision = _newton_terms(log_joint, b, chunk)
-                step = torch.linalg.solve(precision, gradient)
-                for _ in range(_LAPLACE_HALVINGS):
-                    worse = log_joint(b + step, chunk).detach() < value
-                    if not worse.any():
-                        break
-                    step = torch.where(worse.unsqueeze(-1), step / 2, step)
-                b = b + step
-                if step.abs().max() < 1e-8:
-                    break
-            locs.append(b)
-            trils.append(torch.linalg.cholesky(torch.linalg.inv(_newton_terms(log_joint, b, chunk)[2])))
-        return _Proposal(torch.cat(locs), torch.cat(trils))
-
     @torch.no_grad()
     def _adapted(self) -> _Proposal:
-        r"""The proposal moved to the importance-weighted posterior moments of b at theta.
+        """The proposal fitted to each subject's posterior at theta by the
+        posterior engine (:func:`~pyro_dgmm.posterior.gaussian_proposal`:
+        Laplace from the current proposal's means, then moment matching from
+        wider pilot draws, every round for every subject, seeded per shard),
+        with the likelihood evaluated at theta."""
+        params = self.layout.unflatten(self.theta.detach())
 
-        Starting from the Laplace approximations (:meth:`_laplace`, from the
-        current proposal's means: a poor encoder is no obstacle), each pilot
-        run (seeds ``seed + 1``, ``seed + 2``, ...) from
-        :math:`\mathcal N(m, 1.5^2 LL^\top)`, with :math:`\mathcal N(m, LL^\top)`
-        the proposal so far, gives per subject the weighted mean
-        :math:`\tilde m` and covariance :math:`\tilde\Sigma` of b and the ESS
-        (the wider pilot sees the posterior's far side); the next proposal is
-        :math:`\mathcal N(\alpha\tilde m + (1-\alpha) m, \alpha\tilde\Sigma + (1-\alpha) L L^\top)`
-        with :math:`\alpha = \mathrm{ESS}/(\mathrm{ESS} + 10)`; until no subject's
-        proposal moves by more than 0.01 in KL divergence (at most 8 runs).
-        """
-        proposal = self._laplace()
-        for round_ in range(_ADAPT_ROUNDS):
-            pilot = _Proposal(proposal.loc, _PILOT_INFLATION * proposal.scale_tril)
-            moments = [weighted_moments(self.log_weights(self.theta, d) + d.log_calibration, d.b)
-                       for d in self.draws(seed=self.seed + 1 + round_, proposal=pilot)]
-            mean, covariance, ess = (torch.cat(x) for x in zip(*moments))
-            alpha = (ess / (ess + _ADAPT_PRIOR)).unsqueeze(-1)
-            previous = proposal.scale_tril @ proposal.scale_tril.transpose(-1, -2)
-            covariance = alpha.unsqueeze(-1) * covariance + (1 - alpha.unsqueeze(-1)) * previous
-            moved = _Proposal(alpha * mean + (1 - alpha) * proposal.loc, torch.linalg.cholesky(covariance))
-            proposal, shift = moved, all_reduce_max(_kl(moved, proposal).max().clone())
-            if shift < _ADAPT_KL:
-                break
-        return proposal
+        def log_likelihood(b: torch.Tensor, chunk: LongitudinalData) -> torch.Tensor:
+            return torch.func.functional_call(self.bound, params, (observed_log_likelihood, b, chunk))
 
-
-def _newton_terms(log_joint, b: torch.Tensor, chunk: LongitudinalData) -> tuple[torch.Tensor, ...]:
-    """f_i(b_i) (n,), its gradient (n, q) and positive-definite negative Hessian (n, q, q)."""
-    b = b.detach().requires_grad_(True)
-    value = log_joint(b, chunk)
-    gradient = torch.autograd.grad(value.sum(), b, create_graph=True)[0]
-    rows = [torch.autograd.grad(gradient[:, j].sum(), b, retain_graph=True)[0] for j in range(b.shape[-1])]
-    eigenvalues, vectors = torch.linalg.eigh(-torch.stack(rows, -2))
-    precision = (vectors * eigenvalues.abs().clamp_min(1e-6).unsqueeze(-2)) @ vectors.transpose(-1, -2)
-    return value.detach(), gradient.detach(), precision.detach()
-
-
-def _kl(p: _Proposal, q: _Proposal) -> torch.Tensor:
-    """KL(p || q) per subject, (N,)."""
-    return torch.distributions.kl_divergence(MultivariateNormal(p.loc, scale_tril=p.scale_tril),
-                                             MultivariateNormal(q.loc, scale_tril=q.scale_tril))
+        parts = [gaussian_proposal(self.bound.model, self.data.subset(slice(begin, end)),
+                                   self.proposal.loc[begin:end], self.proposal.scale_tril[begin:end],
+                                   rounds=_ADAPT_ROUNDS, num_proposals=self.num_samples, log_likelihood=log_likelihood,
+                                   tolerance=0.0,
+                                   seed=self.seed + 1 if self.num_shards == 1 else shard_seed(self.seed + 1, shard))
+                 for shard, begin, end in self.parts]
+        return _Proposal(torch.cat([loc for loc, _ in parts]), torch.cat([tril for _, tril in parts]))
 
 
 def warn_unreliable(marginal: MarginalLikelihood) -> None:
