@@ -602,32 +602,114 @@ class DeepMixedModel:
         return landmark_evaluation(self.model_, self.guide_, self.schema_, df, landmark,
                                    encoder_view=self._encoder_view, **options)
 
-    def to_inference_data(self, df: pd.DataFrame | None = None, *, num_samples: int = 500,
-                          method: str = "importance", cell_log_likelihood: bool = False):
+    def to_inference_data(self, df: pd.DataFrame | None = None, *, num_samples: int = 500, chains: int = 4,
+                          method: str = "importance", num_proposals: int | None = None, seed: int | None = None,
+                          errors=None):
         """ArviZ ``InferenceData`` of the fit on ``df`` (default: the training
-        data): posterior of b, posterior predictive, observed data, per-subject
-        log-likelihood (for ``az.loo``), constant data; see
-        :func:`pyro_dgmm.convert.to_inference_data`.  The posterior of b
-        encodes the data as :meth:`fitted_values` does (completed by
-        imputation for ``missing='impute'``); the likelihood uses the
-        observed cells."""
+        data): ``chains`` independent runs of the posterior sampler of b
+        (``method``, :func:`~pyro_dgmm.predict.random_effects_posterior`),
+        ``num_samples`` draws each, with posterior predictive, observed data
+        and pointwise log-likelihood on the observed cells, per-subject
+        sampler diagnostics and the global parameters; see
+        :func:`pyro_dgmm.convert.to_inference_data` for the layout.  The
+        posterior of b encodes the data as :meth:`fitted_values` does
+        (completed by imputation for ``missing='impute'``); the likelihood
+        uses the observed cells.
+
+        :param num_proposals: importance proposals per subject and round
+            (default ``4 * num_samples``): with an importance ESS well above
+            ``num_samples`` the resampled draws are nearly all distinct, so
+            ArviZ's ESS, which treats them as independent, is not inflated
+            by repeats (compare ``sample_stats.importance_ess`` with the draws).
+        :param seed: chain c draws with the torch seed ``(seed, c)``
+            (default: the fit's seed); the global random state is left as it was.
+        :param errors: ``True`` to compute :meth:`parameter_errors`, or a
+            :class:`~pyro_dgmm.variance.StandardErrors`: Wald draws of its
+            parameters go into ``posterior.theta``.
+        """
         self._check_fitted()
         from .convert import to_inference_data
         from .predict import posterior_predictive
 
-        num_samples = check_int("num_samples", num_samples)
+        num_samples, chains = check_int("num_samples", num_samples), check_int("chains", chains)
+        num_proposals = 4 * num_samples if num_proposals is None else check_int("num_proposals", num_proposals)
         check_choice("method", method, METHODS)
-        cell_log_likelihood = check_bool("cell_log_likelihood", cell_log_likelihood)
-
+        seed = self._draw_seed(seed)
+        if errors is True:
+            errors = self.parameter_errors(seed=seed)
         if df is None and self.data_ is None:
             raise NotFittedError("this model was loaded from disk without its data: pass df")
-        data = self.data_ if df is None else self.transform(df)
-        predictive = posterior_predictive(self.model_, self.guide_, self._encoder_view(data), num_samples=num_samples,
-                                          method=method)
+        data = self._encoder_view(self.data_ if df is None else self.transform(df))
+        runs = []
+        for chain in range(chains):
+            with torch.random.fork_rng():
+                torch.manual_seed(int(np.random.SeedSequence([seed, chain]).generate_state(1)[0]))
+                runs.append(posterior_predictive(self.model_, self.guide_, data, num_samples=num_samples,
+                                                 method=method, num_proposals=num_proposals))
         attrs = {"model_class": self.model_class.__qualname__, "missing": self.missing,
                  "fit": {k: v for k, v in self.result_.config.items() if k != "device"},
                  "epochs_run": self.result_.epochs_run, "stop_reason": self.result_.stop_reason}
-        return to_inference_data(predictive, self.schema_, cell_log_likelihood=cell_log_likelihood, attrs=attrs)
+        return to_inference_data(runs, self.schema_, model=self.model_, errors=errors or None, seed=seed,
+                                 attrs=attrs)
+
+    def kfold(self, df: pd.DataFrame, k: int = 5, *, num_samples: int = 1000, seed: int | None = None,
+              **fit_overrides):
+        r"""Exact K-fold cross-validation by subject: the ELPD of held-out
+        subjects, where PSIS-LOO fails (docs/prediction.md, "ArviZ").
+
+        The subjects of ``df`` (the training data, as passed to :meth:`fit`)
+        are split at random into ``k`` folds; for each fold a copy of this
+        model (same options, ``latent_dim`` fixed at the fitted
+        ``latent_dim_``, the same fit settings with ``fit_overrides``
+        applied) is fitted to the other folds and each held-out subject
+        scored by the importance-sampled marginal log-likelihood
+        :math:`\log \hat p(y_i^o; \hat	heta_{-k})`
+        (:func:`~pyro_dgmm.variance.marginal_log_likelihood`), the density
+        of a new subject's record.  The sum over subjects estimates the
+        expected log predictive density for new subjects, with the
+        network weights refitted, not held at their full-data values.
+
+        :param k: number of folds (2 to the number of subjects).
+        :param num_samples: importance samples per held-out subject.
+        :param seed: seeds the split and the importance draws (default: the fit's).
+        :returns: an ``arviz.ELPDData`` (:func:`~pyro_dgmm.convert.kfold_elpd`)
+            for ``az.compare({"a": model_a.kfold(df), "b": model_b.kfold(df)})``;
+            ``p_loo`` is the in-sample minus the held-out score of this fit.
+            Its ``warning`` flag is set when a held-out estimate had Pareto k > 0.7.
+        """
+        self._check_fitted()
+        from .convert import kfold_elpd
+        from .variance import InferenceWarning, marginal_log_likelihood
+
+        seed = self._draw_seed(seed)
+        num_samples = check_int("num_samples", num_samples)
+        data = self.transform(df)
+        k = check_int("k", k, minimum=2)
+        if k > data.num_subjects:
+            raise ConfigError(f"k={k} folds need at least {k} subjects; df has {data.num_subjects}")
+        folds = np.random.default_rng(seed).permutation(np.arange(data.num_subjects) % k)
+        check_keywords("kfold", fit_overrides, FitConfig.fields())
+        config = replace(FitConfig(**self.result_.config), progress=False, checkpoint=None, resume=False,
+                         **fit_overrides)
+        kwargs = {**self._init_kwargs(), "latent_dim": self.latent_dim_}
+        held_out, unreliable = np.empty(data.num_subjects), np.zeros(data.num_subjects, bool)
+        subject = df[self.id_col].map({key: i for i, key in enumerate(data.ids)})
+        with warnings.catch_warnings():  # unreliable estimates are flagged in the result
+            warnings.simplefilter("ignore", InferenceWarning)
+            for fold in range(k):
+                rows = folds[subject.to_numpy()] == fold
+                copy_ = DeepMixedModel(model_class=self.model_class, **kwargs)
+                copy_.fit(df[~rows], config, missing=self.missing)
+                test = copy_.transform(df[rows])
+                position = np.searchsorted(data.ids, test.ids)
+                marginal = marginal_log_likelihood(copy_.model_, copy_.guide_, copy_._encoder_view(test),
+                                                   num_samples, seed=seed)
+                held_out[position] = marginal.per_subject.cpu().numpy()
+                unreliable[position] = marginal.unreliable.cpu().numpy()
+            full = marginal_log_likelihood(self.model_, self.guide_, self._encoder_view(data), num_samples,
+                                           seed=seed)
+        return kfold_elpd(held_out, data.ids, in_sample=full.per_subject.cpu().numpy(), folds=folds,
+                          num_samples=num_samples, unreliable=unreliable)
 
     # ----------------------------------------------------------- save/load
     def save(self, path: str | Path) -> None:
