@@ -44,7 +44,7 @@ from .guide import ENCODERS
 from .nn import ACTIVATIONS, COVARIANCES
 from .options import check_bool, check_choice, check_float, check_int, check_keywords, check_str
 from .predict import METHODS
-from .posterior import fitted_means, marginal_means
+from .posterior import fitted_means, marginal_means, subjects_per_chunk
 from . import storage
 from .variance import refine
 
@@ -104,6 +104,17 @@ def _check_names(option: str, names) -> list[str]:
     if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
         raise ConfigError(f"{option} must be a list of column names, e.g. ['age'], got {names!r}")
     return [check_str(f"{option}[{k}]", name) for k, name in enumerate(names)]
+
+
+def _check_levels(levels) -> list[float]:
+    """Interval levels as a list of floats in (0, 1); None: no intervals."""
+    if levels is None:
+        return []
+    levels = [levels] if isinstance(levels, (int, float)) and not isinstance(levels, bool) else levels
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, Iterable):
+        raise ConfigError(f"levels must be a level such as 0.9 or a list of them, got {levels!r}")
+    return [check_float(f"levels[{j}]", level, low=0, high=1, low_open=True, high_open=True)
+            for j, level in enumerate(levels)]
 
 
 def _check_outcomes(outcomes) -> dict:
@@ -419,8 +430,9 @@ class DeepMixedModel:
         return self.schema_.transform(df, require_observed=require_observed)
 
     def fitted_values(self, df: pd.DataFrame | None = None, *, num_samples: int = 500,
-                      method: str = "importance", seed: int | None = None) -> pd.DataFrame:
-        """Subject-specific fitted means for every row (visit) of ``df``
+                      method: str = "importance", seed: int | None = None, levels=None,
+                      predictive: bool = False) -> pd.DataFrame:
+        r"""Subject-specific fitted means for every row (visit) of ``df``
         (default: the training data), observed or not.
 
         Returns a DataFrame sorted by subject and time with the id and time
@@ -435,23 +447,69 @@ class DeepMixedModel:
         subjects and every process gets the gathered frame (after a fit
         with ``distributed_input``, by default: every process's own
         training subjects).
+
+        :param levels: interval levels such as ``0.9`` or ``[0.5, 0.95]``:
+            adds ``<outcome>_lower_<L>`` and ``<outcome>_upper_<L>`` (``L``
+            the level in percent, e.g. ``90``), the equal-tailed credible
+            interval of the subject's mean :math:`g^{-1}(\eta_{ijk}(b_i))`
+            over ``num_samples`` draws of :math:`b_i \mid y_i^o`
+            (:func:`~pyro_dgmm.predict.random_effects_posterior` with
+            ``method``: adaptive importance resampling, or the encoder).
+            It reflects the uncertainty about :math:`b_i` given the fitted
+            networks, not that of the network weights.
+        :param predictive: with ``levels``, also
+            ``<outcome>_predictive_lower_<L>`` / ``_upper_<L>``: intervals of
+            a new observation at the cell (the mean's uncertainty plus the
+            observation noise), from one draw of y per draw of b.
         """
         self._check_fitted()
         num_samples = check_int("num_samples", num_samples)
         check_choice("method", method, ("importance", "encoder"))
         seed = self._draw_seed(seed)
+        levels = _check_levels(levels)
+        predictive = check_bool("predictive", predictive)
         if df is None and self.data_ is None:
             raise NotFittedError("this model was loaded from disk without its data: pass df")
         data = self.data_ if df is None else self.transform(df)
 
         def compute(part: LongitudinalData) -> pd.DataFrame:
-            means = fitted_means(self.model_, self.guide_, self._encoder_view(part), num_samples, method)
+            view = self._encoder_view(part)
+            means = fitted_means(self.model_, self.guide_, view, num_samples, method)
             means = part.response_values(means)  # float64, the outcome shift added back
-            fitted = part.to_long({f"{name}_fitted": means[..., k] for k, name in enumerate(part.outcomes)})
+            columns = {f"{name}_fitted": means[..., k] for k, name in enumerate(part.outcomes)}
+            if levels:
+                columns.update(self._fitted_intervals(view, num_samples, method, levels, predictive))
+            fitted = part.to_long(columns)
             return pd.concat([part.observed_long(), fitted.drop(columns=[part.id_col, part.time_col])], axis=1)
 
         return map_subjects(compute, data, sort_by=[data.id_col, data.time_col], seed=seed,
                             distributed_input=self.distributed_input and df is None)
+
+    def _fitted_intervals(self, data: LongitudinalData, num_samples: int, method: str, levels: list[float],
+                          predictive: bool) -> dict[str, np.ndarray]:
+        """Interval columns of :meth:`fitted_values` for the subjects of
+        ``data``: quantiles over draws of b of the mean (and of y), each (N, T)."""
+        from .predict import predictive_draws, random_effects_posterior
+
+        probs = torch.tensor([p for level in levels for p in ((1 - level) / 2, (1 + level) / 2)], dtype=torch.float64)
+        kinds = {"": "means", "predictive_": "draws"} if predictive else {"": "means"}
+        parts = {kind: [] for kind in kinds}
+        for chunk in data.chunks(subjects_per_chunk(num_samples, data)):
+            posterior = random_effects_posterior(self.model_, self.guide_, chunk, num_samples, method=method)
+            draws = predictive_draws(self.model_, chunk, posterior)
+            for kind, attr in kinds.items():
+                # nearest draws for y, so that bounds of discrete outcomes are values y can take
+                parts[kind].append(torch.quantile(getattr(draws, attr).double(), probs, dim=0,
+                                                  interpolation="linear" if kind == "" else "nearest"))
+        columns = {}
+        for kind, chunks in parts.items():
+            bounds = data.response_values(torch.cat(chunks, dim=1))
+            for j, level in enumerate(levels):
+                label = f"{100 * level:g}"
+                for k, name in enumerate(data.outcomes):
+                    columns[f"{name}_{kind}lower_{label}"] = bounds[2 * j, ..., k]
+                    columns[f"{name}_{kind}upper_{label}"] = bounds[2 * j + 1, ..., k]
+        return columns
 
     def impute(self, df: pd.DataFrame | None = None, num_imputations: int = 5, *, mcmc_steps: int = 10,
                warmup_steps: int = 50, kernel: str = "mh", seed: int | None = None) -> list[pd.DataFrame]:
