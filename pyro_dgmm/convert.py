@@ -335,7 +335,7 @@ def to_inference_data(predictive: PosteriorPredictive | Sequence[PosteriorPredic
     )
     for group in groups:  # which data row each observed cell is: non-index coordinates of obs_<k>
         for dim, labels in cells.items():
-            idata[group] = idata[group].assign_coords(labels)
+            idata[group].coords.update(labels)  # in place: setting idata[group] would list it twice
     stats = _sample_stats(chains, ids)
     if stats is not None:
         idata.add_groups({"sample_stats": stats})
