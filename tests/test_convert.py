@@ -115,6 +115,7 @@ def test_chains_sample_stats_and_summary(fitted):
     assert np.isfinite(stats["log_marginal"].values).all()
     assert "acceptance_rate" not in stats
     assert idata.posterior.attrs["num_chains"] == CHAINS
+    assert len(idata.groups()) == len(set(idata.groups())) == 6
     assert idata.posterior.subject.values.tolist() == sorted(f"p{i}" for i in range(100, 120))
 
 
@@ -234,3 +235,23 @@ def test_kfold_scores_held_out_subjects_and_compares():
     table = compare(scores)
     assert table.index[0] == "covariates"
     assert isinstance(table, pd.DataFrame)
+
+
+def test_kfold_on_missing_cells_and_binary_outcomes_feeds_compare(fitted):
+    """The fast version: two folds of the tiny four-family data (binary
+    outcome, missing cells), a few epochs per refit."""
+    frame, est, _ = fitted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InferenceWarning)  # few epochs: heavy-tailed weights are flagged, not raised
+        score = est.kfold(frame, k=2, num_samples=100, max_epochs=3)
+        other = est.kfold(frame, k=2, num_samples=100, max_epochs=3, seed=1)
+    assert score["loo_i"].subject.values.tolist() == sorted(frame.pid.unique())
+    assert np.isfinite(score["loo_i"].values).all() and score["elpd_loo"] == pytest.approx(score["loo_i"].sum())
+    assert np.bincount(score["folds"]).tolist() == [10, 10]
+    assert not np.array_equal(score["folds"], other["folds"])  # the seed draws the split
+    table = compare({"seed 0": score, "seed 1": other})
+    assert set(table.index) == {"seed 0", "seed 1"} and np.isfinite(table["elpd_loo"]).all()
+    with pytest.raises(ConfigError, match="k=30"):
+        est.kfold(frame, k=30)
+    with pytest.raises(ConfigError, match="max_epoch"):
+        est.kfold(frame, k=2, max_epoch=3)
