@@ -296,22 +296,28 @@ def to_inference_data(predictive: PosteriorPredictive | Sequence[PosteriorPredic
     data = chains[0].data
     ids, times, mask = data.ids, _user_times(chains[0]), data.mask.cpu().numpy()
     observed = data.response_values(data.y)  # (N, T, K)
-    draws = np.stack([data.response_values(c.draws) for c in chains])  # (C, S, N, T, K)
-    log_lik = np.stack([_numpy(c.log_likelihood) for c in chains])  # (C, S, N, T, K), NaN where unobserved
+    shift = np.zeros(len(data.outcomes)) if data.outcome_shift is None else data.outcome_shift
+
+    def at_cells(field: str, subject: np.ndarray, slot: np.ndarray, k: int) -> np.ndarray:
+        """(C, S, n) float64 values of ``field`` at the cells (subject, slot) of outcome k,
+        taken before conversion so that no (C, S, N, T, K) float64 copy is made."""
+        index = torch.as_tensor(subject), torch.as_tensor(slot)
+        return np.stack([_numpy(getattr(c, field)[:, index[0], index[1], k]) for c in chains])
     groups = {name: {} for name in ("posterior_predictive", "observed_data", "log_likelihood")}
     coords, dims, cells = {}, {}, {}
     for k, (outcome, family) in enumerate(schema.families.items()):
         name, dim = f"y_{outcome}", f"obs_{outcome}"
         subject, slot = np.nonzero(mask[..., k])  # long form: subject, then time order
         cast = (lambda x: np.rint(x).astype(np.int64)) if is_discrete(family) else (lambda x: x)
-        groups["posterior_predictive"][name] = cast(draws[..., subject, slot, k])
+        groups["posterior_predictive"][name] = cast(at_cells("draws", subject, slot, k) + shift[k])
         groups["observed_data"][name] = cast(observed[subject, slot, k])
-        groups["log_likelihood"][name] = log_lik[..., subject, slot, k]
+        groups["log_likelihood"][name] = at_cells("log_likelihood", subject, slot, k)
         cells[dim] = {f"{dim}_subject": (dim, ids[subject]), f"{dim}_time": (dim, times[subject, slot])}
         dims[name] = [dim]
-    groups["log_likelihood"]["y"] = np.nansum(log_lik, axis=(-2, -1))
+    groups["log_likelihood"]["y"] = np.stack([_numpy(c.log_likelihood.nansum((-2, -1))) for c in chains])
     dims["y"] = ["subject"]
     posterior = {"b": np.stack([_numpy(c.posterior.b) for c in chains])}
+    num_draws = posterior["b"].shape[:2]
     dims["b"] = ["subject", "latent"]
     constant = {}
     if model is not None:
@@ -322,7 +328,7 @@ def to_inference_data(predictive: PosteriorPredictive | Sequence[PosteriorPredic
             coords["parameter"] = labels
             dims["theta_hat"] = dims["theta"] = ["parameter"]
         if errors is not None:
-            posterior["theta"] = wald_draws(model, errors, draws.shape[:2], seed=seed)
+            posterior["theta"] = wald_draws(model, errors, num_draws, seed=seed)
     covariate_names = schema.covariate_encoder.columns
     if covariate_names:
         constant["covariates"] = _covariates(chains[0], schema)

@@ -660,7 +660,7 @@ class DeepMixedModel:
         return landmark_evaluation(self.model_, self.guide_, self.schema_, df, landmark,
                                    encoder_view=self._encoder_view, **options)
 
-    def to_inference_data(self, df: pd.DataFrame | None = None, *, num_samples: int = 500, chains: int = 4,
+    def to_inference_data(self, df: pd.DataFrame | None = None, *, num_samples: int = 250, chains: int = 4,
                           method: str = "importance", num_proposals: int | None = None, seed: int | None = None,
                           errors=None):
         """ArviZ ``InferenceData`` of the fit on ``df`` (default: the training
@@ -672,8 +672,11 @@ class DeepMixedModel:
         :func:`pyro_dgmm.convert.to_inference_data` for the layout.  The
         posterior of b encodes the data as :meth:`fitted_values` does
         (completed by imputation for ``missing='impute'``); the likelihood
-        uses the observed cells.
+        uses the observed cells.  Memory: the draws of every chain at every
+        visit slot are held until the export, about ``12 * chains *
+        num_samples * N * T * K`` bytes (N subjects, T slots, K outcomes).
 
+        :param num_samples: draws per chain.
         :param num_proposals: importance proposals per subject and round
             (default ``4 * num_samples``): with an importance ESS well above
             ``num_samples`` the resampled draws are nearly all distinct, so
