@@ -32,7 +32,7 @@ constant_data          ``covariates``        (subject, covariate)               
 ``obs_<k>`` runs over the cells where outcome ``k`` was observed, in long
 form (subject, then time order), like Bambi's ``__obs__``; its non-index
 coordinates ``obs_<k>_subject`` (the user's ids) and ``obs_<k>_time`` (the
-user's times) say which row of the data each is.  The replicated data, the
+user's times; tz-aware datetimes in UTC) say which row of the data each is.  The replicated data, the
 observed data and the pointwise log-likelihood of ``y_<k>`` are on the same
 cells one to one, so ``az.plot_ppc``, ``az.plot_bpv`` and ``az.loo_pit``
 (``y="y_<k>"``) compare like with like.  Unobserved cells are not in the
@@ -303,6 +303,7 @@ def to_inference_data(predictive: PosteriorPredictive | Sequence[PosteriorPredic
         taken before conversion so that no (C, S, N, T, K) float64 copy is made."""
         index = torch.as_tensor(subject), torch.as_tensor(slot)
         return np.stack([_numpy(getattr(c, field)[:, index[0], index[1], k]) for c in chains])
+
     groups = {name: {} for name in ("posterior_predictive", "observed_data", "log_likelihood")}
     coords, dims, cells = {}, {}, {}
     for k, (outcome, family) in enumerate(schema.families.items()):
@@ -340,8 +341,8 @@ def to_inference_data(predictive: PosteriorPredictive | Sequence[PosteriorPredic
         dims=dims,
     )
     for group in groups:  # which data row each observed cell is: non-index coordinates of obs_<k>
-        for dim, labels in cells.items():
-            idata[group].coords.update(labels)  # in place: setting idata[group] would list it twice
+        for cell_coords in cells.values():
+            idata[group].coords.update(cell_coords)  # in place: setting idata[group] would list it twice
     stats = _sample_stats(chains, ids)
     if stats is not None:
         idata.add_groups({"sample_stats": stats})
