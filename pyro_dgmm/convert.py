@@ -13,8 +13,8 @@ group                  variable              dims                               
 =====================  ====================  =======================================  =========
 posterior              ``b``                 (chain, draw, subject, latent)           float
 posterior              ``theta``             (chain, draw, parameter), with errors    float
-posterior_predictive   ``y_<k>``             (chain, draw, obs_<k>)                   int [#]_
-observed_data          ``y_<k>``             (obs_<k>,)                               int [#]_
+posterior_predictive   ``y_<k>``             (chain, draw, obs_<k>)                   see below
+observed_data          ``y_<k>``             (obs_<k>,)                               see below
 log_likelihood         ``y_<k>``             (chain, draw, obs_<k>)                   float
 log_likelihood         ``y``                 (chain, draw, subject)                   float
 sample_stats           ``importance_ess``    (chain, subject)                         float
@@ -24,9 +24,9 @@ constant_data          ``theta_hat``         (parameter,), with a model         
 constant_data          ``covariates``        (subject, covariate)                     float
 =====================  ====================  =======================================  =========
 
-.. [#] int64 for discrete families (Bernoulli, Poisson: any family whose
-   distribution has a discrete support), so ArviZ draws histograms, not
-   densities; float64 otherwise.
+The outcome values are int64 for discrete families (Bernoulli, Poisson:
+any family whose distribution has a discrete support), so ArviZ draws
+histograms, not densities; float64 otherwise.
 
 **One observation dimension per outcome, aligned with the observed cells.**
 ``obs_<k>`` runs over the cells where outcome ``k`` was observed, in long
