@@ -35,14 +35,15 @@ def _interval_label(fitted: pd.DataFrame, name: str, level: float | None) -> str
     return max(found, key=float) if found else None
 
 
-def _value_limits(family, observed: pd.Series) -> tuple[tuple[float, float] | None, bool]:
+def _value_limits(family, observed: pd.Series, fitted: pd.Series) -> tuple[tuple[float, float] | None, bool]:
     """Fixed y-limits of an outcome's panels and whether they show a
     probability: [0, 1] for a Bernoulli family (or, without a family,
-    observed values all 0 or 1), the bounds of a bounded family, else None
-    (autoscale)."""
+    observed values all 0 or 1 and fitted values in [0, 1]), the bounds of a
+    bounded family, else None (autoscale)."""
     if family is None:
         values = observed.dropna()
-        binary = not values.empty and bool(values.isin([0, 1]).all())
+        binary = (not values.empty and bool(values.isin([0, 1]).all())
+                  and bool(fitted.between(0, 1).all()))
     else:
         family = get_family(family)
         binary = isinstance(family, Bernoulli)
@@ -73,7 +74,8 @@ def plot_subjects(fitted: pd.DataFrame, outcomes: Sequence[str], *, id_col: str,
         labelled ``P(<outcome>)``, bounded ones on their bounds, so that
         small probabilities do not fill the panel and look like large
         effects.  Without it, an outcome whose observed values are all 0 or
-        1 is taken as binary.
+        1 and whose fitted values lie in [0, 1] is taken as binary (a rare
+        count with fitted means above 1 is not).
     :param level: the band to draw (default: the widest level in ``fitted``).
     :returns: the matplotlib Figure (one row per outcome, one column per subject).
     """
@@ -84,7 +86,7 @@ def plot_subjects(fitted: pd.DataFrame, outcomes: Sequence[str], *, id_col: str,
     fig, axes = plt.subplots(len(outcomes), len(subjects), figsize=(2.6 * len(subjects), 2.2 * len(outcomes)),
                              squeeze=False, sharex=True)
     for row, name in enumerate(outcomes):
-        limits, probability = _value_limits(families.get(name), fitted[name])
+        limits, probability = _value_limits(families.get(name), fitted[name], fitted[f"{name}_fitted"])
         label = _interval_label(fitted, name, level)
         for col, subject in enumerate(subjects):
             rows = fitted[fitted[id_col] == subject].sort_values(time_col)

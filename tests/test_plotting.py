@@ -56,6 +56,12 @@ def test_binary_panels_are_on_the_unit_interval(families):
     assert high - low < 5  # the Gaussian panel keeps its own scale
 
 
+def test_rare_counts_are_not_taken_for_probabilities():
+    frame = fitted_frame().assign(bin_fitted=np.linspace(0.5, 1.5, 10))  # 0/1 observed, means above 1
+    ax = plot_subjects(frame, ["bin"], id_col="id", time_col="time", subjects=[2]).axes[0]
+    assert ax.get_ylabel() == "bin" and ax.get_ylim()[1] > 1.4
+
+
 def test_bounded_panels_use_their_bounds():
     frame = fitted_frame().assign(y=4.0, y_fitted=4.2)
     fig = plot_subjects(frame, ["y"], id_col="id", time_col="time", subjects=[1], families={"y": "bounded(1,7)"})
