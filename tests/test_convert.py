@@ -70,7 +70,7 @@ def test_observed_and_replicated_cells_match_one_to_one(fitted):
         assert (idata.posterior_predictive[name][dim] == observed[dim]).all()
     # the per-subject log-likelihood is the sum of that subject's cells
     for subject in ["p100", "p103"]:
-        total = sum(idata.log_likelihood[f"y_{k}"].values[..., idata.observed_data[f"obs_{k}_subject"].values == subject]
+        total = sum(idata.log_likelihood[f"y_{k}"].values[..., idata.observed_data[f"obs_{k}_subject"] == subject]
                     .sum(-1) for k in OUTCOMES)
         np.testing.assert_allclose(idata.log_likelihood["y"].sel(subject=subject).values, total, rtol=1e-6)
 
@@ -163,7 +163,8 @@ def test_global_parameters(fitted):
     theta_hat = idata.constant_data["theta_hat"]
     labels = theta_hat.parameter.values.tolist()
     assert labels[:2] == ["sigma[g]", "precision[score]"]
-    assert theta_hat.sel(parameter="sigma[g]").item() == pytest.approx(float(est.model_.dispersion("g").detach()), rel=1e-6)
+    sigma = float(est.model_.dispersion("g").detach())
+    assert theta_hat.sel(parameter="sigma[g]").item() == pytest.approx(sigma, rel=1e-6)
     assert "fixed_effects.intercept[0]" in labels
     assert "theta" not in idata.posterior  # no standard errors, no draws
 
