@@ -498,7 +498,8 @@ def run_fit(args: argparse.Namespace) -> dict | None:
         return None
     with atomic_folder(args.out, FIT_OUTPUTS) as out:
         fitted.to_csv(out / "fitted.csv", index=False, float_format=CSV_FLOAT_FORMAT)
-        plot_subjects(fitted, list(outcomes), id_col=id_col, time_col=time_col, seed=args.seed).savefig(
+        plot_subjects(fitted, list(outcomes), id_col=id_col, time_col=time_col, seed=args.seed,
+                      families=model.schema_.families).savefig(
             out / "subjects.png", dpi=110)
         plot_loss(model.result_).savefig(out / "loss.png", dpi=110)
         model.save(out / "model.pt")

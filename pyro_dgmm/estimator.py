@@ -43,7 +43,7 @@ from .guide import ENCODERS
 from .nn import ACTIVATIONS, COVARIANCES
 from .options import check_bool, check_choice, check_float, check_int, check_keywords, check_str
 from .predict import METHODS
-from .posterior import fitted_means, marginal_means
+from .posterior import fitted_means, marginal_means, subjects_per_chunk
 from . import wald
 from .inference_methods import LikelihoodMethods
 from .persistence import SaveLoadMethods
@@ -100,6 +100,17 @@ def _check_names(option: str, names) -> list[str]:
         raise ConfigError(f"{option} must be a list of column names, e.g. ['age'] (or, for covariates, a "
                           f"formula such as 'age * sex'), got {names!r}")
     return [check_str(f"{option}[{k}]", name) for k, name in enumerate(names)]
+
+
+def _check_levels(levels) -> list[float]:
+    """Interval levels as a list of floats in (0, 1); None: no intervals."""
+    if levels is None:
+        return []
+    levels = [levels] if isinstance(levels, (int, float)) and not isinstance(levels, bool) else levels
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, Iterable):
+        raise ConfigError(f"levels must be a level such as 0.9 or a list of them, got {levels!r}")
+    return [check_float(f"levels[{j}]", level, low=0, high=1, low_open=True, high_open=True)
+            for j, level in enumerate(levels)]
 
 
 def _check_outcomes(outcomes) -> dict:
@@ -393,8 +404,9 @@ class DeepMixedModel(LikelihoodMethods, SaveLoadMethods):
         return self.schema_.transform(df, require_observed=require_observed)
 
     def fitted_values(self, df: pd.DataFrame | None = None, *, num_samples: int = 500,
-                      method: str = "importance", seed: int | None = None) -> pd.DataFrame:
-        """Subject-specific fitted means for every row (visit) of ``df``
+                      method: str = "importance", seed: int | None = None, levels=None,
+                      predictive: bool = False) -> pd.DataFrame:
+        r"""Subject-specific fitted means for every row (visit) of ``df``
         (default: the training data), observed or not.
 
         Returns a DataFrame sorted by subject and time with the id and time
@@ -409,23 +421,69 @@ class DeepMixedModel(LikelihoodMethods, SaveLoadMethods):
         subjects and every process gets the gathered frame (after a fit
         with ``distributed_input``, by default: every process's own
         training subjects).
+
+        :param levels: interval levels such as ``0.9`` or ``[0.5, 0.95]``:
+            adds ``<outcome>_lower_<L>`` and ``<outcome>_upper_<L>`` (``L``
+            the level in percent, e.g. ``90``), the equal-tailed credible
+            interval of the subject's mean :math:`g^{-1}(\eta_{ijk}(b_i))`
+            over ``num_samples`` draws of :math:`b_i \mid y_i^o`
+            (:func:`~pyro_dgmm.predict.random_effects_posterior` with
+            ``method``: adaptive importance resampling, or the encoder).
+            It reflects the uncertainty about :math:`b_i` given the fitted
+            networks, not that of the network weights.
+        :param predictive: with ``levels``, also
+            ``<outcome>_predictive_lower_<L>`` / ``_upper_<L>``: intervals of
+            a new observation at the cell (the mean's uncertainty plus the
+            observation noise), from one draw of y per draw of b.
         """
         self._check_fitted()
         num_samples = check_int("num_samples", num_samples)
         check_choice("method", method, ("importance", "encoder"))
         seed = self._draw_seed(seed)
+        levels = _check_levels(levels)
+        predictive = check_bool("predictive", predictive)
         if df is None and self.data_ is None:
             raise NotFittedError("this model was loaded from disk without its data: pass df")
         data = self.data_ if df is None else self.transform(df)
 
         def compute(part: LongitudinalData) -> pd.DataFrame:
-            means = fitted_means(self.model_, self.guide_, self._encoder_view(part), num_samples, method)
+            view = self._encoder_view(part)
+            means = fitted_means(self.model_, self.guide_, view, num_samples, method)
             means = part.response_values(means)  # float64, the outcome shift added back
-            fitted = part.to_long({f"{name}_fitted": means[..., k] for k, name in enumerate(part.outcomes)})
+            columns = {f"{name}_fitted": means[..., k] for k, name in enumerate(part.outcomes)}
+            if levels:
+                columns.update(self._fitted_intervals(view, num_samples, method, levels, predictive))
+            fitted = part.to_long(columns)
             return pd.concat([part.observed_long(), fitted.drop(columns=[part.id_col, part.time_col])], axis=1)
 
         return map_subjects(compute, data, sort_by=[data.id_col, data.time_col], seed=seed,
                             distributed_input=self.distributed_input and df is None)
+
+    def _fitted_intervals(self, data: LongitudinalData, num_samples: int, method: str, levels: list[float],
+                          predictive: bool) -> dict[str, np.ndarray]:
+        """Interval columns of :meth:`fitted_values` for the subjects of
+        ``data``: quantiles over draws of b of the mean (and of y), each (N, T)."""
+        from .predict import predictive_draws, random_effects_posterior
+
+        probs = torch.tensor([p for level in levels for p in ((1 - level) / 2, (1 + level) / 2)], dtype=torch.float64)
+        kinds = {"": "means", "predictive_": "draws"} if predictive else {"": "means"}
+        parts = {kind: [] for kind in kinds}
+        for chunk in data.chunks(subjects_per_chunk(num_samples, data)):
+            posterior = random_effects_posterior(self.model_, self.guide_, chunk, num_samples, method=method)
+            draws = predictive_draws(self.model_, chunk, posterior)
+            for kind, attr in kinds.items():
+                # nearest draws for y, so that bounds of discrete outcomes are values y can take
+                parts[kind].append(torch.quantile(getattr(draws, attr).double(), probs, dim=0,
+                                                  interpolation="linear" if kind == "" else "nearest"))
+        columns = {}
+        for kind, chunks in parts.items():
+            bounds = data.response_values(torch.cat(chunks, dim=1))
+            for j, level in enumerate(levels):
+                label = f"{100 * level:g}"
+                for k, name in enumerate(data.outcomes):
+                    columns[f"{name}_{kind}lower_{label}"] = bounds[2 * j, ..., k]
+                    columns[f"{name}_{kind}upper_{label}"] = bounds[2 * j + 1, ..., k]
+        return columns
 
     def impute(self, df: pd.DataFrame | None = None, num_imputations: int = 5, *, mcmc_steps: int = 10,
                warmup_steps: int = 50, kernel: str = "mh", seed: int | None = None) -> list[pd.DataFrame]:
@@ -542,29 +600,115 @@ class DeepMixedModel(LikelihoodMethods, SaveLoadMethods):
         return landmark_evaluation(self.model_, self.guide_, self.schema_, df, landmark,
                                    encoder_view=self._encoder_view, **options)
 
-    def to_inference_data(self, df: pd.DataFrame | None = None, *, num_samples: int = 500,
-                          method: str = "importance", cell_log_likelihood: bool = False):
+    def to_inference_data(self, df: pd.DataFrame | None = None, *, num_samples: int = 250, chains: int = 4,
+                          method: str = "importance", num_proposals: int | None = None, seed: int | None = None,
+                          errors=None):
         """ArviZ ``InferenceData`` of the fit on ``df`` (default: the training
-        data): posterior of b, posterior predictive, observed data, per-subject
-        log-likelihood (for ``az.loo``), constant data; see
-        :func:`pyro_dgmm.convert.to_inference_data`.  The posterior of b
-        encodes the data as :meth:`fitted_values` does (completed by
-        imputation for ``missing='impute'``); the likelihood uses the
-        observed cells."""
+        data): ``chains`` independent runs of the posterior sampler of b
+        (``method``, :func:`~pyro_dgmm.predict.random_effects_posterior`),
+        ``num_samples`` draws each, with posterior predictive, observed data
+        and pointwise log-likelihood on the observed cells, per-subject
+        sampler diagnostics and the global parameters; see
+        :func:`pyro_dgmm.convert.to_inference_data` for the layout.  The
+        posterior of b encodes the data as :meth:`fitted_values` does
+        (completed by imputation for ``missing='impute'``); the likelihood
+        uses the observed cells.  Memory: the draws of every chain at every
+        visit slot are held until the export, about ``12 * chains *
+        num_samples * N * T * K`` bytes (N subjects, T slots, K outcomes).
+
+        :param num_samples: draws per chain.
+        :param num_proposals: importance proposals per subject and round
+            (default ``4 * num_samples``): with an importance ESS well above
+            ``num_samples`` the resampled draws are nearly all distinct, so
+            ArviZ's ESS, which treats them as independent, is not inflated
+            by repeats (compare ``sample_stats.importance_ess`` with the draws).
+        :param seed: chain c draws with the torch seed ``(seed, c)``
+            (default: the fit's seed); the global random state is left as it was.
+        :param errors: ``True`` to compute :meth:`parameter_errors`, or a
+            :class:`~pyro_dgmm.results.StandardErrors`: Wald draws of its
+            parameters go into ``posterior.theta``.
+        """
         self._check_fitted()
         from .convert import to_inference_data
         from .predict import posterior_predictive
 
-        num_samples = check_int("num_samples", num_samples)
+        num_samples, chains = check_int("num_samples", num_samples), check_int("chains", chains)
+        num_proposals = 4 * num_samples if num_proposals is None else check_int("num_proposals", num_proposals)
         check_choice("method", method, METHODS)
-        cell_log_likelihood = check_bool("cell_log_likelihood", cell_log_likelihood)
-
+        seed = self._draw_seed(seed)
+        if errors is True:
+            errors = self.parameter_errors(seed=seed)
         if df is None and self.data_ is None:
             raise NotFittedError("this model was loaded from disk without its data: pass df")
-        data = self.data_ if df is None else self.transform(df)
-        predictive = posterior_predictive(self.model_, self.guide_, self._encoder_view(data), num_samples=num_samples,
-                                          method=method)
+        data = self._encoder_view(self.data_ if df is None else self.transform(df))
+        runs = []
+        for chain in range(chains):
+            with torch.random.fork_rng():
+                torch.manual_seed(int(np.random.SeedSequence([seed, chain]).generate_state(1)[0]))
+                runs.append(posterior_predictive(self.model_, self.guide_, data, num_samples=num_samples,
+                                                 method=method, num_proposals=num_proposals))
         attrs = {"model_class": self.model_class.__qualname__, "missing": self.missing,
                  "fit": {k: v for k, v in self.result_.config.items() if k != "device"},
                  "epochs_run": self.result_.epochs_run, "stop_reason": self.result_.stop_reason}
-        return to_inference_data(predictive, self.schema_, cell_log_likelihood=cell_log_likelihood, attrs=attrs)
+        return to_inference_data(runs, self.schema_, model=self.model_, errors=errors or None, seed=seed,
+                                 attrs=attrs)
+
+    def kfold(self, df: pd.DataFrame, k: int = 5, *, num_samples: int = 1000, seed: int | None = None,
+              **fit_overrides):
+        r"""Exact K-fold cross-validation by subject: the ELPD of held-out
+        subjects, where PSIS-LOO fails (docs/prediction.md, "ArviZ").
+
+        The subjects of ``df`` (the training data, as passed to :meth:`fit`)
+        are split at random into ``k`` folds; for each fold a copy of this
+        model (same options, ``latent_dim`` fixed at the fitted
+        ``latent_dim_``, the same fit settings with ``fit_overrides``
+        applied) is fitted to the other folds and each held-out subject
+        scored by the importance-sampled marginal log-likelihood
+        :math:`\log \hat p(y_i^o; \hat\theta_{-k})`
+        (:func:`~pyro_dgmm.marginal.marginal_log_likelihood`), the density
+        of a new subject's record.  The sum over subjects estimates the
+        expected log predictive density for new subjects, with the
+        network weights refitted, not held at their full-data values.
+
+        :param k: number of folds (2 to the number of subjects).
+        :param num_samples: importance samples per held-out subject.
+        :param seed: seeds the split and the importance draws (default: the fit's).
+        :returns: an ``arviz.ELPDData`` (:func:`~pyro_dgmm.convert.kfold_elpd`)
+            for ``az.compare({"a": model_a.kfold(df), "b": model_b.kfold(df)})``;
+            ``p_loo`` is the in-sample minus the held-out score of this fit.
+            Its ``warning`` flag is set when a held-out estimate had Pareto k > 0.7.
+        """
+        self._check_fitted()
+        from .convert import kfold_elpd
+        from .diagnostics import InferenceWarning
+        from .marginal import marginal_log_likelihood
+
+        seed = self._draw_seed(seed)
+        num_samples = check_int("num_samples", num_samples)
+        data = self.transform(df)
+        k = check_int("k", k, minimum=2)
+        if k > data.num_subjects:
+            raise ConfigError(f"k={k} folds need at least {k} subjects; df has {data.num_subjects}")
+        folds = np.random.default_rng(seed).permutation(np.arange(data.num_subjects) % k)
+        check_keywords("kfold", fit_overrides, FitConfig.fields())
+        config = replace(FitConfig(**self.result_.config), progress=False, checkpoint=None, resume=False,
+                         **fit_overrides)
+        kwargs = {**self._init_kwargs(), "latent_dim": self.latent_dim_}
+        held_out, unreliable = np.empty(data.num_subjects), np.zeros(data.num_subjects, bool)
+        subject = df[self.id_col].map({key: i for i, key in enumerate(data.ids)})
+        with warnings.catch_warnings():  # unreliable estimates are flagged in the result
+            warnings.simplefilter("ignore", InferenceWarning)
+            for fold in range(k):
+                rows = folds[subject.to_numpy()] == fold
+                copy_ = DeepMixedModel(model_class=self.model_class, **kwargs)
+                copy_.fit(df[~rows], config, missing=self.missing)
+                test = copy_.transform(df[rows])
+                position = np.searchsorted(data.ids, test.ids)
+                marginal = marginal_log_likelihood(copy_.model_, copy_.guide_, copy_._encoder_view(test),
+                                                   num_samples, seed=seed)
+                held_out[position] = marginal.per_subject.cpu().numpy()
+                unreliable[position] = marginal.unreliable.cpu().numpy()
+            full = marginal_log_likelihood(self.model_, self.guide_, self._encoder_view(data), num_samples,
+                                           seed=seed)
+        return kfold_elpd(held_out, data.ids, in_sample=full.per_subject.cpu().numpy(), folds=folds,
+                          num_samples=num_samples, unreliable=unreliable)

@@ -14,6 +14,7 @@ Example:
 """
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -87,23 +88,53 @@ def plot_dynamic_prediction(table: pd.DataFrame, subject, *, id_col: str, time_c
     return fig
 
 
-def plot_calibration(calibration: pd.DataFrame):
+def wilson_interval(successes: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    r"""Wilson score interval of binomial proportions: for :math:`\hat p =
+    x/n` and :math:`z` the normal quantile,
+    :math:`\{\hat p + z^2/2n \pm z\sqrt{\hat p(1-\hat p)/n + z^2/4n^2}\}/(1 + z^2/n)`.
+    Unlike :math:`\hat p \pm z\,\mathrm{se}` it stays inside [0, 1] and is
+    not of zero width at rates 0 and 1, which small calibration bins hit."""
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    n = np.asarray(n, dtype=float)
+    p = np.asarray(successes, dtype=float) / n
+    centre = (p + z ** 2 / (2 * n)) / (1 + z ** 2 / n)
+    half = z * np.sqrt(p * (1 - p) / n + z ** 2 / (4 * n ** 2)) / (1 + z ** 2 / n)
+    return centre - half, centre + half
+
+
+def plot_calibration(calibration: pd.DataFrame, *, level: float = 0.95):
     """Observed rate against mean predicted probability, one panel per
-    binary outcome, points sized by the number of predictions in the bin.
+    binary outcome, points sized by the number of predictions in the bin,
+    with a legend for the sizes and each bin's ``level`` Wilson interval of
+    the observed rate (:func:`wilson_interval`): a point whose interval
+    misses the diagonal is miscalibrated beyond binomial noise (pointwise).
 
     :param calibration: :func:`pyro_dgmm.evaluation.calibration_table` output.
     """
     outcomes = list(pd.unique(calibration["outcome"]))
     if not outcomes:
         raise DataError("the calibration table is empty: no binary outcome with observed values")
-    fig, axes = plt.subplots(1, len(outcomes), figsize=(3.2 * len(outcomes), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(outcomes), figsize=(3.4 * len(outcomes), 3.4), squeeze=False)
+    largest = float(calibration["n"].max())
+
+    def size(n):
+        return 200 * np.sqrt(np.asarray(n, dtype=float) / largest)
+
     for ax, name in zip(axes[0], outcomes):
         part = calibration[calibration["outcome"] == name]
         ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
-        size = 200 * np.sqrt(part["n"] / part["n"].max())
-        ax.scatter(part["mean_predicted"], part["observed_rate"], s=size, color="C0", alpha=0.8)
-        ax.plot(part["mean_predicted"], part["observed_rate"], color="C0", lw=1)
+        lower, upper = wilson_interval(part["observed_rate"] * part["n"], part["n"], level)
+        rate = part["observed_rate"].to_numpy(float)
+        ax.errorbar(part["mean_predicted"], rate, yerr=[rate - lower, upper - rate], fmt="none", ecolor="C0",
+                    elinewidth=1, capsize=2, alpha=0.8)
+        ax.scatter(part["mean_predicted"], rate, s=size(part["n"]), color="C0", alpha=0.8)
+        ax.plot(part["mean_predicted"], rate, color="C0", lw=1)
         ax.set(xlim=(0, 1), ylim=(0, 1), title=name, xlabel="mean predicted probability")
+    # legend for the marker sizes: round numbers of predictions spanning the table's bins
+    counts = sorted({int(float(f"{n:.1g}")) for n in np.geomspace(max(1.0, calibration["n"].min()), largest, 3)})
+    handles = [axes[0, -1].scatter([], [], s=size(n), color="C0", alpha=0.8) for n in counts]
+    axes[0, -1].legend(handles, [f"n = {n}" for n in counts], title=f"bin size, {100 * level:g}% interval",
+                       fontsize=7, title_fontsize=7, loc="upper left", labelspacing=1.2, borderpad=0.8)
     axes[0, 0].set_ylabel("observed rate")
     fig.tight_layout()
     return fig

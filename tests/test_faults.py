@@ -1336,7 +1336,7 @@ RESULT_CALLS = [
     ("impute", {"warmup_steps": -1}, "warmup_steps"),
     ("population_mean", {"times": [1.0], "num_samples": 0}, "num_samples"),
     ("to_inference_data", {"num_samples": 0}, "num_samples"),
-    ("to_inference_data", {"cell_log_likelihood": "yes"}, "cell_log_likelihood"),
+    ("to_inference_data", {"chains": 0}, "chains"),
     ("predict", {"times": [5.0], "num_samples": 0}, "num_samples"),
     ("predict", {"times": [5.0], "num_sample": 10}, "did you mean 'num_samples'"),
     ("predict", {"times": [5.0], "levels": (1.5,)}, "levels"),
