@@ -113,7 +113,7 @@ import torch
 
 from .data import DataSchema
 from .errors import ConfigError
-from .predict import PosteriorPredictive
+from .results import PosteriorPredictive
 
 
 def _arviz():

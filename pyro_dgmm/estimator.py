@@ -25,6 +25,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import pyro
+import torch
 
 from .bases import DEFAULT_TIME_BASIS
 from .checkpoint import open_checkpoint
@@ -463,13 +464,16 @@ class DeepMixedModel(LikelihoodMethods, SaveLoadMethods):
                           predictive: bool) -> dict[str, np.ndarray]:
         """Interval columns of :meth:`fitted_values` for the subjects of
         ``data``: quantiles over draws of b of the mean (and of y), each (N, T)."""
-        from .predict import predictive_draws, random_effects_posterior
+        from .predict import predictive_draws
+        from .posterior import sample_posterior
 
         probs = torch.tensor([p for level in levels for p in ((1 - level) / 2, (1 + level) / 2)], dtype=torch.float64)
         kinds = {"": "means", "predictive_": "draws"} if predictive else {"": "means"}
         parts = {kind: [] for kind in kinds}
         for chunk in data.chunks(subjects_per_chunk(num_samples, data)):
-            posterior = random_effects_posterior(self.model_, self.guide_, chunk, num_samples, method=method)
+            # equally weighted draws: the adaptive importance sampler resamples, the encoder's are unweighted
+            posterior = sample_posterior(self.model_, self.guide_, chunk,
+                                         "adaptive" if method == "importance" else "encoder", num_samples)
             draws = predictive_draws(self.model_, chunk, posterior)
             for kind, attr in kinds.items():
                 # nearest draws for y, so that bounds of discrete outcomes are values y can take
@@ -652,63 +656,3 @@ class DeepMixedModel(LikelihoodMethods, SaveLoadMethods):
                  "epochs_run": self.result_.epochs_run, "stop_reason": self.result_.stop_reason}
         return to_inference_data(runs, self.schema_, model=self.model_, errors=errors or None, seed=seed,
                                  attrs=attrs)
-
-    def kfold(self, df: pd.DataFrame, k: int = 5, *, num_samples: int = 1000, seed: int | None = None,
-              **fit_overrides):
-        r"""Exact K-fold cross-validation by subject: the ELPD of held-out
-        subjects, where PSIS-LOO fails (docs/prediction.md, "ArviZ").
-
-        The subjects of ``df`` (the training data, as passed to :meth:`fit`)
-        are split at random into ``k`` folds; for each fold a copy of this
-        model (same options, ``latent_dim`` fixed at the fitted
-        ``latent_dim_``, the same fit settings with ``fit_overrides``
-        applied) is fitted to the other folds and each held-out subject
-        scored by the importance-sampled marginal log-likelihood
-        :math:`\log \hat p(y_i^o; \hat\theta_{-k})`
-        (:func:`~pyro_dgmm.marginal.marginal_log_likelihood`), the density
-        of a new subject's record.  The sum over subjects estimates the
-        expected log predictive density for new subjects, with the
-        network weights refitted, not held at their full-data values.
-
-        :param k: number of folds (2 to the number of subjects).
-        :param num_samples: importance samples per held-out subject.
-        :param seed: seeds the split and the importance draws (default: the fit's).
-        :returns: an ``arviz.ELPDData`` (:func:`~pyro_dgmm.convert.kfold_elpd`)
-            for ``az.compare({"a": model_a.kfold(df), "b": model_b.kfold(df)})``;
-            ``p_loo`` is the in-sample minus the held-out score of this fit.
-            Its ``warning`` flag is set when a held-out estimate had Pareto k > 0.7.
-        """
-        self._check_fitted()
-        from .convert import kfold_elpd
-        from .diagnostics import InferenceWarning
-        from .marginal import marginal_log_likelihood
-
-        seed = self._draw_seed(seed)
-        num_samples = check_int("num_samples", num_samples)
-        data = self.transform(df)
-        k = check_int("k", k, minimum=2)
-        if k > data.num_subjects:
-            raise ConfigError(f"k={k} folds need at least {k} subjects; df has {data.num_subjects}")
-        folds = np.random.default_rng(seed).permutation(np.arange(data.num_subjects) % k)
-        check_keywords("kfold", fit_overrides, FitConfig.fields())
-        config = replace(FitConfig(**self.result_.config), progress=False, checkpoint=None, resume=False,
-                         **fit_overrides)
-        kwargs = {**self._init_kwargs(), "latent_dim": self.latent_dim_}
-        held_out, unreliable = np.empty(data.num_subjects), np.zeros(data.num_subjects, bool)
-        subject = df[self.id_col].map({key: i for i, key in enumerate(data.ids)})
-        with warnings.catch_warnings():  # unreliable estimates are flagged in the result
-            warnings.simplefilter("ignore", InferenceWarning)
-            for fold in range(k):
-                rows = folds[subject.to_numpy()] == fold
-                copy_ = DeepMixedModel(model_class=self.model_class, **kwargs)
-                copy_.fit(df[~rows], config, missing=self.missing)
-                test = copy_.transform(df[rows])
-                position = np.searchsorted(data.ids, test.ids)
-                marginal = marginal_log_likelihood(copy_.model_, copy_.guide_, copy_._encoder_view(test),
-                                                   num_samples, seed=seed)
-                held_out[position] = marginal.per_subject.cpu().numpy()
-                unreliable[position] = marginal.unreliable.cpu().numpy()
-            full = marginal_log_likelihood(self.model_, self.guide_, self._encoder_view(data), num_samples,
-                                           seed=seed)
-        return kfold_elpd(held_out, data.ids, in_sample=full.per_subject.cpu().numpy(), folds=folds,
-                          num_samples=num_samples, unreliable=unreliable)

@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import pyro
@@ -87,6 +86,7 @@ from .errors import ConfigError
 from .likelihood import log_joint, observed_log_likelihood, standard_normal_log_density
 from .model import StandardNormal
 from .options import check_choice, check_float, check_int
+from .results import PosteriorDraws
 
 #: The methods of :func:`sample_posterior` (module docstring).
 METHODS = ("encoder", "importance", "adaptive", "resample-move", "mh", "nuts")
@@ -112,48 +112,6 @@ def subjects_per_chunk(num_samples: int, data: LongitudinalData, cells: int = CE
     """How many subjects to process at once so that ``num_samples`` draws for
     each of them span about ``cells`` cells (at least one subject)."""
     return max(1, cells // (num_samples * data.num_visits * len(data.outcomes)))
-
-
-@dataclass
-class PosteriorDraws:
-    r"""Draws of :math:`b_i \mid y_i^o` for N subjects (:func:`sample_posterior`).
-
-    ``b``: (S, N, q).  ``log_weights``: (S, N), normalised over S (uniform,
-    :math:`-\log S`, for equally weighted draws).  ``method``: the sampler.
-    ``log_marginal``: (N,) importance estimate of :math:`\log p(y_i^o)`
-    (importance methods; None otherwise).  ``ess``: (N,) Kish's effective
-    sample size :math:`1/\sum_s w_s^2` of the importance weights (of the
-    round before resampling for ``'adaptive'``; None for unweighted
-    methods).  ``acceptance``: (N,) Metropolis acceptance rate (MCMC
-    methods).  ``eta``: (S, N, T, K) the linear predictor at the draws where
-    the weights needed it, so means at the draws cost no second pass.
-    """
-
-    b: torch.Tensor
-    log_weights: torch.Tensor
-    method: str
-    log_marginal: torch.Tensor | None = None
-    ess: torch.Tensor | None = None
-    acceptance: torch.Tensor | None = None
-    eta: torch.Tensor | None = None
-
-    @property
-    def weights(self) -> torch.Tensor:
-        """Normalised weights, (S, N)."""
-        return self.log_weights.exp()
-
-    @classmethod
-    def concat(cls, parts: list["PosteriorDraws"]) -> "PosteriorDraws":
-        """The draws of several groups of subjects (the same method and S) as one."""
-        if len(parts) == 1:
-            return parts[0]
-
-        def cat(name: str, dim: int):
-            values = [getattr(p, name) for p in parts]
-            return None if any(v is None for v in values) else torch.cat(values, dim)
-
-        return cls(cat("b", 1), cat("log_weights", 1), parts[0].method, cat("log_marginal", 0), cat("ess", 0),
-                   cat("acceptance", 0), cat("eta", 1))
 
 
 def weighted_moments(log_w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

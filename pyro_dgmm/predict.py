@@ -96,7 +96,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -109,7 +109,8 @@ from .errors import ConfigError, DataError, describe_rows
 from .likelihood import cell_log_likelihood
 from .options import check_bool, check_choice, check_float, check_int, check_keywords
 from .parallel import map_blocks, world
-from .posterior import DRAW_CELLS, PosteriorDraws, sample_posterior, subjects_per_chunk
+from .posterior import DRAW_CELLS, sample_posterior, subjects_per_chunk
+from .results import PosteriorDraws, PosteriorPredictive, Prediction
 
 METHODS = ("importance", "mcmc", "encoder")
 #: The options of :func:`~pyro_dgmm.posterior.sample_posterior` that :func:`predict` passes on.
@@ -134,26 +135,6 @@ def _chunks(data: LongitudinalData, chunk_size: int | None, num_samples: int):
 
 
 # ------------------------------------------------------ posterior predictive
-@dataclass
-class PosteriorPredictive:
-    """Posterior predictive draws for the cells of ``data``.
-
-    ``posterior``: the draws of b (S, N, q) they were made from (aligned
-    with ``data``'s subjects).  ``means``: (S, N, T, K)
-    :math:`g_k^{-1}(\\eta^{(s)})`.  ``draws``: (S, N, T, K) draws of y,
-    inside each family's support.  ``log_likelihood``: (S, N, T, K)
-    :math:`\\log p(y_{ijk} \\mid b_i^{(s)})` at the observed cells of
-    ``data``, NaN elsewhere (in-sample: the pointwise log-likelihood; at
-    held-out cells: the log predictive density per draw).
-    """
-
-    data: LongitudinalData
-    posterior: PosteriorDraws
-    means: torch.Tensor
-    draws: torch.Tensor
-    log_likelihood: torch.Tensor
-
-
 def _predictive_chunk(model, data: LongitudinalData, b: torch.Tensor):
     """(means, draws, log-likelihood), each (S, n, T, K), for the n subjects of ``data``."""
     names = model.outcomes
@@ -201,42 +182,6 @@ def posterior_predictive(model, guide, data: LongitudinalData, *, target: Longit
 
 
 # ----------------------------------------------------------------- predict
-@dataclass
-class Prediction:
-    """What :func:`predict` returns.
-
-    ``table``: tidy DataFrame, one row per (subject, time, outcome), sorted
-    by subject, time and outcome order, with columns
-
-    * ``id_col``, ``time_col`` (the user's ids and times), ``outcome``;
-    * ``history``: the row is one of the history's rows (``include_history``);
-    * ``horizon``: time minus the subject's last history time;
-    * ``observed``: the observed value if the history or the ``times`` frame
-      has one, else NaN;
-    * ``mean``: the predicted value :math:`E[y \\mid \\mathcal H_i]` (a
-      probability for binary outcomes);
-    * ``lower_<L>``, ``upper_<L>``: central prediction interval of a new
-      observation at level ``L`` percent (observation noise included);
-    * ``mean_lower_<L>``, ``mean_upper_<L>``: credible interval of the
-      subject's mean curve :math:`g^{-1}(\\eta)` (for binary outcomes, of
-      the probability);
-    * ``log_density``: the log predictive density (mass, for discrete
-      outcomes) of the observed value, :math:`\\log \\frac1S \\sum_s
-      p(y \\mid b^{(s)})`, NaN where ``observed`` is; summed over held-out
-      values it is the held-out log-likelihood (a proper score).
-
-    ``draws``: (S, len(table)) posterior predictive draws of y, column ``r``
-    for table row ``r``.  ``predictive``: everything behind it
-    (:class:`PosteriorPredictive`; its ``data`` are the prediction cells,
-    subjects sorted by id); None when computed by several processes (its
-    tensors stay where they were computed).
-    """
-
-    table: pd.DataFrame
-    draws: np.ndarray
-    predictive: PosteriorPredictive | None
-
-
 def _level_label(level: float) -> str:
     return f"{100 * level:g}"
 

@@ -16,6 +16,10 @@ threshold.
   :class:`Comparison`: model comparison (:mod:`pyro_dgmm.comparison`).
 * :class:`Summary`: the statsmodels-style summary of
   :meth:`~pyro_dgmm.estimator.DeepMixedModel.summary`.
+* :class:`PosteriorDraws`: draws of b | y from
+  :func:`~pyro_dgmm.posterior.sample_posterior`.
+* :class:`PosteriorPredictive`, :class:`Prediction`: predictive draws and
+  the dynamic predictions of :func:`~pyro_dgmm.predict.predict`.
 
 Example:
 
@@ -32,6 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .data import LongitudinalData
 from .diagnostics import PARETO_K_THRESHOLD
 
 
@@ -339,3 +344,101 @@ def _outcome_of(label: str) -> tuple[str, str]:
         name, _, outcome = label[:-1].partition("[")
         return outcome, name
     return "", label
+
+
+@dataclass
+class PosteriorDraws:
+    r"""Draws of :math:`b_i \mid y_i^o` for N subjects (:func:`sample_posterior`).
+
+    ``b``: (S, N, q).  ``log_weights``: (S, N), normalised over S (uniform,
+    :math:`-\log S`, for equally weighted draws).  ``method``: the sampler.
+    ``log_marginal``: (N,) importance estimate of :math:`\log p(y_i^o)`
+    (importance methods; None otherwise).  ``ess``: (N,) Kish's effective
+    sample size :math:`1/\sum_s w_s^2` of the importance weights (of the
+    round before resampling for ``'adaptive'``; None for unweighted
+    methods).  ``acceptance``: (N,) Metropolis acceptance rate (MCMC
+    methods).  ``eta``: (S, N, T, K) the linear predictor at the draws where
+    the weights needed it, so means at the draws cost no second pass.
+    """
+
+    b: torch.Tensor
+    log_weights: torch.Tensor
+    method: str
+    log_marginal: torch.Tensor | None = None
+    ess: torch.Tensor | None = None
+    acceptance: torch.Tensor | None = None
+    eta: torch.Tensor | None = None
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """Normalised weights, (S, N)."""
+        return self.log_weights.exp()
+
+    @classmethod
+    def concat(cls, parts: list["PosteriorDraws"]) -> "PosteriorDraws":
+        """The draws of several groups of subjects (the same method and S) as one."""
+        if len(parts) == 1:
+            return parts[0]
+
+        def cat(name: str, dim: int):
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else torch.cat(values, dim)
+
+        return cls(cat("b", 1), cat("log_weights", 1), parts[0].method, cat("log_marginal", 0), cat("ess", 0),
+                   cat("acceptance", 0), cat("eta", 1))
+
+
+@dataclass
+class PosteriorPredictive:
+    """Posterior predictive draws for the cells of ``data``.
+
+    ``posterior``: the draws of b (S, N, q) they were made from (aligned
+    with ``data``'s subjects).  ``means``: (S, N, T, K)
+    :math:`g_k^{-1}(\\eta^{(s)})`.  ``draws``: (S, N, T, K) draws of y,
+    inside each family's support.  ``log_likelihood``: (S, N, T, K)
+    :math:`\\log p(y_{ijk} \\mid b_i^{(s)})` at the observed cells of
+    ``data``, NaN elsewhere (in-sample: the pointwise log-likelihood; at
+    held-out cells: the log predictive density per draw).
+    """
+
+    data: LongitudinalData
+    posterior: PosteriorDraws
+    means: torch.Tensor
+    draws: torch.Tensor
+    log_likelihood: torch.Tensor
+
+
+@dataclass
+class Prediction:
+    """What :func:`predict` returns.
+
+    ``table``: tidy DataFrame, one row per (subject, time, outcome), sorted
+    by subject, time and outcome order, with columns
+
+    * ``id_col``, ``time_col`` (the user's ids and times), ``outcome``;
+    * ``history``: the row is one of the history's rows (``include_history``);
+    * ``horizon``: time minus the subject's last history time;
+    * ``observed``: the observed value if the history or the ``times`` frame
+      has one, else NaN;
+    * ``mean``: the predicted value :math:`E[y \\mid \\mathcal H_i]` (a
+      probability for binary outcomes);
+    * ``lower_<L>``, ``upper_<L>``: central prediction interval of a new
+      observation at level ``L`` percent (observation noise included);
+    * ``mean_lower_<L>``, ``mean_upper_<L>``: credible interval of the
+      subject's mean curve :math:`g^{-1}(\\eta)` (for binary outcomes, of
+      the probability);
+    * ``log_density``: the log predictive density (mass, for discrete
+      outcomes) of the observed value, :math:`\\log \\frac1S \\sum_s
+      p(y \\mid b^{(s)})`, NaN where ``observed`` is; summed over held-out
+      values it is the held-out log-likelihood (a proper score).
+
+    ``draws``: (S, len(table)) posterior predictive draws of y, column ``r``
+    for table row ``r``.  ``predictive``: everything behind it
+    (:class:`PosteriorPredictive`; its ``data`` are the prediction cells,
+    subjects sorted by id); None when computed by several processes (its
+    tensors stay where they were computed).
+    """
+
+    table: pd.DataFrame
+    draws: np.ndarray
+    predictive: PosteriorPredictive | None
