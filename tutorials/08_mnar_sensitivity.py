@@ -25,8 +25,8 @@ import os
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pyro
-import statsmodels.formula.api as smf
 import torch
 
 from pyro_dgmm import DeepMixedModel
@@ -61,15 +61,21 @@ model.fit(df, seed=0, progress=False, **FIT)
 # %% [markdown]
 # ## The MAR analysis and the delta-adjusted one
 #
-# The analysis of each completed data set is a least-squares regression of
-# the last visit's outcome on the arm; `analyze` runs it on every imputed
-# data set and pools by Rubin's rules (Barnard-Rubin degrees of freedom,
-# taken from the regression's residual df).
+# The analysis of each completed data set is the difference of the arms'
+# means at the last visit with its variance (a two-sample comparison);
+# `analyze` runs it on every imputed data set and pools by Rubin's rules.
+# It returns `(estimate, variance)` as pandas Series, whose index names
+# the parameter; a fitted statsmodels model (`smf.ols(...).fit()`) works
+# as well, and then its residual df feeds the Barnard-Rubin degrees of
+# freedom.
 
 # %%
 def last_visit(frame):
     last = frame[frame["time"] == frame["time"].max()]
-    return smf.ols("y ~ arm", last).fit()
+    treated, control = last.loc[last["arm"] == 1, "y"], last.loc[last["arm"] == 0, "y"]
+    difference = treated.mean() - control.mean()
+    variance = treated.var() / len(treated) + control.var() / len(control)
+    return pd.Series({"arm": difference}), pd.Series({"arm": variance})
 
 
 complete = sim.truth[sim.truth["time"] == sim.truth["time"].max()]["y_complete"].mean()
