@@ -48,6 +48,7 @@ from .posterior import fitted_means, marginal_means, subjects_per_chunk
 from . import wald
 from .inference_methods import LikelihoodMethods
 from .persistence import SaveLoadMethods
+from .sensitivity import delta_shift
 
 log = logging.getLogger(__name__)
 
@@ -490,16 +491,25 @@ class DeepMixedModel(LikelihoodMethods, SaveLoadMethods):
         return columns
 
     def impute(self, df: pd.DataFrame | None = None, num_imputations: int = 5, *, mcmc_steps: int = 10,
-               warmup_steps: int = 50, kernel: str = "mh", seed: int | None = None) -> list[pd.DataFrame]:
+               warmup_steps: int = 50, kernel: str = "mh", seed: int | None = None,
+               delta=None) -> list[pd.DataFrame]:
         """``num_imputations`` completed copies of ``df`` (default: the training
         data) drawn from the fitted model, for analyses in other tools.
 
         Each is a long DataFrame (one row per visit, the user's ids and times)
-        with every outcome completed, ``<outcome>_imputed`` flags and an
-        ``imputation`` number; see :func:`~pyro_dgmm.impute.multiple_imputations`.
+        with every outcome completed, ``<outcome>_imputed`` flags, an
+        ``imputation`` number and the subject's covariates; see :func:`~pyro_dgmm.impute.multiple_imputations`.
         Draws are seeded per block of subjects by ``seed`` (default: the
         fit's), as in :meth:`fitted_values`; under ``torch.distributed``
         the blocks are imputed on their processes and gathered.
+
+        ``delta`` (default None: MAR) draws the values after each subject's
+        dropout with the linear predictor moved by delta, for sensitivity
+        to data missing not at random: a number, a dict outcome -> number,
+        or a function of the post-dropout cells (see
+        :func:`pyro_dgmm.sensitivity.delta_shift`); the frames then carry
+        ``<outcome>_delta``, the shift applied to each cell.  Pool analyses
+        of the frames with :func:`pyro_dgmm.sensitivity.analyze`.
         """
         self._check_fitted()
         num_imputations, mcmc_steps = check_int("num_imputations", num_imputations), check_int("mcmc_steps", mcmc_steps)
@@ -510,13 +520,23 @@ class DeepMixedModel(LikelihoodMethods, SaveLoadMethods):
             raise NotFittedError("this model was loaded from disk without its data: pass df")
         data = self.data_ if df is None else self.transform(df)
 
+        baseline = self._baseline_frame(df) if callable(delta) else None
+
         def compute(part: LongitudinalData) -> pd.DataFrame:
-            return pd.concat(multiple_imputations(self.model_, self.guide_, self._encoder_view(part),
-                                                  num_imputations, mcmc_steps=mcmc_steps,
-                                                  warmup_steps=warmup_steps, kernel=kernel))
+            shift = None if delta is None else delta_shift(part, delta, baseline)
+            frames = pd.concat(multiple_imputations(self.model_, self.guide_, self._encoder_view(part),
+                                                    num_imputations, mcmc_steps=mcmc_steps,
+                                                    warmup_steps=warmup_steps, kernel=kernel, shift=shift))
+            if shift is not None:  # each imputed frame lists the visits in to_long's order
+                per_visit = part.to_long({f"{name}_delta": shift[..., k] for k, name in enumerate(part.outcomes)})
+                for name in part.outcomes:
+                    frames[f"{name}_delta"] = np.tile(per_visit[f"{name}_delta"].to_numpy(), num_imputations)
+            return frames
 
         stacked = map_subjects(compute, data, sort_by=["imputation", data.id_col, data.time_col], seed=seed,
                                distributed_input=self.distributed_input and df is None)
+        if self.covariates:  # the subjects' covariates, for analyses of the completed data
+            stacked = stacked.merge(self._baseline_frame(df), on=self.id_col, how="left", validate="many_to_one")
         return [frame.reset_index(drop=True) for _, frame in stacked.groupby("imputation", sort=True)]
 
     def population_mean(self, times, df: pd.DataFrame | None = None, *, num_samples: int = 500) -> pd.DataFrame:

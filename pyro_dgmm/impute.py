@@ -69,16 +69,18 @@ KERNELS = ("mh", "nuts")
 
 
 @torch.no_grad()
-def draw_missing(model, data: LongitudinalData, b: torch.Tensor) -> torch.Tensor:
+def draw_missing(model, data: LongitudinalData, b: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
     """One completed outcome array per draw of b: observed cells keep their
     values, unobserved cells get draws from y | b via ``Predictive``.
 
     :param b: (S, N, q).
+    :param shift: (N, T, K) added to the linear predictor before drawing
+        (delta adjustment, :mod:`pyro_dgmm.sensitivity`); None: none.
     :returns: (S, N, T, K), every value inside its family's support.
     """
     predictive = Predictive(model, posterior_samples={"b": b.unsqueeze(-2)},
                             return_sites=[f"y_{name}" for name in model.outcomes])
-    sites = predictive(data, observe=False)
+    sites = predictive(data, observe=False, eta_shift=shift)
     draws = torch.stack([
         family.constrain(sites[f"y_{name}"]) for name, family in model.families.items()
     ], dim=-1)
@@ -286,11 +288,14 @@ def impute_completed(model, guide, schema: DataSchema, data: LongitudinalData, *
 
 
 def multiple_imputations(model, guide, data: LongitudinalData, num_imputations: int = 5, *,
-                         mcmc_steps: int = 10, warmup_steps: int = 50, kernel: str = "mh") -> list[pd.DataFrame]:
+                         mcmc_steps: int = 10, warmup_steps: int = 50, kernel: str = "mh",
+                         shift: torch.Tensor | None = None) -> list[pd.DataFrame]:
     """``num_imputations`` completed data sets drawn from the fitted model.
 
     One MCMC chain of b per subject (thinned by ``mcmc_steps``) gives one
-    draw of b per data set; missing cells are then drawn from y | b.
+    draw of b per data set; missing cells are then drawn from y | b, with
+    the linear predictor moved by ``shift`` (N, T, K) where given (the delta
+    adjustment of :func:`pyro_dgmm.sensitivity.delta_shift`).
 
     :returns: long DataFrames (one row per visit, the user's ids and
         times), each outcome completed, plus ``<outcome>_imputed`` flags
@@ -298,7 +303,7 @@ def multiple_imputations(model, guide, data: LongitudinalData, num_imputations: 
     """
     draws = sample_posterior(model, guide, data, check_choice("kernel", kernel, KERNELS),
                              num_imputations * mcmc_steps, warmup_steps=warmup_steps).b
-    completed = data.response_values(draw_missing(model, data, draws[mcmc_steps - 1::mcmc_steps]))  # float64
+    completed = data.response_values(draw_missing(model, data, draws[mcmc_steps - 1::mcmc_steps], shift))  # float64
     visits = data.visit_mask.cpu().numpy()
     frames = []
     for m in range(num_imputations):

@@ -291,7 +291,7 @@ class MixedModel(OwnParameters):
         }
 
     def forward(self, data: LongitudinalData, *, num_subjects: int | None = None,
-                kl_scale: float = 1.0, observe: bool = True) -> torch.Tensor:
+                kl_scale: float = 1.0, observe: bool = True, eta_shift: torch.Tensor | None = None) -> torch.Tensor:
         """Run the model on ``data`` (a minibatch of ``num_subjects``).
 
         :param num_subjects: the size of the full data set the batch was
@@ -300,6 +300,9 @@ class MixedModel(OwnParameters):
         :param kl_scale: KL-annealing weight beta in (0, 1] on the ``b`` site.
         :param observe: condition on ``data.y`` (masked by ``data.mask``);
             False draws every cell, for prediction and imputation.
+        :param eta_shift: added to the linear predictor of every cell before
+            the outcomes are drawn, shape broadcastable to (N, T, K); the
+            delta adjustment of :mod:`pyro_dgmm.sensitivity` (None: no shift).
         :returns: eta, shape (..., N, T, K).
         """
         n, t = data.num_subjects, data.num_visits
@@ -309,6 +312,8 @@ class MixedModel(OwnParameters):
             with poutine.scale(scale=kl_scale):
                 b = pyro.sample("b", prior)
             eta = self.eta(b.squeeze(-2), data)
+            if eta_shift is not None:
+                eta = eta + eta_shift
             with pyro.plate("time", t, dim=-1):
                 for k, (name, fn) in enumerate(self.observation_distributions(b.squeeze(-2), data, eta).items()):
                     if observe:

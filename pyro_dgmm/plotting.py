@@ -159,3 +159,28 @@ def plot_loss(result: FitResult):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def plot_tipping_point(result, ax=None):
+    """Pooled estimate and interval against delta, from
+    :func:`pyro_dgmm.sensitivity.tipping_point`, with the zero line and the
+    tipping delta (dashed) where the conclusion changes.
+
+    :returns: the matplotlib Figure.
+    """
+    table = result.table
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    else:
+        fig = ax.figure
+    ax.fill_between(table["delta"], table["lower"], table["upper"], color="C0", alpha=0.25,
+                    label=f"{result.level:.0%} interval (Rubin's rules)")
+    ax.plot(table["delta"], table["estimate"], "o-", color="C0", label="pooled estimate")
+    ax.axhline(0.0, color="black", lw=0.8)
+    if result.tipping_delta is not None:
+        ax.axvline(result.tipping_delta, color="C3", ls="--", label=f"tipping point, delta = {result.tipping_delta:.2f}")
+    ax.set_xlabel("delta (shift after dropout, link scale)")
+    ax.set_ylabel(f"estimate of {result.term}")
+    ax.legend(frameon=False, fontsize="small")
+    fig.tight_layout()
+    return fig

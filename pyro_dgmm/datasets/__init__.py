@@ -31,12 +31,14 @@ from pyro_dgmm.datasets.simulate import (
     simulate_linear_noise,
     simulate_nonlinear,
 )
+from pyro_dgmm.datasets.trial import simulate_trial
 
 SIMULATORS = {
     "linear": simulate_linear,
     "nonlinear": simulate_nonlinear,
     "dropout": simulate_dropout,
     "app": simulate_app,
+    "trial": simulate_trial,
 }
 
 __all__ = [
@@ -53,4 +55,5 @@ __all__ = [
     "simulate_linear",
     "simulate_linear_noise",
     "simulate_nonlinear",
+    "simulate_trial",
 ]
