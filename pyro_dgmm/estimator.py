@@ -142,7 +142,7 @@ class DeepMixedModel(LikelihoodMethods, SaveLoadMethods):
     :param covariates: baseline covariate columns (numeric or categorical),
         or a formula of them such as ``"age * sex + C(trt)"`` (interactions,
         contrasts and transforms, expanded by formulaic and replayed on new
-        data: :class:`~pyro_dgmm.data.FormulaEncoder`; docs/data.md).
+        data: :class:`~pyro_dgmm.covariates.FormulaEncoder`; docs/data.md).
     :param time_basis: time functions T_ij: ``'poly(1)'`` (default,
         :data:`~pyro_dgmm.bases.DEFAULT_TIME_BASIS`), ``'spline(4)'``,
         ``'poly(2)'``, ``'spline(4)+fourier(7)'``...
