@@ -22,7 +22,7 @@ would lose most of their information in the cast.  So every value is
 centred in float64 first: times are measured from the earliest training
 time (``time_origin``), Gaussian outcomes have their training mean
 (``outcome_shift``) subtracted, and every output on the outcome scale adds
-the shift back in float64 (:meth:`LongitudinalData.response_values`).
+the shift back in float64 (:meth:`~pyro_dgmm.longitudinal.LongitudinalData.response_values`).
 Values beyond the float32 range (about 3.4e38) are refused with a
 :class:`~pyro_dgmm.errors.DataError` naming the column and rows.
 
@@ -55,7 +55,7 @@ class DataSchema:
     """Everything learned from the training frame and replayed on new data.
 
     Build it with :meth:`fit`; turn any frame with the same columns into
-    :class:`LongitudinalData` with :meth:`transform`.
+    :class:`~pyro_dgmm.longitudinal.LongitudinalData` with :meth:`transform`.
 
     >>> import pandas as pd
     >>> df = pd.DataFrame({"id": [1, 1, 2], "time": [0.0, 2.0, 1.0], "y": [1.0, 3.0, 2.0]})
@@ -185,10 +185,10 @@ class DataSchema:
     ) -> "DataSchema":
         """Learn the schema from a training frame (validating it on the way).
 
-        ``covariates`` is a list of baseline columns (:class:`CovariateEncoder`)
-        or a formula such as ``"age * sex + C(trt)"`` (:class:`FormulaEncoder`).
+        ``covariates`` is a list of baseline columns (:class:`~pyro_dgmm.covariates.CovariateEncoder`)
+        or a formula such as ``"age * sex + C(trt)"`` (:class:`~pyro_dgmm.covariates.FormulaEncoder`).
 
-        ``time_unit`` (a key of :data:`TIME_UNITS`) is the unit of model time
+        ``time_unit`` (a key of :data:`~pyro_dgmm.times.TIME_UNITS`) is the unit of model time
         for a datetime or timedelta time column, measured from the earliest
         training visit; numeric times keep their units and are measured from
         their minimum.  Outcomes of ``shift_invariant`` families (Gaussian)

@@ -109,7 +109,7 @@ def _check_names(option: str, names) -> list[str]:
 
 def _check_outcomes(outcomes) -> dict:
     """``outcomes`` as a dict column -> family (a name such as ``'gaussian'``,
-    a spec dict or a :class:`~pyro_dgmm.families.Family`), each family
+    a spec dict or a :class:`~pyro_dgmm.family.Family`), each family
     checked by :func:`~pyro_dgmm.families.get_family`."""
     if not isinstance(outcomes, Mapping) or not outcomes:
         raise ConfigError("outcomes must be a non-empty dict of outcome column -> family, "
@@ -130,7 +130,7 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
     :param time_col: time column.
     :param outcomes: outcome column -> family (``'gaussian'``,
         ``'student_t'``, ``'bernoulli'``, ``'poisson'``, ``'bounded(1,7)'`` or a
-        :class:`~pyro_dgmm.families.Family`).  Outcomes share one latent b_i.
+        :class:`~pyro_dgmm.family.Family`).  Outcomes share one latent b_i.
     :param covariates: baseline covariate columns (numeric or categorical),
         or a formula of them such as ``"age * sex + C(trt)"`` (interactions,
         contrasts and transforms, expanded by formulaic and replayed on new
@@ -216,9 +216,9 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
             **config_overrides) -> "DeepMixedModel":
         """Fit to ``df`` (one row per visit).
 
-        Fit settings come from ``config`` (a :class:`~pyro_dgmm.fit.FitConfig`)
+        Fit settings come from ``config`` (a :class:`~pyro_dgmm.fit_config.FitConfig`)
         or ``preset`` (``'accurate'``, the default: fit until converged;
-        ``'fast'``: a quick look, see :data:`~pyro_dgmm.fit.PRESETS`), and
+        ``'fast'``: a quick look, see :data:`~pyro_dgmm.fit_config.PRESETS`), and
         keyword overrides such as ``max_epochs=200, progress=False``.  A fit
         that stops before it converged warns
         (:class:`~pyro_dgmm.errors.ConvergenceWarning`), and so does one
