@@ -54,6 +54,8 @@ def as_numeric(df: pd.DataFrame, column: str, what: str) -> np.ndarray:
 
 
 def require_finite(values: np.ndarray, df: pd.DataFrame, column: str, what: str) -> None:
+    """DataError naming the rows of ``df`` whose ``values`` (its ``column``,
+    a ``what`` such as 'time' or 'covariate') are missing or infinite."""
     bad = ~np.isfinite(values)
     if bad.any():
         raise DataError(
