@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--covariate", action="append", default=[], help="baseline covariate column; repeat")
     fit.add_argument("--covariate-formula", metavar="FORMULA",
                      help="the covariates as a formula instead of --covariate (CSV input), e.g. "
-                          "'age * sex + C(trt)': interactions, contrasts and transforms (pyro_dgmm.covariates.FormulaEncoder)")
+                          "'age * sex + C(trt)': interactions, contrasts and transforms "
+                          "(pyro_dgmm.covariates.FormulaEncoder)")
     fit.add_argument("--time-unit", choices=sorted(TIME_UNITS), default="days",
                      help="unit of model time when --time holds dates or durations (default days): dates "
                           "count from the earliest visit")
