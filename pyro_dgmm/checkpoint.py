@@ -62,7 +62,7 @@ def _tensor_digest(digest, tensor: torch.Tensor) -> None:
 
 def data_digest(data) -> str | None:
     """SHA-256 over every tensor field and the outcome names of a
-    :class:`~pyro_dgmm.data.LongitudinalData` (None for None)."""
+    :class:`~pyro_dgmm.longitudinal.LongitudinalData` (None for None)."""
     if data is None:
         return None
     digest = hashlib.sha256(repr(list(data.outcomes)).encode())

@@ -99,12 +99,13 @@ from pathlib import Path
 import pandas as pd
 
 from .bases import DEFAULT_TIME_BASIS
-from .data import TIME_UNITS, parse_covariate_formula
+from .covariates import parse_covariate_formula
 from .errors import ConfigError, DataError, DgmmError
 from .files import atomic_folder, atomic_path, check_folder_target, write_text_atomic
 from .fit import PRESETS
 from .model import DISPERSION_MODELS
 from .options import suggestion
+from .times import TIME_UNITS
 
 log = logging.getLogger("pyro_dgmm")
 
@@ -190,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--covariate", action="append", default=[], help="baseline covariate column; repeat")
     fit.add_argument("--covariate-formula", metavar="FORMULA",
                      help="the covariates as a formula instead of --covariate (CSV input), e.g. "
-                          "'age * sex + C(trt)': interactions, contrasts and transforms (pyro_dgmm.data.FormulaEncoder)")
+                          "'age * sex + C(trt)': interactions, contrasts and transforms "
+                          "(pyro_dgmm.covariates.FormulaEncoder)")
     fit.add_argument("--time-unit", choices=sorted(TIME_UNITS), default="days",
                      help="unit of model time when --time holds dates or durations (default days): dates "
                           "count from the earliest visit")

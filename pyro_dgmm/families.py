@@ -9,7 +9,7 @@ predictor ``eta_ijk`` (any real number) and draws
 
 where ``g_j`` is the link function of the family ``F_j`` and ``theta_j`` an
 optional positive dispersion parameter (a Gaussian residual SD, a Beta
-precision). A :class:`Family` bundles everything the model needs to know
+precision). A :class:`~pyro_dgmm.family.Family` bundles everything the model needs to know
 about one outcome: the link, the likelihood, the support check of the raw
 data, the transform of the data fed to the encoder and data-driven starting
 values.
@@ -29,8 +29,6 @@ equal object.  A family of your own becomes known by name, to
 
 from __future__ import annotations
 
-import abc
-import json
 import math
 import re
 
@@ -40,7 +38,9 @@ import torch
 from torch.distributions import biject_to, constraints, transform_to
 from torch.distributions.transforms import AffineTransform, ComposeTransform, SoftplusTransform
 
-from pyro_dgmm.errors import ConfigError, DataError
+from pyro_dgmm.errors import ConfigError
+# Family is re-exported: ``from pyro_dgmm.families import Family`` is the documented import.
+from pyro_dgmm.family import MEAN_CLIP, Family, observed_values, sd_or_one
 
 __all__ = [
     "Family",
@@ -52,166 +52,6 @@ __all__ = [
     "get_family",
     "family_from_spec",
 ]
-
-#: Observed means are clipped to ``[_MEAN_CLIP, 1 - _MEAN_CLIP]`` (probability
-#: scale) or to ``>= _MEAN_CLIP`` (counts) before the link is applied in
-#: :meth:`Family.initial_offset`, so that an outcome that is all 0 (or all 1)
-#: gives a finite starting predictor.
-_MEAN_CLIP = 0.01
-
-
-def _observed(values: np.ndarray) -> np.ndarray:
-    """The non-NaN entries of ``values`` as a 1-d float array; at least one."""
-    values = np.asarray(values, dtype=float).ravel()
-    observed = values[~np.isnan(values)]
-    if observed.size == 0:
-        raise DataError("cannot compute starting values: every value is missing (NaN)")
-    return observed
-
-
-def _sd_or_one(values: np.ndarray) -> float:
-    """SD (``ddof=0``) of the observed values, or 1.0 when it is 0 or undefined."""
-    sd = float(np.std(_observed(values)))
-    return sd if sd > 0 and math.isfinite(sd) else 1.0
-
-
-class Family(abc.ABC):
-    """An outcome family: link ``g``, likelihood ``F`` and data support.
-
-    Subclasses set the class attributes ``name``, ``has_dispersion`` and
-    ``dispersion_name`` and implement the abstract methods. All tensor
-    methods work elementwise on tensors of any shape.
-    """
-
-    #: Short name used in specs and messages, e.g. ``'gaussian'``.
-    name: str
-    #: Whether the model learns one positive dispersion parameter for this outcome.
-    has_dispersion: bool = False
-    #: Name of that parameter (``'sigma'``, ``'precision'``) or ``None``.
-    dispersion_name: str | None = None
-    #: Whether ``y - c`` follows the family with its location moved by ``-c``
-    #: on the whole real line, so the schema may subtract the training mean in
-    #: float64 before the float32 cast (:mod:`pyro_dgmm.data`); True for
-    #: :class:`Gaussian`, False where a shift would leave the support.
-    shift_invariant: bool = False
-    #: Names of further per-outcome parameters the model learns for this
-    #: family (such as the Student-t degrees of freedom ``('df',)``); they
-    #: reach :meth:`distribution` as keyword arguments.  Empty for most families.
-    shape_names: tuple[str, ...] = ()
-
-    # ----------------------------------------------------------------- link
-    @abc.abstractmethod
-    def inverse_link(self, eta: torch.Tensor) -> torch.Tensor:
-        """Response-scale mean ``E[y | eta] = g^{-1}(eta)``; same shape as ``eta``."""
-
-    @abc.abstractmethod
-    def link(self, mean: torch.Tensor) -> torch.Tensor:
-        """The link ``g(mean)``, inverse of :meth:`inverse_link`; same shape as ``mean``."""
-
-    # ----------------------------------------------------------- likelihood
-    @abc.abstractmethod
-    def distribution(
-        self, eta: torch.Tensor, dispersion: torch.Tensor | None
-    ) -> dist.TorchDistribution:
-        """The distribution of ``y`` given ``eta`` on the original data scale.
-
-        Args:
-            eta: linear predictor, shape ``S`` (any).
-            dispersion: the dispersion parameter, a scalar tensor or one that
-                broadcasts to ``S``; must be ``None`` exactly when
-                ``has_dispersion`` is False.
-
-        Returns:
-            A Pyro distribution with ``batch_shape == S`` and ``event_shape == ()``.
-        """
-
-    def constrain(self, draws: torch.Tensor) -> torch.Tensor:
-        """Map draws of :meth:`distribution` into the support (identity here)."""
-        return draws
-
-    def initial_shape(self) -> dict[str, float]:
-        """Starting values of the parameters :attr:`shape_names` (none here)."""
-        return {}
-
-    def shape_constraint(self, name: str) -> constraints.Constraint:
-        """Support of the shape parameter ``name``, with the bijection the
-        model optimises it through (``biject_to(constraint)``)."""
-        raise KeyError(f"the {self.name} family has no shape parameter '{name}'")
-
-    # ---------------------------------------------------------------- data
-    #: Human-readable description of the support, for error messages.
-    support_description: str
-
-    def invalid(self, values: np.ndarray) -> np.ndarray:
-        """Boolean mask, True where a non-NaN value lies outside the support.
-
-        NaN marks a missing value and is never invalid; ``±inf`` always is.
-
-        Args:
-            values: array of any shape.
-
-        Returns:
-            Boolean array of the same shape.
-        """
-        values = np.asarray(values, dtype=float)
-        return ~np.isnan(values) & ~(np.isfinite(values) & self._in_support(values))
-
-    @abc.abstractmethod
-    def _in_support(self, values: np.ndarray) -> np.ndarray:
-        """Boolean mask of finite ``values`` in the support (NaN/inf: anything)."""
-
-    @abc.abstractmethod
-    def encode(self, values: torch.Tensor) -> torch.Tensor:
-        """Transform of valid data values used as encoder input; finite for valid values."""
-
-    # ------------------------------------------------------ starting values
-    def initial_offset(self, values: np.ndarray) -> float:
-        """Starting linear predictor: ``g(mean of the observed values)`` (safeguarded)."""
-        mean = float(np.mean(_observed(values)))
-        return float(self.link(torch.tensor(self._safe_mean(mean), dtype=torch.float64)))
-
-    def _safe_mean(self, mean: float) -> float:
-        """Clip an observed mean into the region where :meth:`link` is finite."""
-        return mean
-
-    def initial_scale(self, values: np.ndarray) -> float:
-        """Factor multiplying the network's output for this outcome (1.0 here)."""
-        _observed(values)
-        return 1.0
-
-    def initial_dispersion(self, values: np.ndarray) -> float | None:
-        """Starting value of the dispersion parameter, ``None`` without one."""
-        _observed(values)
-        return None
-
-    # -------------------------------------------------------- serialisation
-    def to_spec(self) -> dict:
-        """JSON-serialisable dict from which :func:`get_family` rebuilds this family."""
-        return {"name": self.name}
-
-    def _dispersion_for(self, eta: torch.Tensor, dispersion) -> torch.Tensor | None:
-        """Check ``dispersion`` against ``has_dispersion``; expand it to ``eta.shape``."""
-        if not self.has_dispersion:
-            if dispersion is not None:
-                raise ValueError(f"the {self.name} family has no dispersion parameter; pass None")
-            return None
-        if dispersion is None:
-            raise ValueError(
-                f"the {self.name} family needs its dispersion ({self.dispersion_name}); got None"
-            )
-        return torch.as_tensor(dispersion, dtype=eta.dtype, device=eta.device).expand(eta.shape)
-
-    def __eq__(self, other) -> bool:
-        if not isinstance(other, Family):
-            return NotImplemented
-        return self.to_spec() == other.to_spec()
-
-    def __hash__(self) -> int:
-        return hash(json.dumps(self.to_spec(), sort_keys=True))
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.to_spec().items() if k != "name")
-        return f"{type(self).__name__}({params})"
 
 
 class RealLine(Family):
@@ -243,11 +83,11 @@ class RealLine(Family):
 
     def initial_scale(self, values):
         """SD of the observed values (``ddof=0``), 1.0 if that SD is 0."""
-        return _sd_or_one(values)
+        return sd_or_one(values)
 
     def initial_dispersion(self, values):
         """Half the SD of the observed values (0.5 if that SD is 0)."""
-        return 0.5 * _sd_or_one(values)
+        return 0.5 * sd_or_one(values)
 
 
 class Gaussian(RealLine):
@@ -294,7 +134,7 @@ class Bernoulli(Family):
         return values
 
     def _safe_mean(self, mean):
-        return min(max(mean, _MEAN_CLIP), 1 - _MEAN_CLIP)
+        return min(max(mean, MEAN_CLIP), 1 - MEAN_CLIP)
 
 
 class Poisson(Family):
@@ -331,7 +171,7 @@ class Poisson(Family):
         return torch.log1p(values)
 
     def _safe_mean(self, mean):
-        return max(mean, _MEAN_CLIP)
+        return max(mean, MEAN_CLIP)
 
 
 class BoundedContinuous(Family):
@@ -429,7 +269,7 @@ class BoundedContinuous(Family):
 
     def _safe_mean(self, mean):
         """Clip so that the squeezed unit mean lies in ``[0.01, 0.99]``."""
-        unit = min(max(self._to_unit(mean), _MEAN_CLIP), 1 - _MEAN_CLIP)
+        unit = min(max(self._to_unit(mean), MEAN_CLIP), 1 - MEAN_CLIP)
         return float(self._unit_to_data()(torch.tensor(unit, dtype=torch.float64)))
 
     def initial_dispersion(self, values):
@@ -438,7 +278,7 @@ class BoundedContinuous(Family):
         With ``m`` and ``v`` the mean and variance of ``u'``,
         ``phi = m(1 - m)/v - 1``, clipped to ``[1, 100]`` (100 if ``v = 0``).
         """
-        unit = self._to_unit(_observed(values))
+        unit = self._to_unit(observed_values(values))
         m, v = float(np.mean(unit)), float(np.var(unit))
         lo, hi = self.precision_range
         phi = m * (1 - m) / v - 1 if v > 0 else hi
@@ -553,7 +393,7 @@ def register_family(name: str, factory) -> None:
 
     After registration, ``outcomes={"y": name}`` (any case) builds
     ``factory()``, and a spec dict ``{"name": name, **params}`` (what the
-    family's :meth:`Family.to_spec` returns, as saved with a model) builds
+    family's :meth:`~pyro_dgmm.family.Family.to_spec` returns, as saved with a model) builds
     ``factory(**params)``.  A family's ``to_spec()`` must therefore name it
     by ``name`` and hold its constructor's keyword arguments.  Register
     the family in every process that loads a model using it, before
@@ -561,8 +401,8 @@ def register_family(name: str, factory) -> None:
 
     :param name: lower-case identifier; the built-in names cannot be
         replaced, a registered one can (re-registering updates it).
-    :param factory: a :class:`Family` subclass, or any callable that
-        returns a :class:`Family` instance.
+    :param factory: a :class:`~pyro_dgmm.family.Family` subclass, or any callable that
+        returns a :class:`~pyro_dgmm.family.Family` instance.
     :raises ConfigError: for a bad name or a factory that is not callable.
 
     >>> class Laplace(Gaussian):
@@ -600,7 +440,7 @@ def _from_string(spec: str) -> Family:
 
 
 def _built(name: str, params: dict) -> Family:
-    """``_ALIASES[name](**params)``, checked to be a :class:`Family`."""
+    """``_ALIASES[name](**params)``, checked to be a :class:`~pyro_dgmm.family.Family`."""
     try:
         family = _ALIASES[name](**params)
     except TypeError as err:
@@ -625,14 +465,14 @@ def _from_dict(spec: dict) -> Family:
 
 
 def get_family(spec) -> Family:
-    """Build a :class:`Family` from a name, a spec dict or an instance.
+    """Build a :class:`~pyro_dgmm.family.Family` from a name, a spec dict or an instance.
 
     Args:
-        spec: a :class:`Family` (returned as is); a string ``'gaussian'`` /
+        spec: a :class:`~pyro_dgmm.family.Family` (returned as is); a string ``'gaussian'`` /
             ``'normal'``, ``'bernoulli'`` / ``'binary'``, ``'poisson'``,
             ``'student_t'`` / ``'t'`` (``'student_t(4)'``: fixed df) or
             ``'bounded(low, high)'`` (case-insensitive, spaces allowed); or a
-            dict produced by :meth:`Family.to_spec`.
+            dict produced by :meth:`~pyro_dgmm.family.Family.to_spec`.
 
     Raises:
         ConfigError: ``spec`` names no known family (the message lists them).
@@ -646,5 +486,5 @@ def get_family(spec) -> Family:
     raise ConfigError(f"unknown family {spec!r}; valid families are {_valid()}")
 
 
-#: Rebuild a family from :meth:`Family.to_spec` (same as :func:`get_family`).
+#: Rebuild a family from :meth:`~pyro_dgmm.family.Family.to_spec` (same as :func:`get_family`).
 family_from_spec = get_family

@@ -32,7 +32,8 @@ held-out subjects, or the training loss when nobody is held out) is met,
 and ``max_epochs`` is a cap, not the length of the fit:
 
 1. *Plateau.* After KL annealing, every evaluation regresses the last
-   ``patience`` monitored losses on their epochs (:func:`trend_test`).  The
+   ``patience`` monitored losses on their epochs
+   (:func:`~pyro_dgmm.convergence.trend_test`).  The
    trend is flat when the improvement it predicts over as many epochs
    again is below two of its standard errors or below ``tolerance`` nats
    per observed value.  The first flat trend is the noise floor of the
@@ -44,6 +45,8 @@ and ``max_epochs`` is a cap, not the length of the fit:
    :attr:`~pyro_dgmm.results.FitResult.converged` and warned about
    (:class:`~pyro_dgmm.errors.ConvergenceWarning`).
 
+The settings are a :class:`~pyro_dgmm.fit_config.FitConfig` (re-exported
+here); the stopping rule's pieces are in :mod:`pyro_dgmm.convergence`.
 The parameters with the best held-out loss are restored at the end.
 A long fit can write checkpoints and be resumed from one to the same
 result, and Ctrl-C stops it cleanly after the current step (see
@@ -67,211 +70,26 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import math
-import os
 import time
 import warnings
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import pyro
 import torch
-from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
 from .checkpoint import fingerprint, read_checkpoint, rng_state, set_rng_state, write_checkpoint
+from .convergence import CosineDecay, trend_test
 from .data import LongitudinalData
-from .elbo import ImportanceWeightedELBO, MeanFieldELBO
 from .errors import ConfigError, ConvergenceWarning, FitError, LatentDimensionWarning
+# FitConfig, PRESETS and ELBOS are re-exported: ``from pyro_dgmm.fit import FitConfig`` is the documented import.
+from .fit_config import ELBOS, PRESETS, FitConfig  # noqa: F401
 from .interrupt import deferred_interrupt
 from .optim import PackedAdam
-from .options import check_bool, check_choice, check_float, check_int, check_keywords
 from .parallel import Shards, all_reduce_sum, is_main_process, reseed, stream_seed, world
 from .posterior import subjects_per_chunk
 from .results import FitResult
-
-ELBOS = {"meanfield": MeanFieldELBO, "trace": Trace_ELBO, "iwae": ImportanceWeightedELBO}
-
-
-@dataclass
-class FitConfig:
-    """Settings of :func:`fit_svi` (all keyword, all with defaults).
-
-    :param elbo: ``'meanfield'`` (closed-form KL), ``'trace'`` (Monte Carlo
-        KL), ``'iwae'`` (importance-weighted bound over ``num_particles``) or
-        ``'auto'`` (default): ``'iwae'`` when subjects have few visits,
-        ``'meanfield'`` otherwise (:func:`resolve_objective`).
-    :param num_particles: M, Monte Carlo draws of b per subject and step
-        (None: :data:`IWAE_PARTICLES` for ``'iwae'``, 1 otherwise).
-    :param max_epochs: passes over the training subjects, at most (a cap:
-        the fit normally ends at convergence, see the module docstring).
-    :param batch_size: subjects per step; None: :func:`default_batch_size`.
-    :param learning_rate: Adam's initial step size; decays along a cosine
-        to ``learning_rate * final_lr_factor`` at ``max_epochs``.
-    :param kl_start: KL annealing starts at beta = kl_start (must be > 0).
-    :param kl_warmup_epochs: beta rises from ``kl_start`` to 1 over these epochs.
-    :param linear_warmup_epochs: epochs during which the model's
-        :meth:`~pyro_dgmm.model.MixedModel.residual_parameters` (the dense
-        nonlinear paths of :class:`~pyro_dgmm.model.DGMM`) are held at their
-        zero start, so the fit first finds the linear mixed model and its
-        latent directions; flexible nets trained from the start tend to
-        settle on a single latent direction instead.
-    :param ridge: kappa, the ridge penalty on network weights.
-    :param clip_norm: gradient-norm clipping threshold.
-    :param eval_every: epochs between held-out evaluations.
-    :param patience: evaluations (after KL annealing) that the trend test
-        looks back over (:func:`trend_test`).  The first flat trend
-        shortens the cosine schedule: the learning rate decays to its floor
-        over ``anneal_fraction`` times the epochs run so far (at least
-        ``patience * eval_every`` epochs, see :class:`CosineDecay`); the
-        first flat trend at the floor ends the fit (converged).
-    :param tolerance: the smallest improvement of the monitored loss, in
-        nats per observed value, over ``patience`` evaluations that still
-        counts as progress.
-    :param refine: after SVI, move the linear fixed and random effects and
-        the dispersions to the maximum of the importance-sampled marginal
-        likelihood (:func:`~pyro_dgmm.wald.maximize_marginal_likelihood`;
-        done by :class:`~pyro_dgmm.estimator.DeepMixedModel`).
-    :param eval_particles: draws of b per held-out subject per evaluation.
-    :param seed: makes a run reproducible (data split, batches, draws, init).
-    :param num_shards: subjects are split into this many shards, each
-        drawing ``batch_size / num_shards`` subjects a step (default: the
-        number of ``torch.distributed`` processes, 1 without); a fit with
-        the same ``num_shards`` gives the same result in any number of
-        processes that divides it (see :mod:`pyro_dgmm.parallel`).
-    :param device: ``'cpu'``, ``'cuda'``, or None for cuda when available.
-    :param progress: show a tqdm progress bar.
-    :param checkpoint: a file to write the fit's full state to (see
-        :mod:`pyro_dgmm.checkpoint`) every ``checkpoint_every`` epochs, when
-        the fit stops and when it is interrupted; None: no checkpoints.
-    :param checkpoint_every: epochs between checkpoints.
-    :param resume: continue from a checkpoint: True reads ``checkpoint``, a
-        path reads that file (and, without ``checkpoint``, keeps writing
-        there).  The checkpoint must come from the same data and settings
-        (:class:`~pyro_dgmm.errors.ConfigError` otherwise); the resumed fit
-        ends with the parameters the fit would have had without the break.
-    """
-
-    elbo: str = "auto"
-    num_particles: int | None = None
-    max_epochs: int = 1000
-    batch_size: int | None = None
-    learning_rate: float = 0.01
-    final_lr_factor: float = 0.05
-    kl_start: float = 0.01
-    kl_warmup_epochs: int = 12
-    linear_warmup_epochs: int = 6
-    ridge: float = 1e-4
-    clip_norm: float = 10.0
-    eval_every: int = 2
-    patience: int = 40
-    anneal_fraction: float = 1.0
-    tolerance: float = 1e-4
-    refine: bool = False
-    eval_particles: int = 4
-    seed: int = 0
-    num_shards: int | None = None
-    device: str | None = "cpu"
-    progress: bool = True
-    checkpoint: str | None = None
-    checkpoint_every: int = 10
-    resume: bool | str = False
-
-    def __post_init__(self):
-        """Check every setting's type and range (:mod:`pyro_dgmm.options`) and
-        normalise numpy scalars to Python ones, so a bad setting fails here,
-        naming itself, rather than in the middle of a fit."""
-        self.elbo = check_choice("elbo", self.elbo, ["auto", *ELBOS])
-        self.num_particles = check_int("num_particles", self.num_particles, none=True)
-        for name in ("max_epochs", "eval_every", "eval_particles"):
-            setattr(self, name, check_int(name, getattr(self, name)))
-        for name in ("kl_warmup_epochs", "linear_warmup_epochs", "seed"):
-            setattr(self, name, check_int(name, getattr(self, name), minimum=0))
-        self.patience = check_int("patience (evaluations for the trend test)", self.patience, minimum=3)
-        self.batch_size = check_int("batch_size", self.batch_size, none=True)
-        self.num_shards = check_int("num_shards", self.num_shards, none=True)
-        self.learning_rate = check_float("learning_rate", self.learning_rate, low=0, low_open=True)
-        for name in ("final_lr_factor", "kl_start", "anneal_fraction"):
-            setattr(self, name, check_float(name, getattr(self, name), low=0, high=1, low_open=True))
-        self.ridge = check_float("ridge", self.ridge, low=0)
-        self.clip_norm = check_float("clip_norm", self.clip_norm, low=0, low_open=True)
-        self.tolerance = check_float("tolerance", self.tolerance, low=0)
-        self.refine = check_bool("refine", self.refine)
-        self.progress = check_bool("progress", self.progress)
-        if self.device is not None and not isinstance(self.device, (str, torch.device)):
-            raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:N', a torch.device or None, got {self.device!r}")
-        self._check_checkpoint_options()
-
-    def _check_checkpoint_options(self) -> None:
-        """Normalise ``checkpoint``/``resume`` to str (plain values in a saved
-        config) and refuse what cannot work before any epoch runs."""
-        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
-                or self.checkpoint_every < 1:
-            raise ConfigError(f"checkpoint_every must be a positive integer (epochs), got {self.checkpoint_every!r}")
-        if isinstance(self.resume, os.PathLike):
-            self.resume = os.fspath(self.resume)
-        if not isinstance(self.resume, (bool, str)):
-            raise ConfigError(f"resume must be True, False or a checkpoint path, got {self.resume!r}")
-        if isinstance(self.resume, str) and self.checkpoint is None:
-            self.checkpoint = self.resume
-        if self.checkpoint is None:
-            if self.resume:
-                raise ConfigError("resume=True needs checkpoint=PATH (the file to continue from)")
-            return
-        if not isinstance(self.checkpoint, (str, os.PathLike)):
-            raise ConfigError(f"checkpoint must be a file path or None, got {self.checkpoint!r}")
-        self.checkpoint = os.fspath(self.checkpoint)
-        folder = os.path.dirname(os.path.abspath(self.checkpoint))
-        if os.path.isdir(self.checkpoint):
-            raise ConfigError(f"checkpoint {self.checkpoint} is a folder; give a file path")
-        if not os.path.isdir(folder):
-            raise ConfigError(f"checkpoint {self.checkpoint}: its folder {folder} does not exist")
-
-    @property
-    def resume_path(self) -> str | None:
-        """The checkpoint file a resumed fit reads (None: start afresh)."""
-        if self.resume is False:
-            return None
-        return self.checkpoint if self.resume is True else self.resume
-
-    @classmethod
-    def fields(cls) -> list[str]:
-        """The names of the settings (what ``fit(**overrides)`` accepts)."""
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_preset(cls, preset: str = "accurate", **overrides) -> "FitConfig":
-        """The settings of a named preset (:data:`PRESETS`), with ``overrides``."""
-        check_choice("preset", preset, PRESETS)
-        check_keywords("FitConfig.from_preset", overrides, cls.fields())
-        return cls(**{**PRESETS[preset], **overrides})
-
-    def resolved_device(self) -> torch.device:
-        if self.device is None:
-            return replace(self, device="cuda" if torch.cuda.is_available() else "cpu").resolved_device()
-        if str(self.device).startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"device='{self.device}' was asked for but CUDA is not available")
-        if self.device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
-            return torch.device(f"cuda:{os.environ['LOCAL_RANK']}")
-        return torch.device(self.device)
-
-    def kl_scale(self, epoch: int) -> float:
-        """beta at ``epoch`` (0-based): linear from kl_start to 1."""
-        if self.kl_warmup_epochs <= 0:
-            return 1.0
-        return min(1.0, self.kl_start + (1 - self.kl_start) * epoch / self.kl_warmup_epochs)
-
-
-#: Named fit settings.  ``'accurate'`` (the defaults) fits until the
-#: convergence test is met; ``'fast'`` is for quick looks: a shorter trend
-#: window, a coarser tolerance, a shorter decay and a lower cap, at some
-#: cost in accuracy (docs/fitting.md gives both side by side).
-PRESETS = {
-    "accurate": {},
-    "fast": {"max_epochs": 200, "patience": 6, "anneal_fraction": 0.5, "tolerance": 1e-3},
-}
-
 
 def ridge_weights(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The weight matrices of ``modules`` (parameters named ``*weight``)."""
@@ -572,27 +390,6 @@ def _unconverged_reason(result: FitResult, config: FitConfig, held_out: bool, ne
             "(the fit stops by itself once it has converged)")
 
 
-def trend_test(history: Sequence[tuple[int, float]], tolerance: float) -> bool:
-    r"""Whether the losses ``history`` ((epoch, loss) pairs) are still falling.
-
-    The least-squares line :math:`\hat L(e) = a + s e` through them predicts
-    an improvement :math:`g = -s\,\Delta` over as many epochs again
-    (:math:`\Delta` = the span of ``history``), with standard error
-    :math:`\mathrm{se}(g) = \mathrm{se}(s)\,\Delta` from the residuals.
-    Still falling means :math:`g > 2\,\mathrm{se}(g)` (a real trend, not
-    noise) and :math:`g >` ``tolerance`` (one worth waiting for).
-    """
-    epochs = torch.tensor([e for e, _ in history], dtype=torch.float64)
-    losses = torch.tensor([v for _, v in history], dtype=torch.float64)
-    x = epochs - epochs.mean()
-    slope = float((x * (losses - losses.mean())).sum() / x.square().sum())
-    residuals = losses - losses.mean() - slope * x
-    slope_se = math.sqrt(float(residuals.square().sum()) / (len(history) - 2) / float(x.square().sum()))
-    span = float(epochs[-1] - epochs[0]) + 1
-    gain, gain_se = -slope * span, slope_se * span
-    return gain > 2 * gain_se and gain > tolerance
-
-
 #: Variance across subjects of the posterior means above which a latent
 #: direction counts as active (Burda, Grosse & Salakhutdinov 2016).
 ACTIVE_THRESHOLD = 0.01
@@ -662,44 +459,6 @@ def _mean_per_subject(counts: torch.Tensor, data: LongitudinalData, distributed_
     if distributed_input:
         totals = all_reduce_sum(totals)
     return float(totals[0] / totals[1].clamp_min(1.0))
-
-
-class CosineDecay:
-    r"""Learning-rate factor: a cosine from 1 to ``floor`` over ``total_steps``,
-    which a plateau of the held-out loss can cut short.
-
-    :meth:`shorten` at step :math:`s_0` restarts the cosine from the current
-    factor :math:`f_0` and lets it reach ``floor`` after ``steps`` more steps:
-
-    .. math:: f(s) = \mathrm{floor} + (f_0 - \mathrm{floor})\,\tfrac12
-              \big(1 + \cos(\pi \min(s - s_0, L) / L)\big)
-
-    A plateau at a high learning rate is the noise floor of that rate, not
-    convergence: decaying it there gains what a long schedule gains, in a
-    fraction of the steps.
-    """
-
-    def __init__(self, total_steps: int, floor: float):
-        self.floor = floor
-        self.start, self.length, self.top = 0, max(1, total_steps), 1.0
-        self.shortened = False
-
-    def __call__(self, step: int) -> float:
-        done = min(max(step - self.start, 0), self.length)
-        return self.floor + (self.top - self.floor) * 0.5 * (1 + math.cos(math.pi * done / self.length))
-
-    @property
-    def end(self) -> int:
-        """The step at which the factor reaches ``floor``."""
-        return self.start + self.length
-
-    def shorten(self, step: int, steps: int) -> bool:
-        """Reach the floor ``steps`` after ``step`` instead (if that is sooner);
-        True if the schedule changed."""
-        if step + steps >= self.end:
-            return False
-        self.top, self.start, self.length, self.shortened = self(step), step, max(1, steps), True
-        return True
 
 
 @contextlib.contextmanager

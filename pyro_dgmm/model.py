@@ -96,7 +96,7 @@ class MixedModel(OwnParameters):
     prior, annealing, families, masking, minibatch scaling) is shared, so a
     variant gets fitting, imputation, prediction and ArviZ export for free.
 
-    :param families: outcome name -> :class:`~pyro_dgmm.families.Family`, in
+    :param families: outcome name -> :class:`~pyro_dgmm.family.Family`, in
         the order of the data's last axis.
     :param latent_dim: q, the dimension of ``b_i``.
     :param offsets: per-outcome :math:`\\alpha_k` (shape (K,)).

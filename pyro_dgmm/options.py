@@ -1,7 +1,7 @@
 """Type and range checks of user options, with messages that name the option.
 
 Every public entry point (:class:`~pyro_dgmm.estimator.DeepMixedModel`,
-:class:`~pyro_dgmm.fit.FitConfig`, :class:`~pyro_dgmm.impute.ImputationConfig`,
+:class:`~pyro_dgmm.fit_config.FitConfig`, :class:`~pyro_dgmm.impute.ImputationConfig`,
 :func:`~pyro_dgmm.predict.predict`, ...) checks its options here before any
 work starts, so ``latent_dim=2.5``, ``max_epochs="10"`` or
 ``fitted_values(num_samples=0)`` fail at once with a

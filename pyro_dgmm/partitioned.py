@@ -47,9 +47,11 @@ import pandas as pd
 import torch
 
 from .bases import DEFAULT_TIME_BASIS, TimeBasis
-from .data import DataSchema, _validate_frame, levels_of, visit_order
+from .covariates import levels_of
+from .data import DataSchema, _validate_frame
 from .errors import ConfigError, DataError
 from .families import Family, get_family
+from .frames import visit_order
 from .parallel import agree, all_reduce_max, all_reduce_sum, gather_objects, world
 
 SPLITS = ("hash", "file")
@@ -236,6 +238,6 @@ def prepare_partitioned(df: pd.DataFrame, schema_options: Mapping, seed: int):
 
 
 def _is_categorical(series: pd.Series) -> bool:
-    """As :class:`~pyro_dgmm.data.CovariateEncoder` decides."""
+    """As :class:`~pyro_dgmm.covariates.CovariateEncoder` decides."""
     return bool(pd.api.types.is_bool_dtype(series) or not pd.api.types.is_numeric_dtype(series))
 

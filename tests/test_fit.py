@@ -9,7 +9,8 @@ import torch
 from pyro_dgmm import DeepMixedModel, FitConfig, FitError, ConfigError, fit_svi
 from pyro_dgmm.datasets import simulate_linear
 from pyro_dgmm.errors import ConvergenceWarning
-from pyro_dgmm.fit import CosineDecay, default_batch_size, pyro_checks, trend_test
+from pyro_dgmm.convergence import CosineDecay, trend_test
+from pyro_dgmm.fit import default_batch_size, pyro_checks
 from pyro_dgmm.parallel import reseed
 from pyro_dgmm.posterior import sample_posterior
 

@@ -15,6 +15,7 @@ Example:
 (6, 5)
 """
 
+from pyro_dgmm.datasets.app import simulate_app
 from pyro_dgmm.datasets.pbc import (
     PBC_CODEBOOK,
     PBC_COVARIATES,
@@ -25,7 +26,6 @@ from pyro_dgmm.datasets.pbc import (
 )
 from pyro_dgmm.datasets.simulate import (
     SimulatedData,
-    simulate_app,
     simulate_dropout,
     simulate_linear,
     simulate_linear_noise,
