@@ -14,7 +14,12 @@ Gauss-Legendre quadrature with :math:`Q` nodes (:func:`gauss_legendre`)
 .. math:: \int_{E}^{T} f(s)\, ds \approx \sum_{q=1}^{Q} \tfrac{T - E}{2}\, w_q\,
           f\!\big(E + \tfrac{T - E}{2}(x_q + 1)\big),
 
-exact for polynomials of degree :math:`2Q - 1`.  :func:`with_events`
+exact for polynomials of degree :math:`2Q - 1`; on intervals from 0 the
+nodes are :math:`s = T v^2` with :math:`v` Gauss-Legendre on [0, 1]
+(exact for polynomials of degree :math:`Q - 1` in :math:`s`), which tames
+the singular Weibull baseline :math:`s^{\rho - 1}` for :math:`\rho < 1`
+(error 4e-4 in a log-likelihood with 15 plain nodes, below 1e-5 with the
+substitution).  :func:`with_events`
 evaluates the schema's time basis at the nodes and at :math:`T_i` once, so
 the model reads the linear predictor at any time through the same
 ``time_features`` as at the visits.  Times are the user's numeric time
@@ -62,7 +67,7 @@ class EventSpec:
     :param time_col: follow-up time column (same units as the visits' time column).
     :param status_col: status column: 0 censored, other codes events.
     :param causes: status code -> cause name; codes mapped to one name form a
-        composite event.  None: every nonzero code is one event, ``'event'``.
+        composite event.  None: status 1 is the event (``'event'``), 0 censored.
     :param entry_col: left-truncation (delayed entry) time column, or None (entry at 0).
     """
 
@@ -83,20 +88,25 @@ class EventSpec:
         codes = pd.to_numeric(status, errors="coerce").to_numpy(np.float64)
         bad = ~np.isfinite(codes)
         if bad.any():
-            raise DataError(f"events column '{self.status_col}' is not a number for subject {ids.iloc[np.argmax(bad)]!r}")
-        if self.causes is None:
-            return (codes != 0).astype(np.int64)
+            raise DataError(f"events column '{self.status_col}' is not a number for subject {_name(ids.iloc[np.argmax(bad)])!r}")
         names = self.cause_names
-        lookup = {float(code): 1 + names.index(str(name)) for code, name in self.causes.items()}
+        causes = {1: "event"} if self.causes is None else self.causes
+        lookup = {float(code): 1 + names.index(str(name)) for code, name in causes.items()}
         lookup[0.0] = 0
         index = np.empty(len(codes), np.int64)
         for row, code in enumerate(codes):
             if code not in lookup:
                 raise DataError(f"events column '{self.status_col}' has status {code:g} for subject "
-                                f"{ids.iloc[row]!r}, which is neither 0 (censored) nor a code of "
-                                f"event_causes {sorted(self.causes)}")
+                                f"{_name(ids.iloc[row])!r}, which is neither 0 (censored) nor a code of "
+                                f"event_causes {sorted(causes)}" + (" (name the codes of several causes with "
+                                "event_causes, e.g. {1: 'transplant', 2: 'death'})" if self.causes is None else ""))
             index[row] = lookup[code]
         return index
+
+
+def _name(value):
+    """A subject id as the user wrote it (numpy scalars as plain Python values)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def event_arrays(events: pd.DataFrame, spec: EventSpec, id_col: str, long_df: pd.DataFrame, time_col: str,
@@ -117,15 +127,15 @@ def event_arrays(events: pd.DataFrame, spec: EventSpec, id_col: str, long_df: pd
         raise DataError(f"the events frame has no column {missing[0]!r} (columns: {list(events.columns)})")
     duplicated = events[id_col].duplicated()
     if duplicated.any():
-        raise DataError(f"subject {events[id_col][duplicated].iloc[0]!r} has more than one row in the events frame")
+        raise DataError(f"subject {_name(events[id_col][duplicated].iloc[0])!r} has more than one row in the events frame")
     known = set(ids.tolist())
     extra = [i for i in events[id_col] if i not in known]
     if extra:
-        raise DataError(f"subject {extra[0]!r} is in the events frame but has no visits in the longitudinal data")
+        raise DataError(f"subject {_name(extra[0])!r} is in the events frame but has no visits in the longitudinal data")
     frame = events.set_index(id_col)
     absent = [i for i in ids if i not in frame.index]
     if absent:
-        raise DataError(f"subject {absent[0]!r} has visits but no row in the events frame")
+        raise DataError(f"subject {_name(absent[0])!r} has visits but no row in the events frame")
     frame = frame.loc[ids]
     subjects = pd.Series(ids)
 
@@ -134,21 +144,21 @@ def event_arrays(events: pd.DataFrame, spec: EventSpec, id_col: str, long_df: pd
         bad = ~np.isfinite(values) | (values < 0)
         if bad.any():
             raise DataError(f"events column '{column}' must hold finite times >= 0; subject "
-                            f"{ids[np.argmax(bad)]!r} has {frame[column].iloc[np.argmax(bad)]!r}")
+                            f"{_name(ids[np.argmax(bad)])!r} has {frame[column].iloc[np.argmax(bad)]!r}")
         return values
 
     time = numbers(spec.time_col)
     entry = numbers(spec.entry_col) if spec.entry_col else np.zeros_like(time)
     early = time <= entry
     if early.any():
-        raise DataError(f"subject {ids[np.argmax(early)]!r}: the follow-up time '{spec.time_col}' must be after "
+        raise DataError(f"subject {_name(ids[np.argmax(early)])!r}: the follow-up time '{spec.time_col}' must be after "
                         f"the entry time ({time[np.argmax(early)]:g} <= {entry[np.argmax(early)]:g})")
     cause = spec.cause_index(frame[spec.status_col].reset_index(drop=True), subjects)
     last_visit = pd.to_numeric(long_df[time_col]).groupby(long_df[id_col]).max().loc[ids].to_numpy(np.float64)
     late = last_visit > time
     if late.any():
         k = np.argmax(late)
-        raise DataError(f"subject {ids[k]!r} has a visit at {time_col}={last_visit[k]:g}, after their event or "
+        raise DataError(f"subject {_name(ids[k])!r} has a visit at {time_col}={last_visit[k]:g}, after their event or "
                         f"censoring time {spec.time_col}={time[k]:g}")
     return entry, time, cause
 
@@ -208,6 +218,12 @@ def with_events(data: LongitudinalData, basis: TimeBasis, entry, time, status, *
     entry = torch.as_tensor(np.array(entry, np.float64), dtype=dtype, device=device)
     time = torch.as_tensor(np.array(time, np.float64), dtype=dtype, device=device)
     node_times, weights = gauss_legendre(entry, time, nodes)
+    # from 0, where a Weibull hazard t^(rho - 1) with rho < 1 is singular: nodes t = T v^2 with v
+    # Gauss-Legendre on [0, 1] (dt = 2 T v dv), which smooths the integrand to v^(2 rho - 1)
+    v, v_weights = gauss_legendre(torch.zeros_like(time), torch.ones_like(time), nodes)
+    from_zero = (entry == 0).unsqueeze(-1)
+    node_times = torch.where(from_zero, time.unsqueeze(-1) * v ** 2, node_times)
+    weights = torch.where(from_zero, 2 * time.unsqueeze(-1) * v * v_weights, weights)
     node_times = torch.cat([node_times, time.unsqueeze(-1)], -1)
     fields = {name: getattr(data, name) for name in LongitudinalData.__dataclass_fields__}
     return JointData(**fields, entry=entry, event_time=time,
