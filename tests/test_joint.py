@@ -21,6 +21,7 @@ from pyro_dgmm.events import with_events
 from pyro_dgmm.joint import JointGuide, JointModel
 from pyro_dgmm.joint_estimator import JointMixedModel
 from pyro_dgmm.likelihood import observed_log_likelihood
+from pyro_dgmm.plotting_joint import plot_event_prediction
 
 
 def small_joint(num_causes=1, seed=0, n=6):
@@ -147,7 +148,8 @@ def test_competing_risk_predictions_are_probabilities_that_sum_to_one():
     est.fit(sim.data, events=events, event_time="time", event_status="status",
             event_causes={1: "transplant", 2: "death"}, max_epochs=20, progress=False)
     history = sim.data[sim.data.id.isin([0, 1]) & (sim.data.time <= 2.0)]
-    pred = est.predict_events(history, landmark=2.0, horizons=[6.0, 3.0, 4.0, 2.5], num_samples=200, seed=0).events
+    prediction = est.predict_events(history, landmark=2.0, horizons=[6.0, 3.0, 4.0, 2.5], num_samples=200, seed=0)
+    pred = prediction.events
     assert set(pred.cause) == {"transplant", "death", "event-free"}
     assert pred.probability.between(0, 1).all() and (pred.lower <= pred.probability).all()
     assert (pred.probability <= pred.upper).all()
@@ -157,6 +159,12 @@ def test_competing_risk_predictions_are_probabilities_that_sum_to_one():
     totals = pred.groupby(["id", "horizon"]).probability.sum()
     np.testing.assert_allclose(totals.to_numpy(), 1.0, atol=1e-4)
     assert sorted(pred.horizon.unique()) == [2.5, 3.0, 4.0, 6.0]
+    curve = prediction.trajectory[prediction.trajectory.id == 0]
+    assert (curve["lower"] <= curve["mean"]).all() and (curve["mean"] <= curve["upper"]).all()
+    figure = plot_event_prediction(prediction, 0, id_col="id", time_col="time")
+    assert [line.get_label() for line in figure.axes[1].get_lines()][:2] == ["transplant", "death"]
+    with pytest.raises(DataError, match="subject 99"):
+        plot_event_prediction(prediction, 99, id_col="id", time_col="time")
 
 
 def test_load_pbc_events_is_one_row_per_patient():
