@@ -110,6 +110,17 @@ def test_svi_fits_the_event_site(elbo):
     assert list(after.columns) == ["alpha", "gamma[x]", "log_scale", "log_time"]
 
 
+def test_standard_errors_of_the_event_submodel_come_from_the_marginal_likelihood():
+    """The marginal likelihood holds the event term (else its curvature in alpha is 0 and the SE infinite)."""
+    sim = simulate_joint(n_subjects=60, seed=6)
+    est = JointMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["x"], latent_dim=2,
+                          model_options={"fixed_hidden": (), "random_hidden": ()})
+    est.fit(sim.data, events=sim.events, event_time="time", event_status="status", max_epochs=40, progress=False)
+    table = est.standard_errors(["event_association", "baseline_log_time"], num_samples=200).summary()
+    se = table.loc[["event_association", "baseline_log_time"], "se"].to_numpy()
+    assert np.isfinite(se).all() and (se > 0.02).all() and (se < 1.0).all()
+
+
 def events_frame():
     sim = simulate_joint(n_subjects=8, seed=4)
     return sim.data, sim.events
