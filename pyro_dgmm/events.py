@@ -171,7 +171,9 @@ class JointData(LongitudinalData):
     Shapes: ``entry``, ``event_time`` (N,) float; ``event_status`` (N,) int64
     (0 censored, c >= 1 cause c); ``node_times`` (N, Q + 1): the Q quadrature
     nodes on [entry, event_time] then event_time itself; ``node_weights``
-    (N, Q); ``node_features`` (N, Q + 1, F): the time basis at ``node_times``.
+    (N, Q); ``node_features`` (N, Q + 1, F): the time basis at ``node_times``;
+    ``node_slopes`` (N, Q + 1, F): its derivative in time there (central
+    differences of the basis in float64), for slope associations.
     """
 
     entry: torch.Tensor | None = None
@@ -180,6 +182,7 @@ class JointData(LongitudinalData):
     node_times: torch.Tensor | None = None
     node_weights: torch.Tensor | None = None
     node_features: torch.Tensor | None = None
+    node_slopes: torch.Tensor | None = None
 
     def minibatch(self, index: torch.Tensor) -> "JointData":
         batch = super().minibatch(index)
@@ -200,7 +203,7 @@ class JointData(LongitudinalData):
         return self.node_weights.shape[-1]
 
 
-_EVENT_FIELDS = ("entry", "event_time", "event_status", "node_times", "node_weights", "node_features")
+_EVENT_FIELDS = ("entry", "event_time", "event_status", "node_times", "node_weights", "node_features", "node_slopes")
 
 
 def with_events(data: LongitudinalData, basis: TimeBasis, entry, time, status, *,
@@ -226,7 +229,10 @@ def with_events(data: LongitudinalData, basis: TimeBasis, entry, time, status, *
     weights = torch.where(from_zero, 2 * time.unsqueeze(-1) * v * v_weights, weights)
     node_times = torch.cat([node_times, time.unsqueeze(-1)], -1)
     fields = {name: getattr(data, name) for name in LongitudinalData.__dataclass_fields__}
+    model_times = node_times.double() - data.time_origin
+    step = 1e-4 * model_times.abs().clamp_min(1.0)
+    slopes = (basis.transform(model_times + step) - basis.transform(model_times - step)) / (2 * step.unsqueeze(-1))
     return JointData(**fields, entry=entry, event_time=time,
                      event_status=torch.as_tensor(np.array(status, np.int64), device=device),
                      node_times=node_times, node_weights=weights,
-                     node_features=basis.transform(node_times - data.time_origin))
+                     node_features=basis.transform(node_times - data.time_origin), node_slopes=slopes.to(dtype))

@@ -70,6 +70,13 @@ from .model import DGMM, StandardNormal, subjects_plate
 from .nn import MLP, DenseEncoder, SetEncoder, _zero_last_layer
 
 
+#: Functionals of the associated outcome's linear predictor that can enter the
+#: hazards: its current value and its slope in time.
+ASSOCIATION_TERMS = ("value", "slope")
+#: Step (feature units) of the central difference of :meth:`JointModel._slope`.
+SLOPE_STEP = 1e-3
+
+
 class SurvivalOutcome(TorchDistribution):
     r"""The event record of a subject given the hazards: value = status
     (0 censored, c = 1..C the cause), density
@@ -102,11 +109,15 @@ class SurvivalOutcome(TorchDistribution):
 
 
 class JointModel(DGMM):
-    """The DGMM with an event submodel (module docstring).
+    r"""The DGMM with an event submodel (module docstring).
 
     :param num_causes: C, the competing causes (1: a single or composite event).
     :param association: the outcome whose linear predictor's current value
         enters the hazards (default: the first).
+    :param association_terms: which functionals of it enter, with a
+        coefficient each: ``('value',)`` (default), ``('slope',)`` or
+        ``('value', 'slope')`` (:data:`ASSOCIATION_TERMS`; the slope
+        :math:`d\eta_{ia}(t)/dt` adds :math:`\alpha^{slope}_c\, d\eta_{ia}(t)/dt`).
     :param baseline_hidden: hidden widths of the network :math:`m_c` of log
         time added to the Weibull log baseline (``()``: Weibull only).
     :param baseline_rate: initial constant hazard (events per unit of time),
@@ -115,8 +126,8 @@ class JointModel(DGMM):
     """
 
     def __init__(self, families: Mapping[str, Family], latent_dim: int, *, num_causes: int = 1,
-                 association: str | None = None, baseline_hidden: Sequence[int] = (), baseline_rate: float = 0.1,
-                 **options):
+                 association: str | None = None, association_terms: Sequence[str] = ("value",),
+                 baseline_hidden: Sequence[int] = (), baseline_rate: float = 0.1, **options):
         super().__init__(families, latent_dim, **options)
         if not isinstance(num_causes, int) or num_causes < 1:
             raise ConfigError(f"num_causes must be a positive integer, got {num_causes!r}")
@@ -125,13 +136,17 @@ class JointModel(DGMM):
             raise ConfigError(f"association must name an outcome ({self.outcomes}), got {association!r}")
         if not baseline_rate > 0:
             raise ConfigError(f"baseline_rate must be positive, got {baseline_rate!r}")
+        terms = (association_terms,) if isinstance(association_terms, str) else tuple(association_terms)
+        if not terms or len(set(terms)) < len(terms) or not set(terms) <= set(ASSOCIATION_TERMS):
+            raise ConfigError(f"association_terms must be distinct names among {ASSOCIATION_TERMS}, got {terms!r}")
+        self.association_terms = terms
         self.num_causes = num_causes
         self.association = association
         self.association_index = self.outcomes.index(association)
         self.baseline_intercept = torch.nn.Parameter(torch.full((num_causes,), float(torch.tensor(baseline_rate).log())))
         self.baseline_log_time = torch.nn.Parameter(torch.zeros(num_causes))
         self.event_covariates = torch.nn.Parameter(torch.zeros(num_causes, options["num_covariates"]))
-        self.event_association = torch.nn.Parameter(torch.zeros(num_causes))
+        self.event_association = torch.nn.Parameter(torch.zeros(num_causes, len(terms)))
         self.baseline_net = (_zero_last_layer(MLP(1, tuple(baseline_hidden), num_causes, "tanh"))
                              if tuple(baseline_hidden) else None)
 
@@ -146,13 +161,26 @@ class JointModel(DGMM):
         r""":math:`\log h_{ic}(t)` at every node time of ``data`` (quadrature
         nodes, then the follow-up time), shape (..., N, Q + 1, C) for ``b`` (..., N, q)."""
         view = replace(data, time_features=data.node_features, times=data.node_times)
-        eta = self.eta(b, view)[..., self.association_index]  # (..., N, Q + 1)
+        terms = [self.eta(b, view)[..., self.association_index]] if "value" in self.association_terms else []
+        if "slope" in self.association_terms:
+            terms.append(self._slope(b, view, data.node_slopes))
+        terms = torch.stack(torch.broadcast_tensors(*terms), -1)  # (..., N, Q + 1, terms)
         log_time = data.node_times.clamp_min(torch.finfo(data.node_times.dtype).tiny).log().unsqueeze(-1)
         baseline = self.baseline_intercept + self.baseline_log_time * log_time
         if self.baseline_net is not None:
             baseline = baseline + self.baseline_net(log_time)
         linear = (data.covariates @ self.event_covariates.T).unsqueeze(-2)  # (N, 1, C)
-        return baseline + linear + self.event_association * eta.unsqueeze(-1)
+        return baseline + linear + terms @ self.event_association.T
+
+    def _slope(self, b: torch.Tensor, view: JointData, slopes: torch.Tensor) -> torch.Tensor:
+        r""":math:`d\eta_{ia}(t)/dt` at the node times of ``view``: the derivative of
+        the linear predictor along the time features' derivative ``slopes``,
+        by a central difference of step :data:`SLOPE_STEP` in feature units
+        (exact for a linear predictor linear in the features)."""
+        h = SLOPE_STEP
+        up = self.eta(b, replace(view, time_features=view.time_features + h * slopes))
+        down = self.eta(b, replace(view, time_features=view.time_features - h * slopes))
+        return (up - down)[..., self.association_index] / (2 * h)
 
     def event_distribution(self, b: torch.Tensor, data: JointData) -> SurvivalOutcome:
         """The ``event`` site's distribution given ``b`` (..., N, q): batch (..., N)."""
@@ -197,7 +225,8 @@ class JointModel(DGMM):
 
     def event_coefficients(self) -> dict[str, torch.Tensor]:
         """The event submodel's parameters by name, each (C, ...): ``alpha``
-        (association), ``gamma`` (covariates, per SD), ``log_scale``
+        (association, (C, terms) in the order of ``association_terms``),
+        ``gamma`` (covariates, per SD), ``log_scale``
         (:math:`\\beta_0`) and ``log_time`` (:math:`\\beta_1 = \\rho - 1`)."""
         return {"alpha": self.event_association, "gamma": self.event_covariates,
                 "log_scale": self.baseline_intercept, "log_time": self.baseline_log_time}

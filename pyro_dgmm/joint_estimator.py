@@ -47,7 +47,7 @@ from .errors import ConfigError, DataError
 from .estimator import DeepMixedModel, default_latent_dim
 from .events import QUADRATURE_NODES, EventSpec, JointData, event_arrays, gauss_legendre, with_events
 from .fit import FitConfig
-from .joint import JointGuide, JointModel
+from .joint import ASSOCIATION_TERMS, JointGuide, JointModel
 from .options import check_int, check_keywords
 from .parallel import hold_out
 from .posterior import sample_posterior
@@ -77,6 +77,9 @@ class JointMixedModel(DeepMixedModel):
 
     :param association: the outcome whose current linear predictor enters the
         hazard (default: the first outcome).
+    :param association_terms: ``('value',)`` (default), ``('slope',)`` or
+        ``('value', 'slope')``: the current value and/or the slope in time of
+        that linear predictor (:class:`~pyro_dgmm.joint.JointModel`).
     :param baseline_hidden: widths of the network of log time in the log
         baseline hazard (``()``: Weibull).
     :param quadrature_nodes: Gauss-Legendre nodes of each cumulative hazard.
@@ -86,12 +89,16 @@ class JointMixedModel(DeepMixedModel):
     event times are on its scale, and the hazard's clock starts at its 0.
     """
 
-    def __init__(self, *, association: str | None = None, baseline_hidden=(),
+    def __init__(self, *, association: str | None = None, association_terms=("value",), baseline_hidden=(),
                  quadrature_nodes: int = QUADRATURE_NODES, **options):
         super().__init__(**options)
         if association is not None and association not in self.outcomes:
             raise ConfigError(f"association must name an outcome ({list(self.outcomes)}), got {association!r}")
         self.association = association
+        terms = (association_terms,) if isinstance(association_terms, str) else tuple(association_terms)
+        if not terms or len(set(terms)) < len(terms) or not set(terms) <= set(ASSOCIATION_TERMS):
+            raise ConfigError(f"association_terms must be distinct names among {ASSOCIATION_TERMS}, got {terms!r}")
+        self.association_terms = terms
         self.baseline_hidden = tuple(check_int(f"baseline_hidden[{k}]", w) for k, w in enumerate(baseline_hidden))
         self.quadrature_nodes = check_int("quadrature_nodes", quadrature_nodes)
         self.event_spec_: EventSpec | None = None
@@ -147,6 +154,7 @@ class JointMixedModel(DeepMixedModel):
     def _build(self, schema, num_visits: int, latent_dim: int):
         o, causes = self.options, len(self.event_spec_.cause_names)
         model = JointModel.from_schema(schema, latent_dim, num_causes=causes, association=self.association,
+                                       association_terms=self.association_terms,
                                        baseline_hidden=self.baseline_hidden, baseline_rate=self._event_rate,
                                        **{"activation": o.activation, **o.model_options})
         guide = JointGuide.from_schema(schema, latent_dim, num_causes=causes, time_scale=self._time_scale,
@@ -162,11 +170,13 @@ class JointMixedModel(DeepMixedModel):
 
     def event_coefficients(self) -> pd.DataFrame:
         """The event submodel's coefficients, one row per cause: ``alpha``
-        (association), ``gamma[<column>]`` (per SD of each encoded covariate),
+        (current value), ``alpha_slope`` (slope, if fitted), ``gamma[<column>]`` (per SD of each encoded covariate),
         ``log_scale`` and ``log_time`` (Weibull :math:`\\rho - 1`)."""
         self._check_fitted()
         c = {k: v.detach().cpu().numpy() for k, v in self.model_.event_coefficients().items()}
-        table = pd.DataFrame({"alpha": c["alpha"]}, index=pd.Index(self.causes, name="cause"))
+        names = {"value": "alpha", "slope": "alpha_slope"}
+        table = pd.DataFrame({names[term]: c["alpha"][:, j] for j, term in enumerate(self.association_terms)},
+                             index=pd.Index(self.causes, name="cause"))
         for j, column in enumerate(self.schema_.covariate_encoder.columns):
             table[f"gamma[{column}]"] = c["gamma"][:, j]
         table["log_scale"], table["log_time"] = c["log_scale"], c["log_time"]

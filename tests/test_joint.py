@@ -24,7 +24,7 @@ from pyro_dgmm.likelihood import observed_log_likelihood
 from pyro_dgmm.plotting_joint import plot_event_prediction
 
 
-def small_joint(num_causes=1, seed=0, n=6):
+def small_joint(num_causes=1, seed=0, n=6, terms=("value",)):
     """A tiny simulated data set with random (nonzero) event parameters."""
     sim = simulate_joint(n_subjects=n, seed=seed)
     schema = DataSchema.fit(sim.data, id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["x"],
@@ -35,7 +35,8 @@ def small_joint(num_causes=1, seed=0, n=6):
     status = events["status"].to_numpy() * rng.integers(1, num_causes + 1, n)
     entry = np.where(np.arange(n) % 2 == 1, 0.3 * events["time"].to_numpy(), 0.0)  # left truncation for half
     torch.manual_seed(seed)
-    model = JointModel.from_schema(schema, latent_dim=2, num_causes=num_causes, baseline_hidden=(4,))
+    model = JointModel.from_schema(schema, latent_dim=2, num_causes=num_causes, baseline_hidden=(4,),
+                                   association_terms=terms)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -43,18 +44,22 @@ def small_joint(num_causes=1, seed=0, n=6):
     return model.double(), schema, joint, entry, events["time"].to_numpy(), status
 
 
-@pytest.mark.parametrize("num_causes", [1, 2])
-def test_event_log_likelihood_equals_a_direct_numerical_integral(num_causes):
-    model, schema, data, entry, time, status = small_joint(num_causes)
+@pytest.mark.parametrize("num_causes, terms", [(1, ("value",)), (2, ("value", "slope")), (1, ("slope",))])
+def test_event_log_likelihood_equals_a_direct_numerical_integral(num_causes, terms):
+    model, schema, data, entry, time, status = small_joint(num_causes, terms=terms)
     b = torch.randn(data.num_subjects, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 
-    def log_hazard(i, t):  # the hazard written out from the model's pieces, at one time
+    def eta(i, t):
         view = replace(data.subset([i]), time_features=schema.time_basis.transform(
             torch.tensor([[t]], dtype=torch.float64)))
-        eta = model.eta(b[i:i + 1], view)[0, 0, 0]
+        return model.eta(b[i:i + 1], view)[0, 0, 0]
+
+    def log_hazard(i, t):  # the hazard written out from the model's pieces, at one time
+        value = {"value": eta(i, t), "slope": (eta(i, t + 1e-5) - eta(i, t - 1e-5)) / 2e-5}
+        association = torch.stack([value[term] for term in terms]) @ model.event_association.T
         base = model.baseline_intercept + model.baseline_log_time * math.log(t)
         base = base + model.baseline_net(torch.tensor([[math.log(t)]], dtype=torch.float64))[0]
-        return base + data.covariates[i] @ model.event_covariates.T + model.event_association * eta
+        return base + data.covariates[i] @ model.event_covariates.T + association
 
     expected = []
     with torch.no_grad():
