@@ -162,6 +162,37 @@ class JointMixedModel(DeepMixedModel):
                                        activation=o.activation, num_visits=num_visits)
         return model, guide
 
+    def save(self, path) -> None:
+        """Not supported yet for joint models (the save format holds no event records or event submodel).
+
+        :raises ConfigError: always.
+        """
+        raise ConfigError(f"saving a JointMixedModel ({path!r}) is not supported yet")
+
+    @classmethod
+    def load(cls, path, model_class=None):
+        """Not supported yet for joint models.
+
+        :raises ConfigError: always.
+        """
+        raise ConfigError(f"loading a JointMixedModel ({path!r}) is not supported yet")
+
+    def predict(self, history: pd.DataFrame, times, **options):
+        """Not for joint models: use :meth:`predict_events`, whose trajectory
+        is conditional on survival to the landmark.
+
+        :raises ConfigError: always.
+        """
+        raise ConfigError("JointMixedModel.predict is not available: use predict_events(history, landmark, horizons), "
+                          "whose .trajectory is the outcomes' prediction given survival to the landmark")
+
+    def kfold(self, df: pd.DataFrame, k: int = 5, **options):
+        """Not supported yet for joint models (the folds would need the event records).
+
+        :raises ConfigError: always.
+        """
+        raise ConfigError("kfold is not supported yet for JointMixedModel")
+
     @property
     def causes(self) -> list[str]:
         """The cause names, in the order of the hazards' cause axis."""

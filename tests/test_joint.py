@@ -100,6 +100,12 @@ def test_the_landmark_encoder_input_hides_the_future():
     assert torch.equal(est.guide_.posterior(censored_late).loc, est.guide_.posterior(landmark).loc)
     with pytest.raises(DataError, match="after the landmark"):
         est.landmark_data(sim.data[sim.data.id == subject.id], 1.0)
+    with pytest.raises(ConfigError, match="event records"):  # a frame without event records reaches no encoder
+        est.fitted_values(history, num_samples=10)
+    for call in (lambda: est.save("x.dgmm"), lambda: est.predict(history, [2.0]), lambda: est.kfold(sim.data)):
+        with pytest.raises(ConfigError, match="JointMixedModel"):
+            call()
+    assert est.fitted_values(num_samples=10).shape[0] == len(sim.data)  # the training data carry their records
 
 
 @pytest.mark.parametrize("elbo", ["auto", "meanfield", "trace", "iwae"])
