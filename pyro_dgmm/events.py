@@ -52,7 +52,7 @@ QUADRATURE_NODES = 15
 def gauss_legendre(start: torch.Tensor, end: torch.Tensor, nodes: int = QUADRATURE_NODES
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Nodes and weights of ``nodes``-point Gauss-Legendre quadrature on
-    ``[start, end]`` (tensors of the same shape S): both of shape (*S, nodes)."""
+    ``[start, end]`` (tensors of the same shape S): both of shape ``(*S, nodes)``."""
     x, w = np.polynomial.legendre.leggauss(nodes)
     x = torch.as_tensor(x, dtype=start.dtype, device=start.device)
     w = torch.as_tensor(w, dtype=start.dtype, device=start.device)

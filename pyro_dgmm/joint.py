@@ -122,6 +122,7 @@ class JointModel(DGMM):
         time added to the Weibull log baseline (``()``: Weibull only).
     :param baseline_rate: initial constant hazard (events per unit of time),
         e.g. events / total follow-up; the intercepts start at its log.
+
     Other arguments go to :class:`~pyro_dgmm.model.DGMM`.
     """
 

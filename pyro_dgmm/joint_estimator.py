@@ -83,6 +83,7 @@ class JointMixedModel(DeepMixedModel):
     :param baseline_hidden: widths of the network of log time in the log
         baseline hazard (``()``: Weibull).
     :param quadrature_nodes: Gauss-Legendre nodes of each cumulative hazard.
+
     Other arguments as for :class:`~pyro_dgmm.estimator.DeepMixedModel`;
     ``latent_dim='auto'`` uses :func:`~pyro_dgmm.estimator.default_latent_dim`
     without the search over larger ones.  The time column must be numeric;
@@ -115,6 +116,7 @@ class JointMixedModel(DeepMixedModel):
             'transplant', 2: 'death'}`` (competing risks) or ``{1: 'event', 2:
             'event'}`` (composite); default: status 1 is the event, 0 censored.
         :param entry_time: column of left-truncation times (default: all at risk from 0).
+
         Fit settings as for :meth:`DeepMixedModel.fit
         <pyro_dgmm.estimator.DeepMixedModel.fit>` (SVI with ``missing='mask'``;
         no refinement).
