@@ -19,6 +19,7 @@ from pyro_dgmm.datasets.joint import simulate_joint
 from pyro_dgmm.errors import ConfigError, DataError
 from pyro_dgmm.events import with_events
 from pyro_dgmm.joint import JointGuide, JointModel
+from pyro_dgmm import joint_estimator
 from pyro_dgmm.joint_estimator import JointMixedModel
 from pyro_dgmm.likelihood import observed_log_likelihood
 from pyro_dgmm.plotting_joint import plot_event_prediction
@@ -163,7 +164,7 @@ def test_a_visit_after_the_event_is_named():
         est.fit(df, max_epochs=1, progress=False)
 
 
-def test_competing_risk_predictions_are_probabilities_that_sum_to_one():
+def test_competing_risk_predictions_are_probabilities_that_sum_to_one(monkeypatch):
     sim = simulate_joint(n_subjects=40, seed=5)
     events = sim.events.assign(status=sim.events.status * np.where(sim.events.id % 3 == 0, 1, 2))
     est = JointMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["x"], latent_dim=2)
@@ -187,6 +188,9 @@ def test_competing_risk_predictions_are_probabilities_that_sum_to_one():
     assert [line.get_label() for line in figure.axes[1].get_lines()][:2] == ["transplant", "death"]
     with pytest.raises(DataError, match="subject 99"):
         plot_event_prediction(prediction, 99, id_col="id", time_col="time")
+    monkeypatch.setattr(joint_estimator, "PREDICTION_CELLS", 1)  # one subject per chunk: the same numbers
+    chunked = est.predict_events(history, landmark=2.0, horizons=[6.0, 3.0, 4.0, 2.5], num_samples=200, seed=0)
+    pd.testing.assert_frame_equal(chunked.events, pred)
 
 
 def test_load_pbc_events_is_one_row_per_patient():
