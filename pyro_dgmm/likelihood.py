@@ -60,8 +60,12 @@ def observed_log_likelihood(model, b: torch.Tensor, data: LongitudinalData,
                             eta: torch.Tensor | None = None) -> torch.Tensor:
     r""":math:`\log p(y_i^o \mid b_i)`, the sum over subject i's observed
     cells, shape (..., N) for ``b`` (..., N, q) (``eta`` as in
-    :func:`cell_log_likelihood`)."""
-    return cell_log_likelihood(model, b, data, eta).sum((-2, -1))
+    :func:`cell_log_likelihood`).  A model with sample sites of its own per
+    subject (the event of :class:`~pyro_dgmm.joint.JointModel`) adds their
+    log-density through a method ``subject_log_likelihood(b, data) -> (..., N)``."""
+    total = cell_log_likelihood(model, b, data, eta).sum((-2, -1))
+    extra = getattr(model, "subject_log_likelihood", None)
+    return total if extra is None else total + extra(b, data)
 
 
 def standard_normal_log_density(b: torch.Tensor) -> torch.Tensor:

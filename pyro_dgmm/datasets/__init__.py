@@ -3,9 +3,12 @@
 * :func:`load_pbc` loads the Mayo Clinic PBC follow-up visits (R
   ``survival::pbcseq``), with :data:`PBC_CODEBOOK`, suggested outcome
   families :data:`PBC_OUTCOMES` and the column roles :data:`PBC_ID`,
-  :data:`PBC_TIME`, :data:`PBC_COVARIATES`.
+  :data:`PBC_TIME`, :data:`PBC_COVARIATES`; :func:`load_pbc_events` the
+  patients' follow-up and status (one row per patient) for joint models.
 * The simulators return a :class:`SimulatedData` (data, truth, random
   effects, population means); :data:`SIMULATORS` maps a short name to each.
+  :func:`simulate_joint` adds event times (:class:`JointSimulatedData`) for
+  joint models.
 
 Example:
 
@@ -23,6 +26,7 @@ from pyro_dgmm.datasets.pbc import (
     PBC_OUTCOMES,
     PBC_TIME,
     load_pbc,
+    load_pbc_events,
 )
 from pyro_dgmm.datasets.simulate import (
     SimulatedData,
@@ -31,6 +35,7 @@ from pyro_dgmm.datasets.simulate import (
     simulate_linear_noise,
     simulate_nonlinear,
 )
+from pyro_dgmm.datasets.joint import JointSimulatedData, simulate_joint
 from pyro_dgmm.datasets.trial import simulate_trial
 
 SIMULATORS = {
@@ -48,10 +53,13 @@ __all__ = [
     "PBC_OUTCOMES",
     "PBC_TIME",
     "SIMULATORS",
+    "JointSimulatedData",
     "SimulatedData",
     "load_pbc",
+    "load_pbc_events",
     "simulate_app",
     "simulate_dropout",
+    "simulate_joint",
     "simulate_linear",
     "simulate_linear_noise",
     "simulate_nonlinear",

@@ -29,6 +29,7 @@ __all__ = [
     "PBC_OUTCOMES",
     "PBC_TIME",
     "load_pbc",
+    "load_pbc_events",
 ]
 
 _DATA_FILE = "pbcseq.csv"
@@ -103,3 +104,25 @@ def load_pbc() -> pd.DataFrame:
     frame["futime_years"] = frame["futime"] / _DAYS_PER_YEAR
     frame["log_bili"] = np.log(frame["bili"])
     return frame.sort_values([PBC_ID, "day"], kind="stable").reset_index(drop=True)
+
+
+def load_pbc_events() -> pd.DataFrame:
+    """The event records of the PBC patients, one row per patient, for a
+    joint model with the visits of :func:`load_pbc`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        312 rows sorted by ``id``: ``id``, ``futime`` (days), ``futime_years``
+        (the follow-up time on the visits' ``years`` scale), ``status`` (0
+        censored, 1 transplant, 2 death) and the baseline ``age``, ``sex``,
+        ``trt``.  Every visit is at or before the patient's ``futime``.
+
+    Example (competing risks: transplant and death):
+
+    >>> events = load_pbc_events()
+    >>> events["status"].value_counts().sort_index().tolist()
+    [143, 29, 140]
+    """
+    columns = [PBC_ID, "futime", "futime_years", "status", "age", "sex", "trt"]
+    return load_pbc()[columns].drop_duplicates(PBC_ID).reset_index(drop=True)

@@ -1,0 +1,335 @@
+r"""The analyst's facade of joint models: :class:`JointMixedModel`, a
+:class:`~pyro_dgmm.estimator.DeepMixedModel` fitted to a long frame of
+visits and an events frame (one row per subject), with dynamic predictions
+of event probabilities (:meth:`JointMixedModel.predict_events`).
+
+Dynamic prediction at a landmark :math:`t` for a subject with visits up to
+:math:`t` and no event before :math:`t`: draws :math:`b^{(s)}` from
+:math:`p(b \mid y_i^o(\le t), T_i > t)` (the posterior engine,
+:func:`~pyro_dgmm.posterior.sample_posterior`, with the event-free term
+:math:`-\sum_c H_{ic}(0, t)` in the likelihood), then per draw
+
+.. math::
+
+    S(u \mid t) = \exp\Big\{-\sum_c \int_t^u h_c(s)\, ds\Big\}, \qquad
+    F_c(u \mid t) = \int_t^u h_c(s)\, S(s \mid t)\, ds,
+
+the cumulative incidence of cause :math:`c` by :math:`u` (competing risks;
+:math:`1 - S` for one cause), accumulated interval by interval between the
+sorted horizons with Gauss-Legendre quadrature, so it is non-decreasing in
+:math:`u` draw by draw.  The estimate is the mean over draws, the 95%
+interval their 2.5% and 97.5% quantiles.  :math:`\sum_c F_c + S = 1` up to
+quadrature error.
+
+Example (a tiny fit; real ones run until they converge):
+
+>>> from pyro_dgmm.datasets.joint import simulate_joint
+>>> sim = simulate_joint(n_subjects=30, seed=0)
+>>> est = JointMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["x"], latent_dim=2)
+>>> est = est.fit(sim.data, events=sim.events, event_time="time", event_status="status", max_epochs=2, progress=False)
+>>> history = sim.data[(sim.data.id == 0) & (sim.data.time <= 1.0)]
+>>> pred = est.predict_events(history, landmark=1.0, horizons=[2.0, 3.0], num_samples=50, seed=0)
+>>> list(pred.events.columns)
+['id', 'horizon', 'cause', 'probability', 'lower', 'upper']
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+
+from .data import DataSchema
+from .errors import ConfigError, DataError
+from .estimator import DeepMixedModel, default_latent_dim
+from .events import QUADRATURE_NODES, EventSpec, JointData, event_arrays, gauss_legendre, with_events
+from .fit import FitConfig
+from .joint import ASSOCIATION_TERMS, JointGuide, JointModel
+from .options import check_int, check_keywords
+from .parallel import hold_out
+from .posterior import sample_posterior
+
+
+#: Draws x subjects x quadrature cells of the incidence per chunk of subjects
+#: (about 100 MB of hazards at 15 nodes and one outcome).
+PREDICTION_CELLS = 2 ** 23
+
+
+@dataclass
+class EventPrediction:
+    """The result of :meth:`JointMixedModel.predict_events`.
+
+    ``events``: one row per subject, horizon and cause (and ``'event-free'``):
+    ``probability`` :math:`P(T \\le u, \\text{cause} \\mid T > t, \\text{history})`
+    (for ``'event-free'``: :math:`P(T > u \\mid T > t, \\text{history})`) and its
+    95% interval ``lower``, ``upper``.  ``trajectory``: the mean of every
+    outcome at ``times`` given the same draws (with 95% interval).
+    ``history``: the observed visits used; ``landmark``: t.
+    """
+
+    events: pd.DataFrame
+    trajectory: pd.DataFrame
+    history: pd.DataFrame
+    landmark: float
+
+
+class JointMixedModel(DeepMixedModel):
+    """A joint model of the outcomes of :class:`~pyro_dgmm.estimator.DeepMixedModel`
+    and a time to event (:class:`~pyro_dgmm.joint.JointModel`).
+
+    :param association: the outcome whose current linear predictor enters the
+        hazard (default: the first outcome).
+    :param association_terms: ``('value',)`` (default), ``('slope',)`` or
+        ``('value', 'slope')``: the current value and/or the slope in time of
+        that linear predictor (:class:`~pyro_dgmm.joint.JointModel`).
+    :param baseline_hidden: widths of the network of log time in the log
+        baseline hazard (``()``: Weibull).
+    :param quadrature_nodes: Gauss-Legendre nodes of each cumulative hazard.
+
+    Other arguments as for :class:`~pyro_dgmm.estimator.DeepMixedModel`;
+    ``latent_dim='auto'`` uses :func:`~pyro_dgmm.estimator.default_latent_dim`
+    without the search over larger ones.  The time column must be numeric;
+    event times are on its scale, and the hazard's clock starts at its 0.
+    """
+
+    def __init__(self, *, association: str | None = None, association_terms=("value",), baseline_hidden=(),
+                 quadrature_nodes: int = QUADRATURE_NODES, **options):
+        super().__init__(**options)
+        if association is not None and association not in self.outcomes:
+            raise ConfigError(f"association must name an outcome ({list(self.outcomes)}), got {association!r}")
+        self.association = association
+        terms = (association_terms,) if isinstance(association_terms, str) else tuple(association_terms)
+        if not terms or len(set(terms)) < len(terms) or not set(terms) <= set(ASSOCIATION_TERMS):
+            raise ConfigError(f"association_terms must be distinct names among {ASSOCIATION_TERMS}, got {terms!r}")
+        self.association_terms = terms
+        self.baseline_hidden = tuple(check_int(f"baseline_hidden[{k}]", w) for k, w in enumerate(baseline_hidden))
+        self.quadrature_nodes = check_int("quadrature_nodes", quadrature_nodes)
+        self.event_spec_: EventSpec | None = None
+        self.events_: pd.DataFrame | None = None
+
+    def fit(self, df: pd.DataFrame, config: FitConfig | None = None, *, events: pd.DataFrame | None = None,
+            event_time: str | None = None, event_status: str | None = None, event_causes: Mapping | None = None,
+            entry_time: str | None = None, preset: str | None = None, **config_overrides) -> "JointMixedModel":
+        """Fit to the visits ``df`` and the event records ``events``.
+
+        :param events: one row per subject (the id column, ``event_time``,
+            ``event_status`` and optionally ``entry_time``).
+        :param event_causes: status code -> cause name, e.g. ``{1:
+            'transplant', 2: 'death'}`` (competing risks) or ``{1: 'event', 2:
+            'event'}`` (composite); default: status 1 is the event, 0 censored.
+        :param entry_time: column of left-truncation times (default: all at risk from 0).
+
+        Fit settings as for :meth:`DeepMixedModel.fit
+        <pyro_dgmm.estimator.DeepMixedModel.fit>` (SVI with ``missing='mask'``;
+        no refinement).
+
+        :raises DataError: bad event records (:func:`~pyro_dgmm.events.event_arrays`).
+        """
+        if events is None or event_time is None or event_status is None:
+            raise ConfigError("a joint model needs events=<frame>, event_time=<column> and event_status=<column>")
+        check_keywords("fit", config_overrides, FitConfig.fields())
+        if config is not None and preset is not None:
+            raise ConfigError("pass either config or preset, not both")
+        config = replace(config or FitConfig.from_preset(preset or "accurate"), **config_overrides)
+        if config.refine:
+            raise ConfigError("refine=True is not supported for joint models yet")
+        spec = EventSpec(event_time, event_status, None if event_causes is None else dict(event_causes), entry_time)
+        schema = DataSchema.fit(df, id_col=self.id_col, time_col=self.time_col, outcomes=self.outcomes,
+                                covariates=self.covariates, time_basis=self.time_basis, time_unit=self.time_unit)
+        if schema.time_kind != "numeric":
+            raise ConfigError(f"joint models need a numeric time column; '{self.time_col}' holds {schema.time_kind}s")
+        data = schema.transform(df)
+        entry, time, status = event_arrays(events, spec, self.id_col, df, self.time_col, data.ids)
+        self.schema_, self.event_spec_ = schema, spec
+        self.events_ = events.copy()
+        self.data_ = with_events(data, schema.time_basis, entry, time, status, nodes=self.quadrature_nodes)
+        self.training_baseline_ = self._baseline_frame(df)
+        self.num_visits_ = self.data_.num_visits
+        self.missing, self.distributed_input, self._interrupt_warned = "mask", False, False
+        self._event_rate = max(float((status > 0).sum()), 1.0) / float((time - entry).sum())
+        self._time_scale = float(time.mean())
+        train, validation = hold_out(self.data_, self.validation_fraction, config.seed)
+        latent_dim = self.options.latent_dim
+        if latent_dim == "auto":
+            latent_dim = default_latent_dim(len(self.outcomes), schema.time_basis.num_features)
+        self._fit_latent(latent_dim, train, validation, config, None)
+        return self
+
+    def _build(self, schema, num_visits: int, latent_dim: int):
+        o, causes = self.options, len(self.event_spec_.cause_names)
+        model = JointModel.from_schema(schema, latent_dim, num_causes=causes, association=self.association,
+                                       association_terms=self.association_terms,
+                                       baseline_hidden=self.baseline_hidden, baseline_rate=self._event_rate,
+                                       **{"activation": o.activation, **o.model_options})
+        guide = JointGuide.from_schema(schema, latent_dim, num_causes=causes, time_scale=self._time_scale,
+                                       kind=o.encoder, hidden=o.encoder_hidden, covariance=o.covariance,
+                                       activation=o.activation, num_visits=num_visits)
+        return model, guide
+
+    def save(self, path) -> None:
+        """Not supported yet for joint models (the save format holds no event records or event submodel).
+
+        :raises ConfigError: always.
+        """
+        raise ConfigError(f"saving a JointMixedModel ({path!r}) is not supported yet")
+
+    @classmethod
+    def load(cls, path, model_class=None):
+        """Not supported yet for joint models.
+
+        :raises ConfigError: always.
+        """
+        raise ConfigError(f"loading a JointMixedModel ({path!r}) is not supported yet")
+
+    def predict(self, history: pd.DataFrame, times, **options):
+        """Not for joint models: use :meth:`predict_events`, whose trajectory
+        is conditional on survival to the landmark.
+
+        :raises ConfigError: always.
+        """
+        raise ConfigError("JointMixedModel.predict is not available: use predict_events(history, landmark, horizons), "
+                          "whose .trajectory is the outcomes' prediction given survival to the landmark")
+
+    def kfold(self, df: pd.DataFrame, k: int = 5, **options):
+        """Not supported yet for joint models (the folds would need the event records).
+
+        :raises ConfigError: always.
+        """
+        raise ConfigError("kfold is not supported yet for JointMixedModel")
+
+    @property
+    def causes(self) -> list[str]:
+        """The cause names, in the order of the hazards' cause axis."""
+        self._check_fitted()
+        return self.event_spec_.cause_names
+
+    def event_coefficients(self) -> pd.DataFrame:
+        """The event submodel's coefficients, one row per cause: ``alpha``
+        (current value), ``alpha_slope`` (slope, if fitted), ``gamma[<column>]`` (per SD of each encoded covariate),
+        ``log_scale`` and ``log_time`` (Weibull :math:`\\rho - 1`)."""
+        self._check_fitted()
+        c = {k: v.detach().cpu().numpy() for k, v in self.model_.event_coefficients().items()}
+        names = {"value": "alpha", "slope": "alpha_slope"}
+        table = pd.DataFrame({names[term]: c["alpha"][:, j] for j, term in enumerate(self.association_terms)},
+                             index=pd.Index(self.causes, name="cause"))
+        for j, column in enumerate(self.schema_.covariate_encoder.columns):
+            table[f"gamma[{column}]"] = c["gamma"][:, j]
+        table["log_scale"], table["log_time"] = c["log_scale"], c["log_time"]
+        return table
+
+    def landmark_data(self, history: pd.DataFrame, landmark: float) -> JointData:
+        """Tensors of ``history`` (visits at or before ``landmark``) with the
+        event record "event-free up to ``landmark``" (entry 0, follow-up t,
+        censored): all the encoder and the likelihood may know at t.
+
+        :raises DataError: a visit after ``landmark``.
+        """
+        self._check_fitted()
+        landmark = float(landmark)
+        times = pd.to_numeric(history[self.time_col])
+        if (times > landmark).any():
+            row = history.index[np.argmax((times > landmark).to_numpy())]
+            raise DataError(f"history row {row!r} (subject {history.loc[row, self.id_col]!r}) has "
+                            f"{self.time_col}={times.loc[row]:g}, after the landmark {landmark:g}")
+        if not landmark > 0:
+            raise ConfigError(f"landmark must be a positive time, got {landmark!r}")
+        data = self.schema_.transform(history)
+        n = data.num_subjects
+        return with_events(data, self.schema_.time_basis, np.zeros(n), np.full(n, landmark), np.zeros(n, np.int64),
+                           nodes=self.quadrature_nodes)
+
+    def predict_events(self, history: pd.DataFrame, landmark: float, horizons, *, times=None,
+                       num_samples: int = 500, method: str = "adaptive", seed: int | None = None) -> EventPrediction:
+        """Dynamic prediction at ``landmark`` t (module docstring): for every
+        subject of ``history`` and horizon u > t, the cumulative incidence of
+        every cause by u given survival to t, and the event-free probability.
+
+        :param history: visits up to t of subjects at risk at t (new or known).
+        :param horizons: times u > t, any order.
+        :param times: times for the predicted trajectory (default: 0 to the
+            largest horizon, 50 points).
+        :param num_samples: posterior draws of b per subject.
+        :returns: an :class:`EventPrediction`.
+        """
+        data = self.landmark_data(history, landmark)
+        landmark = float(landmark)
+        horizons = np.sort(np.asarray(horizons, np.float64).ravel())
+        if horizons.size == 0 or not (horizons > landmark).all():
+            raise ConfigError(f"horizons must be times after the landmark {landmark:g}, got {horizons.tolist()}")
+        seed = self._draw_seed(seed)
+        draws = sample_posterior(self.model_, self.guide_, data, method, num_samples, seed=seed)
+        with torch.no_grad(), pyro.validation_enabled(False):
+            b = self._resampled(draws, seed)  # (S, N, q), equally weighted
+            size = max(1, PREDICTION_CELLS // (num_samples * (self.quadrature_nodes + 1) ** 2))
+            parts = [self._incidence(b[:, start:start + size], data.subset(slice(start, start + size)), landmark,
+                                     horizons) for start in range(0, data.num_subjects, size)]
+            incidence = np.concatenate([part[0] for part in parts], 1)
+            survival = np.concatenate([part[1] for part in parts], 1)
+            trajectory = self._trajectory(b, data, np.linspace(0.0, horizons[-1], 50) if times is None else times)
+        rows = []
+        names = self.causes
+        for i, subject in enumerate(data.ids):
+            for h, u in enumerate(horizons):
+                curves = [(name, incidence[:, i, h, c]) for c, name in enumerate(names)]
+                for name, values in curves + [("event-free", survival[:, i, h])]:
+                    rows.append((subject, u, name, float(values.mean()), *np.quantile(values, [0.025, 0.975])))
+        events = pd.DataFrame(rows, columns=[self.id_col, "horizon", "cause", "probability", "lower", "upper"])
+        return EventPrediction(events, trajectory, history.copy(), landmark)
+
+    def _resampled(self, draws, seed: int) -> torch.Tensor:
+        """Equally weighted draws of b: weighted ones resampled multinomially."""
+        b, log_w = draws.b, draws.log_weights
+        generator = torch.Generator().manual_seed(seed)
+        index = torch.multinomial(log_w.exp().T.cpu(), b.shape[0], replacement=True, generator=generator).T
+        return torch.gather(b, 0, index.unsqueeze(-1).expand(-1, -1, b.shape[-1]).to(b.device))
+
+    def _incidence(self, b: torch.Tensor, data: JointData, landmark: float, horizons: np.ndarray):
+        """Per draw: cumulative incidences (S, N, H, C) and event-free
+        probabilities (S, N, H), accumulated over [t, u_1], [u_1, u_2], ..."""
+        s, n = b.shape[:2]
+        q, causes = self.quadrature_nodes, len(self.causes)
+        # rows of each subject: Q outer nodes then the interval's end, each with its own [start, end]
+        repeat = torch.arange(n).repeat_interleave(q + 1)
+        rows = data.subset(repeat)
+        b_rows = b.repeat_interleave(q + 1, dim=1)
+        survival_start = torch.ones(s, n, dtype=b.dtype)
+        incidence_start = torch.zeros(s, n, causes, dtype=b.dtype)
+        incidence, survival = [], []
+        start = landmark
+        for end in horizons:
+            outer, outer_w = gauss_legendre(torch.tensor([start], dtype=torch.float64),
+                                            torch.tensor([end], dtype=torch.float64), q)
+            ends = torch.cat([outer[0], torch.tensor([end], dtype=torch.float64)]).repeat(n).numpy()
+            at = with_events(rows, self.schema_.time_basis, np.full(n * (q + 1), start), ends,
+                             np.zeros(n * (q + 1), np.int64), nodes=q)
+            event = self.model_.event_distribution(b_rows, at)
+            hazard = event.log_hazard.exp().reshape(s, n, q + 1, causes)
+            cumulative = event.cumulative_hazard.sum(-1).reshape(s, n, q + 1)
+            weights = outer_w[0].to(b.dtype)
+            inside = (hazard[..., :q, :] * (-cumulative[..., :q]).exp().unsqueeze(-1) * weights[:, None]).sum(-2)
+            incidence_start = incidence_start + survival_start.unsqueeze(-1) * inside
+            survival_start = survival_start * (-cumulative[..., q]).exp()
+            incidence.append(incidence_start)
+            survival.append(survival_start)
+            start = end
+        return torch.stack(incidence, 2).numpy(), torch.stack(survival, 2).numpy()
+
+    def _trajectory(self, b: torch.Tensor, data: JointData, times) -> pd.DataFrame:
+        """Mean of every outcome at ``times`` per draw, averaged, with 95% intervals."""
+        grid = torch.as_tensor(np.asarray(times, np.float64), dtype=data.times.dtype)
+        n = data.num_subjects
+        features = self.schema_.time_basis.transform(grid - data.time_origin).expand(n, -1, -1)
+        view = replace(data, times=grid.expand(n, -1), time_features=features)
+        means = self.model_.mean(b, view).numpy() + self.schema_.shift  # (S, N, G, K), the user's scale
+        frames = []
+        for k, name in enumerate(self.outcomes):
+            low, high = np.quantile(means[..., k], [0.025, 0.975], axis=0)
+            frames.append(pd.DataFrame({self.id_col: np.repeat(data.ids, len(grid)),
+                                        self.time_col: np.tile(grid.numpy().astype(np.float64), n),
+                                        "outcome": name, "mean": means[..., k].mean(0).ravel(),
+                                        "lower": low.ravel(), "upper": high.ravel()}))
+        return pd.concat(frames, ignore_index=True)
+
