@@ -91,15 +91,22 @@ class CovariateEncoder:
             parts.append(((values - mean) / sd)[:, None])
         for col, levels in self.categorical.items():
             values = baseline[col].astype(str)
-            unseen = ~values.isin(levels)
-            if unseen.any():
-                raise DataError(
-                    f"covariate column '{col}' has levels not seen when the model "
-                    f"was fitted: {sorted(values[unseen].unique().tolist())} for subjects "
-                    f"{list(baseline.index[unseen][:5])}; known levels are {levels}"
-                )
+            refuse_unseen_levels(values, levels, col)
             parts.append((values.to_numpy()[:, None] == np.array(levels[1:])[None, :]).astype(float))
         return np.concatenate(parts, axis=1)
+
+
+def refuse_unseen_levels(values: pd.Series, levels: list, column: str, context: str = "") -> None:
+    """Raise a :class:`~pyro_dgmm.errors.DataError` naming ``column``, the
+    levels of ``values`` not among the fitted ``levels`` and the first
+    subjects (the index) that have them."""
+    unseen = ~values.isin(levels)
+    if unseen.any():
+        raise DataError(
+            f"covariate column '{column}' has levels not seen when the model was fitted: "
+            f"{sorted(map(str, values[unseen].unique()))} for subjects {list(values.index[unseen][:5])}; "
+            f"known levels are {levels}{context}"
+        )
 
 
 def levels_of(series: pd.Series) -> list[str]:
@@ -275,14 +282,7 @@ class FormulaEncoder:
             column = expr if expr in baseline.columns else match.group(1) if match else None
             if column is None or column not in baseline.columns:
                 continue  # other expressions: formulaic's own warning, made an error in transform
-            values = baseline[column]
-            unseen = ~values.isin(levels)
-            if unseen.any():
-                raise DataError(
-                    f"covariate column '{column}' has levels not seen when the model was fitted: "
-                    f"{sorted(map(str, values[unseen].unique()))} for subjects {list(baseline.index[unseen][:5])}; "
-                    f"known levels are {levels} (covariates formula {self.formula!r})"
-                )
+            refuse_unseen_levels(baseline[column], levels, column, f" (covariates formula {self.formula!r})")
 
     def transform(self, baseline: pd.DataFrame) -> np.ndarray:
         """The design matrix (subjects, len(columns)) of ``baseline``."""
