@@ -60,6 +60,11 @@ REFINE_TOLERANCE = 1e-6
 #: Newton decrement is below this: smaller ones are lost in the Monte Carlo
 #: error of the gradient for models whose posterior of b is not Gaussian.
 _MONTE_CARLO_TOLERANCE = 1e-2
+#: Newton steps taken below that decrement before stopping anyway: where the
+#: Monte Carlo error keeps the decrement above ``tolerance`` while steps
+#: still climb by noise, the refinement would otherwise run to ``max_steps``
+#: (two suffice for a linear mixed model, whose gradient is exact).
+_POLISH_STEPS = 2
 
 
 def standard_errors(model, guide, data: LongitudinalData, parameters: Sequence[str] = (), *,
@@ -140,8 +145,9 @@ def maximize_marginal_likelihood(model, guide, data: LongitudinalData, parameter
     (log-likelihood units; 0.01 puts the estimate within about 0.15 SE of
     the maximum, :data:`REFINE_TOLERANCE` within 0.0015 SE).  Where the
     Monte Carlo error of the gradient stops smaller ones from being reached
-    (no step increases the estimate), the maximisation stops there, and
-    counts as converged if the decrement is below 0.01.  The proposal is refitted at every
+    (no step increases the estimate, or two steps were taken with a
+    decrement below 0.01 without reaching ``tolerance``), the maximisation
+    stops there, and counts as converged if the decrement is below 0.01.  The proposal is refitted at every
     iterate (``adapt``), so that the estimate is accurate where its
     derivatives are taken; with a proposal fixed at the start, the optimiser
     drifts to where the Monte Carlo error of the estimate flatters it.  The
@@ -163,12 +169,14 @@ def maximize_marginal_likelihood(model, guide, data: LongitudinalData, parameter
                                   distributed_input)
     theta, damping, steps, converged = objective.theta, 0.0, 0, False
     before = value = objective(theta)
+    polish = 0  # steps taken with a decrement already below _MONTE_CARLO_TOLERANCE
     for _ in range(max_steps):
         gradient = objective.gradient(theta)
         step = _ascent_step(gradient, -objective.hessian(theta))
         delta = step(damping)
         decrement = float(gradient @ delta) / 2
-        if decrement < tolerance:
+        polish += decrement < _MONTE_CARLO_TOLERANCE
+        if decrement < tolerance or polish > _POLISH_STEPS:
             converged = True
             break
         while (candidate := objective(theta + delta)) <= value and damping < 1e6:
