@@ -188,11 +188,19 @@ def _regression_sd(log_w: torch.Tensor, draws: _Draws) -> torch.Tensor:
 
 
 def _summarise(log_w: torch.Tensor, draws: _Draws) -> tuple[torch.Tensor, ...]:
-    """log p-hat, Monte Carlo SD, ESS and Pareto k-hat of one chunk, each (n,)."""
+    """log p-hat, Monte Carlo SD, ESS and Pareto k-hat of one chunk, each (n,).
+
+    Weights within rounding error of the largest count as equal to it: a
+    proposal equal to the posterior (the Laplace approximation of a linear
+    mixed model) gives weights that differ by rounding only, and a
+    generalized Pareto fit to that noise would report a heavy tail (k-hat
+    -inf, no tail, instead)."""
     log_aw = log_w + draws.log_calibration
     log_p = torch.logsumexp(log_aw, 0)
     ess = torch.exp(2 * log_p - torch.logsumexp(2 * log_aw, 0))
-    return log_p, _regression_sd(log_w, draws), ess, pareto_k(log_w)
+    largest = log_w.max(0).values
+    rounding = 1e3 * torch.finfo(log_w.dtype).eps * (1 + largest.abs())
+    return log_p, _regression_sd(log_w, draws), ess, pareto_k(torch.where(largest - log_w < rounding, largest, log_w))
 
 
 class MarginalObjective:

@@ -63,9 +63,14 @@ def summarize(model, schema: DataSchema, data: LongitudinalData, result: FitResu
         "Parameters": criteria.num_parameters if criteria is not None else "n/a",
         "AIC": f"{criteria.aic:.3f}" if criteria is not None else "n/a",
         "BIC": f"{criteria.bic:.3f}" if criteria is not None else "n/a",
-        "Max Pareto k-hat": f"{float(marginal.pareto_k.max()):.2f}",
+        "Max Pareto k-hat": _pareto_k_text(float(marginal.pareto_k.max())),
     }
     return Summary(info, fixed, random, dispersions, errors.level, _notes(result, marginal, skipped))
+
+
+def _pareto_k_text(k: float) -> str:
+    """The largest k-hat, or a word for -inf: every subject's weights equal (no tail)."""
+    return f"{k:.2f}" if k > float("-inf") else "none (equal weights)"
 
 
 def _notes(result: FitResult, marginal: MarginalLikelihood, skipped: dict[str, str]) -> list[str]:

@@ -77,19 +77,23 @@ def test_weighted_draws_match_the_closed_form(lmm, method, records, min_ess):
 
 
 def test_laplace_proposal_is_the_exact_posterior_of_a_linear_model(lmm):
-    """The Laplace step alone (rounds=0) is exact for a Gaussian posterior;
-    moment matching (rounds=3, 2000 pilot draws) keeps it there to Monte
-    Carlo precision."""
+    """The Laplace step alone (rounds=0) is exact for a Gaussian posterior.
+    Moment matching (rounds=3, 2000 pilot draws) estimates the moments
+    from draws, so it could only move it off by Monte Carlo noise: every
+    subject keeps the Laplace approximation, whose ESS is the larger."""
     est, data, mean, cov, _ = lmm
     q = est.guide_.posterior(data)
     sd = cov.diagonal(dim1=-2, dim2=-1).sqrt()
-    for rounds, tolerance in ((0, 0.01), (3, 0.1)):
+    fitted = {}
+    for rounds in (0, 3):
         torch.manual_seed(rounds)
-        loc, tril = gaussian_proposal(est.model_, data, q.loc.detach(), q.scale_tril.detach(), rounds=rounds,
-                                      num_proposals=2000)
-        fitted_cov = (tril @ tril.transpose(-1, -2)).double()
-        assert ((loc.double() - mean).abs() / sd).max() < tolerance, rounds
-        assert (fitted_cov.diagonal(dim1=-2, dim2=-1).sqrt() / sd - 1).abs().max() < tolerance, rounds
+        fitted[rounds] = gaussian_proposal(est.model_, data, q.loc.detach(), q.scale_tril.detach(), rounds=rounds,
+                                           num_proposals=2000)
+    loc, tril = fitted[0]
+    fitted_cov = (tril @ tril.transpose(-1, -2)).double()
+    assert ((loc.double() - mean).abs() / sd).max() < 0.01
+    assert (fitted_cov.diagonal(dim1=-2, dim2=-1).sqrt() / sd - 1).abs().max() < 0.01
+    assert torch.equal(fitted[3][0], loc) and torch.equal(fitted[3][1], tril)
 
 
 def test_a_flat_likelihood_gives_the_prior(lmm):

@@ -432,3 +432,26 @@ def test_linear_dispersion_covers_when_the_residual_sd_grows_over_time():
     reported by benchmarks/calibration.py)."""
     out = _noise_coverage({"linear": ("gaussian", "linear")}, 0, sd_growth=float(np.log(4.0)))
     assert 0.93 <= out["linear"][0][0.95] <= 0.97
+
+
+def test_the_joint_nets_split_first_layer_is_the_concatenated_one():
+    """The samplers' many-draw passes apply the joint random-effects net's
+    first layer to b and to the time features separately (predict's speed,
+    docs/prediction.md): the same function as the net on the concatenation
+    (b_i, T_ij), checked with random weights everywhere."""
+    from pyro_dgmm.nn import RandomEffectsNet
+
+    torch.manual_seed(0)
+    net = RandomEffectsNet(3, 4, 2, (8, 8))
+    for parameter in net.parameters():
+        torch.nn.init.normal_(parameter)
+    b, features = torch.randn(7, 5, 3), torch.randn(5, 6, 4)
+    concatenated = torch.cat([b.unsqueeze(-2).expand(7, 5, 6, 3), features.expand(7, 5, 6, 4)], -1)
+    torch.testing.assert_close(net._joint(b, features), net.joint(concatenated))
+
+
+def test_predict_uses_half_the_draws_as_proposals_unless_told():
+    """P = S / 2, at least 500 (all S below 500)."""
+    from pyro_dgmm.predict import default_proposals
+
+    assert [default_proposals(s) for s in (50, 500, 800, 1000, 3000)] == [50, 500, 500, 500, 1500]
