@@ -188,10 +188,12 @@ class LikelihoodMethods:
         (``model_options=dict(fixed_hidden=(), random_hidden=())`` and a
         ``poly(d)`` basis); SEs are at a maximum of the likelihood only
         after ``fit(..., refine=True)``.  The SEs of the fixed effects and
-        dispersions are conditional on the random-effects map, as MixedLM's
-        :math:`(X^\top V^{-1} X)^{-1}` is conditional on the variance
-        parameters (whose observed cross-information with the fixed effects
-        has expectation zero).  One pass of importance sampling
+        dispersions are conditional on the random-effects map: they equal
+        :math:`(\sum_i X_i^\top V_i^{-1} X_i)^{-1}` at the variance estimates
+        (to 3 significant digits on the linear special case), while MixedLM's
+        reported ``bse`` inverts the full observed information, cross terms
+        with the variance parameters included (those have expectation zero;
+        the two differ by up to 0.25% there, docs/inference.md).  One pass of importance sampling
         (:meth:`standard_errors` over those parameters, whose draws also give
         the log-likelihood), cached.
         """
