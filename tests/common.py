@@ -34,3 +34,18 @@ def fit_tiny_mixed_model(time_basis: str = "poly(1)", max_epochs: int = 5):
     est = DeepMixedModel(id_col="pid", time_col="t", outcomes=OUTCOMES, covariates=["age", "arm"],
                          time_basis=time_basis)
     return est.fit(tiny_frame(n_subjects=30), max_epochs=max_epochs, progress=False)
+
+
+def mixedlm_reference(df: pd.DataFrame):
+    """statsmodels' MixedLM (ML) with random intercept and slope on data of
+    ``simulate_linear``: fixed design X = [1, t, age, treated], random design
+    Z = [1, t].  Returns (X, Z, fitted MixedLM results)."""
+    import warnings
+
+    from statsmodels.regression.mixed_linear_model import MixedLM
+
+    X = np.column_stack([np.ones(len(df)), df.time, df.age, (df.group == "treated").astype(float)])
+    Z = np.column_stack([np.ones(len(df)), df.time])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return X, Z, MixedLM(df.y.to_numpy(), X, groups=df.id.to_numpy(), exog_re=Z).fit(reml=False)

@@ -18,7 +18,7 @@ from pyro_dgmm.linear_tables import linear_coefficients
 from pyro_dgmm.marginal import marginal_log_likelihood
 from pyro_dgmm.parameters import LINEAR_FIXED_EFFECTS, LINEAR_RANDOM_EFFECTS
 
-from common import OUTCOMES, fit_tiny_mixed_model, tiny_frame
+from common import OUTCOMES, fit_tiny_mixed_model, mixedlm_reference, tiny_frame
 
 
 @pytest.fixture(scope="module")
@@ -409,15 +409,9 @@ def test_summary_of_the_linear_special_case_matches_mixedlm_in_one_call():
     estimates; MixedLM's own ``bse`` inverts the full observed information,
     whose cross terms with the variance parameters (expectation zero) move
     the age SE by 0.24%: compared at 3e-3."""
-    import statsmodels.api as sm
-
     sim = simulate_linear(n_subjects=300, n_visits=10, seed=3)
     df = sim.data
-    X = np.column_stack([np.ones(len(df)), df.time, df.age, (df.group == "treated").astype(float)])
-    Z = np.column_stack([np.ones(len(df)), df.time])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = sm.MixedLM(df.y.to_numpy(), X, groups=df.id.to_numpy(), exog_re=Z).fit(reml=False)
+    X, Z, ref = mixedlm_reference(df)
     information = np.zeros((4, 4))
     for subject in np.unique(df.id):
         rows = (df.id == subject).to_numpy()

@@ -14,7 +14,7 @@ from pyro_dgmm.fit import default_batch_size, pyro_checks
 from pyro_dgmm.parallel import reseed
 from pyro_dgmm.posterior import sample_posterior
 
-from common import tiny_frame
+from common import mixedlm_reference, tiny_frame
 
 
 def linear_dgmm(**kwargs):
@@ -27,18 +27,10 @@ def linear_dgmm(**kwargs):
 @pytest.fixture(scope="module")
 def oracle():
     """DGMM with linear decoders on simulated LMM data, and MixedLM (ML) on the same data."""
-    import warnings
-
-    from statsmodels.regression.mixed_linear_model import MixedLM
-
     torch.set_num_threads(1)
     sim = simulate_linear(n_subjects=300, n_visits=10, seed=3)
     df = sim.data
-    X = np.column_stack([np.ones(len(df)), df.time, df.age, (df.group == "treated").astype(float)])
-    Z = np.column_stack([np.ones(len(df)), df.time])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = MixedLM(df.y.to_numpy(), X, groups=df.id.to_numpy(), exog_re=Z).fit(reml=False)
+    X, _, ref = mixedlm_reference(df)
     model = linear_dgmm(validation_fraction=0.0).fit(df, progress=False, seed=0, max_epochs=150, batch_size=32)
     return sim, X, ref, model
 

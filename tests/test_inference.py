@@ -18,6 +18,8 @@ from pyro_dgmm import ConfigError, DeepMixedModel
 from pyro_dgmm import comparison, diagnostics, linear_tables, marginal, parameters, results, wald
 from pyro_dgmm.datasets import simulate_linear
 
+from common import mixedlm_reference
+
 ALL_LINEAR = parameters.LINEAR_FIXED_EFFECTS + (parameters.LINEAR_RANDOM_EFFECTS,)
 
 
@@ -29,13 +31,7 @@ def linear_dgmm(**kwargs):
 
 def mixedlm(df):
     """MixedLM (ML) with random intercept and slope; design [1, t, age, treated]."""
-    from statsmodels.regression.mixed_linear_model import MixedLM
-
-    X = np.column_stack([np.ones(len(df)), df.time, df.age, (df.group == "treated").astype(float)])
-    Z = np.column_stack([np.ones(len(df)), df.time])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return MixedLM(df.y.to_numpy(), X, groups=df.id.to_numpy(), exog_re=Z).fit(reml=False)
+    return mixedlm_reference(df)[2]
 
 
 # The fixture's encoder is deliberately rough: at 100-400 draws a subject or two of 60 may have
