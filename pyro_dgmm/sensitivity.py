@@ -66,30 +66,30 @@ from .options import check_float, check_int
 Delta = float | Mapping[str, float] | Callable[[pd.DataFrame], Sequence[float]]
 
 
+def _last_observed_slot(data: LongitudinalData) -> torch.Tensor:
+    """(N, K): the slot of each subject's last observed value of each outcome, -1 if never observed."""
+    slots = torch.arange(data.num_visits, device=data.device).view(1, -1, 1)
+    return torch.where(data.mask, slots, torch.full_like(slots, -1)).amax(dim=1)
+
+
 def dropout_cells(data: LongitudinalData) -> torch.Tensor:
     """Cells after dropout, (N, T, K) bool: visits later than the subject's
     last observed value of that outcome (every visit if it was never
     observed).  Visits are the slots of ``data.visit_mask``, in time order."""
     slots = torch.arange(data.num_visits, device=data.device).view(1, -1, 1)
-    observed_slots = torch.where(data.mask, slots, torch.full_like(slots, -1))
-    last = observed_slots.amax(dim=1, keepdim=True)  # (N, 1, K): -1 if never observed
-    return (slots > last) & data.visit_mask.unsqueeze(-1)
+    return (slots > _last_observed_slot(data).unsqueeze(1)) & data.visit_mask.unsqueeze(-1)
 
 
 def _cells_frame(data: LongitudinalData, after: torch.Tensor, baseline: pd.DataFrame | None) -> pd.DataFrame:
     """The post-dropout cells as rows: id, time, outcome, dropout_time (time
     of the last observed value; NaN if never observed) and the covariates."""
     times = data.time_values if data.time_values is not None else data.times.cpu().numpy()
-    mask = data.mask.cpu().numpy()
-    rows = []
-    for k, name in enumerate(data.outcomes):
-        subject, slot = np.nonzero(after[..., k].cpu().numpy())
-        last = np.array([np.flatnonzero(mask[i, :, k]).max(initial=-1) for i in subject], dtype=int)
-        dropout_time = pd.Series(times[subject, np.maximum(last, 0)]).where(last >= 0)
-        rows.append(pd.DataFrame({data.id_col: data.ids[subject], data.time_col: times[subject, slot],
-                                  "outcome": name, "dropout_time": dropout_time.to_numpy(),
-                                  "_subject": subject, "_slot": slot, "_k": k}))
-    cells = pd.concat(rows, ignore_index=True)
+    subject, slot, k = np.nonzero(after.cpu().numpy())
+    last = _last_observed_slot(data).cpu().numpy()[subject, k]
+    cells = pd.DataFrame({data.id_col: data.ids[subject], data.time_col: times[subject, slot],
+                          "outcome": np.asarray(data.outcomes, dtype=object)[k],
+                          "dropout_time": pd.Series(times[subject, np.maximum(last, 0)]).where(last >= 0).to_numpy(),
+                          "_subject": subject, "_slot": slot, "_k": k})
     if baseline is not None:
         cells = cells.merge(baseline, on=data.id_col, how="left", validate="many_to_one")
     return cells
