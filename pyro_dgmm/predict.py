@@ -110,6 +110,7 @@ from .errors import ConfigError, DataError, describe_rows
 from .likelihood import cell_log_likelihood
 from .options import check_bool, check_choice, check_float, check_int, check_keywords
 from .parallel import map_blocks, world
+from .parameters import Layout, assign
 from .posterior import DRAW_CELLS, sample_posterior, subjects_per_chunk
 from .results import PosteriorDraws, PosteriorPredictive, Prediction
 
@@ -448,13 +449,10 @@ def parameter_models(model, errors, num_draws: int, *, seed: int = 0) -> list:
     half = torch.randn(((num_draws + 1) // 2, theta.numel()), generator=generator, dtype=theta.dtype)
     noise = torch.cat([half, -half])[:num_draws]  # antithetic pairs: the draws' mean is theta itself
     draws = theta + noise @ root.T
+    layout = Layout(model, errors.parameter_names)
     models = []
     for draw in draws:
         copy_ = copy.deepcopy(model)
-        params = dict(copy_.named_parameters())
-        with torch.no_grad():
-            for name in errors.parameter_names:
-                target = params[name]
-                target.copy_(draw[errors.slices[name]].reshape(target.shape).to(target))
+        assign(copy_, layout, draw)
         models.append(copy_)
     return models
