@@ -273,21 +273,17 @@ def gaussian_proposal(model, data: LongitudinalData, loc: torch.Tensor, scale_tr
         return _gaussian_proposal(model, data, loc, scale_tril, rounds, num_proposals, log_likelihood, tolerance)
 
 
+@contextlib.contextmanager
 def _seeded(seed: int | None):
     """A context in which torch's CPU generator is seeded with ``seed`` and
     restored afterwards (nothing for None)."""
     if seed is None:
-        return contextlib.nullcontext()
+        yield
+        return
     seed = check_int("seed", seed, minimum=0)
-    fork = torch.random.fork_rng(devices=[])
-
-    @contextlib.contextmanager
-    def seeded():
-        with fork:
-            torch.manual_seed(seed)
-            yield
-
-    return seeded()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _gaussian_proposal(model, data, loc, scale_tril, rounds, num_proposals, log_likelihood, tolerance):
