@@ -165,13 +165,13 @@ def sample_posterior(model, guide, data: LongitudinalData, method: str = "import
             loc, scale_tril = gaussian_proposal(model, data, encoder.loc, encoder.scale_tril, rounds=adapt_rounds,
                                                 num_proposals=max(64, num_proposals // 4))
         parts = []
-        for k, (chunk, index) in enumerate(_subject_chunks(data, chunk_size)):
+        for k, (chunk, index) in enumerate(subject_chunks(data, chunk_size)):
             # argument and support checks on the first chunk only: the later ones repeat its computation
             with contextlib.nullcontext() if k == 0 else pyro.validation_enabled(False):
                 q = dist.MultivariateNormal(encoder.loc[index], scale_tril=encoder.scale_tril[index])
                 if method == "encoder":
                     b = q.sample((num_draws,))
-                    parts.append(PosteriorDraws(b, _uniform(b), method))
+                    parts.append(PosteriorDraws(b, uniform_log_weights(b), method))
                 elif method == "importance":
                     parts.append(_importance(model, q, chunk, num_draws, keep_eta))
                 else:
@@ -182,7 +182,8 @@ def sample_posterior(model, guide, data: LongitudinalData, method: str = "import
         return draws
 
 
-def _uniform(b: torch.Tensor) -> torch.Tensor:
+def uniform_log_weights(b: torch.Tensor) -> torch.Tensor:
+    """Log-weights -log S (S, N) of equally weighted draws ``b`` (S, N, q)."""
     return torch.full(b.shape[:2], -math.log(b.shape[0]), dtype=b.dtype, device=b.device)
 
 
@@ -210,7 +211,7 @@ def _adaptive(model, data: LongitudinalData, loc: torch.Tensor, scale_tril: torc
     acceptance = None
     if mcmc_steps is not None:
         b, acceptance = _random_walk(model, data, b, _shrunk(covariance, ess), mcmc_steps)
-    return PosteriorDraws(b, _uniform(b), "adaptive", log_norm - math.log(num_proposals), ess, acceptance)
+    return PosteriorDraws(b, uniform_log_weights(b), "adaptive", log_norm - math.log(num_proposals), ess, acceptance)
 
 
 def _defensive_draws(model, data: LongitudinalData, loc: torch.Tensor, scale_tril: torch.Tensor,
@@ -272,21 +273,17 @@ def gaussian_proposal(model, data: LongitudinalData, loc: torch.Tensor, scale_tr
         return _gaussian_proposal(model, data, loc, scale_tril, rounds, num_proposals, log_likelihood, tolerance)
 
 
+@contextlib.contextmanager
 def _seeded(seed: int | None):
     """A context in which torch's CPU generator is seeded with ``seed`` and
     restored afterwards (nothing for None)."""
     if seed is None:
-        return contextlib.nullcontext()
+        yield
+        return
     seed = check_int("seed", seed, minimum=0)
-    fork = torch.random.fork_rng(devices=[])
-
-    @contextlib.contextmanager
-    def seeded():
-        with fork:
-            torch.manual_seed(seed)
-            yield
-
-    return seeded()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _gaussian_proposal(model, data, loc, scale_tril, rounds, num_proposals, log_likelihood, tolerance):
@@ -296,7 +293,7 @@ def _gaussian_proposal(model, data, loc, scale_tril, rounds, num_proposals, log_
         return log_likelihood(b, chunk) + standard_normal_log_density(b)
 
     modes, trils = [], []
-    for chunk, index in _subject_chunks(data, subjects_per_chunk(1, data, CELLS_PER_CHUNK // 16)):
+    for chunk, index in subject_chunks(data, subjects_per_chunk(1, data, CELLS_PER_CHUNK // 16)):
         mode, tril = _laplace(target, chunk, loc[index].detach())  # one draw per subject: large chunks
         modes.append(mode)
         trils.append(tril)
@@ -304,7 +301,7 @@ def _gaussian_proposal(model, data, loc, scale_tril, rounds, num_proposals, log_
     if rounds == 0:
         return loc, scale_tril
     locs, trils = [], []
-    for chunk, index in _subject_chunks(data, subjects_per_chunk(num_proposals, data, DRAW_CELLS)):
+    for chunk, index in subject_chunks(data, subjects_per_chunk(num_proposals, data, DRAW_CELLS)):
         mean, tril = _moment_matching(target, chunk, loc[index], scale_tril[index], rounds, num_proposals, tolerance)
         mean, tril = _more_effective(target, chunk, (loc[index], scale_tril[index]), (mean, tril), num_proposals)
         locs.append(mean)
@@ -312,7 +309,7 @@ def _gaussian_proposal(model, data, loc, scale_tril, rounds, num_proposals, log_
     return torch.cat(locs), torch.cat(trils)
 
 
-def _subject_chunks(data: LongitudinalData, chunk_size: int):
+def subject_chunks(data: LongitudinalData, chunk_size: int):
     """(subset, slice) pairs of at most ``chunk_size`` consecutive subjects."""
     for start in range(0, data.num_subjects, chunk_size):
         index = slice(start, start + chunk_size)
@@ -535,7 +532,7 @@ def _markov_chain(model, guide, data: LongitudinalData, method: str, num_draws: 
         rate = kernel.acceptance_rate
     else:
         rate = torch.full((data.num_subjects,), float(mcmc.diagnostics()["acceptance rate"]["chain 0"]))
-    return PosteriorDraws(b, _uniform(b), method, acceptance=rate)
+    return PosteriorDraws(b, uniform_log_weights(b), method, acceptance=rate)
 
 
 # ------------------------------------------------------------- summaries

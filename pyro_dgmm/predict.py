@@ -110,7 +110,8 @@ from .errors import ConfigError, DataError, describe_rows
 from .likelihood import cell_log_likelihood
 from .options import check_bool, check_choice, check_float, check_int, check_keywords
 from .parallel import map_blocks, world
-from .posterior import DRAW_CELLS, sample_posterior, subjects_per_chunk
+from .parameters import Layout, assign
+from .posterior import DRAW_CELLS, sample_posterior, subject_chunks, subjects_per_chunk, uniform_log_weights
 from .results import PosteriorDraws, PosteriorPredictive, Prediction
 
 METHODS = ("importance", "mcmc", "encoder")
@@ -124,15 +125,6 @@ PREDICT_OPTIONS = ("relative", "include_history", "levels", "num_samples", "meth
 # ------------------------------------------------------------ posterior of b
 #: predict's ``method`` -> the sampler of :func:`~pyro_dgmm.posterior.sample_posterior`.
 ENGINE_METHODS = {"importance": "adaptive", "mcmc": "resample-move", "encoder": "encoder"}
-
-
-def _chunks(data: LongitudinalData, chunk_size: int | None, num_samples: int):
-    """(subject slice, subset of data) pairs of at most ``chunk_size`` subjects
-    (default: :func:`~pyro_dgmm.posterior.subjects_per_chunk` for ``num_samples``
-    draws and :data:`~pyro_dgmm.posterior.DRAW_CELLS` cells)."""
-    chunk_size = chunk_size or subjects_per_chunk(num_samples, data, DRAW_CELLS)
-    slices = [slice(start, start + chunk_size) for start in range(0, data.num_subjects, chunk_size)]
-    return [(index, data.subset(index)) for index in slices]
 
 
 def default_proposals(num_samples: int) -> int:
@@ -169,8 +161,9 @@ def predictive_draws(model, data: LongitudinalData, posterior: PosteriorDraws, *
     """Draw y at every slot of ``data`` given ``posterior.b`` (S, N, q), via
     ``pyro.infer.Predictive`` over the model run with ``observe=False``, in
     chunks of ``chunk_size`` subjects."""
-    chunks = _chunks(data, chunk_size, posterior.b.shape[0])
-    parts = [_predictive_chunk(model, chunk, posterior.b[:, index]) for index, chunk in chunks]
+    chunk_size = chunk_size or subjects_per_chunk(posterior.b.shape[0], data, DRAW_CELLS)
+    parts = [_predictive_chunk(model, chunk, posterior.b[:, index])
+             for chunk, index in subject_chunks(data, chunk_size)]
     means, draws, log_lik = (torch.cat(tensors, dim=1) for tensors in zip(*parts))
     return PosteriorPredictive(data, posterior, means, draws, log_lik)
 
@@ -425,7 +418,7 @@ def _predict_subjects(model, guide, schema: DataSchema, history: pd.DataFrame, t
         parts = [posterior_predictive(m, guide, past, target=target, num_samples=each, method=method,
                                       **posterior_options) for m in models]
         b = torch.cat([p.posterior.b for p in parts])
-        posterior = PosteriorDraws(b, torch.full(b.shape[:2], -math.log(b.shape[0]), dtype=b.dtype), method)
+        posterior = PosteriorDraws(b, uniform_log_weights(b), method)
         predictive = PosteriorPredictive(target, posterior, *(torch.cat([getattr(p, key) for p in parts])
                                                               for key in ("means", "draws", "log_likelihood")))
     return Prediction(*_summary_table(rows, predictive, schema, levels), predictive)
@@ -448,13 +441,10 @@ def parameter_models(model, errors, num_draws: int, *, seed: int = 0) -> list:
     half = torch.randn(((num_draws + 1) // 2, theta.numel()), generator=generator, dtype=theta.dtype)
     noise = torch.cat([half, -half])[:num_draws]  # antithetic pairs: the draws' mean is theta itself
     draws = theta + noise @ root.T
+    layout = Layout(model, errors.parameter_names)
     models = []
     for draw in draws:
         copy_ = copy.deepcopy(model)
-        params = dict(copy_.named_parameters())
-        with torch.no_grad():
-            for name in errors.parameter_names:
-                target = params[name]
-                target.copy_(draw[errors.slices[name]].reshape(target.shape).to(target))
+        assign(copy_, layout, draw)
         models.append(copy_)
     return models

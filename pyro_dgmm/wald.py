@@ -350,8 +350,7 @@ def population_curve(model, data: LongitudinalData, errors: StandardErrors, *, s
     :returns: one row per visit of ``data``: id, time and per outcome
         ``<name>``, ``<name>_se``, ``<name>_lower``, ``<name>_upper``.
     """
-    if scale not in ("link", "response"):
-        raise ConfigError(f"scale must be 'link' or 'response', got '{scale}'")
+    scale = check_choice("scale", scale, ("link", "response"))
     bound = float64_copy(model, data.device)
     layout = Layout(bound.model, errors.parameter_names)
     covariance = errors.covariance.to(data.device)
