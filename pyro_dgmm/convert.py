@@ -113,6 +113,7 @@ import torch
 
 from .data import DataSchema
 from .errors import ConfigError
+from .parameters import LINEAR_FIXED_EFFECTS, Layout, assign, element_labels
 from .results import PosteriorPredictive
 
 
@@ -152,21 +153,6 @@ def _user_times(predictive: PosteriorPredictive) -> np.ndarray:
     return _numpy(data.times) + data.time_origin if data.time_values is None else data.time_values
 
 
-def _labels(model, names: Sequence[str]) -> list[str]:
-    """One label per scalar of the parameters ``names``, as in
-    ``StandardErrors.labels``: ``'sigma[y]'`` for observation parameters
-    (:meth:`~pyro_dgmm.model.MixedModel.observation_parameters`), else the
-    name, with ``[i,j]`` for tensors of more than one element."""
-    readable = model.observation_parameters()
-    params = dict(model.named_parameters())
-    labels = []
-    for name in names:
-        base, shape = readable.get(name, name), tuple(params[name].shape)
-        labels += [base] if int(np.prod(shape)) == 1 else [f"{base}[{','.join(map(str, i))}]"
-                                                           for i in np.ndindex(*shape)]
-    return labels
-
-
 def _reported(model, names: Sequence[str]) -> np.ndarray:
     """The parameters ``names`` of ``model`` flattened, on the reported scale:
     a constrained PyroParam stored as ``<path>_unconstrained`` is read as
@@ -185,8 +171,6 @@ def _reported(model, names: Sequence[str]) -> np.ndarray:
 def global_parameter_names(model) -> list[str]:
     """The global parameters exported without ``errors``: the observation
     model's, then the linear fixed effects the model has."""
-    from .parameters import LINEAR_FIXED_EFFECTS
-
     known = dict(model.named_parameters())
     return [*model.observation_parameters(), *(name for name in LINEAR_FIXED_EFFECTS if name in known)]
 
@@ -205,12 +189,10 @@ def wald_draws(model, errors, shape: tuple[int, ...], seed: int = 0) -> np.ndarr
     noise = torch.randn((int(np.prod(shape)), theta.numel()), generator=generator, dtype=theta.dtype)
     draws = theta + noise @ root.T
     working = copy.deepcopy(model).cpu()
-    params = dict(working.named_parameters())
+    layout = Layout(working, errors.parameter_names)  # errors.slices: the same flat order
     out = []
     for draw in draws:
-        for name in errors.parameter_names:
-            target = params[name]
-            target.copy_(draw[errors.slices[name]].reshape(target.shape).to(target))
+        assign(working, layout, draw)
         out.append(_reported(working, errors.parameter_names))
     return np.stack(out).reshape(*shape, -1)
 
@@ -323,7 +305,7 @@ def to_inference_data(predictive: PosteriorPredictive | Sequence[PosteriorPredic
     constant = {}
     if model is not None:
         names = errors.parameter_names if errors is not None else global_parameter_names(model)
-        labels = list(errors.labels) if errors is not None else _labels(model, names)
+        labels = list(errors.labels) if errors is not None else element_labels(model, Layout(model, names))
         if labels:
             constant["theta_hat"] = _numpy(errors.estimate) if errors is not None else _reported(model, names)
             coords["parameter"] = labels

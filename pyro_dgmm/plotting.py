@@ -83,13 +83,13 @@ def plot_subjects(fitted: pd.DataFrame, outcomes: Sequence[str], *, id_col: str,
         ids = pd.unique(fitted[id_col])
         subjects = np.random.default_rng(seed).choice(ids, size=min(max_subjects, len(ids)), replace=False)
     families = dict(families or {})
+    panels = [fitted[fitted[id_col] == subject].sort_values(time_col) for subject in subjects]  # once, not per outcome
     fig, axes = plt.subplots(len(outcomes), len(subjects), figsize=(2.6 * len(subjects), 2.2 * len(outcomes)),
                              squeeze=False, sharex=True)
     for row, name in enumerate(outcomes):
         limits, probability = _value_limits(families.get(name), fitted[name], fitted[f"{name}_fitted"])
         label = _interval_label(fitted, name, level)
-        for col, subject in enumerate(subjects):
-            rows = fitted[fitted[id_col] == subject].sort_values(time_col)
+        for col, (subject, rows) in enumerate(zip(subjects, panels)):
             ax = axes[row, col]
             if label is not None and f"{name}_predictive_lower_{label}" in rows.columns:
                 ax.fill_between(rows[time_col], rows[f"{name}_predictive_lower_{label}"],
