@@ -113,7 +113,7 @@ import torch
 
 from .data import DataSchema
 from .errors import ConfigError
-from .parameters import LINEAR_FIXED_EFFECTS, Layout, assign, element_labels
+from .parameters import LINEAR_FIXED_EFFECTS, Layout, assign, element_labels, present
 from .results import PosteriorPredictive
 
 
@@ -171,8 +171,7 @@ def _reported(model, names: Sequence[str]) -> np.ndarray:
 def global_parameter_names(model) -> list[str]:
     """The global parameters exported without ``errors``: the observation
     model's, then the linear fixed effects the model has."""
-    known = dict(model.named_parameters())
-    return [*model.observation_parameters(), *(name for name in LINEAR_FIXED_EFFECTS if name in known)]
+    return [*model.observation_parameters(), *present(model, LINEAR_FIXED_EFFECTS)]
 
 
 @torch.no_grad()

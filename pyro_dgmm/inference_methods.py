@@ -40,7 +40,7 @@ from .data import LongitudinalData
 from .errors import ConfigError, DataError, NotFittedError
 from .fit import FitConfig
 from .options import check_int, check_keywords
-from .parameters import COVARIATE_TIME_EFFECTS, LINEAR_FIXED_EFFECTS, LINEAR_RANDOM_EFFECTS
+from .parameters import COVARIATE_TIME_EFFECTS, LINEAR_FIXED_EFFECTS, LINEAR_PARAMETERS, present
 from .summary import summarize
 
 
@@ -95,9 +95,7 @@ class LikelihoodMethods:
         """
         data = self._training_data("standard_errors")
         if parameters is None:
-            known = dict(self.model_.named_parameters())
-            parameters = [name for name in (*LINEAR_FIXED_EFFECTS, COVARIATE_TIME_EFFECTS, LINEAR_RANDOM_EFFECTS)
-                          if name in known]
+            parameters = present(self.model_, LINEAR_PARAMETERS)
         key = ("standard_errors", tuple(parameters), level, num_samples, method, seed)
         return self._cached(key, lambda: wald.standard_errors(
             self.model_, self.guide_, data, parameters, level=level, num_samples=num_samples, method=method,
@@ -198,8 +196,7 @@ class LikelihoodMethods:
         the log-likelihood), cached.
         """
         data = self._training_data("summary")
-        known = dict(self.model_.named_parameters())
-        fixed = [name for name in (*LINEAR_FIXED_EFFECTS, COVARIATE_TIME_EFFECTS) if name in known]
+        fixed = present(self.model_, (*LINEAR_FIXED_EFFECTS, COVARIATE_TIME_EFFECTS))
         errors = self.standard_errors(fixed, level=level, num_samples=num_samples, seed=seed)
         self._inference_cache.setdefault(("marginal", num_samples, seed), errors.marginal)  # the same draws
         try:

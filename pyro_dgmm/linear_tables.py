@@ -38,7 +38,7 @@ import torch
 from .bases import Polynomial
 from .data import DataSchema
 from .errors import ConfigError
-from .parameters import LINEAR_FIXED_EFFECTS
+from .parameters import LINEAR_FIXED_EFFECTS, present
 from .results import StandardErrors, wald_table
 from .wald import estimable
 
@@ -87,7 +87,7 @@ def linear_coefficients(model, schema: DataSchema, errors: StandardErrors) -> pd
 
 def _linear_map(model, schema: DataSchema, errors: StandardErrors) -> tuple[pd.MultiIndex, torch.Tensor, torch.Tensor]:
     """Index (outcome, term), matrix M (R, P) and offset a_0 (R,) of :func:`linear_coefficients`."""
-    names = [n for n in LINEAR_FIXED_EFFECTS if n in dict(model.named_parameters())]
+    names = present(model, LINEAR_FIXED_EFFECTS)
     missing = [n for n in names if n not in errors.slices]
     if missing:
         raise ConfigError(f"errors lacks {missing}: compute them with standard_errors(..., "

@@ -37,8 +37,17 @@ LINEAR_FIXED_EFFECTS = (
 COVARIATE_TIME_EFFECTS = "fixed_effects.covariate_time.weight"
 #: The matrix A of the linear random effects Z A b (covariance s^2 A A').
 LINEAR_RANDOM_EFFECTS = "random_effects.linear_coefficients.weight"
+#: The linear parts a DGMM may have, in table order: fixed effects, covariate-by-time terms, random-effects map.
+LINEAR_PARAMETERS = (*LINEAR_FIXED_EFFECTS, COVARIATE_TIME_EFFECTS, LINEAR_RANDOM_EFFECTS)
 #: Eigenvalues of an information or Jacobian Gram matrix below this fraction of the largest are flat directions.
 NULL_RTOL = 1e-7
+
+
+def present(model, names) -> list[str]:
+    """The parameter ``names`` that ``model`` has, in the order given (a
+    linear DGMM has every linear part; a deep one only some)."""
+    known = dict(model.named_parameters())
+    return [name for name in names if name in known]
 
 
 class Bound(nn.Module):

@@ -45,8 +45,8 @@ from .diagnostics import InferenceWarning
 from .errors import ConfigError
 from .marginal import MarginalObjective, minimum_samples, warn_unreliable
 from .options import check_choice, check_float
-from .parameters import (COVARIATE_TIME_EFFECTS, LINEAR_FIXED_EFFECTS, LINEAR_RANDOM_EFFECTS, NULL_RTOL, Layout,
-                         assign, constraint_of, dispersion_labels, element_labels, float64_copy, select_parameters)
+from .parameters import (LINEAR_PARAMETERS, NULL_RTOL, Layout, assign, constraint_of, dispersion_labels, element_labels,
+                         float64_copy, present, select_parameters)
 from .results import Maximization, StandardErrors
 
 #: Newton steps ignore curvatures below this fraction of the largest.
@@ -83,7 +83,7 @@ def standard_errors(model, guide, data: LongitudinalData, parameters: Sequence[s
     SVI only approaches: see :func:`maximize_marginal_likelihood`.
 
     :param parameters: names from ``model.named_parameters()`` whose
-        elements get standard errors, e.g. :data:`LINEAR_FIXED_EFFECTS`.
+        elements get standard errors, e.g. :data:`~pyro_dgmm.parameters.LINEAR_FIXED_EFFECTS`.
     :param include_dispersion: add every outcome's dispersion parameter
         (residual SD, Beta precision).
     :param method: ``'autograd'`` (exact Hessian of the estimate; cheap up
@@ -156,8 +156,8 @@ def maximize_marginal_likelihood(model, guide, data: LongitudinalData, parameter
     unused latent direction) stay where SVI left them.
 
     :param parameters: names from ``model.named_parameters()``; for a
-        linear DGMM all of them (:data:`LINEAR_FIXED_EFFECTS`,
-        :data:`LINEAR_RANDOM_EFFECTS` and the dispersion).
+        linear DGMM all of them (:data:`~pyro_dgmm.parameters.LINEAR_FIXED_EFFECTS`,
+        :data:`~pyro_dgmm.parameters.LINEAR_RANDOM_EFFECTS` and the dispersion).
     :param num_shards: sharding over processes (:mod:`pyro_dgmm.marginal`);
         default one shard per ``torch.distributed`` process.
     :param distributed_input: each process passes only its own subjects.
@@ -214,12 +214,10 @@ def refine(model, guide, data: LongitudinalData, *, num_samples: int | None = No
         parameters, then needs fitting again; ``DeepMixedModel.fit`` does so.)
     """
     start = time.perf_counter()
-    known = dict(model.named_parameters())
-    linear = (*LINEAR_FIXED_EFFECTS, COVARIATE_TIME_EFFECTS, LINEAR_RANDOM_EFFECTS)
-    names = [name for name in linear if name in known]
+    names = present(model, LINEAR_PARAMETERS)
     if not names and not dispersion_labels(model):
         raise ConfigError(f"refine: {type(model).__name__} has none of the parameters the refinement moves "
-                          f"({', '.join(linear)}) and no dispersion; "
+                          f"({', '.join(LINEAR_PARAMETERS)}) and no dispersion; "
                           "call maximize_marginal_likelihood with the names of its own parameters")
     num_samples = num_samples or max(500, minimum_samples(model.latent_dim))
     result = maximize_marginal_likelihood(model, guide, data, names, num_samples=num_samples, seed=seed,
