@@ -47,7 +47,7 @@ from .errors import ConfigError, DataError
 from .estimator import DeepMixedModel, default_latent_dim
 from .events import QUADRATURE_NODES, EventSpec, JointData, event_arrays, gauss_legendre, with_events
 from .fit import FitConfig
-from .joint import ASSOCIATION_TERMS, JointGuide, JointModel
+from .joint import JointGuide, JointModel, check_association_terms
 from .options import check_int, check_keywords
 from .parallel import hold_out
 from .posterior import sample_posterior
@@ -101,10 +101,7 @@ class JointMixedModel(DeepMixedModel):
         if association is not None and association not in self.outcomes:
             raise ConfigError(f"association must name an outcome ({list(self.outcomes)}), got {association!r}")
         self.association = association
-        terms = (association_terms,) if isinstance(association_terms, str) else tuple(association_terms)
-        if not terms or len(set(terms)) < len(terms) or not set(terms) <= set(ASSOCIATION_TERMS):
-            raise ConfigError(f"association_terms must be distinct names among {ASSOCIATION_TERMS}, got {terms!r}")
-        self.association_terms = terms
+        self.association_terms = check_association_terms(association_terms)
         self.baseline_hidden = tuple(check_int(f"baseline_hidden[{k}]", w) for k, w in enumerate(baseline_hidden))
         self.quadrature_nodes = check_int("quadrature_nodes", quadrature_nodes)
         self.event_spec_: EventSpec | None = None
