@@ -266,14 +266,14 @@ class JointMixedModel(DeepMixedModel):
             incidence = np.concatenate([part[0] for part in parts], 1)
             survival = np.concatenate([part[1] for part in parts], 1)
             trajectory = self._trajectory(b, data, np.linspace(0.0, horizons[-1], 50) if times is None else times)
-        rows = []
-        names = self.causes
-        for i, subject in enumerate(data.ids):
-            for h, u in enumerate(horizons):
-                curves = [(name, incidence[:, i, h, c]) for c, name in enumerate(names)]
-                for name, values in curves + [("event-free", survival[:, i, h])]:
-                    rows.append((subject, u, name, float(values.mean()), *np.quantile(values, [0.025, 0.975])))
-        events = pd.DataFrame(rows, columns=[self.id_col, "horizon", "cause", "probability", "lower", "upper"])
+        # (N, H, C + 1, S): the causes then event-free, the draws last
+        values = np.ascontiguousarray(np.moveaxis(np.concatenate([incidence, survival[..., None]], -1), 0, -1))
+        n, h, k = values.shape[:3]
+        low, high = np.quantile(values, [0.025, 0.975], axis=-1).astype(np.float64)
+        events = pd.DataFrame({self.id_col: np.repeat(data.ids, h * k), "horizon": np.tile(np.repeat(horizons, k), n),
+                               "cause": np.tile(self.causes + ["event-free"], n * h),
+                               "probability": values.mean(-1).astype(np.float64).ravel(),
+                               "lower": low.ravel(), "upper": high.ravel()})
         return EventPrediction(events, trajectory, history.copy(), landmark)
 
     def _resampled(self, draws, seed: int) -> torch.Tensor:
