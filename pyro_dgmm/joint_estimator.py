@@ -105,7 +105,6 @@ class JointMixedModel(DeepMixedModel):
         self.baseline_hidden = tuple(check_int(f"baseline_hidden[{k}]", w) for k, w in enumerate(baseline_hidden))
         self.quadrature_nodes = check_int("quadrature_nodes", quadrature_nodes)
         self.event_spec_: EventSpec | None = None
-        self.events_: pd.DataFrame | None = None
 
     def fit(self, df: pd.DataFrame, config: FitConfig | None = None, *, events: pd.DataFrame | None = None,
             event_time: str | None = None, event_status: str | None = None, event_causes: Mapping | None = None,
@@ -141,7 +140,6 @@ class JointMixedModel(DeepMixedModel):
         data = schema.transform(df)
         entry, time, status = event_arrays(events, spec, self.id_col, df, self.time_col, data.ids)
         self.schema_, self.event_spec_ = schema, spec
-        self.events_ = events.copy()
         self.data_ = with_events(data, schema.time_basis, entry, time, status, nodes=self.quadrature_nodes)
         self.training_baseline_ = self._baseline_frame(df)
         self.num_visits_ = self.data_.num_visits
