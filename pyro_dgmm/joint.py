@@ -278,6 +278,4 @@ class JointGuide(AmortizedGuide):
         follow_up = (data.event_time / self.time_scale).unsqueeze(-1)
         covariates = torch.cat([data.covariates, follow_up.to(data.covariates.dtype),
                                 status.to(data.covariates.dtype)], -1)
-        mask = data.mask if data.encoder_mask is None else data.encoder_mask
-        loc, scale_tril = self.encoder(data.encoder_y, mask, data.visit_mask, data.time_features, covariates)
-        return dist.MultivariateNormal(loc, scale_tril=scale_tril)
+        return super().posterior(replace(data, covariates=covariates))
