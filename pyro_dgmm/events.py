@@ -93,15 +93,15 @@ class EventSpec:
         causes = {1: "event"} if self.causes is None else self.causes
         lookup = {float(code): 1 + names.index(str(name)) for code, name in causes.items()}
         lookup[0.0] = 0
-        index = np.empty(len(codes), np.int64)
-        for row, code in enumerate(codes):
-            if code not in lookup:
-                raise DataError(f"events column '{self.status_col}' has status {code:g} for subject "
-                                f"{_name(ids.iloc[row])!r}, which is neither 0 (censored) nor a code of "
-                                f"event_causes {sorted(causes)}" + (" (name the codes of several causes with "
-                                "event_causes, e.g. {1: 'transplant', 2: 'death'})" if self.causes is None else ""))
-            index[row] = lookup[code]
-        return index
+        index = pd.Series(codes).map(lookup)
+        unknown = index.isna().to_numpy()
+        if unknown.any():
+            row = np.argmax(unknown)
+            raise DataError(f"events column '{self.status_col}' has status {codes[row]:g} for subject "
+                            f"{_name(ids.iloc[row])!r}, which is neither 0 (censored) nor a code of "
+                            f"event_causes {sorted(causes)}" + (" (name the codes of several causes with "
+                            "event_causes, e.g. {1: 'transplant', 2: 'death'})" if self.causes is None else ""))
+        return index.to_numpy(np.int64)
 
 
 def _name(value):

@@ -77,6 +77,17 @@ ASSOCIATION_TERMS = ("value", "slope")
 SLOPE_STEP = 1e-3
 
 
+def check_association_terms(association_terms) -> tuple[str, ...]:
+    """``association_terms`` (a name or names of :data:`ASSOCIATION_TERMS`) as a tuple.
+
+    :raises ConfigError: none, repeated or unknown names.
+    """
+    terms = (association_terms,) if isinstance(association_terms, str) else tuple(association_terms)
+    if not terms or len(set(terms)) < len(terms) or not set(terms) <= set(ASSOCIATION_TERMS):
+        raise ConfigError(f"association_terms must be distinct names among {ASSOCIATION_TERMS}, got {terms!r}")
+    return terms
+
+
 class SurvivalOutcome(TorchDistribution):
     r"""The event record of a subject given the hazards: value = status
     (0 censored, c = 1..C the cause), density
@@ -137,10 +148,7 @@ class JointModel(DGMM):
             raise ConfigError(f"association must name an outcome ({self.outcomes}), got {association!r}")
         if not baseline_rate > 0:
             raise ConfigError(f"baseline_rate must be positive, got {baseline_rate!r}")
-        terms = (association_terms,) if isinstance(association_terms, str) else tuple(association_terms)
-        if not terms or len(set(terms)) < len(terms) or not set(terms) <= set(ASSOCIATION_TERMS):
-            raise ConfigError(f"association_terms must be distinct names among {ASSOCIATION_TERMS}, got {terms!r}")
-        self.association_terms = terms
+        self.association_terms = terms = check_association_terms(association_terms)
         self.num_causes = num_causes
         self.association = association
         self.association_index = self.outcomes.index(association)
@@ -270,6 +278,4 @@ class JointGuide(AmortizedGuide):
         follow_up = (data.event_time / self.time_scale).unsqueeze(-1)
         covariates = torch.cat([data.covariates, follow_up.to(data.covariates.dtype),
                                 status.to(data.covariates.dtype)], -1)
-        mask = data.mask if data.encoder_mask is None else data.encoder_mask
-        loc, scale_tril = self.encoder(data.encoder_y, mask, data.visit_mask, data.time_features, covariates)
-        return dist.MultivariateNormal(loc, scale_tril=scale_tril)
+        return super().posterior(replace(data, covariates=covariates))

@@ -47,7 +47,7 @@ from .errors import ConfigError, DataError
 from .estimator import DeepMixedModel, default_latent_dim
 from .events import QUADRATURE_NODES, EventSpec, JointData, event_arrays, gauss_legendre, with_events
 from .fit import FitConfig
-from .joint import ASSOCIATION_TERMS, JointGuide, JointModel
+from .joint import JointGuide, JointModel, check_association_terms
 from .options import check_int, check_keywords
 from .parallel import hold_out
 from .posterior import sample_posterior
@@ -101,14 +101,10 @@ class JointMixedModel(DeepMixedModel):
         if association is not None and association not in self.outcomes:
             raise ConfigError(f"association must name an outcome ({list(self.outcomes)}), got {association!r}")
         self.association = association
-        terms = (association_terms,) if isinstance(association_terms, str) else tuple(association_terms)
-        if not terms or len(set(terms)) < len(terms) or not set(terms) <= set(ASSOCIATION_TERMS):
-            raise ConfigError(f"association_terms must be distinct names among {ASSOCIATION_TERMS}, got {terms!r}")
-        self.association_terms = terms
+        self.association_terms = check_association_terms(association_terms)
         self.baseline_hidden = tuple(check_int(f"baseline_hidden[{k}]", w) for k, w in enumerate(baseline_hidden))
         self.quadrature_nodes = check_int("quadrature_nodes", quadrature_nodes)
         self.event_spec_: EventSpec | None = None
-        self.events_: pd.DataFrame | None = None
 
     def fit(self, df: pd.DataFrame, config: FitConfig | None = None, *, events: pd.DataFrame | None = None,
             event_time: str | None = None, event_status: str | None = None, event_causes: Mapping | None = None,
@@ -144,7 +140,6 @@ class JointMixedModel(DeepMixedModel):
         data = schema.transform(df)
         entry, time, status = event_arrays(events, spec, self.id_col, df, self.time_col, data.ids)
         self.schema_, self.event_spec_ = schema, spec
-        self.events_ = events.copy()
         self.data_ = with_events(data, schema.time_basis, entry, time, status, nodes=self.quadrature_nodes)
         self.training_baseline_ = self._baseline_frame(df)
         self.num_visits_ = self.data_.num_visits
@@ -269,14 +264,14 @@ class JointMixedModel(DeepMixedModel):
             incidence = np.concatenate([part[0] for part in parts], 1)
             survival = np.concatenate([part[1] for part in parts], 1)
             trajectory = self._trajectory(b, data, np.linspace(0.0, horizons[-1], 50) if times is None else times)
-        rows = []
-        names = self.causes
-        for i, subject in enumerate(data.ids):
-            for h, u in enumerate(horizons):
-                curves = [(name, incidence[:, i, h, c]) for c, name in enumerate(names)]
-                for name, values in curves + [("event-free", survival[:, i, h])]:
-                    rows.append((subject, u, name, float(values.mean()), *np.quantile(values, [0.025, 0.975])))
-        events = pd.DataFrame(rows, columns=[self.id_col, "horizon", "cause", "probability", "lower", "upper"])
+        # (N, H, C + 1, S): the causes then event-free, the draws last
+        values = np.ascontiguousarray(np.moveaxis(np.concatenate([incidence, survival[..., None]], -1), 0, -1))
+        n, h, k = values.shape[:3]
+        low, high = np.quantile(values, [0.025, 0.975], axis=-1).astype(np.float64)
+        events = pd.DataFrame({self.id_col: np.repeat(data.ids, h * k), "horizon": np.tile(np.repeat(horizons, k), n),
+                               "cause": np.tile(self.causes + ["event-free"], n * h),
+                               "probability": values.mean(-1).astype(np.float64).ravel(),
+                               "lower": low.ravel(), "upper": high.ravel()})
         return EventPrediction(events, trajectory, history.copy(), landmark)
 
     def _resampled(self, draws, seed: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ from pyro_dgmm.datasets import load_pbc, load_pbc_events
 from pyro_dgmm.datasets.joint import simulate_joint
 from pyro_dgmm.errors import ConfigError, DataError
 from pyro_dgmm.events import with_events
-from pyro_dgmm.joint import JointGuide, JointModel
+from pyro_dgmm.joint import JointModel
 from pyro_dgmm import joint_estimator
 from pyro_dgmm.joint_estimator import JointMixedModel
 from pyro_dgmm.likelihood import observed_log_likelihood

@@ -71,18 +71,17 @@ def simulate_joint(n_subjects: int = 500, *, alpha: float = 0.5, gamma: float = 
     censor = rng.uniform(censor_min, horizon, n_subjects)
     time = np.minimum(event_time, censor)
     status = (event_time <= censor).astype(int)
-    rows, truth = [], []
-    for i in range(n_subjects):
-        visits = np.arange(0.0, time[i], visit_every)
-        mean = beta[0] + beta[2] * x[i] + b[i, 0] + (beta[1] + b[i, 1]) * visits
-        y = mean + rng.normal(0.0, sd_noise, len(visits))
-        rows.append(pd.DataFrame({"id": i, "time": visits, "y": y, "x": x[i]}))
-        truth.append(pd.DataFrame({"id": i, "time": visits, "y_mean": mean, "y_complete": y}))
+    visits = [np.arange(0.0, t, visit_every) for t in time]
+    subject = np.repeat(np.arange(n_subjects), [len(v) for v in visits])  # of each visit
+    visits = np.concatenate(visits)
+    mean = beta[0] + beta[2] * x[subject] + b[subject, 0] + (beta[1] + b[subject, 1]) * visits
+    y = mean + rng.normal(0.0, sd_noise, len(visits))
     params = dict(alpha=alpha, gamma=gamma, weibull_scale=weibull_scale, weibull_shape=weibull_shape,
                   beta=tuple(beta), sd_intercept=sd_intercept, sd_slope=sd_slope, sd_noise=sd_noise)
     return JointSimulatedData(
         events=pd.DataFrame({"id": np.arange(n_subjects), "time": time, "status": status}),
-        data=pd.concat(rows, ignore_index=True), truth=pd.concat(truth, ignore_index=True), random_effects=b,
+        data=pd.DataFrame({"id": subject, "time": visits, "y": y, "x": x[subject]}),
+        truth=pd.DataFrame({"id": subject, "time": visits, "y_mean": mean, "y_complete": y}), random_effects=b,
         outcomes={"y": "gaussian"}, covariates=["x"], params=params,
         population_truth=pd.DataFrame({"time": grid[::100],  # without dropout: E[x] = 1/2
                                        "y_population_mean": beta[0] + beta[1] * grid[::100] + beta[2] / 2}))
