@@ -57,7 +57,6 @@ from typing import Mapping, Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistribution
 
@@ -66,7 +65,7 @@ from .errors import ConfigError
 from .events import JointData
 from .families import Family
 from .guide import AmortizedGuide
-from .model import DGMM, StandardNormal, subjects_plate
+from .model import DGMM
 from .nn import MLP, DenseEncoder, SetEncoder, _zero_last_layer
 
 
@@ -204,33 +203,21 @@ class JointModel(DGMM):
         _require_events(data)
         return self.event_distribution(b, data).log_prob(data.event_status)
 
-    def forward(self, data: JointData, *, num_subjects: int | None = None, kl_scale: float = 1.0,
-                observe: bool = True, eta_shift: torch.Tensor | None = None) -> torch.Tensor:
-        """:meth:`MixedModel.forward <pyro_dgmm.model.MixedModel.forward>` plus the
-        ``event`` site (batch (N, 1) in the subjects plate), conditioned on the
-        event records; ``observe=False`` draws the outcomes and leaves the
-        event out (no event times are simulated)."""
+    def forward(self, data: JointData, **options) -> torch.Tensor:
+        """:meth:`MixedModel.forward <pyro_dgmm.model.MixedModel.forward>` on
+        data with event records (its options), plus the ``event`` site of
+        :meth:`subject_sites`."""
         _require_events(data)
-        n, t = data.num_subjects, data.num_visits
-        with subjects_plate(data, num_subjects):
-            prior = StandardNormal(self.latent_dim, dtype=data.y.dtype, device=data.device).expand([n, 1])
-            with poutine.scale(scale=kl_scale):
-                b = pyro.sample("b", prior).squeeze(-2)
-            eta = self.eta(b, data)
-            if eta_shift is not None:
-                eta = eta + eta_shift
-            with pyro.plate("time", t, dim=-1):
-                for k, (name, fn) in enumerate(self.observation_distributions(b, data, eta).items()):
-                    if observe:
-                        pyro.sample(f"y_{name}", fn.mask(data.mask[..., k]), obs=data.y[..., k])
-                    else:
-                        pyro.sample(f"y_{name}", fn)
-            if observe:
-                event = self.event_distribution(b, data)
-                pyro.sample("event", SurvivalOutcome(event.log_hazard.unsqueeze(-2),
-                                                     event.cumulative_hazard.unsqueeze(-2)),
-                            obs=data.event_status.unsqueeze(-1).to(data.y.dtype))
-        return eta
+        return super().forward(data, **options)
+
+    def subject_sites(self, b: torch.Tensor, data: JointData, observe: bool) -> None:
+        """The ``event`` site (batch (N, 1) in the subjects plate), conditioned
+        on the event records; ``observe=False`` leaves it out (no event times
+        are simulated)."""
+        if observe:
+            event = self.event_distribution(b, data)
+            pyro.sample("event", SurvivalOutcome(event.log_hazard.unsqueeze(-2), event.cumulative_hazard.unsqueeze(-2)),
+                        obs=data.event_status.unsqueeze(-1).to(data.y.dtype))
 
     def event_coefficients(self) -> dict[str, torch.Tensor]:
         """The event submodel's parameters by name, each (C, ...): ``alpha``

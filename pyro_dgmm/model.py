@@ -320,7 +320,13 @@ class MixedModel(OwnParameters):
                         pyro.sample(f"y_{name}", fn.mask(data.mask[..., k]), obs=data.y[..., k])
                     else:
                         pyro.sample(f"y_{name}", fn)
+            self.subject_sites(b.squeeze(-2), data, observe)
         return eta
+
+    def subject_sites(self, b: torch.Tensor, data: LongitudinalData, observe: bool) -> None:
+        """Sample sites with one value per subject beside the outcomes, inside
+        the subjects plate (``b``: (..., N, q)); none here.  A joint model
+        adds its event-time site (:class:`~pyro_dgmm.joint.JointModel`)."""
 
 
 class StandardNormal(dist.MultivariateNormal):
