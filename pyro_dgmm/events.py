@@ -34,8 +34,9 @@ Example (the integral of :math:`s^2` over [0, 2] is 8/3):
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 import numpy as np
 import pandas as pd
@@ -184,18 +185,8 @@ class JointData(LongitudinalData):
     node_features: torch.Tensor | None = None
     node_slopes: torch.Tensor | None = None
 
-    def minibatch(self, index: torch.Tensor) -> "JointData":
-        batch = super().minibatch(index)
-        return replace(batch, **{name: getattr(self, name)[index] for name in _EVENT_FIELDS})
-
-    def to(self, device=None, dtype=None) -> "JointData":
-        moved = super().to(device, dtype)
-
-        def move(x: torch.Tensor) -> torch.Tensor:
-            x = x.to(device) if device is not None else x
-            return x.to(dtype) if dtype is not None and x.is_floating_point() else x
-
-        return replace(moved, **{name: move(getattr(self, name)) for name in _EVENT_FIELDS})
+    tensor_fields: ClassVar[tuple[str, ...]] = LongitudinalData.tensor_fields + (
+        "entry", "event_time", "event_status", "node_times", "node_weights", "node_features", "node_slopes")
 
     @property
     def num_nodes(self) -> int:
@@ -203,7 +194,6 @@ class JointData(LongitudinalData):
         return self.node_weights.shape[-1]
 
 
-_EVENT_FIELDS = ("entry", "event_time", "event_status", "node_times", "node_weights", "node_features", "node_slopes")
 
 
 def with_events(data: LongitudinalData, basis: TimeBasis, entry, time, status, *,
@@ -228,7 +218,7 @@ def with_events(data: LongitudinalData, basis: TimeBasis, entry, time, status, *
     node_times = torch.where(from_zero, time.unsqueeze(-1) * v ** 2, node_times)
     weights = torch.where(from_zero, 2 * time.unsqueeze(-1) * v * v_weights, weights)
     node_times = torch.cat([node_times, time.unsqueeze(-1)], -1)
-    fields = {name: getattr(data, name) for name in LongitudinalData.__dataclass_fields__}
+    fields = {field.name: getattr(data, field.name) for field in dataclasses.fields(LongitudinalData)}
     model_times = node_times.double() - data.time_origin
     step = 1e-4 * model_times.abs().clamp_min(1.0)
     slopes = (basis.transform(model_times + step) - basis.transform(model_times - step)) / (2 * step.unsqueeze(-1))

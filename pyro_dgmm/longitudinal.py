@@ -38,7 +38,7 @@ The usual import is ``from pyro_dgmm.data import LongitudinalData``.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Iterator, Mapping
+from typing import ClassVar, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -53,6 +53,11 @@ class LongitudinalData:
     :meth:`DataSchema.transform` (or the estimator); index it
     with :meth:`subset`; go back to long format with :meth:`to_long`.
     """
+
+    #: The per-subject tensors that :meth:`minibatch` indexes and :meth:`to`
+    #: moves (a subclass with more per-subject tensors extends it).
+    tensor_fields: ClassVar[tuple[str, ...]] = ("y", "mask", "visit_mask", "times", "time_features", "encoder_y",
+                                                "covariates")
 
     y: torch.Tensor
     mask: torch.Tensor
@@ -113,7 +118,7 @@ class LongitudinalData:
         or ``time_values`` (empty and None): a step does not read them."""
         return replace(
             self,
-            **{name: getattr(self, name)[index] for name in _TENSOR_FIELDS},
+            **{name: getattr(self, name)[index] for name in self.tensor_fields},
             ids=self.ids[:0],
             time_values=None,
             encoder_mask=None if self.encoder_mask is None else self.encoder_mask[index],
@@ -150,7 +155,7 @@ class LongitudinalData:
             x = x.to(device) if device is not None else x
             return x.to(dtype) if dtype is not None and x.is_floating_point() else x
 
-        return replace(self, **{name: move(getattr(self, name)) for name in _TENSOR_FIELDS},
+        return replace(self, **{name: move(getattr(self, name)) for name in self.tensor_fields},
                        encoder_mask=None if self.encoder_mask is None else move(self.encoder_mask))
 
     def to_long(self, values: Mapping[str, torch.Tensor | np.ndarray], *, all_slots: bool = False) -> pd.DataFrame:
@@ -179,4 +184,3 @@ class LongitudinalData:
         return self.to_long({name: y[..., k] for k, name in enumerate(self.outcomes)})
 
 
-_TENSOR_FIELDS = ("y", "mask", "visit_mask", "times", "time_features", "encoder_y", "covariates")
