@@ -35,7 +35,7 @@ Example (the integral of :math:`s^2` over [0, 2] is 8/3):
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar, Mapping
 
 import numpy as np
