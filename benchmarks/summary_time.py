@@ -9,11 +9,12 @@ fixed effects and the residual SD, the log-likelihood from the same draws,
 the parameter count, AIC and BIC, the data-scale tables).  MixedLM (ML) is
 timed on the same data.  Reported: one row per number (coefficients, their
 SEs, the residual SD, the random-effects covariance, the log-likelihood)
-with MixedLM's value, pyro_dgmm's and the relative difference; the SEs
-also against MixedLM's conditional SEs, the square roots of the diagonal
-of :math:`(\sum_i X_i^\top V_i^{-1} X_i)^{-1}` at its variance estimates
-(pyro_dgmm's SEs are conditional on the random-effects covariance; MixedLM's
-``bse`` inverts the full observed information).
+with MixedLM's value, pyro_dgmm's and the relative difference.  The
+likelihood of this model is computed in closed form, so the SEs invert
+the full observed information, as MixedLM's ``bse`` does; for reference
+they are also set beside MixedLM's conditional SEs, the square roots of
+the diagonal of :math:`(\sum_i X_i^\top V_i^{-1} X_i)^{-1}` at its variance
+estimates (what the importance-sampled path reports for other models).
 
 Run:  python benchmarks/summary_time.py [--subjects 300] [--num-samples 500]
 """

@@ -185,18 +185,26 @@ class LikelihoodMethods:
         on what is missing and why.  Tables need linear parts
         (``model_options=dict(fixed_hidden=(), random_hidden=())`` and a
         ``poly(d)`` basis); SEs are at a maximum of the likelihood only
-        after ``fit(..., refine=True)``.  The SEs of the fixed effects and
-        dispersions are conditional on the random-effects map: they equal
-        :math:`(\sum_i X_i^\top V_i^{-1} X_i)^{-1}` at the variance estimates
-        (to 3 significant digits on the linear special case), while MixedLM's
-        reported ``bse`` inverts the full observed information, cross terms
-        with the variance parameters included (those have expectation zero;
-        the two differ by up to 0.25% there, docs/inference.md).  One pass of importance sampling
-        (:meth:`standard_errors` over those parameters, whose draws also give
-        the log-likelihood), cached.
+        after ``fit(..., refine=True)``.  For a linear mixed model (Gaussian
+        outcomes, linear parts only) the log-likelihood is exact, and after
+        the refinement the SEs invert the full observed information, the
+        random-effects map and its cross terms with the fixed effects
+        included, as MixedLM's ``bse`` does (:mod:`pyro_dgmm.marginal`,
+        "Closed form"; away from the maximum that information is not
+        positive definite).  Otherwise
+        the log-likelihood is importance-sampled and the SEs of the fixed
+        effects and dispersions are conditional on the random-effects map
+        (importance sampling puts spurious curvature along the flat
+        rotations of b): at the variance estimates of a linear model they
+        equal :math:`(\sum_i X_i^\top V_i^{-1} X_i)^{-1}`, within 0.25% of the
+        full inverse (docs/inference.md).  One pass (:meth:`standard_errors`
+        over those parameters, whose draws also give the log-likelihood),
+        cached.
         """
         data = self._training_data("summary")
         fixed = present(self.model_, (*LINEAR_FIXED_EFFECTS, COVARIATE_TIME_EFFECTS))
+        if self.result_.refinement and marginal.closed_form_applies(self.model_, self.guide_, data):
+            fixed = present(self.model_, LINEAR_PARAMETERS)
         errors = self.standard_errors(fixed, level=level, num_samples=num_samples, seed=seed)
         self._inference_cache.setdefault(("marginal", num_samples, seed), errors.marginal)  # the same draws
         try:

@@ -95,6 +95,8 @@ class MarginalLikelihood:
     order of ``ids`` (every process's subjects when sharded).  ``mc_sd`` is the Monte Carlo SD of each estimate (see
     the module docstring); it shrinks like :math:`1/\sqrt S`.
     (:math:`\log \hat p_i` is biased down by about ``mc_sd**2 / 2``.)
+    ``exact``: computed in closed form (a linear mixed model): ``mc_sd`` 0,
+    ``ess`` infinite, ``pareto_k`` -inf.
     """
 
     per_subject: torch.Tensor
@@ -103,6 +105,7 @@ class MarginalLikelihood:
     pareto_k: torch.Tensor
     num_samples: int
     ids: np.ndarray
+    exact: bool = False
 
     @property
     def total(self) -> float:

@@ -65,12 +65,18 @@ _MONTE_CARLO_TOLERANCE = 1e-2
 #: still climb by noise, the refinement would otherwise run to ``max_steps``
 #: (two suffice for a linear mixed model, whose gradient is exact).
 _POLISH_STEPS = 2
+#: Newton decrement at which a maximisation of the closed-form likelihood
+#: stops: there is no Monte Carlo error, and at the maximum itself the
+#: curvature along the flat rotations of b vanishes too (about |gradient|
+#: away from it), which :func:`pseudo_inverse` needs to see them as flat.
+_EXACT_TOLERANCE = 1e-12
 
 
 def standard_errors(model, guide, data: LongitudinalData, parameters: Sequence[str] = (), *,
                     include_dispersion: bool = True, method: str = "autograd", num_samples: int = 1000,
                     level: float = 0.95, adapt: bool = True, step: float = 1e-4, chunk_size: int | None = None,
-                    seed: int = 0, num_shards: int | None = None, distributed_input: bool = False) -> StandardErrors:
+                    seed: int = 0, num_shards: int | None = None, distributed_input: bool = False,
+                    closed_form: bool = True) -> StandardErrors:
     r"""Standard errors from the Hessian of the estimated marginal log-likelihood.
 
     :math:`\widehat{\operatorname{cov}}(\hat\theta) = \{-\nabla^2_\theta
@@ -93,6 +99,9 @@ def standard_errors(model, guide, data: LongitudinalData, parameters: Sequence[s
     :param level: confidence level of the intervals.
     :param adapt: adapt the proposal to each subject (:mod:`pyro_dgmm.marginal`).
     :param step: relative step of the central differences.
+    :param closed_form: use the exact marginal likelihood where the model
+        allows it (:mod:`pyro_dgmm.marginal`: a linear mixed model); the
+        Hessian is then the exact observed information.
     :param num_shards: sharding over processes (:mod:`pyro_dgmm.marginal`);
         default one shard per ``torch.distributed`` process.
     :param distributed_input: each process passes only its own subjects.
@@ -107,7 +116,7 @@ def standard_errors(model, guide, data: LongitudinalData, parameters: Sequence[s
     check_float("step", step, low=0, low_open=True)
     names = select_parameters(model, parameters, include_dispersion)
     objective = MarginalObjective(model, guide, data, names, num_samples, chunk_size, seed, adapt, num_shards,
-                                  distributed_input)
+                                  distributed_input, closed_form)
     theta = objective.theta
     hessian = objective.hessian(theta) if method == "autograd" else objective.central_hessian(theta, step)
     labels = element_labels(model, objective.layout)
@@ -123,7 +132,7 @@ def maximize_marginal_likelihood(model, guide, data: LongitudinalData, parameter
                                  include_dispersion: bool = True, num_samples: int = 1000,
                                  max_steps: int = 30, tolerance: float = 1e-2, adapt: bool = True,
                                  chunk_size: int | None = None, seed: int = 0, num_shards: int | None = None,
-                                 distributed_input: bool = False) -> Maximization:
+                                 distributed_input: bool = False, closed_form: bool = True) -> Maximization:
     r"""Move the chosen parameters of ``model`` (in place) to the maximum of
     the estimated marginal log-likelihood, the others held fixed.
 
@@ -162,12 +171,18 @@ def maximize_marginal_likelihood(model, guide, data: LongitudinalData, parameter
         default one shard per ``torch.distributed`` process.
     :param distributed_input: each process passes only its own subjects.
         Every process takes the same steps.
+    :param closed_form: use the exact marginal likelihood where the model
+        allows it (:mod:`pyro_dgmm.marginal`: a linear mixed model), so the
+        steps land on the maximum itself.
     :returns: a :class:`Maximization`; the model's parameters are updated.
     """
     names = select_parameters(model, parameters, include_dispersion)
     objective = MarginalObjective(model, guide, data, names, num_samples, chunk_size, seed, adapt, num_shards,
-                                  distributed_input)
+                                  distributed_input, closed_form)
     theta, damping, steps, converged = objective.theta, 0.0, 0, False
+    polish_steps = _POLISH_STEPS
+    if objective.exact:  # no Monte Carlo error: Newton converges to the maximum itself
+        tolerance, polish_steps = min(tolerance, _EXACT_TOLERANCE), max_steps
     before = value = objective(theta)
     polish = 0  # steps taken with a decrement already below _MONTE_CARLO_TOLERANCE
     for _ in range(max_steps):
@@ -176,7 +191,7 @@ def maximize_marginal_likelihood(model, guide, data: LongitudinalData, parameter
         delta = step(damping)
         decrement = float(gradient @ delta) / 2
         polish += decrement < _MONTE_CARLO_TOLERANCE
-        if decrement < tolerance or polish > _POLISH_STEPS:
+        if decrement < tolerance or polish > polish_steps:
             converged = True
             break
         while (candidate := objective(theta + delta)) <= value and damping < 1e6:
