@@ -205,8 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="dimension of the random effects b, or 'auto' (default: grows while all are in use)")
     fit.add_argument("--preset", choices=sorted(PRESETS), default="accurate",
                      help="'accurate' (default): fit until converged; 'fast': a quick look, less accurate")
-    fit.add_argument("--refine", action="store_true",
-                     help="after SVI, maximise the marginal likelihood over the linear parts and dispersions")
+    fit.add_argument("--refine", nargs="?", const="yes", choices=["auto", "yes", "no"], default="auto",
+                     help="after SVI, maximise the marginal likelihood over the linear parts and dispersions: "
+                          "'auto' (default) where it has a closed form (linear mixed models), 'yes' (or bare --refine) "
+                          "always, 'no' never")
     fit.add_argument("--max-epochs", type=int, default=None, help="cap on the epochs (default: the preset's)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
@@ -477,8 +479,7 @@ def run_fit(args: argparse.Namespace) -> dict | None:
                  "device": None if args.device == "auto" else args.device}
     if args.max_epochs is not None:
         overrides["max_epochs"] = args.max_epochs
-    if args.refine:
-        overrides["refine"] = True
+    overrides["refine"] = {"auto": "auto", "yes": True, "no": False}[args.refine]
     if args.resume and args.checkpoint is None:
         raise ConfigError("--resume needs --checkpoint PATH (the checkpoint to continue from)")
     if args.checkpoint is not None:

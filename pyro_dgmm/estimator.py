@@ -47,7 +47,7 @@ from .guide import ENCODERS
 from .nn import ACTIVATIONS, COVARIANCES
 from .options import check_bool, check_choice, check_float, check_int, check_keywords, check_str
 from .posterior import marginal_means
-from . import wald
+from . import marginal, wald
 from .inference_methods import LikelihoodMethods
 from .persistence import SaveLoadMethods
 from .prediction_methods import PredictionMethods
@@ -348,7 +348,7 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
                 self.model_, self.guide_, self.schema_, train, validation, config, imputation or ImputationConfig(),
                 distributed_input=self.distributed_input)
         self.model_.cpu(), self.guide_.cpu()
-        if config.refine and not self.result_.interrupted:
+        if self._refines(config.refine, train) and not self.result_.interrupted:
             refinement = wald.refine(self.model_, self.guide_, self._encoder_view(train), seed=config.seed,
                                      num_shards=config.num_shards, distributed_input=self.distributed_input)
             # the encoder was amortised for the SVI parameters: fit it again for the refined ones
@@ -362,6 +362,14 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
             # the directions in use are the re-fitted encoder's
             self.result_.latent_activity = encoder_fit.latent_activity
             self.result_.active_directions = encoder_fit.active_directions
+
+    def _refines(self, refine: bool | str, train: LongitudinalData) -> bool:
+        """Whether the fit refines: ``refine=True``, or ``'auto'`` and a
+        closed-form likelihood (:attr:`FitConfig.refine <pyro_dgmm.fit_config.FitConfig>`)."""
+        if refine != "auto":
+            return refine
+        return marginal.closed_form_applies(self.model_, self.guide_, self._encoder_view(train),
+                                            distributed_input=self.distributed_input)
 
     def _encoder_view(self, data: LongitudinalData) -> LongitudinalData:
         """What the encoder reads: ``data`` itself, or (models fitted with the

@@ -63,9 +63,15 @@ class FitConfig:
         nats per observed value, over ``patience`` evaluations that still
         counts as progress.
     :param refine: after SVI, move the linear fixed and random effects and
-        the dispersions to the maximum of the importance-sampled marginal
-        likelihood (:func:`~pyro_dgmm.wald.maximize_marginal_likelihood`;
-        done by :class:`~pyro_dgmm.estimator.DeepMixedModel`).
+        the dispersions to the maximum of the marginal likelihood
+        (:func:`~pyro_dgmm.wald.maximize_marginal_likelihood`; done by
+        :class:`~pyro_dgmm.estimator.DeepMixedModel`).  ``'auto'``
+        (default): where the likelihood has a closed form (a linear mixed
+        model: Gaussian outcomes, linear parts; :mod:`pyro_dgmm.marginal`),
+        where it is exact and takes seconds, so such a fit ends at the
+        maximum likelihood estimate, as lme4's and MixedLM's do; ``True``:
+        always (importance-sampled otherwise: minutes for hundreds of
+        subjects); ``False``: never.
     :param eval_particles: draws of b per held-out subject per evaluation.
     :param seed: makes a run reproducible (data split, batches, draws, init).
     :param num_shards: subjects are split into this many shards, each
@@ -101,7 +107,7 @@ class FitConfig:
     patience: int = 40
     anneal_fraction: float = 1.0
     tolerance: float = 1e-4
-    refine: bool = False
+    refine: bool | str = "auto"
     eval_particles: int = 4
     seed: int = 0
     num_shards: int | None = None
@@ -130,7 +136,8 @@ class FitConfig:
         self.ridge = check_float("ridge", self.ridge, low=0)
         self.clip_norm = check_float("clip_norm", self.clip_norm, low=0, low_open=True)
         self.tolerance = check_float("tolerance", self.tolerance, low=0)
-        self.refine = check_bool("refine", self.refine)
+        if self.refine != "auto":
+            self.refine = check_bool("refine", self.refine)
         self.progress = check_bool("progress", self.progress)
         if self.device is not None and not isinstance(self.device, (str, torch.device)):
             raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:N', a torch.device or None, got {self.device!r}")

@@ -130,7 +130,7 @@ class JointMixedModel(DeepMixedModel):
         if config is not None and preset is not None:
             raise ConfigError("pass either config or preset, not both")
         config = replace(config or FitConfig.from_preset(preset or "accurate"), **config_overrides)
-        if config.refine:
+        if config.refine is True:
             raise ConfigError("refine=True is not supported for joint models yet")
         spec = EventSpec(event_time, event_status, None if event_causes is None else dict(event_causes), entry_time)
         schema = DataSchema.fit(df, id_col=self.id_col, time_col=self.time_col, outcomes=self.outcomes,

@@ -506,11 +506,13 @@ def marginal_log_likelihood(model, guide, data: LongitudinalData, num_samples: i
     return marginal
 
 
-def closed_form_applies(model, guide, data: LongitudinalData) -> bool:
+def closed_form_applies(model, guide, data: LongitudinalData, *, distributed_input: bool = False) -> bool:
     """Whether :func:`marginal_log_likelihood` and the Wald functions
     integrate this model exactly (``closed_form=True``; module docstring):
-    its log joint is quadratic in b at its current parameters."""
-    return MarginalObjective(model, guide, data, (), minimum_samples(model.latent_dim), None, 0, False).exact
+    its log joint is quadratic in b at its current parameters (the same
+    answer on every process)."""
+    return MarginalObjective(model, guide, data, (), minimum_samples(model.latent_dim), None, 0, False,
+                             distributed_input=distributed_input).exact
 
 
 def minimum_samples(latent_dim: int) -> int:

@@ -43,7 +43,7 @@ ROUGH_PROPOSAL = pytest.mark.filterwarnings("ignore:.*Pareto k-hat:pyro_dgmm.dia
 def lmm():
     """A briefly fitted linear DGMM (a rough encoder) on 60 subjects x 6 visits, and MixedLM."""
     sim = simulate_linear(n_subjects=60, n_visits=6, seed=1)
-    est = linear_dgmm().fit(sim.data, progress=False, seed=0, max_epochs=40, batch_size=16,
+    est = linear_dgmm().fit(sim.data, progress=False, seed=0, max_epochs=40, batch_size=16, refine=False,
                             kl_warmup_epochs=20, linear_warmup_epochs=10, elbo="meanfield")
     return types.SimpleNamespace(sim=sim, est=est, ref=mixedlm(sim.data))
 
@@ -329,8 +329,9 @@ def test_summary_matches_mixedlm_to_three_significant_digits(lmm):
     (to 1e-3 of their SEs), its reported ``bse`` (the full observed
     information, cross terms with the random-effects map included: relative
     1e-3) and its log-likelihood (1e-3 nats)."""
-    est = linear_dgmm().fit(lmm.sim.data, progress=False, seed=0, max_epochs=40, batch_size=16, refine=True,
+    est = linear_dgmm().fit(lmm.sim.data, progress=False, seed=0, max_epochs=40, batch_size=16,
                             kl_warmup_epochs=20, linear_warmup_epochs=10, elbo="meanfield")
+    assert est.result_.refinement["converged"]  # refine='auto': a linear mixed model is refined by default
     summary = est.summary()
     table = summary.fixed_effects.loc["y"]
     np.testing.assert_allclose(table["estimate"], np.asarray(lmm.ref.fe_params), atol=1e-3 * np.asarray(lmm.ref.bse_fe).min())
