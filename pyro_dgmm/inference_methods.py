@@ -37,6 +37,7 @@ import pandas as pd
 
 from . import comparison, marginal, wald
 from .data import LongitudinalData
+from .diagnostics import InferenceWarning
 from .errors import ConfigError, DataError, NotFittedError
 from .fit import FitConfig
 from .options import check_int, check_keywords
@@ -190,8 +191,9 @@ class LikelihoodMethods:
         the refinement the SEs invert the full observed information, the
         random-effects map and its cross terms with the fixed effects
         included, as MixedLM's ``bse`` does (:mod:`pyro_dgmm.marginal`,
-        "Closed form"; away from the maximum that information is not
-        positive definite).  Otherwise
+        "Closed form"; where that information is not positive definite, at
+        a maximum on the boundary such as a singular random-effects
+        covariance, the conditional SEs below instead).  Otherwise
         the log-likelihood is importance-sampled and the SEs of the fixed
         effects and dispersions are conditional on the random-effects map
         (importance sampling puts spurious curvature along the flat
@@ -202,10 +204,16 @@ class LikelihoodMethods:
         cached.
         """
         data = self._training_data("summary")
-        fixed = present(self.model_, (*LINEAR_FIXED_EFFECTS, COVARIATE_TIME_EFFECTS))
+        errors = None
         if self.result_.refinement and marginal.closed_form_applies(self.model_, self.guide_, data):
-            fixed = present(self.model_, LINEAR_PARAMETERS)
-        errors = self.standard_errors(fixed, level=level, num_samples=num_samples, seed=seed)
+            with warnings.catch_warnings():  # an indefinite full information falls back to the conditional SEs
+                warnings.simplefilter("ignore", InferenceWarning)
+                full = self.standard_errors(present(self.model_, LINEAR_PARAMETERS), level=level,
+                                            num_samples=num_samples, seed=seed)
+            errors = full if wald.at_maximum(full) else None
+        if errors is None:
+            fixed = present(self.model_, (*LINEAR_FIXED_EFFECTS, COVARIATE_TIME_EFFECTS))
+            errors = self.standard_errors(fixed, level=level, num_samples=num_samples, seed=seed)
         self._inference_cache.setdefault(("marginal", num_samples, seed), errors.marginal)  # the same draws
         try:
             criteria, reason = self.information_criteria(num_samples=num_samples, seed=seed), None
@@ -259,7 +267,6 @@ class LikelihoodMethods:
         """
         self._check_fitted()
         from .convert import kfold_elpd
-        from .diagnostics import InferenceWarning
         from .marginal import marginal_log_likelihood
 
         seed = self._draw_seed(seed)

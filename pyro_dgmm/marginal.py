@@ -238,7 +238,9 @@ def quadratic_log_marginal(log_joint, b0: torch.Tensor) -> torch.Tensor:
     :math:`f_i` at ``b0`` (n, q) (module docstring): exact when every
     :math:`f_i` is quadratic in b (Laplace's formula at any point), and
     differentiable in whatever ``log_joint`` (b (n, q) -> (n,)) depends on,
-    to any order.  (n,)"""
+    to any order.  (n,); -inf for a subject whose :math:`f_i` is not
+    concave at ``b0`` (or not finite: parameters far out of range), so that
+    an optimiser rejects such a point."""
     q = b0.shape[-1]
     with torch.enable_grad():
         b = b0.detach().clone().requires_grad_(True)
@@ -247,10 +249,15 @@ def quadratic_log_marginal(log_joint, b0: torch.Tensor) -> torch.Tensor:
         rows = [torch.autograd.grad(grad[:, k].sum(), b, create_graph=True)[0] for k in range(q)]
         precision = -torch.stack(rows, -2)  # A (n, q, q)
         precision = (precision + precision.transpose(-1, -2)) / 2
-        cholesky = torch.linalg.cholesky(precision)
-        solved = torch.cholesky_solve(grad.unsqueeze(-1), cholesky).squeeze(-1)
+        concave = torch.linalg.cholesky_ex(precision.detach())[1] == 0
+        concave &= torch.isfinite(value.detach()) & torch.isfinite(grad.detach()).all(-1)
+        eye = torch.eye(q, dtype=precision.dtype, device=precision.device)
+        cholesky = torch.linalg.cholesky(torch.where(concave[:, None, None], precision, eye))
+        safe_grad = torch.where(concave[:, None], grad, torch.zeros_like(grad))
+        solved = torch.cholesky_solve(safe_grad.unsqueeze(-1), cholesky).squeeze(-1)
         log_det = 2 * cholesky.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        return value + 0.5 * (grad * solved).sum(-1) + 0.5 * q * math.log(2 * math.pi) - 0.5 * log_det
+        total = value + 0.5 * (safe_grad * solved).sum(-1) + 0.5 * q * math.log(2 * math.pi) - 0.5 * log_det
+        return torch.where(concave, total, torch.full_like(total, -math.inf))
 
 
 #: Largest difference (relative to 1 + |value|) between the closed form at two
@@ -371,12 +378,8 @@ class MarginalObjective:
         worst = self.theta.new_zeros(())
         for _, index in self.chunks():
             chunk, loc = self.data.subset(index), self.proposal.loc[index]
-            try:
-                here, there = (self._closed_form(self.theta, chunk, b0).detach() for b0 in (loc, loc + 0.5))
-            except torch.linalg.LinAlgError:  # not concave at one of the points
-                worst = worst.new_tensor(math.inf)
-                break
-            gap = ((here - there).abs() / (1 + here.abs())).max()
+            here, there = (self._closed_form(self.theta, chunk, b0).detach() for b0 in (loc, loc + 0.5))
+            gap = ((here - there).abs() / (1 + here.abs())).max()  # inf or nan where not concave
             worst = torch.maximum(worst, torch.nan_to_num(gap, nan=math.inf))
         return bool(all_reduce_max(worst) < _QUADRATIC_RTOL)
 

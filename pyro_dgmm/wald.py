@@ -281,11 +281,7 @@ def pseudo_inverse(information: torch.Tensor, labels: Sequence[str]) -> tuple[to
 
     :returns: covariance (P, P) and null-space basis (P, r).
     """
-    information = (information + information.T) / 2
-    eigenvalues, vectors = torch.linalg.eigh(information)
-    tolerance = NULL_RTOL * eigenvalues.abs().max().clamp_min(torch.finfo(information.dtype).tiny)
-    flat = eigenvalues.abs() <= tolerance
-    negative = eigenvalues < -tolerance
+    eigenvalues, vectors, flat, negative = _curvatures(information)
     if negative.any():
         loading = vectors[:, negative].pow(2).sum(1)
         worst = [labels[i] for i in loading.argsort(descending=True)[:3].tolist()]
@@ -297,6 +293,22 @@ def pseudo_inverse(information: torch.Tensor, labels: Sequence[str]) -> tuple[to
         )
     inverse = torch.where(flat, torch.zeros_like(eigenvalues), 1 / eigenvalues)
     return (vectors * inverse) @ vectors.T, vectors[:, flat]
+
+
+def _curvatures(information: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    r"""Eigenvalues and vectors of the symmetrised information, and which are flat
+    (:math:`|\lambda| \le 10^{-7} \max|\lambda|`) and which negative beyond that."""
+    information = (information + information.T) / 2
+    eigenvalues, vectors = torch.linalg.eigh(information)
+    tolerance = NULL_RTOL * eigenvalues.abs().max().clamp_min(torch.finfo(information.dtype).tiny)
+    return eigenvalues, vectors, eigenvalues.abs() <= tolerance, eigenvalues < -tolerance
+
+
+def at_maximum(errors: StandardErrors) -> bool:
+    """Whether ``-errors.hessian`` is positive semi-definite (up to the flat
+    tolerance of :func:`pseudo_inverse`): no direction in which the
+    likelihood still curves upwards, so the Wald covariance is valid."""
+    return not bool(_curvatures(-errors.hessian)[3].any())
 
 
 def estimable(matrix: torch.Tensor, null_space: torch.Tensor) -> torch.Tensor:
