@@ -16,7 +16,10 @@ current value :math:`\eta_{ia}(t)` of the linear predictor of the
 associated outcome ``a`` (:meth:`~pyro_dgmm.model.MixedModel.eta` at time
 :math:`t`: the subject's true marker value on the link scale, minus the
 outcome's centring shift, which the intercept absorbs), so
-:math:`\alpha_c` is the log hazard ratio per unit of the marker.  The
+:math:`\alpha_c` is the log hazard ratio per unit of the marker.  With
+several associated outcomes :math:`a \in A` the term is
+:math:`\sum_{a \in A} \alpha_{ca}\, \eta_{ia}(t)` (a coefficient per
+outcome, per cause, and per functional: value and/or slope).  The
 ``event`` site's log-density (:class:`SurvivalOutcome`) for a subject at
 risk from :math:`E_i`, followed to :math:`T_i` with status :math:`d_i`, is
 
@@ -76,6 +79,28 @@ ASSOCIATION_TERMS = ("value", "slope")
 SLOPE_STEP = 1e-3
 
 
+def check_association(association, outcomes: Sequence[str]) -> tuple[str, ...]:
+    """``association`` (None: the first outcome; an outcome; or several) as a tuple of outcomes.
+
+    :raises ConfigError: none, repeated or unknown outcomes.
+    """
+    names = ((outcomes[0],) if association is None
+             else (association,) if isinstance(association, str) else tuple(association))
+    if not names or len(set(names)) < len(names) or not set(names) <= set(outcomes):
+        raise ConfigError(f"association must name one or more distinct outcomes among {list(outcomes)}, "
+                          f"got {association!r}")
+    return names
+
+
+def association_names(association: Sequence[str], terms: Sequence[str]) -> list[str]:
+    """Names of the association coefficients in the column order of
+    ``alpha``: outcome by outcome, term by term; ``alpha`` (value) and
+    ``alpha_slope`` with one associated outcome, ``alpha[<outcome>]`` and
+    ``alpha_slope[<outcome>]`` with several."""
+    prefix = {"value": "alpha", "slope": "alpha_slope"}
+    return [prefix[term] + (f"[{name}]" if len(association) > 1 else "") for name in association for term in terms]
+
+
 def check_association_terms(association_terms) -> tuple[str, ...]:
     """``association_terms`` (a name or names of :data:`ASSOCIATION_TERMS`) as a tuple.
 
@@ -122,8 +147,9 @@ class JointModel(DGMM):
     r"""The DGMM with an event submodel (module docstring).
 
     :param num_causes: C, the competing causes (1: a single or composite event).
-    :param association: the outcome whose linear predictor's current value
-        enters the hazards (default: the first).
+    :param association: the outcome, or outcomes, whose linear predictors
+        enter the hazards (default: the first outcome), each with its own
+        coefficients.
     :param association_terms: which functionals of it enter, with a
         coefficient each: ``('value',)`` (default), ``('slope',)`` or
         ``('value', 'slope')`` (:data:`ASSOCIATION_TERMS`; the slope
@@ -142,19 +168,17 @@ class JointModel(DGMM):
         super().__init__(families, latent_dim, **options)
         if not isinstance(num_causes, int) or num_causes < 1:
             raise ConfigError(f"num_causes must be a positive integer, got {num_causes!r}")
-        association = self.outcomes[0] if association is None else association
-        if association not in self.families:
-            raise ConfigError(f"association must name an outcome ({self.outcomes}), got {association!r}")
+        association = check_association(association, self.outcomes)
         if not baseline_rate > 0:
             raise ConfigError(f"baseline_rate must be positive, got {baseline_rate!r}")
         self.association_terms = terms = check_association_terms(association_terms)
         self.num_causes = num_causes
         self.association = association
-        self.association_index = self.outcomes.index(association)
+        self.association_indices = [self.outcomes.index(name) for name in association]
         self.baseline_intercept = torch.nn.Parameter(torch.full((num_causes,), float(torch.tensor(baseline_rate).log())))
         self.baseline_log_time = torch.nn.Parameter(torch.zeros(num_causes))
         self.event_covariates = torch.nn.Parameter(torch.zeros(num_causes, options["num_covariates"]))
-        self.event_association = torch.nn.Parameter(torch.zeros(num_causes, len(terms)))
+        self.event_association = torch.nn.Parameter(torch.zeros(num_causes, len(association) * len(terms)))
         self.baseline_net = (_zero_last_layer(MLP(1, tuple(baseline_hidden), num_causes, "tanh"))
                              if tuple(baseline_hidden) else None)
 
@@ -169,10 +193,10 @@ class JointModel(DGMM):
         r""":math:`\log h_{ic}(t)` at every node time of ``data`` (quadrature
         nodes, then the follow-up time), shape (..., N, Q + 1, C) for ``b`` (..., N, q)."""
         view = replace(data, time_features=data.node_features, times=data.node_times)
-        terms = [self.eta(b, view)[..., self.association_index]] if "value" in self.association_terms else []
+        terms = [self.eta(b, view)[..., self.association_indices]] if "value" in self.association_terms else []
         if "slope" in self.association_terms:
             terms.append(self._slope(b, view, data.node_slopes))
-        terms = torch.stack(torch.broadcast_tensors(*terms), -1)  # (..., N, Q + 1, terms)
+        terms = torch.stack(torch.broadcast_tensors(*terms), -1).flatten(-2)  # (..., N, Q + 1, outcomes x terms)
         log_time = data.node_times.clamp_min(torch.finfo(data.node_times.dtype).tiny).log().unsqueeze(-1)
         baseline = self.baseline_intercept + self.baseline_log_time * log_time
         if self.baseline_net is not None:
@@ -181,14 +205,15 @@ class JointModel(DGMM):
         return baseline + linear + terms @ self.event_association.T
 
     def _slope(self, b: torch.Tensor, view: JointData, slopes: torch.Tensor) -> torch.Tensor:
-        r""":math:`d\eta_{ia}(t)/dt` at the node times of ``view``: the derivative of
+        r""":math:`d\eta_{ia}(t)/dt` at the node times of ``view``, every associated
+        outcome on the last axis: the derivative of
         the linear predictor along the time features' derivative ``slopes``,
         by a central difference of step :data:`SLOPE_STEP` in feature units
         (exact for a linear predictor linear in the features)."""
         h = SLOPE_STEP
         up = self.eta(b, replace(view, time_features=view.time_features + h * slopes))
         down = self.eta(b, replace(view, time_features=view.time_features - h * slopes))
-        return (up - down)[..., self.association_index] / (2 * h)
+        return (up - down)[..., self.association_indices] / (2 * h)
 
     def event_distribution(self, b: torch.Tensor, data: JointData) -> SurvivalOutcome:
         """The ``event`` site's distribution given ``b`` (..., N, q): batch (..., N)."""
@@ -221,7 +246,8 @@ class JointModel(DGMM):
 
     def event_coefficients(self) -> dict[str, torch.Tensor]:
         """The event submodel's parameters by name, each (C, ...): ``alpha``
-        (association, (C, terms) in the order of ``association_terms``),
+        (association, (C, outcomes x terms): outcome by outcome, in the order of
+        ``association_terms`` within each; :func:`association_names`),
         ``gamma`` (covariates, per SD), ``log_scale``
         (:math:`\\beta_0`) and ``log_time`` (:math:`\\beta_1 = \\rho - 1`)."""
         return {"alpha": self.event_association, "gamma": self.event_covariates,

@@ -47,7 +47,7 @@ from .errors import ConfigError, DataError
 from .estimator import DeepMixedModel, default_latent_dim
 from .events import QUADRATURE_NODES, EventSpec, JointData, event_arrays, gauss_legendre, with_events
 from .fit import FitConfig
-from .joint import JointGuide, JointModel, check_association_terms
+from .joint import JointGuide, JointModel, association_names, check_association, check_association_terms
 from .options import check_int, check_keywords
 from .parallel import hold_out
 from .posterior import sample_posterior
@@ -80,11 +80,13 @@ class JointMixedModel(DeepMixedModel):
     """A joint model of the outcomes of :class:`~pyro_dgmm.estimator.DeepMixedModel`
     and a time to event (:class:`~pyro_dgmm.joint.JointModel`).
 
-    :param association: the outcome whose current linear predictor enters the
-        hazard (default: the first outcome).
+    :param association: the outcome (default: the first) or the outcomes
+        whose current linear predictors enter the hazard, each with its own
+        coefficients (e.g. ``['log_bili', 'albumin']``).
     :param association_terms: ``('value',)`` (default), ``('slope',)`` or
         ``('value', 'slope')``: the current value and/or the slope in time of
-        that linear predictor (:class:`~pyro_dgmm.joint.JointModel`).
+        that linear predictor, for every associated outcome
+        (:class:`~pyro_dgmm.joint.JointModel`).
     :param baseline_hidden: widths of the network of log time in the log
         baseline hazard (``()``: Weibull).
     :param quadrature_nodes: Gauss-Legendre nodes of each cumulative hazard.
@@ -95,12 +97,10 @@ class JointMixedModel(DeepMixedModel):
     event times are on its scale, and the hazard's clock starts at its 0.
     """
 
-    def __init__(self, *, association: str | None = None, association_terms=("value",), baseline_hidden=(),
+    def __init__(self, *, association=None, association_terms=("value",), baseline_hidden=(),
                  quadrature_nodes: int = QUADRATURE_NODES, **options):
         super().__init__(**options)
-        if association is not None and association not in self.outcomes:
-            raise ConfigError(f"association must name an outcome ({list(self.outcomes)}), got {association!r}")
-        self.association = association
+        self.association = None if association is None else check_association(association, list(self.outcomes))
         self.association_terms = check_association_terms(association_terms)
         self.baseline_hidden = tuple(check_int(f"baseline_hidden[{k}]", w) for k, w in enumerate(baseline_hidden))
         self.quadrature_nodes = check_int("quadrature_nodes", quadrature_nodes)
@@ -203,12 +203,14 @@ class JointMixedModel(DeepMixedModel):
 
     def event_coefficients(self) -> pd.DataFrame:
         """The event submodel's coefficients, one row per cause: ``alpha``
-        (current value), ``alpha_slope`` (slope, if fitted), ``gamma[<column>]`` (per SD of each encoded covariate),
+        (current value), ``alpha_slope`` (slope, if fitted) (with several
+        associated outcomes ``alpha[<outcome>]``, ``alpha_slope[<outcome>]``),
+        ``gamma[<column>]`` (per SD of each encoded covariate),
         ``log_scale`` and ``log_time`` (Weibull :math:`\\rho - 1`)."""
         self._check_fitted()
         c = {k: v.detach().cpu().numpy() for k, v in self.model_.event_coefficients().items()}
-        names = {"value": "alpha", "slope": "alpha_slope"}
-        table = pd.DataFrame({names[term]: c["alpha"][:, j] for j, term in enumerate(self.association_terms)},
+        names = association_names(self.model_.association, self.association_terms)
+        table = pd.DataFrame({name: c["alpha"][:, j] for j, name in enumerate(names)},
                              index=pd.Index(self.causes, name="cause"))
         for j, column in enumerate(self.schema_.covariate_encoder.columns):
             table[f"gamma[{column}]"] = c["gamma"][:, j]
