@@ -35,7 +35,7 @@ Example (a tiny fit; real ones run until they converge):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,7 @@ import torch
 from .data import DataSchema
 from .errors import ConfigError, DataError
 from .estimator import DeepMixedModel, default_latent_dim
+from .event_evaluation import Calibration, calibration, landmark_scores, subject_folds
 from .events import QUADRATURE_NODES, EventSpec, JointData, event_arrays, gauss_legendre, with_events
 from .fit import FitConfig
 from .joint import JointGuide, JointModel, association_names, check_association, check_association_terms
@@ -74,6 +75,24 @@ class EventPrediction:
     trajectory: pd.DataFrame
     history: pd.DataFrame
     landmark: float
+
+
+@dataclass
+class EventEvaluation:
+    """The result of :meth:`JointMixedModel.evaluate_events`.
+
+    ``scores``: :func:`~pyro_dgmm.event_evaluation.landmark_scores` (``auc``,
+    ``brier`` at t + Δt, ``ibs`` over [t, t + Δt), ``ici``, ``e50``, ``e90``,
+    ``at_risk``, ``events``); ``risk``: one row per subject at risk at t and
+    horizon, the predicted probability of the event by then (``risk``) beside
+    the subject's follow-up ``time`` and cause index ``status`` (0 censored);
+    ``calibration``: the :class:`~pyro_dgmm.event_evaluation.Calibration` at
+    t + Δt (:func:`~pyro_dgmm.plotting_joint.plot_calibration`).
+    """
+
+    scores: dict
+    risk: pd.DataFrame
+    calibration: Calibration
 
 
 class JointMixedModel(DeepMixedModel):
@@ -276,6 +295,59 @@ class JointMixedModel(DeepMixedModel):
                                "lower": low.ravel(), "upper": high.ravel()})
         return EventPrediction(events, trajectory, history.copy(), landmark)
 
+    def evaluate_events(self, df: pd.DataFrame, events: pd.DataFrame, *, landmark: float, horizon: float,
+                        cause: str | None = None, grid: int = 6, num_samples: int = 200,
+                        seed: int | None = None) -> EventEvaluation:
+        r"""Score dynamic predictions at ``landmark`` t for the window (t, t +
+        ``horizon``] on the subjects of ``events`` still at risk at t
+        (follow-up beyond t), each predicted from their visits in ``df`` up to
+        t only (:meth:`predict_events`), against their observed event records:
+        time-dependent AUC, Brier score at t + Δt, integrated Brier score over
+        [t, t + Δt) on ``grid`` equally spaced horizons, and calibration (ICI,
+        E50, E90), all with inverse probability of censoring weights
+        (:mod:`pyro_dgmm.event_evaluation`; docs/joint.md, "Evaluation").
+
+        :param df: visits (any times: those after t are not used).
+        :param events: their event records, with the columns named at :meth:`fit`.
+        :param cause: the cause scored (its cumulative incidence; the other
+            causes' events count as no event), or None for any event.
+        :returns: an :class:`EventEvaluation`.
+        :raises DataError: a subject at risk at t with no visit at or before t;
+            bad event records (as at :meth:`fit`).
+        """
+        self._check_fitted()
+        landmark, horizon = float(landmark), float(horizon)
+        if cause is not None and cause not in self.causes:
+            raise ConfigError(f"cause must be one of {self.causes} or None (any event), got {cause!r}")
+        grid = check_int("grid", grid)
+        ids = np.asarray(pd.unique(df[self.id_col]))
+        _, time, status = event_arrays(events, self.event_spec_, self.id_col, df, self.time_col, ids)
+        at_risk = time > landmark
+        times = pd.to_numeric(df[self.time_col])
+        history = df[df[self.id_col].isin(ids[at_risk]) & (times <= landmark)]
+        seen = set(history[self.id_col].tolist())
+        missing = [subject for subject in ids[at_risk].tolist() if subject not in seen]
+        if missing:
+            raise DataError(f"subject {missing[0]!r} is at risk at the landmark {landmark:g} but has no visit at or "
+                            f"before it to predict from")
+        horizons = landmark + horizon * np.arange(1, grid + 1) / grid
+        prediction = self.predict_events(history, landmark, horizons, num_samples=num_samples, seed=seed)
+        table = prediction.events
+        if cause is None:
+            table = table[table["cause"] == "event-free"].assign(probability=lambda t: 1.0 - t["probability"])
+        else:
+            table = table[table["cause"] == cause]
+        risk = table.pivot(index=self.id_col, columns="horizon", values="probability").loc[ids[at_risk]]
+        values = risk.to_numpy(np.float64).clip(0.0, 1.0)  # 1 - S can be -1e-16
+        index = None if cause is None else 1 + self.causes.index(cause)
+        window = dict(landmark=landmark, cause=index)
+        scores = landmark_scores(time[at_risk], status[at_risk], values, horizons, **window)
+        fit = calibration(time[at_risk], status[at_risk], values[:, -1], horizon=horizon, **window)
+        long = pd.DataFrame({self.id_col: np.repeat(ids[at_risk], grid), "horizon": np.tile(horizons, at_risk.sum()),
+                             "risk": values.ravel(), "time": np.repeat(time[at_risk], grid),
+                             "status": np.repeat(status[at_risk], grid)})
+        return EventEvaluation(scores, long, fit)
+
     def _resampled(self, draws, seed: int) -> torch.Tensor:
         """Equally weighted draws of b: weighted ones resampled multinomially."""
         b, log_w = draws.b, draws.log_weights
@@ -330,3 +402,40 @@ class JointMixedModel(DeepMixedModel):
                                         "lower": low.ravel(), "upper": high.ravel()}))
         return pd.concat(frames, ignore_index=True)
 
+
+
+def cross_validate_events(make_estimator: Callable[[], JointMixedModel], df: pd.DataFrame, events: pd.DataFrame,
+                          *, landmark: float, horizon: float, k: int = 5, seed: int = 0, cause: str | None = None,
+                          grid: int = 6, num_samples: int = 200, **fit_options) -> pd.DataFrame:
+    """K-fold cross-validation by subject of dynamic event predictions: for
+    each fold, a fresh ``make_estimator()`` fitted to the other folds' visits
+    and event records (``fit_options``: ``event_time=``, ``event_status=``,
+    ``event_causes=``, fit settings) scores the held-out subjects at risk at
+    ``landmark`` (:meth:`JointMixedModel.evaluate_events`).
+
+    :param k: folds (:func:`~pyro_dgmm.event_evaluation.subject_folds` with ``seed``).
+    :returns: one row per fold (``fold`` and the scores), then a row ``'mean'``
+        (the fold average: the held-out estimate) and a row ``'pooled'``
+        (the scores of all held-out predictions together).
+    """
+    id_col = make_estimator().id_col
+    folds = subject_folds(events[id_col].to_numpy(), k, seed)
+    rows, risks = [], []
+    for fold in range(k):
+        test_ids = events[id_col][folds == fold]
+        in_test = df[id_col].isin(test_ids)
+        estimator = make_estimator().fit(df[~in_test], events=events[folds != fold], **fit_options)
+        result = estimator.evaluate_events(df[in_test], events[folds == fold], landmark=landmark, horizon=horizon,
+                                           cause=cause, grid=grid, num_samples=num_samples, seed=seed)
+        rows.append({"fold": fold, **result.scores})
+        risks.append(result.risk)
+        cause_index = None if cause is None else 1 + estimator.causes.index(cause)
+    risk = pd.concat(risks, ignore_index=True)
+    wide = risk.pivot(index=id_col, columns="horizon", values="risk")
+    subjects = risk.drop_duplicates(id_col).set_index(id_col).loc[wide.index]
+    pooled = landmark_scores(subjects["time"].to_numpy(), subjects["status"].to_numpy(), wide.to_numpy(),
+                             wide.columns.to_numpy(np.float64), landmark=float(landmark), cause=cause_index)
+    table = pd.DataFrame(rows)
+    mean = table.drop(columns="fold").mean().to_dict()
+    return pd.concat([table, pd.DataFrame([{"fold": "mean", **mean}, {"fold": "pooled", **pooled}])],
+                     ignore_index=True)

@@ -241,3 +241,61 @@ def test_pbc_association_lies_in_the_jmbayes2_interval():
     event = ["event_association", "event_covariates", "baseline_intercept", "baseline_log_time"]
     se = est.standard_errors(event).summary().loc["event_association", "se"]
     assert 0.06 < se < 0.12
+
+
+def test_evaluate_events_scores_the_subjects_at_risk_from_their_history_only():
+    from pyro_dgmm.event_evaluation import landmark_scores
+
+    sim = simulate_joint(n_subjects=60, seed=7)
+    visits = sim.data.assign(z=sim.data["y"] + 0.5 * np.sin(sim.data["time"]))
+    est = JointMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian", "z": "gaussian"},
+                          covariates=["x"], latent_dim=2, association=["y", "z"], association_terms=("value", "slope"))
+    est.fit(visits, events=sim.events, event_time="time", event_status="status", max_epochs=3, progress=False)
+    assert list(est.event_coefficients().columns[:4]) == ["alpha[y]", "alpha_slope[y]", "alpha[z]", "alpha_slope[z]"]
+    result = est.evaluate_events(visits, sim.events, landmark=2.0, horizon=3.0, grid=4, num_samples=50, seed=0)
+    at_risk = sim.events[sim.events.time > 2.0]
+    assert result.scores["at_risk"] == len(at_risk) and len(result.risk) == 4 * len(at_risk)
+    wide = result.risk.pivot(index="id", columns="horizon", values="risk")
+    assert (np.diff(wide.to_numpy(), axis=1) >= 0).all()  # cumulative risk, horizon by horizon
+    subjects = result.risk.drop_duplicates("id").set_index("id").loc[wide.index]
+    expected = landmark_scores(subjects["time"].to_numpy(), subjects["status"].to_numpy(), wide.to_numpy(),
+                               wide.columns.to_numpy(), landmark=2.0)
+    assert result.scores == pytest.approx(expected)
+    assert result.calibration.predicted == pytest.approx(wide.to_numpy()[:, -1])
+    # the visits after the landmark cannot change a score
+    future = visits.assign(y=np.where(visits.time > 2.0, visits.y + 5.0, visits.y))
+    again = est.evaluate_events(future, sim.events, landmark=2.0, horizon=3.0, grid=4, num_samples=50, seed=0)
+    assert again.scores == result.scores
+    with pytest.raises(ConfigError, match="cause must be one of"):
+        est.evaluate_events(visits, sim.events, landmark=2.0, horizon=3.0, cause="death")
+    late = at_risk.id[at_risk.time > 3.5].iloc[0]  # visits at 3 and later remain
+    no_history = visits[~((visits.id == late) & (visits.time <= 2.0))]
+    with pytest.raises(DataError, match=f"subject {late} is at risk at the landmark 2"):
+        est.evaluate_events(no_history, sim.events, landmark=2.0, horizon=3.0)
+    with pytest.raises(ConfigError, match="association must name one or more distinct outcomes"):
+        JointMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, association=["y", "w"])
+
+
+def test_cross_validation_scores_every_fold_on_subjects_it_did_not_fit():
+    from pyro_dgmm.event_evaluation import subject_folds
+    from pyro_dgmm.joint_estimator import cross_validate_events
+
+    sim = simulate_joint(n_subjects=60, seed=8)
+    fitted = []
+
+    def make():
+        est = JointMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["x"],
+                              latent_dim=2)
+        fitted.append(est)
+        return est
+
+    table = cross_validate_events(make, sim.data, sim.events, landmark=2.0, horizon=3.0, k=2, seed=1, grid=3,
+                                  num_samples=30, event_time="time", event_status="status", max_epochs=2,
+                                  progress=False)
+    assert table["fold"].tolist() == [0, 1, "mean", "pooled"]
+    folds = subject_folds(sim.events["id"].to_numpy(), 2, seed=1)
+    trained = [est for est in fitted if est.model_ is not None]
+    for fold, est in enumerate(trained):  # each fold's model saw the other fold's subjects only
+        assert set(est.data_.ids) == set(sim.events["id"][folds != fold])
+    assert table.loc[2, "auc"] == pytest.approx(table.loc[:1, "auc"].mean())
+    assert table.loc[3, "at_risk"] == (sim.events.time > 2.0).sum()
