@@ -164,7 +164,7 @@ def evaluate_fold(name, visits, events, test_ids, seed):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", default="three_values", choices=sorted(CANDIDATES))
+    parser.add_argument("--model", default="six_markers", choices=sorted(CANDIDATES))
     parser.add_argument("--select", action="store_true", help="score every candidate on one 50/50 split (seed 99)")
     args = parser.parse_args()
     single_thread()

@@ -19,7 +19,10 @@ outcome's centring shift, which the intercept absorbs), so
 :math:`\alpha_c` is the log hazard ratio per unit of the marker.  With
 several associated outcomes :math:`a \in A` the term is
 :math:`\sum_{a \in A} \alpha_{ca}\, \eta_{ia}(t)` (a coefficient per
-outcome, per cause, and per functional: value and/or slope).  The
+outcome, per cause, and per functional: value, slope
+:math:`d\eta_{ia}(t)/dt`, area :math:`\int_0^t \eta_{ia}(s)\, ds`, the
+last by Gauss-Legendre quadrature on [0, t] at every hazard node,
+``JointData.area_features``).  The
 ``event`` site's log-density (:class:`SurvivalOutcome`) for a subject at
 risk from :math:`E_i`, followed to :math:`T_i` with status :math:`d_i`, is
 
@@ -73,8 +76,8 @@ from .nn import MLP, DenseEncoder, SetEncoder, _zero_last_layer
 
 
 #: Functionals of the associated outcome's linear predictor that can enter the
-#: hazards: its current value and its slope in time.
-ASSOCIATION_TERMS = ("value", "slope")
+#: hazards: its current value, its slope in time and its area (integral from 0).
+ASSOCIATION_TERMS = ("value", "slope", "area")
 #: Step (feature units) of the central difference of :meth:`JointModel._slope`.
 SLOPE_STEP = 1e-3
 
@@ -97,7 +100,7 @@ def association_names(association: Sequence[str], terms: Sequence[str]) -> list[
     ``alpha``: outcome by outcome, term by term; ``alpha`` (value) and
     ``alpha_slope`` with one associated outcome, ``alpha[<outcome>]`` and
     ``alpha_slope[<outcome>]`` with several."""
-    prefix = {"value": "alpha", "slope": "alpha_slope"}
+    prefix = {"value": "alpha", "slope": "alpha_slope", "area": "alpha_area"}
     return [prefix[term] + (f"[{name}]" if len(association) > 1 else "") for name in association for term in terms]
 
 
@@ -152,8 +155,10 @@ class JointModel(DGMM):
         coefficients.
     :param association_terms: which functionals of it enter, with a
         coefficient each: ``('value',)`` (default), ``('slope',)`` or
-        ``('value', 'slope')`` (:data:`ASSOCIATION_TERMS`; the slope
-        :math:`d\eta_{ia}(t)/dt` adds :math:`\alpha^{slope}_c\, d\eta_{ia}(t)/dt`).
+        ``('value', 'slope')``, any of :data:`ASSOCIATION_TERMS` (the slope
+        :math:`d\eta_{ia}(t)/dt` adds :math:`\alpha^{slope}_c\, d\eta_{ia}(t)/dt`,
+        the area :math:`\alpha^{area}_c \int_0^t \eta_{ia}(s)\, ds`; the
+        area needs data built with ``area_nodes`` > 0).
     :param baseline_hidden: hidden widths of the network :math:`m_c` of log
         time added to the Weibull log baseline (``()``: Weibull only).
     :param baseline_rate: initial constant hazard (events per unit of time),
@@ -193,9 +198,9 @@ class JointModel(DGMM):
         r""":math:`\log h_{ic}(t)` at every node time of ``data`` (quadrature
         nodes, then the follow-up time), shape (..., N, Q + 1, C) for ``b`` (..., N, q)."""
         view = replace(data, time_features=data.node_features, times=data.node_times)
-        terms = [self.eta(b, view)[..., self.association_indices]] if "value" in self.association_terms else []
-        if "slope" in self.association_terms:
-            terms.append(self._slope(b, view, data.node_slopes))
+        functionals = {"value": lambda: self.eta(b, view)[..., self.association_indices],
+                       "slope": lambda: self._slope(b, view, data.node_slopes), "area": lambda: self._area(b, data)}
+        terms = [functionals[term]() for term in self.association_terms]
         terms = torch.stack(torch.broadcast_tensors(*terms), -1).flatten(-2)  # (..., N, Q + 1, outcomes x terms)
         log_time = data.node_times.clamp_min(torch.finfo(data.node_times.dtype).tiny).log().unsqueeze(-1)
         baseline = self.baseline_intercept + self.baseline_log_time * log_time
@@ -214,6 +219,22 @@ class JointModel(DGMM):
         up = self.eta(b, replace(view, time_features=view.time_features + h * slopes))
         down = self.eta(b, replace(view, time_features=view.time_features - h * slopes))
         return (up - down)[..., self.association_indices] / (2 * h)
+
+    def _area(self, b: torch.Tensor, data: JointData) -> torch.Tensor:
+        r""":math:`\int_0^s \eta_{ia}(u)\, du` at every node time s of ``data``
+        for every associated outcome (last axis): the linear predictor at the
+        R area nodes of each, weighted and summed, shape (..., N, Q + 1, A).
+
+        :raises ConfigError: ``data`` has no area nodes."""
+        n, nodes, r, f = data.area_features.shape
+        if r == 0:
+            raise ConfigError("an area association needs event data with area nodes "
+                              "(pyro_dgmm.events.with_events(..., area_nodes=15))")
+        view = replace(data, time_features=data.area_features.reshape(n, nodes * r, f),
+                       times=data.area_times.reshape(n, nodes * r))
+        eta = self.eta(b, view)[..., self.association_indices]  # (..., N, (Q + 1) R, A)
+        eta = eta.reshape(eta.shape[:-2] + (nodes, r, eta.shape[-1]))
+        return (eta * data.area_weights.unsqueeze(-1)).sum(-2)
 
     def event_distribution(self, b: torch.Tensor, data: JointData) -> SurvivalOutcome:
         """The ``event`` site's distribution given ``b`` (..., N, q): batch (..., N)."""

@@ -102,9 +102,9 @@ class JointMixedModel(DeepMixedModel):
     :param association: the outcome (default: the first) or the outcomes
         whose current linear predictors enter the hazard, each with its own
         coefficients (e.g. ``['log_bili', 'albumin']``).
-    :param association_terms: ``('value',)`` (default), ``('slope',)`` or
-        ``('value', 'slope')``: the current value and/or the slope in time of
-        that linear predictor, for every associated outcome
+    :param association_terms: ``('value',)`` (default) or any of ``'value'``,
+        ``'slope'``, ``'area'``: the current value, the slope in time and the
+        integral from 0 of that linear predictor, for every associated outcome
         (:class:`~pyro_dgmm.joint.JointModel`).
     :param baseline_hidden: widths of the network of log time in the log
         baseline hazard (``()``: Weibull).
@@ -159,7 +159,8 @@ class JointMixedModel(DeepMixedModel):
         data = schema.transform(df)
         entry, time, status = event_arrays(events, spec, self.id_col, df, self.time_col, data.ids)
         self.schema_, self.event_spec_ = schema, spec
-        self.data_ = with_events(data, schema.time_basis, entry, time, status, nodes=self.quadrature_nodes)
+        self.data_ = with_events(data, schema.time_basis, entry, time, status, nodes=self.quadrature_nodes,
+                                 area_nodes=self._area_nodes)
         self.training_baseline_ = self._baseline_frame(df)
         self.num_visits_ = self.data_.num_visits
         self.missing, self.distributed_input, self._interrupt_warned = "mask", False, False
@@ -182,6 +183,11 @@ class JointMixedModel(DeepMixedModel):
                                        kind=o.encoder, hidden=o.encoder_hidden, covariance=o.covariance,
                                        activation=o.activation, num_visits=num_visits)
         return model, guide
+
+    @property
+    def _area_nodes(self) -> int:
+        """Gauss-Legendre nodes of the area integral: as many as of the cumulative hazard, 0 without an area term."""
+        return self.quadrature_nodes if "area" in self.association_terms else 0
 
     def save(self, path) -> None:
         """Not supported yet for joint models (the save format holds no event records or event submodel).
@@ -222,8 +228,8 @@ class JointMixedModel(DeepMixedModel):
 
     def event_coefficients(self) -> pd.DataFrame:
         """The event submodel's coefficients, one row per cause: ``alpha``
-        (current value), ``alpha_slope`` (slope, if fitted) (with several
-        associated outcomes ``alpha[<outcome>]``, ``alpha_slope[<outcome>]``),
+        (current value), ``alpha_slope``, ``alpha_area`` (slope, area, if
+        fitted) (with several associated outcomes ``alpha[<outcome>]``, ...),
         ``gamma[<column>]`` (per SD of each encoded covariate),
         ``log_scale`` and ``log_time`` (Weibull :math:`\\rho - 1`)."""
         self._check_fitted()
@@ -255,7 +261,7 @@ class JointMixedModel(DeepMixedModel):
         data = self.schema_.transform(history)
         n = data.num_subjects
         return with_events(data, self.schema_.time_basis, np.zeros(n), np.full(n, landmark), np.zeros(n, np.int64),
-                           nodes=self.quadrature_nodes)
+                           nodes=self.quadrature_nodes, area_nodes=self._area_nodes)
 
     def predict_events(self, history: pd.DataFrame, landmark: float, horizons, *, times=None,
                        num_samples: int = 500, method: str = "adaptive", seed: int | None = None) -> EventPrediction:
@@ -279,7 +285,8 @@ class JointMixedModel(DeepMixedModel):
         draws = sample_posterior(self.model_, self.guide_, data, method, num_samples, seed=seed)
         with torch.no_grad(), pyro.validation_enabled(False):
             b = self._resampled(draws, seed)  # (S, N, q), equally weighted
-            size = max(1, PREDICTION_CELLS // (num_samples * (self.quadrature_nodes + 1) ** 2))
+            cells = num_samples * (self.quadrature_nodes + 1) ** 2 * max(1, self._area_nodes)
+            size = max(1, PREDICTION_CELLS // cells)
             parts = [self._incidence(b[:, start:start + size], data.subset(slice(start, start + size)), landmark,
                                      horizons) for start in range(0, data.num_subjects, size)]
             incidence = np.concatenate([part[0] for part in parts], 1)
@@ -373,7 +380,7 @@ class JointMixedModel(DeepMixedModel):
                                             torch.tensor([end], dtype=torch.float64), q)
             ends = torch.cat([outer[0], torch.tensor([end], dtype=torch.float64)]).repeat(n).numpy()
             at = with_events(rows, self.schema_.time_basis, np.full(n * (q + 1), start), ends,
-                             np.zeros(n * (q + 1), np.int64), nodes=q)
+                             np.zeros(n * (q + 1), np.int64), nodes=q, area_nodes=self._area_nodes)
             event = self.model_.event_distribution(b_rows, at)
             hazard = event.log_hazard.exp().reshape(s, n, q + 1, causes)
             cumulative = event.cumulative_hazard.sum(-1).reshape(s, n, q + 1)

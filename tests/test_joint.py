@@ -25,7 +25,7 @@ from pyro_dgmm.likelihood import observed_log_likelihood
 from pyro_dgmm.plotting_joint import plot_event_prediction
 
 
-def small_joint(num_causes=1, seed=0, n=6, terms=("value",), association=None, nodes=15):
+def small_joint(num_causes=1, seed=0, n=6, terms=("value",), association=None, nodes=15, area_nodes=0):
     """A tiny simulated data set with random (nonzero) event parameters; with
     ``association``, a second, binary outcome ``z`` (y above its median) to associate too."""
     sim = simulate_joint(n_subjects=n, seed=seed)
@@ -44,17 +44,21 @@ def small_joint(num_causes=1, seed=0, n=6, terms=("value",), association=None, n
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
-    joint = with_events(data.to(dtype=torch.float64), schema.time_basis, entry, events["time"], status, nodes=nodes)
+    joint = with_events(data.to(dtype=torch.float64), schema.time_basis, entry, events["time"], status, nodes=nodes,
+                        area_nodes=area_nodes)
     return model.double(), schema, joint, entry, events["time"].to_numpy(), status
 
 
 @pytest.mark.parametrize("num_causes, terms, association", [
     (1, ("value",), None), (2, ("value", "slope"), None), (1, ("slope",), None),
-    (2, ("value", "slope"), ("z", "y"))])
+    (2, ("value", "slope"), ("z", "y")), (1, ("area", "value"), None)])
 def test_event_log_likelihood_equals_a_direct_numerical_integral(num_causes, terms, association):
-    # the two-outcome draw has a Weibull shape 0.57 (a hazard singular at 0): 15 nodes leave 2e-4, 60 nodes 1e-6
+    # the two-outcome and area draws have Weibull shapes below 1 (a hazard singular at 0): 15 nodes leave
+    # 2e-4 and 2e-5, 60 nodes 1e-6
     model, schema, data, entry, time, status = small_joint(num_causes, terms=terms, association=association,
-                                                           nodes=15 if association is None else 60)
+                                                           nodes=15 if association is None and "area" not in terms
+                                                           else 60,
+                                                           area_nodes=15 if "area" in terms else 0)
     outcomes = [["y", "z"].index(name) for name in (association or ("y",))]
     b = torch.randn(data.num_subjects, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 
@@ -65,6 +69,9 @@ def test_event_log_likelihood_equals_a_direct_numerical_integral(num_causes, ter
 
     def log_hazard(i, t):  # the hazard written out from the model's pieces, at one time
         value = {"value": eta(i, t), "slope": (eta(i, t + 1e-5) - eta(i, t - 1e-5)) / 2e-5}
+        if "area" in terms:
+            x, w = np.polynomial.legendre.leggauss(40)  # 40 nodes on [0, t], exact for eta of degree < 80 in s
+            value["area"] = sum(wq * t / 2 * eta(i, t / 2 * (xq + 1)) for xq, wq in zip(x, w))
         association = torch.stack([value[term] for term in terms], -1).flatten() @ model.event_association.T
         base = model.baseline_intercept + model.baseline_log_time * math.log(t)
         base = base + model.baseline_net(torch.tensor([[math.log(t)]], dtype=torch.float64))[0]
