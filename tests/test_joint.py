@@ -62,16 +62,16 @@ def test_event_log_likelihood_equals_a_direct_numerical_integral(num_causes, ter
     outcomes = [["y", "z"].index(name) for name in (association or ("y",))]
     b = torch.randn(data.num_subjects, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 
-    def eta(i, t):
-        view = replace(data.subset([i]), time_features=schema.time_basis.transform(
-            torch.tensor([[t]], dtype=torch.float64)))
-        return model.eta(b[i:i + 1], view)[0, 0, outcomes]
+    def eta(i, t):  # at one time t, or at several (then times on the first axis)
+        times = torch.as_tensor(np.atleast_1d(t), dtype=torch.float64)[None]
+        view = replace(data.subset([i]), time_features=schema.time_basis.transform(times))
+        return model.eta(b[i:i + 1], view)[0, :, outcomes].squeeze(0)
 
     def log_hazard(i, t):  # the hazard written out from the model's pieces, at one time
         value = {"value": eta(i, t), "slope": (eta(i, t + 1e-5) - eta(i, t - 1e-5)) / 2e-5}
         if "area" in terms:
             x, w = np.polynomial.legendre.leggauss(40)  # 40 nodes on [0, t], exact for eta of degree < 80 in s
-            value["area"] = sum(wq * t / 2 * eta(i, t / 2 * (xq + 1)) for xq, wq in zip(x, w))
+            value["area"] = torch.as_tensor(w * t / 2, dtype=torch.float64) @ eta(i, t / 2 * (x + 1))
         association = torch.stack([value[term] for term in terms], -1).flatten() @ model.event_association.T
         base = model.baseline_intercept + model.baseline_log_time * math.log(t)
         base = base + model.baseline_net(torch.tensor([[math.log(t)]], dtype=torch.float64))[0]
@@ -292,7 +292,7 @@ def test_cross_validation_scores_every_fold_on_subjects_it_did_not_fit():
 
     def make():
         est = JointMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["x"],
-                              latent_dim=2)
+                              latent_dim=2, association_terms=("value", "area"), quadrature_nodes=7)
         fitted.append(est)
         return est
 
@@ -306,3 +306,4 @@ def test_cross_validation_scores_every_fold_on_subjects_it_did_not_fit():
         assert set(est.data_.ids) == set(sim.events["id"][folds != fold])
     assert table.loc[2, "auc"] == pytest.approx(table.loc[:1, "auc"].mean())
     assert table.loc[3, "at_risk"] == (sim.events.time > 2.0).sum()
+    assert list(trained[0].event_coefficients().columns[:2]) == ["alpha", "alpha_area"]
