@@ -22,7 +22,10 @@ several associated outcomes :math:`a \in A` the term is
 outcome, per cause, and per functional: value, slope
 :math:`d\eta_{ia}(t)/dt`, area :math:`\int_0^t \eta_{ia}(s)\, ds`, the
 last by Gauss-Legendre quadrature on [0, t] at every hazard node,
-``JointData.area_features``).  The
+``JointData.area_features``).  With ``association_hidden`` a network
+:math:`f_c` of the associated outcomes' current values adds
+:math:`f_c(\eta_{iA}(t))` to the exponent (the talk's neural link; its last
+layer starts at zero, so training starts from the linear association).  The
 ``event`` site's log-density (:class:`SurvivalOutcome`) for a subject at
 risk from :math:`E_i`, followed to :math:`T_i` with status :math:`d_i`, is
 
@@ -161,6 +164,9 @@ class JointModel(DGMM):
         area needs data built with ``area_nodes`` > 0).
     :param baseline_hidden: hidden widths of the network :math:`m_c` of log
         time added to the Weibull log baseline (``()``: Weibull only).
+    :param association_hidden: hidden widths of the network :math:`f_c` of
+        the associated outcomes' current values added to the linear
+        association (``()``: linear only).
     :param baseline_rate: initial constant hazard (events per unit of time),
         e.g. events / total follow-up; the intercepts start at its log.
 
@@ -169,7 +175,8 @@ class JointModel(DGMM):
 
     def __init__(self, families: Mapping[str, Family], latent_dim: int, *, num_causes: int = 1,
                  association: str | None = None, association_terms: Sequence[str] = ("value",),
-                 baseline_hidden: Sequence[int] = (), baseline_rate: float = 0.1, **options):
+                 baseline_hidden: Sequence[int] = (), association_hidden: Sequence[int] = (),
+                 baseline_rate: float = 0.1, **options):
         super().__init__(families, latent_dim, **options)
         if not isinstance(num_causes, int) or num_causes < 1:
             raise ConfigError(f"num_causes must be a positive integer, got {num_causes!r}")
@@ -186,6 +193,8 @@ class JointModel(DGMM):
         self.event_association = torch.nn.Parameter(torch.zeros(num_causes, len(association) * len(terms)))
         self.baseline_net = (_zero_last_layer(MLP(1, tuple(baseline_hidden), num_causes, "tanh"))
                              if tuple(baseline_hidden) else None)
+        self.association_net = (_zero_last_layer(MLP(len(association), tuple(association_hidden), num_causes, "tanh"))
+                                if tuple(association_hidden) else None)
 
     @classmethod
     def from_schema(cls, schema: DataSchema, latent_dim: int, **kwargs) -> "JointModel":
@@ -198,7 +207,9 @@ class JointModel(DGMM):
         r""":math:`\log h_{ic}(t)` at every node time of ``data`` (quadrature
         nodes, then the follow-up time), shape (..., N, Q + 1, C) for ``b`` (..., N, q)."""
         view = replace(data, time_features=data.node_features, times=data.node_times)
-        functionals = {"value": lambda: self.eta(b, view)[..., self.association_indices],
+        current = (self.eta(b, view)[..., self.association_indices]
+                   if "value" in self.association_terms or self.association_net is not None else None)
+        functionals = {"value": lambda: current,
                        "slope": lambda: self._slope(b, view, data.node_slopes), "area": lambda: self._area(b, data)}
         terms = [functionals[term]() for term in self.association_terms]
         terms = torch.stack(torch.broadcast_tensors(*terms), -1).flatten(-2)  # (..., N, Q + 1, outcomes x terms)
@@ -207,7 +218,10 @@ class JointModel(DGMM):
         if self.baseline_net is not None:
             baseline = baseline + self.baseline_net(log_time)
         linear = (data.covariates @ self.event_covariates.T).unsqueeze(-2)  # (N, 1, C)
-        return baseline + linear + terms @ self.event_association.T
+        log_hazard = baseline + linear + terms @ self.event_association.T
+        if self.association_net is not None:
+            log_hazard = log_hazard + self.association_net(current)
+        return log_hazard
 
     def _slope(self, b: torch.Tensor, view: JointData, slopes: torch.Tensor) -> torch.Tensor:
         r""":math:`d\eta_{ia}(t)/dt` at the node times of ``view``, every associated

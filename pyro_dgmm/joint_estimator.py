@@ -108,6 +108,9 @@ class JointMixedModel(DeepMixedModel):
         (:class:`~pyro_dgmm.joint.JointModel`).
     :param baseline_hidden: widths of the network of log time in the log
         baseline hazard (``()``: Weibull).
+    :param association_hidden: widths of a network of the associated
+        outcomes' current values added to the log hazard beside the linear
+        association (``()``: none; :class:`~pyro_dgmm.joint.JointModel`).
     :param quadrature_nodes: Gauss-Legendre nodes of each cumulative hazard.
 
     Other arguments as for :class:`~pyro_dgmm.estimator.DeepMixedModel`;
@@ -117,11 +120,13 @@ class JointMixedModel(DeepMixedModel):
     """
 
     def __init__(self, *, association=None, association_terms=("value",), baseline_hidden=(),
-                 quadrature_nodes: int = QUADRATURE_NODES, **options):
+                 association_hidden=(), quadrature_nodes: int = QUADRATURE_NODES, **options):
         super().__init__(**options)
         self.association = None if association is None else check_association(association, list(self.outcomes))
         self.association_terms = check_association_terms(association_terms)
         self.baseline_hidden = tuple(check_int(f"baseline_hidden[{k}]", w) for k, w in enumerate(baseline_hidden))
+        self.association_hidden = tuple(check_int(f"association_hidden[{k}]", w)
+                                        for k, w in enumerate(association_hidden))
         self.quadrature_nodes = check_int("quadrature_nodes", quadrature_nodes)
         self.event_spec_: EventSpec | None = None
 
@@ -177,7 +182,8 @@ class JointMixedModel(DeepMixedModel):
         o, causes = self.options, len(self.event_spec_.cause_names)
         model = JointModel.from_schema(schema, latent_dim, num_causes=causes, association=self.association,
                                        association_terms=self.association_terms,
-                                       baseline_hidden=self.baseline_hidden, baseline_rate=self._event_rate,
+                                       baseline_hidden=self.baseline_hidden,
+                                       association_hidden=self.association_hidden, baseline_rate=self._event_rate,
                                        **{"activation": o.activation, **o.model_options})
         guide = JointGuide.from_schema(schema, latent_dim, num_causes=causes, time_scale=self._time_scale,
                                        kind=o.encoder, hidden=o.encoder_hidden, covariance=o.covariance,

@@ -25,7 +25,8 @@ from pyro_dgmm.likelihood import observed_log_likelihood
 from pyro_dgmm.plotting_joint import plot_event_prediction
 
 
-def small_joint(num_causes=1, seed=0, n=6, terms=("value",), association=None, nodes=15, area_nodes=0):
+def small_joint(num_causes=1, seed=0, n=6, terms=("value",), association=None, nodes=15, area_nodes=0,
+                association_hidden=()):
     """A tiny simulated data set with random (nonzero) event parameters; with
     ``association``, a second, binary outcome ``z`` (y above its median) to associate too."""
     sim = simulate_joint(n_subjects=n, seed=seed)
@@ -40,7 +41,8 @@ def small_joint(num_causes=1, seed=0, n=6, terms=("value",), association=None, n
     entry = np.where(np.arange(n) % 2 == 1, 0.3 * events["time"].to_numpy(), 0.0)  # left truncation for half
     torch.manual_seed(seed)
     model = JointModel.from_schema(schema, latent_dim=2, num_causes=num_causes, baseline_hidden=(4,),
-                                   association_terms=terms, association=association)
+                                   association_terms=terms, association=association,
+                                   association_hidden=association_hidden)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -49,16 +51,17 @@ def small_joint(num_causes=1, seed=0, n=6, terms=("value",), association=None, n
     return model.double(), schema, joint, entry, events["time"].to_numpy(), status
 
 
-@pytest.mark.parametrize("num_causes, terms, association", [
-    (1, ("value",), None), (2, ("value", "slope"), None), (1, ("slope",), None),
-    (2, ("value", "slope"), ("z", "y")), (1, ("area", "value"), None)])
-def test_event_log_likelihood_equals_a_direct_numerical_integral(num_causes, terms, association):
+@pytest.mark.parametrize("num_causes, terms, association, hidden", [
+    (1, ("value",), None, ()), (2, ("value", "slope"), None, ()), (1, ("slope",), None, ()),
+    (2, ("value", "slope"), ("z", "y"), (3,)), (1, ("area", "value"), None, ())])
+def test_event_log_likelihood_equals_a_direct_numerical_integral(num_causes, terms, association, hidden):
     # the two-outcome and area draws have Weibull shapes below 1 (a hazard singular at 0): 15 nodes leave
     # 2e-4 and 2e-5, 60 nodes 1e-6
     model, schema, data, entry, time, status = small_joint(num_causes, terms=terms, association=association,
                                                            nodes=15 if association is None and "area" not in terms
                                                            else 60,
-                                                           area_nodes=15 if "area" in terms else 0)
+                                                           area_nodes=15 if "area" in terms else 0,
+                                                           association_hidden=hidden)
     outcomes = [["y", "z"].index(name) for name in (association or ("y",))]
     b = torch.randn(data.num_subjects, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 
@@ -73,6 +76,8 @@ def test_event_log_likelihood_equals_a_direct_numerical_integral(num_causes, ter
             x, w = np.polynomial.legendre.leggauss(40)  # 40 nodes on [0, t], exact for eta of degree < 80 in s
             value["area"] = torch.as_tensor(w * t / 2, dtype=torch.float64) @ eta(i, t / 2 * (x + 1))
         association = torch.stack([value[term] for term in terms], -1).flatten() @ model.event_association.T
+        if hidden:
+            association = association + model.association_net(value["value"])
         base = model.baseline_intercept + model.baseline_log_time * math.log(t)
         base = base + model.baseline_net(torch.tensor([[math.log(t)]], dtype=torch.float64))[0]
         return base + data.covariates[i] @ model.event_covariates.T + association
@@ -256,12 +261,14 @@ def test_evaluate_events_scores_the_subjects_at_risk_from_their_history_only():
     sim = simulate_joint(n_subjects=60, seed=7)
     visits = sim.data.assign(z=sim.data["y"] + 0.5 * np.sin(sim.data["time"]))
     est = JointMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian", "z": "gaussian"},
-                          covariates=["x"], latent_dim=2, association=["y", "z"], association_terms=("value", "slope"))
+                          covariates=["x"], latent_dim=2, association=["y", "z"], association_terms=("value", "slope"),
+                          association_hidden=(4,))
     est.fit(visits, events=sim.events, event_time="time", event_status="status", max_epochs=3, progress=False)
     assert list(est.event_coefficients().columns[:4]) == ["alpha[y]", "alpha_slope[y]", "alpha[z]", "alpha_slope[z]"]
-    result = est.evaluate_events(visits, sim.events, landmark=2.0, horizon=3.0, grid=4, num_samples=50, seed=0)
+    assert est.model_.association_net[-1].weight.abs().sum() > 0  # the neural association is fitted too
+    result = est.evaluate_events(visits, sim.events, landmark=2.0, horizon=3.0, grid=3, num_samples=30, seed=0)
     at_risk = sim.events[sim.events.time > 2.0]
-    assert result.scores["at_risk"] == len(at_risk) and len(result.risk) == 4 * len(at_risk)
+    assert result.scores["at_risk"] == len(at_risk) and len(result.risk) == 3 * len(at_risk)
     wide = result.risk.pivot(index="id", columns="horizon", values="risk")
     assert (np.diff(wide.to_numpy(), axis=1) >= 0).all()  # cumulative risk, horizon by horizon
     subjects = result.risk.drop_duplicates("id").set_index("id").loc[wide.index]
@@ -271,7 +278,7 @@ def test_evaluate_events_scores_the_subjects_at_risk_from_their_history_only():
     assert result.calibration.predicted == pytest.approx(wide.to_numpy()[:, -1])
     # the visits after the landmark cannot change a score
     future = visits.assign(y=np.where(visits.time > 2.0, visits.y + 5.0, visits.y))
-    again = est.evaluate_events(future, sim.events, landmark=2.0, horizon=3.0, grid=4, num_samples=50, seed=0)
+    again = est.evaluate_events(future, sim.events, landmark=2.0, horizon=3.0, grid=3, num_samples=30, seed=0)
     assert again.scores == result.scores
     with pytest.raises(ConfigError, match="cause must be one of"):
         est.evaluate_events(visits, sim.events, landmark=2.0, horizon=3.0, cause="death")
