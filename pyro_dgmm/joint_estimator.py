@@ -220,11 +220,13 @@ class JointMixedModel(DeepMixedModel):
                           "whose .trajectory is the outcomes' prediction given survival to the landmark")
 
     def kfold(self, df: pd.DataFrame, k: int = 5, **options):
-        """Not supported yet for joint models (the folds would need the event records).
+        """Not supported yet for joint models (the folds would need the event records);
+        :func:`cross_validate_events` cross-validates the event predictions.
 
         :raises ConfigError: always.
         """
-        raise ConfigError("kfold is not supported yet for JointMixedModel")
+        raise ConfigError("kfold (the ELPD of held-out records) is not supported yet for JointMixedModel; "
+                          "cross_validate_events scores held-out event predictions")
 
     @property
     def causes(self) -> list[str]:
