@@ -56,6 +56,7 @@ CANDIDATES = {
                        model_options=LINEAR),
     "three_values": dict(outcomes={m: "gaussian" for m in GAUSSIAN}, association=GAUSSIAN, latent_dim=4,
                          model_options=LINEAR),
+    # value and slope of all three continuous markers (the name says less than the model holds)
     "three_values_bili_slope": dict(outcomes={m: "gaussian" for m in GAUSSIAN}, association=GAUSSIAN,
                                     association_terms=("value", "slope"), latent_dim=4, model_options=LINEAR),
     "six_markers": dict(outcomes={**{m: "gaussian" for m in GAUSSIAN}, **{m: "bernoulli" for m in BINARY}},
