@@ -101,7 +101,8 @@ def _check(time, status, landmark, horizon, predicted=None, columns=None):
     if not np.issubdtype(status.dtype, np.number) or (status < 0).any() or (status != np.round(status)).any():
         raise DataError("status must hold integers: 0 censored, c >= 1 the cause of the event")
     if not (np.isfinite(landmark) and np.isfinite(horizon) and horizon > 0):
-        raise ConfigError(f"landmark must be a finite time and horizon a positive length, got {landmark!r}, {horizon!r}")
+        raise ConfigError(f"landmark must be a finite time and horizon a positive length, "
+                          f"got {landmark!r}, {horizon!r}")
     if predicted is not None:
         predicted = np.asarray(predicted, np.float64)
         shape = time.shape if columns is None else (time.size, columns)

@@ -174,7 +174,7 @@ class JointModel(DGMM):
     """
 
     def __init__(self, families: Mapping[str, Family], latent_dim: int, *, num_causes: int = 1,
-                 association: str | None = None, association_terms: Sequence[str] = ("value",),
+                 association: str | Sequence[str] | None = None, association_terms: Sequence[str] = ("value",),
                  baseline_hidden: Sequence[int] = (), association_hidden: Sequence[int] = (),
                  baseline_rate: float = 0.1, **options):
         super().__init__(families, latent_dim, **options)
