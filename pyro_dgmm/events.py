@@ -174,7 +174,10 @@ class JointData(LongitudinalData):
     nodes on [entry, event_time] then event_time itself; ``node_weights``
     (N, Q); ``node_features`` (N, Q + 1, F): the time basis at ``node_times``;
     ``node_slopes`` (N, Q + 1, F): its derivative in time there (central
-    differences of the basis in float64), for slope associations.
+    differences of the basis in float64), for slope associations;
+    ``area_times`` (N, Q + 1, R), ``area_weights`` (N, Q + 1, R) and
+    ``area_features`` (N, Q + 1, R, F): R Gauss-Legendre nodes on [0, s] for
+    every node time s, for area associations (R = 0 unless asked for).
     """
 
     entry: torch.Tensor | None = None
@@ -184,9 +187,13 @@ class JointData(LongitudinalData):
     node_weights: torch.Tensor | None = None
     node_features: torch.Tensor | None = None
     node_slopes: torch.Tensor | None = None
+    area_times: torch.Tensor | None = None
+    area_weights: torch.Tensor | None = None
+    area_features: torch.Tensor | None = None
 
     tensor_fields: ClassVar[tuple[str, ...]] = LongitudinalData.tensor_fields + (
-        "entry", "event_time", "event_status", "node_times", "node_weights", "node_features", "node_slopes")
+        "entry", "event_time", "event_status", "node_times", "node_weights", "node_features", "node_slopes",
+        "area_times", "area_weights", "area_features")
 
     @property
     def num_nodes(self) -> int:
@@ -197,16 +204,20 @@ class JointData(LongitudinalData):
 
 
 def with_events(data: LongitudinalData, basis: TimeBasis, entry, time, status, *,
-                nodes: int = QUADRATURE_NODES) -> JointData:
+                nodes: int = QUADRATURE_NODES, area_nodes: int = 0) -> JointData:
     """``data`` with event records (entry, time, status: arrays or tensors
     aligned with its subjects) and their quadrature nodes, the time features
     at the nodes from ``basis`` (the schema's fitted time basis) evaluated
-    at node time minus ``data.time_origin`` (model time).
+    at node time minus ``data.time_origin`` (model time).  With ``area_nodes``
+    R > 0 also the Gauss-Legendre nodes of the integral from 0 to every node
+    time s and the time features there (the area association).
 
-    :raises ConfigError: ``nodes`` < 1.
+    :raises ConfigError: ``nodes`` < 1 or ``area_nodes`` < 0.
     """
     if not isinstance(nodes, int) or nodes < 1:
         raise ConfigError(f"quadrature nodes must be a positive integer, got {nodes!r}")
+    if not isinstance(area_nodes, int) or area_nodes < 0:
+        raise ConfigError(f"area quadrature nodes must be an integer >= 0, got {area_nodes!r}")
     dtype, device = data.times.dtype, data.device
     entry = torch.as_tensor(np.array(entry, np.float64), dtype=dtype, device=device)
     time = torch.as_tensor(np.array(time, np.float64), dtype=dtype, device=device)
@@ -222,7 +233,13 @@ def with_events(data: LongitudinalData, basis: TimeBasis, entry, time, status, *
     model_times = node_times.double() - data.time_origin
     step = 1e-4 * model_times.abs().clamp_min(1.0)
     slopes = (basis.transform(model_times + step) - basis.transform(model_times - step)) / (2 * step.unsqueeze(-1))
+    if area_nodes:
+        area_times, area_weights = gauss_legendre(torch.zeros_like(node_times), node_times, area_nodes)
+    else:
+        area_times = area_weights = node_times.new_zeros(node_times.shape + (0,))
+    area_features = basis.transform(area_times - data.time_origin)
     return JointData(**fields, entry=entry, event_time=time,
                      event_status=torch.as_tensor(np.array(status, np.int64), device=device),
                      node_times=node_times, node_weights=weights,
-                     node_features=basis.transform(node_times - data.time_origin), node_slopes=slopes.to(dtype))
+                     node_features=basis.transform(node_times - data.time_origin), node_slopes=slopes.to(dtype),
+                     area_times=area_times, area_weights=area_weights, area_features=area_features)

@@ -16,7 +16,16 @@ current value :math:`\eta_{ia}(t)` of the linear predictor of the
 associated outcome ``a`` (:meth:`~pyro_dgmm.model.MixedModel.eta` at time
 :math:`t`: the subject's true marker value on the link scale, minus the
 outcome's centring shift, which the intercept absorbs), so
-:math:`\alpha_c` is the log hazard ratio per unit of the marker.  The
+:math:`\alpha_c` is the log hazard ratio per unit of the marker.  With
+several associated outcomes :math:`a \in A` the term is
+:math:`\sum_{a \in A} \alpha_{ca}\, \eta_{ia}(t)` (a coefficient per
+outcome, per cause, and per functional: value, slope
+:math:`d\eta_{ia}(t)/dt`, area :math:`\int_0^t \eta_{ia}(s)\, ds`, the
+last by Gauss-Legendre quadrature on [0, t] at every hazard node,
+``JointData.area_features``).  With ``association_hidden`` a network
+:math:`f_c` of the associated outcomes' current values adds
+:math:`f_c(\eta_{iA}(t))` to the exponent (the talk's neural link; its last
+layer starts at zero, so training starts from the linear association).  The
 ``event`` site's log-density (:class:`SurvivalOutcome`) for a subject at
 risk from :math:`E_i`, followed to :math:`T_i` with status :math:`d_i`, is
 
@@ -70,10 +79,32 @@ from .nn import MLP, DenseEncoder, SetEncoder, _zero_last_layer
 
 
 #: Functionals of the associated outcome's linear predictor that can enter the
-#: hazards: its current value and its slope in time.
-ASSOCIATION_TERMS = ("value", "slope")
+#: hazards: its current value, its slope in time and its area (integral from 0).
+ASSOCIATION_TERMS = ("value", "slope", "area")
 #: Step (feature units) of the central difference of :meth:`JointModel._slope`.
 SLOPE_STEP = 1e-3
+
+
+def check_association(association, outcomes: Sequence[str]) -> tuple[str, ...]:
+    """``association`` (None: the first outcome; an outcome; or several) as a tuple of outcomes.
+
+    :raises ConfigError: none, repeated or unknown outcomes.
+    """
+    names = ((outcomes[0],) if association is None
+             else (association,) if isinstance(association, str) else tuple(association))
+    if not names or len(set(names)) < len(names) or not set(names) <= set(outcomes):
+        raise ConfigError(f"association must name one or more distinct outcomes among {list(outcomes)}, "
+                          f"got {association!r}")
+    return names
+
+
+def association_names(association: Sequence[str], terms: Sequence[str]) -> list[str]:
+    """Names of the association coefficients in the column order of
+    ``alpha``: outcome by outcome, term by term; ``alpha`` (value) and
+    ``alpha_slope`` with one associated outcome, ``alpha[<outcome>]`` and
+    ``alpha_slope[<outcome>]`` with several."""
+    prefix = {"value": "alpha", "slope": "alpha_slope", "area": "alpha_area"}
+    return [prefix[term] + (f"[{name}]" if len(association) > 1 else "") for name in association for term in terms]
 
 
 def check_association_terms(association_terms) -> tuple[str, ...]:
@@ -122,14 +153,20 @@ class JointModel(DGMM):
     r"""The DGMM with an event submodel (module docstring).
 
     :param num_causes: C, the competing causes (1: a single or composite event).
-    :param association: the outcome whose linear predictor's current value
-        enters the hazards (default: the first).
+    :param association: the outcome, or outcomes, whose linear predictors
+        enter the hazards (default: the first outcome), each with its own
+        coefficients.
     :param association_terms: which functionals of it enter, with a
         coefficient each: ``('value',)`` (default), ``('slope',)`` or
-        ``('value', 'slope')`` (:data:`ASSOCIATION_TERMS`; the slope
-        :math:`d\eta_{ia}(t)/dt` adds :math:`\alpha^{slope}_c\, d\eta_{ia}(t)/dt`).
+        ``('value', 'slope')``, any of :data:`ASSOCIATION_TERMS` (the slope
+        :math:`d\eta_{ia}(t)/dt` adds :math:`\alpha^{slope}_c\, d\eta_{ia}(t)/dt`,
+        the area :math:`\alpha^{area}_c \int_0^t \eta_{ia}(s)\, ds`; the
+        area needs data built with ``area_nodes`` > 0).
     :param baseline_hidden: hidden widths of the network :math:`m_c` of log
         time added to the Weibull log baseline (``()``: Weibull only).
+    :param association_hidden: hidden widths of the network :math:`f_c` of
+        the associated outcomes' current values added to the linear
+        association (``()``: linear only).
     :param baseline_rate: initial constant hazard (events per unit of time),
         e.g. events / total follow-up; the intercepts start at its log.
 
@@ -137,26 +174,27 @@ class JointModel(DGMM):
     """
 
     def __init__(self, families: Mapping[str, Family], latent_dim: int, *, num_causes: int = 1,
-                 association: str | None = None, association_terms: Sequence[str] = ("value",),
-                 baseline_hidden: Sequence[int] = (), baseline_rate: float = 0.1, **options):
+                 association: str | Sequence[str] | None = None, association_terms: Sequence[str] = ("value",),
+                 baseline_hidden: Sequence[int] = (), association_hidden: Sequence[int] = (),
+                 baseline_rate: float = 0.1, **options):
         super().__init__(families, latent_dim, **options)
         if not isinstance(num_causes, int) or num_causes < 1:
             raise ConfigError(f"num_causes must be a positive integer, got {num_causes!r}")
-        association = self.outcomes[0] if association is None else association
-        if association not in self.families:
-            raise ConfigError(f"association must name an outcome ({self.outcomes}), got {association!r}")
+        association = check_association(association, self.outcomes)
         if not baseline_rate > 0:
             raise ConfigError(f"baseline_rate must be positive, got {baseline_rate!r}")
         self.association_terms = terms = check_association_terms(association_terms)
         self.num_causes = num_causes
         self.association = association
-        self.association_index = self.outcomes.index(association)
+        self.association_indices = [self.outcomes.index(name) for name in association]
         self.baseline_intercept = torch.nn.Parameter(torch.full((num_causes,), float(torch.tensor(baseline_rate).log())))
         self.baseline_log_time = torch.nn.Parameter(torch.zeros(num_causes))
         self.event_covariates = torch.nn.Parameter(torch.zeros(num_causes, options["num_covariates"]))
-        self.event_association = torch.nn.Parameter(torch.zeros(num_causes, len(terms)))
+        self.event_association = torch.nn.Parameter(torch.zeros(num_causes, len(association) * len(terms)))
         self.baseline_net = (_zero_last_layer(MLP(1, tuple(baseline_hidden), num_causes, "tanh"))
                              if tuple(baseline_hidden) else None)
+        self.association_net = (_zero_last_layer(MLP(len(association), tuple(association_hidden), num_causes, "tanh"))
+                                if tuple(association_hidden) else None)
 
     @classmethod
     def from_schema(cls, schema: DataSchema, latent_dim: int, **kwargs) -> "JointModel":
@@ -169,26 +207,48 @@ class JointModel(DGMM):
         r""":math:`\log h_{ic}(t)` at every node time of ``data`` (quadrature
         nodes, then the follow-up time), shape (..., N, Q + 1, C) for ``b`` (..., N, q)."""
         view = replace(data, time_features=data.node_features, times=data.node_times)
-        terms = [self.eta(b, view)[..., self.association_index]] if "value" in self.association_terms else []
-        if "slope" in self.association_terms:
-            terms.append(self._slope(b, view, data.node_slopes))
-        terms = torch.stack(torch.broadcast_tensors(*terms), -1)  # (..., N, Q + 1, terms)
+        current = (self.eta(b, view)[..., self.association_indices]
+                   if "value" in self.association_terms or self.association_net is not None else None)
+        functionals = {"value": lambda: current,
+                       "slope": lambda: self._slope(b, view, data.node_slopes), "area": lambda: self._area(b, data)}
+        terms = [functionals[term]() for term in self.association_terms]
+        terms = torch.stack(torch.broadcast_tensors(*terms), -1).flatten(-2)  # (..., N, Q + 1, outcomes x terms)
         log_time = data.node_times.clamp_min(torch.finfo(data.node_times.dtype).tiny).log().unsqueeze(-1)
         baseline = self.baseline_intercept + self.baseline_log_time * log_time
         if self.baseline_net is not None:
             baseline = baseline + self.baseline_net(log_time)
         linear = (data.covariates @ self.event_covariates.T).unsqueeze(-2)  # (N, 1, C)
-        return baseline + linear + terms @ self.event_association.T
+        log_hazard = baseline + linear + terms @ self.event_association.T
+        if self.association_net is not None:
+            log_hazard = log_hazard + self.association_net(current)
+        return log_hazard
 
     def _slope(self, b: torch.Tensor, view: JointData, slopes: torch.Tensor) -> torch.Tensor:
-        r""":math:`d\eta_{ia}(t)/dt` at the node times of ``view``: the derivative of
+        r""":math:`d\eta_{ia}(t)/dt` at the node times of ``view``, every associated
+        outcome on the last axis: the derivative of
         the linear predictor along the time features' derivative ``slopes``,
         by a central difference of step :data:`SLOPE_STEP` in feature units
         (exact for a linear predictor linear in the features)."""
         h = SLOPE_STEP
         up = self.eta(b, replace(view, time_features=view.time_features + h * slopes))
         down = self.eta(b, replace(view, time_features=view.time_features - h * slopes))
-        return (up - down)[..., self.association_index] / (2 * h)
+        return (up - down)[..., self.association_indices] / (2 * h)
+
+    def _area(self, b: torch.Tensor, data: JointData) -> torch.Tensor:
+        r""":math:`\int_0^s \eta_{ia}(u)\, du` at every node time s of ``data``
+        for every associated outcome (last axis): the linear predictor at the
+        R area nodes of each, weighted and summed, shape (..., N, Q + 1, A).
+
+        :raises ConfigError: ``data`` has no area nodes."""
+        n, nodes, r, f = data.area_features.shape
+        if r == 0:
+            raise ConfigError("an area association needs event data with area nodes "
+                              "(pyro_dgmm.events.with_events(..., area_nodes=15))")
+        view = replace(data, time_features=data.area_features.reshape(n, nodes * r, f),
+                       times=data.area_times.reshape(n, nodes * r))
+        eta = self.eta(b, view)[..., self.association_indices]  # (..., N, (Q + 1) R, A)
+        eta = eta.reshape(eta.shape[:-2] + (nodes, r, eta.shape[-1]))
+        return (eta * data.area_weights.unsqueeze(-1)).sum(-2)
 
     def event_distribution(self, b: torch.Tensor, data: JointData) -> SurvivalOutcome:
         """The ``event`` site's distribution given ``b`` (..., N, q): batch (..., N)."""
@@ -221,7 +281,8 @@ class JointModel(DGMM):
 
     def event_coefficients(self) -> dict[str, torch.Tensor]:
         """The event submodel's parameters by name, each (C, ...): ``alpha``
-        (association, (C, terms) in the order of ``association_terms``),
+        (association, (C, outcomes x terms): outcome by outcome, in the order of
+        ``association_terms`` within each; :func:`association_names`),
         ``gamma`` (covariates, per SD), ``log_scale``
         (:math:`\\beta_0`) and ``log_time`` (:math:`\\beta_1 = \\rho - 1`)."""
         return {"alpha": self.event_association, "gamma": self.event_covariates,

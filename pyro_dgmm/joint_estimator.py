@@ -35,7 +35,7 @@ Example (a tiny fit; real ones run until they converge):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -45,9 +45,10 @@ import torch
 from .data import DataSchema
 from .errors import ConfigError, DataError
 from .estimator import DeepMixedModel, default_latent_dim
+from .event_evaluation import Calibration, calibration, landmark_scores, subject_folds
 from .events import QUADRATURE_NODES, EventSpec, JointData, event_arrays, gauss_legendre, with_events
 from .fit import FitConfig
-from .joint import JointGuide, JointModel, check_association_terms
+from .joint import JointGuide, JointModel, association_names, check_association, check_association_terms
 from .options import check_int, check_keywords
 from .parallel import hold_out
 from .posterior import sample_posterior
@@ -76,17 +77,40 @@ class EventPrediction:
     landmark: float
 
 
+@dataclass
+class EventEvaluation:
+    """The result of :meth:`JointMixedModel.evaluate_events`.
+
+    ``scores``: :func:`~pyro_dgmm.event_evaluation.landmark_scores` (``auc``,
+    ``brier`` at t + Δt, ``ibs`` over [t, t + Δt), ``ici``, ``e50``, ``e90``,
+    ``at_risk``, ``events``); ``risk``: one row per subject at risk at t and
+    horizon, the predicted probability of the event by then (``risk``) beside
+    the subject's follow-up ``time`` and cause index ``status`` (0 censored);
+    ``calibration``: the :class:`~pyro_dgmm.event_evaluation.Calibration` at
+    t + Δt (:func:`~pyro_dgmm.plotting_joint.plot_calibration`).
+    """
+
+    scores: dict
+    risk: pd.DataFrame
+    calibration: Calibration
+
+
 class JointMixedModel(DeepMixedModel):
     """A joint model of the outcomes of :class:`~pyro_dgmm.estimator.DeepMixedModel`
     and a time to event (:class:`~pyro_dgmm.joint.JointModel`).
 
-    :param association: the outcome whose current linear predictor enters the
-        hazard (default: the first outcome).
-    :param association_terms: ``('value',)`` (default), ``('slope',)`` or
-        ``('value', 'slope')``: the current value and/or the slope in time of
-        that linear predictor (:class:`~pyro_dgmm.joint.JointModel`).
+    :param association: the outcome (default: the first) or the outcomes
+        whose current linear predictors enter the hazard, each with its own
+        coefficients (e.g. ``['log_bili', 'albumin']``).
+    :param association_terms: ``('value',)`` (default) or any of ``'value'``,
+        ``'slope'``, ``'area'``: the current value, the slope in time and the
+        integral from 0 of that linear predictor, for every associated outcome
+        (:class:`~pyro_dgmm.joint.JointModel`).
     :param baseline_hidden: widths of the network of log time in the log
         baseline hazard (``()``: Weibull).
+    :param association_hidden: widths of a network of the associated
+        outcomes' current values added to the log hazard beside the linear
+        association (``()``: none; :class:`~pyro_dgmm.joint.JointModel`).
     :param quadrature_nodes: Gauss-Legendre nodes of each cumulative hazard.
 
     Other arguments as for :class:`~pyro_dgmm.estimator.DeepMixedModel`;
@@ -95,14 +119,14 @@ class JointMixedModel(DeepMixedModel):
     event times are on its scale, and the hazard's clock starts at its 0.
     """
 
-    def __init__(self, *, association: str | None = None, association_terms=("value",), baseline_hidden=(),
-                 quadrature_nodes: int = QUADRATURE_NODES, **options):
+    def __init__(self, *, association=None, association_terms=("value",), baseline_hidden=(),
+                 association_hidden=(), quadrature_nodes: int = QUADRATURE_NODES, **options):
         super().__init__(**options)
-        if association is not None and association not in self.outcomes:
-            raise ConfigError(f"association must name an outcome ({list(self.outcomes)}), got {association!r}")
-        self.association = association
+        self.association = None if association is None else check_association(association, list(self.outcomes))
         self.association_terms = check_association_terms(association_terms)
         self.baseline_hidden = tuple(check_int(f"baseline_hidden[{k}]", w) for k, w in enumerate(baseline_hidden))
+        self.association_hidden = tuple(check_int(f"association_hidden[{k}]", w)
+                                        for k, w in enumerate(association_hidden))
         self.quadrature_nodes = check_int("quadrature_nodes", quadrature_nodes)
         self.event_spec_: EventSpec | None = None
 
@@ -140,7 +164,8 @@ class JointMixedModel(DeepMixedModel):
         data = schema.transform(df)
         entry, time, status = event_arrays(events, spec, self.id_col, df, self.time_col, data.ids)
         self.schema_, self.event_spec_ = schema, spec
-        self.data_ = with_events(data, schema.time_basis, entry, time, status, nodes=self.quadrature_nodes)
+        self.data_ = with_events(data, schema.time_basis, entry, time, status, nodes=self.quadrature_nodes,
+                                 area_nodes=self._area_nodes)
         self.training_baseline_ = self._baseline_frame(df)
         self.num_visits_ = self.data_.num_visits
         self.missing, self.distributed_input, self._interrupt_warned = "mask", False, False
@@ -157,12 +182,18 @@ class JointMixedModel(DeepMixedModel):
         o, causes = self.options, len(self.event_spec_.cause_names)
         model = JointModel.from_schema(schema, latent_dim, num_causes=causes, association=self.association,
                                        association_terms=self.association_terms,
-                                       baseline_hidden=self.baseline_hidden, baseline_rate=self._event_rate,
+                                       baseline_hidden=self.baseline_hidden,
+                                       association_hidden=self.association_hidden, baseline_rate=self._event_rate,
                                        **{"activation": o.activation, **o.model_options})
         guide = JointGuide.from_schema(schema, latent_dim, num_causes=causes, time_scale=self._time_scale,
                                        kind=o.encoder, hidden=o.encoder_hidden, covariance=o.covariance,
                                        activation=o.activation, num_visits=num_visits)
         return model, guide
+
+    @property
+    def _area_nodes(self) -> int:
+        """Gauss-Legendre nodes of the area integral: as many as of the cumulative hazard, 0 without an area term."""
+        return self.quadrature_nodes if "area" in self.association_terms else 0
 
     def save(self, path) -> None:
         """Not supported yet for joint models (the save format holds no event records or event submodel).
@@ -189,11 +220,13 @@ class JointMixedModel(DeepMixedModel):
                           "whose .trajectory is the outcomes' prediction given survival to the landmark")
 
     def kfold(self, df: pd.DataFrame, k: int = 5, **options):
-        """Not supported yet for joint models (the folds would need the event records).
+        """Not supported yet for joint models (the folds would need the event records);
+        :func:`cross_validate_events` cross-validates the event predictions.
 
         :raises ConfigError: always.
         """
-        raise ConfigError("kfold is not supported yet for JointMixedModel")
+        raise ConfigError("kfold (the ELPD of held-out records) is not supported yet for JointMixedModel; "
+                          "cross_validate_events scores held-out event predictions")
 
     @property
     def causes(self) -> list[str]:
@@ -203,12 +236,14 @@ class JointMixedModel(DeepMixedModel):
 
     def event_coefficients(self) -> pd.DataFrame:
         """The event submodel's coefficients, one row per cause: ``alpha``
-        (current value), ``alpha_slope`` (slope, if fitted), ``gamma[<column>]`` (per SD of each encoded covariate),
+        (current value), ``alpha_slope``, ``alpha_area`` (slope, area, if
+        fitted) (with several associated outcomes ``alpha[<outcome>]``, ...),
+        ``gamma[<column>]`` (per SD of each encoded covariate),
         ``log_scale`` and ``log_time`` (Weibull :math:`\\rho - 1`)."""
         self._check_fitted()
         c = {k: v.detach().cpu().numpy() for k, v in self.model_.event_coefficients().items()}
-        names = {"value": "alpha", "slope": "alpha_slope"}
-        table = pd.DataFrame({names[term]: c["alpha"][:, j] for j, term in enumerate(self.association_terms)},
+        names = association_names(self.model_.association, self.association_terms)
+        table = pd.DataFrame({name: c["alpha"][:, j] for j, name in enumerate(names)},
                              index=pd.Index(self.causes, name="cause"))
         for j, column in enumerate(self.schema_.covariate_encoder.columns):
             table[f"gamma[{column}]"] = c["gamma"][:, j]
@@ -234,7 +269,7 @@ class JointMixedModel(DeepMixedModel):
         data = self.schema_.transform(history)
         n = data.num_subjects
         return with_events(data, self.schema_.time_basis, np.zeros(n), np.full(n, landmark), np.zeros(n, np.int64),
-                           nodes=self.quadrature_nodes)
+                           nodes=self.quadrature_nodes, area_nodes=self._area_nodes)
 
     def predict_events(self, history: pd.DataFrame, landmark: float, horizons, *, times=None,
                        num_samples: int = 500, method: str = "adaptive", seed: int | None = None) -> EventPrediction:
@@ -258,7 +293,8 @@ class JointMixedModel(DeepMixedModel):
         draws = sample_posterior(self.model_, self.guide_, data, method, num_samples, seed=seed)
         with torch.no_grad(), pyro.validation_enabled(False):
             b = self._resampled(draws, seed)  # (S, N, q), equally weighted
-            size = max(1, PREDICTION_CELLS // (num_samples * (self.quadrature_nodes + 1) ** 2))
+            cells = num_samples * (self.quadrature_nodes + 1) ** 2 * max(1, self._area_nodes)
+            size = max(1, PREDICTION_CELLS // cells)
             parts = [self._incidence(b[:, start:start + size], data.subset(slice(start, start + size)), landmark,
                                      horizons) for start in range(0, data.num_subjects, size)]
             incidence = np.concatenate([part[0] for part in parts], 1)
@@ -273,6 +309,59 @@ class JointMixedModel(DeepMixedModel):
                                "probability": values.mean(-1).astype(np.float64).ravel(),
                                "lower": low.ravel(), "upper": high.ravel()})
         return EventPrediction(events, trajectory, history.copy(), landmark)
+
+    def evaluate_events(self, df: pd.DataFrame, events: pd.DataFrame, *, landmark: float, horizon: float,
+                        cause: str | None = None, grid: int = 6, num_samples: int = 200,
+                        seed: int | None = None) -> EventEvaluation:
+        r"""Score dynamic predictions at ``landmark`` t for the window (t, t +
+        ``horizon``] on the subjects of ``events`` still at risk at t
+        (follow-up beyond t), each predicted from their visits in ``df`` up to
+        t only (:meth:`predict_events`), against their observed event records:
+        time-dependent AUC, Brier score at t + Δt, integrated Brier score over
+        [t, t + Δt) on ``grid`` equally spaced horizons, and calibration (ICI,
+        E50, E90), all with inverse probability of censoring weights
+        (:mod:`pyro_dgmm.event_evaluation`; docs/joint.md, "Evaluation").
+
+        :param df: visits (any times: those after t are not used).
+        :param events: their event records, with the columns named at :meth:`fit`.
+        :param cause: the cause scored (its cumulative incidence; the other
+            causes' events count as no event), or None for any event.
+        :returns: an :class:`EventEvaluation`.
+        :raises DataError: a subject at risk at t with no visit at or before t;
+            bad event records (as at :meth:`fit`).
+        """
+        self._check_fitted()
+        landmark, horizon = float(landmark), float(horizon)
+        if cause is not None and cause not in self.causes:
+            raise ConfigError(f"cause must be one of {self.causes} or None (any event), got {cause!r}")
+        grid = check_int("grid", grid)
+        ids = np.asarray(pd.unique(df[self.id_col]))
+        _, time, status = event_arrays(events, self.event_spec_, self.id_col, df, self.time_col, ids)
+        at_risk = time > landmark
+        times = pd.to_numeric(df[self.time_col])
+        history = df[df[self.id_col].isin(ids[at_risk]) & (times <= landmark)]
+        seen = set(history[self.id_col].tolist())
+        missing = [subject for subject in ids[at_risk].tolist() if subject not in seen]
+        if missing:
+            raise DataError(f"subject {missing[0]!r} is at risk at the landmark {landmark:g} but has no visit at or "
+                            f"before it to predict from")
+        horizons = landmark + horizon * np.arange(1, grid + 1) / grid
+        prediction = self.predict_events(history, landmark, horizons, num_samples=num_samples, seed=seed)
+        table = prediction.events
+        if cause is None:
+            table = table[table["cause"] == "event-free"].assign(probability=lambda t: 1.0 - t["probability"])
+        else:
+            table = table[table["cause"] == cause]
+        risk = table.pivot(index=self.id_col, columns="horizon", values="probability").loc[ids[at_risk]]
+        values = risk.to_numpy(np.float64).clip(0.0, 1.0)  # 1 - S can be -1e-16
+        index = None if cause is None else 1 + self.causes.index(cause)
+        window = dict(landmark=landmark, cause=index)
+        scores = landmark_scores(time[at_risk], status[at_risk], values, horizons, **window)
+        fit = calibration(time[at_risk], status[at_risk], values[:, -1], horizon=horizon, **window)
+        long = pd.DataFrame({self.id_col: np.repeat(ids[at_risk], grid), "horizon": np.tile(horizons, at_risk.sum()),
+                             "risk": values.ravel(), "time": np.repeat(time[at_risk], grid),
+                             "status": np.repeat(status[at_risk], grid)})
+        return EventEvaluation(scores, long, fit)
 
     def _resampled(self, draws, seed: int) -> torch.Tensor:
         """Equally weighted draws of b: weighted ones resampled multinomially."""
@@ -299,7 +388,7 @@ class JointMixedModel(DeepMixedModel):
                                             torch.tensor([end], dtype=torch.float64), q)
             ends = torch.cat([outer[0], torch.tensor([end], dtype=torch.float64)]).repeat(n).numpy()
             at = with_events(rows, self.schema_.time_basis, np.full(n * (q + 1), start), ends,
-                             np.zeros(n * (q + 1), np.int64), nodes=q)
+                             np.zeros(n * (q + 1), np.int64), nodes=q, area_nodes=self._area_nodes)
             event = self.model_.event_distribution(b_rows, at)
             hazard = event.log_hazard.exp().reshape(s, n, q + 1, causes)
             cumulative = event.cumulative_hazard.sum(-1).reshape(s, n, q + 1)
@@ -328,3 +417,40 @@ class JointMixedModel(DeepMixedModel):
                                         "lower": low.ravel(), "upper": high.ravel()}))
         return pd.concat(frames, ignore_index=True)
 
+
+
+def cross_validate_events(make_estimator: Callable[[], JointMixedModel], df: pd.DataFrame, events: pd.DataFrame,
+                          *, landmark: float, horizon: float, k: int = 5, seed: int = 0, cause: str | None = None,
+                          grid: int = 6, num_samples: int = 200, **fit_options) -> pd.DataFrame:
+    """K-fold cross-validation by subject of dynamic event predictions: for
+    each fold, a fresh ``make_estimator()`` fitted to the other folds' visits
+    and event records (``fit_options``: ``event_time=``, ``event_status=``,
+    ``event_causes=``, fit settings) scores the held-out subjects at risk at
+    ``landmark`` (:meth:`JointMixedModel.evaluate_events`).
+
+    :param k: folds (:func:`~pyro_dgmm.event_evaluation.subject_folds` with ``seed``).
+    :returns: one row per fold (``fold`` and the scores), then a row ``'mean'``
+        (the fold average: the held-out estimate) and a row ``'pooled'``
+        (the scores of all held-out predictions together).
+    """
+    id_col = make_estimator().id_col
+    folds = subject_folds(events[id_col].to_numpy(), k, seed)
+    rows, risks = [], []
+    for fold in range(k):
+        test_ids = events[id_col][folds == fold]
+        in_test = df[id_col].isin(test_ids)
+        estimator = make_estimator().fit(df[~in_test], events=events[folds != fold], **fit_options)
+        result = estimator.evaluate_events(df[in_test], events[folds == fold], landmark=landmark, horizon=horizon,
+                                           cause=cause, grid=grid, num_samples=num_samples, seed=seed)
+        rows.append({"fold": fold, **result.scores})
+        risks.append(result.risk)
+        cause_index = None if cause is None else 1 + estimator.causes.index(cause)
+    risk = pd.concat(risks, ignore_index=True)
+    wide = risk.pivot(index=id_col, columns="horizon", values="risk")
+    subjects = risk.drop_duplicates(id_col).set_index(id_col).loc[wide.index]
+    pooled = landmark_scores(subjects["time"].to_numpy(), subjects["status"].to_numpy(), wide.to_numpy(),
+                             wide.columns.to_numpy(np.float64), landmark=float(landmark), cause=cause_index)
+    table = pd.DataFrame(rows)
+    mean = table.drop(columns="fold").mean().to_dict()
+    return pd.concat([table, pd.DataFrame([{"fold": "mean", **mean}, {"fold": "pooled", **pooled}])],
+                     ignore_index=True)

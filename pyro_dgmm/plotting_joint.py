@@ -1,9 +1,11 @@
-"""Matplotlib figure of a joint model's dynamic prediction: one subject's
-observed history, the predicted trajectory of an outcome with its 95% band,
-and the cumulative incidence of every cause after the landmark.
+"""Matplotlib figures of a joint model's event predictions: one subject's
+dynamic prediction (observed history, the predicted trajectory of an
+outcome with its 95% band, and the cumulative incidence of every cause
+after the landmark) and the calibration plot of predicted event
+probabilities (:func:`plot_calibration`).
 
-It reads an :class:`~pyro_dgmm.joint_estimator.EventPrediction` (tables
-only), never a model.
+They read an :class:`~pyro_dgmm.joint_estimator.EventPrediction` or a
+:class:`~pyro_dgmm.event_evaluation.Calibration` (tables only), never a model.
 
 Example:
 
@@ -70,3 +72,32 @@ def plot_event_prediction(prediction, subject, *, id_col: str, time_col: str, ou
     figure.suptitle(f"subject {subject}: prediction at {time_col} = {t:g}")
     figure.tight_layout()
     return figure
+
+
+def plot_calibration(calibration, *, ax=None, label: str | None = None):
+    """Calibration plot of event probabilities at one horizon: the smoothed
+    observed probability against the predicted one (a line over the sorted
+    predictions), the diagonal of perfect calibration, a rug of the
+    predictions, and ICI / E50 / E90 in the legend.
+
+    :param calibration: a :class:`~pyro_dgmm.event_evaluation.Calibration`
+        (:func:`~pyro_dgmm.event_evaluation.calibration`).
+    :param ax: the axes to draw on (default: a new figure's); call again on
+        the same axes to compare models.
+    :param label: the curve's name in the legend (default: 'smoothed observed').
+    :returns: the figure.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 5))
+    order = np.argsort(calibration.predicted, kind="stable")
+    name = "smoothed observed" if label is None else label
+    ax.plot(calibration.predicted[order], calibration.observed[order],
+            label=f"{name} (ICI {calibration.ici:.3f}, E50 {calibration.e50:.3f}, E90 {calibration.e90:.3f})")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    ax.plot(calibration.predicted, np.zeros_like(calibration.predicted), "|", color="black", alpha=0.3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed probability")
+    ax.legend(loc="upper left", fontsize="small")
+    return ax.figure

@@ -25,39 +25,59 @@ from pyro_dgmm.likelihood import observed_log_likelihood
 from pyro_dgmm.plotting_joint import plot_event_prediction
 
 
-def small_joint(num_causes=1, seed=0, n=6, terms=("value",)):
-    """A tiny simulated data set with random (nonzero) event parameters."""
+def small_joint(num_causes=1, seed=0, n=6, terms=("value",), association=None, nodes=15, area_nodes=0,
+                association_hidden=()):
+    """A tiny simulated data set with random (nonzero) event parameters; with
+    ``association``, a second, binary outcome ``z`` (y above its median) to associate too."""
     sim = simulate_joint(n_subjects=n, seed=seed)
-    schema = DataSchema.fit(sim.data, id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["x"],
+    visits = sim.data.assign(z=(sim.data["y"] > sim.data["y"].median()).astype(float))
+    outcomes = {"y": "gaussian"} if association is None else {"y": "gaussian", "z": "bernoulli"}
+    schema = DataSchema.fit(visits, id_col="id", time_col="time", outcomes=outcomes, covariates=["x"],
                             time_basis="poly(2)")
-    data = schema.transform(sim.data)
+    data = schema.transform(visits)
     events = sim.events.set_index("id").loc[data.ids]
     rng = np.random.default_rng(seed)
     status = events["status"].to_numpy() * rng.integers(1, num_causes + 1, n)
     entry = np.where(np.arange(n) % 2 == 1, 0.3 * events["time"].to_numpy(), 0.0)  # left truncation for half
     torch.manual_seed(seed)
     model = JointModel.from_schema(schema, latent_dim=2, num_causes=num_causes, baseline_hidden=(4,),
-                                   association_terms=terms)
+                                   association_terms=terms, association=association,
+                                   association_hidden=association_hidden)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
-    joint = with_events(data.to(dtype=torch.float64), schema.time_basis, entry, events["time"], status)
+    joint = with_events(data.to(dtype=torch.float64), schema.time_basis, entry, events["time"], status, nodes=nodes,
+                        area_nodes=area_nodes)
     return model.double(), schema, joint, entry, events["time"].to_numpy(), status
 
 
-@pytest.mark.parametrize("num_causes, terms", [(1, ("value",)), (2, ("value", "slope")), (1, ("slope",))])
-def test_event_log_likelihood_equals_a_direct_numerical_integral(num_causes, terms):
-    model, schema, data, entry, time, status = small_joint(num_causes, terms=terms)
+@pytest.mark.parametrize("num_causes, terms, association, hidden", [
+    (1, ("value",), None, ()), (2, ("value", "slope"), None, ()), (1, ("slope",), None, ()),
+    (2, ("value", "slope"), ("z", "y"), (3,)), (1, ("area", "value"), None, ())])
+def test_event_log_likelihood_equals_a_direct_numerical_integral(num_causes, terms, association, hidden):
+    # the two-outcome and area draws have Weibull shapes below 1 (a hazard singular at 0): 15 nodes leave
+    # 2e-4 and 2e-5, 60 nodes 1e-6
+    model, schema, data, entry, time, status = small_joint(num_causes, terms=terms, association=association,
+                                                           nodes=15 if association is None and "area" not in terms
+                                                           else 60,
+                                                           area_nodes=15 if "area" in terms else 0,
+                                                           association_hidden=hidden)
+    outcomes = [["y", "z"].index(name) for name in (association or ("y",))]
     b = torch.randn(data.num_subjects, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 
-    def eta(i, t):
-        view = replace(data.subset([i]), time_features=schema.time_basis.transform(
-            torch.tensor([[t]], dtype=torch.float64)))
-        return model.eta(b[i:i + 1], view)[0, 0, 0]
+    def eta(i, t):  # at one time t, or at several (then times on the first axis)
+        times = torch.as_tensor(np.atleast_1d(t), dtype=torch.float64)[None]
+        view = replace(data.subset([i]), time_features=schema.time_basis.transform(times))
+        return model.eta(b[i:i + 1], view)[0, :, outcomes].squeeze(0)
 
     def log_hazard(i, t):  # the hazard written out from the model's pieces, at one time
         value = {"value": eta(i, t), "slope": (eta(i, t + 1e-5) - eta(i, t - 1e-5)) / 2e-5}
-        association = torch.stack([value[term] for term in terms]) @ model.event_association.T
+        if "area" in terms:
+            x, w = np.polynomial.legendre.leggauss(20)  # 20 nodes on [0, t], exact for eta of degree < 40 in s
+            value["area"] = torch.as_tensor(w * t / 2, dtype=torch.float64) @ eta(i, t / 2 * (x + 1))
+        association = torch.stack([value[term] for term in terms], -1).flatten() @ model.event_association.T
+        if hidden:
+            association = association + model.association_net(value["value"])
         base = model.baseline_intercept + model.baseline_log_time * math.log(t)
         base = base + model.baseline_net(torch.tensor([[math.log(t)]], dtype=torch.float64))[0]
         return base + data.covariates[i] @ model.event_covariates.T + association
@@ -233,3 +253,64 @@ def test_pbc_association_lies_in_the_jmbayes2_interval():
     event = ["event_association", "event_covariates", "baseline_intercept", "baseline_log_time"]
     se = est.standard_errors(event).summary().loc["event_association", "se"]
     assert 0.06 < se < 0.12
+
+
+def test_evaluate_events_scores_the_subjects_at_risk_from_their_history_only():
+    from pyro_dgmm.event_evaluation import landmark_scores
+
+    sim = simulate_joint(n_subjects=60, seed=7)
+    visits = sim.data.assign(z=sim.data["y"] + 0.5 * np.sin(sim.data["time"]))
+    est = JointMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian", "z": "gaussian"},
+                          covariates=["x"], latent_dim=2, association=["y", "z"], association_terms=("value", "slope"),
+                          association_hidden=(4,))
+    est.fit(visits, events=sim.events, event_time="time", event_status="status", max_epochs=3, progress=False)
+    assert list(est.event_coefficients().columns[:4]) == ["alpha[y]", "alpha_slope[y]", "alpha[z]", "alpha_slope[z]"]
+    assert est.model_.association_net[-1].weight.abs().sum() > 0  # the neural association is fitted too
+    result = est.evaluate_events(visits, sim.events, landmark=2.0, horizon=3.0, grid=3, num_samples=30, seed=0)
+    at_risk = sim.events[sim.events.time > 2.0]
+    assert result.scores["at_risk"] == len(at_risk) and len(result.risk) == 3 * len(at_risk)
+    wide = result.risk.pivot(index="id", columns="horizon", values="risk")
+    assert (np.diff(wide.to_numpy(), axis=1) >= 0).all()  # cumulative risk, horizon by horizon
+    subjects = result.risk.drop_duplicates("id").set_index("id").loc[wide.index]
+    expected = landmark_scores(subjects["time"].to_numpy(), subjects["status"].to_numpy(), wide.to_numpy(),
+                               wide.columns.to_numpy(), landmark=2.0)
+    assert result.scores == pytest.approx(expected)
+    assert result.calibration.predicted == pytest.approx(wide.to_numpy()[:, -1])
+    # the visits after the landmark cannot change a score
+    future = visits.assign(y=np.where(visits.time > 2.0, visits.y + 5.0, visits.y))
+    again = est.evaluate_events(future, sim.events, landmark=2.0, horizon=3.0, grid=3, num_samples=30, seed=0)
+    assert again.scores == result.scores
+    with pytest.raises(ConfigError, match="cause must be one of"):
+        est.evaluate_events(visits, sim.events, landmark=2.0, horizon=3.0, cause="death")
+    late = at_risk.id[at_risk.time > 3.5].iloc[0]  # visits at 3 and later remain
+    no_history = visits[~((visits.id == late) & (visits.time <= 2.0))]
+    with pytest.raises(DataError, match=f"subject {late} is at risk at the landmark 2"):
+        est.evaluate_events(no_history, sim.events, landmark=2.0, horizon=3.0)
+    with pytest.raises(ConfigError, match="association must name one or more distinct outcomes"):
+        JointMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, association=["y", "w"])
+
+
+def test_cross_validation_scores_every_fold_on_subjects_it_did_not_fit():
+    from pyro_dgmm.event_evaluation import subject_folds
+    from pyro_dgmm.joint_estimator import cross_validate_events
+
+    sim = simulate_joint(n_subjects=60, seed=8)
+    fitted = []
+
+    def make():
+        est = JointMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["x"],
+                              latent_dim=2, association_terms=("value", "area"), quadrature_nodes=7)
+        fitted.append(est)
+        return est
+
+    table = cross_validate_events(make, sim.data, sim.events, landmark=2.0, horizon=3.0, k=2, seed=1, grid=3,
+                                  num_samples=30, event_time="time", event_status="status", max_epochs=2,
+                                  progress=False)
+    assert table["fold"].tolist() == [0, 1, "mean", "pooled"]
+    folds = subject_folds(sim.events["id"].to_numpy(), 2, seed=1)
+    trained = [est for est in fitted if est.model_ is not None]
+    for fold, est in enumerate(trained):  # each fold's model saw the other fold's subjects only
+        assert set(est.data_.ids) == set(sim.events["id"][folds != fold])
+    assert table.loc[2, "auc"] == pytest.approx(table.loc[:1, "auc"].mean())
+    assert table.loc[3, "at_risk"] == (sim.events.time > 2.0).sum()
+    assert list(trained[0].event_coefficients().columns[:2]) == ["alpha", "alpha_area"]
