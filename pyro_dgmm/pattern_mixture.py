@@ -83,7 +83,7 @@ Example (the patterns of a small trial):
 >>> dropout = dropout_times(df["id"], df["time"].to_numpy(float), df[["y"]].notna().any(axis=1).to_numpy())
 >>> patterns = DropoutPatterns.fit(dropout, end=6.0, config=PatternConfig(num_patterns=3, min_subjects=5))
 >>> patterns.table()[["pattern", "subjects"]].to_dict("list")
-{'pattern': ['P1', 'P2', 'completer'], 'subjects': [8, 10, 62]}
+{'pattern': ['P1', 'P2', 'completer'], 'subjects': [7, 10, 63]}
 """
 from __future__ import annotations
 
