@@ -16,9 +16,15 @@ visit, pooled by Rubin's rules):
 * ``mnar``: the pattern-mixture MNAR truth (values after dropout 1 below
   what MAR implies, ``delta=-1``): the bias of each fit's last-visit mean
   against the sample's complete-data mean.  ACMV is a MAR-type restriction,
-  so the pattern-mixture fit should be as far off as the MAR fit.
+  so the pattern-mixture fit should be as far off as the MAR fit;
+* ``control`` (after ``mar``; ``--output pattern_mixture_control``): a
+  second MAR fit with another seed (``seed + 100``, also drawing the
+  imputations) against the ``mar`` part's MAR fit: how far two fits of the
+  same model differ (fit-to-fit variation, which the imputations' Monte
+  Carlo SE leaves out).
 
 Run:  python benchmarks/pattern_mixture.py --seeds 0 1 2 3 4
+      python benchmarks/pattern_mixture.py --parts control --output pattern_mixture_control
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import argparse
 import json
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -51,9 +58,9 @@ def _fit_and_curve(sim, seed, missing):
 def run_seed(seed, part, rows, output):
     from pyro_dgmm.datasets import simulate_trial
 
-    sim = simulate_trial(300, seed=seed, delta=0.0 if part == "mar" else -1.0)
+    sim = simulate_trial(300, seed=seed, delta=-1.0 if part == "mnar" else 0.0)
     complete = sim.truth.groupby("time")["y_complete"].mean()
-    curves = {}
+    curves, patterns = {}, None
     for missing in ("mask", "pattern_mixture"):
         curves[missing], fit_s, impute_s, model = _fit_and_curve(sim, seed, missing)
         if missing == "pattern_mixture":
@@ -74,16 +81,29 @@ def run_seed(seed, part, rows, output):
     write_json(rows, output)  # after every seed: a run cut short keeps what it did
 
 
+def run_control(seed, rows, output):
+    """A second MAR fit (seed + 100) against the ``mar`` part's MAR fit, read
+    from results/pattern_mixture.json (fits and draws are reproducible with
+    one thread); its MC SE is sqrt(2 B / m) from the second fit's B."""
+    from pyro_dgmm.datasets import simulate_trial
+
+    first = pd.DataFrame(json.loads((Path(__file__).parent / "results" / "pattern_mixture.json").read_text())["rows"])
+    first = first[(first.part == "mar") & (first.seed == seed)].set_index("time")
+    curve, fit_s, impute_s, _ = _fit_and_curve(simulate_trial(300, seed=seed, delta=0.0), seed + 100, "mask")
+    print(json.dumps({"part": "control", "seed": seed, "fit_seconds": fit_s, "impute_seconds": impute_s}), flush=True)
+    for _, c in curve.iterrows():
+        t = float(c["time"])
+        rows.append({"part": "control", "seed": seed, "time": t, "mar_mean": float(first.loc[t, "mar_mean"]),
+                     "pm_mean": float(c["estimate"]), "difference": float(c["estimate"] - first.loc[t, "mar_mean"]),
+                     "mc_se": float(np.sqrt(2 * c["between"] / IMPUTATIONS)),
+                     "complete_mean": float(first.loc[t, "complete_mean"])})
+    write_json(rows, output)
+
+
 def summarise(frame: pd.DataFrame) -> None:
-    mar = frame[frame.part == "mar"]
-    if len(mar):
-        table = mar.groupby("time").agg(mean_difference=("difference", "mean"), sd_difference=("difference", "std"),
-                                        mean_mc_se=("mc_se", "mean"), mar_mean=("mar_mean", "mean"),
-                                        pm_mean=("pm_mean", "mean"), seeds=("seed", "count")).reset_index()
-        table["se_of_mean_difference"] = table.sd_difference / np.sqrt(table.seeds)
-        print_table(table.to_dict("records"), "MAR data: pattern mixture (ACMV) minus MAR fit, population mean")
-        print_table(mar[mar.time == mar.time.max()][["seed", "mar_mean", "pm_mean", "difference", "mc_se",
-                                                      "complete_mean"]].to_dict("records"), "last visit by seed")
+    for part, title in (("mar", "MAR data: pattern mixture (ACMV) minus MAR fit, population mean"),
+                        ("control", "control, MAR data: MAR fit (seed + 100) minus MAR fit")):
+        _summarise_mar(frame[frame.part == part], title)
     mnar = frame[(frame.part == "mnar") & (frame.time == frame.time.max())].copy()
     if len(mnar):
         mnar["mar_bias"] = mnar.mar_mean - mnar.complete_mean
@@ -94,17 +114,31 @@ def summarise(frame: pd.DataFrame) -> None:
               f"pattern mixture {mnar.pm_bias.mean():+.3f} (SD {mnar.pm_bias.std():.3f})")
 
 
+def _summarise_mar(mar: pd.DataFrame, title: str) -> None:
+    if len(mar):
+        table = mar.groupby("time").agg(mean_difference=("difference", "mean"), sd_difference=("difference", "std"),
+                                        mean_mc_se=("mc_se", "mean"), mar_mean=("mar_mean", "mean"),
+                                        pm_mean=("pm_mean", "mean"), seeds=("seed", "count")).reset_index()
+        table["se_of_mean_difference"] = table.sd_difference / np.sqrt(table.seeds)
+        print_table(table.to_dict("records"), title)
+        print_table(mar[mar.time == mar.time.max()][["seed", "mar_mean", "pm_mean", "difference", "mc_se",
+                                                      "complete_mean"]].to_dict("records"), "last visit by seed")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--parts", nargs="+", default=["mar", "mnar"], choices=["mar", "mnar"])
+    parser.add_argument("--parts", nargs="+", default=["mar", "mnar"], choices=["mar", "mnar", "control"])
     parser.add_argument("--output", default="pattern_mixture")
     args = parser.parse_args()
     single_thread()
     rows = []
     for part in args.parts:
         for seed in args.seeds:
-            run_seed(seed, part, rows, args.output)
+            if part == "control":
+                run_control(seed, rows, args.output)
+            else:
+                run_seed(seed, part, rows, args.output)
     summarise(pd.DataFrame(rows))
 
 
