@@ -25,7 +25,9 @@ subjects could not train a decoder of its own), the pattern's mean curve
 (through the dense part of :math:`\mu_1`; with ``covariate_time=True``
 also by linear pattern-by-time terms), and any
 :class:`~pyro_dgmm.model.MixedModel` subclass gets the pattern through its
-covariates without change.  :math:`\pi_j(x)` is a multinomial logistic
+covariates without change.  :class:`PatternScaledDGMM` also gives each
+pattern its own scale of every latent direction, so patterns differ in
+spread as well as in mean.  :math:`\pi_j(x)` is a multinomial logistic
 regression of the pattern on the baseline covariates
 (:meth:`DropoutPatterns.fit_probabilities`; the pattern shares without
 covariates).
