@@ -13,10 +13,14 @@ visit, pooled by Rubin's rules):
   the difference at each visit, its Monte Carlo SE from the imputations
   (``sqrt(B_pm / m + B_mar / m)``) and, over seeds, the mean difference with
   its SE (which adds fit-to-fit variation);
-* ``mnar``: the pattern-mixture MNAR truth (values after dropout 1 below
-  what MAR implies, ``delta=-1``): the bias of each fit's last-visit mean
-  against the sample's complete-data mean.  ACMV is a MAR-type restriction,
-  so the pattern-mixture fit should be as far off as the MAR fit;
+* ``mnar`` (after ``mar``, no fits): the pattern-mixture MNAR truth
+  (values after dropout 1 below what MAR implies, ``delta=-1``): the bias
+  of each fit's last-visit mean against the sample's complete-data mean.
+  ``simulate_trial`` moves only the unobserved values, so with the same
+  seed the observed data, and hence both fits and their curves, are the
+  ``mar`` part's (checked); only the complete-data means differ.  ACMV is
+  a MAR-type restriction, so the pattern-mixture fit should be as far off
+  as the MAR fit;
 * ``scaled`` (after ``mar``): the pattern mixture with
   ``model_class=PatternScaledDGMM`` (a random-effects scale per pattern)
   against the ``mar`` part's MAR fit;
@@ -26,7 +30,7 @@ visit, pooled by Rubin's rules):
   same model differ (fit-to-fit variation, which the imputations' Monte
   Carlo SE leaves out).
 
-Run:  python benchmarks/pattern_mixture.py --seeds 0 1 2 3 4
+Run:  python benchmarks/pattern_mixture.py --seeds 0 1 2 3 4   (parts mar, then mnar)
       python benchmarks/pattern_mixture.py --parts scaled control --output pattern_mixture_extra
 """
 from __future__ import annotations
@@ -61,7 +65,7 @@ def _fit_and_curve(sim, seed, missing, **options):
 def run_seed(seed, part, rows, output):
     from pyro_dgmm.datasets import simulate_trial
 
-    sim = simulate_trial(300, seed=seed, delta=-1.0 if part == "mnar" else 0.0)
+    sim = simulate_trial(300, seed=seed, delta=0.0)
     complete = sim.truth.groupby("time")["y_complete"].mean()
     curves, patterns = {}, None
     for missing in ("mask", "pattern_mixture"):
@@ -84,6 +88,25 @@ def run_seed(seed, part, rows, output):
     write_json(rows, output)  # after every seed: a run cut short keeps what it did
 
 
+def run_mnar(seed, rows, output):
+    """The ``mar`` part's curves against the complete-data means of the
+    delta = -1 simulation, whose observed data are the same."""
+    from pyro_dgmm.datasets import simulate_trial
+
+    first = _mar_rows(seed)
+    mar, mnar = simulate_trial(300, seed=seed, delta=0.0), simulate_trial(300, seed=seed, delta=-1.0)
+    pd.testing.assert_frame_equal(mar.data, mnar.data)  # same observed data: the same fits
+    complete = mnar.truth.groupby("time")["y_complete"].mean()
+    for t, row in first.iterrows():
+        rows.append({**row.to_dict(), "part": "mnar", "time": float(t), "complete_mean": float(complete.loc[t])})
+    write_json(rows, output)
+
+
+def _mar_rows(seed):
+    first = pd.DataFrame(json.loads((Path(__file__).parent / "results" / "pattern_mixture.json").read_text())["rows"])
+    return first[(first.part == "mar") & (first.seed == seed)].set_index("time")
+
+
 def run_against_mar(seed, part, rows, output):
     """Another fit against the ``mar`` part's MAR fit, read from
     results/pattern_mixture.json (fits and draws are reproducible with one
@@ -93,8 +116,7 @@ def run_against_mar(seed, part, rows, output):
     from pyro_dgmm.datasets import simulate_trial
     from pyro_dgmm.pattern_mixture import PatternScaledDGMM
 
-    first = pd.DataFrame(json.loads((Path(__file__).parent / "results" / "pattern_mixture.json").read_text())["rows"])
-    first = first[(first.part == "mar") & (first.seed == seed)].set_index("time")
+    first = _mar_rows(seed)
     sim = simulate_trial(300, seed=seed, delta=0.0)
     if part == "control":
         curve, fit_s, impute_s, _ = _fit_and_curve(sim, seed + 100, "mask")
@@ -143,11 +165,15 @@ def main() -> None:
     parser.add_argument("--output", default="pattern_mixture")
     args = parser.parse_args()
     single_thread()
-    rows = []
+    previous = Path(__file__).parent / "results" / f"{args.output}.json"  # rows of other parts are kept
+    rows = [row for row in (json.loads(previous.read_text())["rows"] if previous.exists() else [])
+            if row["part"] not in args.parts]
     for part in args.parts:
         for seed in args.seeds:
             if part in ("control", "scaled"):
                 run_against_mar(seed, part, rows, args.output)
+            elif part == "mnar":
+                run_mnar(seed, rows, args.output)
             else:
                 run_seed(seed, part, rows, args.output)
     summarise(pd.DataFrame(rows))
