@@ -21,9 +21,6 @@ visit, pooled by Rubin's rules):
   ``mar`` part's (checked); only the complete-data means differ.  ACMV is
   a MAR-type restriction, so the pattern-mixture fit should be as far off
   as the MAR fit;
-* ``scaled`` (after ``mar``): the pattern mixture with
-  ``model_class=PatternScaledDGMM`` (a random-effects scale per pattern)
-  against the ``mar`` part's MAR fit;
 * ``control`` (after ``mar``): a
   second MAR fit with another seed (``seed + 100``, also drawing the
   imputations) against the ``mar`` part's MAR fit: how far two fits of the
@@ -31,7 +28,7 @@ visit, pooled by Rubin's rules):
   Carlo SE leaves out).
 
 Run:  python benchmarks/pattern_mixture.py --seeds 0 1 2 3 4   (parts mar, then mnar)
-      python benchmarks/pattern_mixture.py --parts scaled control --output pattern_mixture_extra
+      python benchmarks/pattern_mixture.py --parts control --output pattern_mixture_control
 """
 from __future__ import annotations
 
@@ -49,10 +46,10 @@ from common import print_table, single_thread, write_json
 IMPUTATIONS = 20
 
 
-def _fit_and_curve(sim, seed, missing, **options):
+def _fit_and_curve(sim, seed, missing):
     from pyro_dgmm import DeepMixedModel
 
-    model = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["arm"], **options)
+    model = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["arm"])
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -107,25 +104,18 @@ def _mar_rows(seed):
     return first[(first.part == "mar") & (first.seed == seed)].set_index("time")
 
 
-def run_against_mar(seed, part, rows, output):
-    """Another fit against the ``mar`` part's MAR fit, read from
-    results/pattern_mixture.json (fits and draws are reproducible with one
-    thread): ``control``, a second MAR fit (seed + 100); ``scaled``, the
-    pattern mixture with ``PatternScaledDGMM``.  The MC SE is sqrt(2 B / m)
-    from the new fit's B."""
+def run_control(seed, rows, output):
+    """A second MAR fit (seed + 100) against the ``mar`` part's MAR fit, read
+    from results/pattern_mixture.json (fits and draws are reproducible with
+    one thread).  The MC SE is sqrt(2 B / m) from the second fit's B."""
     from pyro_dgmm.datasets import simulate_trial
-    from pyro_dgmm.pattern_mixture import PatternScaledDGMM
 
     first = _mar_rows(seed)
-    sim = simulate_trial(300, seed=seed, delta=0.0)
-    if part == "control":
-        curve, fit_s, impute_s, _ = _fit_and_curve(sim, seed + 100, "mask")
-    else:
-        curve, fit_s, impute_s, _ = _fit_and_curve(sim, seed, "pattern_mixture", model_class=PatternScaledDGMM)
-    print(json.dumps({"part": part, "seed": seed, "fit_seconds": fit_s, "impute_seconds": impute_s}), flush=True)
+    curve, fit_s, impute_s, _ = _fit_and_curve(simulate_trial(300, seed=seed, delta=0.0), seed + 100, "mask")
+    print(json.dumps({"part": "control", "seed": seed, "fit_seconds": fit_s, "impute_seconds": impute_s}), flush=True)
     for _, c in curve.iterrows():
         t = float(c["time"])
-        rows.append({"part": part, "seed": seed, "time": t, "mar_mean": float(first.loc[t, "mar_mean"]),
+        rows.append({"part": "control", "seed": seed, "time": t, "mar_mean": float(first.loc[t, "mar_mean"]),
                      "pm_mean": float(c["estimate"]), "difference": float(c["estimate"] - first.loc[t, "mar_mean"]),
                      "mc_se": float(np.sqrt(2 * c["between"] / IMPUTATIONS)),
                      "complete_mean": float(first.loc[t, "complete_mean"])})
@@ -134,8 +124,7 @@ def run_against_mar(seed, part, rows, output):
 
 def summarise(frame: pd.DataFrame) -> None:
     for part, title in (("mar", "MAR data: pattern mixture (ACMV) minus MAR fit, population mean"),
-                        ("control", "control, MAR data: MAR fit (seed + 100) minus MAR fit"),
-                        ("scaled", "MAR data: pattern mixture with PatternScaledDGMM minus MAR fit")):
+                        ("control", "control, MAR data: MAR fit (seed + 100) minus MAR fit")):
         _summarise_mar(frame[frame.part == part], title)
     mnar = frame[(frame.part == "mnar") & (frame.time == frame.time.max())].copy()
     if len(mnar):
@@ -161,7 +150,7 @@ def _summarise_mar(mar: pd.DataFrame, title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--parts", nargs="+", default=["mar", "mnar"], choices=["mar", "mnar", "control", "scaled"])
+    parser.add_argument("--parts", nargs="+", default=["mar", "mnar"], choices=["mar", "mnar", "control"])
     parser.add_argument("--output", default="pattern_mixture")
     args = parser.parse_args()
     single_thread()
@@ -170,8 +159,8 @@ def main() -> None:
             if row["part"] not in args.parts]
     for part in args.parts:
         for seed in args.seeds:
-            if part in ("control", "scaled"):
-                run_against_mar(seed, part, rows, args.output)
+            if part == "control":
+                run_control(seed, rows, args.output)
             elif part == "mnar":
                 run_mnar(seed, rows, args.output)
             else:

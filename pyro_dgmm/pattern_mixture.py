@@ -25,9 +25,7 @@ subjects could not train a decoder of its own), the pattern's mean curve
 (through the dense part of :math:`\mu_1`; with ``covariate_time=True``
 also by linear pattern-by-time terms), and any
 :class:`~pyro_dgmm.model.MixedModel` subclass gets the pattern through its
-covariates without change.  :class:`PatternScaledDGMM` also gives each
-pattern its own scale of every latent direction, so patterns differ in
-spread as well as in mean.  :math:`\pi_j(x)` is a multinomial logistic
+covariates without change.  :math:`\pi_j(x)` is a multinomial logistic
 regression of the pattern on the baseline covariates
 (:meth:`DropoutPatterns.fit_probabilities`; the pattern shares without
 covariates).
@@ -99,7 +97,6 @@ from .data import DataSchema, LongitudinalData
 from .errors import ConfigError, DataError
 from .impute import completed_frames, draw_missing, imputation_draws
 from .likelihood import log_joint
-from .model import DGMM
 from .options import check_int
 from .posterior import DRAW_CELLS, subjects_per_chunk
 from .sensitivity import pool
@@ -312,43 +309,6 @@ class DropoutPatterns:
     @classmethod
     def from_spec(cls, spec: dict) -> "DropoutPatterns":
         return cls(**spec)
-
-
-class PatternScaledDGMM(DGMM):
-    r"""The :class:`~pyro_dgmm.model.DGMM` with a random-effects scale per
-    pattern and latent direction, for ``model_class=PatternScaledDGMM`` with
-    ``missing="pattern_mixture"``:
-
-    .. math:: \nu_{ijk} = \mu_1(x_i, e_{D_i}, T_{ij}) + \mu_2\big(b_i \odot e^{\Lambda^\top e_{D_i}}, T_{ij}\big),
-
-    with :math:`e_{D_i}` the pattern indicators (completers: all 0, scale 1)
-    and :math:`\Lambda` (``pattern_log_scale``, patterns x q, starting at 0).
-    In the linear case the pattern's random-effects covariance is
-    :math:`A D_j^2 A^\top`: patterns then differ in spread as well as in
-    mean, as selected subpopulations do under MAR dropout (the subjects who
-    leave early after high values are a narrower group), which mean-only
-    pattern effects cannot express.
-
-    :param pattern_columns: positions of the pattern indicators among the
-        covariate design columns (:meth:`from_schema` finds them).
-    """
-
-    def __init__(self, *args, pattern_columns=(), **kwargs):
-        super().__init__(*args, **kwargs)
-        self.pattern_columns = [int(c) for c in pattern_columns]
-        self.pattern_log_scale = torch.nn.Parameter(torch.zeros(len(self.pattern_columns), self.latent_dim))
-
-    @classmethod
-    def from_schema(cls, schema: DataSchema, latent_dim: int, **kwargs) -> "PatternScaledDGMM":
-        """As :meth:`~pyro_dgmm.model.MixedModel.from_schema`, with the
-        pattern indicators found among the schema's covariate columns."""
-        columns = [k for k, name in enumerate(schema.covariate_encoder.columns) if name.startswith(PATTERN_COLUMN)]
-        return super().from_schema(schema, latent_dim, pattern_columns=columns, **kwargs)
-
-    def linear_predictor(self, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
-        scale = torch.exp(data.covariates[:, self.pattern_columns] @ self.pattern_log_scale.to(data.covariates.dtype))
-        return (self.fixed_effects(data.covariates, data.time_features)
-                + self.random_effects(b * scale, data.time_features))
 
 
 def pattern_designs(schema: DataSchema, baseline: pd.DataFrame, patterns: DropoutPatterns,

@@ -248,22 +248,3 @@ def test_facade_errors(pm_fit):
     with pytest.raises(ConfigError, match="missing"):
         fresh.fit(sim.data, missing="pattern-mixture")
 
-
-def test_pattern_scaled_dgmm_scales_b_by_pattern(pm_fit):
-    from pyro_dgmm.model import DGMM
-    from pyro_dgmm.pattern_mixture import PatternScaledDGMM
-
-    sim, fitted = pm_fit
-    torch.manual_seed(0)
-    scaled = PatternScaledDGMM.from_schema(fitted.schema_, 2)
-    columns = fitted.schema_.covariate_encoder.columns
-    assert [columns[c] for c in scaled.pattern_columns] == [f"{PATTERN_COLUMN}[T.P1]", f"{PATTERN_COLUMN}[T.P2]"]
-    plain = DGMM.from_schema(fitted.schema_, 2)
-    plain.load_state_dict({k: v for k, v in scaled.state_dict().items() if k != "pattern_log_scale"})
-    data, b = fitted.data_, torch.randn(fitted.data_.num_subjects, 2)
-    with torch.no_grad():
-        assert torch.allclose(scaled.linear_predictor(b, data), plain.linear_predictor(b, data))  # scales start at 1
-        scaled.pattern_log_scale[1] = torch.tensor([0.5, -1.0])  # pattern P2
-        p2 = data.covariates[:, scaled.pattern_columns[1]] == 1
-        factor = torch.where(p2.unsqueeze(-1), torch.tensor([math.exp(0.5), math.exp(-1.0)]), torch.ones(2))
-        assert torch.allclose(scaled.linear_predictor(b, data), plain.linear_predictor(b * factor, data), atol=1e-6)
