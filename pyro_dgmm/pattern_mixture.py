@@ -308,6 +308,7 @@ class DropoutPatterns:
 
     @classmethod
     def from_spec(cls, spec: dict) -> "DropoutPatterns":
+        """The patterns saved by :meth:`to_spec`."""
         return cls(**spec)
 
 
@@ -363,7 +364,7 @@ def acmv_completions(model, guide, schema: DataSchema, data: LongitudinalData, d
         the same with ``shift`` applied (what is reported), and the donor
         pattern of every visit (M, N, T) (the own pattern up to dropout).
     """
-    m, (n, t, k) = b.shape[0], data.y.shape
+    m, (n, t, _) = b.shape[0], data.y.shape
     completed, reported = _paired_draws(model, data, b, shift)
     donor = own.view(1, n, 1).expand(m, n, t).clone()
     slots = torch.arange(t)
@@ -394,14 +395,14 @@ def _acmv_visit(model, guide, schema, data, designs, log_prior, available, compl
     scale = torch.as_tensor(schema.encoder_scale, dtype=y.dtype)
     past = replace(past, y=y, mask=past_cells, encoder_mask=None,
                    encoder_y=torch.where(past_cells, (encoded - center) / scale, torch.zeros_like(encoded)))
-    first_slots = _first_slots(past, s)  # the likelihood of the past needs slots before s only
     donors = [g for g in range(designs.shape[0]) if available[rows, s, g].any()]
     draws, log_w = [], []
     for g in donors:
         view = replace(past, covariates=designs[g][replicated])
         q = guide.posterior(view)  # the encoder reads every slot (the dense one needs them all)
         b = q.sample((particles,))  # (S, M n, q)
-        weight = log_joint(model, b, first_slots(view)) - q.log_prob(b) + log_prior[replicated, g]
+        # the likelihood of the past needs the slots before s only
+        weight = log_joint(model, b, _first_slots(view, s)) - q.log_prob(b) + log_prior[replicated, g]
         draws.append(b)
         log_w.append(torch.where(available[replicated, s, g], weight, torch.full_like(weight, -torch.inf)))
     pick = torch.multinomial(torch.softmax(torch.cat(log_w), 0).T, 1).squeeze(-1)  # over (pattern, particle)
@@ -418,14 +419,12 @@ def _acmv_visit(model, guide, schema, data, designs, log_prior, available, compl
     return pattern.view(m, n), values.view(m, n, -1), shifted.view(m, n, -1)
 
 
-def _first_slots(data: LongitudinalData, s: int):
-    """A function cutting a view of ``data`` to its first ``s`` visit slots
-    (the tensors with a time axis; covariates stay)."""
-    def cut(view: LongitudinalData) -> LongitudinalData:
-        return replace(view, **{name: getattr(view, name)[:, :s] for name in
-                                ("y", "mask", "visit_mask", "times", "time_features", "encoder_y")},
-                       time_values=None if view.time_values is None else view.time_values[:, :s])
-    return cut
+def _first_slots(view: LongitudinalData, s: int) -> LongitudinalData:
+    """``view`` cut to its first ``s`` visit slots (the tensors with a time
+    axis; covariates stay)."""
+    return replace(view, **{name: getattr(view, name)[:, :s] for name in
+                            ("y", "mask", "visit_mask", "times", "time_features", "encoder_y")},
+                   time_values=None if view.time_values is None else view.time_values[:, :s])
 
 
 def pattern_mixture_imputations(model, guide, schema: DataSchema, data: LongitudinalData,
