@@ -248,3 +248,19 @@ def test_facade_errors(pm_fit):
     with pytest.raises(ConfigError, match="missing"):
         fresh.fit(sim.data, missing="pattern-mixture")
 
+
+
+def test_kfold_refits_with_the_fits_patterns(pm_fit, monkeypatch):
+    sim, model = pm_fit
+    seen = []
+    original = DeepMixedModel.fit
+
+    def recording_fit(self, df, config=None, **options):
+        seen.append(options.get("patterns"))
+        return original(self, df, config, **options)
+
+    monkeypatch.setattr(DeepMixedModel, "fit", recording_fit)
+    # the fit's min_subjects=5 is too many for a pattern of half the subjects: proof it was passed on
+    with pytest.raises(ConfigError, match="min_subjects=5"):
+        model.kfold(sim.data, k=2, num_samples=50, max_epochs=2)
+    assert seen == [model.pattern_config_]
