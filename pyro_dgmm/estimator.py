@@ -46,6 +46,8 @@ from .impute import (KERNELS, ImputationConfig, ImputationTrace, fit_with_imputa
 from .guide import ENCODERS
 from .nn import ACTIVATIONS, COVARIANCES
 from .options import check_bool, check_choice, check_float, check_int, check_keywords, check_str
+from .pattern_mixture import (PATTERN_COLUMN, DropoutPatterns, PatternConfig, dropout_times, mean_curve,
+                              pattern_designs, pattern_mixture_imputations)
 from .posterior import marginal_means
 from . import marginal, wald
 from .inference_methods import LikelihoodMethods
@@ -205,6 +207,8 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
         self.num_visits_: int | None = None  # the padded record length (the dense encoder's input size)
         self.training_baseline_: pd.DataFrame | None = None
         self.imputation_trace_: ImputationTrace | None = None
+        self.patterns_: DropoutPatterns | None = None  # missing='pattern_mixture': the fitted dropout patterns
+        self.pattern_config_: PatternConfig | None = None
         self.missing = "mask"
         self.distributed_input = False
         self._interrupt_warned = False  # a fit stopped by Ctrl-C warns once, when its results are first used
@@ -212,8 +216,8 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
     # ------------------------------------------------------------------ fit
     def fit(self, df: pd.DataFrame, config: FitConfig | None = None, *, preset: str | None = None,
             missing: str = "mask",
-            imputation: ImputationConfig | None = None, distributed_input: bool = False,
-            **config_overrides) -> "DeepMixedModel":
+            imputation: ImputationConfig | None = None, patterns: PatternConfig | None = None,
+            distributed_input: bool = False, **config_overrides) -> "DeepMixedModel":
         """Fit to ``df`` (one row per visit).
 
         Fit settings come from ``config`` (a :class:`~pyro_dgmm.fit_config.FitConfig`)
@@ -231,6 +235,12 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
             approximation EM loop (:func:`~pyro_dgmm.impute.fit_with_imputation`)
             with settings ``imputation``.  Either way the likelihood uses the
             observed cells only, so estimates are valid under MAR.
+            ``'pattern_mixture'``: as ``'mask'``, with each subject's dropout
+            pattern (settings ``patterns``, a
+            :class:`~pyro_dgmm.pattern_mixture.PatternConfig`; fitted
+            patterns in ``patterns_``) entering the fixed effects, and
+            :meth:`impute` drawing values after dropout under ACMV
+            (:mod:`pyro_dgmm.pattern_mixture`).
         :param distributed_input: ``df`` holds only this process's subjects
             (partitioned input, e.g. from
             :func:`~pyro_dgmm.partitioned.read_subjects`; every process of
@@ -251,12 +261,14 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
         that fixed ``latent_dim``.  The imputation loop has no checkpoints.
         See docs/fitting.md, "Long fits: checkpoints and resume".
         """
-        check_choice("missing", missing, ("mask", "impute"))
+        check_choice("missing", missing, ("mask", "impute", "pattern_mixture"))
         check_keywords("fit", config_overrides, FitConfig.fields())
         if config is not None and not isinstance(config, FitConfig):
             raise ConfigError(f"config must be a FitConfig or None, got {config!r}")
         if imputation is not None and not isinstance(imputation, ImputationConfig):
             raise ConfigError(f"imputation must be an ImputationConfig or None, got {imputation!r}")
+        if patterns is not None and not isinstance(patterns, PatternConfig):
+            raise ConfigError(f"patterns must be a PatternConfig or None, got {patterns!r}")
         distributed_input = check_bool("distributed_input", distributed_input)
         if distributed_input and isinstance(self.covariates, str):
             raise ConfigError("covariates given as a formula cannot be fitted with distributed_input=True yet: "
@@ -269,6 +281,11 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
         self._interrupt_warned = False
         schema_options = dict(id_col=self.id_col, time_col=self.time_col, outcomes=self.outcomes,
                               covariates=self.covariates, time_basis=self.time_basis, time_unit=self.time_unit)
+        self.patterns_ = self.pattern_config_ = None
+        if missing == "pattern_mixture":
+            if distributed_input:
+                raise ConfigError("missing='pattern_mixture' cannot be fitted with distributed_input=True yet")
+            df, schema_options["covariates"] = self._with_patterns(df, patterns or PatternConfig(), schema_options)
         if distributed_input:
             self.schema_, self.data_, self.training_baseline_ = prepare_partitioned(df, schema_options, config.seed)
             train, validation = local_hold_out(self.data_, self.validation_fraction, config.seed, config.num_shards)
@@ -277,6 +294,9 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
             self.training_baseline_ = self._baseline_frame(df)
             train, validation = hold_out(self.data_, self.validation_fraction, config.seed)
         self.num_visits_ = self.data_.num_visits
+        if self.patterns_ is not None:  # pi_j(x): the design under the reference pattern holds the covariates
+            designs, own = pattern_designs(self.schema_, self.training_baseline_, self.patterns_, self.data_.ids)
+            self.patterns_ = self.patterns_.fit_probabilities(designs[-1], own.numpy())
         latent_dim = self.options.latent_dim
         if latent_dim != "auto":
             self._fit_latent(latent_dim, train, validation, config, imputation)
@@ -301,6 +321,22 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
         for record in caught:  # the kept fit's warnings
             warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
         return self
+
+    def _with_patterns(self, df: pd.DataFrame, config: PatternConfig, schema_options: dict):
+        """``df`` with each subject's dropout pattern (fitted here, into
+        ``patterns_``) in :data:`~pyro_dgmm.pattern_mixture.PATTERN_COLUMN`,
+        and the covariates that carry it into the model (none with one pattern)."""
+        times = DataSchema.fit(df, **{**schema_options, "covariates": ()}).relative_times(df)
+        observed = df[list(self.outcomes)].notna().any(axis=1).to_numpy()
+        self.patterns_ = DropoutPatterns.fit(dropout_times(df[self.id_col].to_numpy(), times, observed),
+                                             float(times.max()), config)
+        self.pattern_config_ = config
+        df = self.patterns_.label(df, self.id_col, times, list(self.outcomes))
+        covariates = self.covariates
+        if self.patterns_.num_patterns > 1:
+            covariates = (f"{covariates} + {PATTERN_COLUMN}" if isinstance(covariates, str)
+                          else [*covariates, PATTERN_COLUMN])
+        return df, covariates
 
     def _check_resumable(self, config: FitConfig, missing: str) -> None:
         """Refuse checkpoints where they cannot be resumed: a checkpoint holds
@@ -340,7 +376,7 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
     def _fit_modules(self, train: LongitudinalData, validation: LongitudinalData | None, config: FitConfig,
                      imputation: ImputationConfig | None, stage: str) -> None:
         """The fit of :meth:`_fit_latent` on the model and guide just built."""
-        if self.missing == "mask":
+        if self.missing != "impute":
             self.result_ = fit_svi(self.model_, self.guide_, train, validation, config,
                                    distributed_input=self.distributed_input, stage=stage)
         else:
@@ -374,7 +410,7 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
     def _encoder_view(self, data: LongitudinalData) -> LongitudinalData:
         """What the encoder reads: ``data`` itself, or (models fitted with the
         imputation loop) ``data`` completed by imputation from the fitted model."""
-        if self.missing == "mask":
+        if self.missing != "impute":
             return data
         return with_fill(data, self.schema_, impute_completed(self.model_, self.guide_, self.schema_, data))
 
@@ -403,7 +439,13 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
     def transform(self, df: pd.DataFrame, *, require_observed: bool = True) -> LongitudinalData:
         """Tensors for ``df`` with the fitted schema (scalers, levels, basis)."""
         self._check_fitted()
-        return self.schema_.transform(df, require_observed=require_observed)
+        return self.schema_.transform(self._labelled(df), require_observed=require_observed)
+
+    def _labelled(self, df: pd.DataFrame) -> pd.DataFrame:
+        """``df`` with its subjects' dropout patterns (pattern-mixture fits; unless it has them)."""
+        if self.patterns_ is None or PATTERN_COLUMN in df.columns:
+            return df
+        return self.patterns_.label(df, self.id_col, self.schema_.relative_times(df), list(self.outcomes))
 
     def impute(self, df: pd.DataFrame | None = None, num_imputations: int = 5, *, mcmc_steps: int = 10,
                warmup_steps: int = 50, kernel: str = "mh", seed: int | None = None,
@@ -439,9 +481,15 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
 
         def compute(part: LongitudinalData) -> pd.DataFrame:
             shift = None if delta is None else delta_shift(part, delta, baseline)
-            frames = pd.concat(multiple_imputations(self.model_, self.guide_, self._encoder_view(part),
-                                                    num_imputations, mcmc_steps=mcmc_steps,
-                                                    warmup_steps=warmup_steps, kernel=kernel, shift=shift))
+            if self.patterns_ is not None:
+                frames = pd.concat(pattern_mixture_imputations(
+                    self.model_, self.guide_, self.schema_, part, self._baseline_frame(df), self.patterns_,
+                    num_imputations, num_particles=self.pattern_config_.num_particles, mcmc_steps=mcmc_steps,
+                    warmup_steps=warmup_steps, kernel=kernel, shift=shift))
+            else:
+                frames = pd.concat(multiple_imputations(self.model_, self.guide_, self._encoder_view(part),
+                                                        num_imputations, mcmc_steps=mcmc_steps,
+                                                        warmup_steps=warmup_steps, kernel=kernel, shift=shift))
             if shift is not None:  # each imputed frame lists the visits in to_long's order
                 per_visit = part.to_long({f"{name}_delta": shift[..., k] for k, name in enumerate(part.outcomes)})
                 for name in part.outcomes:
@@ -463,6 +511,9 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
         :returns: DataFrame with the time column and one column per outcome.
         """
         self._check_fitted()
+        if self.patterns_ is not None:
+            raise ConfigError("population_mean averages each pattern's curve beyond its dropout, which a "
+                              "pattern-mixture fit does not identify: use imputed_mean_curve() (ACMV imputations)")
         num_samples = check_int("num_samples", num_samples)
         base = self._baseline_frame(df)
         times = self.schema_.time_grid(times)  # a Series of the training time type
@@ -476,13 +527,24 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
             out[name] = means[..., k].mean(0)
         return out
 
+    def imputed_mean_curve(self, df: pd.DataFrame | None = None, num_imputations: int = 20, *,
+                           seed: int | None = None, delta=None, **impute_options) -> pd.DataFrame:
+        """The population mean at each visit time from :meth:`impute`'s data
+        sets (under ACMV for a pattern-mixture fit: the mean over patterns),
+        pooled by Rubin's rules: :func:`~pyro_dgmm.pattern_mixture.mean_curve`."""
+        frames = self.impute(df, num_imputations, seed=seed, delta=delta, **impute_options)
+        return mean_curve(frames, self.time_col, list(self.outcomes))
+
     def _baseline_frame(self, df: pd.DataFrame | None) -> pd.DataFrame:
         """One row per subject: id and covariates (training subjects by default)."""
         if df is None:
             if self.training_baseline_ is None:
                 raise NotFittedError("this model was loaded from disk without its data: pass df")
             return self.training_baseline_
-        return df.groupby(self.id_col, sort=True)[self.schema_.covariates].first().reset_index()
+        columns = list(self.schema_.covariates)
+        if self.patterns_ is not None and PATTERN_COLUMN not in columns:  # one pattern: not a covariate
+            columns.append(PATTERN_COLUMN)
+        return self._labelled(df).groupby(self.id_col, sort=True)[columns].first().reset_index()
 
     def __repr__(self) -> str:
         families = ", ".join(f"{name}: {family if isinstance(family, str) else get_family(family).name}"

@@ -301,13 +301,31 @@ def multiple_imputations(model, guide, data: LongitudinalData, num_imputations: 
         times), each outcome completed, plus ``<outcome>_imputed`` flags
         (True where the value was drawn) and an ``imputation`` number.
     """
+    draws = imputation_draws(model, guide, data, num_imputations, mcmc_steps=mcmc_steps,
+                             warmup_steps=warmup_steps, kernel=kernel)
+    return completed_frames(data, draw_missing(model, data, draws, shift))
+
+
+def imputation_draws(model, guide, data: LongitudinalData, num_imputations: int, *, mcmc_steps: int = 10,
+                     warmup_steps: int = 50, kernel: str = "mh") -> torch.Tensor:
+    """(num_imputations, N, q): one draw of b_i | y_i^o per imputed data set,
+    from one MCMC chain per subject thinned by ``mcmc_steps``."""
     draws = sample_posterior(model, guide, data, check_choice("kernel", kernel, KERNELS),
                              num_imputations * mcmc_steps, warmup_steps=warmup_steps).b
-    completed = data.response_values(draw_missing(model, data, draws[mcmc_steps - 1::mcmc_steps], shift))  # float64
+    return draws[mcmc_steps - 1::mcmc_steps]
+
+
+def completed_frames(data: LongitudinalData, completed: torch.Tensor,
+                     extra: dict[str, np.ndarray] | None = None) -> list[pd.DataFrame]:
+    """The long DataFrames of :func:`multiple_imputations` from completed
+    outcomes (M, N, T, K) (observed cells hold the data); ``extra`` adds
+    per-visit columns, name -> (M, N, T) array."""
+    completed = data.response_values(completed)  # float64
     frames = []
-    for m in range(num_imputations):
+    for m in range(completed.shape[0]):
         values = {name: completed[m, ..., k] for k, name in enumerate(data.outcomes)}
         values.update({f"{name}_imputed": ~data.mask[..., k] for k, name in enumerate(data.outcomes)})
+        values.update({name: array[m] for name, array in (extra or {}).items()})
         frame = data.to_long(values)
         frame.insert(0, "imputation", m + 1)
         frames.append(frame)

@@ -287,7 +287,8 @@ class LikelihoodMethods:
             for fold in range(k):
                 rows = folds[subject.to_numpy()] == fold
                 copy_ = type(self)(model_class=self.model_class, **kwargs)
-                copy_.fit(df[~rows], config, missing=self.missing)
+                patterns = {} if self.pattern_config_ is None else {"patterns": self.pattern_config_}
+                copy_.fit(df[~rows], config, missing=self.missing, **patterns)
                 test = copy_.transform(df[rows])
                 position = np.searchsorted(data.ids, test.ids)
                 marginal = marginal_log_likelihood(copy_.model_, copy_.guide_, copy_._encoder_view(test),

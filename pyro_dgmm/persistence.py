@@ -4,9 +4,9 @@
 :class:`~pyro_dgmm.estimator.DeepMixedModel` that writes and reads its
 save file through :mod:`pyro_dgmm.storage` (the file format, its digest
 and the model-class rules): the constructor's options, the fitted schema,
-the padded record length, the latent dimension, the ``missing`` mode, the
-fit result, and the model's and guide's weights.  The training data are
-not stored.
+the padded record length, the latent dimension, the ``missing`` mode (and
+the dropout patterns of a pattern-mixture fit), the fit result, and the
+model's and guide's weights.  The training data are not stored.
 
 Example:
 
@@ -30,6 +30,7 @@ from . import storage
 from .data import DataSchema
 from .errors import SaveFileError
 from .model import MixedModel
+from .pattern_mixture import DropoutPatterns, PatternConfig
 from .results import FitResult
 
 
@@ -56,6 +57,8 @@ class SaveLoadMethods:
             "num_visits": self.num_visits_,
             "latent_dim": self.latent_dim_,
             "missing": self.missing,
+            "patterns": None if self.patterns_ is None else {"patterns": self.patterns_.to_spec(),
+                                                             "config": asdict(self.pattern_config_)},
             "result": asdict(self.result_),
         }, tensors={"model": self.model_.state_dict(), "guide": self.guide_.state_dict()})
 
@@ -86,6 +89,9 @@ class SaveLoadMethods:
             self.model_.load_state_dict(saved.tensors["model"])
             self.guide_.load_state_dict(saved.tensors["guide"])
             self.missing = meta["missing"]
+            if meta.get("patterns") is not None:  # missing='pattern_mixture'
+                self.patterns_ = DropoutPatterns.from_spec(meta["patterns"]["patterns"])
+                self.pattern_config_ = PatternConfig(**meta["patterns"]["config"])
             self.result_ = FitResult(**meta["result"])
         except (KeyError, TypeError, ValueError, RuntimeError) as error:  # ConfigError is a ValueError
             raise SaveFileError(f"save file {path} does not describe a model this pyro_dgmm can rebuild as a "
