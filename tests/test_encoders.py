@@ -174,3 +174,14 @@ def test_joint_model_fits_with_the_sequence_encoder():
     early = est.landmark_data(history, 1.0)
     later = replace(early, event_time=early.event_time + 2.0)
     assert not torch.allclose(est.guide_.posterior(early).loc, est.guide_.posterior(later).loc)
+
+
+def test_command_line_fits_with_the_sequence_encoder(tmp_path):
+    from pyro_dgmm.cli import main
+
+    tiny_frame(n_subjects=8).to_csv(tmp_path / "v.csv", index=False)
+    assert main(["fit", "--csv", str(tmp_path / "v.csv"), "--id", "pid", "--time", "t", "--outcome", "g:gaussian",
+                 "--encoder", "sequence", "--latent-dim", "2", "--max-epochs", "1", "--quiet",
+                 "--out", str(tmp_path / "o")]) == 0
+    loaded = DeepMixedModel.load(tmp_path / "o" / "model.pt")
+    assert loaded.options.encoder == "sequence" and isinstance(loaded.guide_.encoder, SequenceEncoder)
