@@ -156,7 +156,8 @@ def pbc_row(seed: int, encoder: str, args) -> dict:
     train, held = split_subjects(df, PBC_ID, seed)
     model, seconds = fit(train, encoder, {"elbo": args.pbc_elbo}, id_col=PBC_ID, time_col=PBC_TIME,
                          outcomes=PBC_OUTCOMES, covariates=PBC_COVARIATES, latent_dim=PBC_LATENT_DIM)
-    row = {"data": "pbc", "seed": seed, "encoder": encoder, "elbo": args.pbc_elbo, "subjects": int(df[PBC_ID].nunique()),
+    row = {"data": "pbc", "seed": seed, "encoder": encoder, "elbo": args.pbc_elbo,
+           "subjects": int(df[PBC_ID].nunique()),
            "fit_cpu_seconds": seconds, "epochs": model.result_.epochs_run, "latent_dim": model.latent_dim_}
     row.update(amortisation_gap(model, args.gap_subjects, args.elbo_samples, seed))
     row.update(dynamic(model, held, PBC_LANDMARK, PBC_HORIZON, seed))
