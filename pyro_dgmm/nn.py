@@ -353,6 +353,12 @@ class SequenceEncoder(nn.Module):
     follow-up time and status to the covariates, which this encoder reads
     as any covariate.
 
+    Measured against the set encoder in docs/model.md ("The encoder"): on
+    the app-like simulator the same accuracy and a mean amortisation gap
+    within noise of the set encoder's; on PBC (few visits) fit it with
+    ``elbo='meanfield'``, as under the importance-weighted bound it drove
+    the fit into a degenerate, ill-conditioned posterior scale.
+
     Shapes: encoder_y, mask (N, T, K); visit_mask (N, T); time_features
     (N, T, F); covariates (N, P) -> loc (N, q), scale_tril (N, q, q).
     """
