@@ -103,6 +103,7 @@ from .covariates import parse_covariate_formula
 from .errors import ConfigError, DataError, DgmmError
 from .files import atomic_folder, atomic_path, check_folder_target, write_text_atomic
 from .fit import PRESETS
+from .guide import ENCODERS
 from .model import DISPERSION_MODELS
 from .options import suggestion
 from .times import TIME_UNITS
@@ -201,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--dispersion-model", choices=DISPERSION_MODELS, default="constant",
                      help="'constant' (default): one dispersion per outcome; 'linear': log dispersion linear "
                           "in the time features and covariates; 'linear+random': and in the random effects")
+    fit.add_argument("--encoder", choices=ENCODERS, default="set",
+                     help="the guide's encoder: 'set' (default; pools over visits), 'dense' (the talk's flat "
+                          "record) or 'sequence' (attention over the visits in time)")
     fit.add_argument("--latent-dim", type=_latent_dim, default="auto",
                      help="dimension of the random effects b, or 'auto' (default: grows while all are in use)")
     fit.add_argument("--preset", choices=sorted(PRESETS), default="accurate",
@@ -474,7 +478,7 @@ def run_fit(args: argparse.Namespace) -> dict | None:
         df = parse_time_column(df, time_col, args.csv or args.partitioned)
     model = DeepMixedModel(id_col=id_col, time_col=time_col, outcomes=outcomes, covariates=covariates,
                            time_basis=args.basis, latent_dim=args.latent_dim, time_unit=args.time_unit,
-                           model_options={"dispersion_model": args.dispersion_model})
+                           encoder=args.encoder, model_options={"dispersion_model": args.dispersion_model})
     overrides = {"seed": args.seed, "progress": not args.quiet, "num_shards": args.num_shards,
                  "device": None if args.device == "auto" else args.device}
     if args.max_epochs is not None:

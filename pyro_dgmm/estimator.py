@@ -153,7 +153,8 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
     :param model_options: keyword arguments for ``model_class``, e.g.
         ``{"dispersion_model": "linear"}`` for dispersions log-linear in time
         and covariates (:meth:`~pyro_dgmm.model.MixedModel.dispersion`).
-    :param encoder: ``'set'`` (pools over visits) or ``'dense'`` (talk).
+    :param encoder: ``'set'`` (pools over visits), ``'dense'`` (talk) or
+        ``'sequence'`` (attention over the visits in time; docs/model.md).
     :param covariance: ``'full'`` (Cholesky) or ``'diagonal'`` Sigma_b.
     :param validation_fraction: share of subjects held out for early stopping.
     :param time_unit: unit of model time when the time column holds

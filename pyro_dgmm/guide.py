@@ -1,7 +1,8 @@
 r"""The amortised guide q(b_i | y_i) = N(mu_b(y_i), Sigma_b(y_i)).
 
-The encoder (a :class:`~pyro_dgmm.nn.SetEncoder` or the talk's
-:class:`~pyro_dgmm.nn.DenseEncoder`) maps a subject's record to
+The encoder (a :class:`~pyro_dgmm.nn.SetEncoder`, the talk's
+:class:`~pyro_dgmm.nn.DenseEncoder` or the attention-based
+:class:`~pyro_dgmm.nn.SequenceEncoder`) maps a subject's record to
 ``loc`` and a Cholesky factor ``L`` of :math:`\Sigma_b = L L^\top`, full or
 diagonal.  Both cases use a ``MultivariateNormal`` so that, against the
 model's ``MultivariateNormal`` prior, ``TraceMeanField_ELBO`` takes the
@@ -31,10 +32,30 @@ from pyro import poutine
 from .data import DataSchema, LongitudinalData
 from .errors import ConfigError
 from .model import OwnParameters, subjects_plate
-from .nn import DenseEncoder, SetEncoder
+from .nn import DenseEncoder, SequenceEncoder, SetEncoder
 
-#: Encoder kinds: ``'set'`` pools over visits, ``'dense'`` reads a flat record (the talk's).
-ENCODERS = ("set", "dense")
+#: Encoder kinds: ``'set'`` pools over visits, ``'dense'`` reads a flat record (the talk's),
+#: ``'sequence'`` attends over the visits in time (mTAN-style).
+ENCODERS = ("set", "dense", "sequence")
+
+
+def build_encoder(kind: str, num_outcomes: int, num_time_features: int, num_covariates: int, latent_dim: int, *,
+                  hidden=(64, 64), covariance: str = "full", activation: str = "tanh",
+                  num_visits: int | None = None) -> torch.nn.Module:
+    """The encoder network of kind ``kind`` (one of :data:`ENCODERS`) for
+    records of that many outcomes, time features and covariates; ``num_visits``
+    (the padded record length) is needed by ``'dense'`` only."""
+    args = (num_outcomes, num_time_features, num_covariates, latent_dim)
+    options = dict(hidden=tuple(hidden), covariance=covariance, activation=activation)
+    if kind == "set":
+        return SetEncoder(*args, **options)
+    if kind == "sequence":
+        return SequenceEncoder(*args, **options)
+    if kind == "dense":
+        if num_visits is None:
+            raise ConfigError("the dense encoder needs num_visits (the padded record length)")
+        return DenseEncoder(*args, num_visits=num_visits, **options)
+    raise ConfigError(f"encoder kind must be one of {ENCODERS}, got '{kind}'")
 
 
 class AmortizedGuide(OwnParameters):
@@ -54,19 +75,14 @@ class AmortizedGuide(OwnParameters):
                     num_visits: int | None = None) -> "AmortizedGuide":
         """Build the encoder for data described by ``schema``.
 
-        :param kind: ``'set'`` (pools over visits; any number of visits) or
-            ``'dense'`` (the talk's flat encoder; needs ``num_visits``).
+        :param kind: ``'set'`` (pools over visits; any number of visits),
+            ``'dense'`` (the talk's flat encoder; needs ``num_visits``) or
+            ``'sequence'`` (attention over the visits in time; any number of
+            visits).
         """
-        args = (len(schema.families), schema.time_basis.num_features,
-                len(schema.covariate_encoder.columns), latent_dim)
-        options = dict(hidden=tuple(hidden), covariance=covariance, activation=activation)
-        if kind == "set":
-            return cls(SetEncoder(*args, **options))
-        if kind == "dense":
-            if num_visits is None:
-                raise ConfigError("the dense encoder needs num_visits (the padded record length)")
-            return cls(DenseEncoder(*args, num_visits=num_visits, **options))
-        raise ConfigError(f"encoder kind must be one of {ENCODERS}, got '{kind}'")
+        return cls(build_encoder(kind, len(schema.families), schema.time_basis.num_features,
+                                 len(schema.covariate_encoder.columns), latent_dim, hidden=hidden,
+                                 covariance=covariance, activation=activation, num_visits=num_visits))
 
     def posterior(self, data: LongitudinalData) -> dist.MultivariateNormal:
         """q(b_i | y_i) for every subject in ``data``: batch (N,), event (q,)."""

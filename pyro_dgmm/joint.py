@@ -73,9 +73,9 @@ from .data import DataSchema
 from .errors import ConfigError
 from .events import JointData
 from .families import Family
-from .guide import AmortizedGuide
+from .guide import AmortizedGuide, build_encoder
 from .model import DGMM
-from .nn import MLP, DenseEncoder, SetEncoder, _zero_last_layer
+from .nn import MLP, _zero_last_layer
 
 
 #: Functionals of the associated outcome's linear predictor that can enter the
@@ -309,16 +309,10 @@ class JointGuide(AmortizedGuide):
     def from_schema(cls, schema: DataSchema, latent_dim: int, *, num_causes: int = 1, time_scale: float = 1.0,
                     kind: str = "set", hidden=(64, 64), covariance: str = "full", activation: str = "tanh",
                     num_visits: int | None = None) -> "JointGuide":
-        args = (len(schema.families), schema.time_basis.num_features,
-                len(schema.covariate_encoder.columns) + 1 + num_causes, latent_dim)
-        options = dict(hidden=tuple(hidden), covariance=covariance, activation=activation)
-        if kind == "set":
-            return cls(SetEncoder(*args, **options), num_causes, time_scale)
-        if kind == "dense":
-            if num_visits is None:
-                raise ConfigError("the dense encoder needs num_visits (the padded record length)")
-            return cls(DenseEncoder(*args, num_visits=num_visits, **options), num_causes, time_scale)
-        raise ConfigError(f"encoder kind must be one of ('set', 'dense'), got '{kind}'")
+        encoder = build_encoder(kind, len(schema.families), schema.time_basis.num_features,
+                                len(schema.covariate_encoder.columns) + 1 + num_causes, latent_dim, hidden=hidden,
+                                covariance=covariance, activation=activation, num_visits=num_visits)
+        return cls(encoder, num_causes, time_scale)
 
     def posterior(self, data: JointData) -> dist.MultivariateNormal:
         _require_events(data)

@@ -4,8 +4,8 @@
   ``dnn(x) = f_L o sigma o ... o sigma o f_1`` with affine layers ``f_l``.
 * :class:`FixedEffectsNet` -- mu1(X_i, T_ij): covariates and time features.
 * :class:`RandomEffectsNet` -- mu2(b_i, T_ij): random effects and time features.
-* :class:`SetEncoder`, :class:`DenseEncoder` -- the amortised encoder
-  ``(y_i, mask_i, T_i, X_i) -> (mu_b, Sigma_b)`` of the guide.
+* :class:`SetEncoder`, :class:`DenseEncoder`, :class:`SequenceEncoder` -- the
+  amortised encoder ``(y_i, mask_i, T_i, X_i) -> (mu_b, Sigma_b)`` of the guide.
 
 Example:
 
@@ -189,6 +189,15 @@ class _GaussianHead(nn.Module):
         return loc, scale_tril
 
 
+def _visit_features(encoder_y: torch.Tensor, m: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
+    r"""Per-visit features :math:`f_{ij} = (\tilde y_{ij}, m_{ij}, T_{ij},
+    \tilde y_{ij} \otimes T_{ij}, m_{ij} \otimes T_{ij})`, (N, T, 2K(F + 1) + F):
+    their means over visits are the sufficient statistics of a linear mixed
+    model's posterior of b."""
+    interactions = torch.cat([encoder_y, m], dim=-1).unsqueeze(-1) * time_features.unsqueeze(-2)
+    return torch.cat([encoder_y, m, time_features, interactions.flatten(-2)], dim=-1)
+
+
 def _fill_lower(scale_tril: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     lower = torch.zeros_like(scale_tril)
     lower[..., rows, cols] = values
@@ -249,8 +258,7 @@ class SetEncoder(nn.Module):
 
     def forward(self, encoder_y, mask, visit_mask, time_features, covariates):
         m = mask.to(encoder_y.dtype)
-        interactions = torch.cat([encoder_y, m], dim=-1).unsqueeze(-1) * time_features.unsqueeze(-2)
-        features = torch.cat([encoder_y, m, time_features, interactions.flatten(-2)], dim=-1)
+        features = _visit_features(encoder_y, m, time_features)
         visits = visit_mask.to(features.dtype)
         weights = (visits / visits.sum(-1, keepdim=True).clamp(min=1.0)).unsqueeze(-1)  # (N, T, 1)
         pooled = (weights * self.phi(features)).sum(-2)
@@ -288,3 +296,107 @@ class DenseEncoder(nn.Module):
         t = time_features * visit_mask.unsqueeze(-1).to(time_features.dtype)
         record = torch.cat([encoder_y, m, t], dim=-1).flatten(-2)
         return self.head(torch.cat([record, covariates], dim=-1))
+
+
+class SequenceEncoder(nn.Module):
+    r"""Amortised encoder that attends over a subject's visits in time
+    (mTAN-style: Shukla & Marlin 2021).
+
+    Each visit's time features pass through a learned time embedding
+    (a linear term and ``embed_dim - 1`` learned sinusoids, as in mTAN),
+
+    .. math:: \phi(T_{ij}) = \big(w_0^\top T_{ij} + a_0,\;
+              \sin(W T_{ij} + a)\big) \in \mathbb R^{d},
+
+    and ``num_references`` learned queries :math:`u_r` (reference points in
+    the embedding space) read every outcome through attention restricted to
+    the visits where that outcome was observed:
+
+    .. math:: s_{rj} = u_r^\top \phi(T_{ij}) / \sqrt d, \qquad
+              \hat y_{irk} = \frac{\sum_j m_{ijk} e^{s_{rj}} \tilde y_{ijk}}
+                                  {\sum_j m_{ijk} e^{s_{rj}}}, \qquad
+              \rho_{irk} = \log\Big(1 + \sum_j m_{ijk} e^{s_{rj}}\Big)
+
+    (:math:`\hat y` a time-localised average of outcome k near reference r,
+    0 when k was never observed; :math:`\rho` a soft count of the
+    observations behind it, which tells the head how much to trust it).
+    The head sees these beside the set encoder's linear-mixed-model
+    statistics :math:`\bar f_i` (means of the per-visit features
+    :math:`(\tilde y, m, T, \tilde y \otimes T, m \otimes T)`), the counts
+    :math:`\log(1 + n_{ik})` and the covariates, through a dense net plus a
+    linear path, as :class:`SetEncoder`:
+    :math:`(\mu_b, L_b) = \rho(z_i) + W z_i`.
+
+    Why attention and not GRU-D (Che et al. 2018), the other encoder for
+    irregular series with missing values:
+
+    * *irregular times*: attention is a function of the visit times
+      themselves, with no grid and no notion of a step; GRU-D needs a decay
+      per time gap and still steps visit by visit;
+    * *missing outcomes within a visit*: each outcome is read only where it
+      was observed (its own masked softmax), rather than GRU-D's decayed
+      imputations of the missing inputs;
+    * *speed on CPU*: one batched product over all visits, where a recurrent
+      net runs 105 sequential cell updates (forward and backward) for the
+      app data, each too small to use the CPU well;
+    * *padding*: padded slots (``visit_mask`` False) and unobserved cells
+      are replaced by zeros before any arithmetic and get zero attention
+      weight, so a subject's posterior does not depend on how many slots
+      the batch pads to, nor on what the padded slots hold.
+
+    Time is read through the fitted time features :math:`T_{ij}` (the
+    schema's basis: ``poly(1)``, the default, is time centred and scaled by
+    its training SD) rather than raw model time, which has no fitted scale
+    (days, years or seconds); the basis is replayed on new data, so the
+    embedding sees the same scale at fitting and prediction time.  For a
+    joint model the :class:`~pyro_dgmm.joint.JointGuide` appends the
+    follow-up time and status to the covariates, which this encoder reads
+    as any covariate.
+
+    Measured against the set encoder in docs/model.md ("The encoder"): on
+    the app-like simulator the same accuracy and a mean amortisation gap
+    within noise of the set encoder's; on PBC (few visits) fit it with
+    ``elbo='meanfield'``, as under the importance-weighted bound it drove
+    the fit into a degenerate, ill-conditioned posterior scale.
+
+    Shapes: encoder_y, mask (N, T, K); visit_mask (N, T); time_features
+    (N, T, F); covariates (N, P) -> loc (N, q), scale_tril (N, q, q).
+    """
+
+    def __init__(self, num_outcomes: int, num_time_features: int, num_covariates: int,
+                 latent_dim: int, hidden: Sequence[int] = (128, 128), covariance: str = "full",
+                 activation: str = "tanh", num_references: int = 16, embed_dim: int = 16):
+        super().__init__()
+        self.time_linear = nn.Linear(num_time_features, 1)
+        self.time_periodic = nn.Linear(num_time_features, embed_dim - 1)
+        self.queries = nn.Parameter(torch.randn(num_references, embed_dim))
+        statistics = 2 * num_outcomes * (num_time_features + 1) + num_time_features
+        in_features = 2 * num_references * num_outcomes + statistics + num_outcomes + num_covariates
+        self.head = _GaussianHead(in_features, hidden, latent_dim, covariance, activation)
+        self.linear = nn.Linear(in_features, self.head.net[-1].out_features, bias=False)
+
+    def embed(self, time_features: torch.Tensor) -> torch.Tensor:
+        """phi(T): (..., F) -> (..., d)."""
+        return torch.cat([self.time_linear(time_features), torch.sin(self.time_periodic(time_features))], -1)
+
+    def forward(self, encoder_y, mask, visit_mask, time_features, covariates):
+        visits = visit_mask.unsqueeze(-1)  # (N, T, 1)
+        observed = mask & visits
+        y = torch.where(observed, encoder_y, torch.zeros((), dtype=encoder_y.dtype))
+        t = torch.where(visits, time_features, torch.zeros((), dtype=time_features.dtype))
+        m = observed.to(y.dtype)
+        v = visit_mask.to(y.dtype)
+        weights = (v / v.sum(-1, keepdim=True).clamp(min=1.0)).unsqueeze(-1)  # (N, T, 1)
+        statistics = (weights * _visit_features(y, m, t)).sum(-2)
+        counts = torch.log1p(m.sum(-2))
+        scores = self.embed(t) @ self.queries.T / self.queries.shape[-1] ** 0.5  # (N, T, R)
+        scores = torch.where(visits, scores, torch.zeros((), dtype=scores.dtype))
+        # exp(s - shift) <= 1 with shift >= 0, so exp(-shift) <= 1 too: no overflow either way
+        shift = scores.amax(-2, keepdim=True).clamp(min=0.0).detach()  # (N, 1, R)
+        kernel = torch.exp(scores - shift).unsqueeze(-1) * m.unsqueeze(-2)  # (N, T, R, K)
+        mass = kernel.sum(-3)  # (N, R, K)
+        values = (kernel * y.unsqueeze(-2)).sum(-3) / mass.clamp(min=torch.finfo(mass.dtype).tiny)
+        shift = shift.squeeze(-2).unsqueeze(-1)  # (N, R, 1)
+        density = shift + torch.log(torch.exp(-shift) + mass)  # log(1 + sum_j m exp(s))
+        summary = torch.cat([values.flatten(-2), density.flatten(-2), statistics, counts, covariates], -1)
+        return self.head(summary, self.linear(summary))

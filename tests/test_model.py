@@ -35,7 +35,7 @@ def build(frame=None, covariance="full", encoder="set", outcomes=OUTCOMES):
 
 
 @pytest.mark.parametrize("covariance", ["full", "diagonal"])
-@pytest.mark.parametrize("encoder", ["set", "dense"])
+@pytest.mark.parametrize("encoder", ["set", "dense", "sequence"])
 @pytest.mark.parametrize("elbo", [Trace_ELBO, TraceMeanField_ELBO])
 def test_trace_shapes_and_finite_elbo(covariance, encoder, elbo):
     model, guide, data = build(covariance=covariance, encoder=encoder)
