@@ -52,6 +52,23 @@ SETTINGS = {
     "gaussian+linear+random": ("gaussian", "linear+random"),
     "student_t+linear+random": ("student_t", "linear+random"),
     "student_t, ML": ("student_t", "constant"),  # then refine_observation_model()
+    "gaussian, poly(1)": ("gaussian", "constant"),
+    "gaussian, poly(1), linear nets": ("gaussian", "constant"),
+    "gaussian, poly(1), brownian": ("gaussian", "constant"),
+    "gaussian, poly(1), linear nets, brownian": ("gaussian", "constant"),
+}
+#: further DeepMixedModel options of a setting (issue 25's follow-up: the time basis of the random
+#: effects, the linear special case = per-marker lme4 random intercept and slope, and the serial
+#: process of log-bilirubin; its scale moved to the marginal-likelihood maximum after SVI, see
+#: pyro_dgmm.serial)
+BROWNIAN = {"serial_process": "brownian", "serial_outcomes": ["log_bili"]}
+LINEAR_NETS = {"fixed_hidden": (), "random_hidden": ()}
+OPTIONS = {
+    "gaussian, poly(1)": {"time_basis": "poly(1)"},
+    "gaussian, poly(1), linear nets": {"time_basis": "poly(1)", "model_options": LINEAR_NETS},
+    "gaussian, poly(1), brownian": {"time_basis": "poly(1)", "model_options": BROWNIAN},
+    "gaussian, poly(1), linear nets, brownian": {"time_basis": "poly(1)",
+                                                 "model_options": {**LINEAR_NETS, **BROWNIAN}},
 }
 LEVELS = (0.5, 0.8, 0.95)
 SIM_LANDMARK = 5.0
@@ -61,17 +78,22 @@ PBC_CONTINUOUS = ("log_bili", "albumin", "protime")
 
 def fit_model(df, outcomes, covariates, setting: str, *, id_col: str, time_col: str, seed: int):
     from pyro_dgmm import DeepMixedModel
+    from pyro_dgmm.marginal import minimum_samples
 
     family, dispersion_model = SETTINGS[setting]
     outcomes = {name: (family if spec == "gaussian" else spec) for name, spec in outcomes.items()}
+    options = dict(OPTIONS.get(setting, {}))
+    model_options = {"dispersion_model": dispersion_model, **options.pop("model_options", {})}
     model = DeepMixedModel(id_col=id_col, time_col=time_col, outcomes=outcomes, covariates=covariates,
-                           model_options={"dispersion_model": dispersion_model})
+                           model_options=model_options, **options)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence and latent-dimension warnings are recorded in the rows
         model.fit(df, progress=False, seed=seed)
         if setting.endswith(", ML"):
             model.refine_observation_model(seed=seed)
+        if model.model_.serial_outcomes:  # SVI shrinks the process scale (docs/prediction.md): ML for it
+            model.refine_observation_model(num_samples=2 * minimum_samples(model.model_.latent_dim), seed=seed)
     return model, time.perf_counter() - start
 
 
@@ -91,6 +113,15 @@ def landmark_scores(model, df, landmark: float, seed: int) -> pd.DataFrame:
                                  seed=seed)
     scores = result.scores[(result.scores.method == "model") & (result.scores.horizon == "all")]
     return scores, result.predictions
+
+
+def serial_tau(model, name: str) -> float:
+    """The fitted serial-process SD per root time unit of outcome ``name`` on its own scale (NaN: none)."""
+    core = model.model_
+    if name not in core.serial_outcomes:
+        return float("nan")
+    k = core.serial_outcomes.index(name)
+    return float((core.serial_scale[k] * core.outcome_scale[core.outcomes.index(name)]).detach())
 
 
 # ------------------------------------------------------------------ sim
@@ -144,6 +175,7 @@ def pbc_rows(split: int, settings: list[str]) -> list[dict]:
                              "coverage_80": score["coverage_80"], "coverage_50": score["coverage_50"],
                              "rmse": score["rmse"], "log_density": score["log_density"],
                              "df_hat": degrees_of_freedom(model, score["outcome"]),
+                             "serial_tau": serial_tau(model, score["outcome"]),
                              "converged": bool(model.result_.converged), "fit_seconds": seconds})
         print_table(rows[-len(PBC_LANDMARKS) * len(PBC_CONTINUOUS):], f"pbc split {split}, {setting}")
     return rows
