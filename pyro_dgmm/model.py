@@ -162,9 +162,15 @@ class MixedModel(OwnParameters):
                 self._shape_attr[name][shape] = attr
 
     def _init_serial(self, process: str, outcomes: Sequence[str] | None, terms: int, span: float | None) -> None:
-        """Check and store the serial-process options (:class:`MixedModel`); a
-        positive parameter ``serial_scale`` (tau_k per outcome, starting where
-        the process adds 10% of an outcome's unit variance at the span's end)."""
+        """Check and store the serial-process options (:class:`MixedModel`) and
+        the parameter ``serial_scale``: tau_k per outcome, starting where the
+        process adds half an outcome's unit variance at the span's end.  It is
+        a real number, not a positive one: the model depends on tau_k only
+        through tau_k^2 (z ~ N(0, I) is symmetric), so the sign is free and
+        the likelihood is smooth through 0, where its curvature in tau is
+        finite.  On a log scale it would vanish like tau^2 there, so a
+        Newton step (``refine_observation_model``) could not move a tau that
+        SVI has shrunk, nor SVI's gradient revive it."""
         if process not in SERIAL_PROCESSES:
             raise ConfigError(f"serial_process must be one of {SERIAL_PROCESSES}, got {process!r}")
         if process == "none":
@@ -183,8 +189,8 @@ class MixedModel(OwnParameters):
         self.serial_outcomes = [name for name in self.families if name in outcomes]
         self.serial_terms, self.serial_span = terms, float(span)
         self.register_buffer("serial_index", torch.tensor([self.outcomes.index(name) for name in self.serial_outcomes]))
-        self.serial_scale = PyroParam(torch.full((len(self.serial_outcomes),), (0.5 / self.serial_span) ** 0.5),
-                                      constraint=dist.constraints.positive)
+        self.serial_scale = torch.nn.Parameter(torch.full((len(self.serial_outcomes),),
+                                                          (0.5 / self.serial_span) ** 0.5))
 
     @classmethod
     def from_schema(cls, schema: DataSchema, latent_dim: int, **kwargs) -> "MixedModel":
@@ -297,7 +303,7 @@ class MixedModel(OwnParameters):
             for shape, attr in self._shape_attr[outcome].items():
                 labels[names[id(getattr(self, attr).unconstrained())]] = f"{shape}[{outcome}]"
         if self.serial_outcomes:
-            labels[names[id(self.serial_scale.unconstrained())]] = f"serial tau[{', '.join(self.serial_outcomes)}]"
+            labels["serial_scale"] = f"serial tau[{', '.join(self.serial_outcomes)}]"
         return labels
 
     def linear_predictor(self, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
@@ -317,7 +323,7 @@ class MixedModel(OwnParameters):
         encoder learns to infer the process while it still matters (released
         at once, the ELBO shrinks tau before the encoder uses those
         coordinates: posterior collapse)."""
-        return [self.serial_scale.unconstrained()] if self.serial_outcomes else []
+        return [self.serial_scale] if self.serial_outcomes else []
 
     def eta(self, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
         """Linear predictor eta = alpha + s * nu(b, data), shape (..., N, T, K);

@@ -23,7 +23,7 @@ so that :math:`\mathrm{Cov}(W(t), W(u)) \to \min(t, u)` as :math:`J \to
 \infty` (Var :math:`W(t) = t`; each term :math:`J` adds resolves the
 process at the time scale :math:`S / J`).  :math:`\tau_k` (the process
 SD per square root of a time unit, on the outcome's unit scale
-:math:`s_k`) is learned.  Given a history up to :math:`t_0`, the predictive
+:math:`s_k`; only :math:`|\tau_k|` matters) is learned.  Given a history up to :math:`t_0`, the predictive
 variance of :math:`W(t)` grows like :math:`\tau_k^2 (t - t_0)`: intervals
 widen with the horizon as the errors do.  Times are model times (from the
 earliest training visit) and are held at :math:`S` past it (the process

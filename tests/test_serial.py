@@ -86,7 +86,8 @@ def test_marginal_likelihood_matches_the_closed_form_with_the_process_covariance
     schema, data = schema_and_data(n=10, visits=6)
     model = DGMM.from_schema(schema, 2, fixed_hidden=(), random_hidden=(), serial_process="brownian",
                              serial_terms=6)
-    model.serial_scale = torch.tensor([0.4])
+    with torch.no_grad():
+        model.serial_scale.fill_(0.4)
     guide = AmortizedGuide.from_schema(schema, model.latent_dim)
     with torch.no_grad():
         model64 = parameters.float64_copy(model, "cpu").model
@@ -104,3 +105,33 @@ def test_marginal_likelihood_matches_the_closed_form_with_the_process_covariance
         exact = dist.MultivariateNormal(eta0, cov).log_prob(data64.y[..., 0])
     result = marginal.marginal_log_likelihood(model, guide, data, 2000, seed=0)
     assert (result.per_subject - exact).abs().max() < 1e-6
+
+
+@pytest.fixture(scope="module")
+def brief():
+    """A briefly fitted DGMM with the process on 40 simulated subjects."""
+    sim = simulate_linear_noise(40, 6, 0, brownian_sd=0.3)
+    est = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=sim.covariates,
+                         time_basis="poly(1)", latent_dim=2, model_options={"serial_process": "brownian",
+                                                                             "serial_terms": 4})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a brief fit does not converge
+        est.fit(sim.data, progress=False, seed=0, max_epochs=3)
+    return sim, est
+
+
+def test_fit_predict_impute_and_save_load_carry_the_process(brief, tmp_path):
+    sim, est = brief
+    assert est.model_.latent_dim == 6 and est.guide_.posterior(est.data_).loc.shape[-1] == 6
+    history = sim.data[sim.data.time <= 5]
+    prediction = est.predict(history, [6.0, 9.0], num_samples=200, seed=1)
+    assert prediction.table["mean"].notna().all()
+    completed = est.impute(sim.data.assign(y=sim.data.y.mask(sim.data.index % 4 == 0)), num_imputations=2, seed=1)
+    assert all(frame["y"].notna().all() for frame in completed)
+    path = tmp_path / "serial.pt"
+    est.save(path)
+    loaded = DeepMixedModel.load(path)
+    assert loaded.model_.serial_outcomes == ["y"] and loaded.model_.serial_terms == 4
+    assert torch.equal(loaded.model_.serial_scale, est.model_.serial_scale)
+    again = loaded.predict(history, [6.0, 9.0], num_samples=200, seed=1)
+    np.testing.assert_allclose(again.table["mean"], prediction.table["mean"], rtol=1e-6)
