@@ -57,6 +57,7 @@ SETTINGS = {
     "gaussian, poly(1), brownian": ("gaussian", "constant"),
     "gaussian, poly(1), linear nets, brownian": ("gaussian", "constant"),
     "t for albumin+protime, poly(1), linear nets": ("gaussian", "constant"),
+    "t for protime, poly(1), linear nets": ("gaussian", "constant"),
 }
 #: further DeepMixedModel options of a setting (issue 25's follow-up: the time basis of the random
 #: effects, the linear special case = per-marker lme4 random intercept and slope, and the serial
@@ -74,6 +75,8 @@ OPTIONS = {
     "t for albumin+protime, poly(1), linear nets": {"time_basis": "poly(1)", "latent_dim": 6,
                                                     "model_options": LINEAR_NETS,
                                                     "families": {"albumin": "student_t", "protime": "student_t"}},
+    "t for protime, poly(1), linear nets": {"time_basis": "poly(1)", "latent_dim": 6, "model_options": LINEAR_NETS,
+                                            "families": {"protime": "student_t"}},
 }
 LEVELS = (0.5, 0.8, 0.95)
 SIM_LANDMARK = 5.0

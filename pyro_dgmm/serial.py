@@ -45,7 +45,7 @@ Example (the basis at the ends of the span; Var W(S) is close to S):
 >>> basis.shape
 torch.Size([2, 200])
 >>> [round(v, 2) for v in basis.pow(2).sum(-1).tolist()]
-[0.0, 3.99]
+[0.0, 4.0]
 """
 from __future__ import annotations
 
