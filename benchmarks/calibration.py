@@ -5,7 +5,12 @@ dispersion per outcome), the Student-t family for the continuous markers,
 a dispersion log-linear in the time features and covariates
 (``model_options={"dispersion_model": "linear"}``), and both; ``', ML'``:
 the observation parameters then moved to the maximum of the marginal
-likelihood (``refine_observation_model``).
+likelihood (``refine_observation_model``).  The follow-up settings
+(``OPTIONS``) change the model of the trajectories: ``'poly(1)'`` time
+basis, linear nets (the linear special case: lme4's random intercept and
+slope per marker, correlated across markers), the Student-t for chosen
+markers, and the Brownian serial process of log-bilirubin (its scale then
+moved to the marginal-likelihood maximum); ``serial_tau`` is reported.
 
 Part ``sim`` (the acceptance simulations): :func:`simulate_linear_noise`
 with random intercept and slope, ``--n-subjects`` (300) x 10 visits, with

@@ -26,6 +26,10 @@ has none).
 
 Run:  python benchmarks/dynamic_prediction.py [--seed 0] [--quick]
       [--part all|simulation|pbc] [--simulators nonlinear linear dropout]
+      [--n-subjects 800] [--fits ...] [--methods ...] [--name ...]
+Issue 25's large population: ``--part simulation --simulators nonlinear
+--n-subjects 8000 --fits defaults --methods importance --name
+dynamic_prediction_n8000`` (and 2000, to time it first).
 """
 from __future__ import annotations
 
