@@ -5,7 +5,12 @@ dispersion per outcome), the Student-t family for the continuous markers,
 a dispersion log-linear in the time features and covariates
 (``model_options={"dispersion_model": "linear"}``), and both; ``', ML'``:
 the observation parameters then moved to the maximum of the marginal
-likelihood (``refine_observation_model``).
+likelihood (``refine_observation_model``).  The follow-up settings
+(``OPTIONS``) change the model of the trajectories: ``'poly(1)'`` time
+basis, linear nets (the linear special case: lme4's random intercept and
+slope per marker, correlated across markers), the Student-t for chosen
+markers, and the Brownian serial process of log-bilirubin (its scale then
+moved to the marginal-likelihood maximum); ``serial_tau`` is reported.
 
 Part ``sim`` (the acceptance simulations): :func:`simulate_linear_noise`
 with random intercept and slope, ``--n-subjects`` (300) x 10 visits, with
@@ -52,6 +57,31 @@ SETTINGS = {
     "gaussian+linear+random": ("gaussian", "linear+random"),
     "student_t+linear+random": ("student_t", "linear+random"),
     "student_t, ML": ("student_t", "constant"),  # then refine_observation_model()
+    "gaussian, poly(1)": ("gaussian", "constant"),
+    "gaussian, poly(1), linear nets": ("gaussian", "constant"),
+    "gaussian, poly(1), brownian": ("gaussian", "constant"),
+    "gaussian, poly(1), linear nets, brownian": ("gaussian", "constant"),
+    "t for albumin+protime, poly(1), linear nets": ("gaussian", "constant"),
+    "t for protime, poly(1), linear nets": ("gaussian", "constant"),
+}
+#: further DeepMixedModel options of a setting (issue 25's follow-up: the time basis of the random
+#: effects, the linear special case = per-marker lme4 random intercept and slope, and the serial
+#: process of log-bilirubin; its scale moved to the marginal-likelihood maximum after SVI, see
+#: pyro_dgmm.serial)
+BROWNIAN = {"serial_process": "brownian", "serial_outcomes": ["log_bili"]}
+LINEAR_NETS = {"fixed_hidden": (), "random_hidden": ()}
+#: latent_dim fixed as on the development split (8: the first candidate of 'auto'; 6 for the linear nets)
+OPTIONS = {
+    "gaussian, poly(1)": {"time_basis": "poly(1)", "latent_dim": 8},
+    "gaussian, poly(1), linear nets": {"time_basis": "poly(1)", "latent_dim": 6, "model_options": LINEAR_NETS},
+    "gaussian, poly(1), brownian": {"time_basis": "poly(1)", "latent_dim": 8, "model_options": BROWNIAN},
+    "gaussian, poly(1), linear nets, brownian": {"time_basis": "poly(1)", "latent_dim": 6,
+                                                 "model_options": {**LINEAR_NETS, **BROWNIAN}},
+    "t for albumin+protime, poly(1), linear nets": {"time_basis": "poly(1)", "latent_dim": 6,
+                                                    "model_options": LINEAR_NETS,
+                                                    "families": {"albumin": "student_t", "protime": "student_t"}},
+    "t for protime, poly(1), linear nets": {"time_basis": "poly(1)", "latent_dim": 6, "model_options": LINEAR_NETS,
+                                            "families": {"protime": "student_t"}},
 }
 LEVELS = (0.5, 0.8, 0.95)
 SIM_LANDMARK = 5.0
@@ -61,17 +91,23 @@ PBC_CONTINUOUS = ("log_bili", "albumin", "protime")
 
 def fit_model(df, outcomes, covariates, setting: str, *, id_col: str, time_col: str, seed: int):
     from pyro_dgmm import DeepMixedModel
+    from pyro_dgmm.marginal import minimum_samples
 
     family, dispersion_model = SETTINGS[setting]
     outcomes = {name: (family if spec == "gaussian" else spec) for name, spec in outcomes.items()}
+    options = dict(OPTIONS.get(setting, {}))
+    outcomes = {**outcomes, **options.pop("families", {})}  # per-marker families of the docs' recommendation
+    model_options = {"dispersion_model": dispersion_model, **options.pop("model_options", {})}
     model = DeepMixedModel(id_col=id_col, time_col=time_col, outcomes=outcomes, covariates=covariates,
-                           model_options={"dispersion_model": dispersion_model})
+                           model_options=model_options, **options)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence and latent-dimension warnings are recorded in the rows
         model.fit(df, progress=False, seed=seed)
         if setting.endswith(", ML"):
             model.refine_observation_model(seed=seed)
+        if model.model_.serial_outcomes:  # SVI shrinks the process scale (docs/prediction.md): ML for it
+            model.refine_observation_model(num_samples=2 * minimum_samples(model.model_.latent_dim), seed=seed)
     return model, time.perf_counter() - start
 
 
@@ -91,6 +127,15 @@ def landmark_scores(model, df, landmark: float, seed: int) -> pd.DataFrame:
                                  seed=seed)
     scores = result.scores[(result.scores.method == "model") & (result.scores.horizon == "all")]
     return scores, result.predictions
+
+
+def serial_tau(model, name: str) -> float:
+    """The fitted serial-process SD per root time unit of outcome ``name`` on its own scale (NaN: none)."""
+    core = model.model_
+    if name not in core.serial_outcomes:
+        return float("nan")
+    k = core.serial_outcomes.index(name)
+    return float((core.serial_scale[k] * core.outcome_scale[core.outcomes.index(name)]).detach())
 
 
 # ------------------------------------------------------------------ sim
@@ -144,6 +189,7 @@ def pbc_rows(split: int, settings: list[str]) -> list[dict]:
                              "coverage_80": score["coverage_80"], "coverage_50": score["coverage_50"],
                              "rmse": score["rmse"], "log_density": score["log_density"],
                              "df_hat": degrees_of_freedom(model, score["outcome"]),
+                             "serial_tau": serial_tau(model, score["outcome"]),
                              "converged": bool(model.result_.converged), "fit_seconds": seconds})
         print_table(rows[-len(PBC_LANDMARKS) * len(PBC_CONTINUOUS):], f"pbc split {split}, {setting}")
     return rows

@@ -26,6 +26,10 @@ has none).
 
 Run:  python benchmarks/dynamic_prediction.py [--seed 0] [--quick]
       [--part all|simulation|pbc] [--simulators nonlinear linear dropout]
+      [--n-subjects 800] [--fits ...] [--methods ...] [--name ...]
+Issue 25's large population: ``--part simulation --simulators nonlinear
+--n-subjects 8000 --fits defaults --methods importance --name
+dynamic_prediction_n8000`` (and 2000, to time it first).
 """
 from __future__ import annotations
 
@@ -92,7 +96,12 @@ def mixedlm_dynamic(train, history, future, outcome: str, covariates: list[str],
 #: chosen because the default fit stops with a residual SD well above the
 #: training residuals (a training-side diagnostic; the truth is 0.3)
 FITS = {"defaults": ({}, ("importance", "mcmc", "encoder")),
-        "max_epochs=200, patience=15": ({"max_epochs": 200, "patience": 15}, ("importance",))}
+        "max_epochs=200, patience=15": ({"max_epochs": 200, "patience": 15}, ("importance",)),
+        "serial_process='brownian'": ({}, ("importance",))}
+#: the fit settings and prediction methods of this run (``--fits``, ``--methods``)
+SIM_FITS, METHODS = list(FITS)[:2], ["importance", "mcmc", "encoder"]
+#: model options of a fit setting (issue 25's serial process); the rest use the defaults
+MODEL_OPTIONS = {"serial_process='brownian'": {"serial_process": "brownian"}}
 
 
 def dgmm_rows(sim, train, history, future, seed: int, fit: str) -> tuple[list[dict], list[pd.DataFrame]]:
@@ -104,8 +113,10 @@ def dgmm_rows(sim, train, history, future, seed: int, fit: str) -> tuple[list[di
     from pyro_dgmm.predict import predict
 
     options, methods = FITS[fit]
+    methods = [method for method in methods if method in METHODS]
     start = time.perf_counter()
-    model = DeepMixedModel(id_col="id", time_col="time", outcomes=sim.outcomes, covariates=sim.covariates)
+    model = DeepMixedModel(id_col="id", time_col="time", outcomes=sim.outcomes, covariates=sim.covariates,
+                           model_options=MODEL_OPTIONS.get(fit))
     model.fit(train.drop(columns="y_mean"), progress=False, seed=0, **options)
     fit_seconds = time.perf_counter() - start
     truth = future.set_index(["id", "time"])["y_mean"]
@@ -138,7 +149,7 @@ def simulation_rows(simulator: str, seed: int, n_subjects: int) -> tuple[list[di
     n_history = int(0.6 * test.groupby("id").size().max())
     history, future = test[visit < n_history], test[visit >= n_history]
     rows, horizons = [], []
-    for fit in FITS:
+    for fit in SIM_FITS:
         fit_rows, fit_horizons = dgmm_rows(sim, train, history, future, seed, fit)
         rows, horizons = rows + fit_rows, horizons + fit_horizons
     observed = future["y"].to_numpy()
@@ -206,7 +217,7 @@ def pbc_rows(seed: int, folds: int) -> tuple[list[dict], pd.DataFrame]:
 def simulation_part(args) -> list[dict]:
     rows = []
     for simulator in args.simulators:
-        sim_rows, horizons = simulation_rows(simulator, args.seed, 200 if args.quick else 800)
+        sim_rows, horizons = simulation_rows(simulator, args.seed, 200 if args.quick else args.n_subjects)
         print_table(sim_rows, f"{simulator.capitalize()} simulator: held-out 20%, first 60% of visit slots given, "
                               "predict the rest")
         print_table(horizons.to_dict("records"), "pyro_dgmm by horizon (time since the last history visit): "
@@ -245,14 +256,22 @@ def main() -> None:
     parser.add_argument("--part", choices=["all", "simulation", "pbc"], default="all")
     parser.add_argument("--simulators", nargs="+", default=["nonlinear", "linear", "dropout"],
                         choices=["nonlinear", "linear", "dropout"])
+    parser.add_argument("--n-subjects", type=int, default=800, help="simulated subjects (issue 25: 8000)")
+    parser.add_argument("--fits", nargs="+", default=["defaults", "max_epochs=200, patience=15"], choices=list(FITS),
+                        help="pyro_dgmm fit settings of the simulation part")
+    parser.add_argument("--methods", nargs="+", default=["importance", "mcmc", "encoder"],
+                        choices=["importance", "mcmc", "encoder"], help="prediction methods (mcmc is slow at 8000)")
+    parser.add_argument("--name", default=None, help="JSON file name (default dynamic_prediction[_<part>])")
     args = parser.parse_args()
+    SIM_FITS[:] = args.fits
+    METHODS[:] = args.methods
     single_thread()
     rows = []
     if args.part in ("all", "simulation"):
         rows += simulation_part(args)
     if args.part in ("all", "pbc"):
         rows += pbc_part(args)
-    path = write_json(rows, "dynamic_prediction" if args.part == "all" else f"dynamic_prediction_{args.part}")
+    path = write_json(rows, args.name or ("dynamic_prediction" if args.part == "all" else f"dynamic_prediction_{args.part}"))
     print(f"\nwrote {path}")
 
 

@@ -419,7 +419,7 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
         o = self.options
         model_options = {"activation": o.activation, **o.model_options}
         model = self.model_class.from_schema(schema, latent_dim, **model_options)
-        guide = AmortizedGuide.from_schema(schema, latent_dim, kind=o.encoder, hidden=o.encoder_hidden,
+        guide = AmortizedGuide.from_schema(schema, model.latent_dim, kind=o.encoder, hidden=o.encoder_hidden,
                                            covariance=o.covariance, activation=o.activation,
                                            num_visits=num_visits)
         return model, guide

@@ -305,10 +305,11 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
         if warn and is_main_process():
             warnings.warn(f"the fit did not converge: {result.stop_reason}", ConvergenceWarning, stacklevel=2)
     result.latent_activity = latent_activity(guide, train_shards, model.latent_dim).tolist()
-    result.active_directions = sum(v > ACTIVE_THRESHOLD for v in result.latent_activity)
-    if warn and not result.interrupted and result.active_directions == model.latent_dim and is_main_process():
+    q = model.random_effects_dim  # the random effects' directions (b also holds any serial-process coordinates)
+    result.active_directions = sum(v > ACTIVE_THRESHOLD for v in result.latent_activity[:q])
+    if warn and not result.interrupted and result.active_directions == q and is_main_process():
         warnings.warn(
-            f"all {model.latent_dim} latent directions are in use (variances of the posterior means across "
+            f"all {q} latent directions are in use (variances of the posterior means across "
             f"subjects: {', '.join(f'{v:.2g}' for v in result.latent_activity)}): the data may support more "
             "random-effects directions; try a larger latent_dim or latent_dim='auto'",
             LatentDimensionWarning, stacklevel=2)

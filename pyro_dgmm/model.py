@@ -49,6 +49,7 @@ from .data import DataSchema, LongitudinalData
 from .errors import ConfigError
 from .families import Family
 from .nn import FixedEffectsNet, RandomEffectsNet
+from .serial import SERIAL_PROCESSES, serial_term
 
 
 def unique_name(module: PyroModule) -> str:
@@ -110,17 +111,33 @@ class MixedModel(OwnParameters):
         whose family has a dispersion; the slopes start at 0.
     :param num_covariates: P, the covariate design columns (needed by ``'linear'``).
     :param num_time_features: F, the time features (needed by ``'linear'``).
+    :param serial_process: ``'none'`` (default) or ``'brownian'``: a Brownian
+        motion per outcome in ``serial_outcomes`` added to the linear
+        predictor, its ``serial_terms`` basis coefficients per outcome
+        appended to ``b`` (:mod:`pyro_dgmm.serial`), so the predictive
+        variance grows with the gap from the last observation.  Then
+        ``latent_dim`` (the model's attribute) counts those coordinates too,
+        and ``random_effects_dim`` is the q given here.
+    :param serial_outcomes: the outcomes that carry the process (default:
+        every outcome whose family has a dispersion, i.e. the continuous ones).
+    :param serial_terms: J, basis functions per outcome (resolution S / J).
+    :param serial_span: S, the interval [0, S] of model time the process is
+        defined on (:meth:`from_schema` takes the training follow-up).
     """
 
     def __init__(self, families: Mapping[str, Family], latent_dim: int,
                  offsets: Sequence[float], scales: Sequence[float],
                  dispersions: Sequence[float | None], *, dispersion_model: str = "constant",
-                 num_covariates: int = 0, num_time_features: int = 0):
+                 num_covariates: int = 0, num_time_features: int = 0, serial_process: str = "none",
+                 serial_outcomes: Sequence[str] | None = None, serial_terms: int = 8,
+                 serial_span: float | None = None):
         super().__init__()
         if dispersion_model not in DISPERSION_MODELS:
             raise ConfigError(f"dispersion_model must be one of {DISPERSION_MODELS}, got {dispersion_model!r}")
         self.families = dict(families)
-        self.latent_dim = latent_dim
+        self._init_serial(serial_process, serial_outcomes, serial_terms, serial_span)
+        self.random_effects_dim = latent_dim
+        self.latent_dim = latent_dim + len(self.serial_outcomes) * self.serial_terms
         self.dispersion_model = dispersion_model
         self.num_dispersion_features = num_time_features + num_covariates
         self.register_buffer("outcome_offset", torch.as_tensor(offsets, dtype=torch.float32))
@@ -144,10 +161,45 @@ class MixedModel(OwnParameters):
                 setattr(self, attr, PyroParam(torch.tensor(float(value)), constraint=family.shape_constraint(shape)))
                 self._shape_attr[name][shape] = attr
 
+    def _init_serial(self, process: str, outcomes: Sequence[str] | None, terms: int, span: float | None) -> None:
+        """Check and store the serial-process options (:class:`MixedModel`) and
+        the parameter ``serial_scale``: tau_k per outcome, starting where the
+        process adds half an outcome's unit variance at the span's end.  It is
+        a real number, not a positive one: the model depends on tau_k only
+        through tau_k^2 (z ~ N(0, I) is symmetric), so the sign is free and
+        the likelihood is smooth through 0, where its curvature in tau is
+        finite.  On a log scale it would vanish like tau^2 there, so a
+        Newton step (``refine_observation_model``) could not move a tau that
+        SVI has shrunk, nor SVI's gradient revive it."""
+        if process not in SERIAL_PROCESSES:
+            raise ConfigError(f"serial_process must be one of {SERIAL_PROCESSES}, got {process!r}")
+        if process == "none":
+            self.serial_outcomes, self.serial_terms, self.serial_span = [], 0, None
+            return
+        if outcomes is None:
+            outcomes = [name for name, family in self.families.items() if family.has_dispersion]
+        unknown = [name for name in outcomes if name not in self.families]
+        if unknown or not outcomes:
+            raise ConfigError(f"serial_outcomes must name outcomes of the model ({list(self.families)}), "
+                              f"got {list(outcomes)!r}")
+        if isinstance(terms, bool) or not isinstance(terms, int) or terms < 1:
+            raise ConfigError(f"serial_terms must be a positive integer, got {terms!r}")
+        if span is None or not float(span) > 0:
+            raise ConfigError(f"serial_span must be a positive time span (model time), got {span!r}")
+        self.serial_outcomes = [name for name in self.families if name in outcomes]
+        self.serial_terms, self.serial_span = terms, float(span)
+        self.register_buffer("serial_index", torch.tensor([self.outcomes.index(name) for name in self.serial_outcomes]))
+        self.serial_scale = torch.nn.Parameter(torch.full((len(self.serial_outcomes),),
+                                                          (0.5 / self.serial_span) ** 0.5))
+
     @classmethod
     def from_schema(cls, schema: DataSchema, latent_dim: int, **kwargs) -> "MixedModel":
         """Build with offsets, scales and dispersions learned by ``schema``;
-        ``kwargs`` go to the subclass (network sizes etc.)."""
+        ``kwargs`` go to the subclass (network sizes etc.).  A serial process
+        without ``serial_span`` spans the training follow-up (the time basis's
+        fitted range)."""
+        if kwargs.get("serial_process", "none") != "none" and kwargs.get("serial_span") is None:
+            kwargs["serial_span"] = training_span(schema)
         return cls(
             schema.families,
             latent_dim,
@@ -202,7 +254,7 @@ class MixedModel(OwnParameters):
         features = self.num_dispersion_features
         log_scale = self.dispersion_features(data) @ slopes[:features]
         if self.dispersion_uses_b:
-            log_scale = log_scale + (b @ slopes[features:]).unsqueeze(-1)
+            log_scale = log_scale + (b[..., :self.random_effects_dim] @ slopes[features:]).unsqueeze(-1)
         return base * torch.exp(log_scale)
 
     @property
@@ -236,8 +288,10 @@ class MixedModel(OwnParameters):
 
     def observation_parameters(self) -> dict[str, str]:
         """Every parameter of the observation model (dispersions, their slopes,
-        shape parameters), as ``named_parameters()`` name -> label such as
-        ``'sigma[y]'``, ``'log sigma[y] slopes'`` or ``'df[y]'``."""
+        shape parameters, the serial-process scales), as ``named_parameters()``
+        name -> label such as ``'sigma[y]'``, ``'log sigma[y] slopes'``,
+        ``'df[y]'`` or ``'serial tau[y]'`` (one vector over ``serial_outcomes``,
+        on the unit scale)."""
         names = {id(p): name for name, p in self.named_parameters()}
         labels = {}
         for k, (outcome, family) in enumerate(self.families.items()):
@@ -248,6 +302,8 @@ class MixedModel(OwnParameters):
                 labels[self._slopes_attr[outcome]] = f"log {family.dispersion_name}[{outcome}] slopes"
             for shape, attr in self._shape_attr[outcome].items():
                 labels[names[id(getattr(self, attr).unconstrained())]] = f"{shape}[{outcome}]"
+        if self.serial_outcomes:
+            labels["serial_scale"] = f"serial tau[{', '.join(self.serial_outcomes)}]"
         return labels
 
     def linear_predictor(self, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
@@ -261,13 +317,27 @@ class MixedModel(OwnParameters):
         raise NotImplementedError
 
     def residual_parameters(self) -> list[torch.nn.Parameter]:
-        """Parameters of nonlinear paths that start at zero output and are held
-        there for ``FitConfig.linear_warmup_epochs`` (none in the base class)."""
-        return []
+        """Parameters held at their starting values for
+        ``FitConfig.linear_warmup_epochs``: nonlinear paths that start at zero
+        output (subclasses), and the serial-process scales tau, so that the
+        encoder learns to infer the process while it still matters (released
+        at once, the ELBO shrinks tau before the encoder uses those
+        coordinates: posterior collapse)."""
+        return [self.serial_scale] if self.serial_outcomes else []
 
     def eta(self, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
-        """Linear predictor eta = alpha + s * nu(b, data), shape (..., N, T, K)."""
-        return self.outcome_offset + self.outcome_scale * self.linear_predictor(b, data)
+        """Linear predictor eta = alpha + s * nu(b, data), shape (..., N, T, K);
+        with a serial process, nu gets the random effects (the first
+        ``random_effects_dim`` coordinates of ``b``) and the process
+        (:mod:`pyro_dgmm.serial`, the rest) is added."""
+        if not self.serial_outcomes:
+            return self.outcome_offset + self.outcome_scale * self.linear_predictor(b, data)
+        q = self.random_effects_dim
+        nu = self.linear_predictor(b[..., :q], data)
+        z = b[..., q:].unflatten(-1, (len(self.serial_outcomes), self.serial_terms))
+        process = serial_term(z, data.times, self.serial_span, self.serial_scale)
+        nu = nu.index_add(-1, self.serial_index, process)
+        return self.outcome_offset + self.outcome_scale * nu
 
     def mean(self, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
         """Conditional means E[y | b] on the response scale, shape (..., N, T, K)."""
@@ -329,6 +399,16 @@ class MixedModel(OwnParameters):
         adds its event-time site (:class:`~pyro_dgmm.joint.JointModel`)."""
 
 
+def training_span(schema: DataSchema) -> float:
+    """The training follow-up in model time (the fitted time basis's range),
+    the default ``serial_span``."""
+    basis = schema.time_basis
+    if not hasattr(basis, "t_max"):
+        raise ConfigError(f"serial_span: the time basis {basis!r} records no time range; pass "
+                          "model_options={'serial_span': ...} (the training follow-up in model time)")
+    return float(basis.t_max) - min(float(basis.t_min), 0.0)
+
+
 class StandardNormal(dist.MultivariateNormal):
     r"""The prior of b: :math:`\mathcal N(0, I_q)`, a ``MultivariateNormal`` in
     every respect, with the KL divergence of any ``MultivariateNormal``
@@ -378,7 +458,7 @@ class DGMM(MixedModel):
     ``fixed_hidden=()`` and ``random_hidden=()`` make both linear: with a
     Gaussian family this is exactly a linear mixed model, with
     covariate-by-time fixed effects if ``covariate_time=True``.
-    ``dispersion_model`` goes to :class:`MixedModel`.
+    ``dispersion_model`` and the ``serial_*`` options go to :class:`MixedModel`.
     """
 
     def __init__(self, families: Mapping[str, Family], latent_dim: int, *,
@@ -386,9 +466,9 @@ class DGMM(MixedModel):
                  dispersions: Sequence[float | None], num_covariates: int,
                  num_time_features: int, fixed_hidden: Sequence[int] = (32, 32),
                  random_hidden: Sequence[int] = (32, 32), activation: str = "tanh",
-                 covariate_time: bool = False, dispersion_model: str = "constant"):
+                 covariate_time: bool = False, dispersion_model: str = "constant", **serial_options):
         super().__init__(families, latent_dim, offsets, scales, dispersions, dispersion_model=dispersion_model,
-                         num_covariates=num_covariates, num_time_features=num_time_features)
+                         num_covariates=num_covariates, num_time_features=num_time_features, **serial_options)
         k = len(self.families)
         self.fixed_effects = FixedEffectsNet(num_covariates, num_time_features, k, fixed_hidden, activation,
                                              covariate_time)
@@ -399,4 +479,4 @@ class DGMM(MixedModel):
 
     def residual_parameters(self) -> list[torch.nn.Parameter]:
         paths = [self.fixed_effects.net, self.random_effects.coefficients, self.random_effects.joint]
-        return [p for path in paths if path is not None for p in path.parameters()]
+        return [p for path in paths if path is not None for p in path.parameters()] + super().residual_parameters()

@@ -283,7 +283,8 @@ def simulate_linear(n_subjects: int = 800, n_visits: int = 20, seed: int = 0) ->
 
 
 def simulate_linear_noise(n_subjects: int = 300, n_visits: int = 10, seed: int = 0, *,
-                          df: float | None = None, sd_growth: float = 0.0) -> SimulatedData:
+                          df: float | None = None, sd_growth: float = 0.0,
+                          brownian_sd: float = 0.0) -> SimulatedData:
     r""":func:`simulate_linear` with heavy-tailed and/or time-varying noise.
 
     Subjects, covariates, times and means are those of
@@ -297,23 +298,33 @@ def simulate_linear_noise(n_subjects: int = 300, n_visits: int = 10, seed: int =
     with :math:`e_{ij} \sim t_{\texttt{df}}` (scale 1, so the SD is
     :math:`\sigma\sqrt{\nu/(\nu-2)}`) or :math:`\mathcal N(0, 1)` when
     ``df`` is None.  ``sd_growth = log(4)`` makes the noise scale grow
-    fourfold, 0.5 to 2, over the follow-up [0, 10].  ``params`` adds ``df``
-    and ``sd_growth`` to those of :func:`simulate_linear` (``sigma`` = 0.5 is
-    the scale at time 0).
+    fourfold, 0.5 to 2, over the follow-up [0, 10].  ``brownian_sd`` > 0
+    adds serial drift: a Brownian motion :math:`\tau W_i(t)`, :math:`W_i(0) =
+    0`, Var :math:`W_i(t) = t`, independent between subjects, to every
+    observed value (the truth's ``y_mean`` stays the smooth mean given
+    :math:`b_i`; the process is in ``truth['y_serial']``), the model of
+    ``serial_process='brownian'`` (:mod:`pyro_dgmm.serial`).  ``params``
+    adds ``df``, ``sd_growth`` and ``brownian_sd`` to those of
+    :func:`simulate_linear` (``sigma`` = 0.5 is the scale at time 0).
     """
     n_subjects = _check_count("n_subjects", n_subjects, 1)
     n_visits = _check_count("n_visits", n_visits, 2)
     sd_growth = _check_finite("sd_growth", sd_growth)
+    brownian_sd = _check_finite("brownian_sd", brownian_sd)
+    if brownian_sd < 0:
+        raise ConfigError(f"brownian_sd must be >= 0, got {brownian_sd!r}")
     if df is not None and not (math.isfinite(float(df)) and float(df) > 0):
         raise ConfigError(f"df must be a positive number or None, got {df!r}")
-    params = {**copy.deepcopy(_LINEAR), "df": None if df is None else float(df), "sd_growth": sd_growth}
-    return _simulate_linear(n_subjects, n_visits, seed, df, sd_growth, params)
+    params = {**copy.deepcopy(_LINEAR), "df": None if df is None else float(df), "sd_growth": sd_growth,
+              "brownian_sd": brownian_sd}
+    return _simulate_linear(n_subjects, n_visits, seed, df, sd_growth, params, brownian_sd)
 
 
 def _simulate_linear(n_subjects: int, n_visits: int, seed, df: float | None, sd_growth: float,
-                     params: dict) -> SimulatedData:
+                     params: dict, brownian_sd: float = 0.0) -> SimulatedData:
     """The linear population with noise ``0.5 exp(sd_growth t / 10) e``, e
-    standard normal (``df`` None) or t with ``df`` degrees of freedom."""
+    standard normal (``df`` None) or t with ``df`` degrees of freedom, plus
+    ``brownian_sd`` times a Brownian motion per subject."""
     rng = _make_rng(seed)
     b, covariates = _draw_linear_subjects(rng, n_subjects)
     times = _jittered_times(rng, n_subjects, n_visits)
@@ -321,11 +332,17 @@ def _simulate_linear(n_subjects: int, n_visits: int, seed, df: float | None, sd_
     noise = rng.standard_normal(times.shape) if df is None else rng.standard_t(float(df), size=times.shape)
     scale = _LINEAR["sigma"] * np.exp(sd_growth * times / T_MAX)
     complete = {"y": means["y"] + scale * noise}
+    if brownian_sd > 0:  # independent increments between sorted visit times, from W(0) = 0
+        gaps = np.diff(times, axis=1, prepend=0.0)
+        serial = brownian_sd * np.cumsum(np.sqrt(gaps) * rng.standard_normal(times.shape), axis=1)
+        complete["y"] = complete["y"] + serial
     columns = {
         "age": covariates["age"],
         "group": _categorical(covariates["treated"], ("control", "treated")),
     }
     data, truth = _long_frames(times, columns, means, complete, _all_observed(complete))
+    if brownian_sd > 0:
+        truth["y_serial"] = serial.ravel()
     return SimulatedData(
         data=data,
         truth=truth,
