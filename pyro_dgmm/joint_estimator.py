@@ -164,20 +164,25 @@ class JointMixedModel(DeepMixedModel):
                                        activation=o.activation, num_visits=num_visits)
         return model, guide
 
-    def save(self, path) -> None:
-        """Not supported yet for joint models (the save format holds no event records or event submodel).
+    def _init_kwargs(self) -> dict:
+        """The constructor's options for the save file: the DGMM's and the event submodel's."""
+        return {**super()._init_kwargs(), "association": self.association,
+                "association_terms": list(self.association_terms), "baseline_hidden": list(self.baseline_hidden),
+                "quadrature_nodes": self.quadrature_nodes}
 
-        :raises ConfigError: always.
-        """
-        raise ConfigError(f"saving a JointMixedModel ({path!r}) is not supported yet")
+    def _extra_metadata(self) -> dict:
+        """The event columns and cause names, and the scales the model and guide were built with."""
+        spec = self.event_spec_
+        return {"event_spec": {"time_col": spec.time_col, "status_col": spec.status_col,
+                               "causes": None if spec.causes is None else list(spec.causes.items()),
+                               "entry_col": spec.entry_col},
+                "event_rate": self._event_rate, "time_scale": self._time_scale}
 
-    @classmethod
-    def load(cls, path, model_class=None):
-        """Not supported yet for joint models.
-
-        :raises ConfigError: always.
-        """
-        raise ConfigError(f"loading a JointMixedModel ({path!r}) is not supported yet")
+    def _restore_extra(self, extra: dict) -> None:
+        spec = extra["event_spec"]
+        causes = None if spec["causes"] is None else dict(spec["causes"])
+        self.event_spec_ = EventSpec(spec["time_col"], spec["status_col"], causes, spec["entry_col"])
+        self._event_rate, self._time_scale = extra["event_rate"], extra["time_scale"]
 
     def predict(self, history: pd.DataFrame, times, **options):
         """Not for joint models: use :meth:`predict_events`, whose trajectory
