@@ -3,6 +3,7 @@ a direct numerical integral, the trace against the off-trace likelihood, the
 event data checks, fitting through SVI, dynamic prediction, and (slow)
 recovery of the association on simulated data."""
 import math
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -14,6 +15,7 @@ from pyro import poutine
 from scipy.integrate import quad
 
 from pyro_dgmm.data import DataSchema
+from pyro_dgmm.diagnostics import InferenceWarning
 from pyro_dgmm.datasets import load_pbc, load_pbc_events
 from pyro_dgmm.datasets.joint import simulate_joint
 from pyro_dgmm.errors import ConfigError, DataError, SaveFileError
@@ -135,6 +137,17 @@ def test_standard_errors_of_the_event_submodel_come_from_the_marginal_likelihood
     table = est.standard_errors(["event_association", "baseline_log_time"], num_samples=200).summary()
     se = table.loc[["event_association", "baseline_log_time"], "se"].to_numpy()
     assert np.isfinite(se).all() and (se > 0.02).all() and (se < 1.0).all()
+    # the facade's table: every coefficient of event_coefficients, the baseline free beside the association
+    event = est.event_standard_errors(num_samples=200)
+    coefficients = est.event_coefficients()
+    assert event.term.tolist() == list(coefficients.columns) and (event.cause == "event").all()
+    np.testing.assert_allclose(event.estimate, coefficients.iloc[0].to_numpy(), rtol=1e-6)
+    joint = est.standard_errors(list(joint_estimator.EVENT_PARAMETERS), num_samples=200).summary()
+    np.testing.assert_allclose(event.se, joint.loc[["event_association", "event_covariates", "baseline_intercept",
+                                                    "baseline_log_time"], "se"], rtol=1e-6)
+    assert (event.lower < event.estimate).all() and (event.estimate < event.upper).all()
+    alpha = event.set_index("term").loc["alpha", "se"]
+    assert alpha > se[0]  # with the baseline hazard free the association is less certain
 
 
 def events_frame():
@@ -192,6 +205,12 @@ def test_competing_risk_predictions_are_probabilities_that_sum_to_one(monkeypatc
     assert [line.get_label() for line in figure.axes[1].get_lines()][:2] == ["transplant", "death"]
     with pytest.raises(DataError, match="subject 99"):
         plot_event_prediction(prediction, 99, id_col="id", time_col="time")
+    with warnings.catch_warnings():  # a 20-epoch fit is not at a maximum: only the table's layout is checked here
+        warnings.simplefilter("ignore", InferenceWarning)
+        table = est.event_standard_errors(num_samples=50).set_index(["cause", "term"])
+    coefficients = est.event_coefficients().stack()
+    np.testing.assert_allclose(table.estimate.loc[coefficients.index], coefficients, rtol=1e-6)
+    assert len(table) == len(coefficients) == 8
     monkeypatch.setattr(joint_estimator, "PREDICTION_CELLS", 1)  # one subject per chunk: the same numbers
     chunked = est.predict_events(history, landmark=2.0, horizons=[6.0, 3.0, 4.0, 2.5], num_samples=200, seed=0)
     pd.testing.assert_frame_equal(chunked.events, pred)
