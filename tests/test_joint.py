@@ -22,7 +22,7 @@ from pyro_dgmm.errors import ConfigError, DataError, SaveFileError
 from pyro_dgmm.estimator import DeepMixedModel
 from pyro_dgmm.events import with_events
 from pyro_dgmm.joint import JointModel
-from pyro_dgmm import joint_estimator
+from pyro_dgmm import joint, joint_estimator
 from pyro_dgmm.joint_estimator import JointMixedModel
 from pyro_dgmm.likelihood import observed_log_likelihood
 from pyro_dgmm.persistence import saved_facade
@@ -76,6 +76,22 @@ def test_event_log_likelihood_equals_a_direct_numerical_integral(num_causes, ter
         got = model.subject_log_likelihood(b, data)
     assert status.min() == 0 and status.max() > 0 and (entry > 0).any()
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)  # quadrature error only
+
+
+def test_an_absurd_draw_of_b_gives_a_finite_loss_and_gradient_in_float32():
+    """A draw of b far in the tails (as early in a fit) once overflowed exp(log h) in float32: NaN loss.
+    Here the hazard's linear predictor is pushed to about 200 through the intercept."""
+    model, schema, data, *_ = small_joint(terms=("value", "slope"))
+    model, data = model.float(), data.to(dtype=torch.float32)
+    with torch.no_grad():
+        model.baseline_intercept.add_(200.0)
+    b = torch.full((data.num_subjects, 2), 3.0, requires_grad=True)
+    log_likelihood = model.subject_log_likelihood(b, data).sum()
+    log_likelihood.backward()
+    assert torch.isfinite(log_likelihood) and log_likelihood < -1e7  # finite, and still a terrible fit
+    assert torch.isfinite(b.grad).all() and all(torch.isfinite(p.grad).all() for p in model.parameters()
+                                                 if p.grad is not None)
+    assert model.log_hazard(b, data).max() <= joint.MAX_LOG_HAZARD
 
 
 def test_the_trace_has_the_off_trace_log_likelihood():
