@@ -2,6 +2,7 @@
 a direct numerical integral, the trace against the off-trace likelihood, the
 event data checks, fitting through SVI, dynamic prediction, and (slow)
 recovery of the association on simulated data."""
+import dataclasses
 import math
 import warnings
 from dataclasses import replace
@@ -92,6 +93,21 @@ def test_an_absurd_draw_of_b_gives_a_finite_loss_and_gradient_in_float32():
     assert torch.isfinite(b.grad).all() and all(torch.isfinite(p.grad).all() for p in model.parameters()
                                                  if p.grad is not None)
     assert model.log_hazard(b, data).max() <= joint.MAX_LOG_HAZARD
+
+
+def test_joint_data_moves_and_batches_every_tensor():
+    """to(device) and minibatch go through tensor_fields: a tensor of JointData missing there (the quadrature
+    nodes, say) would stay on the CPU in a fit with device='cuda'.  The 'meta' device stands in for a GPU."""
+    _, _, data, *_ = small_joint()
+    tensors = {f.name for f in dataclasses.fields(data) if isinstance(getattr(data, f.name), torch.Tensor)}
+    assert {"node_times", "node_weights", "node_features", "node_slopes", "event_status"} <= tensors
+    assert tensors - {"encoder_mask"} <= set(type(data).tensor_fields)
+    moved = data.to(device="meta")
+    assert all(getattr(moved, name).device.type == "meta" for name in tensors)
+    assert moved.device.type == "meta"
+    batch = data.minibatch(torch.tensor([2, 0]))
+    for name in tensors - {"encoder_mask"}:
+        assert torch.equal(getattr(batch, name), getattr(data, name)[[2, 0]]), name
 
 
 def test_the_trace_has_the_off_trace_log_likelihood():
