@@ -31,28 +31,9 @@ version (a plain folder holding only the files above) is replaced the same
 way; one holding other files is refused before fitting, as is an ``--out``
 that cannot be created.  Remove a run with ``rm -r out .out.run-*``.
 
-Joint models of the outcomes and a time to event
-(:class:`~pyro_dgmm.joint_estimator.JointMixedModel`): ``--events FILE`` (one
-row per subject: the ``--id`` column, ``--event-time``, ``--event-status``,
-optionally ``--entry-time``) with ``--event-causes 1=transplant,2=death``
-for competing risks (several codes with one name: a composite event;
-default: status 1 the event, 0 censored) and ``--association OUTCOME``
-(default the first outcome).  With ``--dataset pbc`` the shipped event
-records are used when ``--events`` is omitted.  ``--out`` then also holds
-``event_coefficients.csv`` (every cause's association, covariate and
-Weibull baseline coefficients with Wald standard errors and 95% intervals,
-:meth:`~pyro_dgmm.joint_estimator.JointMixedModel.event_standard_errors`),
-and ``summary.json`` an ``events`` entry (causes, event counts, the same
-coefficients).  ``predict`` on a joint model's ``model.pt`` takes
-``--landmark T --horizons U ...`` and writes each subject's cumulative
-incidence of every cause by each horizon given survival to T (and the
-event-free probability) with 95% intervals; ``--trajectory FILE`` adds the
-outcomes' predicted means given survival to T::
-
-    python -m pyro_dgmm fit --dataset pbc --event-time futime_years --event-status status \
-        --event-causes 1=transplant,2=death --out outputs/pbc_joint
-    python -m pyro_dgmm predict --model outputs/pbc_joint/model.pt --history history.csv \
-        --landmark 5 --horizons 6 7 8 --out risks.csv
+Joint models of the outcomes and a time to event (``--events FILE
+--event-time COL --event-status COL``; ``predict --landmark T --horizons U ...``):
+:mod:`pyro_dgmm.cli_joint`.
 
 Dynamic predictions from a saved model (writes a tidy CSV, atomically)::
 
@@ -117,10 +98,13 @@ import json
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
+from . import cli_joint
+from .cli_summary import fit_summary, log_likelihood_summary
 from .bases import DEFAULT_TIME_BASIS
 from .covariates import parse_covariate_formula
 from .errors import ConfigError, DataError, DgmmError
@@ -160,17 +144,14 @@ FIT_EXAMPLES = """examples:
       --outcome ascites:bernoulli --covariate age --basis 'spline(4)' --out outputs/mine
   python -m pyro_dgmm fit --dataset pbc --latent-dim 4 --checkpoint pbc.ckpt --out outputs/pbc   # then --resume
   python -m pyro_dgmm fit --dataset pbc --log-likelihood --out outputs/pbc
-  python -m pyro_dgmm fit --csv visits.csv --id patient --time years --outcome log_bili:gaussian \
-      --events events.csv --event-time futime --event-status status --event-causes 1=transplant,2=death \
-      --out outputs/joint"""
+  python -m pyro_dgmm fit --dataset pbc --event-time futime_years --event-status status --out outputs/joint"""
 
 PREDICT_EXAMPLES = """examples:
   python -m pyro_dgmm predict --model outputs/pbc/model.pt --history history.csv --times 1 2 5 \\
       --out predictions.csv
   python -m pyro_dgmm predict --model outputs/pbc/model.pt --history history.csv --times 0.5 1 \\
       --relative --levels 80 95 --out predictions.csv
-  python -m pyro_dgmm predict --model outputs/joint/model.pt --history history.csv --landmark 5 \
-      --horizons 6 7 8 --out risks.csv"""
+  python -m pyro_dgmm predict --model outputs/joint/model.pt --history h.csv --landmark 5 --horizons 6 8 --out r.csv"""
 
 def _shipped(name: str, seed: int):
     """(frame, id, time, outcomes, covariates) of a shipped data set."""
@@ -243,18 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="subject shards (default: number of torchrun processes); see pyro_dgmm.parallel")
     fit.add_argument("--split", choices=("hash", "file"), default="hash",
                      help="--partitioned: subjects to processes by id hash, or part files to processes")
-    fit.add_argument("--events", type=Path, metavar="FILE",
-                     help="CSV of event records, one row per subject (the --id column, --event-time, --event-status): "
-                          "fits a joint model of the outcomes and the time to event (with --dataset pbc: the "
-                          "shipped records if omitted)")
-    fit.add_argument("--event-time", metavar="COL", help="events column of follow-up times (event or censoring)")
-    fit.add_argument("--event-status", metavar="COL", help="events column of status codes: 0 censored, else the event")
-    fit.add_argument("--event-causes", type=_event_causes, metavar="CODE=NAME,...",
-                     help="status codes and their causes, e.g. 1=transplant,2=death (competing risks) or "
-                          "1=event,2=event (composite); default: 1 is the event")
-    fit.add_argument("--entry-time", metavar="COL", help="events column of left-truncation (entry) times")
-    fit.add_argument("--association", metavar="OUTCOME",
-                     help="the outcome whose current value enters the hazard (default: the first outcome)")
+    cli_joint.add_fit_arguments(fit)
     fit.add_argument("--out", type=Path, required=True, help="output folder (created if needed)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.add_argument("--checkpoint", type=Path, metavar="PATH",
@@ -275,15 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--history", type=Path, required=True,
                       help="CSV with the training columns: each subject's visits so far (outcomes may be empty)")
     _add_csv_options(pred)
-    pred.add_argument("--times", nargs="+",
-                      help="times to predict at: numbers, or dates (e.g. 2024-05-01) for a model fitted on dates; "
-                           "for a joint model the times of --trajectory (default: 0 to the last horizon)")
-    pred.add_argument("--landmark", type=float, metavar="T",
-                      help="joint models: the landmark time; every --history visit is at or before it")
-    pred.add_argument("--horizons", type=float, nargs="+", metavar="U",
-                      help="joint models: times after --landmark for the event probabilities")
-    pred.add_argument("--trajectory", type=Path, metavar="FILE",
-                      help="joint models: also write the outcomes' predicted means given survival to --landmark")
+    pred.add_argument("--times", nargs="+", help="times to predict at: numbers, or dates (e.g. 2024-05-01) for a "
+                      "model fitted on dates; for a joint model those of --trajectory")
+    cli_joint.add_predict_arguments(pred)
     pred.add_argument("--relative", action="store_true", help="times are offsets from each subject's last visit")
     pred.add_argument("--levels", type=float, nargs="+", default=[0.95],
                       help="interval levels, as fractions or percents: 0.95 or 95 (default 0.95); several "
@@ -446,59 +410,6 @@ def _latent_dim(text: str) -> int | str:
     return value
 
 
-def _event_causes(text: str) -> dict:
-    """--event-causes: ``CODE=NAME`` pairs separated by commas, codes nonzero numbers.
-
-    >>> _event_causes("1=transplant,2=death")
-    {1: 'transplant', 2: 'death'}
-    """
-    causes = {}
-    for item in text.split(","):
-        code, sep, name = (part.strip() for part in item.partition("="))
-        try:
-            number = float(code)
-        except ValueError:
-            number = float("nan")
-        if not sep or not name or not number == number or number == 0:
-            raise argparse.ArgumentTypeError(f"expects CODE=NAME pairs separated by commas with nonzero numeric "
-                                             f"codes (0 is censored), e.g. 1=transplant,2=death; got '{item}'")
-        causes[int(number) if number.is_integer() else number] = name
-    return causes
-
-
-EVENT_FLAGS = ("--events", "--event-time", "--event-status", "--event-causes", "--entry-time", "--association")
-
-
-def _event_options(args: argparse.Namespace, id_col: str, outcomes: dict) -> dict | None:
-    """The joint model's fit arguments from the event flags (None when none is
-    given): the events frame (``--events``, or the shipped PBC records) and
-    its columns, each named flag checked."""
-    given = [flag for flag in EVENT_FLAGS if getattr(args, flag[2:].replace("-", "_")) is not None]
-    if not given:
-        return None
-    if args.event_time is None or args.event_status is None:
-        raise ConfigError(f"{given[0]} fits a joint model, which needs --event-time COL and --event-status COL "
-                          "(columns of the --events file)")
-    if args.partitioned:
-        raise ConfigError("--events cannot be used with --partitioned yet: give the visits as --csv")
-    if args.association is not None and args.association not in outcomes:
-        raise ConfigError(f"--association '{args.association}' is not an outcome (outcomes: {list(outcomes)})")
-    if args.events is not None:
-        events = read_csv(args.events, "--events", sep=args.sep, encoding=args.encoding)
-        source = args.events
-    elif args.dataset == "pbc":
-        from .datasets import load_pbc_events
-
-        events, source = load_pbc_events(), "the shipped PBC event records (load_pbc_events)"
-    else:
-        raise ConfigError(f"{given[0]} needs --events FILE, the event records (one row per subject)")
-    check_columns(events, source, {"--id": [id_col], "--event-time": [args.event_time],
-                                   "--event-status": [args.event_status],
-                                   "--entry-time": [args.entry_time] if args.entry_time else []})
-    return {"events": events, "event_time": args.event_time, "event_status": args.event_status,
-            "event_causes": args.event_causes, "entry_time": args.entry_time}
-
-
 def run_predict(args: argparse.Namespace) -> dict | None:
     """Load a saved model, predict, write the tidy table; under ``torchrun``
     every process predicts its shards' subjects and rank 0 alone writes
@@ -515,14 +426,9 @@ def run_predict(args: argparse.Namespace) -> dict | None:
     check_output_file(args.out)
     levels = interval_levels(args.levels)
     joint = saved_facade(args.model) == "JointMixedModel"
+    cli_joint.check_predict_flags(args, joint)
     if joint:
-        return _predict_events(args, levels)
-    unused = [flag for flag in ("--landmark", "--horizons", "--trajectory")
-              if getattr(args, flag[2:]) is not None]
-    if unused:
-        raise ConfigError(f"{unused[0]} is for joint models; {args.model} holds a model without events")
-    if args.times is None:
-        raise ConfigError("predict needs --times (the times to predict at)")
+        return cli_joint.predict_events(args, levels)
     history = read_csv(args.history, "--history", sep=args.sep, encoding=args.encoding)
     model = DeepMixedModel.load(args.model)
     check_columns(history, args.history, {"model's id column": [model.id_col], "model's time column": [model.time_col]})
@@ -538,41 +444,6 @@ def run_predict(args: argparse.Namespace) -> dict | None:
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, index=False, float_format=CSV_FLOAT_FORMAT)
     return {"subjects": int(table[model.id_col].nunique()), "rows": len(table), "file": str(args.out),
-            "predict_seconds": round(seconds, 3)}
-
-
-def _predict_events(args: argparse.Namespace, levels: list[float]) -> dict:
-    """``predict`` for a joint model: event probabilities at ``--horizons``
-    given survival to ``--landmark`` (and ``--trajectory``), written atomically."""
-    import time
-
-    from .joint_estimator import JointMixedModel
-
-    if args.landmark is None or args.horizons is None:
-        raise ConfigError(f"{args.model} holds a joint model: predict needs --landmark T and --horizons U ... "
-                          "(times after T)")
-    if args.relative or levels != [0.95]:
-        raise ConfigError(f"{'--relative' if args.relative else '--levels'} is not available for a joint model's "
-                          "event predictions (horizons are times on the model's clock; intervals are 95%)")
-    if args.trajectory is not None:
-        check_output_file(args.trajectory, "--trajectory")
-    history = read_csv(args.history, "--history", sep=args.sep, encoding=args.encoding)
-    model = JointMixedModel.load(args.model)
-    check_columns(history, args.history, {"model's id column": [model.id_col], "model's time column": [model.time_col]})
-    times = None if args.times is None else _prediction_times(args.times, history[model.time_col], False)
-    start = time.perf_counter()
-    prediction = model.predict_events(history, args.landmark, args.horizons, times=times,
-                                      num_samples=args.num_samples)
-    seconds = time.perf_counter() - start
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out) as tmp:
-        prediction.events.to_csv(tmp, index=False, float_format=CSV_FLOAT_FORMAT)
-    if args.trajectory is not None:
-        args.trajectory.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(args.trajectory) as tmp:
-            prediction.trajectory.to_csv(tmp, index=False, float_format=CSV_FLOAT_FORMAT)
-    return {"subjects": int(prediction.events[model.id_col].nunique()), "rows": len(prediction.events),
-            "file": str(args.out), "trajectory": None if args.trajectory is None else str(args.trajectory),
             "predict_seconds": round(seconds, 3)}
 
 
@@ -615,15 +486,10 @@ def run_fit(args: argparse.Namespace) -> dict | None:
             check_columns(df, args.csv, {"--id": [id_col], "--time": [time_col], "--outcome": list(outcomes),
                                          **columns})
         df = parse_time_column(df, time_col, args.csv or args.partitioned)
-    events = _event_options(args, id_col, outcomes)
-    facade, joint_options = DeepMixedModel, {}
-    if events is not None:
-        from .joint_estimator import JointMixedModel
-
-        facade, joint_options = JointMixedModel, {"association": args.association}
-    model = facade(id_col=id_col, time_col=time_col, outcomes=outcomes, covariates=covariates,
-                   time_basis=args.basis, latent_dim=args.latent_dim, time_unit=args.time_unit,
-                   model_options={"dispersion_model": args.dispersion_model}, **joint_options)
+    events = cli_joint.event_options(args, id_col, outcomes)
+    model = (DeepMixedModel if events is None else partial(cli_joint.joint_model, args.association))(
+        id_col=id_col, time_col=time_col, outcomes=outcomes, covariates=covariates, time_basis=args.basis,
+        latent_dim=args.latent_dim, time_unit=args.time_unit, model_options={"dispersion_model": args.dispersion_model})
     overrides = {"seed": args.seed, "progress": not args.quiet, "num_shards": args.num_shards,
                  "device": None if args.device == "auto" else args.device}
     if args.max_epochs is not None:
@@ -640,16 +506,13 @@ def run_fit(args: argparse.Namespace) -> dict | None:
     if args.partitioned:  # each process holds its own subjects
         rows, subjects = all_reduce_sum(torch.tensor([rows, subjects], dtype=torch.int64)).tolist()
     log.info("fitting %d rows, %d subjects, outcomes %s", rows, subjects, list(outcomes))
-    if events is None:
-        model.fit(df, preset=args.preset, distributed_input=bool(args.partitioned), **overrides)
-    else:
-        model.fit(df, preset=args.preset, **events, **overrides)
+    model.fit(df, preset=args.preset, **(events or {"distributed_input": bool(args.partitioned)}), **overrides)
     if model.result_.interrupted:  # Ctrl-C: no outputs from a fit that did not finish
         raise KeyboardInterrupt(f"fit stopped in epoch {model.result_.epochs_run}; "
                                 + (f"checkpoint at {args.checkpoint} (rerun with --resume to continue)"
                                    if args.checkpoint else "no checkpoint (use --checkpoint PATH to be able to resume)"))
     fitted = model.fitted_values()  # sharded over processes, gathered everywhere
-    likelihood = _log_likelihood(model, args) if args.log_likelihood else None
+    likelihood = log_likelihood_summary(model, args) if args.log_likelihood else None
     coefficients = None if events is None else model.event_standard_errors(seed=args.seed)
     if not is_main_process():
         return None
@@ -659,84 +522,13 @@ def run_fit(args: argparse.Namespace) -> dict | None:
                       families=model.schema_.families).savefig(
             out / "subjects.png", dpi=110)
         plot_loss(model.result_).savefig(out / "loss.png", dpi=110)
-        if coefficients is not None:
-            coefficients.to_csv(out / "event_coefficients.csv", index=False, float_format=CSV_FLOAT_FORMAT)
         model.save(out / "model.pt")
-        summary = _summary(model, rows, subjects, outcomes, files=sorted(p.name for p in out.iterdir()),
+        summary = fit_summary(model, rows, subjects, outcomes, files=sorted(p.name for p in out.iterdir()),
                            log_likelihood=likelihood)
         if coefficients is not None:
-            summary["events"] = _event_summary(model, coefficients)
+            cli_joint.write_outputs(model, out, summary, coefficients)
         write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
-
-
-def _event_summary(model, coefficients: pd.DataFrame) -> dict:
-    """summary.json's ``events``: the joint model's causes, how many subjects
-    had each (and were censored), and the event coefficients with their SEs."""
-    status = model.data_.event_status.cpu().numpy()
-    return {"causes": model.causes, "event_time": model.event_spec_.time_col,
-            "event_status": model.event_spec_.status_col,
-            "association": model.association or list(model.outcomes)[0],
-            "association_terms": list(model.association_terms),
-            "censored": int((status == 0).sum()),
-            "events": {cause: int((status == k + 1).sum()) for k, cause in enumerate(model.causes)},
-            "coefficients": coefficients.to_dict(orient="records")}
-
-
-def _log_likelihood(model, args: argparse.Namespace) -> dict:
-    """The importance-sampling estimate of the marginal log-likelihood of the
-    training data at the fitted parameters
-    (:func:`~pyro_dgmm.marginal.marginal_log_likelihood`, adaptive proposal),
-    with its Monte Carlo SD and the Pareto k-hat diagnostics."""
-    from .marginal import marginal_log_likelihood
-
-    estimate = marginal_log_likelihood(model.model_, model.guide_, model._encoder_view(model.data_),
-                                       args.log_likelihood_samples, seed=args.seed,
-                                       num_shards=args.num_shards, distributed_input=bool(args.partitioned))
-    k_hat = [float(k) for k in estimate.pareto_k]
-    return {"total": float(estimate.total), "mc_sd": float(estimate.total_mc_sd),
-            "num_samples": int(estimate.num_samples), "max_pareto_k": max(k_hat),
-            "subjects_pareto_k_above_0.7": sum(k > 0.7 for k in k_hat)}
-
-
-def _summary(model, rows: int, subjects: int, outcomes: dict, files: list[str], log_likelihood: dict | None = None) -> dict:
-    """What ``summary.json`` holds (module docstring)."""
-    result = model.result_
-    # held-out negative ELBO per subject at the kept epoch; before one is kept (a fit stopped during
-    # annealing), the last one measured; None without held-out subjects
-    losses = dict(result.validation_loss)
-    held_out_epoch = result.best_epoch if result.best_epoch in losses else max(losses, default=None)
-    summary = {
-        "rows": int(rows), "subjects": int(subjects), "outcomes": outcomes,
-        "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "annealed_at_epoch": result.annealed_at,
-        "stop_reason": result.stop_reason, "converged": result.converged,
-        "latent_dim": model.latent_dim_, "active_directions": result.active_directions,
-        "latent_activity": [round(v, 4) for v in result.latent_activity],
-        "refinement": result.refinement,
-        "fit_seconds": round(result.seconds, 2),
-        "convergence": {
-            "converged": result.converged, "stop_reason": result.stop_reason, "epochs_run": result.epochs_run,
-            "best_epoch": result.best_epoch, "max_epochs": result.config.get("max_epochs"),
-            "final_train_loss": float(result.train_loss[-1]) if result.train_loss else None,
-            "held_out_loss": None if held_out_epoch is None else float(losses[held_out_epoch]),
-            "held_out_loss_epoch": held_out_epoch,
-        },
-        "log_likelihood": log_likelihood,
-        "dispersion": {name: _dispersion_summary(model.model_, name)
-                       for name in outcomes if model.model_.dispersion_coefficients(name) is not None},
-        "shape": {name: {key: float(value.detach()) for key, value in model.model_.shape_parameters(name).items()}
-                  for name in outcomes if model.model_.shape_parameters(name)},
-        "files": files,
-    }
-    return summary
-
-
-def _dispersion_summary(model, name: str):
-    """A constant dispersion's value, or the log-linear coefficients (a, slopes) of a linear one."""
-    coefficients = model.dispersion_coefficients(name).detach()
-    if coefficients.numel() == 1:
-        return float(coefficients.exp())
-    return {"log_coefficients": [round(float(v), 6) for v in coefficients]}
 
 
 def main(argv: list[str] | None = None) -> int:

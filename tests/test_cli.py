@@ -176,13 +176,13 @@ def test_covariate_formula(tmp_path, capsys):
 
 def test_summary_held_out_loss_is_the_kept_epochs(cli_fit):
     """With a kept epoch, the held-out loss is that epoch's, not the last one's."""
-    from pyro_dgmm.cli import _summary
+    from pyro_dgmm.cli_summary import fit_summary
 
     folder, _, _ = cli_fit
     model = DeepMixedModel.load(folder / "o" / "model.pt")
     model.result_.validation_loss = [(4, 30.0), (5, 25.0), (6, 27.0)]
     model.result_.best_epoch = 5
-    convergence = _summary(model, 1, 1, {"g": "gaussian"}, files=[])["convergence"]
+    convergence = fit_summary(model, 1, 1, {"g": "gaussian"}, files=[])["convergence"]
     assert convergence["held_out_loss"] == 25.0 and convergence["held_out_loss_epoch"] == 5
 
 
