@@ -85,7 +85,9 @@ class SaveLoadMethods:
 
         :raises SaveFileError: the file is missing, damaged, not a pyro_dgmm
             save file, names a class that is not allowed, or its weights do
-            not fit the model class; the message names the file.
+            not fit the model class, or it was written by another facade
+            that keeps state of its own (a ``JointMixedModel`` file read
+            with ``DeepMixedModel.load``); the message names the file.
         """
         saved = storage.read(path)
         meta = saved.metadata
