@@ -134,7 +134,7 @@ EXAMPLES = """examples:
 
 SHIPPED = ("pbc", "linear", "nonlinear", "dropout", "app")
 #: What ``fit`` writes into ``--out`` (an older plain ``--out`` folder holding only these is replaced).
-FIT_OUTPUTS = ("fitted.csv", "subjects.png", "loss.png", "model.pt", "summary.json", "event_coefficients.csv")
+FIT_OUTPUTS = ("fitted.csv", "subjects.png", "loss.png", "model.pt", "summary.json")
 
 
 FIT_EXAMPLES = """examples:
