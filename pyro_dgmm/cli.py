@@ -98,7 +98,6 @@ import json
 import logging
 import os
 import sys
-from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -487,9 +486,10 @@ def run_fit(args: argparse.Namespace) -> dict | None:
                                          **columns})
         df = parse_time_column(df, time_col, args.csv or args.partitioned)
     events = cli_joint.event_options(args, id_col, outcomes)
-    model = (DeepMixedModel if events is None else partial(cli_joint.joint_model, args.association))(
-        id_col=id_col, time_col=time_col, outcomes=outcomes, covariates=covariates, time_basis=args.basis,
-        latent_dim=args.latent_dim, time_unit=args.time_unit, model_options={"dispersion_model": args.dispersion_model})
+    facade = DeepMixedModel if events is None else cli_joint.joint_facade(args.association)
+    model = facade(id_col=id_col, time_col=time_col, outcomes=outcomes, covariates=covariates,
+                   time_basis=args.basis, latent_dim=args.latent_dim, time_unit=args.time_unit,
+                   model_options={"dispersion_model": args.dispersion_model})
     overrides = {"seed": args.seed, "progress": not args.quiet, "num_shards": args.num_shards,
                  "device": None if args.device == "auto" else args.device}
     if args.max_epochs is not None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -135,11 +136,12 @@ def event_options(args: argparse.Namespace, id_col: str, outcomes: dict) -> dict
             "event_causes": args.event_causes, "entry_time": args.entry_time}
 
 
-def joint_model(association: str | None, **options):
-    """The facade of a joint fit, built with ``fit``'s options."""
+def joint_facade(association: str | None):
+    """The class ``fit`` builds for a joint model: :class:`~pyro_dgmm.joint_estimator.JointMixedModel`
+    with ``--association`` bound."""
     from .joint_estimator import JointMixedModel
 
-    return JointMixedModel(association=association, **options)
+    return partial(JointMixedModel, association=association)
 
 
 def write_outputs(model, out, summary: dict, coefficients: pd.DataFrame) -> None:
