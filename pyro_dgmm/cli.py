@@ -31,6 +31,10 @@ version (a plain folder holding only the files above) is replaced the same
 way; one holding other files is refused before fitting, as is an ``--out``
 that cannot be created.  Remove a run with ``rm -r out .out.run-*``.
 
+Joint models of the outcomes and a time to event (``--events FILE
+--event-time COL --event-status COL``; ``predict --landmark T --horizons U ...``):
+:mod:`pyro_dgmm.cli_joint`.
+
 Dynamic predictions from a saved model (writes a tidy CSV, atomically)::
 
     python -m pyro_dgmm predict --model outputs/pbc/model.pt --history history.csv \\
@@ -98,6 +102,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import cli_joint
+from .cli_summary import fit_summary, log_likelihood_summary
 from .bases import DEFAULT_TIME_BASIS
 from .covariates import parse_covariate_formula
 from .errors import ConfigError, DataError, DgmmError
@@ -106,6 +112,7 @@ from .fit import PRESETS
 from .guide import ENCODERS
 from .model import DISPERSION_MODELS
 from .options import suggestion
+from .persistence import saved_facade
 from .times import TIME_UNITS
 
 log = logging.getLogger("pyro_dgmm")
@@ -136,13 +143,15 @@ FIT_EXAMPLES = """examples:
   python -m pyro_dgmm fit --csv visits.csv --id patient --time years --outcome albumin:gaussian \\
       --outcome ascites:bernoulli --covariate age --basis 'spline(4)' --out outputs/mine
   python -m pyro_dgmm fit --dataset pbc --latent-dim 4 --checkpoint pbc.ckpt --out outputs/pbc   # then --resume
-  python -m pyro_dgmm fit --dataset pbc --log-likelihood --out outputs/pbc"""
+  python -m pyro_dgmm fit --dataset pbc --log-likelihood --out outputs/pbc
+  python -m pyro_dgmm fit --dataset pbc --event-time futime_years --event-status status --out outputs/joint"""
 
 PREDICT_EXAMPLES = """examples:
   python -m pyro_dgmm predict --model outputs/pbc/model.pt --history history.csv --times 1 2 5 \\
       --out predictions.csv
   python -m pyro_dgmm predict --model outputs/pbc/model.pt --history history.csv --times 0.5 1 \\
-      --relative --levels 80 95 --out predictions.csv"""
+      --relative --levels 80 95 --out predictions.csv
+  python -m pyro_dgmm predict --model outputs/joint/model.pt --history h.csv --landmark 5 --horizons 6 8 --out r.csv"""
 
 def _shipped(name: str, seed: int):
     """(frame, id, time, outcomes, covariates) of a shipped data set."""
@@ -220,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="subject shards (default: number of torchrun processes); see pyro_dgmm.parallel")
     fit.add_argument("--split", choices=("hash", "file"), default="hash",
                      help="--partitioned: subjects to processes by id hash, or part files to processes")
+    cli_joint.add_fit_arguments(fit)
     fit.add_argument("--out", type=Path, required=True, help="output folder (created if needed)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.add_argument("--checkpoint", type=Path, metavar="PATH",
@@ -240,8 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--history", type=Path, required=True,
                       help="CSV with the training columns: each subject's visits so far (outcomes may be empty)")
     _add_csv_options(pred)
-    pred.add_argument("--times", nargs="+", required=True,
-                      help="times to predict at: numbers, or dates (e.g. 2024-05-01) for a model fitted on dates")
+    pred.add_argument("--times", nargs="+", help="times to predict at: numbers, or dates (e.g. 2024-05-01) for a "
+                      "model fitted on dates; for a joint model those of --trajectory")
+    cli_joint.add_predict_arguments(pred)
     pred.add_argument("--relative", action="store_true", help="times are offsets from each subject's last visit")
     pred.add_argument("--levels", type=float, nargs="+", default=[0.95],
                       help="interval levels, as fractions or percents: 0.95 or 95 (default 0.95); several "
@@ -419,6 +430,10 @@ def run_predict(args: argparse.Namespace) -> dict | None:
                           else f"--model {args.model} is a folder, not a saved model")
     check_output_file(args.out)
     levels = interval_levels(args.levels)
+    joint = saved_facade(args.model) == "JointMixedModel"
+    cli_joint.check_predict_flags(args, joint)
+    if joint:
+        return cli_joint.predict_events(args, levels)
     history = read_csv(args.history, "--history", sep=args.sep, encoding=args.encoding)
     model = DeepMixedModel.load(args.model)
     check_columns(history, args.history, {"model's id column": [model.id_col], "model's time column": [model.time_col]})
@@ -476,9 +491,11 @@ def run_fit(args: argparse.Namespace) -> dict | None:
             check_columns(df, args.csv, {"--id": [id_col], "--time": [time_col], "--outcome": list(outcomes),
                                          **columns})
         df = parse_time_column(df, time_col, args.csv or args.partitioned)
-    model = DeepMixedModel(id_col=id_col, time_col=time_col, outcomes=outcomes, covariates=covariates,
-                           time_basis=args.basis, latent_dim=args.latent_dim, time_unit=args.time_unit,
-                           encoder=args.encoder, model_options={"dispersion_model": args.dispersion_model})
+    events = cli_joint.event_options(args, id_col, outcomes)
+    facade = DeepMixedModel if events is None else cli_joint.joint_facade(args.association)
+    model = facade(id_col=id_col, time_col=time_col, outcomes=outcomes, covariates=covariates,
+                   time_basis=args.basis, latent_dim=args.latent_dim, time_unit=args.time_unit,
+                   encoder=args.encoder, model_options={"dispersion_model": args.dispersion_model})
     overrides = {"seed": args.seed, "progress": not args.quiet, "num_shards": args.num_shards,
                  "device": None if args.device == "auto" else args.device}
     if args.max_epochs is not None:
@@ -494,13 +511,14 @@ def run_fit(args: argparse.Namespace) -> dict | None:
     if args.partitioned:  # each process holds its own subjects
         rows, subjects = all_reduce_sum(torch.tensor([rows, subjects], dtype=torch.int64)).tolist()
     log.info("fitting %d rows, %d subjects, outcomes %s", rows, subjects, list(outcomes))
-    model.fit(df, preset=args.preset, distributed_input=bool(args.partitioned), **overrides)
+    model.fit(df, preset=args.preset, **(events or {"distributed_input": bool(args.partitioned)}), **overrides)
     if model.result_.interrupted:  # Ctrl-C: no outputs from a fit that did not finish
         raise KeyboardInterrupt(f"fit stopped in epoch {model.result_.epochs_run}; "
                                 + (f"checkpoint at {args.checkpoint} (rerun with --resume to continue)"
                                    if args.checkpoint else "no checkpoint (use --checkpoint PATH to be able to resume)"))
     fitted = model.fitted_values()  # sharded over processes, gathered everywhere
-    likelihood = _log_likelihood(model, args) if args.log_likelihood else None
+    likelihood = log_likelihood_summary(model, args) if args.log_likelihood else None
+    coefficients = None if events is None else model.event_standard_errors(seed=args.seed)
     if not is_main_process():
         return None
     with atomic_folder(args.out, FIT_OUTPUTS) as out:
@@ -510,66 +528,12 @@ def run_fit(args: argparse.Namespace) -> dict | None:
             out / "subjects.png", dpi=110)
         plot_loss(model.result_).savefig(out / "loss.png", dpi=110)
         model.save(out / "model.pt")
-        summary = _summary(model, rows, subjects, outcomes, files=sorted(p.name for p in out.iterdir()),
+        summary = fit_summary(model, rows, subjects, outcomes, files=sorted(p.name for p in out.iterdir()),
                            log_likelihood=likelihood)
+        if coefficients is not None:
+            cli_joint.write_outputs(model, out, summary, coefficients)
         write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
-
-
-def _log_likelihood(model, args: argparse.Namespace) -> dict:
-    """The importance-sampling estimate of the marginal log-likelihood of the
-    training data at the fitted parameters
-    (:func:`~pyro_dgmm.marginal.marginal_log_likelihood`, adaptive proposal),
-    with its Monte Carlo SD and the Pareto k-hat diagnostics."""
-    from .marginal import marginal_log_likelihood
-
-    estimate = marginal_log_likelihood(model.model_, model.guide_, model._encoder_view(model.data_),
-                                       args.log_likelihood_samples, seed=args.seed,
-                                       num_shards=args.num_shards, distributed_input=bool(args.partitioned))
-    k_hat = [float(k) for k in estimate.pareto_k]
-    return {"total": float(estimate.total), "mc_sd": float(estimate.total_mc_sd),
-            "num_samples": int(estimate.num_samples), "max_pareto_k": max(k_hat),
-            "subjects_pareto_k_above_0.7": sum(k > 0.7 for k in k_hat)}
-
-
-def _summary(model, rows: int, subjects: int, outcomes: dict, files: list[str], log_likelihood: dict | None = None) -> dict:
-    """What ``summary.json`` holds (module docstring)."""
-    result = model.result_
-    # held-out negative ELBO per subject at the kept epoch; before one is kept (a fit stopped during
-    # annealing), the last one measured; None without held-out subjects
-    losses = dict(result.validation_loss)
-    held_out_epoch = result.best_epoch if result.best_epoch in losses else max(losses, default=None)
-    summary = {
-        "rows": int(rows), "subjects": int(subjects), "outcomes": outcomes,
-        "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "annealed_at_epoch": result.annealed_at,
-        "stop_reason": result.stop_reason, "converged": result.converged,
-        "latent_dim": model.latent_dim_, "active_directions": result.active_directions,
-        "latent_activity": [round(v, 4) for v in result.latent_activity],
-        "refinement": result.refinement,
-        "fit_seconds": round(result.seconds, 2),
-        "convergence": {
-            "converged": result.converged, "stop_reason": result.stop_reason, "epochs_run": result.epochs_run,
-            "best_epoch": result.best_epoch, "max_epochs": result.config.get("max_epochs"),
-            "final_train_loss": float(result.train_loss[-1]) if result.train_loss else None,
-            "held_out_loss": None if held_out_epoch is None else float(losses[held_out_epoch]),
-            "held_out_loss_epoch": held_out_epoch,
-        },
-        "log_likelihood": log_likelihood,
-        "dispersion": {name: _dispersion_summary(model.model_, name)
-                       for name in outcomes if model.model_.dispersion_coefficients(name) is not None},
-        "shape": {name: {key: float(value.detach()) for key, value in model.model_.shape_parameters(name).items()}
-                  for name in outcomes if model.model_.shape_parameters(name)},
-        "files": files,
-    }
-    return summary
-
-
-def _dispersion_summary(model, name: str):
-    """A constant dispersion's value, or the log-linear coefficients (a, slopes) of a linear one."""
-    coefficients = model.dispersion_coefficients(name).detach()
-    if coefficients.numel() == 1:
-        return float(coefficients.exp())
-    return {"log_coefficients": [round(float(v), 6) for v in coefficients]}
 
 
 def main(argv: list[str] | None = None) -> int:

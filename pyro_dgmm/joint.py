@@ -8,7 +8,8 @@ Cause-specific hazards (one cause: :math:`C = 1`)
     h_{ic}(t) = \exp\big\{\beta_{0c} + \beta_{1c} \log t + m_c(\log t)
                 + \gamma_c^\top x_i + \alpha_c\, \eta_{ia}(t)\big\}
 
-with a Weibull baseline (:math:`\beta_{1c} = \rho_c - 1`), an optional
+(smoothly bounded above by :data:`MAX_LOG_HAZARD`, which only matters for
+absurd draws of b) with a Weibull baseline (:math:`\beta_{1c} = \rho_c - 1`), an optional
 network :math:`m_c` of log time (``baseline_hidden``; its last layer starts
 at zero), the encoded baseline covariates :math:`x_i` of the longitudinal
 model (standardised, so :math:`\gamma` is per standard deviation), and the
@@ -83,6 +84,13 @@ from .nn import MLP, _zero_last_layer
 ASSOCIATION_TERMS = ("value", "slope", "area")
 #: Step (feature units) of the central difference of :meth:`JointModel._slope`.
 SLOPE_STEP = 1e-3
+#: Smooth upper bound M of every log hazard: :math:`\log h = M - \operatorname{softplus}(M - \ell)` for the
+#: linear predictor :math:`\ell` of the hazard.  A draw of b far in the tails (early in a fit, when KL
+#: annealing barely holds b near the prior) can make :math:`\ell` large enough that :math:`\exp` overflows
+#: float32 and the loss turns NaN; the bound keeps it finite, with its gradient, and changes
+#: :math:`\log h` by :math:`\log(1 + e^{\ell - M}) < 5 \cdot 10^{-5}` wherever :math:`\ell \le 10`
+#: (a hazard of 22,000 events per unit of time).
+MAX_LOG_HAZARD = 20.0
 
 
 def check_association(association, outcomes: Sequence[str]) -> tuple[str, ...]:
@@ -221,7 +229,7 @@ class JointModel(DGMM):
         log_hazard = baseline + linear + terms @ self.event_association.T
         if self.association_net is not None:
             log_hazard = log_hazard + self.association_net(current)
-        return log_hazard
+        return MAX_LOG_HAZARD - torch.nn.functional.softplus(MAX_LOG_HAZARD - log_hazard)
 
     def _slope(self, b: torch.Tensor, view: JointData, slopes: torch.Tensor) -> torch.Tensor:
         r""":math:`d\eta_{ia}(t)/dt` at the node times of ``view``, every associated

@@ -54,6 +54,10 @@ from .parallel import hold_out
 from .posterior import sample_posterior
 
 
+#: The event submodel's linear coefficients (parameter names of :class:`~pyro_dgmm.joint.JointModel`)
+#: that :meth:`JointMixedModel.event_standard_errors` gives Wald inference for.
+EVENT_PARAMETERS = ("event_association", "event_covariates", "baseline_intercept", "baseline_log_time")
+
 #: Draws x subjects x quadrature cells of the incidence per chunk of subjects
 #: (about 100 MB of hazards at 15 nodes and one outcome).
 PREDICTION_CELLS = 2 ** 23
@@ -195,20 +199,27 @@ class JointMixedModel(DeepMixedModel):
         """Gauss-Legendre nodes of the area integral: as many as of the cumulative hazard, 0 without an area term."""
         return self.quadrature_nodes if "area" in self.association_terms else 0
 
-    def save(self, path) -> None:
-        """Not supported yet for joint models (the save format holds no event records or event submodel).
+    def _init_kwargs(self) -> dict:
+        """The constructor's options for the save file: the DGMM's and the event submodel's."""
+        return {**super()._init_kwargs(),
+                "association": None if self.association is None else list(self.association),
+                "association_terms": list(self.association_terms), "baseline_hidden": list(self.baseline_hidden),
+                "association_hidden": list(self.association_hidden),
+                "quadrature_nodes": self.quadrature_nodes}
 
-        :raises ConfigError: always.
-        """
-        raise ConfigError(f"saving a JointMixedModel ({path!r}) is not supported yet")
+    def _extra_metadata(self) -> dict:
+        """The event columns and cause names, and the scales the model and guide were built with."""
+        spec = self.event_spec_
+        return {"event_spec": {"time_col": spec.time_col, "status_col": spec.status_col,
+                               "causes": None if spec.causes is None else list(spec.causes.items()),
+                               "entry_col": spec.entry_col},
+                "event_rate": self._event_rate, "time_scale": self._time_scale}
 
-    @classmethod
-    def load(cls, path, model_class=None):
-        """Not supported yet for joint models.
-
-        :raises ConfigError: always.
-        """
-        raise ConfigError(f"loading a JointMixedModel ({path!r}) is not supported yet")
+    def _restore_extra(self, extra: dict) -> None:
+        spec = extra["event_spec"]
+        causes = None if spec["causes"] is None else dict(spec["causes"])
+        self.event_spec_ = EventSpec(spec["time_col"], spec["status_col"], causes, spec["entry_col"])
+        self._event_rate, self._time_scale = extra["event_rate"], extra["time_scale"]
 
     def predict(self, history: pd.DataFrame, times, **options):
         """Not for joint models: use :meth:`predict_events`, whose trajectory
@@ -249,6 +260,33 @@ class JointMixedModel(DeepMixedModel):
             table[f"gamma[{column}]"] = c["gamma"][:, j]
         table["log_scale"], table["log_time"] = c["log_scale"], c["log_time"]
         return table
+
+    def event_standard_errors(self, *, level: float = 0.95, num_samples: int = 500, seed: int = 0) -> pd.DataFrame:
+        """Wald inference for the event submodel's coefficients: one row per
+        cause and term of :meth:`event_coefficients` (``cause``, ``term``,
+        ``estimate``, ``se``, ``z``, ``p_value``, ``lower``, ``upper``).
+
+        From :meth:`standard_errors` over the association, covariate and
+        Weibull baseline coefficients (:data:`EVENT_PARAMETERS`) jointly,
+        with the outcomes' dispersions: the baseline hazard is free, as it
+        should be for the association's SE (held fixed, that SE is too small);
+        networks (a ``baseline_hidden`` one, the longitudinal ones) are held
+        at their estimates.
+        """
+        self._check_fitted()
+        names = [name for name in EVENT_PARAMETERS if getattr(self.model_, name).numel()]
+        errors = self.standard_errors(names, level=level, num_samples=num_samples, seed=seed)
+        summary = errors.summary()
+        labels = {"event_association": [{"value": "alpha", "slope": "alpha_slope"}[t] for t in self.association_terms],
+                  "event_covariates": [f"gamma[{c}]" for c in self.schema_.covariate_encoder.columns],
+                  "baseline_intercept": ["log_scale"], "baseline_log_time": ["log_time"]}
+        rows = {}  # (cause, term) -> row; a parameter's elements are (cause, term) in row-major order
+        for name in names:
+            terms = labels[name]
+            for k, (_, row) in enumerate(summary.iloc[errors.slices[name]].iterrows()):
+                rows[self.causes[k // len(terms)], terms[k % len(terms)]] = row.to_dict()
+        return pd.DataFrame([{"cause": cause, "term": term, **rows[cause, term]} for cause in self.causes
+                             for term in self.event_coefficients().columns if (cause, term) in rows])
 
     def landmark_data(self, history: pd.DataFrame, landmark: float) -> JointData:
         """Tensors of ``history`` (visits at or before ``landmark``) with the

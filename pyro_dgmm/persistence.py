@@ -34,6 +34,16 @@ from .pattern_mixture import DropoutPatterns, PatternConfig
 from .results import FitResult
 
 
+def saved_facade(path: str | Path) -> str:
+    """The name of the facade class that wrote the save file ``path``
+    (``'DeepMixedModel'``, ``'JointMixedModel'``): the class whose ``load``
+    reads it.
+
+    :raises SaveFileError: as :meth:`SaveLoadMethods.load`.
+    """
+    return storage.read(path).metadata.get("facade", "DeepMixedModel")
+
+
 class SaveLoadMethods:
     """:meth:`save` and :meth:`load` of :class:`~pyro_dgmm.estimator.DeepMixedModel`
     (module docstring)."""
@@ -60,6 +70,8 @@ class SaveLoadMethods:
             "patterns": None if self.patterns_ is None else {"patterns": self.patterns_.to_spec(),
                                                              "config": asdict(self.pattern_config_)},
             "result": asdict(self.result_),
+            "facade": type(self).__name__,
+            "extra": self._extra_metadata(),
         }, tensors={"model": self.model_.state_dict(), "guide": self.guide_.state_dict()})
 
     @classmethod
@@ -76,15 +88,23 @@ class SaveLoadMethods:
 
         :raises SaveFileError: the file is missing, damaged, not a pyro_dgmm
             save file, names a class that is not allowed, or its weights do
-            not fit the model class; the message names the file.
+            not fit the model class, or it was written by another facade
+            that keeps state of its own (a ``JointMixedModel`` file read
+            with ``DeepMixedModel.load``); the message names the file.
         """
         saved = storage.read(path)
         meta = saved.metadata
+        facade = meta.get("facade", "DeepMixedModel")  # files written before facades were recorded
+        # another facade's file reads only if neither keeps state of its own (e.g. a user's subclass)
+        if facade != cls.__name__ and (meta.get("extra") or cls._extra_metadata is not SaveLoadMethods._extra_metadata):
+            raise SaveFileError(f"save file {path} holds a {facade}, not a {cls.__name__}: load it with "
+                                f"{facade}.load (or saved_facade(path) to tell which)")
         model_class = storage.resolve_model_class(meta.get("model_class"), path, model_class)
         try:
             self = cls(model_class=model_class, **meta["init"])
             self.schema_ = DataSchema.from_spec(meta["schema"])
             self.latent_dim_, self.num_visits_ = meta["latent_dim"], meta["num_visits"]
+            self._restore_extra(meta.get("extra", {}))
             self.model_, self.guide_ = self._build(self.schema_, self.num_visits_, self.latent_dim_)
             self.model_.load_state_dict(saved.tensors["model"])
             self.guide_.load_state_dict(saved.tensors["guide"])
@@ -98,6 +118,14 @@ class SaveLoadMethods:
                                 f"{model_class.__qualname__}: {error}") from error
         self.model_.eval(), self.guide_.eval()
         return self
+
+    def _extra_metadata(self) -> dict:
+        """A subclass's own fitted state for the save file (plain types), given
+        back to :meth:`_restore_extra` before the model is rebuilt; none here."""
+        return {}
+
+    def _restore_extra(self, extra: dict) -> None:
+        """Restore what :meth:`_extra_metadata` saved; nothing here."""
 
     def _init_kwargs(self) -> dict:
         o = self.options

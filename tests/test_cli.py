@@ -1,6 +1,7 @@
 """The command line's interface: --version, examples in --help that parse,
 --levels as fractions or percents, summary.json's convergence and
-log-likelihood, one float format in every CSV, --covariate-formula.
+log-likelihood, one float format in every CSV, --covariate-formula, joint
+models (--events and its flags, event_coefficients.csv, predict --landmark).
 
 (The fit and predict commands' inputs and outputs are tested in
 test_estimator.py and test_faults.py.)"""
@@ -19,6 +20,8 @@ from pyro_dgmm.cli import (CSV_FLOAT_FORMAT, EXAMPLES, FIT_EXAMPLES, PREDICT_EXA
                            interval_levels, main)
 from pyro_dgmm.errors import ConfigError
 from pyro_dgmm.diagnostics import InferenceWarning
+from pyro_dgmm.datasets.joint import simulate_joint
+from pyro_dgmm.joint_estimator import JointMixedModel
 from pyro_dgmm.marginal import marginal_log_likelihood
 
 from common import tiny_frame
@@ -173,11 +176,99 @@ def test_covariate_formula(tmp_path, capsys):
 
 def test_summary_held_out_loss_is_the_kept_epochs(cli_fit):
     """With a kept epoch, the held-out loss is that epoch's, not the last one's."""
-    from pyro_dgmm.cli import _summary
+    from pyro_dgmm.cli_summary import fit_summary
 
     folder, _, _ = cli_fit
     model = DeepMixedModel.load(folder / "o" / "model.pt")
     model.result_.validation_loss = [(4, 30.0), (5, 25.0), (6, 27.0)]
     model.result_.best_epoch = 5
-    convergence = _summary(model, 1, 1, {"g": "gaussian"}, files=[])["convergence"]
+    convergence = fit_summary(model, 1, 1, {"g": "gaussian"}, files=[])["convergence"]
     assert convergence["held_out_loss"] == 25.0 and convergence["held_out_loss_epoch"] == 5
+
+
+@pytest.fixture(scope="module")
+def joint_cli(tmp_path_factory):
+    """A two-epoch CLI fit of a joint model with two competing causes: the folder and the frames."""
+    folder = tmp_path_factory.mktemp("joint")
+    sim = simulate_joint(n_subjects=24, seed=8)
+    events = sim.events.assign(status=sim.events.status * np.where(sim.events.id % 2 == 0, 1, 2))
+    sim.data.to_csv(folder / "visits.csv", index=False)
+    events.to_csv(folder / "events.csv", index=False)
+    argv = ["fit", "--csv", str(folder / "visits.csv"), "--id", "id", "--time", "time", "--outcome", "y:gaussian",
+            "--covariate", "x", "--latent-dim", "2", "--max-epochs", "2", "--quiet", "--events",
+            str(folder / "events.csv"), "--event-time", "time", "--event-status", "status",
+            "--event-causes", "1=transplant,2=death", "--association", "y", "--out", str(folder / "o")]
+    with pytest.warns(pyro_dgmm.errors.ConvergenceWarning), warnings.catch_warnings():
+        warnings.simplefilter("ignore", InferenceWarning)  # Wald SEs after two epochs: not at a maximum
+        assert main(argv) == 0
+    return folder, sim.data, events
+
+
+def test_joint_fit_writes_event_coefficients_and_summary(joint_cli):
+    folder, _, events = joint_cli
+    model = JointMixedModel.load(folder / "o" / "model.pt")
+    table = pd.read_csv(folder / "o" / "event_coefficients.csv")
+    assert list(table.columns[:4]) == ["cause", "term", "estimate", "se"]
+    coefficients = model.event_coefficients()
+    assert len(table) == coefficients.size == 8 and np.isfinite(table.se).all()
+    for row in table.itertuples():  # the saved model's coefficients, with 10 significant digits
+        assert row.estimate == pytest.approx(coefficients.loc[row.cause, row.term], rel=1e-8, abs=1e-9)
+    summary = json.loads((folder / "o" / "summary.json").read_text())["events"]
+    assert summary["causes"] == ["transplant", "death"] and summary["association"] == "y"
+    counts = events.status.value_counts()
+    assert summary["events"] == {"transplant": int(counts[1]), "death": int(counts[2])}
+    assert summary["censored"] == int((events.status == 0).sum())
+    assert [r["term"] for r in summary["coefficients"]] == table.term.tolist()
+
+
+def test_joint_predict_writes_event_probabilities(joint_cli, capsys):
+    folder, visits, _ = joint_cli
+    history = visits[visits.id.isin([0, 1]) & (visits.time <= 1.0)]
+    history.to_csv(folder / "history.csv", index=False)
+    out, trajectory = folder / "risks.csv", folder / "trajectory.csv"
+    assert main(["predict", "--model", str(folder / "o" / "model.pt"), "--history", str(folder / "history.csv"),
+                 "--landmark", "1", "--horizons", "3", "2", "--num-samples", "30", "--trajectory", str(trajectory),
+                 "--times", "0", "1", "2", "--out", str(out)]) == 0
+    risks = pd.read_csv(out)
+    assert set(risks.cause) == {"transplant", "death", "event-free"} and sorted(risks.horizon.unique()) == [2, 3]
+    np.testing.assert_allclose(risks.groupby(["id", "horizon"]).probability.sum(), 1.0, atol=1e-4)
+    assert sorted(pd.read_csv(trajectory).time.unique()) == [0, 1, 2]
+    assert json.loads(capsys.readouterr().out)["rows"] == len(risks) == 2 * 2 * 3
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--events", "E", "--event-time", "time"], "--events fits a joint model, which needs --event-time COL and "
+                                                "--event-status COL"),
+    (["--events", "E", "--event-time", "futime", "--event-status", "status"], "--event-time 'futime' is not a column"),
+    (["--events", "E", "--event-time", "time", "--event-status", "status", "--entry-time", "start"],
+     "--entry-time 'start' is not a column"),
+    (["--events", "E", "--event-time", "time", "--event-status", "status", "--association", "z"],
+     "--association 'z' is not an outcome"),
+    (["--event-time", "time", "--event-status", "status"], "--event-time needs --events FILE"),
+    (["--events", "E", "--event-time", "time", "--event-status", "status", "--event-causes", "1=a"],
+     "events column 'status' has status 2 for subject"),
+    (["--events", "E", "--event-time", "time", "--event-status", "status", "--event-causes", "1:death"],
+     "argument --event-causes: expects CODE=NAME pairs"),
+])
+def test_bad_event_flags_are_named(joint_cli, tmp_path, capsys, flags, message):
+    folder, _, _ = joint_cli
+    flags = [str(folder / "events.csv") if flag == "E" else flag for flag in flags]
+    argv = ["fit", "--csv", str(folder / "visits.csv"), "--id", "id", "--time", "time", "--outcome", "y:gaussian",
+            "--latent-dim", "2", "--max-epochs", "1", "--quiet", *flags, "--out", str(tmp_path / "o")]
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse's own check of the flag's value
+        code = stop.code
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_predict_flags_must_fit_the_saved_model(joint_cli, cli_fit, capsys):
+    folder, _, _ = joint_cli
+    base = ["predict", "--history", str(folder / "visits.csv"), "--out", str(folder / "p.csv")]
+    assert main(base + ["--model", str(folder / "o" / "model.pt"), "--horizons", "2"]) == 2
+    assert "holds a joint model: predict needs --landmark T and --horizons" in capsys.readouterr().err
+    assert main(base + ["--model", str(folder / "o" / "model.pt"), "--landmark", "1", "--horizons", "2",
+                        "--levels", "90"]) == 2
+    assert "--levels is not available for a joint model" in capsys.readouterr().err
+    assert main(base + ["--model", str(cli_fit[0] / "o" / "model.pt"), "--landmark", "1", "--times", "1"]) == 2
+    assert "--landmark is for joint models" in capsys.readouterr().err

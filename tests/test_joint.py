@@ -2,7 +2,9 @@
 a direct numerical integral, the trace against the off-trace likelihood, the
 event data checks, fitting through SVI, dynamic prediction, and (slow)
 recovery of the association on simulated data."""
+import dataclasses
 import math
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -14,14 +16,17 @@ from pyro import poutine
 from scipy.integrate import quad
 
 from pyro_dgmm.data import DataSchema
+from pyro_dgmm.diagnostics import InferenceWarning
 from pyro_dgmm.datasets import load_pbc, load_pbc_events
 from pyro_dgmm.datasets.joint import simulate_joint
-from pyro_dgmm.errors import ConfigError, DataError
+from pyro_dgmm.errors import ConfigError, DataError, SaveFileError
+from pyro_dgmm.estimator import DeepMixedModel
 from pyro_dgmm.events import with_events
 from pyro_dgmm.joint import JointModel
-from pyro_dgmm import joint_estimator
+from pyro_dgmm import joint, joint_estimator
 from pyro_dgmm.joint_estimator import JointMixedModel
 from pyro_dgmm.likelihood import observed_log_likelihood
+from pyro_dgmm.persistence import saved_facade
 from pyro_dgmm.plotting_joint import plot_event_prediction
 
 
@@ -94,6 +99,37 @@ def test_event_log_likelihood_equals_a_direct_numerical_integral(num_causes, ter
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)  # quadrature error only
 
 
+def test_an_absurd_draw_of_b_gives_a_finite_loss_and_gradient_in_float32():
+    """A draw of b far in the tails (as early in a fit) once overflowed exp(log h) in float32: NaN loss.
+    Here the hazard's linear predictor is pushed to about 200 through the intercept."""
+    model, schema, data, *_ = small_joint(terms=("value", "slope"))
+    model, data = model.float(), data.to(dtype=torch.float32)
+    with torch.no_grad():
+        model.baseline_intercept.add_(200.0)
+    b = torch.full((data.num_subjects, 2), 3.0, requires_grad=True)
+    log_likelihood = model.subject_log_likelihood(b, data).sum()
+    log_likelihood.backward()
+    assert torch.isfinite(log_likelihood) and log_likelihood < -1e7  # finite, and still a terrible fit
+    assert torch.isfinite(b.grad).all() and all(torch.isfinite(p.grad).all() for p in model.parameters()
+                                                 if p.grad is not None)
+    assert model.log_hazard(b, data).max() <= joint.MAX_LOG_HAZARD
+
+
+def test_joint_data_moves_and_batches_every_tensor():
+    """to(device) and minibatch go through tensor_fields: a tensor of JointData missing there (the quadrature
+    nodes, say) would stay on the CPU in a fit with device='cuda'.  The 'meta' device stands in for a GPU."""
+    _, _, data, *_ = small_joint()
+    tensors = {f.name for f in dataclasses.fields(data) if isinstance(getattr(data, f.name), torch.Tensor)}
+    assert {"node_times", "node_weights", "node_features", "node_slopes", "event_status"} <= tensors
+    assert tensors - {"encoder_mask"} <= set(type(data).tensor_fields)
+    moved = data.to(device="meta")
+    assert all(getattr(moved, name).device.type == "meta" for name in tensors)
+    assert moved.device.type == "meta"
+    batch = data.minibatch(torch.tensor([2, 0]))
+    for name in tensors - {"encoder_mask"}:
+        assert torch.equal(getattr(batch, name), getattr(data, name)[[2, 0]]), name
+
+
 def test_the_trace_has_the_off_trace_log_likelihood():
     model, _, data, *_ = small_joint(2)
     b = torch.randn(data.num_subjects, 1, 2, dtype=torch.float64)
@@ -123,7 +159,7 @@ def test_the_landmark_encoder_input_hides_the_future():
         est.landmark_data(sim.data[sim.data.id == subject.id], 1.0)
     with pytest.raises(ConfigError, match="event records"):  # a frame without event records reaches no encoder
         est.fitted_values(history, num_samples=10)
-    for call in (lambda: est.save("x.dgmm"), lambda: est.predict(history, [2.0]), lambda: est.kfold(sim.data)):
+    for call in (lambda: est.predict(history, [2.0]), lambda: est.kfold(sim.data)):
         with pytest.raises(ConfigError, match="JointMixedModel"):
             call()
     assert est.fitted_values(num_samples=10).shape[0] == len(sim.data)  # the training data carry their records
@@ -153,6 +189,17 @@ def test_standard_errors_of_the_event_submodel_come_from_the_marginal_likelihood
     table = est.standard_errors(["event_association", "baseline_log_time"], num_samples=200).summary()
     se = table.loc[["event_association", "baseline_log_time"], "se"].to_numpy()
     assert np.isfinite(se).all() and (se > 0.02).all() and (se < 1.0).all()
+    # the facade's table: every coefficient of event_coefficients, the baseline free beside the association
+    event = est.event_standard_errors(num_samples=200)
+    coefficients = est.event_coefficients()
+    assert event.term.tolist() == list(coefficients.columns) and (event.cause == "event").all()
+    np.testing.assert_allclose(event.estimate, coefficients.iloc[0].to_numpy(), rtol=1e-6)
+    joint = est.standard_errors(list(joint_estimator.EVENT_PARAMETERS), num_samples=200).summary()
+    np.testing.assert_allclose(event.se, joint.loc[["event_association", "event_covariates", "baseline_intercept",
+                                                    "baseline_log_time"], "se"], rtol=1e-6)
+    assert (event.lower < event.estimate).all() and (event.estimate < event.upper).all()
+    alpha = event.set_index("term").loc["alpha", "se"]
+    assert alpha > se[0]  # with the baseline hazard free the association is less certain
 
 
 def events_frame():
@@ -210,9 +257,46 @@ def test_competing_risk_predictions_are_probabilities_that_sum_to_one(monkeypatc
     assert [line.get_label() for line in figure.axes[1].get_lines()][:2] == ["transplant", "death"]
     with pytest.raises(DataError, match="subject 99"):
         plot_event_prediction(prediction, 99, id_col="id", time_col="time")
+    with warnings.catch_warnings():  # a 20-epoch fit is not at a maximum: only the table's layout is checked here
+        warnings.simplefilter("ignore", InferenceWarning)
+        table = est.event_standard_errors(num_samples=50).set_index(["cause", "term"])
+    coefficients = est.event_coefficients().stack()
+    np.testing.assert_allclose(table.estimate.loc[coefficients.index], coefficients, rtol=1e-6)
+    assert len(table) == len(coefficients) == 8
     monkeypatch.setattr(joint_estimator, "PREDICTION_CELLS", 1)  # one subject per chunk: the same numbers
     chunked = est.predict_events(history, landmark=2.0, horizons=[6.0, 3.0, 4.0, 2.5], num_samples=200, seed=0)
     pd.testing.assert_frame_equal(chunked.events, pred)
+
+
+def test_a_saved_joint_model_loads_and_predicts_as_before(tmp_path):
+    """Saved, loaded, saved again: the same coefficients, the same predictions with the same seed, and the
+    settings of the event submodel (causes, slope term, baseline network, quadrature) come back."""
+    sim = simulate_joint(n_subjects=30, seed=7)
+    events = sim.events.assign(status=sim.events.status * np.where(sim.events.id % 2 == 0, 1, 2), entry=0.0)
+    est = JointMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["x"], latent_dim=2,
+                          association_terms=("value", "slope"), baseline_hidden=(3,), quadrature_nodes=9)
+    est.fit(sim.data, events=events, event_time="time", event_status="status", entry_time="entry",
+            event_causes={1: "transplant", 2: "death"}, max_epochs=3, progress=False)
+    history = sim.data[sim.data.id.isin([0, 1]) & (sim.data.time <= 1.0)]
+
+    def predicted(model):
+        return model.predict_events(history, landmark=1.0, horizons=[2.0, 4.0], num_samples=40, seed=3)
+
+    est.save(tmp_path / "a.pt")
+    loaded = JointMixedModel.load(tmp_path / "a.pt")
+    loaded.save(tmp_path / "b.pt")
+    again = JointMixedModel.load(tmp_path / "b.pt")
+    first = predicted(est)
+    assert first.events.probability.gt(0).all()  # a real prediction, so equality below means something
+    for model in (loaded, again):
+        pd.testing.assert_frame_equal(model.event_coefficients(), est.event_coefficients())
+        pd.testing.assert_frame_equal(predicted(model).events, first.events)
+        pd.testing.assert_frame_equal(predicted(model).trajectory, first.trajectory)
+        assert model.causes == ["transplant", "death"] and model.event_spec_ == est.event_spec_
+        assert (model.association_terms, model.baseline_hidden, model.quadrature_nodes) == (("value", "slope"), (3,), 9)
+    assert saved_facade(tmp_path / "b.pt") == "JointMixedModel"
+    with pytest.raises(SaveFileError, match="holds a JointMixedModel.*JointMixedModel.load"):
+        DeepMixedModel.load(tmp_path / "a.pt")
 
 
 def test_load_pbc_events_is_one_row_per_patient():

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 8. Missing not at random: delta adjustment and the tipping point
+# # 9. Missing not at random: delta adjustment and the tipping point
 #
 # Every analysis in tutorials 1-7 assumes the missing values are *missing
 # at random* (MAR): once a patient drops out of a trial, their outcomes are
