@@ -155,7 +155,8 @@ def write_outputs(model, out, summary: dict, coefficients: pd.DataFrame) -> None
     summary["files"] = sorted({*summary["files"], "event_coefficients.csv"})
     summary["events"] = {
         "causes": model.causes, "event_time": model.event_spec_.time_col,
-        "event_status": model.event_spec_.status_col, "association": model.association or list(model.outcomes)[0],
+        "event_status": model.event_spec_.status_col,
+        "association": list(model.association or list(model.outcomes)[:1]),
         "association_terms": list(model.association_terms), "censored": int((status == 0).sum()),
         "events": {cause: int((status == k + 1).sum()) for k, cause in enumerate(model.causes)},
         "coefficients": coefficients.to_dict(orient="records")}

@@ -214,7 +214,7 @@ def test_joint_fit_writes_event_coefficients_and_summary(joint_cli):
     for row in table.itertuples():  # the saved model's coefficients, with 10 significant digits
         assert row.estimate == pytest.approx(coefficients.loc[row.cause, row.term], rel=1e-8, abs=1e-9)
     summary = json.loads((folder / "o" / "summary.json").read_text())["events"]
-    assert summary["causes"] == ["transplant", "death"] and summary["association"] == "y"
+    assert summary["causes"] == ["transplant", "death"] and summary["association"] == ["y"]
     counts = events.status.value_counts()
     assert summary["events"] == {"transplant": int(counts[1]), "death": int(counts[2])}
     assert summary["censored"] == int((events.status == 0).sum())

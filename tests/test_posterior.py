@@ -46,7 +46,8 @@ def lmm():
     where the encoder trained on whole records is a rough proposal), with
     the exact posterior of each at the fitted parameters."""
     sim = simulate_linear(n_subjects=30, n_visits=6, seed=2)
-    est = DeepMixedModel(**LINEAR).fit(sim.data, max_epochs=40, batch_size=8, progress=False)
+    est = DeepMixedModel(**LINEAR).fit(sim.data, max_epochs=40, batch_size=8, progress=False,
+                                       refine=False)  # the SVI encoder as proposal, not one refitted after refine
     data = est.transform(sim.data[sim.data.groupby("id").cumcount() < 3])
     return (est, data, *exact_posterior(est.model_, data))
 
