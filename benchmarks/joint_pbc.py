@@ -12,14 +12,15 @@ probability of censoring weights.
 * ``joint``: :class:`~pyro_dgmm.joint_estimator.JointMixedModel`, the model
   named by ``--model`` (:data:`CANDIDATES`), each held-out patient predicted
   from their visits up to year 5 and "event-free at 5".
-* ``cox_baseline``: Cox model (statsmodels ``PHReg``, Breslow baseline
-  hazard) on age, sex, treatment and the markers' baseline values, fitted
-  on all training patients from time 0; prediction
-  :math:`1 - \\exp\\{-(H_0(u) - H_0(5)) e^{x\\beta}\\}`.
-* ``cox_landmark``: Cox model on the training patients at risk at 5, time
-  from the landmark, administratively censored at 8, on age, sex,
-  treatment and each marker's last value observed at or before year 5;
-  prediction :math:`1 - \\exp\\{-H_0(u - 5) e^{x\\beta}\\}`.
+* ``cox_baseline``: :func:`pyro_dgmm.event_baselines.cox_baseline_risk`,
+  a Cox model (statsmodels ``PHReg``, Breslow baseline hazard) on age, sex,
+  treatment and the markers' first values, fitted on all training patients
+  from time 0; prediction :math:`1 - \\exp\\{-(H_0(u) - H_0(5)) e^{x\\beta}\\}`.
+* ``cox_landmark``: :func:`pyro_dgmm.event_baselines.landmark_cox_risk`, a
+  Cox model on the training patients at risk at 5, time from the landmark,
+  censored at 8, on age, sex, treatment and each marker's last value
+  observed at or before year 5; prediction
+  :math:`1 - \\exp\\{-H_0(u - 5) e^{x\\beta}\\}`.
 
 Missing marker values in the Cox designs are the training median.  The
 table gives per fold, the mean over folds (the cross-validated estimate)
@@ -48,6 +49,9 @@ GAUSSIAN = ["log_bili", "albumin", "protime"]
 BINARY = ["ascites", "hepato", "spiders"]
 COVARIATES = ["age", "sex", "trt"]
 EVENT = dict(event_time="futime_years", event_status="status", event_causes={1: "event", 2: "event"})
+#: Column names of the Cox baselines (:mod:`pyro_dgmm.event_baselines`).
+COX = dict(id_col="id", time_col="years", event_time="futime_years", event_status="status", covariates=COVARIATES,
+           markers=GAUSSIAN + BINARY)
 LINEAR = {"fixed_hidden": (), "random_hidden": (), "covariate_time": True}
 
 #: Joint models tried with ``--select``: keyword arguments of JointMixedModel.
@@ -76,61 +80,6 @@ def fit_joint(name, visits, events, seed):
     return est, time.perf_counter() - start
 
 
-def marker_values(visits: pd.DataFrame, upto: float | None) -> pd.DataFrame:
-    """Per patient, each marker's first observed value (``upto`` None) or its
-    last observed value at or before ``upto``."""
-    markers = GAUSSIAN + BINARY
-    rows = visits if upto is None else visits[visits["years"] <= upto]
-    rows = rows.sort_values(["id", "years"])
-    pick = (lambda s: s.dropna().iloc[0] if s.notna().any() else np.nan) if upto is None else \
-        (lambda s: s.dropna().iloc[-1] if s.notna().any() else np.nan)
-    return rows.groupby("id")[markers].agg(pick)
-
-
-def cox_design(events: pd.DataFrame, markers: pd.DataFrame, reference: dict | None = None):
-    """Covariates and markers, missing values the training median, centred
-    and scaled on the training patients (``reference`` from the training call)."""
-    frame = pd.DataFrame({"age": events["age"].to_numpy(float), "male": (events["sex"] == "m").to_numpy(float),
-                          "trt": events["trt"].to_numpy(float)}, index=events["id"].to_numpy())
-    frame = frame.join(markers)
-    if reference is None:
-        reference = {"median": frame.median(), "mean": None, "sd": None}
-        filled = frame.fillna(reference["median"])
-        reference["mean"], reference["sd"] = filled.mean(), filled.std().replace(0, 1)
-    filled = frame.fillna(reference["median"])
-    return ((filled - reference["mean"]) / reference["sd"]).to_numpy(float), reference
-
-
-def fit_cox(time_, status, design):
-    """statsmodels PHReg (Breslow ties) and its Breslow cumulative baseline hazard as a step function."""
-    from statsmodels.duration.hazard_regression import PHReg
-
-    result = PHReg(time_, design, status=status, ties="breslow").fit()
-    times, cumulative, _ = result.baseline_cumulative_hazard[0]
-    H0 = lambda u: np.concatenate([[0.0], cumulative])[np.searchsorted(times, u, side="right")]  # noqa: E731
-    return result.params, H0
-
-
-def cox_baseline_risk(train_visits, train_events, test_visits, test_events, horizons):
-    x, reference = cox_design(train_events, marker_values(train_visits, None))
-    beta, H0 = fit_cox(train_events["futime_years"].to_numpy(), (train_events["status"] > 0).to_numpy(float), x)
-    x_test, _ = cox_design(test_events, marker_values(test_visits, None), reference)
-    increments = np.array([H0(u) - H0(LANDMARK) for u in horizons])
-    return 1 - np.exp(-np.exp(x_test @ beta)[:, None] * increments[None, :])
-
-
-def cox_landmark_risk(train_visits, train_events, test_visits, test_events, horizons):
-    at_risk = train_events[train_events["futime_years"] > LANDMARK]
-    x, reference = cox_design(at_risk, marker_values(train_visits[train_visits["id"].isin(at_risk["id"])], LANDMARK))
-    end = LANDMARK + HORIZON
-    time_ = np.minimum(at_risk["futime_years"].to_numpy(), end) - LANDMARK
-    status = ((at_risk["status"] > 0) & (at_risk["futime_years"] <= end)).to_numpy(float)
-    beta, H0 = fit_cox(time_, status, x)
-    x_test, _ = cox_design(test_events, marker_values(test_visits, LANDMARK), reference)
-    cumulative = np.array([H0(u - LANDMARK) for u in horizons])
-    return 1 - np.exp(-np.exp(x_test @ beta)[:, None] * cumulative[None, :])
-
-
 def score(test_events, risk, horizons):
     from pyro_dgmm.event_evaluation import landmark_scores
 
@@ -140,6 +89,8 @@ def score(test_events, risk, horizons):
 
 def evaluate_fold(name, visits, events, test_ids, seed):
     """Scores of the three models on one held-out set, and the held-out risks (for pooling)."""
+    from pyro_dgmm.event_baselines import cox_baseline_risk, landmark_cox_risk
+
     test = events["id"].isin(test_ids).to_numpy()
     train_events, test_events = events[~test], events[test]
     in_test = visits["id"].isin(test_ids)
@@ -151,11 +102,10 @@ def evaluate_fold(name, visits, events, test_ids, seed):
     at_risk = test_events[test_events["futime_years"] > LANDMARK]
     order = at_risk["id"].to_numpy()
     joint_risk = joint.risk.pivot(index="id", columns="horizon", values="risk").loc[order].to_numpy()
+    held_out = dict(landmark=LANDMARK, horizons=horizons, **COX)
     risks = {"joint": joint_risk,
-             "cox_baseline": cox_baseline_risk(train_visits, train_events, test_visits[test_visits["id"].isin(order)],
-                                               at_risk, horizons),
-             "cox_landmark": cox_landmark_risk(train_visits, train_events, test_visits[test_visits["id"].isin(order)],
-                                               at_risk, horizons)}
+             "cox_baseline": cox_baseline_risk(train_visits, train_events, test_visits, at_risk, **held_out),
+             "cox_landmark": landmark_cox_risk(train_visits, train_events, test_visits, at_risk, **held_out)}
     scores = {model: score(at_risk, risk, horizons) for model, risk in risks.items()}
     scores["joint"]["fit_seconds"] = seconds
     scores["joint"]["epochs"] = len(est.result_.train_loss)
