@@ -5,8 +5,9 @@ scored by the same functions (:mod:`pyro_dgmm.event_evaluation`).
 Model.  The hazard of subject :math:`i` is
 :math:`h_i(s) = h_0(s) \exp(x_i^\top \beta)` with the baseline hazard
 :math:`h_0` left unspecified; :math:`\beta` maximises Cox's partial
-likelihood (statsmodels ``PHReg``, Breslow's handling of tied event
-times) and the cumulative baseline hazard is Breslow's estimator
+likelihood (statsmodels ``PHReg``'s, Breslow's handling of tied event
+times; Newton's method with step halving) and the cumulative baseline
+hazard is Breslow's estimator
 
 .. math::
 
@@ -71,7 +72,7 @@ import numpy as np
 import pandas as pd
 
 from .covariates import levels_of, refuse_unseen_levels
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, FitError
 
 
 @dataclass(frozen=True)
@@ -92,12 +93,13 @@ class CoxModel:
 
 
 def fit_cox(time, status, design: pd.DataFrame) -> CoxModel:
-    """Fit a Cox model (statsmodels ``PHReg``, Breslow ties) to follow-up
+    """Fit a Cox model (statsmodels ``PHReg``'s partial likelihood, Breslow ties) to follow-up
     ``time`` and ``status`` (0 censored, other codes an event) on the
     columns of ``design`` (one row per subject), and Breslow's cumulative
     baseline hazard (module docstring) at :math:`x = 0`.
 
     :raises DataError: lengths differ, values not finite, or no event.
+    :raises FitError: the partial likelihood has no maximum (separation).
     :raises ImportError: statsmodels is not installed.
     """
     try:
@@ -114,7 +116,7 @@ def fit_cox(time, status, design: pd.DataFrame) -> CoxModel:
         raise DataError("time and design must be finite (fill missing values first)")
     if not event.any():
         raise DataError(f"no event among the {time.size} subjects: a Cox model cannot be fitted")
-    beta = PHReg(time, x, status=event.astype(np.float64), ties="breslow").fit().params
+    beta = _maximise(PHReg(time, x, status=event.astype(np.float64), ties="breslow"), list(design.columns))
     relative = np.exp(x @ beta)
     event_times = np.unique(time[event])
     order = np.argsort(time, kind="stable")
@@ -122,6 +124,45 @@ def fit_cox(time, status, design: pd.DataFrame) -> CoxModel:
     denominator = in_risk_set[np.searchsorted(time[order], event_times, side="left")]
     deaths = np.bincount(np.searchsorted(event_times, time[event]), minlength=event_times.size)
     return CoxModel(pd.Series(beta, index=list(design.columns)), event_times, deaths / denominator)
+
+
+def _maximise(model, names: list, max_steps: int = 100) -> np.ndarray:
+    """Maximise the log partial likelihood of a statsmodels ``PHReg`` by Newton's
+    method with step halving (``PHReg.fit``'s plain Newton steps can overshoot
+    into overflow from :math:`\\beta = 0`, as on 156 PBC patients with a rare
+    binary marker; the likelihood is concave, so the halved steps climb to
+    its maximum).
+
+    :raises FitError: no finite maximum: the information matrix vanishes in
+        some direction where the climb stops (a constant column, or columns
+        that separate the events from the other subjects, so that the
+        estimate runs off to infinity), or no convergence in ``max_steps``.
+    """
+    beta = np.zeros(len(names))
+    value, scale = model.loglike(beta), np.linalg.eigvalsh(-model.hessian(beta)).max()
+    converged = False
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # trial steps may overflow: halved
+        for _ in range(max_steps):
+            step = np.linalg.lstsq(-model.hessian(beta), model.score(beta), rcond=None)[0]
+            size = 1.0
+            while size > 1e-10:
+                trial = model.loglike(beta + size * step)
+                if np.isfinite(trial) and trial >= value - 1e-12 * abs(value):
+                    break
+                size /= 2
+            else:
+                converged = True  # no step uphill: at the maximum to rounding
+                break
+            beta, gain, value = beta + size * step, trial - value, trial
+            if gain < 1e-12 * (1 + abs(value)) and np.abs(size * step).max() < 1e-8:
+                converged = True
+                break
+        information = np.linalg.eigvalsh(-model.hessian(beta)).min() if np.isfinite(beta).all() else 0.0
+    if not converged or not information > 1e-8 * max(scale, 1e-300):
+        raise FitError(f"the Cox partial likelihood has no finite maximum (coefficients after {max_steps} Newton "
+                       f"steps at most: {dict(zip(names, np.round(beta, 2).tolist()))}): a column is constant or "
+                       f"separates the events from the other subjects; leave it out")
+    return beta
 
 
 def marker_values(visits: pd.DataFrame, markers: Sequence[str], *, id_col: str, time_col: str,

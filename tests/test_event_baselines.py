@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pyro_dgmm.errors import ConfigError, DataError
+from pyro_dgmm.errors import ConfigError, DataError, FitError
 from pyro_dgmm.event_baselines import cox_baseline_risk, fit_cox, landmark_cox_risk, marker_values
 
 RATE, LANDMARK, HORIZONS = 0.2, 2.0, np.array([3.0, 4.0])
@@ -141,3 +141,35 @@ def test_constant_and_missing_values_do_not_break_the_fit():
                              horizons=HORIZONS, **{**COLUMNS, "markers": ["m", "flat"]})
     assert np.isfinite(risk).all() and ((risk > 0) & (risk < 1)).all()
     assert np.corrcoef(risk[:, -1], true_risk(test_events, x, HORIZONS)[:, -1])[0, 1] > 0.8
+
+
+def test_fit_cox_climbs_where_plain_newton_overshoots():
+    """PBC, the training half of a 2-fold split (156 patients, 90 events): PHReg.fit's plain
+    Newton steps overshoot (on the rare binary ascites) into overflow; the halved steps reach the
+    maximum that BFGS finds."""
+    from statsmodels.duration.hazard_regression import PHReg
+
+    from pyro_dgmm.datasets import load_pbc, load_pbc_events
+    from pyro_dgmm.event_baselines import _Design
+    from pyro_dgmm.event_evaluation import subject_folds
+
+    visits, events = load_pbc(), load_pbc_events()
+    train = events[subject_folds(events["id"].to_numpy(), 2, seed=0) == 1]
+    markers = marker_values(visits[visits["id"].isin(train["id"])], ["log_bili", "albumin", "protime", "ascites",
+                                                                      "hepato", "spiders"], id_col="id",
+                            time_col="years")
+    design = _Design.fit(train, markers, ["age", "sex", "trt"], "id").transform(train, markers, "id")
+    model = fit_cox(train["futime_years"], train["status"], design)
+    reference = PHReg(train["futime_years"].to_numpy(), design.to_numpy(), status=(train["status"] > 0).to_numpy(float),
+                      ties="breslow").fit(method="bfgs", gtol=1e-8, maxiter=1000, disp=False).params
+    np.testing.assert_allclose(model.coefficients.to_numpy(), reference, atol=1e-4)
+    assert model.coefficients["ascites"] == pytest.approx(0.394, abs=0.001)
+
+
+def test_separation_and_a_constant_column_are_fit_errors():
+    time = np.arange(1.0, 21.0)
+    status = np.r_[np.ones(10), np.zeros(10)]
+    with pytest.raises(FitError, match="no finite maximum.*'x'"):
+        fit_cox(time, status, pd.DataFrame({"x": np.r_[np.ones(10), np.zeros(10)]}))  # events only at x = 1
+    with pytest.raises(FitError, match="no finite maximum.*'z'"):
+        fit_cox(time, status, pd.DataFrame({"x": np.linspace(0, 1, 20), "z": np.ones(20)}))  # a constant column
