@@ -45,7 +45,7 @@ def test_no_module_is_over_600_lines():
 
 
 @pytest.mark.parametrize("name", ["results.py", "plotting.py", "plotting_predict.py", "convert.py",
-                                  "event_evaluation.py", "plotting_joint.py"])
+                                  "event_evaluation.py", "event_baselines.py", "plotting_joint.py"])
 def test_results_plotting_and_convert_import_no_inference_module(name):
     inference = package_imports(PACKAGE / name) - DATA_LAYER
     assert not inference, f"{name} imports inference modules {sorted(inference)}; take result types from results.py"
