@@ -99,7 +99,8 @@ def fit_cox(time, status, design: pd.DataFrame) -> CoxModel:
     baseline hazard (module docstring) at :math:`x = 0`.
 
     :raises DataError: lengths differ, values not finite, or no event.
-    :raises FitError: the partial likelihood has no maximum (separation).
+    :raises FitError: the partial likelihood has no finite maximum (a
+        constant column, or one that separates events from non-events).
     :raises ImportError: statsmodels is not installed.
     """
     try:
@@ -159,9 +160,9 @@ def _maximise(model, names: list, max_steps: int = 100) -> np.ndarray:
                 break
         information = np.linalg.eigvalsh(-model.hessian(beta)).min() if np.isfinite(beta).all() else 0.0
     if not converged or not information > 1e-8 * max(scale, 1e-300):
-        raise FitError(f"the Cox partial likelihood has no finite maximum (coefficients after {max_steps} Newton "
-                       f"steps at most: {dict(zip(names, np.round(beta, 2).tolist()))}): a column is constant or "
-                       f"separates the events from the other subjects; leave it out")
+        raise FitError(f"the Cox partial likelihood has no finite maximum (coefficients where the climb stopped: "
+                       f"{dict(zip(names, np.round(beta, 2).tolist()))}): a column is constant or separates the "
+                       f"events from the other subjects; leave it out")
     return beta
 
 

@@ -185,7 +185,7 @@ figure.savefig("joint_competing_risks.png", dpi=100)
 # and treatment with four random effects, and the current values of the
 # three continuous markers in the hazard. Two Cox models, fitted to the same
 # training patients and scored on the same held-out ones
-# ({mod}`pyro_dgmm.event_baselines`), are the yardsticks:
+# (`pyro_dgmm.event_baselines`), are the yardsticks:
 #
 # - **Cox on baseline values**: age, sex, treatment and each marker's first
 #   value, fitted from time 0; the risk of a patient event-free at 5 is
@@ -196,7 +196,7 @@ figure.savefig("joint_competing_risks.png", dpi=100)
 #   only its last value and without a model of the measurement error.
 #
 # Every model is scored by the same functions
-# ({mod}`pyro_dgmm.event_evaluation`): the time-dependent AUC (the chance
+# (`pyro_dgmm.event_evaluation`): the time-dependent AUC (the chance
 # that a patient with the event in (5, 8] was given a higher risk than one
 # without), the Brier score at 8 (mean squared error of the predicted
 # probability), the integrated Brier score over [5, 8) and the calibration
