@@ -46,6 +46,7 @@ from .impute import (KERNELS, ImputationConfig, ImputationTrace, fit_with_imputa
 from .guide import ENCODERS
 from .nn import ACTIVATIONS, COVARIANCES
 from .options import check_bool, check_choice, check_float, check_int, check_keywords, check_str
+from .parameters import LINEAR_PARAMETERS, present
 from .pattern_mixture import (PATTERN_COLUMN, DropoutPatterns, PatternConfig, dropout_times, mean_curve,
                               pattern_designs, pattern_mixture_imputations)
 from .posterior import marginal_means
@@ -386,7 +387,8 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
                 distributed_input=self.distributed_input)
         self.model_.cpu(), self.guide_.cpu()
         if self._refines(config.refine, train) and not self.result_.interrupted:
-            refinement = wald.refine(self.model_, self.guide_, self._encoder_view(train), seed=config.seed,
+            refinement = wald.refine(self.model_, self.guide_, self._encoder_view(train),
+                                     self._refined_parameters(), seed=config.seed,
                                      num_shards=config.num_shards, distributed_input=self.distributed_input)
             # the encoder was amortised for the SVI parameters: fit it again for the refined ones
             encoder_fit = fit_svi(self.model_, self.guide_, train, validation,
@@ -399,6 +401,10 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
             # the directions in use are the re-fitted encoder's
             self.result_.latent_activity = encoder_fit.latent_activity
             self.result_.active_directions = encoder_fit.active_directions
+
+    def _refined_parameters(self) -> list[str]:
+        """What the refinement moves besides the dispersions: the linear parts the model has."""
+        return present(self.model_, LINEAR_PARAMETERS)
 
     def _refines(self, refine: bool | str, train: LongitudinalData) -> bool:
         """Whether the fit refines: ``refine=True``, or ``'auto'`` and a

@@ -71,7 +71,7 @@ class FitConfig:
         where it is exact and takes seconds, so such a fit ends at the
         maximum likelihood estimate, as lme4's and MixedLM's do; ``True``:
         always (importance-sampled otherwise: minutes for hundreds of
-        subjects); ``False``: never.
+        subjects; a joint model's event coefficients move too); ``False``: never.
     :param eval_particles: draws of b per held-out subject per evaluation.
     :param seed: makes a run reproducible (data split, batches, draws, init).
     :param num_shards: subjects are split into this many shards, each

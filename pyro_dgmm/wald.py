@@ -207,8 +207,9 @@ def maximize_marginal_likelihood(model, guide, data: LongitudinalData, parameter
     return Maximization(float(before), float(value), steps, converged)
 
 
-def refine(model, guide, data: LongitudinalData, *, num_samples: int | None = None, seed: int = 0,
-           num_shards: int | None = None, distributed_input: bool = False) -> dict:
+def refine(model, guide, data: LongitudinalData, parameters: Sequence[str] | None = None, *,
+           num_samples: int | None = None, seed: int = 0, num_shards: int | None = None,
+           distributed_input: bool = False) -> dict:
     r"""Maximum-likelihood refinement after SVI (``FitConfig.refine``): the
     linear fixed effects (with the covariate-by-time terms, if the model
     has them), the linear random-effects map and the dispersions
@@ -222,6 +223,9 @@ def refine(model, guide, data: LongitudinalData, *, num_samples: int | None = No
     number of random effects; for a deep model it removes the part of the
     amortisation gap that the linear parts and dispersions carry.
 
+    :param parameters: the names to move besides the dispersions (default:
+        the linear parts ``model`` has; :class:`~pyro_dgmm.joint_estimator.JointMixedModel`
+        adds its event coefficients).
     :param num_samples: importance samples per subject (default: 500, or
         :func:`minimum_samples` if more).
     :returns: :class:`Maximization`'s fields as a dict, with the parameters
@@ -229,7 +233,7 @@ def refine(model, guide, data: LongitudinalData, *, num_samples: int | None = No
         parameters, then needs fitting again; ``DeepMixedModel.fit`` does so.)
     """
     start = time.perf_counter()
-    names = present(model, LINEAR_PARAMETERS)
+    names = present(model, LINEAR_PARAMETERS) if parameters is None else list(parameters)
     if not names and not dispersion_labels(model):
         raise ConfigError(f"refine: {type(model).__name__} has none of the parameters the refinement moves "
                           f"({', '.join(LINEAR_PARAMETERS)}) and no dispersion; "

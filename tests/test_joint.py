@@ -23,7 +23,7 @@ from pyro_dgmm.errors import ConfigError, DataError, SaveFileError
 from pyro_dgmm.estimator import DeepMixedModel
 from pyro_dgmm.events import with_events
 from pyro_dgmm.joint import JointModel
-from pyro_dgmm import joint, joint_estimator
+from pyro_dgmm import joint, joint_estimator, wald
 from pyro_dgmm.joint_estimator import JointMixedModel
 from pyro_dgmm.likelihood import observed_log_likelihood
 from pyro_dgmm.persistence import saved_facade
@@ -200,6 +200,31 @@ def test_standard_errors_of_the_event_submodel_come_from_the_marginal_likelihood
     assert (event.lower < event.estimate).all() and (event.estimate < event.upper).all()
     alpha = event.set_index("term").loc["alpha", "se"]
     assert alpha > se[0]  # with the baseline hazard free the association is less certain
+
+
+@pytest.mark.filterwarnings("ignore:.*Pareto k-hat:pyro_dgmm.diagnostics.InferenceWarning")
+def test_refine_moves_the_event_coefficients_to_the_marginal_likelihood_maximum():
+    """refine=True moves the event coefficients with the linear parts: the same SVI fit, refined, has a higher
+    importance-sampled marginal likelihood, and a second maximisation from there finds no step to take."""
+    sim = simulate_joint(n_subjects=60, seed=6)
+    fits = {}
+    for refine in (False, True):
+        est = JointMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["x"],
+                              latent_dim=2, model_options={"fixed_hidden": (), "random_hidden": ()})
+        fits[refine] = est.fit(sim.data, events=sim.events, event_time="time", event_status="status",
+                               max_epochs=20, progress=False, refine=refine, seed=1)
+    refinement = fits[True].result_.refinement
+    assert fits[False].result_.refinement is None
+    assert {"event_association", "baseline_log_time", "random_effects.linear_coefficients.weight"} <= set(
+        refinement["parameters"])
+    assert refinement["converged"] and refinement["log_likelihood_after"] > refinement["log_likelihood_before"]
+    moved = fits[True].event_coefficients().iloc[0] - fits[False].event_coefficients().iloc[0]
+    assert (moved.abs() > 1e-4).all(), moved
+    refined = fits[True]
+    again = wald.maximize_marginal_likelihood(refined.model_, refined.guide_, refined._training_data("test"),
+                                              ["event_association", "baseline_intercept", "baseline_log_time"],
+                                              include_dispersion=False, num_samples=500, seed=0)
+    assert again.log_likelihood_after - again.log_likelihood_before < 0.05
 
 
 def events_frame():
