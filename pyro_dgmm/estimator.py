@@ -412,6 +412,7 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
         if refine != "auto":
             return refine
         return marginal.closed_form_applies(self.model_, self.guide_, self._encoder_view(train),
+                                            self._refined_parameters(),
                                             distributed_input=self.distributed_input)
 
     def _encoder_view(self, data: LongitudinalData) -> LongitudinalData:

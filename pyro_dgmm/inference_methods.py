@@ -205,7 +205,8 @@ class LikelihoodMethods:
         """
         data = self._training_data("summary")
         errors = None
-        if self.result_.refinement and marginal.closed_form_applies(self.model_, self.guide_, data):
+        if self.result_.refinement and marginal.closed_form_applies(self.model_, self.guide_, data,
+                                                                    present(self.model_, LINEAR_PARAMETERS)):
             with warnings.catch_warnings():  # an indefinite full information falls back to the conditional SEs
                 warnings.simplefilter("ignore", InferenceWarning)
                 full = self.standard_errors(present(self.model_, LINEAR_PARAMETERS), level=level,

@@ -263,6 +263,9 @@ def quadratic_log_marginal(log_joint, b0: torch.Tensor) -> torch.Tensor:
 #: Largest difference (relative to 1 + |value|) between the closed form at two
 #: expansion points for which the log joint counts as quadratic in b.
 _QUADRATIC_RTOL = 1e-8
+#: Relative size of the move of theta at which :meth:`MarginalObjective._quadratic`
+#: checks the log joint again (theta + 0.1 (1 + |theta|) u, u standard normal, seed 0).
+_NEARBY_SCALE = 0.1
 
 
 def _exact_summary(log_p: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -370,17 +373,25 @@ class MarginalObjective:
     @torch.no_grad()
     def _quadratic(self) -> bool:
         """Whether every subject's log joint is quadratic in b at the fitted
-        parameters: the closed form gives the same value (to
+        parameters and around them: the closed form gives the same value (to
         :data:`_QUADRATIC_RTOL`) expanded at the encoder's means and half a
-        unit away from them, on every process.  (Linear-Gaussian in b
+        unit away from them, on every process, at theta and at theta moved
+        in every direction of ``names`` (:data:`_NEARBY_SCALE`).  (Linear-Gaussian in b
         passes; a link, a b-dependent dispersion, a heavy-tailed family or an
-        event term does not.)"""
+        event term does not.  The move matters: the derivatives in theta are
+        exact only if the log joint stays quadratic as theta moves, and a
+        parameter at a special value, such as a joint model's association at
+        exactly 0, makes it quadratic at that point alone.)"""
+        generator = torch.Generator().manual_seed(0)
+        direction = torch.randn(self.theta.shape, generator=generator, dtype=self.theta.dtype).to(self.theta.device)
+        nearby = self.theta + _NEARBY_SCALE * (1 + self.theta.abs()) * direction
         worst = self.theta.new_zeros(())
         for _, index in self.chunks():
             chunk, loc = self.data.subset(index), self.proposal.loc[index]
-            here, there = (self._closed_form(self.theta, chunk, b0).detach() for b0 in (loc, loc + 0.5))
-            gap = ((here - there).abs() / (1 + here.abs())).max()  # inf or nan where not concave
-            worst = torch.maximum(worst, torch.nan_to_num(gap, nan=math.inf))
+            for theta in (self.theta, nearby):
+                here, there = (self._closed_form(theta, chunk, b0).detach() for b0 in (loc, loc + 0.5))
+                gap = ((here - there).abs() / (1 + here.abs())).max()  # inf or nan where not concave
+                worst = torch.maximum(worst, torch.nan_to_num(gap, nan=math.inf))
         return bool(all_reduce_max(worst) < _QUADRATIC_RTOL)
 
     def _total(self, terms: Iterator[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
@@ -509,12 +520,14 @@ def marginal_log_likelihood(model, guide, data: LongitudinalData, num_samples: i
     return marginal
 
 
-def closed_form_applies(model, guide, data: LongitudinalData, *, distributed_input: bool = False) -> bool:
+def closed_form_applies(model, guide, data: LongitudinalData, parameters: Sequence[str] = (), *,
+                        distributed_input: bool = False) -> bool:
     """Whether :func:`marginal_log_likelihood` and the Wald functions
     integrate this model exactly (``closed_form=True``; module docstring):
-    its log joint is quadratic in b at its current parameters (the same
-    answer on every process)."""
-    return MarginalObjective(model, guide, data, (), minimum_samples(model.latent_dim), None, 0, False,
+    its log joint is quadratic in b at its current parameters and as the
+    named ``parameters`` move (:meth:`MarginalObjective._quadratic`; the
+    same answer on every process)."""
+    return MarginalObjective(model, guide, data, parameters, minimum_samples(model.latent_dim), None, 0, False,
                              distributed_input=distributed_input).exact
 
 

@@ -23,7 +23,7 @@ from pyro_dgmm.errors import ConfigError, DataError, SaveFileError
 from pyro_dgmm.estimator import DeepMixedModel
 from pyro_dgmm.events import with_events
 from pyro_dgmm.joint import JointModel
-from pyro_dgmm import joint, joint_estimator, wald
+from pyro_dgmm import joint, joint_estimator, marginal, wald
 from pyro_dgmm.joint_estimator import JointMixedModel
 from pyro_dgmm.likelihood import observed_log_likelihood
 from pyro_dgmm.persistence import saved_facade
@@ -225,6 +225,26 @@ def test_refine_moves_the_event_coefficients_to_the_marginal_likelihood_maximum(
                                               ["event_association", "baseline_intercept", "baseline_log_time"],
                                               include_dispersion=False, num_samples=500, seed=0)
     assert again.log_likelihood_after - again.log_likelihood_before < 0.05
+
+
+def test_an_association_at_zero_does_not_pass_for_a_closed_form_likelihood():
+    """With alpha exactly 0 the event term does not depend on b, so the log joint is quadratic at that point;
+    but not as alpha moves, so a refinement or SE that moves alpha must not use the closed form."""
+    sim = simulate_joint(n_subjects=20, seed=2)
+    schema = DataSchema.fit(sim.data, id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["x"],
+                            time_basis="poly(1)")
+    events = sim.events.set_index("id").loc[schema.transform(sim.data).ids]
+    data = with_events(schema.transform(sim.data), schema.time_basis, np.zeros(20), events["time"], events["status"])
+    torch.manual_seed(0)
+    model = JointModel.from_schema(schema, latent_dim=2, num_causes=1, fixed_hidden=(), random_hidden=())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        model.event_association.zero_()
+    guide = joint.JointGuide.from_schema(schema, latent_dim=2, num_causes=1, time_scale=float(events["time"].mean()))
+    assert marginal.closed_form_applies(model, guide, data)
+    assert marginal.closed_form_applies(model, guide, data, ["fixed_effects.intercept"])
+    assert not marginal.closed_form_applies(model, guide, data, ["event_association"])
 
 
 def events_frame():
