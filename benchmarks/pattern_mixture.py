@@ -36,11 +36,25 @@ visit, pooled by Rubin's rules):
   against the true probability of k, P(D in k, D >= t | y_<t, D >= t), and
   the draws from k against the true mean of that component, E[y_t | y_<t,
   D in k, D >= t] (D the last observed visit; both by Monte Carlo over the
-  true future given the past: 2,000 draws).
+  true future given the past: 2,000 draws);
+* ``oracle`` (no fits, seconds): the ACMV donor rules with the simulator's
+  exact conditionals, on a population of 400,000 (the four patterns above:
+  last observed visit 1, 2-3, 4-5, completers).  Each dropout's values are
+  drawn visit by visit from the law of y_t given the past among the donors:
+  everybody observed at t, D >= t (ACMV, which is MAR here: the true
+  Gaussian conditional), or, the rule before the fix, only the patterns
+  whose *earliest* dropout is at or after t (D >= 4 at visit 3, D >= 6 at
+  visit 5: the Gaussian conditional tilted by the probability of staying
+  after visit t, by rejection); the rows give each rule's bias of the
+  population mean against the complete data.  And at visit 5 alone, the
+  mean of the fixed rule's mixture of P3 (with the constant share
+  rho_3(5) of its subjects observed at 5) and the completers, with the
+  exact components, against the exact conditional mean (by quadrature).
 
 Run:  python benchmarks/pattern_mixture.py --seeds 0 1 2 3 4   (parts mar, then mnar)
       python benchmarks/pattern_mixture.py --parts control --output pattern_mixture_control
       python benchmarks/pattern_mixture.py --parts one_step --seeds 0 1 --output pattern_mixture_one_step
+      python benchmarks/pattern_mixture.py --parts oracle --seeds 1 --output pattern_mixture_oracle
 """
 from __future__ import annotations
 
@@ -209,10 +223,67 @@ def _one_step_rows(sim, frames, donors, seed, missing, draws=2000):
     return out
 
 
+def run_oracle(seed, rows, output, n=400_000):
+    """The ``oracle`` part (module docstring)."""
+    from pyro_dgmm.datasets.trial import _TRIAL, _draw
+
+    p, visits = _TRIAL, 7
+    rng = np.random.default_rng([24, 7, seed])
+    arm, t, y, _, observed, _ = _draw(rng, n, visits, 0.3, 0.0, "pattern_mixture")
+    last = observed.sum(1) - 1
+    z = np.column_stack([np.ones(visits), t])
+    cov = z @ np.diag(np.square(p["b_sd"])) @ z.T + p["sigma"] ** 2 * np.eye(visits)
+    mean = p["intercept"] + (p["slope"] + 0.3 * arm[:, None]) * t
+    leave = lambda v: 1 / (1 + np.exp(-(p["a0"] + p["a1"] * (v - p["intercept"]))))
+    first = (1, 2, 4, 6)  # earliest dropout of the patterns {1}, {2, 3}, {4, 5}, completers
+    rules = {"acmv": {s: s for s in range(visits)}, "earliest_dropout": {s: min(f for f in first if f >= s)
+                                                                        for s in range(visits)}}
+    for rule, donors_from in rules.items():
+        completed = np.where(observed, y, np.nan)
+        for s in range(2, visits):
+            who = last < s
+            gain = np.linalg.solve(cov[:s, :s], cov[:s, s])
+            centre = mean[who, s] + (completed[who, :s] - mean[who, :s]) @ gain
+            sd = np.sqrt(cov[s, s] - cov[:s, s] @ gain)
+            draw = centre + sd * rng.standard_normal(centre.shape)
+            assert donors_from[s] <= s + 1  # the tilt below covers leaving after visit s only
+            redo = np.zeros(len(draw), bool) if donors_from[s] == s else rng.random(len(draw)) < leave(draw)
+            while redo.any():  # rejection: accept with the probability of staying after visit s
+                draw[redo] = centre[redo] + sd * rng.standard_normal(redo.sum())
+                redo[redo] = rng.random(redo.sum()) < leave(draw[redo])
+            completed[who, s] = draw
+        for s in range(visits):
+            rows.append({"part": "oracle", "seed": seed, "rule": rule, "time": float(t[s]),
+                         "bias": float(completed[:, s].mean() - y[:, s].mean())})
+    s, who = 5, last < 5  # visit 5, the fixed rule's mixture with the exact components
+    gain = np.linalg.solve(cov[:s, :s], cov[:s, s])
+    centre = mean[who, s] + (y[who, :s] - mean[who, :s]) @ gain
+    nodes, weights = np.polynomial.hermite_e.hermegauss(60)
+    values = centre[:, None] + np.sqrt(cov[s, s] - cov[:s, s] @ gain) * nodes
+    weights = weights / weights.sum()
+    leaves = (leave(values) * weights).sum(1)  # P(D = 5 | past, D >= 5)
+    mean_leaving = (leave(values) * values * weights).sum(1) / leaves
+    mean_staying = (centre - leaves * mean_leaving) / (1 - leaves)
+    share = (last == 5).sum() / ((last == 4) | (last == 5)).sum()  # rho_3(5)
+    h4 = leave(y[who, 4])
+    # pi_3 rho_3 p_3(y_<5) against pi_C p_C(y_<5), without their common factor: P3 holds D = 4 (left after
+    # visit 4) and D = 5 (stayed, then left after 5), the completers stayed after 4 and 5
+    weight_p3 = share * (h4 + (1 - h4) * leaves)
+    weight_completers = (1 - h4) * (1 - leaves)
+    mixture = (weight_p3 * mean_leaving + weight_completers * mean_staying) / (weight_p3 + weight_completers)
+    rows.append({"part": "oracle", "seed": seed, "rule": "acmv_constant_share_visit5", "time": 5.0,
+                 "bias": float((mixture - centre).sum() / n)})
+    write_json(rows, output)
+
+
 def summarise(frame: pd.DataFrame) -> None:
     for part, title in (("mar", "MAR data: pattern mixture (ACMV) minus MAR fit, population mean"),
                         ("control", "control, MAR data: MAR fit (seed + 100) minus MAR fit")):
         _summarise_mar(frame[frame.part == part], title)
+    oracle = frame[frame.part == "oracle"]
+    if len(oracle):
+        print_table(oracle[["rule", "time", "bias"]].to_dict("records"),
+                    "exact conditionals: bias of the population mean against the complete data")
     one = frame[frame.part == "one_step"] if "part" in frame else frame.iloc[:0]
     if len(one):
         print_table(one.groupby(["missing", "time"]).agg(one_step_bias=("one_step_bias", "mean"),
@@ -243,7 +314,7 @@ def _summarise_mar(mar: pd.DataFrame, title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--parts", nargs="+", default=["mar", "mnar"], choices=["mar", "mnar", "control", "one_step"])
+    parser.add_argument("--parts", nargs="+", default=["mar", "mnar"], choices=["mar", "mnar", "control", "one_step", "oracle"])
     parser.add_argument("--output", default="pattern_mixture")
     args = parser.parse_args()
     single_thread()
@@ -258,6 +329,8 @@ def main() -> None:
                 run_mnar(seed, rows, args.output)
             elif part == "one_step":
                 run_one_step(seed, rows, args.output)
+            elif part == "oracle":
+                run_oracle(seed, rows, args.output)
             else:
                 run_seed(seed, part, rows, args.output)
     summarise(pd.DataFrame(rows))

@@ -54,12 +54,14 @@ A pattern k observed at t only in part enters with its model's
 :math:`p_k(y_t \mid y_{<t})`, which its subjects observed at t fitted,
 and with :math:`\rho_k(t)` in place of :math:`P(D \ge t \mid y_{<t}, k)`,
 which would need a model of dropout within the pattern: exact when each
-pattern is one dropout time, an approximation otherwise (on
-:func:`~pyro_dgmm.datasets.simulate_trial` with the exact conditionals, a
-bias of 0.001 in the mean of a visit, where leaving such patterns out, as
-an earlier version did, gave -0.03 and, carried on to later visits, -0.045;
-docs/missing.md).  A subject's own pattern is a donor after its dropout
-when other subjects of it are still observed.  In the DGMM, :math:`p_k(y_t \mid y_{<t}) = \int p_k(y_t \mid b)\,
+pattern is one dropout time, an approximation otherwise (with the exact
+conditionals of :func:`~pyro_dgmm.datasets.simulate_trial`: +0.001 in the
+mean at visit 5, where leaving such patterns out of the donors, as an
+earlier version did, gave -0.028 there and -0.044 with what earlier visits
+passed on; docs/missing.md).  A subject's own pattern is a donor after its
+dropout when other subjects of it are still observed.
+
+In the DGMM, :math:`p_k(y_t \mid y_{<t}) = \int p_k(y_t \mid b)\,
 p_k(b \mid y_{<t})\, db` with b shared across visits, so one draw of
 :math:`y_t` is: draw a donor pattern k with probability :math:`\omega_k`
 and b from :math:`p_k(b \mid y_{<t})` together, then :math:`y_t \sim p_k(y_t
@@ -181,8 +183,8 @@ class DropoutPatterns:
         reference); None before :meth:`fit_probabilities`.
     :param dropouts: each pattern's distinct dropout times in training, and
         ``dropout_counts`` its subjects at each: what :meth:`observed_share`
-        reads.  The last pattern (completers, or the only one) is observed
-        at every time.
+        reads (set by :meth:`fit` and :meth:`from_spec`).  The last pattern
+        (completers, or the only one) is observed at every time.
     """
 
     labels: list[str]
