@@ -25,10 +25,36 @@ visit, pooled by Rubin's rules):
   second MAR fit with another seed (``seed + 100``, also drawing the
   imputations) against the ``mar`` part's MAR fit: how far two fits of the
   same model differ (fit-to-fit variation, which the imputations' Monte
-  Carlo SE leaves out).
+  Carlo SE leaves out);
+* ``one_step``: where each fit's imputations go wrong, free of what earlier
+  visits pass on: refits the ``mar`` part's two models (the same seeds, so
+  the same fits with one thread), draws ``impute(num_imputations=20)`` and,
+  for every visit t and subject that dropped out before it, compares the
+  imputed y_t with the true E[y_t | y_<t] of the simulator's linear mixed
+  model given that imputation's past (MAR: the law among everybody).  For
+  the pattern mixture also per donor pattern k: the share of draws from k
+  against the true probability of k, P(D in k, D >= t | y_<t, D >= t), and
+  the draws from k against the true mean of that component, E[y_t | y_<t,
+  D in k, D >= t] (D the last observed visit; both by Monte Carlo over the
+  true future given the past: 2,000 draws);
+* ``oracle`` (no fits, seconds): the ACMV donor rules with the simulator's
+  exact conditionals, on a population of 400,000 (the four patterns above:
+  last observed visit 1, 2-3, 4-5, completers).  Each dropout's values are
+  drawn visit by visit from the law of y_t given the past among the donors:
+  everybody observed at t, D >= t (ACMV, which is MAR here: the true
+  Gaussian conditional), or, the rule before the fix, only the patterns
+  whose *earliest* dropout is at or after t (D >= 4 at visit 3, D >= 6 at
+  visit 5: the Gaussian conditional tilted by the probability of staying
+  after visit t, by rejection); the rows give each rule's bias of the
+  population mean against the complete data.  And at visit 5 alone, the
+  mean of the fixed rule's mixture of P3 (with the constant share
+  rho_3(5) of its subjects observed at 5) and the completers, with the
+  exact components, against the exact conditional mean (by quadrature).
 
 Run:  python benchmarks/pattern_mixture.py --seeds 0 1 2 3 4   (parts mar, then mnar)
       python benchmarks/pattern_mixture.py --parts control --output pattern_mixture_control
+      python benchmarks/pattern_mixture.py --parts one_step --seeds 0 1 --output pattern_mixture_one_step
+      python benchmarks/pattern_mixture.py --parts oracle --seeds 1 --output pattern_mixture_oracle
 """
 from __future__ import annotations
 
@@ -122,10 +148,148 @@ def run_control(seed, rows, output):
     write_json(rows, output)
 
 
+def run_one_step(seed, rows, output):
+    """The ``one_step`` part (module docstring) for one seed."""
+    from pyro_dgmm import DeepMixedModel
+    from pyro_dgmm.datasets import simulate_trial
+
+    sim = simulate_trial(300, seed=seed, delta=0.0)
+    for missing in ("mask", "pattern_mixture"):
+        model = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=["arm"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(sim.data, progress=False, seed=seed, missing=missing)
+        frames = [f.sort_values(["id", "time"]) for f in model.impute(num_imputations=IMPUTATIONS, seed=seed)]
+        donors = None if model.patterns_ is None else dict(zip(model.patterns_.labels, model.patterns_.dropouts))
+        rows.extend(_one_step_rows(sim, frames, donors, seed, missing))
+        print(json.dumps(rows[-1]), flush=True)
+        write_json(rows, output)
+
+
+def _one_step_rows(sim, frames, donors, seed, missing, draws=2000):
+    """Rows of the ``one_step`` part for one fit's imputed ``frames``;
+    ``donors``: pattern -> its dropout times (None for the MAR fit)."""
+    p = sim.params
+    t = np.sort(sim.data["time"].unique())
+    n, visits = sim.data["id"].nunique(), len(t)
+    arm = sim.data.groupby("id")["arm"].first().to_numpy()
+    mean = p["intercept"] + (p["slope"] + p["effect"] * arm[:, None]) * t
+    z = np.column_stack([np.ones(visits), t])
+    cov = z @ np.diag(np.square(p["b_sd"])) @ z.T + p["sigma"] ** 2 * np.eye(visits)
+    last = (~np.isnan(sim.data["y"].to_numpy().reshape(n, visits))).sum(1) - 1
+    leave = lambda v: 1 / (1 + np.exp(-(p["a0"] + p["a1"] * (v - p["intercept"]))))  # after a visit, given it
+    rng = np.random.default_rng([24, seed])
+    out = []
+    for s in range(1, visits):
+        who = last < s
+        if not who.any():
+            continue
+        past, future = np.arange(s), np.arange(s, visits)
+        gain = np.linalg.solve(cov[np.ix_(past, past)], cov[np.ix_(past, future)])
+        root = np.linalg.cholesky(cov[np.ix_(future, future)] - cov[np.ix_(future, past)] @ gain)
+        errors, by_donor = [], []
+        for f in frames:
+            y = f["y"].to_numpy().reshape(n, visits)[who]
+            centre = mean[who][:, future] + (y[:, :s] - mean[who][:, :s]) @ gain
+            errors.append(y[:, s] - centre[:, 0])
+            if donors is None:
+                continue
+            ahead = centre[:, None, :] + rng.standard_normal((len(y), draws, len(future))) @ root.T
+            stay = np.cumprod(1 - leave(ahead), -1)  # P(still in after visit s + j | D >= s, future)
+            # P(D = s + j | D >= s, future): leave after s + j, having stayed before; the last visit keeps the rest
+            prob = np.concatenate([np.ones_like(stay[..., :1]), stay[..., :-1]], -1) * leave(ahead)
+            prob[..., -1] = stay[..., -2] if len(future) > 1 else 1.0
+            drawn = f["donor_pattern"].to_numpy().reshape(n, visits)[who, s]
+            for label, times in donors.items():
+                ahead_d = [d for d in times if d >= t[s] - 1e-9]
+                if not ahead_d:
+                    continue
+                w = prob[..., np.searchsorted(t[s:], ahead_d)].sum(-1)
+                component = (w * ahead[..., 0]).sum(1) / np.maximum(w.sum(1), 1e-300)
+                mine = drawn == label
+                by_donor.append({"donor": label, "draws": int(mine.sum()), "true_probability": float(w.mean(1).sum()),
+                                 "minus_component": float((y[mine, s] - component[mine]).sum())})
+        error = np.mean(errors, 0)
+        row = {"part": "one_step", "seed": seed, "missing": missing, "time": float(t[s]), "dropouts": int(who.sum()),
+               "one_step_bias": float(error.mean()), "se": float(error.std(ddof=1) / np.sqrt(len(error)))
+               if len(error) > 1 else float("nan"), "population_effect": float(error.sum() / n)}
+        if by_donor:
+            table = pd.DataFrame(by_donor).groupby("donor", sort=False).sum()
+            row["donors"] = {k: {"draw_share": v.draws / table.draws.sum(),
+                                 "true_share": v.true_probability / (len(frames) * who.sum()),
+                                 "draws_minus_true_component": v.minus_component / max(v.draws, 1)}
+                             for k, v in table.iterrows()}
+        out.append(row)
+    return out
+
+
+def run_oracle(seed, rows, output, n=400_000):
+    """The ``oracle`` part (module docstring)."""
+    from pyro_dgmm.datasets.trial import _TRIAL, _draw
+
+    p, visits = _TRIAL, 7
+    rng = np.random.default_rng([24, 7, seed])
+    arm, t, y, _, observed, _ = _draw(rng, n, visits, 0.3, 0.0, "pattern_mixture")
+    last = observed.sum(1) - 1
+    z = np.column_stack([np.ones(visits), t])
+    cov = z @ np.diag(np.square(p["b_sd"])) @ z.T + p["sigma"] ** 2 * np.eye(visits)
+    mean = p["intercept"] + (p["slope"] + 0.3 * arm[:, None]) * t
+    leave = lambda v: 1 / (1 + np.exp(-(p["a0"] + p["a1"] * (v - p["intercept"]))))
+    first = (1, 2, 4, 6)  # earliest dropout of the patterns {1}, {2, 3}, {4, 5}, completers
+    rules = {"acmv": {s: s for s in range(visits)}, "earliest_dropout": {s: min(f for f in first if f >= s)
+                                                                        for s in range(visits)}}
+    for rule, donors_from in rules.items():
+        completed = np.where(observed, y, np.nan)
+        for s in range(2, visits):
+            who = last < s
+            gain = np.linalg.solve(cov[:s, :s], cov[:s, s])
+            centre = mean[who, s] + (completed[who, :s] - mean[who, :s]) @ gain
+            sd = np.sqrt(cov[s, s] - cov[:s, s] @ gain)
+            draw = centre + sd * rng.standard_normal(centre.shape)
+            assert donors_from[s] <= s + 1  # the tilt below covers leaving after visit s only
+            redo = np.zeros(len(draw), bool) if donors_from[s] == s else rng.random(len(draw)) < leave(draw)
+            while redo.any():  # rejection: accept with the probability of staying after visit s
+                draw[redo] = centre[redo] + sd * rng.standard_normal(redo.sum())
+                redo[redo] = rng.random(redo.sum()) < leave(draw[redo])
+            completed[who, s] = draw
+        for s in range(visits):
+            rows.append({"part": "oracle", "seed": seed, "rule": rule, "time": float(t[s]),
+                         "bias": float(completed[:, s].mean() - y[:, s].mean())})
+    s, who = 5, last < 5  # visit 5, the fixed rule's mixture with the exact components
+    gain = np.linalg.solve(cov[:s, :s], cov[:s, s])
+    centre = mean[who, s] + (y[who, :s] - mean[who, :s]) @ gain
+    nodes, weights = np.polynomial.hermite_e.hermegauss(60)
+    values = centre[:, None] + np.sqrt(cov[s, s] - cov[:s, s] @ gain) * nodes
+    weights = weights / weights.sum()
+    leaves = (leave(values) * weights).sum(1)  # P(D = 5 | past, D >= 5)
+    mean_leaving = (leave(values) * values * weights).sum(1) / leaves
+    mean_staying = (centre - leaves * mean_leaving) / (1 - leaves)
+    share = (last == 5).sum() / ((last == 4) | (last == 5)).sum()  # rho_3(5)
+    h4 = leave(y[who, 4])
+    # pi_3 rho_3 p_3(y_<5) against pi_C p_C(y_<5), without their common factor: P3 holds D = 4 (left after
+    # visit 4) and D = 5 (stayed, then left after 5), the completers stayed after 4 and 5
+    weight_p3 = share * (h4 + (1 - h4) * leaves)
+    weight_completers = (1 - h4) * (1 - leaves)
+    mixture = (weight_p3 * mean_leaving + weight_completers * mean_staying) / (weight_p3 + weight_completers)
+    rows.append({"part": "oracle", "seed": seed, "rule": "acmv_constant_share_visit5", "time": 5.0,
+                 "bias": float((mixture - centre).sum() / n)})
+    write_json(rows, output)
+
+
 def summarise(frame: pd.DataFrame) -> None:
     for part, title in (("mar", "MAR data: pattern mixture (ACMV) minus MAR fit, population mean"),
                         ("control", "control, MAR data: MAR fit (seed + 100) minus MAR fit")):
         _summarise_mar(frame[frame.part == part], title)
+    oracle = frame[frame.part == "oracle"]
+    if len(oracle):
+        print_table(oracle[["rule", "time", "bias"]].to_dict("records"),
+                    "exact conditionals: bias of the population mean against the complete data")
+    one = frame[frame.part == "one_step"] if "part" in frame else frame.iloc[:0]
+    if len(one):
+        print_table(one.groupby(["missing", "time"]).agg(one_step_bias=("one_step_bias", "mean"),
+                                                         population_effect=("population_effect", "mean"),
+                                                         seeds=("seed", "count")).reset_index().to_dict("records"),
+                    "one-step bias of the imputations against the true E[y_t | y_<t]")
     mnar = frame[(frame.part == "mnar") & (frame.time == frame.time.max())].copy()
     if len(mnar):
         mnar["mar_bias"] = mnar.mar_mean - mnar.complete_mean
@@ -150,7 +314,7 @@ def _summarise_mar(mar: pd.DataFrame, title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--parts", nargs="+", default=["mar", "mnar"], choices=["mar", "mnar", "control"])
+    parser.add_argument("--parts", nargs="+", default=["mar", "mnar"], choices=["mar", "mnar", "control", "one_step", "oracle"])
     parser.add_argument("--output", default="pattern_mixture")
     args = parser.parse_args()
     single_thread()
@@ -163,6 +327,10 @@ def main() -> None:
                 run_control(seed, rows, args.output)
             elif part == "mnar":
                 run_mnar(seed, rows, args.output)
+            elif part == "one_step":
+                run_one_step(seed, rows, args.output)
+            elif part == "oracle":
+                run_oracle(seed, rows, args.output)
             else:
                 run_seed(seed, part, rows, args.output)
     summarise(pd.DataFrame(rows))

@@ -33,18 +33,35 @@ covariates).
 **Identification (ACMV; Little 1993, Molenberghs et al. 1998).**  Pattern
 j's data say nothing about its outcomes after :math:`d_j`.  ACMV sets the
 distribution of a value at time t given the past, in a pattern that has
-dropped out before t, to that of the patterns still observed at t,
-:math:`A(t) = \{k: \text{pattern } k \text{ is observed at } t\}`
-(completers, and dropout patterns whose earliest dropout is at or after t):
+dropped out before t, to that among the subjects still observed at t,
+:math:`D \ge t` (D the dropout time):
+:math:`p(y_t \mid y_{<t}, D = d) = p(y_t \mid y_{<t}, D \ge t)` for
+:math:`d < t`.  Under MAR dropout this restriction holds, so the
+pattern-mixture answers match the MAR fit's (Molenberghs et al. 1998 show
+ACMV is MAR for monotone dropout).  The subjects observed at t are those of
+the patterns :math:`A(t) = \{k: \text{some subject of pattern } k \text{ is
+observed at } t\}` (completers, and dropout patterns whose latest dropout
+is at or after t), of pattern k the share :math:`\rho_k(t)` whose dropout
+time is at or after t (1 up to the pattern's earliest dropout; in between,
+for a pattern that groups several dropout times, the training share),
+so the law of :math:`y_t` given the past among them is the mixture
 
 .. math:: p_j(y_t \mid y_{<t}, x) = \sum_{k \in A(t)} \omega_k(y_{<t}, x)\,
           p_k(y_t \mid y_{<t}, x), \qquad
-          \omega_k \propto \pi_k(x)\, p_k(y_{<t} \mid x),
+          \omega_k \propto \pi_k(x)\, \rho_k(t)\, p_k(y_{<t} \mid x).
 
-the law of :math:`y_t` given the past among everyone observed at t.  Under
-MAR dropout this restriction holds, so the pattern-mixture answers match
-the MAR fit's (Molenberghs et al. 1998 show ACMV is MAR for monotone
-dropout).  In the DGMM, :math:`p_k(y_t \mid y_{<t}) = \int p_k(y_t \mid b)\,
+A pattern k observed at t only in part enters with its model's
+:math:`p_k(y_t \mid y_{<t})`, which its subjects observed at t fitted,
+and with :math:`\rho_k(t)` in place of :math:`P(D \ge t \mid y_{<t}, k)`,
+which would need a model of dropout within the pattern: exact when each
+pattern is one dropout time, an approximation otherwise (with the exact
+conditionals of :func:`~pyro_dgmm.datasets.simulate_trial`: +0.001 in the
+mean at visit 5, where leaving such patterns out of the donors, as an
+earlier version did, gave -0.028 there and -0.044 with what earlier visits
+passed on; docs/missing.md).  A subject's own pattern is a donor after its
+dropout when other subjects of it are still observed.
+
+In the DGMM, :math:`p_k(y_t \mid y_{<t}) = \int p_k(y_t \mid b)\,
 p_k(b \mid y_{<t})\, db` with b shared across visits, so one draw of
 :math:`y_t` is: draw a donor pattern k with probability :math:`\omega_k`
 and b from :math:`p_k(b \mid y_{<t})` together, then :math:`y_t \sim p_k(y_t
@@ -52,12 +69,12 @@ and b from :math:`p_k(b \mid y_{<t})` together, then :math:`y_t \sim p_k(y_t
 for each :math:`k \in A(t)`, S draws :math:`b^{(s)}` from the encoder
 :math:`q(b \mid y_{<t}, e_k)` with weights
 
-.. math:: w_k^{(s)} = \pi_k(x)\, \frac{p_k(y_{<t} \mid b^{(s)})\, \mathcal N(b^{(s)}; 0, I)}
+.. math:: w_k^{(s)} = \pi_k(x)\, \rho_k(t)\, \frac{p_k(y_{<t} \mid b^{(s)})\, \mathcal N(b^{(s)}; 0, I)}
           {q(b^{(s)} \mid y_{<t}, e_k)},
 
 and one pair (k, s) drawn with probability proportional to
 :math:`w_k^{(s)}`: k is then drawn with probability
-:math:`\propto \pi_k \hat p_k(y_{<t})` (the importance estimate of the
+:math:`\propto \pi_k \rho_k(t) \hat p_k(y_{<t})` (the importance estimate of the
 marginal likelihood) and b from the weighted draws of pattern k's posterior.
 Visits after dropout are imputed in time order, each conditioning on the
 observed and already imputed past (:func:`acmv_completions`); missing
@@ -155,15 +172,19 @@ class DropoutPatterns:
     for numeric times, the user's minus the earliest training time).
 
     :param labels: pattern names (``P1``, ``P2``, ..., ``completer``; or ``all``).
-    :param first: each pattern's earliest dropout time in training; the
-        pattern counts as observed at times up to it.
+    :param first: each pattern's earliest dropout time in training; all its
+        subjects are observed at times up to it.
     :param last: each pattern's latest dropout time in training (the upper
-        bound used to assign new subjects).
+        bound used to assign new subjects; none of its subjects is observed after it).
     :param counts: training subjects per pattern.
     :param end: the last time of the training grid (completers are observed there).
     :param coefficients: (P + 1, G - 1) slopes of the multinomial logit of the
         pattern on the covariates (intercept first; the first pattern is the
         reference); None before :meth:`fit_probabilities`.
+    :param dropouts: each pattern's distinct dropout times in training, and
+        ``dropout_counts`` its subjects at each: what :meth:`observed_share`
+        reads (set by :meth:`fit` and :meth:`from_spec`).  The last pattern
+        (completers, or the only one) is observed at every time.
     """
 
     labels: list[str]
@@ -172,6 +193,8 @@ class DropoutPatterns:
     counts: list[int]
     end: float
     coefficients: list[list[float]] | None = None
+    dropouts: list[list[float]] | None = None
+    dropout_counts: list[list[int]] | None = None
 
     @classmethod
     def fit(cls, dropout: pd.Series, end: float, config: PatternConfig) -> "DropoutPatterns":
@@ -187,25 +210,29 @@ class DropoutPatterns:
         """
         d = dropout.to_numpy(float)
         if config.num_patterns == 1:
-            return cls._checked([SINGLE], [end], [end], [len(d)], end, config, d)
+            return cls._checked([SINGLE], [end], [end], [len(d)], end, config, d, [[end]], [[len(d)]])
         done = d >= end - _tolerance(end)
         values, counts = np.unique(d[~done], return_counts=True)
         groups = config.num_patterns - 1
         share = (np.cumsum(counts) - counts / 2) / max(1, counts.sum())
         _, group = np.unique(np.minimum((share * groups).astype(int), groups - 1), return_inverse=True)
-        labels, first, last, sizes = [], [], [], []
+        labels, first, last, sizes, times, at = [], [], [], [], [], []
         for g in range(len(np.unique(group))):
             labels.append(f"P{g + 1}")
             first.append(float(values[group == g].min()))
             last.append(float(values[group == g].max()))
             sizes.append(int(counts[group == g].sum()))
+            times.append(values[group == g].tolist())
+            at.append(counts[group == g].tolist())
         return cls._checked(labels + [COMPLETER], first + [end], last + [end], sizes + [int(done.sum())], end,
-                            config, d)
+                            config, d, times + [[end]], at + [[int(done.sum())]])
 
     @classmethod
-    def _checked(cls, labels, first, last, counts, end, config, d) -> "DropoutPatterns":
+    def _checked(cls, labels, first, last, counts, end, config, d, dropouts, dropout_counts) -> "DropoutPatterns":
         patterns = cls([str(x) for x in labels], [float(x) for x in first], [float(x) for x in last],
-                       [int(x) for x in counts], float(end))
+                       [int(x) for x in counts], float(end),
+                       dropouts=[[float(x) for x in row] for row in dropouts],
+                       dropout_counts=[[int(x) for x in row] for row in dropout_counts])
         small = [(label, n) for label, n in zip(labels, counts) if n < config.min_subjects]
         if small:
             table = patterns.table().to_string(index=False)
@@ -258,14 +285,18 @@ class DropoutPatterns:
         out[PATTERN_COLUMN] = pd.Categorical(df[id_col].map(labels), categories=self.categories)
         return out
 
-    def available(self, times: torch.Tensor) -> torch.Tensor:
-        """(N, T, G) bool: whether pattern g is observed at each time of
-        ``times`` (N, T): completers always, a dropout pattern up to its
-        earliest dropout time."""
-        first = torch.as_tensor(self.first, dtype=times.dtype, device=times.device)
-        open_ended = torch.zeros(self.num_patterns, dtype=torch.bool, device=times.device)
-        open_ended[-1] = True
-        return (times.unsqueeze(-1) <= first + _tolerance(max(map(abs, self.first)))) | open_ended
+    def observed_share(self, times: torch.Tensor) -> torch.Tensor:
+        r"""(N, T, G): :math:`\rho_g(t)`, the share of pattern g's training
+        subjects still observed at each time t of ``times`` (N, T), i.e.
+        whose dropout time is at or after t: 1 for the last pattern
+        (completers, or the only pattern) and for a dropout pattern up to its
+        earliest dropout time, 0 after its latest."""
+        shares = []
+        for times_g, counts_g in zip(self.dropouts[:-1], self.dropout_counts[:-1]):
+            d = torch.as_tensor(times_g, dtype=times.dtype, device=times.device) + _tolerance(self.end)
+            n = torch.as_tensor(counts_g, dtype=times.dtype, device=times.device)
+            shares.append((times.unsqueeze(-1) <= d).to(times.dtype) @ n / n.sum())
+        return torch.stack(shares + [torch.ones_like(times)], -1)
 
     def fit_probabilities(self, features: torch.Tensor, own: np.ndarray) -> "DropoutPatterns":
         r"""These patterns with :math:`\pi_j(x)` fitted: a multinomial logit of
@@ -304,11 +335,16 @@ class DropoutPatterns:
     def to_spec(self) -> dict:
         """Plain values for a save file."""
         return {"labels": self.labels, "first": self.first, "last": self.last, "counts": self.counts,
-                "end": self.end, "coefficients": self.coefficients}
+                "end": self.end, "coefficients": self.coefficients, "dropouts": self.dropouts,
+                "dropout_counts": self.dropout_counts}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "DropoutPatterns":
-        """The patterns saved by :meth:`to_spec`."""
+        """The patterns saved by :meth:`to_spec`.  A file saved before
+        ``dropouts`` existed gets each pattern observed up to its earliest
+        dropout time only (what such a fit's imputations used)."""
+        if spec.get("dropouts") is None:
+            spec = {**spec, "dropouts": [[x] for x in spec["first"]], "dropout_counts": [[n] for n in spec["counts"]]}
         return cls(**spec)
 
 
@@ -349,7 +385,7 @@ def _paired_draws(model, data: LongitudinalData, b: torch.Tensor,
 
 @torch.no_grad()
 def acmv_completions(model, guide, schema: DataSchema, data: LongitudinalData, designs: torch.Tensor,
-                     own: torch.Tensor, log_prior: torch.Tensor, available: torch.Tensor, b: torch.Tensor, *,
+                     own: torch.Tensor, log_prior: torch.Tensor, share: torch.Tensor, b: torch.Tensor, *,
                      num_particles: int = 200,
                      shift: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Completed outcomes under ACMV (module docstring), one per draw of b.
@@ -357,12 +393,14 @@ def acmv_completions(model, guide, schema: DataSchema, data: LongitudinalData, d
     :param data: the subjects, their own patterns in the covariates.
     :param designs: (G, N, P) covariates under each pattern; ``own`` (N,) their own.
     :param log_prior: (N, G) :math:`\\log \\pi_k(x_i)`.
-    :param available: (N, T, G) whether pattern k is observed at each visit.
+    :param share: (N, T, G) :math:`\\rho_k(t)`, the share of pattern k observed
+        at each visit (:meth:`DropoutPatterns.observed_share`).
     :param b: (M, N, q) draws of b_i | y_i^o under the own pattern.
     :param shift: (N, T, K) delta added to the linear predictor of drawn cells.
     :returns: the completions (M, N, T, K) that later visits condition on,
         the same with ``shift`` applied (what is reported), and the donor
-        pattern of every visit (M, N, T) (the own pattern up to dropout).
+        pattern of every visit (M, N, T) (the own pattern up to dropout; after
+        it, any pattern with subjects observed there, the own one included).
     """
     m, (n, t, _) = b.shape[0], data.y.shape
     completed, reported = _paired_draws(model, data, b, shift)
@@ -375,13 +413,13 @@ def acmv_completions(model, guide, schema: DataSchema, data: LongitudinalData, d
             continue
         size = subjects_per_chunk(num_particles * m, data, _CELLS)
         for chunk in rows.split(size):
-            pattern, values, shifted = _acmv_visit(model, guide, schema, data, designs, log_prior, available,
+            pattern, values, shifted = _acmv_visit(model, guide, schema, data, designs, log_prior, share,
                                                    completed, shift, chunk, s, num_particles)
             completed[:, chunk, s], reported[:, chunk, s], donor[:, chunk, s] = values, shifted, pattern
     return completed, reported, donor
 
 
-def _acmv_visit(model, guide, schema, data, designs, log_prior, available, completed, shift, rows, s, particles):
+def _acmv_visit(model, guide, schema, data, designs, log_prior, share, completed, shift, rows, s, particles):
     """Draws at visit slot ``s`` for subjects ``rows`` that dropped out before
     it, one per imputation: (donor pattern, value, shifted value), each (M, n[, K])."""
     m, n = completed.shape[0], len(rows)
@@ -395,16 +433,17 @@ def _acmv_visit(model, guide, schema, data, designs, log_prior, available, compl
     scale = torch.as_tensor(schema.encoder_scale, dtype=y.dtype)
     past = replace(past, y=y, mask=past_cells, encoder_mask=None,
                    encoder_y=torch.where(past_cells, (encoded - center) / scale, torch.zeros_like(encoded)))
-    donors = [g for g in range(designs.shape[0]) if available[rows, s, g].any()]
+    donors = [g for g in range(designs.shape[0]) if (share[rows, s, g] > 0).any()]
     draws, log_w = [], []
     for g in donors:
         view = replace(past, covariates=designs[g][replicated])
         q = guide.posterior(view)  # the encoder reads every slot (the dense one needs them all)
         b = q.sample((particles,))  # (S, M n, q)
         # the likelihood of the past needs the slots before s only
-        weight = log_joint(model, b, _first_slots(view, s)) - q.log_prob(b) + log_prior[replicated, g]
+        weight = (log_joint(model, b, _first_slots(view, s)) - q.log_prob(b) + log_prior[replicated, g]
+                  + share[replicated, s, g].log())  # -inf where none of pattern g is observed
         draws.append(b)
-        log_w.append(torch.where(available[replicated, s, g], weight, torch.full_like(weight, -torch.inf)))
+        log_w.append(weight)
     pick = torch.multinomial(torch.softmax(torch.cat(log_w), 0).T, 1).squeeze(-1)  # over (pattern, particle)
     chosen = torch.stack(draws)[pick // particles, pick % particles, torch.arange(m * n)]  # (M n, q)
     pattern = torch.as_tensor(donors)[pick // particles]
@@ -443,7 +482,7 @@ def pattern_mixture_imputations(model, guide, schema: DataSchema, data: Longitud
     b = imputation_draws(model, guide, data, num_imputations, mcmc_steps=mcmc_steps, warmup_steps=warmup_steps,
                          kernel=kernel)
     _, reported, donor = acmv_completions(model, guide, schema, data, designs, own, log_prior,
-                                          patterns.available(data.times), b, num_particles=num_particles,
+                                          patterns.observed_share(data.times), b, num_particles=num_particles,
                                           shift=shift)
     return completed_frames(data, reported, {"donor_pattern": np.asarray(patterns.labels)[donor.numpy()]})
 
