@@ -155,7 +155,7 @@ def serial_tau(model, name: str) -> float:
     if name not in core.serial_outcomes:
         return float("nan")
     k = core.serial_outcomes.index(name)
-    return float((core.serial_scale[k] * core.outcome_scale[core.outcomes.index(name)]).detach())
+    return abs(float((core.serial_scale[k] * core.outcome_scale[core.outcomes.index(name)]).detach()))  # sign: free
 
 
 # ------------------------------------------------------------------ sim
