@@ -11,10 +11,10 @@ basis, linear nets (the linear special case: lme4's random intercept and
 slope per marker, correlated across markers), the Student-t for chosen
 markers, and the Brownian serial process of log-bilirubin (its scale then
 moved to the marginal-likelihood maximum); ``serial_tau`` is reported.
-``', refined'``: the fit ends with the maximum-likelihood refinement
-(``fit(refine=True)``: importance-sampled for PBC, whose binary markers
-leave the likelihood without a closed form, so ``refine='auto'`` does not
-refine there); ``refined`` says per row whether a fit was refined.
+``refined`` says per row whether the fit ended with the maximum-likelihood
+refinement of ``refine='auto'`` (not for PBC: its binary markers leave the
+likelihood without a closed form).  Coverage and log density per horizon
+bin (``HORIZON_BINS``) are reported in the ``*_by_horizon`` columns.
 
 Part ``sim`` (the acceptance simulations): :func:`simulate_linear_noise`
 with random intercept and slope, ``--n-subjects`` (300) x 10 visits, with
@@ -68,7 +68,6 @@ SETTINGS = {
     "t for albumin+protime, poly(1), linear nets": ("gaussian", "constant"),
     "t for protime, poly(1), linear nets": ("gaussian", "constant"),
     "t for protime, poly(1), linear nets, brownian": ("gaussian", "constant"),
-    "gaussian, poly(1), linear nets, refined": ("gaussian", "constant"),  # fit(refine=True)
 }
 #: further DeepMixedModel options of a setting (issue 25's follow-up: the time basis of the random
 #: effects, the linear special case = per-marker lme4 random intercept and slope, and the serial
@@ -91,8 +90,6 @@ OPTIONS = {
     "t for protime, poly(1), linear nets, brownian": {"time_basis": "poly(1)", "latent_dim": 6,
                                                       "model_options": {**LINEAR_NETS, **BROWNIAN},
                                                       "families": {"protime": "student_t"}},
-    "gaussian, poly(1), linear nets, refined": {"time_basis": "poly(1)", "latent_dim": 6,
-                                                "model_options": LINEAR_NETS, "refine": True},
 }
 LEVELS = (0.5, 0.8, 0.95)
 SIM_LANDMARK = 5.0
@@ -109,7 +106,6 @@ def fit_model(df, outcomes, covariates, setting: str, *, id_col: str, time_col: 
     family, dispersion_model = SETTINGS[setting]
     outcomes = {name: (family if spec == "gaussian" else spec) for name, spec in outcomes.items()}
     options = dict(OPTIONS.get(setting, {}))
-    refine = options.pop("refine", "auto")  # FitConfig.refine: 'auto' refines closed-form (all-Gaussian linear) models
     outcomes = {**outcomes, **options.pop("families", {})}  # per-marker families of the docs' recommendation
     model_options = {"dispersion_model": dispersion_model, **options.pop("model_options", {})}
     model = DeepMixedModel(id_col=id_col, time_col=time_col, outcomes=outcomes, covariates=covariates,
@@ -117,7 +113,7 @@ def fit_model(df, outcomes, covariates, setting: str, *, id_col: str, time_col: 
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence and latent-dimension warnings are recorded in the rows
-        model.fit(df, progress=False, seed=seed, refine=refine)
+        model.fit(df, progress=False, seed=seed)
         if setting.endswith(", ML"):
             model.refine_observation_model(seed=seed)
         if model.model_.serial_outcomes:  # SVI shrinks the process scale (docs/prediction.md): ML for it
