@@ -11,6 +11,10 @@ basis, linear nets (the linear special case: lme4's random intercept and
 slope per marker, correlated across markers), the Student-t for chosen
 markers, and the Brownian serial process of log-bilirubin (its scale then
 moved to the marginal-likelihood maximum); ``serial_tau`` is reported.
+``refined`` says per row whether the fit ended with the maximum-likelihood
+refinement of ``refine='auto'`` (not for PBC: its binary markers leave the
+likelihood without a closed form).  Coverage and log density per horizon
+bin (``HORIZON_BINS``) are reported in the ``*_by_horizon`` columns.
 
 Part ``sim`` (the acceptance simulations): :func:`simulate_linear_noise`
 with random intercept and slope, ``--n-subjects`` (300) x 10 visits, with
@@ -63,6 +67,7 @@ SETTINGS = {
     "gaussian, poly(1), linear nets, brownian": ("gaussian", "constant"),
     "t for albumin+protime, poly(1), linear nets": ("gaussian", "constant"),
     "t for protime, poly(1), linear nets": ("gaussian", "constant"),
+    "t for protime, poly(1), linear nets, brownian": ("gaussian", "constant"),
 }
 #: further DeepMixedModel options of a setting (issue 25's follow-up: the time basis of the random
 #: effects, the linear special case = per-marker lme4 random intercept and slope, and the serial
@@ -82,11 +87,16 @@ OPTIONS = {
                                                     "families": {"albumin": "student_t", "protime": "student_t"}},
     "t for protime, poly(1), linear nets": {"time_basis": "poly(1)", "latent_dim": 6, "model_options": LINEAR_NETS,
                                             "families": {"protime": "student_t"}},
+    "t for protime, poly(1), linear nets, brownian": {"time_basis": "poly(1)", "latent_dim": 6,
+                                                      "model_options": {**LINEAR_NETS, **BROWNIAN},
+                                                      "families": {"protime": "student_t"}},
 }
 LEVELS = (0.5, 0.8, 0.95)
 SIM_LANDMARK = 5.0
 PBC_LANDMARKS = (3.0, 5.0)
 PBC_CONTINUOUS = ("log_bili", "albumin", "protime")
+#: horizon bins (years after the landmark) of the coverage-by-horizon columns
+HORIZON_BINS = (0, 1, 2, 4, 6, 14)
 
 
 def fit_model(df, outcomes, covariates, setting: str, *, id_col: str, time_col: str, seed: int):
@@ -116,17 +126,23 @@ def degrees_of_freedom(model, name: str) -> float:
     return float(shapes["df"].detach()) if "df" in shapes else float("nan")
 
 
-def landmark_scores(model, df, landmark: float, seed: int) -> pd.DataFrame:
-    """Scores per continuous outcome of the predictions at ``landmark`` (all horizons)."""
+def landmark_scores(model, df, landmark: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Scores per outcome of the predictions at ``landmark``: over all horizons, per horizon bin
+    (``HORIZON_BINS``), and the predictions."""
     import pyro
 
     from pyro_dgmm.evaluation import landmark_evaluation
 
     pyro.set_rng_seed(seed)
     result = landmark_evaluation(model.model_, model.guide_, model.schema_, df, landmark, levels=LEVELS,
-                                 seed=seed)
-    scores = result.scores[(result.scores.method == "model") & (result.scores.horizon == "all")]
-    return scores, result.predictions
+                                 horizon_bins=HORIZON_BINS, seed=seed)
+    scores = result.scores[result.scores.method == "model"]
+    return scores[scores.horizon == "all"], scores[scores.horizon != "all"], result.predictions
+
+
+def refined(model) -> bool:
+    """Whether the fit ended with the maximum-likelihood refinement (``FitConfig.refine``)."""
+    return model.result_.refinement is not None
 
 
 def serial_tau(model, name: str) -> float:
@@ -135,7 +151,7 @@ def serial_tau(model, name: str) -> float:
     if name not in core.serial_outcomes:
         return float("nan")
     k = core.serial_outcomes.index(name)
-    return float((core.serial_scale[k] * core.outcome_scale[core.outcomes.index(name)]).detach())
+    return abs(float((core.serial_scale[k] * core.outcome_scale[core.outcomes.index(name)]).detach()))  # sign: free
 
 
 # ------------------------------------------------------------------ sim
@@ -153,7 +169,7 @@ def sim_rows(scenario: str, seed: int, n_subjects: int, settings: list[str]) -> 
     for setting in settings:
         model, seconds = fit_model(train.data, {"y": "gaussian"}, train.covariates, setting,
                                    id_col="id", time_col="time", seed=seed)
-        scores, table = landmark_scores(model, test_df, SIM_LANDMARK, seed)
+        scores, _, table = landmark_scores(model, test_df, SIM_LANDMARK, seed)
         score = scores.set_index("outcome").loc["y"]
         seen = table[table.observed.notna()]
         mean_truth = truth.loc[list(zip(seen["id"], seen["time"]))].to_numpy()
@@ -182,16 +198,21 @@ def pbc_rows(split: int, settings: list[str]) -> list[dict]:
         model, seconds = fit_model(train_df, PBC_OUTCOMES, PBC_COVARIATES, setting, id_col=PBC_ID,
                                    time_col=PBC_TIME, seed=split)
         for landmark in PBC_LANDMARKS:
-            scores, _ = landmark_scores(model, test_df, landmark, split)
+            scores, by_horizon, _ = landmark_scores(model, test_df, landmark, split)
             for _, score in scores[scores.outcome.isin(PBC_CONTINUOUS)].iterrows():
+                bins = by_horizon[by_horizon.outcome == score["outcome"]]
                 rows.append({"split": split, "setting": setting, "landmark": landmark, "outcome": score["outcome"],
                              "n": int(score["n"]), "coverage_95": score["coverage_95"],
                              "coverage_80": score["coverage_80"], "coverage_50": score["coverage_50"],
                              "rmse": score["rmse"], "log_density": score["log_density"],
                              "df_hat": degrees_of_freedom(model, score["outcome"]),
                              "serial_tau": serial_tau(model, score["outcome"]),
-                             "converged": bool(model.result_.converged), "fit_seconds": seconds})
-        print_table(rows[-len(PBC_LANDMARKS) * len(PBC_CONTINUOUS):], f"pbc split {split}, {setting}")
+                             "converged": bool(model.result_.converged), "fit_seconds": seconds,
+                             "refined": refined(model),
+                             **{f"{metric}_by_horizon": dict(zip(bins.horizon, bins[metric].astype(float)))
+                                for metric in ("n", "coverage_95", "log_density")}})
+        print_table([{k: v for k, v in row.items() if not k.endswith("_by_horizon")}
+                     for row in rows[-len(PBC_LANDMARKS) * len(PBC_CONTINUOUS):]], f"pbc split {split}, {setting}")
     return rows
 
 
