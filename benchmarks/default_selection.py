@@ -167,8 +167,8 @@ def run(sim, options: dict, seed: int) -> dict:
     from pyro_dgmm.estimator import _selection_loss
 
     options = dict(options)
-    init = {k: options.pop(k) for k in ("latent_dim", "time_basis", "model_options", "encoder_hidden")
-            if k in options}
+    init = {k: options.pop(k) for k in ("latent_dim", "time_basis", "model_options", "encoder_hidden",
+                                        "validation_fraction") if k in options}
     model = DeepMixedModel(id_col="id", time_col="time", outcomes=sim.outcomes, covariates=sim.covariates, **init)
     start = time.perf_counter()
     model.fit(sim.data, progress=False, seed=seed, **options)
@@ -179,7 +179,8 @@ def run(sim, options: dict, seed: int) -> dict:
     return {"rmse": float(np.mean(errors)), "epochs": result.epochs_run, "seconds": seconds,
             "converged": getattr(result, "converged", None),
             "active": getattr(result, "active_directions", None), "latent_dim": model.latent_dim_,
-            "heldout_loss": _selection_loss(result), "stop": result.stop_reason[:60]}
+            "heldout_loss": _selection_loss(result), "best_epoch": result.best_epoch,
+            "annealed_at": result.annealed_at, "stop": result.stop_reason[:60]}
 
 
 def main() -> None:
