@@ -14,12 +14,17 @@ each imputed data set, pooled by Rubin's rules):
   MAR and delta-adjusted (delta = +0.5, +1) analyses are from the
   complete-data mean;
 * ``coverage``: ``--replications`` trials with the true delta: how often the
-  95% interval of the treatment difference covers the population value;
+  95% interval of the treatment difference covers the population value
+  (``--parameter-uncertainty``: also proper imputation on the same fit, each
+  data set under its own parameters drawn from the Wald approximation; ``--first-replication``
+  starts later in the same seed sequence, to split the run over processes);
 * ``tipping``: seed 0, delta on the treated arm only, scanned until the
   treatment difference is no longer significant.
 
 Run:  python benchmarks/mnar_sensitivity.py --parts bias value tipping --seeds 0 1 2 3 4
       python benchmarks/mnar_sensitivity.py --parts coverage --replications 40
+      python benchmarks/mnar_sensitivity.py --parts coverage --replications 40 --parameter-uncertainty \
+          --output mnar_coverage_proper
 """
 from __future__ import annotations
 
@@ -62,10 +67,10 @@ def _complete_last(sim):
     return float(sim.truth.loc[last, "y_complete"].mean())
 
 
-def _analyses(model, sim, delta, seed):
+def _analyses(model, sim, delta, seed, parameter_uncertainty=False):
     from pyro_dgmm.sensitivity import analyze
 
-    frames = model.impute(sim.data, IMPUTATIONS, delta=delta, seed=seed)
+    frames = model.impute(sim.data, IMPUTATIONS, delta=delta, seed=seed, parameter_uncertainty=parameter_uncertainty)
     mean = analyze(frames, _last_visit_mean).iloc[0]
     difference = analyze(frames, _last_visit_difference).loc["arm"]
     return mean, difference
@@ -92,20 +97,36 @@ def part_bias(seeds, mechanism, deltas):
     return rows
 
 
-def part_coverage(replications):
+def part_coverage(replications, first=0, parameter_uncertainty=False):
+    """Coverage rows; with ``parameter_uncertainty``, two per replication
+    from the same fit: plug-in (improper) and proper imputation."""
     from pyro_dgmm.datasets import simulate_trial
 
     rows = []
-    for rep in range(replications):
+    for rep in range(first, first + replications):
         sim = simulate_trial(300, seed=1000 + rep)
+        start = time.perf_counter()
         model = _fit(sim, rep)
-        _, difference = _analyses(model, sim, sim.params["delta"], rep)
-        truth = sim.params["effect_last_visit"]
-        row = {"part": "coverage", "seed": 1000 + rep, "truth": truth, "estimate": float(difference["estimate"]),
-               "lower": float(difference["lower"]), "upper": float(difference["upper"]),
-               "covered": bool(difference["lower"] <= truth <= difference["upper"])}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        fit_seconds = time.perf_counter() - start
+        for proper in ([False, True] if parameter_uncertainty else [False]):
+            start = time.perf_counter()
+            if proper:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model.standard_errors()  # cached: what impute(parameter_uncertainty=True) draws from
+            se_seconds = time.perf_counter() - start
+            _, difference = _analyses(model, sim, sim.params["delta"], rep, proper)
+            truth = sim.params["effect_last_visit"]
+            row = {"part": "coverage", "seed": 1000 + rep, "parameter_uncertainty": proper, "truth": truth,
+                   "estimate": float(difference["estimate"]), "std_error": float(difference["std_error"]),
+                   "between": float(difference["between"]), "within": float(difference["within"]),
+                   "df": float(difference["df"]), "lower": float(difference["lower"]),
+                   "upper": float(difference["upper"]),
+                   "covered": bool(difference["lower"] <= truth <= difference["upper"]),
+                   "fit_seconds": fit_seconds, "se_seconds": se_seconds,
+                   "impute_seconds": time.perf_counter() - start - se_seconds}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     return rows
 
 
@@ -132,6 +153,9 @@ def main() -> None:
                         choices=["bias", "value", "coverage", "tipping"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--replications", type=int, default=40)
+    parser.add_argument("--first-replication", type=int, default=0)
+    parser.add_argument("--parameter-uncertainty", action="store_true",
+                        help="coverage: impute with parameters drawn from their Wald approximation")
     parser.add_argument("--output", default="mnar_sensitivity")
     args = parser.parse_args()
     single_thread()
@@ -141,7 +165,7 @@ def main() -> None:
     if "value" in args.parts:
         rows += part_bias(args.seeds, "value", [0.0, 0.5, 1.0])
     if "coverage" in args.parts:
-        rows += part_coverage(args.replications)
+        rows += part_coverage(args.replications, args.first_replication, args.parameter_uncertainty)
     if "tipping" in args.parts:
         rows += part_tipping()
     frame = pd.DataFrame(rows)
@@ -150,9 +174,11 @@ def main() -> None:
             mean_bias=("bias", "mean"), sd_bias=("bias", "std"), seeds=("seed", "count")).reset_index()
         print_table(summary.to_dict("records"), "bias of the pooled last-visit mean (mean over seeds)")
     if "coverage" in args.parts:
-        cover = frame[frame.part == "coverage"]
-        print(f"coverage of the 95% interval: {cover.covered.mean():.3f} over {len(cover)} replications; "
-              f"mean estimate {cover.estimate.mean():.3f} against {cover.truth.iloc[0]:.3f}")
+        for proper, cover in frame[frame.part == "coverage"].groupby("parameter_uncertainty"):
+            print(f"parameter_uncertainty={proper}: coverage of the 95% interval {cover.covered.mean():.3f} over "
+                  f"{len(cover)} replications; mean estimate {cover.estimate.mean():.3f} against "
+                  f"{cover.truth.iloc[0]:.3f}, SD {cover.estimate.std():.3f}, mean Rubin SE "
+                  f"{cover.std_error.mean():.3f}")
     write_json(frame.to_dict("records"), args.output)
 
 

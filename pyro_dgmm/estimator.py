@@ -457,7 +457,7 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
 
     def impute(self, df: pd.DataFrame | None = None, num_imputations: int = 5, *, mcmc_steps: int = 10,
                warmup_steps: int = 50, kernel: str = "mh", seed: int | None = None,
-               delta=None) -> list[pd.DataFrame]:
+               delta=None, parameter_uncertainty=False) -> list[pd.DataFrame]:
         """``num_imputations`` completed copies of ``df`` (default: the training
         data) drawn from the fitted model, for analyses in other tools.
 
@@ -475,6 +475,20 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
         :func:`pyro_dgmm.sensitivity.delta_shift`); the frames then carry
         ``<outcome>_delta``, the shift applied to each cell.  Pool analyses
         of the frames with :func:`pyro_dgmm.sensitivity.analyze`.
+
+        ``parameter_uncertainty=True`` makes the imputation *proper* in
+        Rubin's sense, so that pooled intervals include the uncertainty of
+        the parameters: data set m is imputed under its own parameters
+        drawn from the Wald approximation of :meth:`standard_errors` (its
+        default set: the linear fixed and random effects, the dispersions
+        and Student-t df; computed on the training data and cached), with
+        b drawn from its posterior under them and the missing cells from
+        y | b under them (:func:`~pyro_dgmm.impute.multiple_imputations`).
+        The networks' other weights stay at their estimates.  A
+        :class:`~pyro_dgmm.results.StandardErrors` of this model may be
+        passed instead (its parameters vary).  Costs the standard errors
+        once plus about ``num_imputations`` times the MCMC work of the
+        default (docs/missing.md).
         """
         self._check_fitted()
         num_imputations, mcmc_steps = check_int("num_imputations", num_imputations), check_int("mcmc_steps", mcmc_steps)
@@ -484,20 +498,26 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
         if df is None and self.data_ is None:
             raise NotFittedError("this model was loaded from disk without its data: pass df")
         data = self.data_ if df is None else self.transform(df)
+        models = self._parameter_draws(parameter_uncertainty, num_imputations, seed)
 
         baseline = self._baseline_frame(df) if callable(delta) else None
 
         def compute(part: LongitudinalData) -> pd.DataFrame:
             shift = None if delta is None else delta_shift(part, delta, baseline)
             if self.patterns_ is not None:
-                frames = pd.concat(pattern_mixture_imputations(
-                    self.model_, self.guide_, self.schema_, part, self._baseline_frame(df), self.patterns_,
-                    num_imputations, num_particles=self.pattern_config_.num_particles, mcmc_steps=mcmc_steps,
-                    warmup_steps=warmup_steps, kernel=kernel, shift=shift))
+                def pattern_sets(model, count: int) -> list[pd.DataFrame]:
+                    return pattern_mixture_imputations(
+                        model, self.guide_, self.schema_, part, self._baseline_frame(df), self.patterns_, count,
+                        num_particles=self.pattern_config_.num_particles, mcmc_steps=mcmc_steps,
+                        warmup_steps=warmup_steps, kernel=kernel, shift=shift)
+
+                frames = pd.concat(pattern_sets(self.model_, num_imputations) if models is None else
+                                   [pattern_sets(m, 1)[0].assign(imputation=k + 1) for k, m in enumerate(models)])
             else:
                 frames = pd.concat(multiple_imputations(self.model_, self.guide_, self._encoder_view(part),
                                                         num_imputations, mcmc_steps=mcmc_steps,
-                                                        warmup_steps=warmup_steps, kernel=kernel, shift=shift))
+                                                        warmup_steps=warmup_steps, kernel=kernel, shift=shift,
+                                                        models=models))
             if shift is not None:  # each imputed frame lists the visits in to_long's order
                 per_visit = part.to_long({f"{name}_delta": shift[..., k] for k, name in enumerate(part.outcomes)})
                 for name in part.outcomes:

@@ -289,21 +289,43 @@ def impute_completed(model, guide, schema: DataSchema, data: LongitudinalData, *
 
 def multiple_imputations(model, guide, data: LongitudinalData, num_imputations: int = 5, *,
                          mcmc_steps: int = 10, warmup_steps: int = 50, kernel: str = "mh",
-                         shift: torch.Tensor | None = None) -> list[pd.DataFrame]:
-    """``num_imputations`` completed data sets drawn from the fitted model.
+                         shift: torch.Tensor | None = None, models: list | None = None) -> list[pd.DataFrame]:
+    r"""``num_imputations`` completed data sets drawn from the fitted model.
 
     One MCMC chain of b per subject (thinned by ``mcmc_steps``) gives one
     draw of b per data set; missing cells are then drawn from y | b, with
     the linear predictor moved by ``shift`` (N, T, K) where given (the delta
-    adjustment of :func:`pyro_dgmm.sensitivity.delta_shift`).
+    adjustment of :func:`pyro_dgmm.sensitivity.delta_shift`).  The
+    parameters stay at their estimates :math:`\hat\theta` (an *improper*
+    imputation in Rubin's terms: the between-imputation variance misses
+    their uncertainty).
+
+    ``models`` (one per data set, e.g. :func:`~pyro_dgmm.predict.parameter_models`
+    with parameters drawn from their Wald approximation) makes the imputation
+    *proper*: data set m is a draw from the approximate posterior predictive
+
+    .. math:: \theta^{(m)} \sim \mathcal N(\hat\theta, \widehat{\operatorname{cov}}),\quad
+              b_i^{(m)} \sim p(b_i \mid y_i^o; \theta^{(m)}),\quad
+              y_i^{mis,(m)} \sim p(y_i^{mis} \mid b_i^{(m)}; \theta^{(m)}),
+
+    each b from its own chain under ``models[m]`` (``warmup_steps +
+    mcmc_steps`` transitions, so about ``num_imputations`` times the MCMC
+    work of the plug-in imputation).
 
     :returns: long DataFrames (one row per visit, the user's ids and
         times), each outcome completed, plus ``<outcome>_imputed`` flags
         (True where the value was drawn) and an ``imputation`` number.
     """
-    draws = imputation_draws(model, guide, data, num_imputations, mcmc_steps=mcmc_steps,
-                             warmup_steps=warmup_steps, kernel=kernel)
-    return completed_frames(data, draw_missing(model, data, draws, shift))
+    if models is None:
+        draws = imputation_draws(model, guide, data, num_imputations, mcmc_steps=mcmc_steps,
+                                 warmup_steps=warmup_steps, kernel=kernel)
+        return completed_frames(data, draw_missing(model, data, draws, shift))
+    if len(models) != num_imputations:
+        raise ConfigError(f"models: one per imputation needed, got {len(models)} for num_imputations={num_imputations}")
+    completed = [draw_missing(m, data, imputation_draws(m, guide, data, 1, mcmc_steps=mcmc_steps,
+                                                        warmup_steps=warmup_steps, kernel=kernel), shift)
+                 for m in models]
+    return completed_frames(data, torch.cat(completed))
 
 
 def imputation_draws(model, guide, data: LongitudinalData, num_imputations: int, *, mcmc_steps: int = 10,

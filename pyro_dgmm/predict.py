@@ -424,22 +424,29 @@ def _predict_subjects(model, guide, schema: DataSchema, history: pd.DataFrame, t
     return Prediction(*_summary_table(rows, predictive, schema, levels), predictive)
 
 
-def parameter_models(model, errors, num_draws: int, *, seed: int = 0) -> list:
+def parameter_models(model, errors, num_draws: int, *, seed: int = 0, antithetic: bool = True) -> list:
     r"""``num_draws`` copies of ``model`` whose parameters ``errors.parameter_names``
     are drawn from :math:`\mathcal N(\hat\theta, \widehat{\operatorname{cov}})`
     on their working (unconstrained) scale (``errors``: a
     :class:`~pyro_dgmm.results.StandardErrors`; negative eigenvalues of the
     covariance, from Monte Carlo noise or a point that is not a maximum,
-    are set to 0), in antithetic pairs :math:`\hat\theta \pm R z` (with few
+    are set to 0), by default in antithetic pairs :math:`\hat\theta \pm R z` (with few
     draws, their mean would otherwise be off :math:`\hat\theta` by
-    :math:`1/\sqrt M` standard errors, shifting every interval).  The
-    generator is seeded with ``seed``."""
+    :math:`1/\sqrt M` standard errors, shifting every interval).
+    ``antithetic=False`` draws them independently, as multiple imputation
+    needs: Rubin's rules treat the M imputations as independent draws (with
+    pairs, the between-imputation variance would have M/2 degrees of
+    freedom, not the M - 1 its t reference assumes).  The generator is
+    seeded with ``seed``."""
     theta, covariance = errors.theta.detach().cpu(), errors.covariance.detach().cpu()
     values, vectors = torch.linalg.eigh((covariance + covariance.T) / 2)
     root = vectors * values.clamp_min(0).sqrt()
     generator = torch.Generator().manual_seed(seed)
-    half = torch.randn(((num_draws + 1) // 2, theta.numel()), generator=generator, dtype=theta.dtype)
-    noise = torch.cat([half, -half])[:num_draws]  # antithetic pairs: the draws' mean is theta itself
+    if antithetic:
+        half = torch.randn(((num_draws + 1) // 2, theta.numel()), generator=generator, dtype=theta.dtype)
+        noise = torch.cat([half, -half])[:num_draws]  # antithetic pairs: the draws' mean is theta itself
+    else:
+        noise = torch.randn((num_draws, theta.numel()), generator=generator, dtype=theta.dtype)
     draws = theta + noise @ root.T
     layout = Layout(model, errors.parameter_names)
     models = []

@@ -12,7 +12,8 @@ history encoded as in training, completed by imputation for
 
 It expects the facade's fitted state: ``model_``, ``guide_``, ``data_``,
 ``schema_``, ``result_``, ``distributed_input`` and the helpers
-``_check_fitted()``, ``_draw_seed()``, ``_encoder_view()`` and ``transform()``.
+``_check_fitted()``, ``_draw_seed()``, ``_encoder_view()``, ``transform()`` and
+``standard_errors()``.
 
 Example (fitted means with a 90% interval, briefly fitted):
 
@@ -171,6 +172,24 @@ class PredictionMethods:
             options["parameter_uncertainty"] = None
         return predict(self.model_, self.guide_, self.schema_, history, times, encoder_view=self._encoder_view,
                        **options)
+
+    def _parameter_draws(self, parameter_uncertainty, num_imputations: int, seed: int) -> list | None:
+        """``impute(parameter_uncertainty=...)``'s models: None (False: plug-in
+        parameters) or one copy of the model per imputation, its parameters
+        drawn independently from the Wald approximation of :meth:`standard_errors`
+        (True) or of the given :class:`~pyro_dgmm.results.StandardErrors`,
+        seeded by ``seed`` (the same draws on every process)."""
+        from .predict import parameter_models
+        from .results import StandardErrors
+
+        if parameter_uncertainty is False:
+            return None
+        if parameter_uncertainty is True:
+            parameter_uncertainty = self.standard_errors()
+        elif not isinstance(parameter_uncertainty, StandardErrors):
+            raise ConfigError("parameter_uncertainty must be False, True or a StandardErrors of this model "
+                              f"(from standard_errors()), got {parameter_uncertainty!r}")
+        return parameter_models(self.model_, parameter_uncertainty, num_imputations, seed=seed, antithetic=False)
 
     def landmark_evaluation(self, df: pd.DataFrame, landmark: float, **options):
         """Score dynamic predictions of the subjects of ``df`` from their

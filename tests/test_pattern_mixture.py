@@ -269,6 +269,32 @@ def test_delta_moves_only_the_values_after_dropout(pm_fit):
         assert (a["donor_pattern"] == b["donor_pattern"]).all()
 
 
+def test_parameter_uncertainty_imputes_each_data_set_under_its_own_parameters(pm_fit):
+    """True: numbered data sets with the data kept and delta applied.  A
+    StandardErrors centred 50 above the fitted intercept with no spread:
+    every data set's model has that intercept, and the imputed values move
+    by tens (b ~ N(0, I) cannot take it back), so the drawn models are the
+    ones used."""
+    import dataclasses
+
+    sim, model = pm_fit
+    with pytest.warns(Warning):  # a 4-epoch fit: not at a maximum, so the Hessian has a negative eigenvalue
+        errors = model.standard_errors()  # cached: what True draws from
+    frames = model.impute(num_imputations=3, mcmc_steps=2, warmup_steps=5, delta=-1.0, parameter_uncertainty=True)
+    observed = sim.data["y"].notna().to_numpy()
+    assert [f["imputation"].unique().tolist() for f in frames] == [[1], [2], [3]]
+    for frame in frames:
+        assert np.allclose(frame["y"].to_numpy()[observed], sim.data["y"].to_numpy()[observed])
+        assert frame["y"].notna().all() and (frame["y_delta"].to_numpy() == np.where(~observed, -1.0, 0.0)).all()
+    theta = errors.theta.clone()
+    theta[errors.slices["fixed_effects.intercept"]] += 50.0
+    moved = dataclasses.replace(errors, theta=theta, covariance=0 * errors.covariance)
+    plain, shifted = (model.impute(num_imputations=2, mcmc_steps=2, warmup_steps=5, parameter_uncertainty=u)[0]
+                      for u in (False, moved))
+    imputed = plain["y_imputed"].to_numpy()
+    assert (shifted["y"] - plain["y"]).to_numpy()[imputed].mean() > 10
+
+
 def test_save_and_load_a_pattern_mixture_fit(pm_fit, tmp_path):
     sim, model = pm_fit
     model.save(tmp_path / "pm.pt")
