@@ -204,12 +204,11 @@ class LikelihoodMethods:
         cached.
         """
         data = self._training_data("summary")
-        errors = None
-        if self.result_.refinement and marginal.closed_form_applies(self.model_, self.guide_, data,
-                                                                    present(self.model_, LINEAR_PARAMETERS)):
+        errors, linear = None, present(self.model_, LINEAR_PARAMETERS)
+        if self.result_.refinement and marginal.closed_form_applies(self.model_, self.guide_, data, linear):
             with warnings.catch_warnings():  # an indefinite full information falls back to the conditional SEs
                 warnings.simplefilter("ignore", InferenceWarning)
-                full = self.standard_errors(present(self.model_, LINEAR_PARAMETERS), level=level,
+                full = self.standard_errors(linear, level=level,
                                             num_samples=num_samples, seed=seed)
             errors = full if wald.at_maximum(full) else None
         if errors is None:

@@ -166,10 +166,8 @@ class PredictionMethods:
         self._check_fitted()
         from .predict import predict
 
-        if options.get("parameter_uncertainty") is True:
-            options["parameter_uncertainty"] = self.standard_errors()
-        elif options.get("parameter_uncertainty") is False:
-            options["parameter_uncertainty"] = None
+        if options.get("parameter_uncertainty") is not None:
+            options["parameter_uncertainty"] = self._parameter_errors(options["parameter_uncertainty"])
         return predict(self.model_, self.guide_, self.schema_, history, times, encoder_view=self._encoder_view,
                        **options)
 
@@ -180,16 +178,28 @@ class PredictionMethods:
         (True) or of the given :class:`~pyro_dgmm.results.StandardErrors`,
         seeded by ``seed`` (the same draws on every process)."""
         from .predict import parameter_models
+
+        errors = self._parameter_errors(parameter_uncertainty)
+        if errors is None:
+            return None
+        return parameter_models(self.model_, errors, num_imputations, seed=seed, antithetic=False)
+
+    def _parameter_errors(self, parameter_uncertainty):
+        """The ``parameter_uncertainty`` option of :meth:`predict` and ``impute``
+        resolved: None for False (plug-in parameters), :meth:`standard_errors`
+        for True, a given :class:`~pyro_dgmm.results.StandardErrors` as it is.
+
+        :raises ConfigError: any other value."""
         from .results import StandardErrors
 
         if parameter_uncertainty is False:
             return None
         if parameter_uncertainty is True:
-            parameter_uncertainty = self.standard_errors()
-        elif not isinstance(parameter_uncertainty, StandardErrors):
-            raise ConfigError("parameter_uncertainty must be False, True or a StandardErrors of this model "
-                              f"(from standard_errors()), got {parameter_uncertainty!r}")
-        return parameter_models(self.model_, parameter_uncertainty, num_imputations, seed=seed, antithetic=False)
+            return self.standard_errors()
+        if isinstance(parameter_uncertainty, StandardErrors):
+            return parameter_uncertainty
+        raise ConfigError("parameter_uncertainty must be False, True or a StandardErrors of this model "
+                          f"(from standard_errors()), got {parameter_uncertainty!r}")
 
     def landmark_evaluation(self, df: pd.DataFrame, landmark: float, **options):
         """Score dynamic predictions of the subjects of ``df`` from their
