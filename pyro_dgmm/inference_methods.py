@@ -49,30 +49,58 @@ class LikelihoodMethods:
     """Methods of :class:`~pyro_dgmm.estimator.DeepMixedModel` for
     likelihood-based inference on its training data (module docstring)."""
 
-    def refine_observation_model(self, *, num_samples: int = 500, seed: int = 0):
+    def refine_observation_model(self, parameters: Sequence[str] | None = None, *, num_samples: int = 500,
+                                 seed: int = 0):
         """Move the observation-model parameters (dispersions, their slopes,
-        Student-t df) to the maximum of the importance-sampled marginal
-        likelihood on the training data, the networks held fixed
-        (:func:`~pyro_dgmm.wald.maximize_marginal_likelihood` over
-        :meth:`~pyro_dgmm.model.MixedModel.observation_parameters`).
+        Student-t df, the serial-process scales) to the maximum of the
+        importance-sampled marginal likelihood on the training data, the
+        networks held fixed (:func:`~pyro_dgmm.wald.maximize_marginal_likelihood`
+        over :meth:`~pyro_dgmm.model.MixedModel.observation_parameters`).
 
         SVI moves Student-t degrees of freedom slowly (the ELBO's gradient
         in them is weak and noisy): it left them near 4.5 for a true 3 in our
         simulations, and this brought them to 2.8-3.2, with unchanged
-        prediction intervals.  Use it when the df (or the dispersions)
-        themselves matter.  On PBC it made held-out predictions worse
+        prediction intervals.  SVI also shrinks the serial-process scale tau
+        towards 0 (docs/model.md, "Serial drift"), which this undoes.  On
+        PBC, moving the dispersions and df made held-out predictions worse
         (the networks fitted to the training subjects leave residuals that
         look lighter-tailed and smaller than new subjects' errors;
-        docs/prediction.md).  A few Newton steps on the marginal likelihood,
-        each with its Hessian over these parameters only: minutes for
-        hundreds of subjects.
+        docs/prediction.md): there, refine the serial scale alone,
+        ``parameters=["serial_scale"]``.  A few Newton steps on the marginal
+        likelihood, each with its Hessian over these parameters only:
+        minutes for hundreds of subjects.
 
+        :param parameters: the observation-model parameters to move, by name
+            (``'serial_scale'``, ``'sigma_0'``, ...) or label (``'sigma[y]'``,
+            ``'df[protime]'``, ``'serial tau[log_bili]'``), as
+            ``model_.observation_parameters()`` lists them; default: all.
         :returns: the :class:`~pyro_dgmm.results.Maximization`.
         """
         data = self._training_data("refine_observation_model")
+        names = self._observation_parameter_names(parameters)
         self._inference_cache = {}  # the parameters move: earlier likelihoods and SEs no longer hold
-        return wald.maximize_marginal_likelihood(self.model_, self.guide_, data, (), num_samples=num_samples,
-                                                 seed=seed)
+        return wald.maximize_marginal_likelihood(self.model_, self.guide_, data, names,
+                                                 include_dispersion=False, num_samples=num_samples, seed=seed)
+
+    def _observation_parameter_names(self, parameters: Sequence[str] | None) -> list[str]:
+        """``named_parameters()`` names of the chosen observation-model parameters (names or labels)."""
+        labels = self.model_.observation_parameters()
+        if parameters is None:
+            return list(labels)
+        if isinstance(parameters, str):
+            parameters = [parameters]
+        by_label = {label: name for name, label in labels.items()}
+        names = []
+        for chosen in parameters:
+            name = chosen if chosen in labels else by_label.get(chosen)
+            if name is None:
+                choices = ", ".join(f"'{name}' ({label})" for name, label in labels.items())
+                raise ConfigError(f"refine_observation_model: {chosen!r} is not an observation-model parameter "
+                                  f"of this model; its observation-model parameters are {choices}")
+            names.append(name)
+        if not names:
+            raise ConfigError("refine_observation_model: parameters is empty; pass None to refine all of them")
+        return names
 
     def standard_errors(self, parameters: Sequence[str] | None = None, *, level: float = 0.95,
                         num_samples: int = 500, method: str = "autograd", seed: int = 0):

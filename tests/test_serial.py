@@ -167,3 +167,27 @@ def test_simulated_brownian_drift_scale_recovered_and_far_intervals_hold():
                                  horizon_bins=[0, 2, 6], seed=0)
     far = result.scores[(result.scores.method == "model") & (result.scores.horizon == "(2.0, 6.0]")].iloc[0]
     assert far["n"] > 800 and 0.93 <= far["coverage_95"] <= 0.97
+
+
+def test_refine_observation_model_moves_only_the_chosen_parameters():
+    """``refine_observation_model(["serial_scale"])`` (the PBC recommendation,
+    docs/prediction.md) moves tau and leaves the dispersion where SVI left it;
+    the label form names the same parameter; an unknown name is refused with
+    the model's observation-model parameters listed."""
+    sim = simulate_linear_noise(40, 6, 0, brownian_sd=0.3)
+    est = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=sim.covariates,
+                         time_basis="poly(1)", latent_dim=2,
+                         model_options={"fixed_hidden": (), "random_hidden": (), "serial_process": "brownian",
+                                        "serial_terms": 4})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a brief fit does not converge
+        est.fit(sim.data, progress=False, seed=0, max_epochs=3)
+    sigma = est.model_.dispersion("y").detach().clone()
+    tau = est.model_.serial_scale.detach().clone()
+    result = est.refine_observation_model(["serial tau[y]"], num_samples=300)
+    assert result.log_likelihood_after > result.log_likelihood_before
+    assert not torch.equal(est.model_.serial_scale.detach(), tau)
+    assert torch.equal(est.model_.dispersion("y").detach(), sigma)
+    assert est._observation_parameter_names("serial_scale") == ["serial_scale"]
+    with pytest.raises(ConfigError, match=r"'df\[y\]' is not an observation-model parameter.*serial_scale"):
+        est.refine_observation_model(["df[y]"])
