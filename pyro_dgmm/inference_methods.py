@@ -49,7 +49,7 @@ class LikelihoodMethods:
     """Methods of :class:`~pyro_dgmm.estimator.DeepMixedModel` for
     likelihood-based inference on its training data (module docstring)."""
 
-    def refine_observation_model(self, parameters: Sequence[str] | None = None, *, num_samples: int = 500,
+    def refine_observation_model(self, parameters: Sequence[str] | None = None, *, num_samples: int | None = None,
                                  seed: int = 0):
         """Move the observation-model parameters (dispersions, their slopes,
         Student-t df, the serial-process scales) to the maximum of the
@@ -74,10 +74,16 @@ class LikelihoodMethods:
             (``'serial_scale'``, ``'sigma_0'``, ...) or label (``'sigma[y]'``,
             ``'df[protime]'``, ``'serial tau[log_bili]'``), as
             ``model_.observation_parameters()`` lists them; default: all.
+        :param num_samples: importance samples per subject; default 500, or
+            twice :func:`~pyro_dgmm.marginal.minimum_samples` where that is
+            more (a serial process adds ``serial_terms`` coordinates per
+            outcome to b: 2,380 for PBC's 6 + 8).
         :returns: the :class:`~pyro_dgmm.results.Maximization`.
         """
         data = self._training_data("refine_observation_model")
         names = self._observation_parameter_names(parameters)
+        if num_samples is None:
+            num_samples = max(500, 2 * marginal.minimum_samples(self.model_.latent_dim))
         self._inference_cache = {}  # the parameters move: earlier likelihoods and SEs no longer hold
         return wald.maximize_marginal_likelihood(self.model_, self.guide_, data, names,
                                                  include_dispersion=False, num_samples=num_samples, seed=seed)
