@@ -24,6 +24,18 @@ only here, on truths that are *not* the ones reported in
   truncated-line basis ``(1, t, (t-2)+, (t-3.5)+)`` of t in [0, 6], a binary
   ``g`` shifting the slopes and sigma 1 (written for the fit-seed question:
   does a fit lose one of four needed directions?);
+* ``lmm4sin``: a linear mixed model with 4 correlated random effects of
+  which the 4th multiplies a full sine period, a shape mostly outside
+  span(1, t, t^2) (written for the fit-seed collapse: the default
+  ``'poly(2)'`` basis can carry only 3 of the 4 shapes linearly)::
+
+      y = 1 + 0.5 z + 0.4 g + (1 + 0.5 g) s - 0.5 s^2 + 0.3 sin(2 pi s)
+          + b0 + b1 s + b2 4 s (1 - s) + b3 sin(2 pi s) + eps,   eps ~ N(0, 0.8^2)
+      s = t / 6, t in [0, 6];  (b0..b3) ~ N(0, S R S), S = diag(1, 0.8, 0.6, 1.0),
+      R = [[1, .3, -.2, .2], [.3, 1, -.3, .2], [-.2, -.3, 1, -.1], [.2, .2, -.1, 1]]
+
+  (z standard normal, g Bernoulli(1/2); sin(2 pi s) on the 20-visit grid
+  has RMS 0.69, of which RMS 0.48 is orthogonal to (1, s, s^2));
 * ``linear``: the package's :func:`~pyro_dgmm.datasets.simulate_linear`
   (random intercept and slope), where nothing should be lost.
 
@@ -109,6 +121,21 @@ def simulate_lmm4(n: int = 800, j: int = 20, seed: int = 0):
     return _frames(t, {"g": g}, {"y": mean}, {"y": 1.0}, rng)
 
 
+def simulate_lmm4sin(n: int = 800, j: int = 20, seed: int = 0):
+    rng = np.random.default_rng([19, 6, seed])
+    t = _times(rng, n, j, 6.0)
+    s = t / 6.0
+    z, g = rng.standard_normal(n), rng.integers(0, 2, n).astype(float)
+    basis = np.stack([np.ones_like(s), s, 4 * s * (1 - s), np.sin(2 * np.pi * s)], axis=-1)
+    sd = np.array([1.0, 0.8, 0.6, 1.0])
+    corr = np.array([[1, 0.3, -0.2, 0.2], [0.3, 1, -0.3, 0.2], [-0.2, -0.3, 1, -0.1], [0.2, 0.2, -0.1, 1]])
+    b = rng.multivariate_normal(np.zeros(4), corr * np.outer(sd, sd), n)
+    fixed = (1 + 0.5 * z[:, None] + 0.4 * g[:, None] + (1 + 0.5 * g[:, None]) * s - 0.5 * s ** 2
+             + 0.3 * np.sin(2 * np.pi * s))
+    mean = fixed + np.einsum("ntk,nk->nt", basis, b)
+    return _frames(t, {"z": z, "g": g}, {"y": mean}, {"y": 0.8}, rng)
+
+
 def simulate_emax_sparse(n: int = 800, j: int = 20, seed: int = 0):
     """The Emax truth seen at 3 to 8 visits per subject at uniform random
     times on [0, 8] (``j`` is not used): the sparse, irregular regime."""
@@ -158,7 +185,7 @@ def simulate_linear(n: int = 800, j: int = 20, seed: int = 0):
 
 
 TRUTHS = {"nonlinear": simulate_nonlinear, "quadratic": simulate_quadratic, "emax": simulate_emax,
-          "emax_sparse": simulate_emax_sparse, "lmm4": simulate_lmm4,
+          "emax_sparse": simulate_emax_sparse, "lmm4": simulate_lmm4, "lmm4sin": simulate_lmm4sin,
           "twofactor": simulate_twofactor, "linear": simulate_linear}
 
 
