@@ -229,7 +229,7 @@ def residual_autocorrelation(fitted: pd.DataFrame, outcomes: list[str], id_col: 
     return float(np.mean(values))
 
 
-def run(sim, options: dict, seed: int) -> dict:
+def run(sim, options: dict, seed: int, mll: bool = False) -> dict:
     from pyro_dgmm import DeepMixedModel
     from pyro_dgmm.estimator import _selection_loss
 
@@ -241,6 +241,11 @@ def run(sim, options: dict, seed: int) -> dict:
     model.fit(sim.data, progress=False, seed=seed, **options)
     seconds = time.perf_counter() - start
     fitted = model.fitted_values()
+    extra = {}
+    if mll:  # the importance-sampled marginal log-likelihood of all the data, comparable between fits
+        start_mll = time.perf_counter()
+        extra = {"mll": float(model.marginal_log_likelihood(sim.data, num_samples=500, seed=0).total),
+                 "mll_seconds": time.perf_counter() - start_mll}
     errors = [rmse(fitted[f"{k}_fitted"], sim.truth[f"{k}_mean"]) for k in sim.outcomes]
     result = model.result_
     return {"rmse": float(np.mean(errors)), "epochs": result.epochs_run, "seconds": seconds,
@@ -249,7 +254,7 @@ def run(sim, options: dict, seed: int) -> dict:
             "activity": [round(v, 3) for v in result.latent_activity],
             "resid_ac1": residual_autocorrelation(fitted, list(sim.outcomes)),
             "heldout_loss": _selection_loss(result), "best_epoch": result.best_epoch,
-            "annealed_at": result.annealed_at, "stop": result.stop_reason[:60]}
+            "annealed_at": result.annealed_at, "stop": result.stop_reason[:60], **extra}
 
 
 def main() -> None:
@@ -262,6 +267,8 @@ def main() -> None:
     parser.add_argument("--n-subjects", type=int, default=800)
     parser.add_argument("--n-visits", type=int, default=20, help="visits per subject of the dense truths")
     parser.add_argument("--output", default="default_selection")
+    parser.add_argument("--mll", action="store_true",
+                        help="also the marginal log-likelihood of all the data (importance sampling, 500 draws)")
     args = parser.parse_args()
     single_thread()
     configs = dict(c.split("=", 1) for c in args.configs)
@@ -273,7 +280,7 @@ def main() -> None:
             for fit_seed in args.fit_seeds or [seed]:
                 for name, options in configs.items():
                     row = {"truth": truth, "seed": seed, "fit_seed": fit_seed, "config": name,
-                           **run(sim, json.loads(options), fit_seed)}
+                           **run(sim, json.loads(options), fit_seed, args.mll)}
                     row["vs_mixedlm"] = row["rmse"] / reference
                     print(json.dumps(row), flush=True)
                     rows.append(row)
