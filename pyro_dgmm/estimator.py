@@ -138,9 +138,9 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
         or a formula of them such as ``"age * sex + C(trt)"`` (interactions,
         contrasts and transforms, expanded by formulaic and replayed on new
         data: :class:`~pyro_dgmm.covariates.FormulaEncoder`; docs/data.md).
-    :param time_basis: time functions T_ij: ``'poly(1)'`` (default,
-        :data:`~pyro_dgmm.bases.DEFAULT_TIME_BASIS`), ``'spline(4)'``,
-        ``'poly(2)'``, ``'spline(4)+fourier(7)'``...
+    :param time_basis: time functions T_ij: ``'poly(3)'`` (default,
+        :data:`~pyro_dgmm.bases.DEFAULT_TIME_BASIS`), ``'poly(1)'``,
+        ``'spline(4)'``, ``'spline(4)+fourier(7)'``...
     :param latent_dim: q, the dimension of b_i, or ``'auto'`` (default):
         start from :func:`default_latent_dim` (more outcomes and time
         functions, more directions) and, while a converged fit uses every

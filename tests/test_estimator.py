@@ -72,7 +72,7 @@ def test_cli_fits_shipped_pbc_and_writes_every_output(tmp_path, capsys):
     assert len(fitted) == 1945 and fitted["id"].nunique() == 312
     summary = json.loads((out / "summary.json").read_text())
     assert summary["subjects"] == 312 and summary["epochs_run"] == 1 and summary["converged"] is False
-    # six outcomes and poly(2) time: K + F + 1 = 9 directions, clamped to 8
+    # six outcomes and the default poly(3) time: K + F + 1 = 10 directions, clamped to 8
     assert summary["latent_dim"] == 8 and len(summary["latent_activity"]) == 8
     assert summary["active_directions"] == sum(v > 0.01 for v in summary["latent_activity"])
 
