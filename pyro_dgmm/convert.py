@@ -96,7 +96,7 @@ Example:
 >>> sorted(idata.groups())
 [...'posterior', 'posterior_predictive', 'sample_stats'...]
 >>> dict(idata.posterior.sizes)
-{'chain': 2, 'draw': 10, 'subject': 12, 'latent': 4}
+{'chain': 2, 'draw': 10, 'subject': 12, 'latent': 5}
 >>> idata.observed_data["y_y"].dims, idata.observed_data.sizes["obs_y"]
 (('obs_y',), 48)
 """

@@ -65,7 +65,7 @@ Example (subject-specific fitted means of every cell):
 >>> est = est.fit(df, max_epochs=2, progress=False)  # a real fit runs until it converges
 >>> draws = sample_posterior(est.model_, est.guide_, est.data_, "adaptive", num_draws=100, seed=0)
 >>> draws.b.shape, draws.ess.shape
-(torch.Size([100, 12, 4]), torch.Size([12]))
+(torch.Size([100, 12, 5]), torch.Size([12]))
 >>> fitted_means(est.model_, est.guide_, est.data_, num_samples=20).shape
 torch.Size([12, 4, 1])
 """
