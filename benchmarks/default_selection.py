@@ -131,32 +131,35 @@ def simulate_lmm4(n: int = 800, j: int = 20, seed: int = 0):
     return _frames(t, {"g": g}, {"y": mean}, {"y": 1.0}, rng)
 
 
-def simulate_lmm4sin(n: int = 800, j: int = 20, seed: int = 0):
-    rng = np.random.default_rng([19, 6, seed])
+#: correlation of the four random effects of ``lmm4sin`` and ``lmm4cos``
+LMM4_CORRELATION = np.array([[1, 0.3, -0.2, 0.2], [0.3, 1, -0.3, 0.2], [-0.2, -0.3, 1, -0.1], [0.2, 0.2, -0.1, 1]])
+
+
+def _four_random_shapes(key: int, n: int, j: int, seed: int, shapes, sd, fixed_sine: float):
+    """y = fixed(z, g, s) + sum_k b_k shape_k(s) + eps (``lmm4sin``, ``lmm4cos``; module docstring):
+    s = t / 6, ``shapes(s)`` (..., 4), b ~ N(0, S R S) with S = diag(``sd``), eps ~ N(0, 0.8^2)."""
+    rng = np.random.default_rng([19, key, seed])
     t = _times(rng, n, j, 6.0)
     s = t / 6.0
     z, g = rng.standard_normal(n), rng.integers(0, 2, n).astype(float)
-    basis = np.stack([np.ones_like(s), s, 4 * s * (1 - s), np.sin(2 * np.pi * s)], axis=-1)
-    sd = np.array([1.0, 0.8, 0.6, 1.0])
-    corr = np.array([[1, 0.3, -0.2, 0.2], [0.3, 1, -0.3, 0.2], [-0.2, -0.3, 1, -0.1], [0.2, 0.2, -0.1, 1]])
-    b = rng.multivariate_normal(np.zeros(4), corr * np.outer(sd, sd), n)
+    b = rng.multivariate_normal(np.zeros(4), LMM4_CORRELATION * np.outer(sd, sd), n)
     fixed = (1 + 0.5 * z[:, None] + 0.4 * g[:, None] + (1 + 0.5 * g[:, None]) * s - 0.5 * s ** 2
-             + 0.3 * np.sin(2 * np.pi * s))
-    mean = fixed + np.einsum("ntk,nk->nt", basis, b)
+             + fixed_sine * np.sin(2 * np.pi * s))
+    mean = fixed + np.einsum("ntk,nk->nt", shapes(s), b)
     return _frames(t, {"z": z, "g": g}, {"y": mean}, {"y": 0.8}, rng)
+
+
+def simulate_lmm4sin(n: int = 800, j: int = 20, seed: int = 0):
+    return _four_random_shapes(
+        6, n, j, seed, lambda s: np.stack([np.ones_like(s), s, 4 * s * (1 - s), np.sin(2 * np.pi * s)], axis=-1),
+        sd=np.array([1.0, 0.8, 0.6, 1.0]), fixed_sine=0.3)
 
 
 def simulate_lmm4cos(n: int = 800, j: int = 20, seed: int = 0):
-    rng = np.random.default_rng([19, 7, seed])
-    t = _times(rng, n, j, 6.0)
-    s = t / 6.0
-    z, g = rng.standard_normal(n), rng.integers(0, 2, n).astype(float)
-    basis = np.stack([np.ones_like(s), 2 * s - 1, 6 * s ** 2 - 6 * s + 1, np.cos(3 * np.pi * s)], axis=-1)
-    corr = np.array([[1, 0.3, -0.2, 0.2], [0.3, 1, -0.3, 0.2], [-0.2, -0.3, 1, -0.1], [0.2, 0.2, -0.1, 1]])
-    b = rng.multivariate_normal(np.zeros(4), corr, n)
-    fixed = 1 + 0.5 * z[:, None] + 0.4 * g[:, None] + (1 + 0.5 * g[:, None]) * s - 0.5 * s ** 2
-    mean = fixed + np.einsum("ntk,nk->nt", basis, b)
-    return _frames(t, {"z": z, "g": g}, {"y": mean}, {"y": 0.8}, rng)
+    return _four_random_shapes(
+        7, n, j, seed,
+        lambda s: np.stack([np.ones_like(s), 2 * s - 1, 6 * s ** 2 - 6 * s + 1, np.cos(3 * np.pi * s)], axis=-1),
+        sd=np.ones(4), fixed_sine=0.0)
 
 
 def simulate_emax_sparse(n: int = 800, j: int = 20, seed: int = 0):

@@ -41,7 +41,8 @@ from .diagnostics import InferenceWarning
 from .errors import ConfigError, DataError, NotFittedError
 from .fit import FitConfig
 from .options import check_int, check_keywords
-from .parameters import COVARIATE_TIME_EFFECTS, LINEAR_FIXED_EFFECTS, LINEAR_PARAMETERS, present
+from .parameters import (COVARIATE_TIME_EFFECTS, LINEAR_FIXED_EFFECTS, LINEAR_PARAMETERS,
+                         observation_parameter_names, present)
 from .summary import summarize
 
 
@@ -81,32 +82,12 @@ class LikelihoodMethods:
         :returns: the :class:`~pyro_dgmm.results.Maximization`.
         """
         data = self._training_data("refine_observation_model")
-        names = self._observation_parameter_names(parameters)
+        names = observation_parameter_names(self.model_, parameters)
         if num_samples is None:
             num_samples = max(500, 2 * marginal.minimum_samples(self.model_.latent_dim))
         self._inference_cache = {}  # the parameters move: earlier likelihoods and SEs no longer hold
         return wald.maximize_marginal_likelihood(self.model_, self.guide_, data, names,
                                                  include_dispersion=False, num_samples=num_samples, seed=seed)
-
-    def _observation_parameter_names(self, parameters: Sequence[str] | None) -> list[str]:
-        """``named_parameters()`` names of the chosen observation-model parameters (names or labels)."""
-        labels = self.model_.observation_parameters()
-        if parameters is None:
-            return list(labels)
-        if isinstance(parameters, str):
-            parameters = [parameters]
-        by_label = {label: name for name, label in labels.items()}
-        names = []
-        for chosen in parameters:
-            name = chosen if chosen in labels else by_label.get(chosen)
-            if name is None:
-                choices = ", ".join(f"'{name}' ({label})" for name, label in labels.items())
-                raise ConfigError(f"refine_observation_model: {chosen!r} is not an observation-model parameter "
-                                  f"of this model; its observation-model parameters are {choices}")
-            names.append(name)
-        if not names:
-            raise ConfigError("refine_observation_model: parameters is empty; pass None to refine all of them")
-        return names
 
     def standard_errors(self, parameters: Sequence[str] | None = None, *, level: float = 0.95,
                         num_samples: int = 500, method: str = "autograd", seed: int = 0):

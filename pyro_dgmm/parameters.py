@@ -109,6 +109,30 @@ def dispersion_labels(model) -> dict[str, str]:
     return model.observation_parameters()
 
 
+def observation_parameter_names(model, chosen: Sequence[str] | str | None) -> list[str]:
+    """``named_parameters()`` names of the chosen observation-model parameters,
+    given by name (``'serial_scale'``) or label (``'serial tau[log_bili]'``,
+    ``'df[protime]'``) as :func:`dispersion_labels` lists them; None: all of them.
+
+    :raises ConfigError: a name or label the model's observation model does
+        not have (the valid ones listed), or an empty choice."""
+    labels = dispersion_labels(model)
+    if chosen is None:
+        return list(labels)
+    by_label = {label: name for name, label in labels.items()}
+    names = []
+    for item in [chosen] if isinstance(chosen, str) else chosen:
+        name = item if item in labels else by_label.get(item)
+        if name is None:
+            choices = ", ".join(f"'{name}' ({label})" for name, label in labels.items())
+            raise ConfigError(f"{item!r} is not an observation-model parameter of this model; "
+                              f"its observation-model parameters are {choices}")
+        names.append(name)
+    if not names:
+        raise ConfigError("no observation-model parameter chosen; pass None for all of them")
+    return names
+
+
 def select_parameters(model, parameters: Sequence[str], include_dispersion: bool) -> list[str]:
     """Dispersions (optionally) then ``parameters``, checked against the model's names."""
     if isinstance(parameters, str):

@@ -188,6 +188,6 @@ def test_refine_observation_model_moves_only_the_chosen_parameters():
     assert result.log_likelihood_after > result.log_likelihood_before
     assert not torch.equal(est.model_.serial_scale.detach(), tau)
     assert torch.equal(est.model_.dispersion("y").detach(), sigma)
-    assert est._observation_parameter_names("serial_scale") == ["serial_scale"]
+    assert parameters.observation_parameter_names(est.model_, "serial_scale") == ["serial_scale"]
     with pytest.raises(ConfigError, match=r"'df\[y\]' is not an observation-model parameter.*serial_scale"):
         est.refine_observation_model(["df[y]"])
