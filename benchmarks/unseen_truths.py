@@ -75,7 +75,8 @@ the cached ones; ``--skip-dgmm`` fills the cache only).
 Run:  cd benchmarks && OMP_NUM_THREADS=1 ../.venv/bin/python unseen_truths.py
       [--truths lmm_spline ... many_outcomes] [--seeds 0 1 2 3 4] [--n-subjects 800]
       [--dgmm-options '{"latent_dim": 4}'] [--fit-options '{"max_epochs": 300}']
-      [--skip-oracle] [--skip-baselines] [--refresh-cache] [--output unseen_truths]
+      [--skip-oracle] [--skip-baselines] [--refresh-cache] [--reuse results/earlier.json ...]
+      [--output unseen_truths]
 Smoke:  ... unseen_truths.py --truths periodic --seeds 0 --n-subjects 60
         --fit-options '{"max_epochs": 3}' --oracle-max-steps 2 --output unseen_truths_smoke
 """
@@ -572,6 +573,30 @@ def summary_rows(dgmm: list[dict], baselines: list[dict], oracles: list[dict]) -
                   seeds=len(v)) for (t, o, q), v in quantities.items()]
 
 
+def reusable_rows(paths: list[Path], args) -> dict[tuple, tuple[list[dict], list[dict]]]:
+    """Baseline and oracle rows of earlier results JSONs, by (truth, seed, n):
+    the ``--reuse`` option, for a rerun after a change of the library's
+    defaults, which neither the simulators nor the baselines depend on (the
+    oracles' curves ignore the time basis).  A file counts only if it was run
+    with this run's visits and oracle options; its commit goes into the meta."""
+    found: dict[tuple, tuple[list[dict], list[dict]]] = {}
+    for path in paths:
+        earlier = json.loads(path.read_text())
+        options = earlier["meta"]["options"]
+        same = (options["n_visits"] == args.n_visits and options["oracle_fit_options"] == args.oracle_fit_options
+                and options["oracle_samples"] == args.oracle_samples
+                and options["oracle_max_steps"] == args.oracle_max_steps)
+        if not same:
+            raise SystemExit(f"--reuse {path}: run with other visits or oracle options ({options}); "
+                             "pass this run's --oracle-samples / --oracle-max-steps / --n-visits")
+        for row in earlier["rows"]:
+            if row.get("method") in (None, "pyro_dgmm"):
+                continue
+            baselines, oracles = found.setdefault((row["truth"], row["seed"], row["n_subjects"]), ([], []))
+            (oracles if set(row) == set(ORACLE_KEYS) else baselines).append(row)
+    return found
+
+
 # ------------------------------------------------------------------ main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -596,9 +621,14 @@ def main() -> None:
     parser.add_argument("--dgmm-rows", type=Path, default=None,
                         help="take pyro_dgmm's rows from this results JSON (an earlier run) instead of fitting: "
                              "summarise them against baselines and oracles cached since")
+    parser.add_argument("--reuse", type=Path, nargs="+", default=[],
+                        help="earlier results JSONs whose baseline and oracle rows (same truth, seed, n, visits and "
+                             "oracle options) stand in for computing them: for a rerun after a change of the "
+                             "library's defaults")
     parser.add_argument("--output", default="unseen_truths")
     args = parser.parse_args()
     earlier = json.loads(args.dgmm_rows.read_text())["rows"] if args.dgmm_rows else None
+    reused = reusable_rows(args.reuse, args)
     single_thread()
     dgmm, baselines, oracles = [], [], []
     oracle_key = json.dumps([args.oracle_fit_options, args.oracle_samples, args.oracle_max_steps, ORACLE_VERSION],
@@ -609,13 +639,18 @@ def main() -> None:
             n = args.n_subjects
             tag = f"visits{args.n_visits}"
             start = time.perf_counter()
-            baselines += cached("baselines", name, seed, n, lambda: baseline_rows(name, sim, seed, n),
-                                args.refresh_cache, tag, skip=args.skip_baselines)
-            print(f"[{name} seed {seed}] baselines {time.perf_counter() - start:.1f} s", flush=True)
-            start = time.perf_counter()
-            oracles += cached("oracle", name, seed, n, lambda: oracle_rows(name, sim, seed, n, args),
-                              args.refresh_cache, tag + oracle_key, skip=args.skip_oracle)
-            print(f"[{name} seed {seed}] oracle {time.perf_counter() - start:.1f} s", flush=True)
+            if (name, seed, n) in reused:
+                baselines += reused[name, seed, n][0]
+                oracles += reused[name, seed, n][1]
+                print(f"[{name} seed {seed}] baselines and oracle reused from --reuse", flush=True)
+            else:
+                baselines += cached("baselines", name, seed, n, lambda: baseline_rows(name, sim, seed, n),
+                                    args.refresh_cache, tag, skip=args.skip_baselines)
+                print(f"[{name} seed {seed}] baselines {time.perf_counter() - start:.1f} s", flush=True)
+                start = time.perf_counter()
+                oracles += cached("oracle", name, seed, n, lambda: oracle_rows(name, sim, seed, n, args),
+                                  args.refresh_cache, tag + oracle_key, skip=args.skip_oracle)
+                print(f"[{name} seed {seed}] oracle {time.perf_counter() - start:.1f} s", flush=True)
             if earlier is not None:
                 dgmm += [r for r in earlier if r.get("method") == "pyro_dgmm" and (r["truth"], r["seed"],
                                                                                  r["n_subjects"]) == (name, seed, n)]
@@ -640,7 +675,8 @@ def main() -> None:
                                   "n_visits": args.n_visits, "dgmm_options": args.dgmm_options,
                                   "fit_options": args.fit_options, "oracle_fit_options": args.oracle_fit_options,
                                   "oracle_samples": args.oracle_samples, "oracle_max_steps": args.oracle_max_steps,
-                                  "skip_oracle": args.skip_oracle, "skip_baselines": args.skip_baselines}
+                                  "skip_oracle": args.skip_oracle, "skip_baselines": args.skip_baselines,
+                                  "reused": {str(p): json.loads(p.read_text())["meta"]["commit"] for p in args.reuse}}
     path.write_text(json.dumps(written, indent=2))
     print(f"\nwrote {path}")
 
