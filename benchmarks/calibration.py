@@ -74,6 +74,9 @@ SETTINGS = {
     "t for protime, poly(1), linear nets, brownian, tau only": ("gaussian", "constant"),
     "t for protime, poly(1), linear nets, brownian log_bili+albumin, tau only": ("gaussian", "constant"),
     "t for protime, poly(1), linear nets, brownian log_bili+protime (4 terms), tau only": ("gaussian", "constant"),
+    "t for log_bili+protime, poly(1), linear nets, brownian log_bili+protime (4 terms), tau only": ("gaussian",
+                                                                                                  "constant"),
+    "t for protime, poly(1), linear nets, brownian log_bili+protime (4 terms)": ("gaussian", "constant"),
 }
 #: further DeepMixedModel options of a setting (issue 25's follow-up: the time basis of the random
 #: effects, the linear special case = per-marker lme4 random intercept and slope, and the serial
@@ -107,6 +110,12 @@ OPTIONS = {
         "time_basis": "poly(1)", "latent_dim": 6, "model_options": {**LINEAR_NETS, **BROWNIAN_2},
         "families": {"protime": "student_t"}},
     "t for protime, poly(1), linear nets, brownian log_bili+protime (4 terms), tau only": {
+        "time_basis": "poly(1)", "latent_dim": 6, "model_options": {**LINEAR_NETS, **BROWNIAN_BILI_PROTIME},
+        "families": {"protime": "student_t"}},
+    "t for log_bili+protime, poly(1), linear nets, brownian log_bili+protime (4 terms), tau only": {
+        "time_basis": "poly(1)", "latent_dim": 6, "model_options": {**LINEAR_NETS, **BROWNIAN_BILI_PROTIME},
+        "families": {"log_bili": "student_t", "protime": "student_t"}},
+    "t for protime, poly(1), linear nets, brownian log_bili+protime (4 terms)": {
         "time_basis": "poly(1)", "latent_dim": 6, "model_options": {**LINEAR_NETS, **BROWNIAN_BILI_PROTIME},
         "families": {"protime": "student_t"}},
 }
