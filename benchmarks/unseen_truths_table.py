@@ -1,12 +1,14 @@
 """Print the docs' table of the unseen truths (issue 19) from the per-truth
 result files ``results/unseen_truths_final_<truth>.json`` written by
-``unseen_truths.py --truths <truth> --output unseen_truths_final_<truth>``.
+``unseen_truths.py --truths <truth> --output unseen_truths_final_<truth>``,
+or from the result files given (each may hold several truths).
 
-Run:  python benchmarks/unseen_truths_table.py
+Run:  python benchmarks/unseen_truths_table.py [results/unseen_truths_A.json ...]
 """
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -22,16 +24,29 @@ def cell(row: dict | None, digits: int = 3) -> str:
     return f"{row['median']:.{digits}f} [{row['min']:.{digits}f}, {row['max']:.{digits}f}]"
 
 
-def main() -> None:
+def summaries(paths: list[str]) -> dict[str, list[dict]]:
+    """The summary rows per truth: of the files given, else of the per-truth final files."""
+    if not paths:
+        paths = [RESULTS / f"unseen_truths_final_{truth}.json" for truth in TRUTHS]
+    found: dict[str, list[dict]] = {}
+    for path in map(Path, paths):
+        if path.exists():
+            for row in json.loads(path.read_text())["rows"]:
+                if row.get("quantity"):
+                    found.setdefault(row["truth"], []).append(row)
+    return found
+
+
+def main(paths: list[str]) -> None:
     print("| truth | outcome | seeds | pyro_dgmm RMSE | / best baseline | / oracle | active directions | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     many = None
+    found = summaries(paths)
     for truth in TRUTHS:
-        path = RESULTS / f"unseen_truths_final_{truth}.json"
-        if not path.exists():
+        if truth not in found:
             print(f"| {truth} | — | not run | | | | | |")
             continue
-        summary = [r for r in json.loads(path.read_text())["rows"] if r.get("quantity")]
+        summary = found[truth]
         if truth == "many_outcomes":
             many = summary
             continue
@@ -47,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
