@@ -143,9 +143,11 @@ def fit_model(df, outcomes, covariates, setting: str, *, id_col: str, time_col: 
         model.fit(df, progress=False, seed=seed)
         if setting.endswith(", ML"):
             model.refine_observation_model(num_samples=500, seed=seed)  # as run (the default was then 500)
-        if model.model_.serial_outcomes:  # SVI shrinks the process scale (docs/prediction.md): ML for it
-            moved = ["serial_scale"] if setting.endswith("tau only") else None  # None: with the dispersions, df
-            model.refine_observation_model(moved, seed=seed)  # 2 x minimum_samples(latent_dim) samples
+        # SVI shrinks the process scale (docs/prediction.md): fit moves it alone to its ML value (on the SVI
+        # training subjects; results before that change called refine_observation_model(["serial_scale"]) on
+        # all training subjects here); the other settings move the dispersions and df with it
+        if model.model_.serial_outcomes and not setting.endswith("tau only"):
+            model.refine_observation_model(seed=seed)  # 2 x minimum_samples(latent_dim) samples
     return model, time.perf_counter() - start
 
 
@@ -175,11 +177,7 @@ def refined(model) -> bool:
 
 def serial_tau(model, name: str) -> float:
     """The fitted serial-process SD per root time unit of outcome ``name`` on its own scale (NaN: none)."""
-    core = model.model_
-    if name not in core.serial_outcomes:
-        return float("nan")
-    k = core.serial_outcomes.index(name)
-    return abs(float((core.serial_scale[k] * core.outcome_scale[core.outcomes.index(name)]).detach()))  # sign: free
+    return model.model_.serial_tau().get(name, float("nan"))
 
 
 # ------------------------------------------------------------------ sim

@@ -11,7 +11,9 @@ Fits a DGMM to a CSV file or a shipped data set and writes, into ``--out``
   (``convergence``: converged, stop reason, epochs, kept epoch, final
   training loss, held-out negative ELBO per subject at the kept epoch, or
   at the last epoch measured before one was kept), latent directions in use, time,
-  dispersion estimates, and the marginal log-likelihood when
+  dispersion estimates, the maximum-likelihood refinements (``refinement``,
+  ``serial_refinement``) and the serial-process scales (``serial_tau``, with
+  ``--serial-outcome``), and the marginal log-likelihood when
   ``--log-likelihood`` is given (an importance-sampling estimate with its
   Monte Carlo SD and Pareto k-hat: minutes for hundreds of subjects, so
   not computed by default; ``null`` then)
@@ -144,6 +146,9 @@ FIT_EXAMPLES = """examples:
       --outcome ascites:bernoulli --covariate age --basis 'spline(4)' --out outputs/mine
   python -m pyro_dgmm fit --dataset pbc --latent-dim 4 --checkpoint pbc.ckpt --out outputs/pbc   # then --resume
   python -m pyro_dgmm fit --dataset pbc --log-likelihood --out outputs/pbc
+  python -m pyro_dgmm fit --csv pbc.csv --id id --time years --outcome log_bili:gaussian \
+      --outcome protime:student_t --basis 'poly(1)' --networks linear --latent-dim 6 \
+      --serial-outcome log_bili --serial-outcome protime --serial-terms 4 --out outputs/calibrated
   python -m pyro_dgmm fit --dataset pbc --event-time futime_years --event-status status --out outputs/joint"""
 
 PREDICT_EXAMPLES = """examples:
@@ -211,6 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--dispersion-model", choices=DISPERSION_MODELS, default="constant",
                      help="'constant' (default): one dispersion per outcome; 'linear': log dispersion linear "
                           "in the time features and covariates; 'linear+random': and in the random effects")
+    fit.add_argument("--networks", choices=("dense", "linear"), default="dense",
+                     help="'dense' (default): the DGMM's networks of time and covariates (fixed) and of b "
+                          "(random); 'linear': none, a linear mixed model on --basis (with --basis 'poly(1)', "
+                          "lme4's random intercept and slope per outcome, sharing b)")
+    fit.add_argument("--serial-outcome", action="append", default=[], metavar="NAME",
+                     help="add a Brownian drift to this outcome's linear predictor, so that intervals widen with "
+                          "the gap from the last visit (pyro_dgmm.serial; its scale is refined by maximum "
+                          "likelihood after the fit unless --refine no); repeat")
+    fit.add_argument("--serial-terms", type=int, default=8, metavar="J",
+                     help="basis functions per --serial-outcome (default 8; more resolve shorter time scales)")
     fit.add_argument("--encoder", choices=ENCODERS, default="set",
                      help="the guide's encoder: 'set' (default; pools over visits), 'dense' (the talk's flat "
                           "record) or 'sequence' (attention over the visits in time)")
@@ -452,6 +467,23 @@ def run_predict(args: argparse.Namespace) -> dict | None:
             "predict_seconds": round(seconds, 3)}
 
 
+def _model_options(args: argparse.Namespace, outcomes: dict) -> dict:
+    """The model options of ``--dispersion-model``, ``--networks`` and ``--serial-outcome``."""
+    options = {"dispersion_model": args.dispersion_model}
+    if args.networks == "linear":
+        options.update(fixed_hidden=(), random_hidden=())
+    unknown = [name for name in args.serial_outcome if name not in outcomes]
+    if unknown:
+        raise ConfigError(f"--serial-outcome {', '.join(unknown)}: not an outcome of the fit "
+                          f"({', '.join(outcomes)})")
+    if args.serial_outcome:
+        options.update(serial_process="brownian", serial_outcomes=list(args.serial_outcome),
+                       serial_terms=args.serial_terms)
+    elif args.serial_terms != 8:
+        raise ConfigError("--serial-terms needs --serial-outcome (the outcomes that carry the process)")
+    return options
+
+
 def run_fit(args: argparse.Namespace) -> dict | None:
     """Fit and write the outputs; under ``torchrun`` every process fits its
     shards and rank 0 alone writes (returns None on the other ranks).
@@ -495,7 +527,7 @@ def run_fit(args: argparse.Namespace) -> dict | None:
     facade = DeepMixedModel if events is None else cli_joint.joint_facade(args.association)
     model = facade(id_col=id_col, time_col=time_col, outcomes=outcomes, covariates=covariates,
                    time_basis=args.basis, latent_dim=args.latent_dim, time_unit=args.time_unit,
-                   encoder=args.encoder, model_options={"dispersion_model": args.dispersion_model})
+                   encoder=args.encoder, model_options=_model_options(args, outcomes))
     overrides = {"seed": args.seed, "progress": not args.quiet, "num_shards": args.num_shards,
                  "device": None if args.device == "auto" else args.device}
     if args.max_epochs is not None:

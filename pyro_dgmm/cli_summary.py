@@ -47,6 +47,8 @@ def fit_summary(model, rows: int, subjects: int, outcomes: dict, files: list[str
         "latent_dim": model.latent_dim_, "active_directions": result.active_directions,
         "latent_activity": [round(v, 4) for v in result.latent_activity],
         "refinement": result.refinement,
+        "serial_refinement": result.serial_refinement,
+        "serial_tau": model.model_.serial_tau() or None,
         "fit_seconds": round(result.seconds, 2),
         "convergence": {
             "converged": result.converged, "stop_reason": result.stop_reason, "epochs_run": result.epochs_run,

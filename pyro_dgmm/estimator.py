@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence
@@ -386,7 +387,9 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
                 self.model_, self.guide_, self.schema_, train, validation, config, imputation or ImputationConfig(),
                 distributed_input=self.distributed_input)
         self.model_.cpu(), self.guide_.cpu()
-        if self._refines(config.refine, train) and not self.result_.interrupted:
+        if self.result_.interrupted:
+            return
+        if self._refines(config.refine, train):
             refinement = wald.refine(self.model_, self.guide_, self._encoder_view(train),
                                      self._refined_parameters(), seed=config.seed,
                                      num_shards=config.num_shards, distributed_input=self.distributed_input)
@@ -401,6 +404,20 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
             # the directions in use are the re-fitted encoder's
             self.result_.latent_activity = encoder_fit.latent_activity
             self.result_.active_directions = encoder_fit.active_directions
+        elif self.model_.serial_outcomes and config.refine == "auto":  # (the refinement above moves tau too)
+            self.result_.serial_refinement = self._refine_serial_scale(train, config)
+
+    def _refine_serial_scale(self, train: LongitudinalData, config: FitConfig) -> dict:
+        """Move the serial-process scales tau to their maximum-likelihood
+        values (:func:`~pyro_dgmm.wald.refine_observation`): SVI shrinks them
+        towards 0, and with them the predictive spread at far horizons
+        (:mod:`pyro_dgmm.serial`).  The encoder is not refitted: predictions
+        correct its proposal by importance sampling."""
+        start = time.perf_counter()
+        result = wald.refine_observation(self.model_, self.guide_, self._encoder_view(train), ["serial_scale"],
+                                         seed=config.seed, num_shards=config.num_shards,
+                                         distributed_input=self.distributed_input)
+        return {**vars(result), "seconds": time.perf_counter() - start, "serial_tau": self.model_.serial_tau()}
 
     def _refined_parameters(self) -> list[str]:
         """What the refinement moves besides the dispersions: the linear parts the model has."""

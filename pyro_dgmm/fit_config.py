@@ -72,6 +72,11 @@ class FitConfig:
         maximum likelihood estimate, as lme4's and MixedLM's do; ``True``:
         always (importance-sampled otherwise: minutes for hundreds of
         subjects; a joint model's event coefficients move too); ``False``: never.
+        The serial-process scales (``serial_process='brownian'``) move
+        with the dispersions; where ``'auto'`` finds no closed form they
+        are still moved, alone (``FitResult.serial_refinement``): SVI
+        shrinks them towards 0, and the intervals at far horizons with them
+        (:mod:`pyro_dgmm.serial`; minutes for hundreds of subjects).
     :param eval_particles: draws of b per held-out subject per evaluation.
     :param seed: makes a run reproducible (data split, batches, draws, init).
     :param num_shards: subjects are split into this many shards, each

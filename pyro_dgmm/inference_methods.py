@@ -62,12 +62,13 @@ class LikelihoodMethods:
         in them is weak and noisy): it left them near 4.5 for a true 3 in our
         simulations, and this brought them to 2.8-3.2, with unchanged
         prediction intervals.  SVI also shrinks the serial-process scale tau
-        towards 0 (docs/model.md, "Serial drift"), which this undoes.  On
-        PBC, moving the dispersions and df made held-out predictions worse
+        towards 0 (docs/model.md, "Serial drift"); ``fit`` moves it to its
+        maximum-likelihood value itself unless ``refine=False``
+        (``FitResult.serial_refinement``).  On
+        PBC, moving the dispersions and df as well made held-out predictions worse
         (the networks fitted to the training subjects leave residuals that
         look lighter-tailed and smaller than new subjects' errors;
-        docs/prediction.md): there, refine the serial scale alone,
-        ``parameters=["serial_scale"]``.  A few Newton steps on the marginal
+        docs/prediction.md): there, the serial scale alone is refined.  A few Newton steps on the marginal
         likelihood, each with its Hessian over these parameters only:
         minutes for hundreds of subjects.
 
@@ -75,19 +76,14 @@ class LikelihoodMethods:
             (``'serial_scale'``, ``'sigma_0'``, ...) or label (``'sigma[y]'``,
             ``'df[protime]'``, ``'serial tau[log_bili]'``), as
             ``model_.observation_parameters()`` lists them; default: all.
-        :param num_samples: importance samples per subject; default 500, or
-            twice :func:`~pyro_dgmm.marginal.minimum_samples` where that is
-            more (a serial process adds ``serial_terms`` coordinates per
-            outcome to b: 2,380 for PBC's 6 + 8).
+        :param num_samples: importance samples per subject; default
+            :func:`~pyro_dgmm.wald.observation_samples`.
         :returns: the :class:`~pyro_dgmm.results.Maximization`.
         """
         data = self._training_data("refine_observation_model")
         names = observation_parameter_names(self.model_, parameters)
-        if num_samples is None:
-            num_samples = max(500, 2 * marginal.minimum_samples(self.model_.latent_dim))
         self._inference_cache = {}  # the parameters move: earlier likelihoods and SEs no longer hold
-        return wald.maximize_marginal_likelihood(self.model_, self.guide_, data, names,
-                                                 include_dispersion=False, num_samples=num_samples, seed=seed)
+        return wald.refine_observation(self.model_, self.guide_, data, names, num_samples=num_samples, seed=seed)
 
     def standard_errors(self, parameters: Sequence[str] | None = None, *, level: float = 0.95,
                         num_samples: int = 500, method: str = "autograd", seed: int = 0):

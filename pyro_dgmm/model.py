@@ -192,6 +192,13 @@ class MixedModel(OwnParameters):
         self.serial_scale = torch.nn.Parameter(torch.full((len(self.serial_outcomes),),
                                                           (0.5 / self.serial_span) ** 0.5))
 
+    def serial_tau(self) -> dict[str, float]:
+        """tau_k per outcome carrying the serial process, in the outcome's
+        units per square root of a model time unit (``|serial_scale|``
+        times the outcome's scale); empty without a process."""
+        return {name: abs(float(self.serial_scale[k].detach() * self.outcome_scale[self.outcomes.index(name)]))
+                for k, name in enumerate(self.serial_outcomes)}
+
     @classmethod
     def from_schema(cls, schema: DataSchema, latent_dim: int, **kwargs) -> "MixedModel":
         """Build with offsets, scales and dispersions learned by ``schema``;

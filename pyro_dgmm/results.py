@@ -66,7 +66,11 @@ class FitResult:
     prior variance 1, an unused one a value near 0; ``active_directions``
     counts those above :data:`~pyro_dgmm.fit.ACTIVE_THRESHOLD` (the "active units" of
     Burda et al. 2016, made rotation-invariant).  ``refinement`` records
-    the maximum-likelihood refinement, if one ran.  ``interrupted`` says
+    the maximum-likelihood refinement of the linear parts and dispersions
+    (with the serial-process scales), if one ran; ``serial_refinement`` that
+    of the serial-process scales alone, which ``refine='auto'`` runs where
+    the first does not, with ``serial_tau``: tau per outcome in the
+    outcome's units per square root of a time unit.  ``interrupted`` says
     the fit was stopped by Ctrl-C (:func:`~pyro_dgmm.fit.fit_svi`): it did not converge,
     and ``stop_reason`` says where it stopped.
     """
@@ -84,6 +88,7 @@ class FitResult:
     latent_activity: list[float] = field(default_factory=list)
     active_directions: int | None = None
     refinement: dict | None = None
+    serial_refinement: dict | None = None
     interrupted: bool = False
 
 

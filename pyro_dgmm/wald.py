@@ -246,6 +246,32 @@ def refine(model, guide, data: LongitudinalData, parameters: Sequence[str] | Non
             "seconds": time.perf_counter() - start}
 
 
+def observation_samples(latent_dim: int) -> int:
+    """Importance samples per subject of :func:`refine_observation`: 500, or
+    twice :func:`~pyro_dgmm.marginal.minimum_samples` where that is more (a
+    serial process adds ``serial_terms`` coordinates per outcome to b:
+    2,380 for PBC's 6 + 8)."""
+    return max(500, 2 * minimum_samples(latent_dim))
+
+
+def refine_observation(model, guide, data: LongitudinalData, parameters: Sequence[str], *,
+                       num_samples: int | None = None, seed: int = 0, num_shards: int | None = None,
+                       distributed_input: bool = False) -> Maximization:
+    """Move the named observation-model parameters of ``model`` (dispersions,
+    their slopes, Student-t df, the serial-process scales:
+    :meth:`~pyro_dgmm.model.MixedModel.observation_parameters`) to the
+    maximum of the importance-sampled marginal likelihood, everything else
+    held (:func:`maximize_marginal_likelihood`); ``num_samples`` defaults to
+    :func:`observation_samples`.  What
+    :meth:`~pyro_dgmm.estimator.DeepMixedModel.refine_observation_model`
+    runs, and ``fit`` for the serial scale (SVI shrinks it towards 0,
+    :mod:`pyro_dgmm.serial`)."""
+    num_samples = num_samples or observation_samples(model.latent_dim)
+    return maximize_marginal_likelihood(model, guide, data, parameters, include_dispersion=False,
+                                        num_samples=num_samples, seed=seed, num_shards=num_shards,
+                                        distributed_input=distributed_input)
+
+
 def _ascent_step(gradient: torch.Tensor, information: torch.Tensor):
     r"""damping :math:`\mu` -> the step :math:`\sum_k v_k v_k^\top g / (|\lambda_k| + \mu\lambda_{\max})`
     over the eigenpairs of the information with :math:`|\lambda_k| > 10^{-3} \lambda_{\max}`,

@@ -1,6 +1,7 @@
 """The command line's interface: --version, examples in --help that parse,
 --levels as fractions or percents, summary.json's convergence and
-log-likelihood, one float format in every CSV, --covariate-formula, joint
+log-likelihood, one float format in every CSV, --covariate-formula,
+--networks and --serial-outcome, joint
 models (--events and its flags, event_coefficients.csv, predict --landmark).
 
 (The fit and predict commands' inputs and outputs are tested in
@@ -172,6 +173,37 @@ def test_covariate_formula(tmp_path, capsys):
     assert "--covariate-formula 'weight' is not a column" in capsys.readouterr().err
     assert main(base + ["--covariate", "age", "--covariate-formula", "age", "--out", str(tmp_path / "o3")]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_linear_networks_and_a_serial_process_from_the_command_line(tmp_path, capsys):
+    """--networks linear --serial-outcome g --serial-terms 3 build the linear
+    model with the process on g; the fit (Gaussian and Bernoulli: no closed
+    form) refines tau alone, and summary.json reports it; a --serial-outcome
+    that is not an outcome, and --serial-terms without one, are refused."""
+    frame = tiny_frame(n_subjects=12, seed=1)
+    csv = tmp_path / "v.csv"
+    frame.to_csv(csv, index=False)
+    base = ["fit", "--csv", str(csv), "--id", "pid", "--time", "t", "--outcome", "g:gaussian", "--outcome",
+            "bin:bernoulli", "--latent-dim", "2", "--max-epochs", "2", "--quiet"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a two-epoch fit does not converge
+        code = main(base + ["--networks", "linear", "--serial-outcome", "g", "--serial-terms", "3",
+                            "--out", str(tmp_path / "o")])
+    assert code == 0
+    model = DeepMixedModel.load(tmp_path / "o" / "model.pt")
+    core = model.model_
+    assert core.serial_outcomes == ["g"] and core.serial_terms == 3 and core.latent_dim == 2 + 3
+    networks = [name for name, _ in core.named_parameters() if ".net." in name or ".coefficients." in name
+                or ".joint." in name]
+    assert networks == [] and "fixed_effects.time_skip.weight" in dict(core.named_parameters())
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["serial_tau"] == pytest.approx(core.serial_tau())
+    assert summary["serial_refinement"]["serial_tau"] == pytest.approx(core.serial_tau())
+    assert summary["refinement"] is None
+    assert main(base + ["--serial-outcome", "nope", "--out", str(tmp_path / "o2")]) == 2
+    assert "--serial-outcome nope: not an outcome of the fit (g, bin)" in capsys.readouterr().err
+    assert main(base + ["--serial-terms", "3", "--out", str(tmp_path / "o3")]) == 2
+    assert "--serial-terms needs --serial-outcome" in capsys.readouterr().err
 
 
 def test_summary_held_out_loss_is_the_kept_epochs(cli_fit):

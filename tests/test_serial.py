@@ -181,7 +181,7 @@ def test_refine_observation_model_moves_only_the_chosen_parameters():
                                         "serial_terms": 4})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a brief fit does not converge
-        est.fit(sim.data, progress=False, seed=0, max_epochs=3)
+        est.fit(sim.data, progress=False, seed=0, max_epochs=3, refine=False)  # tau where SVI left it
     sigma = est.model_.dispersion("y").detach().clone()
     tau = est.model_.serial_scale.detach().clone()
     result = est.refine_observation_model(["serial tau[y]"], num_samples=300)
@@ -191,3 +191,30 @@ def test_refine_observation_model_moves_only_the_chosen_parameters():
     assert parameters.observation_parameter_names(est.model_, "serial_scale") == ["serial_scale"]
     with pytest.raises(ConfigError, match=r"'df\[y\]' is not an observation-model parameter.*serial_scale"):
         est.refine_observation_model(["df[y]"])
+
+
+def test_fit_moves_the_serial_scale_to_its_maximum_unless_refine_is_false():
+    """A deep DGMM has no closed-form likelihood, so ``refine='auto'`` does
+    not refine its linear parts; it still moves the serial scale tau to its
+    maximum-likelihood value (``FitResult.serial_refinement``; SVI shrinks
+    tau towards 0 in a converged fit, see the slow test above): maximising
+    again from the fitted model, with other draws, gains almost nothing.
+    ``refine=False`` leaves tau where SVI left it."""
+    sim = simulate_linear_noise(40, 6, 3, brownian_sd=0.5)
+    fits = {}
+    for refine in ("auto", False):
+        est = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}, covariates=sim.covariates,
+                             time_basis="poly(1)", latent_dim=2,
+                             model_options={"serial_process": "brownian", "serial_terms": 2})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a brief fit does not converge
+            est.fit(sim.data, progress=False, seed=0, max_epochs=10, refine=refine)
+        fits[refine] = est
+    assert fits["auto"].result_.refinement is None  # no closed form: the linear parts stay SVI's
+    refined = fits["auto"].result_.serial_refinement
+    assert refined["log_likelihood_after"] >= refined["log_likelihood_before"] and refined["converged"]
+    assert refined["serial_tau"] == fits["auto"].model_.serial_tau()
+    assert fits[False].result_.serial_refinement is None
+    assert fits[False].model_.serial_tau() != fits["auto"].model_.serial_tau()
+    again = fits["auto"].refine_observation_model(["serial_scale"], seed=1)
+    assert again.log_likelihood_after - again.log_likelihood_before < 0.5
