@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence
@@ -405,19 +404,9 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
             self.result_.latent_activity = encoder_fit.latent_activity
             self.result_.active_directions = encoder_fit.active_directions
         elif self.model_.serial_outcomes and config.refine == "auto":  # (the refinement above moves tau too)
-            self.result_.serial_refinement = self._refine_serial_scale(train, config)
-
-    def _refine_serial_scale(self, train: LongitudinalData, config: FitConfig) -> dict:
-        """Move the serial-process scales tau to their maximum-likelihood
-        values (:func:`~pyro_dgmm.wald.refine_observation`): SVI shrinks them
-        towards 0, and with them the predictive spread at far horizons
-        (:mod:`pyro_dgmm.serial`).  The encoder is not refitted: predictions
-        correct its proposal by importance sampling."""
-        start = time.perf_counter()
-        result = wald.refine_observation(self.model_, self.guide_, self._encoder_view(train), ["serial_scale"],
-                                         seed=config.seed, num_shards=config.num_shards,
-                                         distributed_input=self.distributed_input)
-        return {**vars(result), "seconds": time.perf_counter() - start, "serial_tau": self.model_.serial_tau()}
+            self.result_.serial_refinement = wald.refine_serial_scale(
+                self.model_, self.guide_, self._encoder_view(train), seed=config.seed,
+                num_shards=config.num_shards, distributed_input=self.distributed_input)
 
     def _refined_parameters(self) -> list[str]:
         """What the refinement moves besides the dispersions: the linear parts the model has."""

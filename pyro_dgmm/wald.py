@@ -272,6 +272,22 @@ def refine_observation(model, guide, data: LongitudinalData, parameters: Sequenc
                                         distributed_input=distributed_input)
 
 
+def refine_serial_scale(model, guide, data: LongitudinalData, *, seed: int = 0, num_shards: int | None = None,
+                        distributed_input: bool = False) -> dict:
+    """``fit``'s refinement of the serial-process scales tau alone
+    (``FitConfig.refine='auto'`` without a closed form): SVI shrinks them
+    towards 0, and with them the predictive spread at far horizons
+    (:mod:`pyro_dgmm.serial`).  The encoder is not refitted: predictions
+    correct its proposal by importance sampling.
+
+    :returns: :class:`Maximization`'s fields as a dict, with the seconds
+        taken and ``serial_tau`` (:meth:`~pyro_dgmm.model.MixedModel.serial_tau`)."""
+    start = time.perf_counter()
+    result = refine_observation(model, guide, data, ["serial_scale"], seed=seed, num_shards=num_shards,
+                                distributed_input=distributed_input)
+    return {**vars(result), "seconds": time.perf_counter() - start, "serial_tau": model.serial_tau()}
+
+
 def _ascent_step(gradient: torch.Tensor, information: torch.Tensor):
     r"""damping :math:`\mu` -> the step :math:`\sum_k v_k v_k^\top g / (|\lambda_k| + \mu\lambda_{\max})`
     over the eigenpairs of the information with :math:`|\lambda_k| > 10^{-3} \lambda_{\max}`,
