@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="add a Brownian drift to this outcome's linear predictor, so that intervals widen with "
                           "the gap from the last visit (pyro_dgmm.serial; its scale is refined by maximum "
                           "likelihood after the fit unless --refine no); repeat")
-    fit.add_argument("--serial-terms", type=int, default=8, metavar="J",
+    fit.add_argument("--serial-terms", type=int, default=None, metavar="J",
                      help="basis functions per --serial-outcome (default 8; more resolve shorter time scales)")
     fit.add_argument("--encoder", choices=ENCODERS, default="set",
                      help="the guide's encoder: 'set' (default; pools over visits), 'dense' (the talk's flat "
@@ -476,11 +476,12 @@ def _model_options(args: argparse.Namespace, outcomes: dict) -> dict:
     if unknown:
         raise ConfigError(f"--serial-outcome {', '.join(unknown)}: not an outcome of the fit "
                           f"({', '.join(outcomes)})")
-    if args.serial_outcome:
-        options.update(serial_process="brownian", serial_outcomes=list(args.serial_outcome),
-                       serial_terms=args.serial_terms)
-    elif args.serial_terms != 8:
+    if args.serial_terms is not None and not args.serial_outcome:
         raise ConfigError("--serial-terms needs --serial-outcome (the outcomes that carry the process)")
+    if args.serial_outcome:
+        options.update(serial_process="brownian", serial_outcomes=list(args.serial_outcome))
+    if args.serial_terms is not None:  # else the model's default
+        options["serial_terms"] = args.serial_terms
     return options
 
 
