@@ -127,7 +127,7 @@ OPTIONS = {
         "time_basis": "poly(1)", "latent_dim": 6, "model_options": {**LINEAR_NETS, **BROWNIAN_BILI_PROTIME},
         "families": {"protime": "student_t"}},
     # albumin's RMSE at landmark 5 (issue 25, continued): a nonlinear population trajectory, nonlinear
-    # random effects too, or the process on albumin as well; chosen on development splits 101-102
+    # random effects too, or the process on albumin as well; scored on development splits 101-102
     "t for log_bili+protime, poly(1), dense fixed net, brownian log_bili+protime (4 terms), tau only": {
         "time_basis": "poly(1)", "latent_dim": 6, "model_options": {"random_hidden": (), **BROWNIAN_BILI_PROTIME},
         "families": {"log_bili": "student_t", "protime": "student_t"}},
