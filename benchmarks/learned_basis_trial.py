@@ -1,0 +1,101 @@
+"""Issue 19: a learned time basis for the random coefficients, scored on the
+development truths of ``default_selection.py`` (tried and rejected; the
+table is in docs/fitting.md, "What falls short", truth (d)).
+
+The trial adds a third path to :class:`pyro_dgmm.nn.RandomEffectsNet`:
+``--functions`` m learned functions of time h(T) (a tanh MLP of the time
+features, 32 units) whose coefficients depend on b,
+
+.. math:: \\mu_{2,ijk} \\mathrel{+}= \\sum_{m} c_{km}(b_i)\\, h_m(T_{ij}),
+
+with ``c(b) = W b`` (``--coefficients linear``; W or, with ``--start
+basis``, h's last layer starting at zero) or ``c(b)`` a zero-start MLP of b
+as wide as the random-effects net (``--coefficients mlp``).  Its
+parameters are held with the other nonlinear paths during the linear
+warm-up; ``--release-steps`` N further holds its output at zero for the
+first N training steps of each fit.  A random amplitude and phase is
+linear in the coefficients of sin and cos, which a fixed polynomial basis
+cannot carry: the path is written for such shapes.
+
+Everything after ``--`` goes to ``default_selection.py``.
+
+Run:  python benchmarks/learned_basis_trial.py --functions 4 --coefficients mlp \\
+          -- --truths nonlinear lmm4sin --seeds 0 1 --configs 'trial={}' --output dev_learned_basis
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from torch import nn
+
+import default_selection
+import pyro_dgmm.model as model_module
+import pyro_dgmm.nn as nn_module
+
+
+def learned_basis_net(functions: int, coefficients: str, start: str, release_steps: int) -> type:
+    """A ``RandomEffectsNet`` with the learned-basis path (see the module docstring)."""
+
+    class LearnedBasisNet(nn_module.RandomEffectsNet):
+        def __init__(self, latent_dim, num_time_features, num_outcomes, hidden=(64, 64), activation="tanh"):
+            super().__init__(latent_dim, num_time_features, num_outcomes, hidden, activation)
+            self.functions = functions if hidden else 0  # linear nets stay the linear special case
+            self.training_steps = 0  # one net per fit
+            if not self.functions:
+                return
+            self.basis = nn_module.MLP(num_time_features, (32,), functions, activation)
+            out = num_outcomes * functions
+            if coefficients == "mlp":
+                self.basis_coefficients = nn_module._zero_last_layer(nn_module.MLP(latent_dim, hidden, out, activation))
+            else:
+                self.basis_coefficients = nn.Linear(latent_dim, out, bias=False)
+                if start == "coefficients":
+                    nn.init.zeros_(self.basis_coefficients.weight)
+                else:
+                    nn_module._zero_last_layer(self.basis)
+
+        def forward(self, b: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
+            mu2 = super().forward(b, time_features)
+            if not self.functions:
+                return mu2
+            if torch.is_grad_enabled():
+                self.training_steps += 1
+            if self.training_steps < release_steps:
+                return mu2
+            coef = self.basis_coefficients(b).unflatten(-1, (self.num_outcomes, self.functions))
+            return mu2 + torch.einsum("...nkm,ntm->...ntk", coef, self.basis(time_features))
+
+    return LearnedBasisNet
+
+
+def held_with_the_nonlinear_paths(original):
+    def residual_parameters(self) -> list[torch.nn.Parameter]:
+        extra = []
+        if getattr(self.random_effects, "functions", 0):
+            extra = [*self.random_effects.basis.parameters(), *self.random_effects.basis_coefficients.parameters()]
+        return original(self) + extra
+    return residual_parameters
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--functions", type=int, default=4, help="m, the number of learned time functions")
+    parser.add_argument("--coefficients", choices=("linear", "mlp"), default="linear")
+    parser.add_argument("--start", choices=("coefficients", "basis"), default="coefficients",
+                        help="with linear coefficients: which factor starts at zero")
+    parser.add_argument("--release-steps", type=int, default=0,
+                        help="training steps with the path's output held at zero")
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    model_module.RandomEffectsNet = learned_basis_net(args.functions, args.coefficients, args.start,
+                                                      args.release_steps)
+    model_module.DGMM.residual_parameters = held_with_the_nonlinear_paths(model_module.DGMM.residual_parameters)
+    sys.argv = ["default_selection.py", *argv[split + 1:]]
+    default_selection.main()
+
+
+if __name__ == "__main__":
+    main()
