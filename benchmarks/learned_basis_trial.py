@@ -17,22 +17,36 @@ first N training steps of each fit.  A random amplitude and phase is
 linear in the coefficients of sin and cos, which a fixed polynomial basis
 cannot carry: the path is written for such shapes.
 
-Everything after ``--`` goes to ``default_selection.py``.
+Everything after ``--`` goes to ``default_selection.py``.  With
+``--diagnose TRUTH --diagnose-seeds ...`` the trial is instead fitted (with
+defaults otherwise, as ``unseen_truths.py`` fits) to a truth of
+``truths.py``, and its RMSE is printed beside the oracle's from the
+``unseen_truths.py`` result files given by ``--oracle-results``: a
+diagnosis on a reported truth, for after a design was judged on the
+development truths, never for choosing one.
 
 Run:  python benchmarks/learned_basis_trial.py --functions 4 --coefficients mlp \\
           -- --truths nonlinear lmm4sin --seeds 0 1 --configs 'trial={}' --output dev_learned_basis
+      python benchmarks/learned_basis_trial.py --functions 4 --diagnose periodic --diagnose-seeds 0 1
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import torch
 from torch import nn
 
 import default_selection
+import truths
+import unseen_truths
+from common import rmse, single_thread
 import pyro_dgmm.model as model_module
 import pyro_dgmm.nn as nn_module
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def learned_basis_net(functions: int, coefficients: str, start: str, release_steps: int) -> type:
@@ -79,6 +93,30 @@ def held_with_the_nonlinear_paths(original):
     return residual_parameters
 
 
+def diagnose(truth: str, seeds: list[int], oracle_files: list[str]) -> None:
+    """Fit the patched default to ``truth`` per seed; print RMSE against the
+    truth and as a ratio to the oracle's RMSE of the same seed."""
+    from pyro_dgmm import DeepMixedModel
+
+    oracle = {}
+    for path in oracle_files:
+        for row in json.loads(Path(path).read_text())["rows"]:
+            if row.get("truth") == truth and "seed" in row and "oracle" in str(row.get("method", "")).lower():
+                oracle[row["seed"]] = row["rmse"]
+    for seed in seeds:
+        sim = truths.SIMULATORS[truth](seed=seed)
+        model = DeepMixedModel(id_col=unseen_truths.ID, time_col=unseen_truths.TIME, outcomes=sim.outcomes,
+                               covariates=sim.covariates)
+        model.fit(sim.data, progress=False)
+        fitted = model.fitted_values()
+        for outcome in sim.outcomes:
+            error = rmse(unseen_truths.aligned(fitted, sim, outcome), sim.truth[f"{outcome}_mean"])
+            ratio = f"{error / oracle[seed]:.3f}" if seed in oracle else "no oracle row"
+            print(f"{truth} seed {seed} {outcome}: RMSE {error:.4f}, / oracle {ratio}, "
+                  f"epochs {model.result_.epochs_run}, activity {[round(v, 3) for v in model.result_.latent_activity]}",
+                  flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--functions", type=int, default=4, help="m, the number of learned time functions")
@@ -87,12 +125,22 @@ def main() -> None:
                         help="with linear coefficients: which factor starts at zero")
     parser.add_argument("--release-steps", type=int, default=0,
                         help="training steps with the path's output held at zero")
+    parser.add_argument("--diagnose", default=None, choices=list(truths.SIMULATORS),
+                        help="fit this truth of truths.py instead of running default_selection.py")
+    parser.add_argument("--diagnose-seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--oracle-results", nargs="+",
+                        default=[str(RESULTS / f"unseen_truths_periodic_iwae_oracle_{part}.json") for part in "ab"],
+                        help="unseen_truths.py result files holding the oracle rows")
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
     model_module.RandomEffectsNet = learned_basis_net(args.functions, args.coefficients, args.start,
                                                       args.release_steps)
     model_module.DGMM.residual_parameters = held_with_the_nonlinear_paths(model_module.DGMM.residual_parameters)
+    if args.diagnose:
+        single_thread()
+        diagnose(args.diagnose, args.diagnose_seeds, args.oracle_results)
+        return
     sys.argv = ["default_selection.py", *argv[split + 1:]]
     default_selection.main()
 
