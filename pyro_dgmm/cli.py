@@ -105,6 +105,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import cli_joint
+from .cli_data import SHIPPED, parse_outcomes, refuse_csv_options, shipped
 from .cli_summary import fit_summary, log_likelihood_summary
 from .bases import DEFAULT_TIME_BASIS
 from .covariates import parse_covariate_formula
@@ -134,7 +135,6 @@ EXAMPLES = """examples:
 
 'python -m pyro_dgmm COMMAND --help' describes each command's options."""
 
-SHIPPED = ("pbc", "linear", "nonlinear", "dropout", "app")
 #: What ``fit`` writes into ``--out`` (an older plain ``--out`` folder holding only these is replaced).
 FIT_OUTPUTS = ("fitted.csv", "subjects.png", "loss.png", "model.pt", "summary.json")
 
@@ -146,8 +146,8 @@ FIT_EXAMPLES = """examples:
       --outcome ascites:bernoulli --covariate age --basis 'spline(4)' --out outputs/mine
   python -m pyro_dgmm fit --dataset pbc --latent-dim 4 --checkpoint pbc.ckpt --out outputs/pbc   # then --resume
   python -m pyro_dgmm fit --dataset pbc --log-likelihood --out outputs/pbc
-  python -m pyro_dgmm fit --csv pbc.csv --id id --time years --outcome log_bili:gaussian \
-      --outcome protime:student_t --basis 'poly(1)' --networks linear --latent-dim 6 \
+  python -m pyro_dgmm fit --dataset pbc --outcome log_bili:student_t \\
+      --outcome protime:student_t --basis 'poly(1)' --networks linear --latent-dim 6 \\
       --serial-outcome log_bili --serial-outcome protime --serial-terms 4 --out outputs/calibrated
   python -m pyro_dgmm fit --dataset pbc --event-time futime_years --event-status status --out outputs/joint"""
 
@@ -157,27 +157,6 @@ PREDICT_EXAMPLES = """examples:
   python -m pyro_dgmm predict --model outputs/pbc/model.pt --history history.csv --times 0.5 1 \\
       --relative --levels 80 95 --out predictions.csv
   python -m pyro_dgmm predict --model outputs/joint/model.pt --history h.csv --landmark 5 --horizons 6 8 --out r.csv"""
-
-def _shipped(name: str, seed: int):
-    """(frame, id, time, outcomes, covariates) of a shipped data set."""
-    from . import datasets
-
-    if name == "pbc":
-        return (datasets.load_pbc(), datasets.PBC_ID, datasets.PBC_TIME, dict(datasets.PBC_OUTCOMES),
-                list(datasets.PBC_COVARIATES))
-    sim = datasets.SIMULATORS[name](seed=seed)
-    return sim.data, sim.id_col, sim.time_col, dict(sim.outcomes), list(sim.covariates)
-
-
-def _parse_outcomes(items: list[str]) -> dict[str, str]:
-    outcomes = {}
-    for item in items:
-        name, sep, family = item.rpartition(":")
-        if not sep or not name:
-            raise ConfigError(f"--outcome expects NAME:FAMILY (e.g. y:gaussian), got '{item}'")
-        outcomes[name] = family
-    return outcomes
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``pyro_dgmm`` argument parser: commands ``fit`` and ``predict``,
@@ -202,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--time", help="time column (CSV input)")
     fit.add_argument("--outcome", action="append", default=[], metavar="NAME:FAMILY",
                      help="outcome column and family (gaussian, student_t, bernoulli, poisson, bounded(LOW,HIGH)); "
-                          "repeat")
+                          "repeat; with --dataset, changes the family of one of its outcomes")
     fit.add_argument("--covariate", action="append", default=[], help="baseline covariate column; repeat")
     fit.add_argument("--covariate-formula", metavar="FORMULA",
                      help="the covariates as a formula instead of --covariate (CSV input), e.g. "
@@ -501,7 +480,8 @@ def run_fit(args: argparse.Namespace) -> dict | None:
     # before reading or fitting, not after an hour's fit
     agree(lambda: check_folder_target(args.out, FIT_OUTPUTS) if is_main_process() else None)
     if args.dataset:
-        df, id_col, time_col, outcomes, covariates = _shipped(args.dataset, args.seed)
+        refuse_csv_options(args)
+        df, id_col, time_col, outcomes, covariates = shipped(args.dataset, args.seed, parse_outcomes(args.outcome))
     else:
         if not (args.id and args.time and args.outcome):
             raise ConfigError("CSV input needs --id, --time and at least one --outcome NAME:FAMILY")
@@ -513,7 +493,7 @@ def run_fit(args: argparse.Namespace) -> dict | None:
                                   "not both")
             covariates, variables = parse_covariate_formula(args.covariate_formula)
             columns = {"--covariate-formula": variables}
-        outcomes = _parse_outcomes(args.outcome)
+        outcomes = parse_outcomes(args.outcome)
         if args.partitioned:
             if args.covariate_formula is not None:
                 raise ConfigError("--covariate-formula cannot be used with --partitioned yet: use --covariate")

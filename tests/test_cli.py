@@ -1,7 +1,8 @@
 """The command line's interface: --version, examples in --help that parse,
 --levels as fractions or percents, summary.json's convergence and
 log-likelihood, one float format in every CSV, --covariate-formula,
---networks and --serial-outcome, joint
+--networks and --serial-outcome, --outcome with --dataset (and the CSV
+options it refuses), joint
 models (--events and its flags, event_coefficients.csv, predict --landmark).
 
 (The fit and predict commands' inputs and outputs are tested in
@@ -19,6 +20,8 @@ import pyro_dgmm
 from pyro_dgmm import DeepMixedModel
 from pyro_dgmm.cli import (CSV_FLOAT_FORMAT, EXAMPLES, FIT_EXAMPLES, PREDICT_EXAMPLES, build_parser,
                            interval_levels, main)
+from pyro_dgmm.cli_data import parse_outcomes, shipped
+from pyro_dgmm.datasets import PBC_COVARIATES, PBC_ID, PBC_OUTCOMES, PBC_TIME
 from pyro_dgmm.errors import ConfigError
 from pyro_dgmm.diagnostics import InferenceWarning
 from pyro_dgmm.datasets.joint import simulate_joint
@@ -204,6 +207,32 @@ def test_linear_networks_and_a_serial_process_from_the_command_line(tmp_path, ca
     assert "--serial-outcome nope: not an outcome of the fit (g, bin)" in capsys.readouterr().err
     assert main(base + ["--serial-terms", "3", "--out", str(tmp_path / "o3")]) == 2
     assert "--serial-terms needs --serial-outcome" in capsys.readouterr().err
+
+
+def test_dataset_outcome_changes_a_shipped_family():
+    """--dataset pbc --outcome protime:student_t keeps PBC's other outcomes
+    and their families and changes protime's; a name that is not one of its
+    outcomes is refused with the data set's outcomes listed."""
+    frame, id_col, time_col, outcomes, covariates = shipped("pbc", 0, parse_outcomes(["protime:student_t"]))
+    assert outcomes == {**PBC_OUTCOMES, "protime": "student_t"} and list(outcomes) == list(PBC_OUTCOMES)
+    assert (id_col, time_col, covariates) == (PBC_ID, PBC_TIME, list(PBC_COVARIATES)) and len(frame) > 1000
+    assert shipped("linear", 0, {})[3] == {"y": "gaussian"}
+    with pytest.raises(ConfigError, match=r"--outcome nope: not an outcome of the linear data set.*\['y'\]"):
+        shipped("linear", 0, {"nope": "gaussian"})
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--outcome", "nope:gaussian"], "--outcome nope: not an outcome of the pbc data set"),
+    (["--id", "id"], "--id is for CSV input: the pbc data set's columns are fixed"),
+    (["--time", "years"], "--time is for CSV input"),
+    (["--covariate", "age"], "--covariate is for CSV input"),
+    (["--covariate-formula", "age + sex"], "--covariate-formula is for CSV input"),
+])
+def test_dataset_refuses_what_it_would_ignore(flags, message, tmp_path, capsys):
+    assert main(["fit", "--dataset", "pbc", *flags, "--max-epochs", "1", "--quiet",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_summary_held_out_loss_is_the_kept_epochs(cli_fit):
