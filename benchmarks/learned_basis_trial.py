@@ -97,6 +97,7 @@ def diagnose(truth: str, seeds: list[int], oracle_files: list[str]) -> None:
     """Fit the patched default to ``truth`` per seed; print RMSE against the
     truth and as a ratio to the oracle's RMSE of the same seed."""
     from pyro_dgmm import DeepMixedModel
+    from pyro_dgmm.estimator import _selection_loss
 
     oracle = {}
     for path in oracle_files:
@@ -113,13 +114,14 @@ def diagnose(truth: str, seeds: list[int], oracle_files: list[str]) -> None:
             error = rmse(unseen_truths.aligned(fitted, sim, outcome), sim.truth[f"{outcome}_mean"])
             ratio = f"{error / oracle[seed]:.3f}" if seed in oracle else "no oracle row"
             print(f"{truth} seed {seed} {outcome}: RMSE {error:.4f}, / oracle {ratio}, "
-                  f"epochs {model.result_.epochs_run}, activity {[round(v, 3) for v in model.result_.latent_activity]}",
-                  flush=True)
+                  f"held-out loss {_selection_loss(model.result_):.3f}, epochs {model.result_.epochs_run}, "
+                  f"activity {[round(v, 3) for v in model.result_.latent_activity]}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--functions", type=int, default=4, help="m, the number of learned time functions")
+    parser.add_argument("--functions", type=int, default=4,
+                        help="m, the number of learned time functions (0: the default model, for comparison)")
     parser.add_argument("--coefficients", choices=("linear", "mlp"), default="linear")
     parser.add_argument("--start", choices=("coefficients", "basis"), default="coefficients",
                         help="with linear coefficients: which factor starts at zero")
