@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "likelihood after the fit unless --refine no); repeat")
     fit.add_argument("--serial-terms", type=int, default=None, metavar="J",
                      help="basis functions per --serial-outcome (default 8; more resolve shorter time scales)")
+    fit.add_argument("--time-functions", type=int, default=0, metavar="M",
+                     help="random coefficients of M learned functions of time (e.g. a random amplitude and phase; "
+                          "docs/model.md): compare the held-out loss with and without (default 0)")
     fit.add_argument("--encoder", choices=ENCODERS, default="set",
                      help="the guide's encoder: 'set' (default; pools over visits), 'dense' (the talk's flat "
                           "record) or 'sequence' (attention over the visits in time)")
@@ -447,8 +450,8 @@ def run_predict(args: argparse.Namespace) -> dict | None:
 
 
 def _model_options(args: argparse.Namespace, outcomes: dict) -> dict:
-    """The model options of ``--dispersion-model``, ``--networks`` and ``--serial-outcome``."""
-    options = {"dispersion_model": args.dispersion_model}
+    """The model options of ``--dispersion-model``, ``--networks``, ``--time-functions`` and ``--serial-outcome``."""
+    options = {"dispersion_model": args.dispersion_model, "time_functions": args.time_functions}
     if args.networks == "linear":
         options.update(fixed_hidden=(), random_hidden=())
     unknown = [name for name in args.serial_outcome if name not in outcomes]

@@ -49,6 +49,7 @@ from .data import DataSchema, LongitudinalData
 from .errors import ConfigError
 from .families import Family
 from .nn import FixedEffectsNet, RandomEffectsNet
+from .options import check_int
 from .serial import SERIAL_PROCESSES, serial_term
 
 
@@ -465,6 +466,8 @@ class DGMM(MixedModel):
     ``fixed_hidden=()`` and ``random_hidden=()`` make both linear: with a
     Gaussian family this is exactly a linear mixed model, with
     covariate-by-time fixed effects if ``covariate_time=True``.
+    ``time_functions`` M > 0 adds random coefficients of M learned
+    functions of time to mu2 (needs the dense ``random_hidden`` net).
     ``dispersion_model`` and the ``serial_*`` options go to :class:`MixedModel`.
     """
 
@@ -473,17 +476,24 @@ class DGMM(MixedModel):
                  dispersions: Sequence[float | None], num_covariates: int,
                  num_time_features: int, fixed_hidden: Sequence[int] = (32, 32),
                  random_hidden: Sequence[int] = (32, 32), activation: str = "tanh",
-                 covariate_time: bool = False, dispersion_model: str = "constant", **serial_options):
+                 covariate_time: bool = False, dispersion_model: str = "constant", time_functions: int = 0,
+                 **serial_options):
         super().__init__(families, latent_dim, offsets, scales, dispersions, dispersion_model=dispersion_model,
                          num_covariates=num_covariates, num_time_features=num_time_features, **serial_options)
         k = len(self.families)
         self.fixed_effects = FixedEffectsNet(num_covariates, num_time_features, k, fixed_hidden, activation,
                                              covariate_time)
-        self.random_effects = RandomEffectsNet(latent_dim, num_time_features, k, random_hidden, activation)
+        time_functions = check_int("time_functions", time_functions, minimum=0)
+        if time_functions and not random_hidden:
+            raise ConfigError("time_functions needs the dense random-effects net: with random_hidden=() the model "
+                              "is the linear mixed model (its closed-form likelihood and tables assume it)")
+        self.random_effects = RandomEffectsNet(latent_dim, num_time_features, k, random_hidden, activation,
+                                               time_functions)
 
     def linear_predictor(self, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
         return self.fixed_effects(data.covariates, data.time_features) + self.random_effects(b, data.time_features)
 
     def residual_parameters(self) -> list[torch.nn.Parameter]:
-        paths = [self.fixed_effects.net, self.random_effects.coefficients, self.random_effects.joint]
+        paths = [self.fixed_effects.net, self.random_effects.coefficients, self.random_effects.joint,
+                 self.random_effects.learned_basis, self.random_effects.learned_coefficients]
         return [p for path in paths if path is not None for p in path.parameters()] + super().residual_parameters()

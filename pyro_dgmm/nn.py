@@ -119,11 +119,23 @@ class RandomEffectsNet(nn.Module):
     uses a single latent direction).  With ``hidden=()`` only the linear
     part is kept.
 
+    ``time_functions`` M > 0 adds a third path, random coefficients of M
+    learned functions of time:
+
+    .. math:: \mu_{2,ijk} \mathrel{+}= \sum_{m=1}^{M} (W b_i)_{km}\, h_m(T_{ij}),
+
+    ``h`` a one-layer tanh net (32 units) of the time features, ``W``
+    starting at zero.  It carries shapes a fixed basis cannot, such as a
+    random amplitude and phase of an oscillation (``a_i sin(wt) +
+    c_i cos(wt)``); on data without them it can also lead the fit to a
+    worse optimum (docs/model.md, "Learned time functions"), so it is off
+    by default.
+
     Shapes: b (..., N, q), time_features (N, T, F) -> (..., N, T, K).
     """
 
     def __init__(self, latent_dim: int, num_time_features: int, num_outcomes: int,
-                 hidden: Sequence[int] = (64, 64), activation: str = "tanh"):
+                 hidden: Sequence[int] = (64, 64), activation: str = "tanh", time_functions: int = 0):
         super().__init__()
         self.num_outcomes = num_outcomes
         self.num_terms = num_time_features + 1
@@ -132,6 +144,12 @@ class RandomEffectsNet(nn.Module):
             MLP(latent_dim, hidden, num_outcomes * self.num_terms, activation)) if hidden else None
         self.joint = _zero_last_layer(
             MLP(latent_dim + num_time_features, hidden, num_outcomes, activation)) if hidden else None
+        self.time_functions = time_functions
+        self.learned_basis = MLP(num_time_features, (32,), time_functions, "tanh") if time_functions else None
+        self.learned_coefficients = nn.Linear(latent_dim, num_outcomes * time_functions, bias=False) \
+            if time_functions else None
+        if time_functions:
+            nn.init.zeros_(self.learned_coefficients.weight)
 
     def forward(self, b: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
         coef = self.linear_coefficients(b)
@@ -140,10 +158,13 @@ class RandomEffectsNet(nn.Module):
         coef = coef.unflatten(-1, (self.num_outcomes, self.num_terms))
         ones = torch.ones_like(time_features[..., :1])
         z = torch.cat([ones, time_features], dim=-1)  # (N, T, F + 1)
-        varying = torch.einsum("...nkf,ntf->...ntk", coef, z)
+        mu2 = torch.einsum("...nkf,ntf->...ntk", coef, z)
+        if self.learned_basis is not None:
+            learned = self.learned_coefficients(b).unflatten(-1, (self.num_outcomes, self.time_functions))
+            mu2 = mu2 + torch.einsum("...nkm,ntm->...ntk", learned, self.learned_basis(time_features))
         if self.joint is None:
-            return varying
-        return varying + self._joint(b, time_features)
+            return mu2
+        return mu2 + self._joint(b, time_features)
 
     def _joint(self, b: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
         """dnn(b_i, T_ij) for every draw and visit, (..., N, T, K).  The first

@@ -1,7 +1,7 @@
 """The command line's interface: --version, examples in --help that parse,
 --levels as fractions or percents, summary.json's convergence and
 log-likelihood, one float format in every CSV, --covariate-formula,
---networks and --serial-outcome, --outcome with --dataset (and the CSV
+--networks, --time-functions and --serial-outcome, --outcome with --dataset (and the CSV
 options it refuses), joint
 models (--events and its flags, event_coefficients.csv, predict --landmark).
 
@@ -207,6 +207,22 @@ def test_linear_networks_and_a_serial_process_from_the_command_line(tmp_path, ca
     assert "--serial-outcome nope: not an outcome of the fit (g, bin)" in capsys.readouterr().err
     assert main(base + ["--serial-terms", "3", "--out", str(tmp_path / "o3")]) == 2
     assert "--serial-terms needs --serial-outcome" in capsys.readouterr().err
+
+
+def test_time_functions_from_the_command_line(tmp_path, capsys):
+    """--time-functions 2 builds the learned-time-functions path; with
+    --networks linear it is refused, naming the option."""
+    frame = tiny_frame(n_subjects=12, seed=2)
+    csv = tmp_path / "v.csv"
+    frame.to_csv(csv, index=False)
+    base = ["fit", "--csv", str(csv), "--id", "pid", "--time", "t", "--outcome", "g:gaussian", "--latent-dim", "2",
+            "--max-epochs", "2", "--quiet", "--time-functions", "2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a two-epoch fit does not converge
+        assert main(base + ["--out", str(tmp_path / "o")]) == 0
+    assert DeepMixedModel.load(tmp_path / "o" / "model.pt").model_.random_effects.time_functions == 2
+    assert main(base + ["--networks", "linear", "--out", str(tmp_path / "o2")]) == 2
+    assert "time_functions needs the dense random-effects net" in capsys.readouterr().err
 
 
 def test_dataset_outcome_changes_a_shipped_family():

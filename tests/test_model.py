@@ -6,6 +6,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -184,6 +185,53 @@ def test_covariate_by_time_terms_start_at_zero_and_add_x_delta_t():
     delta = (crossed.eta(b, data) - plain.eta(b, data))[..., 0]
     expected = crossed.outcome_scale[0] * 0.7 * data.covariates[:, 1:2] * data.time_features[..., 0]
     torch.testing.assert_close(delta, expected)
+
+
+def test_learned_time_functions_start_at_zero_and_add_random_coefficients():
+    """time_functions=M: at the start the same model as without (W = 0);
+    with W set, mu2 gains (W b)_km h_m(T) on the outcome's scale; the path
+    is held with the nonlinear paths during the linear warm-up; with linear
+    random effects it is refused."""
+    frame = tiny_frame()
+    schema = DataSchema.fit(frame, id_col="pid", time_col="t", outcomes=OUTCOMES, covariates=["age", "arm"],
+                            time_basis="poly(2)")
+    data = schema.transform(frame)
+    plain = DGMM.from_schema(schema, latent_dim=2)
+    learned = DGMM.from_schema(schema, latent_dim=2, time_functions=3)
+    missing, unexpected = learned.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["random_effects.learned_basis.0.bias", "random_effects.learned_basis.0.weight",
+                               "random_effects.learned_basis.2.bias", "random_effects.learned_basis.2.weight",
+                               "random_effects.learned_coefficients.weight"] and not unexpected
+    b = torch.randn(data.num_subjects, 2)
+    assert torch.equal(plain.eta(b, data), learned.eta(b, data))  # zero start: the same model
+    effects = learned.random_effects
+    assert effects.learned_coefficients.weight.shape == (len(OUTCOMES) * 3, 2)
+    with torch.no_grad():
+        effects.learned_coefficients.weight[1 * 3 + 2, 0] = 0.5  # outcome 1, function 2, from b_0
+    delta = (learned.eta(b, data) - plain.eta(b, data))[..., 1]
+    expected = learned.outcome_scale[1] * 0.5 * b[:, 0:1] * effects.learned_basis(data.time_features)[..., 2]
+    torch.testing.assert_close(delta, expected)
+    held = {id(p) for p in learned.residual_parameters()}
+    assert all(id(p) in held for p in [*effects.learned_basis.parameters(), effects.learned_coefficients.weight])
+    with pytest.raises(ConfigError, match="time_functions needs the dense random-effects net"):
+        DGMM.from_schema(schema, latent_dim=2, time_functions=2, random_hidden=())
+    with pytest.raises(ConfigError, match="time_functions must be a non-negative integer"):
+        DGMM.from_schema(schema, latent_dim=2, time_functions=-1)
+
+
+def test_learned_time_functions_fit_save_and_load(tmp_path):
+    frame = tiny_frame(n_subjects=20)
+    est = DeepMixedModel(id_col="pid", time_col="t", outcomes=OUTCOMES, covariates=["age", "arm"], latent_dim=2,
+                         model_options={"time_functions": 2})
+    with pytest.warns(Warning):  # four epochs do not converge
+        est.fit(frame, max_epochs=4, kl_warmup_epochs=1, linear_warmup_epochs=1, progress=False, seed=0)
+    assert est.model_.random_effects.learned_coefficients.weight.abs().sum() > 0  # trained past its zero start
+    est.save(tmp_path / "m.pt")
+    loaded = DeepMixedModel.load(tmp_path / "m.pt")
+    assert loaded.model_.random_effects.time_functions == 2
+    fitted, reloaded = est.fitted_values(frame, seed=0), loaded.fitted_values(frame, seed=0)
+    for k in OUTCOMES:
+        np.testing.assert_array_equal(fitted[f"{k}_fitted"], reloaded[f"{k}_fitted"])
 
 
 # ------------------------------------------------------------- Pyro idioms
