@@ -47,7 +47,15 @@ only here, on truths that are *not* the ones reported in
   (cos(3 pi s) on the grid: RMS 0.72, of which RMS 0.71 is orthogonal to
   (1, s, s^2));
 * ``linear``: the package's :func:`~pyro_dgmm.datasets.simulate_linear`
-  (random intercept and slope), where nothing should be lost.
+  (random intercept and slope), where nothing should be lost;
+* ``oscillation``: a random level and random sine and cosine amplitudes of
+  period 4 on t in [0, 10], sigma 0.5 (written after the diagnosis of the
+  unseen periodic truth (d), which it resembles, for the collapse of a
+  latent direction at small n, e.g. ``--n-subjects 300 --n-visits 12``;
+  a default chosen on it would be partly tuned to (d))::
+
+      y = 1 + 0.03 t + b0 + b1 sin(pi t / 2) + b2 cos(pi t / 2) + eps,
+      (b0, b1, b2) ~ N(0, diag(1, 0.64, 0.64)),   eps ~ N(0, 0.5^2)
 
 Each configuration (``--configs name=JSON``, fit keyword arguments and
 ``DeepMixedModel`` options) is fitted on each truth and seed; the table
@@ -198,6 +206,14 @@ def simulate_twofactor(n: int = 800, j: int = 20, seed: int = 0):
     return _frames(t, {}, means, {name: 0.5 for name in means}, rng, missing=0.2)
 
 
+def simulate_oscillation(n: int = 800, j: int = 20, seed: int = 0):
+    rng = np.random.default_rng([19, 10, seed])
+    t = _times(rng, n, j, 10.0)
+    b = rng.standard_normal((n, 3)) * np.array([1.0, 0.8, 0.8])
+    mean = (1 + 0.03 * t + b[:, :1] + b[:, 1:2] * np.sin(np.pi * t / 2) + b[:, 2:3] * np.cos(np.pi * t / 2))
+    return _frames(t, {}, {"y": mean}, {"y": 0.5}, rng)
+
+
 def simulate_nonlinear(n: int = 800, j: int = 20, seed: int = 0):
     from pyro_dgmm.datasets import simulate_nonlinear as simulate
 
@@ -213,7 +229,7 @@ def simulate_linear(n: int = 800, j: int = 20, seed: int = 0):
 TRUTHS = {"nonlinear": simulate_nonlinear, "quadratic": simulate_quadratic, "emax": simulate_emax,
           "emax_sparse": simulate_emax_sparse, "lmm4": simulate_lmm4, "lmm4sin": simulate_lmm4sin,
           "lmm4cos": simulate_lmm4cos,
-          "twofactor": simulate_twofactor, "linear": simulate_linear}
+          "twofactor": simulate_twofactor, "linear": simulate_linear, "oscillation": simulate_oscillation}
 
 
 def residual_autocorrelation(fitted: pd.DataFrame, outcomes: list[str], id_col: str = "id") -> float:
