@@ -2,14 +2,16 @@
 development truths of ``default_selection.py`` (tried and rejected; the
 table is in docs/fitting.md, "What falls short", truth (d)).
 
-The trial adds a third path to :class:`pyro_dgmm.nn.RandomEffectsNet`:
-``--functions`` m learned functions of time h(T) (a tanh MLP of the time
-features, 32 units) whose coefficients depend on b,
+The trial varies the ``time_functions`` path of
+:class:`pyro_dgmm.nn.RandomEffectsNet` (``--functions`` m learned functions
+of time h(T), a one-hidden-layer net of the time features, 32 units) whose
+coefficients depend on b,
 
 .. math:: \\mu_{2,ijk} \\mathrel{+}= \\sum_{m} c_{km}(b_i)\\, h_m(T_{ij}),
 
 with ``c(b) = W b`` (``--coefficients linear``; W or, with ``--start
-basis``, h's last layer starting at zero) or ``c(b)`` a zero-start MLP of b
+basis``, h's last layer starting at zero; the first is the library's
+``model_options={"time_functions": m}``) or ``c(b)`` a zero-start MLP of b
 as wide as the random-effects net (``--coefficients mlp``).  Its
 parameters are held with the other nonlinear paths during the linear
 warm-up; ``--release-steps`` N further holds its output at zero for the
@@ -50,47 +52,38 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def learned_basis_net(functions: int, coefficients: str, start: str, release_steps: int) -> type:
-    """A ``RandomEffectsNet`` with the learned-basis path (see the module docstring)."""
+    """``RandomEffectsNet`` with its ``time_functions`` path built as the trial
+    variant asks (see the module docstring); the library's forward pass,
+    warm-up hold and saving are used as they are."""
 
     class LearnedBasisNet(nn_module.RandomEffectsNet):
-        def __init__(self, latent_dim, num_time_features, num_outcomes, hidden=(64, 64), activation="tanh"):
+        def __init__(self, latent_dim, num_time_features, num_outcomes, hidden=(64, 64), activation="tanh",
+                     time_functions=0):
             super().__init__(latent_dim, num_time_features, num_outcomes, hidden, activation)
-            self.functions = functions if hidden else 0  # linear nets stay the linear special case
             self.training_steps = 0  # one net per fit
-            if not self.functions:
+            if not (functions and hidden):  # linear nets stay the linear special case
                 return
-            self.basis = nn_module.MLP(num_time_features, (32,), functions, activation)
+            self.time_functions = functions
+            self.learned_basis = nn_module.MLP(num_time_features, (32,), functions, activation)
             out = num_outcomes * functions
             if coefficients == "mlp":
-                self.basis_coefficients = nn_module._zero_last_layer(nn_module.MLP(latent_dim, hidden, out, activation))
+                self.learned_coefficients = nn_module._zero_last_layer(
+                    nn_module.MLP(latent_dim, hidden, out, activation))
+                return
+            self.learned_coefficients = nn.Linear(latent_dim, out, bias=False)
+            if start == "coefficients":  # the library's start
+                nn.init.zeros_(self.learned_coefficients.weight)
             else:
-                self.basis_coefficients = nn.Linear(latent_dim, out, bias=False)
-                if start == "coefficients":
-                    nn.init.zeros_(self.basis_coefficients.weight)
-                else:
-                    nn_module._zero_last_layer(self.basis)
+                nn_module._zero_last_layer(self.learned_basis)
 
-        def forward(self, b: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
-            mu2 = super().forward(b, time_features)
-            if not self.functions:
-                return mu2
+        def _learned(self, b: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
             if torch.is_grad_enabled():
                 self.training_steps += 1
             if self.training_steps < release_steps:
-                return mu2
-            coef = self.basis_coefficients(b).unflatten(-1, (self.num_outcomes, self.functions))
-            return mu2 + torch.einsum("...nkm,ntm->...ntk", coef, self.basis(time_features))
+                return torch.zeros(())
+            return super()._learned(b, time_features)
 
     return LearnedBasisNet
-
-
-def held_with_the_nonlinear_paths(original):
-    def residual_parameters(self) -> list[torch.nn.Parameter]:
-        extra = []
-        if getattr(self.random_effects, "functions", 0):
-            extra = [*self.random_effects.basis.parameters(), *self.random_effects.basis_coefficients.parameters()]
-        return original(self) + extra
-    return residual_parameters
 
 
 def diagnose(truth: str, seeds: list[int], oracle_files: list[str]) -> None:
@@ -138,7 +131,6 @@ def main() -> None:
     args = parser.parse_args(argv[:split])
     model_module.RandomEffectsNet = learned_basis_net(args.functions, args.coefficients, args.start,
                                                       args.release_steps)
-    model_module.DGMM.residual_parameters = held_with_the_nonlinear_paths(model_module.DGMM.residual_parameters)
     if args.diagnose:
         single_thread()
         diagnose(args.diagnose, args.diagnose_seeds, args.oracle_results)

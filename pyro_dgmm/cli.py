@@ -451,7 +451,7 @@ def run_predict(args: argparse.Namespace) -> dict | None:
 
 def _model_options(args: argparse.Namespace, outcomes: dict) -> dict:
     """The model options of ``--dispersion-model``, ``--networks``, ``--time-functions`` and ``--serial-outcome``."""
-    options = {"dispersion_model": args.dispersion_model, "time_functions": args.time_functions}
+    options = {"dispersion_model": args.dispersion_model}
     if args.networks == "linear":
         options.update(fixed_hidden=(), random_hidden=())
     unknown = [name for name in args.serial_outcome if name not in outcomes]
@@ -464,6 +464,8 @@ def _model_options(args: argparse.Namespace, outcomes: dict) -> dict:
         options.update(serial_process="brownian", serial_outcomes=list(args.serial_outcome))
     if args.serial_terms is not None:  # else the model's default
         options["serial_terms"] = args.serial_terms
+    if args.time_functions:
+        options["time_functions"] = args.time_functions
     return options
 
 

@@ -124,8 +124,8 @@ class RandomEffectsNet(nn.Module):
 
     .. math:: \mu_{2,ijk} \mathrel{+}= \sum_{m=1}^{M} (W b_i)_{km}\, h_m(T_{ij}),
 
-    ``h`` a one-layer tanh net (32 units) of the time features, ``W``
-    starting at zero.  It carries shapes a fixed basis cannot, such as a
+    ``h`` a one-hidden-layer net (32 units, ``activation``) of the time
+    features, ``W`` starting at zero.  It carries shapes a fixed basis cannot, such as a
     random amplitude and phase of an oscillation (``a_i sin(wt) +
     c_i cos(wt)``); on data without them it can also lead the fit to a
     worse optimum (docs/model.md, "Learned time functions"), so it is off
@@ -145,10 +145,10 @@ class RandomEffectsNet(nn.Module):
         self.joint = _zero_last_layer(
             MLP(latent_dim + num_time_features, hidden, num_outcomes, activation)) if hidden else None
         self.time_functions = time_functions
-        self.learned_basis = MLP(num_time_features, (32,), time_functions, "tanh") if time_functions else None
-        self.learned_coefficients = nn.Linear(latent_dim, num_outcomes * time_functions, bias=False) \
-            if time_functions else None
+        self.learned_basis = self.learned_coefficients = None
         if time_functions:
+            self.learned_basis = MLP(num_time_features, (32,), time_functions, activation)
+            self.learned_coefficients = nn.Linear(latent_dim, num_outcomes * time_functions, bias=False)
             nn.init.zeros_(self.learned_coefficients.weight)
 
     def forward(self, b: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
@@ -159,12 +159,16 @@ class RandomEffectsNet(nn.Module):
         ones = torch.ones_like(time_features[..., :1])
         z = torch.cat([ones, time_features], dim=-1)  # (N, T, F + 1)
         mu2 = torch.einsum("...nkf,ntf->...ntk", coef, z)
+        if self.joint is not None:
+            mu2 = mu2 + self._joint(b, time_features)
         if self.learned_basis is not None:
-            learned = self.learned_coefficients(b).unflatten(-1, (self.num_outcomes, self.time_functions))
-            mu2 = mu2 + torch.einsum("...nkm,ntm->...ntk", learned, self.learned_basis(time_features))
-        if self.joint is None:
-            return mu2
-        return mu2 + self._joint(b, time_features)
+            mu2 = mu2 + self._learned(b, time_features)
+        return mu2
+
+    def _learned(self, b: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
+        """sum_m (W b)_km h_m(T_ij) for every draw and visit, (..., N, T, K)."""
+        coef = self.learned_coefficients(b).unflatten(-1, (self.num_outcomes, self.time_functions))
+        return torch.einsum("...nkm,ntm->...ntk", coef, self.learned_basis(time_features))
 
     def _joint(self, b: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
         """dnn(b_i, T_ij) for every draw and visit, (..., N, T, K).  The first
