@@ -15,7 +15,8 @@ torch.set_num_threads(1)
 from pyro_dgmm import DeepMixedModel  # noqa: E402
 from pyro_dgmm.errors import DataError  # noqa: E402
 from pyro_dgmm.impute import ImputationConfig  # noqa: E402
-from pyro_dgmm.parallel import gather_objects, init_from_environment, is_main_process, world  # noqa: E402
+from pyro_dgmm.parallel import (end_process_group, gather_objects, init_from_environment,  # noqa: E402
+                                is_main_process, world)
 from pyro_dgmm.partitioned import fit_schema, read_subjects  # noqa: E402
 from pyro_dgmm.marginal import marginal_log_likelihood  # noqa: E402
 from pyro_dgmm.wald import standard_errors  # noqa: E402
@@ -75,6 +76,7 @@ def main(folder: Path) -> None:
         (folder / "ranks.json").write_text(json.dumps({"ids": ranks, "rows": rows, "world": world()[1],
                                                         "split_errors": split_errors,
                                                         "same_schema": specs[0] == specs[1]}))
+    end_process_group()  # a rank exiting with the group alive can abort in gloo's threads (CI, 2026-12-03)
 
 
 if __name__ == "__main__":
