@@ -250,7 +250,7 @@ def residual_autocorrelation(fitted: pd.DataFrame, outcomes: list[str], id_col: 
 
 def run(sim, options: dict, seed: int, mll: bool = False) -> dict:
     from pyro_dgmm import DeepMixedModel
-    from pyro_dgmm.estimator import _selection_loss
+    from pyro_dgmm.selection import selection_loss as _selection_loss
 
     options = dict(options)
     init = {k: options.pop(k) for k in ("latent_dim", "time_basis", "model_options", "encoder_hidden",
@@ -272,6 +272,7 @@ def run(sim, options: dict, seed: int, mll: bool = False) -> dict:
             "active": getattr(result, "active_directions", None), "latent_dim": model.latent_dim_,
             "activity": [round(v, 3) for v in result.latent_activity],
             "resid_ac1": residual_autocorrelation(fitted, list(sim.outcomes)),
+            "starts": len(result.starts), "fit_ac1": result.residual_autocorrelation,
             "heldout_loss": _selection_loss(result), "best_epoch": result.best_epoch,
             "annealed_at": result.annealed_at, "stop": result.stop_reason[:60], **extra}
 

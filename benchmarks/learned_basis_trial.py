@@ -90,7 +90,7 @@ def diagnose(truth: str, seeds: list[int], oracle_files: list[str]) -> None:
     """Fit the patched default to ``truth`` per seed; print RMSE against the
     truth and as a ratio to the oracle's RMSE of the same seed."""
     from pyro_dgmm import DeepMixedModel
-    from pyro_dgmm.estimator import _selection_loss
+    from pyro_dgmm.selection import selection_loss as _selection_loss
 
     oracle = {}
     for path in oracle_files:

@@ -10,7 +10,9 @@ Fits a DGMM to a CSV file or a shipped data set and writes, into ``--out``
 * ``summary.json`` -- fit settings, epochs, stop reason and convergence
   (``convergence``: converged, stop reason, epochs, kept epoch, final
   training loss, held-out negative ELBO per subject at the kept epoch, or
-  at the last epoch measured before one was kept), latent directions in use, time,
+  at the last epoch measured before one was kept), latent directions in use,
+  the residuals' lag-1 autocorrelation and the fits run (``starts``: the
+  first and any restarts, :mod:`pyro_dgmm.selection`), time,
   dispersion estimates, the maximum-likelihood refinements (``refinement``,
   ``serial_refinement``) and the serial-process scales (``serial_tau``, with
   ``--serial-outcome``), and the marginal log-likelihood when
@@ -220,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "'auto' (default) where it has a closed form (linear mixed models), 'yes' (or bare --refine) "
                           "always, 'no' never")
     fit.add_argument("--max-epochs", type=int, default=None, help="cap on the epochs (default: the preset's)")
+    fit.add_argument("--restarts", type=int, default=None,
+                     help="refits from other seeds when a fit leaves structure in its residuals (default: the preset's)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
     fit.add_argument("--num-shards", type=int, default=None,
@@ -516,8 +520,9 @@ def run_fit(args: argparse.Namespace) -> dict | None:
                    encoder=args.encoder, model_options=_model_options(args, outcomes))
     overrides = {"seed": args.seed, "progress": not args.quiet, "num_shards": args.num_shards,
                  "device": None if args.device == "auto" else args.device}
-    if args.max_epochs is not None:
-        overrides["max_epochs"] = args.max_epochs
+    for name in ("max_epochs", "restarts"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
     overrides["refine"] = {"auto": "auto", "yes": True, "no": False}[args.refine]
     if args.resume and args.checkpoint is None:
         raise ConfigError("--resume needs --checkpoint PATH (the checkpoint to continue from)")

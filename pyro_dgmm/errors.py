@@ -55,6 +55,13 @@ class ConvergenceWarning(UserWarning):
     optimum (statsmodels and lme4 warn alike)."""
 
 
+class ResidualStructureWarning(UserWarning):
+    """A converged fit leaves structure in its residuals: consecutive
+    residuals of a subject are positively correlated, as when a latent
+    direction the data need collapsed or the data carry serial correlation
+    the model does not (:mod:`pyro_dgmm.selection`)."""
+
+
 class LatentDimensionWarning(UserWarning):
     """Every latent direction of a fit is in use: the data may support more
     random-effects directions than ``latent_dim`` gives them."""

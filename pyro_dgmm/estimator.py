@@ -21,9 +21,9 @@ Example::
 """
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -39,7 +39,7 @@ from .fit import FitConfig, fit_svi
 from .results import FitResult
 from .guide import AmortizedGuide
 from .model import DGMM, MixedModel
-from .parallel import hold_out, local_hold_out, map_subjects
+from .parallel import hold_out, is_main_process, local_hold_out, map_subjects
 from .partitioned import prepare_partitioned
 from .impute import (KERNELS, ImputationConfig, ImputationTrace, fit_with_imputation, impute_completed,
                      multiple_imputations, with_fill)
@@ -54,33 +54,9 @@ from . import marginal, wald
 from .inference_methods import LikelihoodMethods
 from .persistence import SaveLoadMethods
 from .prediction_methods import PredictionMethods
+from .selection import (Candidate, choose_latent_dim, default_latent_dim, fit_with_restarts, residual_autocorrelation,
+                        structure_warning)
 from .sensitivity import delta_shift
-
-log = logging.getLogger(__name__)
-
-#: The most latent directions ``latent_dim='auto'`` grows to.
-MAX_LATENT_DIM = 16
-
-
-def _selection_loss(result: FitResult) -> float:
-    """What ``latent_dim='auto'`` compares fits by: the held-out negative ELBO
-    per subject at the kept epoch (the same held-out subjects and random
-    numbers for every q), or the final training loss when nobody is held out."""
-    return dict(result.validation_loss).get(result.best_epoch, result.train_loss[-1])
-
-
-def default_latent_dim(num_outcomes: int, num_time_features: int) -> int:
-    """Where ``latent_dim='auto'`` starts: ``K + F + 1`` for K outcomes and F
-    time functions, clamped to [4, 8].
-
-    A linear mixed model with a random intercept and random coefficients on
-    the F time functions has F + 1 random effects per outcome; shared
-    factors make K outcomes need fewer than K (F + 1).  Four leaves room
-    for a nonlinear profile with three random parameters plus one spare;
-    eight covers most multi-outcome data without letting directions the
-    data do not use (they stay at the prior) grow the network inputs.
-    """
-    return int(min(8, max(4, num_outcomes + num_time_features + 1)))
 
 
 @dataclass
@@ -142,10 +118,10 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
         :data:`~pyro_dgmm.bases.DEFAULT_TIME_BASIS`), ``'poly(1)'``,
         ``'spline(4)'``, ``'spline(4)+fourier(7)'``...
     :param latent_dim: q, the dimension of b_i, or ``'auto'`` (default):
-        start from :func:`default_latent_dim` (more outcomes and time
+        start from :func:`~pyro_dgmm.selection.default_latent_dim` (more outcomes and time
         functions, more directions) and, while a converged fit uses every
         direction (:attr:`~pyro_dgmm.results.FitResult.active_directions`),
-        refit with twice as many, up to :data:`MAX_LATENT_DIM`; the fit
+        refit with twice as many, up to :data:`~pyro_dgmm.selection.MAX_LATENT_DIM`; the fit
         with the best held-out ELBO is kept.  Unused directions stay at
         the prior and cost little, so starting generous is safe.  The
         fitted dimension is ``latent_dim_``.
@@ -229,7 +205,13 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
         that stops before it converged warns
         (:class:`~pyro_dgmm.errors.ConvergenceWarning`), and so does one
         that uses every latent direction it was given
-        (:class:`~pyro_dgmm.errors.LatentDimensionWarning`).
+        (:class:`~pyro_dgmm.errors.LatentDimensionWarning`).  A converged
+        fit whose residuals keep a shape of the subjects' curves (the mark
+        of a collapsed latent direction) is refitted from other seeds, up to
+        ``restarts`` times, keeping the lowest held-out loss; if every fit
+        keeps it, the estimator warns
+        (:class:`~pyro_dgmm.errors.ResidualStructureWarning`;
+        :mod:`pyro_dgmm.selection`, ``result_.starts``).
 
         :param missing: how the encoder meets unobserved cells.  ``'mask'``
             (default): it reads the observation mask and a neutral fill, with
@@ -299,29 +281,12 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
         if self.patterns_ is not None:  # pi_j(x): the design under the reference pattern holds the covariates
             designs, own = pattern_designs(self.schema_, self.training_baseline_, self.patterns_, self.data_.ids)
             self.patterns_ = self.patterns_.fit_probabilities(designs[-1], own.numpy())
-        latent_dim = self.options.latent_dim
-        if latent_dim != "auto":
-            self._fit_latent(latent_dim, train, validation, config, imputation)
-            return self
-        latent_dim = default_latent_dim(len(self.outcomes), self.schema_.time_basis.num_features)
-        best = None
-        while True:  # grow q while every direction is in use; keep the fit with the best held-out ELBO
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                self._fit_latent(latent_dim, train, validation, config, imputation)
-            fit = (_selection_loss(self.result_), latent_dim, self.model_, self.guide_, self.result_, caught)
-            best = fit if best is None or fit[0] < best[0] or self.result_.interrupted else best
-            if self.result_.interrupted:  # Ctrl-C: keep the fit that was running, try no more
-                break
-            saturated = self.result_.active_directions == latent_dim
-            if not (saturated and self.result_.converged) or latent_dim >= MAX_LATENT_DIM:
-                break
-            log.info("latent_dim='auto': all %d directions in use, refitting with %d", latent_dim,
-                     min(2 * latent_dim, MAX_LATENT_DIM))
-            latent_dim = min(2 * latent_dim, MAX_LATENT_DIM)
-        _, self.latent_dim_, self.model_, self.guide_, self.result_, caught = best
-        for record in caught:  # the kept fit's warnings
-            warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
+        fit_once = partial(self._fit_candidate, train=train, validation=validation, imputation=imputation)
+        if self.options.latent_dim == "auto":
+            start = default_latent_dim(len(self.outcomes), self.schema_.time_basis.num_features)
+            self._keep(choose_latent_dim(fit_once, start, config))
+        else:
+            self._keep(fit_with_restarts(fit_once, self.options.latent_dim, config))
         return self
 
     def _with_patterns(self, df: pd.DataFrame, config: PatternConfig, schema_options: dict):
@@ -358,6 +323,28 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
                 f"resume={config.resume!r} cannot continue latent_dim='auto' (it compares several candidate fits); "
                 f"checkpoint {config.resume_path} holds the fit {stage!r}: resume it with that latent_dim, "
                 "or fit afresh without resume")
+
+    def _fit_candidate(self, latent_dim: int, config: FitConfig, *, train: LongitudinalData,
+                       validation: LongitudinalData | None, imputation: ImputationConfig | None) -> Candidate:
+        """One fit with ``latent_dim`` and ``config`` (:meth:`_fit_latent`),
+        its warnings held back and its residuals' lag-1 autocorrelation
+        recorded, for :mod:`pyro_dgmm.selection` to choose from."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self._fit_latent(latent_dim, train, validation, config, imputation)
+        self.result_.residual_autocorrelation = residual_autocorrelation(
+            self.model_, self.guide_, self._encoder_view(train), distributed_input=self.distributed_input)
+        return Candidate(latent_dim, self.model_, self.guide_, self.result_, self.imputation_trace_, caught)
+
+    def _keep(self, candidate: Candidate) -> None:
+        """Make ``candidate`` the fitted model and raise its warnings (and,
+        if its residuals keep structure, :func:`~pyro_dgmm.selection.structure_warning`)."""
+        self.latent_dim_, self.model_, self.guide_ = candidate.latent_dim, candidate.model, candidate.guide
+        self.result_, self.imputation_trace_ = candidate.result, candidate.imputation_trace
+        for record in candidate.warnings:
+            warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
+        if is_main_process():
+            structure_warning(candidate)
 
     def _fit_latent(self, latent_dim: int, train: LongitudinalData, validation: LongitudinalData | None,
                     config: FitConfig, imputation: ImputationConfig | None) -> None:

@@ -320,7 +320,7 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
 #: numbers (``device``: a fit continued on another device is a valid
 #: continuation, equal to the uninterrupted one up to floating-point
 #: rounding rather than to the bit).
-_NOT_FINGERPRINTED = ("progress", "checkpoint", "checkpoint_every", "resume", "refine", "device")
+_NOT_FINGERPRINTED = ("progress", "checkpoint", "checkpoint_every", "resume", "refine", "device", "restarts")
 
 
 @dataclass

@@ -77,6 +77,12 @@ class FitConfig:
         are still moved, alone (``FitResult.serial_refinement``): SVI
         shrinks them towards 0, and the intervals at far horizons with them
         (:mod:`pyro_dgmm.serial`; minutes for hundreds of subjects).
+    :param restarts: refits from other seeds, at most, when a converged fit
+        leaves structure in its residuals (lag-1 autocorrelation within
+        subjects above :data:`~pyro_dgmm.selection.RESTART_THRESHOLD`, the
+        mark of a collapsed latent direction); the fit with the lowest
+        held-out loss is kept (:mod:`pyro_dgmm.selection`).  0: never.
+        Not with ``checkpoint`` (a checkpoint holds one fit).
     :param eval_particles: draws of b per held-out subject per evaluation.
     :param seed: makes a run reproducible (data split, batches, draws, init).
     :param num_shards: subjects are split into this many shards, each
@@ -113,6 +119,7 @@ class FitConfig:
     anneal_fraction: float = 1.0
     tolerance: float = 1e-4
     refine: bool | str = "auto"
+    restarts: int = 2
     eval_particles: int = 4
     seed: int = 0
     num_shards: int | None = None
@@ -130,7 +137,7 @@ class FitConfig:
         self.num_particles = check_int("num_particles", self.num_particles, none=True)
         for name in ("max_epochs", "eval_every", "eval_particles"):
             setattr(self, name, check_int(name, getattr(self, name)))
-        for name in ("kl_warmup_epochs", "linear_warmup_epochs", "seed"):
+        for name in ("kl_warmup_epochs", "linear_warmup_epochs", "seed", "restarts"):
             setattr(self, name, check_int(name, getattr(self, name), minimum=0))
         self.patience = check_int("patience (evaluations for the trend test)", self.patience, minimum=3)
         self.batch_size = check_int("batch_size", self.batch_size, none=True)
@@ -216,5 +223,5 @@ class FitConfig:
 #: cost in accuracy (docs/fitting.md gives both side by side).
 PRESETS = {
     "accurate": {},
-    "fast": {"max_epochs": 200, "patience": 6, "anneal_fraction": 0.5, "tolerance": 1e-3},
+    "fast": {"max_epochs": 200, "patience": 6, "anneal_fraction": 0.5, "tolerance": 1e-3, "restarts": 0},
 }

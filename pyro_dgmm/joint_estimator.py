@@ -35,6 +35,7 @@ Example (a tiny fit; real ones run until they converge):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Callable, Mapping
 
 import numpy as np
@@ -44,7 +45,8 @@ import torch
 
 from .data import DataSchema
 from .errors import ConfigError, DataError
-from .estimator import DeepMixedModel, default_latent_dim
+from .estimator import DeepMixedModel
+from .selection import default_latent_dim, fit_with_restarts
 from .event_evaluation import Calibration, calibration, landmark_scores, subject_folds
 from .events import QUADRATURE_NODES, EventSpec, JointData, event_arrays, gauss_legendre, with_events
 from .fit import FitConfig
@@ -118,7 +120,7 @@ class JointMixedModel(DeepMixedModel):
     :param quadrature_nodes: Gauss-Legendre nodes of each cumulative hazard.
 
     Other arguments as for :class:`~pyro_dgmm.estimator.DeepMixedModel`;
-    ``latent_dim='auto'`` uses :func:`~pyro_dgmm.estimator.default_latent_dim`
+    ``latent_dim='auto'`` uses :func:`~pyro_dgmm.selection.default_latent_dim`
     without the search over larger ones.  The time column must be numeric;
     event times are on its scale, and the hazard's clock starts at its 0.
     """
@@ -182,7 +184,8 @@ class JointMixedModel(DeepMixedModel):
         latent_dim = self.options.latent_dim
         if latent_dim == "auto":
             latent_dim = default_latent_dim(len(self.outcomes), schema.time_basis.num_features)
-        self._fit_latent(latent_dim, train, validation, config, None)
+        self._keep(fit_with_restarts(partial(self._fit_candidate, train=train, validation=validation, imputation=None),
+                                     latent_dim, config))
         return self
 
     def _build(self, schema, num_visits: int, latent_dim: int):

@@ -73,6 +73,11 @@ class FitResult:
     outcome's units per square root of a time unit.  ``interrupted`` says
     the fit was stopped by Ctrl-C (:func:`~pyro_dgmm.fit.fit_svi`): it did not converge,
     and ``stop_reason`` says where it stopped.
+    ``residual_autocorrelation`` is the lag-1 autocorrelation of the
+    residuals within subjects (:func:`~pyro_dgmm.selection.residual_autocorrelation`);
+    ``starts`` lists the fits :class:`~pyro_dgmm.estimator.DeepMixedModel`
+    ran for it (the first and any restarts, :mod:`pyro_dgmm.selection`),
+    each as ``{"seed", "heldout_loss", "residual_autocorrelation", "kept"}``.
     """
 
     config: dict
@@ -90,6 +95,8 @@ class FitResult:
     refinement: dict | None = None
     serial_refinement: dict | None = None
     interrupted: bool = False
+    residual_autocorrelation: float | None = None
+    starts: list[dict] = field(default_factory=list)
 
 
 @dataclass

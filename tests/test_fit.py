@@ -391,7 +391,7 @@ def test_auto_latent_dim_grows_while_every_direction_is_in_use_and_keeps_the_bes
     torch.set_num_threads(1)
     monkeypatch.setattr(estimator, "default_latent_dim", lambda num_outcomes, num_time_features: 1)
     sim = simulate_linear(n_subjects=200, n_visits=10, seed=4)
-    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="pyro_dgmm.estimator"):
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="pyro_dgmm.selection"):
         warnings.simplefilter("error", LatentDimensionWarning)
         est = linear_dgmm(latent_dim="auto").fit(sim.data, progress=False, seed=0)
     assert "refitting with 2" in caplog.text and "refitting with 4" in caplog.text
@@ -400,7 +400,7 @@ def test_auto_latent_dim_grows_while_every_direction_is_in_use_and_keeps_the_bes
 
 
 def test_default_latent_dim_grows_with_outcomes_and_time_functions():
-    from pyro_dgmm.estimator import default_latent_dim
+    from pyro_dgmm.selection import default_latent_dim
 
     assert default_latent_dim(1, 1) == 4
     assert default_latent_dim(3, 2) == 6
