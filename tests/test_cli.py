@@ -93,7 +93,7 @@ def cli_fit(tmp_path_factory):
     frame.to_csv(csv, index=False)
     argv = ["fit", "--csv", str(csv), "--id", "pid", "--time", "t", "--outcome", "g:gaussian", "--outcome",
             "bin:bernoulli", "--covariate", "age", "--latent-dim", "2", "--max-epochs", "3", "--seed", "2",
-            "--quiet", "--log-likelihood", "--log-likelihood-samples", "60", "--out", str(folder / "o")]
+            "--quiet", "--log-likelihood", "--log-likelihood-samples", "60", "--restarts", "1", "--out", str(folder / "o")]
     with pytest.warns(pyro_dgmm.errors.ConvergenceWarning), warnings.catch_warnings():
         warnings.simplefilter("ignore", InferenceWarning)  # 60 samples after 3 epochs: some k-hat > 0.7
         assert main(argv) == 0
@@ -112,7 +112,10 @@ def test_summary_carries_convergence_and_held_out_loss(cli_fit):
     assert result.best_epoch == -1  # three epochs, all annealing: no kept epoch yet, so the last measured
     epoch, loss = result.validation_loss[-1]
     assert convergence["held_out_loss"] == pytest.approx(loss) and convergence["held_out_loss_epoch"] == epoch
-
+    # the fits run (one: an unconverged fit is not restarted) and the residuals' autocorrelation, as saved
+    assert summary["starts"] == result.starts and len(summary["starts"]) == 1 and summary["starts"][0]["seed"] == 2
+    assert summary["residual_autocorrelation"] == pytest.approx(result.residual_autocorrelation)
+    assert result.config["restarts"] == 1  # --restarts reached the fit's settings
 
 @pytest.mark.filterwarnings("ignore::pyro_dgmm.diagnostics.InferenceWarning")
 def test_summary_log_likelihood_is_the_importance_sampling_estimate(cli_fit):
