@@ -57,6 +57,9 @@ def summarize(model, schema: DataSchema, data: LongitudinalData, result: FitResu
         "Observed cells": int(data.mask.sum()),
         "Latent dimensions": f"{model.latent_dim} ({result.active_directions} active)",
         "Converged": f"{'yes' if result.converged else 'no'} ({result.epochs_run} epochs)",
+        "Fits run": f"{max(len(result.starts), 1)} (restarts: pyro_dgmm.selection)",
+        "Residual lag-1 autocorrelation": ("n/a" if result.residual_autocorrelation is None
+                                           else f"{result.residual_autocorrelation:.3f}"),
         "Estimation": "ML (refined)" if result.refinement else "ELBO (SVI)",
         "Log-likelihood": f"{marginal.total:.3f}",
         "  Monte Carlo SD": f"{marginal.total_mc_sd:.3f}",

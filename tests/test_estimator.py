@@ -295,8 +295,10 @@ def test_summary_tables_text_and_frame(linear):
     assert summary.info["Estimation"] == "ELBO (SVI)" and "fit with refine=True" in summary.notes[0]
     text = str(summary)
     for part in ("Log-likelihood", "AIC", "BIC", "group[T.treated]", "Std.Err.", "[0.025", "sigma[y]",
-                 "Random-effects covariance", "Latent dimensions"):
+                 "Random-effects covariance", "Latent dimensions", "Fits run"):
         assert part in text
+    assert float(summary.info["Residual lag-1 autocorrelation"]) == pytest.approx(est.result_.residual_autocorrelation,
+                                                                                abs=5e-4)
     frame = summary.to_frame()
     assert frame.index.names == ["section", "outcome", "term"]
     random = frame.loc["random"].loc["y", "estimate"]
