@@ -333,7 +333,8 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
             warnings.simplefilter("always")
             self._fit_latent(latent_dim, train, validation, config, imputation)
         self.result_.residual_autocorrelation = residual_autocorrelation(
-            self.model_, self.guide_, self._encoder_view(train), distributed_input=self.distributed_input)
+            self.model_, self.guide_, self._encoder_view(train), seed=config.seed,
+            distributed_input=self.distributed_input)
         return Candidate(latent_dim, self.model_, self.guide_, self.result_, self.imputation_trace_, caught)
 
     def _keep(self, candidate: Candidate) -> None:

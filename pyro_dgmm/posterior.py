@@ -538,15 +538,16 @@ def _markov_chain(model, guide, data: LongitudinalData, method: str, num_draws: 
 # ------------------------------------------------------------- summaries
 @torch.no_grad()
 def fitted_means(model, guide, data: LongitudinalData, num_samples: int = 500,
-                 method: str = "importance", chunk_size: int | None = None) -> torch.Tensor:
+                 method: str = "importance", chunk_size: int | None = None, seed: int | None = None) -> torch.Tensor:
     r"""Subject-specific fitted means :math:`E[g^{-1}(\eta_{ijk}) \mid y_i^o]`,
     shape (N, T, K), on the response scale (probabilities for binary outcomes),
     for every slot, observed or not: the weighted mean over
-    :func:`sample_posterior` draws (``method``)."""
+    :func:`sample_posterior` draws (``method``; ``seed`` as there, per chunk)."""
     chunk_size = chunk_size or subjects_per_chunk(num_samples, data, DRAW_CELLS)
     out = []
     for chunk in data.chunks(chunk_size):
-        draws = sample_posterior(model, guide, chunk, method, num_samples, chunk_size=chunk_size, keep_eta=True)
+        draws = sample_posterior(model, guide, chunk, method, num_samples, chunk_size=chunk_size, keep_eta=True,
+                                 seed=seed)
         eta = model.eta(draws.b, chunk) if draws.eta is None else draws.eta
         out.append(torch.einsum("sn,sntk->ntk", draws.weights, model.response_mean(eta)))
     return torch.cat(out, dim=0)

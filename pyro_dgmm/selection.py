@@ -12,9 +12,9 @@ subject become positively correlated, where a fit that captures each
 subject's curve leaves them slightly negatively correlated (the subject's
 own effects absorb part of every residual).
 
-:func:`fit_with_restarts` reads that mark,
-:func:`residual_autocorrelation` :math:`\rho` of the fitted model (encoder means plugged in), and refits
-from another seed (the same training and held-out subjects) while every fit
+:func:`fit_with_restarts` reads that mark, the lag-1 autocorrelation
+:math:`\rho` of the fitted model's residuals (:func:`residual_autocorrelation`,
+at the posterior means), and refits from another seed (the same training and held-out subjects) while every fit
 so far is converged, has :math:`\rho >` :data:`RESTART_THRESHOLD` and
 leaves a direction unused (a fit using every direction needs more
 directions, not another seed), up to
@@ -22,8 +22,8 @@ directions, not another seed), up to
 the fit with the lowest held-out loss (:func:`selection_loss`), which
 separated collapsed from complete fits by 0.6-4.7 nats per subject on that
 truth.  Data with serial correlation the model does not carry keep
-:math:`\rho > 0` in every fit: they pay for the restarts, keep the best,
-and the estimator warns (:class:`~pyro_dgmm.errors.ResidualStructureWarning`,
+:math:`\rho > 0` in every fit: where directions are to spare they pay for
+the restarts and keep the best, and the estimator warns (:class:`~pyro_dgmm.errors.ResidualStructureWarning`,
 :func:`structure_warning`).
 
 :func:`choose_latent_dim` is ``latent_dim='auto'``: from
@@ -56,6 +56,7 @@ import torch
 from .errors import ResidualStructureWarning
 from .fit_config import FitConfig
 from .parallel import all_reduce_sum
+from .posterior import fitted_means
 from .results import FitResult
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,10 @@ MAX_LATENT_DIM = 16
 #: fit is refitted from another seed: on ten development truths the 164
 #: complete fits had -0.29 to -0.02, the 8 collapsed ones +0.02 to +0.33.
 RESTART_THRESHOLD = 0.0
-#: Seed k-th restart: ``seed + RESTART_SEED_STEP * k``.
+#: The k-th restart's seed is ``seed + RESTART_SEED_STEP * k``.
 RESTART_SEED_STEP = 7919
+#: Importance draws per subject for the fitted means of :func:`residual_autocorrelation`.
+RESIDUAL_DRAWS = 100
 
 
 @dataclass
@@ -110,13 +113,38 @@ def default_latent_dim(num_outcomes: int, num_time_features: int) -> int:
 
 
 @torch.no_grad()
-def residual_autocorrelation(model, guide, data, *, distributed_input: bool = False,
-                             chunk_size: int = 4096) -> float:
-    r"""Lag-1 autocorrelation of a fit's residuals within subjects, averaged over outcomes.
+def residual_autocorrelation(model, guide, data, *, num_draws: int = RESIDUAL_DRAWS, seed: int = 0,
+                             distributed_input: bool = False) -> float:
+    r"""Lag-1 autocorrelation of a fit's residuals within subjects
+    (:func:`lag1_autocorrelation`) at the fitted means
+    :math:`\hat\mu_{ijk} = E[g_k^{-1}(\eta_{ijk}) \mid y_i^o]`: importance
+    sampling with the encoder as proposal, ``num_draws`` draws
+    (:func:`~pyro_dgmm.posterior.fitted_means`, drawn with ``seed``, leaving
+    torch's generator as it was).
 
-    With :math:`m_i = E_q[b_i]` the encoder's mean and
-    :math:`r_{ijk} = y_{ijk} - g_k^{-1}(\eta_{ijk}(m_i))` the residual of an
-    observed cell,
+    For a linear mixed model the residuals at the posterior mean have
+    covariance :math:`\sigma^4 V_i^{-1}` within a subject, whose
+    off-diagonal entries are negative: a fit that captures each subject's
+    curve leaves the autocorrelation slightly negative (about -0.1 to -0.3
+    with 5-20 visits and 2-4 random effects).  A shape of the subjects'
+    curves that the fit lost (a collapsed latent direction), subjects'
+    effects the fit shrinks too far, or serial correlation the model does
+    not carry make it positive.  The encoder's mean in place of the
+    posterior mean would not do: fitted by the importance-weighted bound,
+    the encoder is a proposal, and on sparse data its mean left complete
+    fits' residuals positively correlated.  ``data`` is what the encoder
+    reads (for fits with the imputation loop, the data completed by
+    imputation: the residuals are still those of the observed cells,
+    ``data.mask``); with ``distributed_input`` the sums are taken over
+    every process's subjects.
+    """
+    residual = data.y - fitted_means(model, guide, data, num_draws, seed=seed)
+    return lag1_autocorrelation(residual, data.mask, distributed=distributed_input)
+
+
+def lag1_autocorrelation(residual: torch.Tensor, mask: torch.Tensor, *, distributed: bool = False) -> float:
+    r"""Lag-1 autocorrelation within subjects of residuals (N, T, K) at the
+    cells where ``mask`` is True, averaged over outcomes:
 
     .. math::
 
@@ -124,31 +152,16 @@ def residual_autocorrelation(model, guide, data, *, distributed_input: bool = Fa
 
     the numerator over the :math:`P_k` pairs of consecutive visits where
     outcome k is observed at both, the denominator over its :math:`C_k`
-    observed cells (so missing cells do not pull it towards 0); the value
-    is the mean of :math:`\rho_k` over the outcomes with such pairs (NaN if
-    none has).
-
-    For a linear mixed model and the exact posterior mean, the residuals'
-    covariance within a subject is :math:`\sigma^4 V_i^{-1}`, whose
-    off-diagonal entries are negative: a fit that captures each subject's
-    curve leaves :math:`\rho` slightly negative (about -0.1 to -0.2 with
-    12-20 visits and 2-4 random effects).  A shape of the subjects' curves
-    that the fit lost (a collapsed latent direction), subjects' effects
-    the fit shrinks too far (an underfitted encoder), or serial correlation
-    the model does not carry make it positive.  ``data`` is what the
-    encoder reads (for fits with the imputation loop, the data completed by
-    imputation: the residuals are still those of the observed cells,
-    ``data.mask``); with ``distributed_input`` the sums are taken over
-    every process's subjects.
+    observed cells (so missing cells do not pull it towards 0); the mean of
+    :math:`\rho_k` over the outcomes with such pairs (NaN if none has).
+    ``distributed``: the sums are taken over every process's subjects.
     """
-    sums = torch.zeros(4, len(data.outcomes), dtype=torch.float64)  # products, squares, pairs, cells
-    for chunk in data.chunks(chunk_size):
-        residual = chunk.y - model.mean(guide.posterior(chunk).loc, chunk)
-        residual = torch.where(chunk.mask, residual, torch.zeros_like(residual)).double().cpu()
-        pairs = (chunk.mask[:, 1:] & chunk.mask[:, :-1]).cpu()
-        sums += torch.stack([(residual[:, 1:] * residual[:, :-1]).sum((0, 1)), residual.square().sum((0, 1)),
-                             pairs.sum((0, 1)).double(), chunk.mask.sum((0, 1)).double().cpu()])
-    if distributed_input:
+    mask = mask.cpu()
+    residual = torch.where(mask, residual.cpu(), torch.zeros_like(residual.cpu())).double()
+    pairs = mask[:, 1:] & mask[:, :-1]
+    sums = torch.stack([(residual[:, 1:] * residual[:, :-1]).sum((0, 1)), residual.square().sum((0, 1)),
+                        pairs.sum((0, 1)).double(), mask.sum((0, 1)).double()])  # products, squares, pairs, cells
+    if distributed:
         sums = all_reduce_sum(sums)
     used = (sums[2] > 0) & (sums[1] > 0)
     if not bool(used.any()):
