@@ -247,5 +247,6 @@ def structure_warning(candidate: Candidate) -> None:
         f"{result.residual_autocorrelation:.3f}; a fit that captures each subject's curve leaves them slightly "
         f"negative) and {tried}: a shape of the subjects' curves is left in the residuals. A latent direction may "
         "have collapsed (try more restarts, another seed or model_options={'time_functions': 4}), or the data "
-        "carry serial correlation (model_options={'serial_process': 'brownian'}); compare fits by held-out loss "
+        "carry serial correlation (model_options={'serial_process': 'brownian'}, for more of the outcomes if the "
+        "model has one already); compare fits by held-out loss "
         "(docs/fitting.md, 'Restarts')", ResidualStructureWarning, stacklevel=3)
