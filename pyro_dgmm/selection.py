@@ -236,7 +236,7 @@ def structure_warning(candidate: Candidate) -> None:
     if not leaves_structure(result):
         return
     if len(result.starts) > 1:
-        tried = f"{len(result.starts)} fits from seeds {[s['seed'] for s in result.starts]} all did"
+        tried = f"it is the best by held-out loss of {len(result.starts)} fits from seeds {[s['seed'] for s in result.starts]}"
     elif not has_spare_directions(candidate):
         tried = (f"all {candidate.latent_dim} latent directions are in use, so no restart was run (a larger "
                  "latent_dim, not another seed, may recover the shape)")

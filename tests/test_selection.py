@@ -116,7 +116,7 @@ def test_restarts_stop_at_the_cap_and_keep_the_lowest_held_out_loss():
     fit_once, calls = _scripted({s: _candidate(s, loss, 0.2) for s, loss in zip(seeds, [9.0, 8.0, 8.5])})
     kept = fit_with_restarts(fit_once, 2, FitConfig(restarts=2))
     assert calls == seeds and kept.model == f"model{seeds[1]}"
-    with pytest.warns(ResidualStructureWarning, match=r"3 fits from seeds \[0, 7919, 15838\] all did"):
+    with pytest.warns(ResidualStructureWarning, match=r"best by held-out loss of 3 fits from seeds \[0, 7919, 15838\]"):
         structure_warning(kept)
 
 
