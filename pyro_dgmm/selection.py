@@ -157,7 +157,7 @@ def lag1_autocorrelation(residual: torch.Tensor, mask: torch.Tensor, *, distribu
     ``distributed``: the sums are taken over every process's subjects.
     """
     mask = mask.cpu()
-    residual = torch.where(mask, residual.cpu(), torch.zeros_like(residual.cpu())).double()
+    residual = torch.where(mask, residual.cpu().double(), 0.0)
     pairs = mask[:, 1:] & mask[:, :-1]
     sums = torch.stack([(residual[:, 1:] * residual[:, :-1]).sum((0, 1)), residual.square().sum((0, 1)),
                         pairs.sum((0, 1)).double(), mask.sum((0, 1)).double()])  # products, squares, pairs, cells
@@ -193,9 +193,9 @@ def fit_with_restarts(fit_once: Callable[[int, FitConfig], Candidate], latent_di
     RESTART_SEED_STEP * k``, at most ``config.restarts`` times (none with a
     checkpoint, which holds one fit); keep the lowest held-out loss, or the
     fit Ctrl-C stopped.  The kept result's ``starts`` lists every fit."""
-    tried = [fit_once(latent_dim, config)]
-    while (config.checkpoint is None and len(tried) <= config.restarts and not tried[-1].result.interrupted
-           and all(leaves_structure(c.result) and has_spare_directions(c) for c in tried)):
+    tried = [fit_once(latent_dim, config)]  # each fit is tried only after every earlier one was flagged
+    while (config.checkpoint is None and len(tried) <= config.restarts
+           and leaves_structure(tried[-1].result) and has_spare_directions(tried[-1])):
         seed = config.seed + RESTART_SEED_STEP * len(tried)
         log.info("the fit from seed %d leaves structure in its residuals (lag-1 autocorrelation %.3f > %g) with "
                  "%s of %d directions in use: refitting from seed %d (restart %d of at most %d)",
@@ -220,8 +220,7 @@ def choose_latent_dim(fit_once: Callable[[int, FitConfig], Candidate], start: in
         best = fit if best is None or fit.loss < best.loss or fit.result.interrupted else best
         if fit.result.interrupted:
             break
-        saturated = fit.result.active_directions == latent_dim
-        if not (saturated and fit.result.converged) or latent_dim >= MAX_LATENT_DIM:
+        if has_spare_directions(fit) or not fit.result.converged or latent_dim >= MAX_LATENT_DIM:
             break
         log.info("latent_dim='auto': all %d directions in use, refitting with %d", latent_dim,
                  min(2 * latent_dim, MAX_LATENT_DIM))
