@@ -274,7 +274,8 @@ def run(sim, options: dict, seed: int, mll: bool = False) -> dict:
             "resid_ac1": residual_autocorrelation(fitted, list(sim.outcomes)),
             "starts": len(result.starts), "fit_ac1": result.residual_autocorrelation,
             "heldout_loss": _selection_loss(result), "best_epoch": result.best_epoch,
-            "annealed_at": result.annealed_at, "stop": result.stop_reason[:60], **extra}
+            "annealed_at": result.annealed_at, "stop": result.stop_reason[:60],
+            "validation_loss": [[int(e), float(v)] for e, v in result.validation_loss], **extra}
 
 
 def main() -> None:

@@ -114,7 +114,7 @@ LANDMARK_SHARE, HELD_OUT_SHARE = 0.5, 0.2
 
 DGMM_KEYS = ["truth", "seed", "n_subjects", "outcome", "method", "rmse", "brier", "rmse_dynamic", "auc_dynamic",
              "auc_dynamic_observed", "seconds", "epochs", "stop_reason", "converged", "active_directions",
-             "latent_dim", "latent_activity", "warnings"]
+             "latent_dim", "latent_activity", "warnings", "time_functions", "time_functions_race", "fits_run"]
 BASELINE_KEYS = ["truth", "seed", "n_subjects", "outcome", "method", "rmse", "brier", "rmse_dynamic", "auc_dynamic",
                  "auc_dynamic_observed", "seconds", "converged", "note"]
 ORACLE_KEYS = ["truth", "seed", "n_subjects", "outcome", "method", "rmse", "llf", "seconds", "converged", "rmse_svi",
@@ -482,7 +482,10 @@ def fit_facts(model) -> dict:
             "converged": jsonable(getattr(result, "converged", None)),
             "active_directions": jsonable(getattr(result, "active_directions", None)),
             "latent_activity": jsonable(getattr(result, "latent_activity", None)),
-            "latent_dim": jsonable(latent if latent is not None else getattr(model.model_, "latent_dim", None))}
+            "latent_dim": jsonable(latent if latent is not None else getattr(model.model_, "latent_dim", None)),
+            "time_functions": getattr(model, "time_functions_", None),
+            "time_functions_race": getattr(result, "time_functions_race", None),
+            "fits_run": max(len(getattr(result, "starts", [])), 1)}
 
 
 def dgmm_rows(name: str, sim, seed: int, n: int, args) -> list[dict]:

@@ -12,7 +12,9 @@ Fits a DGMM to a CSV file or a shipped data set and writes, into ``--out``
   training loss, held-out negative ELBO per subject at the kept epoch, or
   at the last epoch measured before one was kept), latent directions in use,
   the residuals' lag-1 autocorrelation and the fits run (``starts``: the
-  first and any restarts, :mod:`pyro_dgmm.selection`), time,
+  first and any restarts, :mod:`pyro_dgmm.selection`), the learned time
+  functions and the race that chose them (``time_functions``,
+  ``time_functions_race``), time,
   dispersion estimates, the maximum-likelihood refinements (``refinement``,
   ``serial_refinement``) and the serial-process scales (``serial_tau``, with
   ``--serial-outcome``), and the marginal log-likelihood when
@@ -207,9 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "likelihood after the fit unless --refine no); repeat")
     fit.add_argument("--serial-terms", type=int, default=None, metavar="J",
                      help="basis functions per --serial-outcome (default 8; more resolve shorter time scales)")
-    fit.add_argument("--time-functions", type=int, default=0, metavar="M",
+    fit.add_argument("--time-functions", type=_time_functions, default="auto", metavar="M",
                      help="random coefficients of M learned functions of time (e.g. a random amplitude and phase; "
-                          "docs/model.md): compare the held-out loss with and without (default 0)")
+                          "docs/model.md); 'auto' (default): 0 or 4, chosen by a race on the held-out loss "
+                          "(docs/fitting.md)")
     fit.add_argument("--encoder", choices=ENCODERS, default="set",
                      help="the guide's encoder: 'set' (default; pools over visits), 'dense' (the talk's flat "
                           "record) or 'sequence' (attention over the visits in time)")
@@ -403,17 +406,23 @@ def interval_levels(values: list[float]) -> list[float]:
     return levels
 
 
-def _latent_dim(text: str) -> int | str:
+def _latent_dim(text: str, minimum: int = 1) -> int | str:
     """--latent-dim: a positive integer or 'auto'."""
     if text == "auto":
         return text
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got '{text}'")
+        value = minimum - 1
+    if value < minimum:
+        kind = "a positive integer" if minimum == 1 else "an integer >= 0"
+        raise argparse.ArgumentTypeError(f"must be {kind} or 'auto', got '{text}'")
     return value
+
+
+def _time_functions(text: str) -> int | str:
+    """--time-functions: an integer >= 0 or 'auto'."""
+    return _latent_dim(text, minimum=0)
 
 
 def run_predict(args: argparse.Namespace) -> dict | None:
@@ -468,7 +477,7 @@ def _model_options(args: argparse.Namespace, outcomes: dict) -> dict:
         options.update(serial_process="brownian", serial_outcomes=list(args.serial_outcome))
     if args.serial_terms is not None:  # else the model's default
         options["serial_terms"] = args.serial_terms
-    if args.time_functions:
+    if args.time_functions != "auto":
         options["time_functions"] = args.time_functions
     return options
 

@@ -34,8 +34,8 @@ from .bases import DEFAULT_TIME_BASIS
 from .checkpoint import open_checkpoint
 from .data import TIME_UNITS, DataSchema, LongitudinalData, parse_covariate_formula
 from .errors import ConfigError, ConvergenceWarning, NotFittedError
-from .families import Family, get_family
-from .fit import FitConfig, fit_svi
+from .families import Family, check_outcomes, get_family
+from .fit import FitConfig, Pause, fit_svi
 from .results import FitResult
 from .guide import AmortizedGuide
 from .model import DGMM, MixedModel
@@ -45,7 +45,7 @@ from .impute import (KERNELS, ImputationConfig, ImputationTrace, fit_with_imputa
                      multiple_imputations, with_fill)
 from .guide import ENCODERS
 from .nn import ACTIVATIONS, COVARIANCES
-from .options import check_bool, check_choice, check_float, check_int, check_keywords, check_str
+from .options import check_bool, check_choice, check_float, check_int, check_keywords, check_names, check_str
 from .parameters import LINEAR_PARAMETERS, present
 from .pattern_mixture import (PATTERN_COLUMN, DropoutPatterns, PatternConfig, dropout_times, mean_curve,
                               pattern_designs, pattern_mixture_imputations)
@@ -54,8 +54,8 @@ from . import marginal, wald
 from .inference_methods import LikelihoodMethods
 from .persistence import SaveLoadMethods
 from .prediction_methods import PredictionMethods
-from .selection import (Candidate, choose_latent_dim, default_latent_dim, fit_with_restarts, residual_autocorrelation,
-                        structure_warning)
+from .selection import (Candidate, TimeFunctionRace, choose_latent_dim, default_latent_dim, fit_with_restarts,
+                        residual_autocorrelation, structure_warning)
 from .sensitivity import delta_shift
 
 
@@ -74,32 +74,6 @@ class ModelOptions:
     encoder_hidden: tuple = (64, 64)
     covariance: str = "full"
     activation: str = "tanh"
-
-
-def _check_names(option: str, names) -> list[str]:
-    """``names`` (column names) as a list; a bare string is refused, as it
-    would otherwise be read as a list of one-letter columns (``covariates``
-    takes a string as a formula before this check)."""
-    if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
-        raise ConfigError(f"{option} must be a list of column names, e.g. ['age'] (or, for covariates, a "
-                          f"formula such as 'age * sex'), got {names!r}")
-    return [check_str(f"{option}[{k}]", name) for k, name in enumerate(names)]
-
-
-def _check_outcomes(outcomes) -> dict:
-    """``outcomes`` as a dict column -> family (a name such as ``'gaussian'``,
-    a spec dict or a :class:`~pyro_dgmm.family.Family`), each family
-    checked by :func:`~pyro_dgmm.families.get_family`."""
-    if not isinstance(outcomes, Mapping) or not outcomes:
-        raise ConfigError("outcomes must be a non-empty dict of outcome column -> family, "
-                          f"e.g. {{'y': 'gaussian'}}, got {outcomes!r}")
-    for name, family in outcomes.items():
-        check_str("an outcome column name", name)
-        try:
-            get_family(family)
-        except ConfigError as error:
-            raise ConfigError(f"outcome '{name}': {error}") from None
-    return {str(name): family for name, family in outcomes.items()}
 
 
 class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
@@ -158,9 +132,9 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
                 raise ConfigError(f"latent_dim must be a positive integer or 'auto', got {latent_dim!r} "
                                   f"({type(latent_dim).__name__})") from None
         self.id_col, self.time_col = check_str("id_col", id_col), check_str("time_col", time_col)
-        self.outcomes = _check_outcomes(outcomes)
+        self.outcomes = check_outcomes(outcomes)
         self.covariates = (parse_covariate_formula(covariates)[0] if isinstance(covariates, str)
-                           else _check_names("covariates", covariates))
+                           else check_names("covariates", covariates))
         self.time_basis = time_basis
         self.model_class = model_class
         if model_options is not None and not isinstance(model_options, Mapping):
@@ -181,6 +155,7 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
         self.guide_: AmortizedGuide | None = None
         self.result_: FitResult | None = None
         self.latent_dim_: int | None = None
+        self.time_functions_: int | None = None  # DGMM's learned time functions, where the fit chose them
         self.data_: LongitudinalData | None = None
         self.num_visits_: int | None = None  # the padded record length (the dense encoder's input size)
         self.training_baseline_: pd.DataFrame | None = None
@@ -282,6 +257,11 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
             designs, own = pattern_designs(self.schema_, self.training_baseline_, self.patterns_, self.data_.ids)
             self.patterns_ = self.patterns_.fit_probabilities(designs[-1], own.numpy())
         fit_once = partial(self._fit_candidate, train=train, validation=validation, imputation=imputation)
+        self.time_functions_ = None
+        if self._races_time_functions(config):
+            fit_once = TimeFunctionRace(fit_once)
+        elif self.options.model_options.get("time_functions") == "auto":
+            self.time_functions_ = 0
         if self.options.latent_dim == "auto":
             start = default_latent_dim(len(self.outcomes), self.schema_.time_basis.num_features)
             self._keep(choose_latent_dim(fit_once, start, config))
@@ -324,23 +304,42 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
                 f"checkpoint {config.resume_path} holds the fit {stage!r}: resume it with that latent_dim, "
                 "or fit afresh without resume")
 
+    def _races_time_functions(self, config: FitConfig) -> bool:
+        """Whether the fit chooses ``time_functions`` by a race
+        (:class:`~pyro_dgmm.selection.TimeFunctionRace`): a DGMM with the
+        dense random-effects net whose ``time_functions`` is not given (or
+        ``'auto'``), ``race_epochs > 0``, no checkpoint (it holds one fit)
+        and no imputation loop (its rounds cannot be paused)."""
+        options = self.options.model_options
+        return (issubclass(self.model_class, DGMM) and options.get("time_functions", "auto") == "auto"
+                and bool(options.get("random_hidden", True)) and config.race_epochs > 0
+                and config.checkpoint is None and self.missing != "impute")
+
     def _fit_candidate(self, latent_dim: int, config: FitConfig, *, train: LongitudinalData,
-                       validation: LongitudinalData | None, imputation: ImputationConfig | None) -> Candidate:
+                       validation: LongitudinalData | None, imputation: ImputationConfig | None,
+                       time_functions: int | None = None, pause: Pause | None = None) -> Candidate:
         """One fit with ``latent_dim`` and ``config`` (:meth:`_fit_latent`),
         its warnings held back and its residuals' lag-1 autocorrelation
-        recorded, for :mod:`pyro_dgmm.selection` to choose from."""
+        recorded, for :mod:`pyro_dgmm.selection` to choose from.
+        ``time_functions``: M of the DGMM's learned time functions (None:
+        as ``model_options`` say); ``pause``: hold the fit there, or continue
+        the fit held there (a held fit is returned as it stands)."""
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            self._fit_latent(latent_dim, train, validation, config, imputation)
-        self.result_.residual_autocorrelation = residual_autocorrelation(
-            self.model_, self.guide_, self._encoder_view(train), seed=config.seed,
-            distributed_input=self.distributed_input)
-        return Candidate(latent_dim, self.model_, self.guide_, self.result_, self.imputation_trace_, caught)
+            self._fit_latent(latent_dim, train, validation, config, imputation, time_functions, pause)
+        if pause is None or not pause.held:
+            self.result_.residual_autocorrelation = residual_autocorrelation(
+                self.model_, self.guide_, self._encoder_view(train), seed=config.seed,
+                distributed_input=self.distributed_input)
+        return Candidate(latent_dim, self.model_, self.guide_, self.result_, self.imputation_trace_, caught,
+                         time_functions)
 
     def _keep(self, candidate: Candidate) -> None:
         """Make ``candidate`` the fitted model and raise its warnings (and,
         if its residuals keep structure, :func:`~pyro_dgmm.selection.structure_warning`)."""
         self.latent_dim_, self.model_, self.guide_ = candidate.latent_dim, candidate.model, candidate.guide
+        if candidate.time_functions is not None:
+            self.time_functions_ = candidate.time_functions
         self.result_, self.imputation_trace_ = candidate.result, candidate.imputation_trace
         for record in candidate.warnings:
             warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
@@ -348,33 +347,37 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
             structure_warning(candidate)
 
     def _fit_latent(self, latent_dim: int, train: LongitudinalData, validation: LongitudinalData | None,
-                    config: FitConfig, imputation: ImputationConfig | None) -> None:
-        """Build model and guide with ``latent_dim`` directions and fit them
-        (SVI or the imputation loop, then the refinement if asked for; not
-        after Ctrl-C).  A fit that fails leaves the estimator unfitted."""
+                    config: FitConfig, imputation: ImputationConfig | None, time_functions: int | None = None,
+                    pause: Pause | None = None) -> None:
+        """Build model and guide with ``latent_dim`` directions (and
+        ``time_functions``, if given) and fit them (SVI or the imputation
+        loop, then the refinement if asked for; not after Ctrl-C or while
+        held at ``pause``).  A fit that fails leaves the estimator unfitted."""
         pyro.set_rng_seed(config.seed)
         self.latent_dim_ = latent_dim
+        if time_functions is not None:
+            self.time_functions_ = time_functions
         self.model_, self.guide_ = self._build(self.schema_, self.data_.num_visits, latent_dim)
         stage = f"latent_dim={latent_dim}" + (" (a candidate of latent_dim='auto')"
                                               if self.options.latent_dim == "auto" else "")
         try:
-            self._fit_modules(train, validation, config, imputation, stage)
+            self._fit_modules(train, validation, config, imputation, stage, pause)
         except BaseException:  # no half-trained model behind a result of another fit
             self.model_ = self.guide_ = self.result_ = None
             raise
 
     def _fit_modules(self, train: LongitudinalData, validation: LongitudinalData | None, config: FitConfig,
-                     imputation: ImputationConfig | None, stage: str) -> None:
+                     imputation: ImputationConfig | None, stage: str, pause: Pause | None = None) -> None:
         """The fit of :meth:`_fit_latent` on the model and guide just built."""
         if self.missing != "impute":
             self.result_ = fit_svi(self.model_, self.guide_, train, validation, config,
-                                   distributed_input=self.distributed_input, stage=stage)
+                                   distributed_input=self.distributed_input, stage=stage, pause=pause)
         else:
             self.result_, self.imputation_trace_, _ = fit_with_imputation(
                 self.model_, self.guide_, self.schema_, train, validation, config, imputation or ImputationConfig(),
                 distributed_input=self.distributed_input)
         self.model_.cpu(), self.guide_.cpu()
-        if self.result_.interrupted:
+        if self.result_.interrupted or (pause is not None and pause.held):
             return
         if self._refines(config.refine, train):
             refinement = wald.refine(self.model_, self.guide_, self._encoder_view(train),
@@ -419,6 +422,8 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
     def _build(self, schema: DataSchema, num_visits: int, latent_dim: int):
         o = self.options
         model_options = {"activation": o.activation, **o.model_options}
+        if self.time_functions_ is not None:  # chosen by the fit (model_options' 'auto' or absent)
+            model_options["time_functions"] = self.time_functions_
         model = self.model_class.from_schema(schema, latent_dim, **model_options)
         guide = AmortizedGuide.from_schema(schema, model.latent_dim, kind=o.encoder, hidden=o.encoder_hidden,
                                            covariance=o.covariance, activation=o.activation,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 
 import numpy as np
 import pyro.distributions as dist
@@ -39,6 +40,7 @@ from torch.distributions import biject_to, constraints, transform_to
 from torch.distributions.transforms import AffineTransform, ComposeTransform, SoftplusTransform
 
 from pyro_dgmm.errors import ConfigError
+from pyro_dgmm.options import check_str
 # Family is re-exported: ``from pyro_dgmm.families import Family`` is the documented import.
 from pyro_dgmm.family import MEAN_CLIP, Family, observed_values, sd_or_one
 
@@ -488,3 +490,19 @@ def get_family(spec) -> Family:
 
 #: Rebuild a family from :meth:`~pyro_dgmm.family.Family.to_spec` (same as :func:`get_family`).
 family_from_spec = get_family
+
+
+def check_outcomes(outcomes) -> dict:
+    """``outcomes`` as a dict column -> family (a name such as ``'gaussian'``,
+    a spec dict or a :class:`~pyro_dgmm.family.Family`), each family
+    checked by :func:`get_family`."""
+    if not isinstance(outcomes, Mapping) or not outcomes:
+        raise ConfigError("outcomes must be a non-empty dict of outcome column -> family, "
+                          f"e.g. {{'y': 'gaussian'}}, got {outcomes!r}")
+    for name, family in outcomes.items():
+        check_str("an outcome column name", name)
+        try:
+            get_family(family)
+        except ConfigError as error:
+            raise ConfigError(f"outcome '{name}': {error}") from None
+    return {str(name): family for name, family in outcomes.items()}

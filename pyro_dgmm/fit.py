@@ -96,9 +96,28 @@ def ridge_weights(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for m in modules for n, p in m.named_parameters() if n.endswith("weight")]
 
 
+@dataclass
+class Pause:
+    """A fit held after ``epochs`` epochs, to be continued later in memory
+    (as a checkpoint does on disk): ``fit_svi(..., pause=Pause(60))`` stops
+    after epoch 60 and leaves its full state in :attr:`state` (the result is
+    partial: no best parameters restored, no warnings, no diagnostics);
+    passing the same object again continues from there, to the result the
+    fit would have had without the pause.  :class:`~pyro_dgmm.selection.TimeFunctionRace`
+    uses it to train two model structures side by side."""
+
+    epochs: int
+    state: dict | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether a fit is held here, waiting to be continued."""
+        return self.state is not None
+
+
 def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData | None = None,
             config: FitConfig | None = None, *, distributed_input: bool = False, warn: bool = True,
-            guide_only: bool = False, stage: str = "") -> FitResult:
+            guide_only: bool = False, stage: str = "", pause: Pause | None = None) -> FitResult:
     """Fit ``model`` and ``guide`` to ``train`` in place; return a :class:`FitResult`.
 
     Runs unchanged in one process or in each of several ``torch.distributed``
@@ -120,6 +139,8 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
         (the imputation loop's rounds).
     :param stage: which fit of a longer procedure this is (e.g. a candidate
         of ``latent_dim='auto'``), recorded in the checkpoint.
+    :param pause: hold the fit after ``pause.epochs`` epochs, its state in
+        ``pause.state``, or continue the fit held there (:class:`Pause`).
 
     *Checkpoints* (``config.checkpoint``, :mod:`pyro_dgmm.checkpoint`) are
     written every ``checkpoint_every`` epochs, when the fit stops and when
@@ -180,10 +201,15 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
         mark = fingerprint(options, [train, validation], [model, guide])
     parts = dict(model=model, guide=guide, optimizer=optimizer, decay=decay, generators=generators,
                  result=result, progress=progress, device=device)
-    if config.resume_path is not None:
-        _load_state(read_checkpoint(config.resume_path, mark), **parts)
+    if pause is not None and config.resume_path is not None:
+        raise ConfigError("a paused fit cannot also resume from a checkpoint")
+    pausing = pause is not None and not pause.held
+    if config.resume_path is not None or (pause is not None and pause.held):
+        _load_state(read_checkpoint(config.resume_path, mark) if pause is None else pause.state, **parts)
         result.interrupted = False  # this run's own interruption, if any, is set below
         result.stop_reason = result.stop_reason if progress.finished else ""
+        if pause is not None:
+            pause.state = None
     seconds_before, start = result.seconds, time.perf_counter()
 
     def save_checkpoint() -> None:
@@ -223,7 +249,8 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
     bar = tqdm(total=config.max_epochs, initial=progress.epoch,
                disable=not (config.progress and is_main_process()), desc="fitting DGMM", unit="epoch")
     with deferred_interrupt(enabled=world()[1] == 1) as stop:
-        while not (progress.finished or stop.requested) and progress.epoch < config.max_epochs:
+        while not (progress.finished or stop.requested) and progress.epoch < config.max_epochs \
+                and not (pausing and progress.epoch >= pause.epochs):
             epoch = progress.epoch
             beta = config.kl_scale(epoch)
             model.train(), guide.train()
@@ -281,6 +308,12 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
             if (epoch + 1) % config.checkpoint_every == 0 and not progress.finished:
                 save_checkpoint()
     bar.close()
+    if pausing and not (progress.finished or stop.requested) and progress.epoch < config.max_epochs:
+        result.seconds = seconds_before + time.perf_counter() - start
+        pause.state = copy.deepcopy(_state(**parts))
+        result.stop_reason = f"paused after epoch {progress.epoch}"
+        optimizer.release()
+        return result
     if stop.requested:
         result.interrupted, result.converged = True, False
         result.stop_reason = (f"interrupted (Ctrl-C) in epoch {progress.epoch} after {progress.step} of its "
@@ -320,7 +353,8 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
 #: numbers (``device``: a fit continued on another device is a valid
 #: continuation, equal to the uninterrupted one up to floating-point
 #: rounding rather than to the bit).
-_NOT_FINGERPRINTED = ("progress", "checkpoint", "checkpoint_every", "resume", "refine", "device", "restarts")
+_NOT_FINGERPRINTED = ("progress", "checkpoint", "checkpoint_every", "resume", "refine", "device", "restarts",
+                      "race_epochs")
 
 
 @dataclass

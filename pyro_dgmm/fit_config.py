@@ -83,6 +83,14 @@ class FitConfig:
         mark of a collapsed latent direction); the fit with the lowest
         held-out loss is kept (:mod:`pyro_dgmm.selection`).  0: never.
         Not with ``checkpoint`` (a checkpoint holds one fit).
+    :param race_epochs: for a :class:`~pyro_dgmm.model.DGMM` whose
+        ``time_functions`` is left to the fit (``'auto'``, the default),
+        the fit without and the fit with learned time functions are trained
+        side by side for this many epochs and the one with the lower
+        held-out loss over the last half of them continues
+        (:class:`~pyro_dgmm.selection.TimeFunctionRace`).  0: no race
+        (no learned time functions).  Not with ``checkpoint`` or the
+        imputation loop.
     :param eval_particles: draws of b per held-out subject per evaluation.
     :param seed: makes a run reproducible (data split, batches, draws, init).
     :param num_shards: subjects are split into this many shards, each
@@ -120,6 +128,7 @@ class FitConfig:
     tolerance: float = 1e-4
     refine: bool | str = "auto"
     restarts: int = 2
+    race_epochs: int = 80
     eval_particles: int = 4
     seed: int = 0
     num_shards: int | None = None
@@ -137,7 +146,7 @@ class FitConfig:
         self.num_particles = check_int("num_particles", self.num_particles, none=True)
         for name in ("max_epochs", "eval_every", "eval_particles"):
             setattr(self, name, check_int(name, getattr(self, name)))
-        for name in ("kl_warmup_epochs", "linear_warmup_epochs", "seed", "restarts"):
+        for name in ("kl_warmup_epochs", "linear_warmup_epochs", "seed", "restarts", "race_epochs"):
             setattr(self, name, check_int(name, getattr(self, name), minimum=0))
         self.patience = check_int("patience (evaluations for the trend test)", self.patience, minimum=3)
         self.batch_size = check_int("batch_size", self.batch_size, none=True)
@@ -223,5 +232,6 @@ class FitConfig:
 #: cost in accuracy (docs/fitting.md gives both side by side).
 PRESETS = {
     "accurate": {},
-    "fast": {"max_epochs": 200, "patience": 6, "anneal_fraction": 0.5, "tolerance": 1e-3, "restarts": 0},
+    "fast": {"max_epochs": 200, "patience": 6, "anneal_fraction": 0.5, "tolerance": 1e-3, "restarts": 0,
+             "race_epochs": 0},
 }

@@ -117,6 +117,16 @@ def check_str(name: str, value) -> str:
     raise ConfigError(f"{name} must be a non-empty string, got {_describe(value)}")
 
 
+def check_names(option: str, names) -> list[str]:
+    """``names`` (column names) as a list; a bare string is refused, as it
+    would otherwise be read as a list of one-letter columns (``covariates``
+    takes a string as a formula before this check)."""
+    if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+        raise ConfigError(f"{option} must be a list of column names, e.g. ['age'] (or, for covariates, a "
+                          f"formula such as 'age * sex'), got {names!r}")
+    return [check_str(f"{option}[{k}]", name) for k, name in enumerate(names)]
+
+
 def check_keywords(where: str, given: Mapping[str, object], valid: Iterable[str]) -> None:
     """Refuse keyword options of ``where`` that are not in ``valid``, naming
     each and suggesting the closest valid name (a misspelled option would

@@ -66,6 +66,7 @@ class SaveLoadMethods:
             "schema": self.schema_.to_spec(),
             "num_visits": self.num_visits_,
             "latent_dim": self.latent_dim_,
+            "time_functions": self.time_functions_,
             "missing": self.missing,
             "patterns": None if self.patterns_ is None else {"patterns": self.patterns_.to_spec(),
                                                              "config": asdict(self.pattern_config_)},
@@ -104,6 +105,7 @@ class SaveLoadMethods:
             self = cls(model_class=model_class, **meta["init"])
             self.schema_ = DataSchema.from_spec(meta["schema"])
             self.latent_dim_, self.num_visits_ = meta["latent_dim"], meta["num_visits"]
+            self.time_functions_ = meta.get("time_functions")  # files written before the race: absent
             self._restore_extra(meta.get("extra", {}))
             self.model_, self.guide_ = self._build(self.schema_, self.num_visits_, self.latent_dim_)
             self.model_.load_state_dict(saved.tensors["model"])

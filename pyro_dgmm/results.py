@@ -78,6 +78,10 @@ class FitResult:
     ``starts`` lists the fits :class:`~pyro_dgmm.estimator.DeepMixedModel`
     ran for it (the first and any restarts, :mod:`pyro_dgmm.selection`),
     each as ``{"seed", "heldout_loss", "residual_autocorrelation", "kept"}``.
+    ``time_functions_race`` records how ``time_functions`` was chosen
+    (:class:`~pyro_dgmm.selection.TimeFunctionRace`): ``{"epochs", "chosen",
+    "candidates": [{"time_functions", "heldout_loss"}, ...]}``; None when
+    it was not raced.
     """
 
     config: dict
@@ -97,6 +101,7 @@ class FitResult:
     interrupted: bool = False
     residual_autocorrelation: float | None = None
     starts: list[dict] = field(default_factory=list)
+    time_functions_race: dict | None = None
 
 
 @dataclass

@@ -33,6 +33,17 @@ converged fit uses every one, and keep the best held-out loss.
 Both take ``fit_once(latent_dim, config) -> Candidate``, the estimator's
 fit of freshly built modules on fixed training and held-out subjects.
 
+:class:`TimeFunctionRace` wraps ``fit_once`` for a
+:class:`~pyro_dgmm.model.DGMM` whose learned time functions are left to the
+fit (``time_functions='auto'``): a path for random coefficients of learned
+functions of time carries shapes a fixed basis cannot (a random amplitude
+and phase), but on other data it leads the fit to a worse optimum, a
+difference that shows in the held-out loss once the first tens of epochs
+are past.  The first fit trains both structures side by side
+(:class:`~pyro_dgmm.fit.Pause`) for ``race_epochs`` epochs and continues the
+one with the lower held-out loss over the last half of them; every later
+fit (restarts, more directions) uses that structure.
+
 Example (a converged fit with positively correlated residuals is refitted):
 
 >>> from pyro_dgmm.results import FitResult
@@ -54,6 +65,7 @@ from typing import Callable
 import torch
 
 from .errors import ResidualStructureWarning
+from .fit import Pause
 from .fit_config import FitConfig
 from .parallel import all_reduce_sum
 from .posterior import fitted_means
@@ -71,6 +83,9 @@ RESTART_THRESHOLD = 0.0
 RESTART_SEED_STEP = 7919
 #: Importance draws per subject for the fitted means of :func:`residual_autocorrelation`.
 RESIDUAL_DRAWS = 100
+#: The learned time functions :class:`TimeFunctionRace` tries (M of
+#: :class:`~pyro_dgmm.nn.RandomEffectsNet`) against none.
+LEARNED_TIME_FUNCTIONS = 4
 
 
 @dataclass
@@ -85,6 +100,7 @@ class Candidate:
     result: FitResult
     imputation_trace: object | None
     warnings: list
+    time_functions: int | None = None  # the DGMM's learned time functions, where the fit chose them
 
     @property
     def loss(self) -> float:
@@ -207,6 +223,59 @@ def fit_with_restarts(fit_once: Callable[[int, FitConfig], Candidate], latent_di
                            "residual_autocorrelation": c.result.residual_autocorrelation, "kept": c is kept}
                           for c in tried]
     return kept
+
+
+def race_loss(result: FitResult, epochs: int) -> float:
+    """What a race compares: the mean held-out loss (the training loss when
+    nobody is held out) over the evaluations in the last half of the first
+    ``epochs`` epochs, common to both fits; one evaluation is noisy, and a
+    fit still falling fast differs most from its neighbour early on."""
+    losses = result.validation_loss or list(enumerate(result.train_loss))
+    window = [loss for epoch, loss in losses if epochs / 2 <= epoch < epochs]
+    return float(sum(window) / len(window)) if window else math.inf
+
+
+class TimeFunctionRace:
+    """``fit_once`` for a DGMM with ``time_functions='auto'``: the first call
+    trains the model without learned time functions and with
+    :data:`LEARNED_TIME_FUNCTIONS` side by side for ``config.race_epochs``
+    epochs, continues the one with the lower :func:`race_loss` and records
+    the race in its result (``time_functions_race``); later calls fit the
+    chosen structure.  A first fit that ends or is interrupted before the
+    pause is returned as it is, without learned time functions and without
+    a race (nothing to compare yet; Ctrl-C: no other fit is started).
+
+    ``fit_once(latent_dim, config, time_functions=M, pause=None)`` is the
+    estimator's fit of a model with M learned time functions, held at
+    ``pause`` (:class:`~pyro_dgmm.fit.Pause`) or continued from it.
+    """
+
+    def __init__(self, fit_once: Callable[..., Candidate]):
+        self.fit_once = fit_once
+        self.chosen: int | None = None
+
+    def __call__(self, latent_dim: int, config: FitConfig) -> Candidate:
+        if self.chosen is not None:
+            return self.fit_once(latent_dim, config, time_functions=self.chosen)
+        epochs, runs = config.race_epochs, {}
+        for m in (0, LEARNED_TIME_FUNCTIONS):
+            pause = Pause(epochs)
+            runs[m] = pause, self.fit_once(latent_dim, config, time_functions=m, pause=pause)
+            if not pause.held:  # Ctrl-C, or a fit shorter than the race: nothing to race
+                self.chosen = m
+                return runs[m][1]
+        losses = {m: race_loss(candidate.result, epochs) for m, (_, candidate) in runs.items()}
+        self.chosen = min(losses, key=losses.get)
+        log.info("time_functions='auto': held-out loss over epochs %d-%d %s; continuing with %d learned time "
+                 "functions", epochs // 2, epochs, ", ".join(f"{v:.4g} with {m}" for m, v in losses.items()),
+                 self.chosen)
+        pause, kept = runs[self.chosen]
+        if pause.held:
+            kept = self.fit_once(latent_dim, config, time_functions=self.chosen, pause=pause)
+        kept.result.time_functions_race = {
+            "epochs": epochs, "chosen": self.chosen,
+            "candidates": [{"time_functions": m, "heldout_loss": loss} for m, loss in losses.items()]}
+        return kept
 
 
 def choose_latent_dim(fit_once: Callable[[int, FitConfig], Candidate], start: int, config: FitConfig) -> Candidate:

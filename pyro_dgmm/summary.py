@@ -58,6 +58,7 @@ def summarize(model, schema: DataSchema, data: LongitudinalData, result: FitResu
         "Latent dimensions": f"{model.latent_dim} ({result.active_directions} active)",
         "Converged": f"{'yes' if result.converged else 'no'} ({result.epochs_run} epochs)",
         "Fits run": f"{max(len(result.starts), 1)} (restarts: pyro_dgmm.selection)",
+        "Learned time functions": _race_text(result.time_functions_race),
         "Residual lag-1 autocorrelation": ("n/a" if result.residual_autocorrelation is None
                                            else f"{result.residual_autocorrelation:.3f}"),
         "Estimation": "ML (refined)" if result.refinement else "ELBO (SVI)",
@@ -69,6 +70,14 @@ def summarize(model, schema: DataSchema, data: LongitudinalData, result: FitResu
         "Max Pareto k-hat": _pareto_k_text(float(marginal.pareto_k.max())),
     }
     return Summary(info, fixed, random, dispersions, errors.level, _notes(result, marginal, skipped))
+
+
+def _race_text(race: dict | None) -> str:
+    """The learned time functions the fit chose, and the held-out losses that chose them."""
+    if race is None:
+        return "as given (not raced)"
+    losses = ", ".join(f"{c['heldout_loss']:.3f} with {c['time_functions']}" for c in race["candidates"])
+    return f"{race['chosen']} (held-out loss over epochs {race['epochs'] // 2}-{race['epochs']}: {losses})"
 
 
 def _pareto_k_text(k: float) -> str:

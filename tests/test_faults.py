@@ -732,6 +732,37 @@ def test_resuming_a_finished_fit_gives_its_result_without_training(ckpt_frame, u
     assert resumed.result_.epochs_run == uninterrupted[0.1].result_.epochs_run
 
 
+@pytest.mark.parametrize("fraction", [0.1, 0.0])
+def test_a_paused_and_continued_fit_equals_the_uninterrupted_fit(ckpt_frame, uninterrupted, fraction):
+    """fit_svi's in-memory pause (the time-function race's): held after
+    epoch 7, then continued with the same Pause, a fit ends with the
+    parameters and losses of the fit that never stopped."""
+    from pyro_dgmm.fit import Pause, fit_svi
+    from pyro_dgmm.parallel import hold_out
+
+    reference = uninterrupted[fraction]
+    est = estimator(validation_fraction=fraction)
+    schema, data = DataSchema.fit_transform(ckpt_frame, id_col="pid", time_col="t", outcomes=est.outcomes,
+                                            covariates=est.covariates, time_basis=est.time_basis)
+    train, validation = hold_out(data, fraction, 0)
+    config = FitConfig(restarts=0, **FIT)
+    pause = Pause(7)
+
+    def run():
+        pyro.set_rng_seed(0)
+        est.time_functions_ = 0
+        est.model_, est.guide_ = est._build(schema, data.num_visits, 2)
+        return fit_svi(est.model_, est.guide_, train, validation, config, pause=pause)
+
+    held = run()
+    assert pause.held and held.epochs_run == 7 and held.stop_reason == "paused after epoch 7"
+    result = run()
+    assert not pause.held
+    assert_same_parameters(est, reference)
+    assert result.train_loss == reference.result_.train_loss
+    assert result.validation_loss == reference.result_.validation_loss
+
+
 def test_checkpoint_loads_safely_and_records_its_fit(ckpt_frame, tmp_path):
     path = tmp_path / "fit.ckpt"
     estimator().fit(ckpt_frame, checkpoint=path, checkpoint_every=2, **{**FIT, "max_epochs": 4})

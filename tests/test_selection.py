@@ -220,3 +220,122 @@ def test_a_collapsed_fit_is_refitted_and_recovers_the_lost_direction():
     assert est.result_.active_directions == 3
     fitted = est.fitted_values()["y_fitted"].to_numpy()
     assert np.sqrt(np.mean((fitted - mean.ravel()) ** 2)) < 0.35
+
+
+# ------------------------------------------------- the time-function race
+def test_race_loss_is_the_mean_over_the_last_half_of_the_race():
+    result = FitResult(config={}, validation_loss=[(1, 9.0), (3, 8.0), (5, 6.0), (7, 5.0), (9, 4.0), (11, 1.0)],
+                       train_loss=[10.0 - e for e in range(12)])
+    assert selection.race_loss(result, 10) == pytest.approx((6.0 + 5.0 + 4.0) / 3)  # epochs 5-9 of 0-9
+    unheld = FitResult(config={}, train_loss=[10.0 - e for e in range(12)])
+    assert selection.race_loss(unheld, 4) == pytest.approx((8.0 + 7.0) / 2)  # nobody held out: training loss
+    assert selection.race_loss(FitResult(config={}), 4) == math.inf
+
+
+def _racer(losses: dict, *, holds: bool = True, interrupted: int | None = None):
+    """fit_once for TimeFunctionRace: a fit with M learned time functions has
+    held-out loss ``losses[M]`` over the race; it is held at the pause (if
+    ``holds``) and continued when given the held pause; calls are recorded."""
+    calls = []
+
+    def fit_once(latent_dim, config, time_functions=None, pause=None):
+        continued = pause is not None and pause.held
+        calls.append((time_functions, "continue" if continued else "pause" if pause is not None else "fit"))
+        if continued:
+            pause.state = None
+        elif pause is not None and holds and time_functions != interrupted:
+            pause.state = {"held": True}
+        result = FitResult(config={"seed": config.seed}, validation_loss=[(e, losses[time_functions])
+                                                                          for e in range(1, 12, 2)],
+                           interrupted=time_functions == interrupted)
+        return Candidate(latent_dim, f"model{time_functions}", "guide", result, None, [], time_functions)
+    return fit_once, calls
+
+
+def test_the_race_continues_the_structure_with_the_lower_held_out_loss_and_keeps_it():
+    fit_once, calls = _racer({0: 9.5, 4: 9.0})
+    race = selection.TimeFunctionRace(fit_once)
+    kept = race(3, FitConfig(race_epochs=10))
+    assert calls == [(0, "pause"), (4, "pause"), (4, "continue")]
+    assert kept.model == "model4" and race.chosen == 4
+    assert kept.result.time_functions_race == {
+        "epochs": 10, "chosen": 4,
+        "candidates": [{"time_functions": 0, "heldout_loss": 9.5}, {"time_functions": 4, "heldout_loss": 9.0}]}
+    race(6, FitConfig(race_epochs=10, seed=3))  # a restart or more directions: the chosen structure, no race
+    assert calls[-1] == (4, "fit")
+    fit_once, calls = _racer({0: 9.0, 4: 9.5})
+    assert selection.TimeFunctionRace(fit_once)(3, FitConfig(race_epochs=10)).model == "model0"
+    assert calls == [(0, "pause"), (4, "pause"), (0, "continue")]
+
+
+@pytest.mark.parametrize("case", ["short", "interrupted first", "interrupted second"])
+def test_no_race_for_a_fit_shorter_than_the_race_or_stopped_by_ctrl_c(case):
+    """A first fit that ends before the pause is kept as it is, without a
+    second structure (nothing to compare); a fit Ctrl-C stopped is returned
+    at once, no other fit started."""
+    fit_once, calls = _racer({0: 9.5, 4: 9.0}, holds=case != "short",
+                             interrupted={"interrupted first": 0, "interrupted second": 4}.get(case))
+    kept = selection.TimeFunctionRace(fit_once)(3, FitConfig(race_epochs=10))
+    expected = {"short": [(0, "pause")], "interrupted first": [(0, "pause")],
+                "interrupted second": [(0, "pause"), (4, "pause")]}[case]
+    assert calls == expected and kept.result.time_functions_race is None
+    assert kept.model == ("model4" if case == "interrupted second" else "model0")
+
+
+def test_race_setting_is_checked_and_the_fast_preset_has_none():
+    with pytest.raises(ConfigError, match="race_epochs"):
+        FitConfig(race_epochs=-1)
+    assert FitConfig().race_epochs > 0 and FitConfig.from_preset("fast").race_epochs == 0
+
+
+def test_the_estimator_races_only_a_dgmm_whose_time_functions_are_left_to_it(tmp_path):
+    from pyro_dgmm.model import MixedModel
+
+    class Variant(MixedModel):
+        pass
+
+    def races(model_class=None, model_options=None, missing="mask", **config):
+        est = DeepMixedModel(id_col="pid", time_col="t", outcomes={"g": "gaussian"},
+                             **({"model_class": model_class} if model_class else {}), model_options=model_options)
+        est.missing = missing
+        return est._races_time_functions(FitConfig(**config))
+
+    assert races() and races(model_options={"time_functions": "auto"})
+    assert not races(model_options={"time_functions": 0})
+    assert not races(model_options={"time_functions": 4})
+    assert not races(model_options={"fixed_hidden": (), "random_hidden": ()})  # the linear mixed model
+    assert not races(model_class=Variant)
+    assert not races(race_epochs=0) and not races(**FitConfig.from_preset("fast").__dict__)
+    assert not races(checkpoint=str(tmp_path / "fit.ckpt"))
+    assert not races(missing="impute")
+
+
+@pytest.mark.filterwarnings("ignore::pyro_dgmm.diagnostics.InferenceWarning")  # 30 epochs, 50 draws: some k-hat > 0.7
+def test_a_raced_fit_keeps_the_chosen_structure_through_summary_save_and_load(tmp_path):
+    """A short race on a small data set: both structures trained to the
+    pause, the one with the lower held-out loss over its second half kept
+    (its modules have the learned path exactly when it was chosen), and the
+    choice survives save/load (same fitted values)."""
+    from common import tiny_frame
+
+    frame = tiny_frame(n_subjects=40, n_visits=6)
+    est = DeepMixedModel(id_col="pid", time_col="t", outcomes={"g": "gaussian"}, covariates=["age"], latent_dim=2)
+    est.fit(frame, max_epochs=30, race_epochs=20, progress=False, seed=0, restarts=0)
+    race = est.result_.time_functions_race
+    losses = {c["time_functions"]: c["heldout_loss"] for c in race["candidates"]}
+    assert set(losses) == {0, selection.LEARNED_TIME_FUNCTIONS} and race["epochs"] == 20
+    assert est.time_functions_ == race["chosen"] == min(losses, key=losses.get)
+    assert (est.model_.random_effects.learned_basis is not None) == (est.time_functions_ > 0)
+    assert est.result_.epochs_run == 30  # the kept fit ran on after the pause, to max_epochs
+    if est.time_functions_ == 0:  # the kept fit is the one a fit without learned functions gives
+        alone = DeepMixedModel(id_col="pid", time_col="t", outcomes={"g": "gaussian"}, covariates=["age"],
+                               latent_dim=2, model_options={"time_functions": 0})
+        alone.fit(frame, max_epochs=30, progress=False, seed=0, restarts=0)
+        assert all(torch.equal(a, b) for a, b in zip(est.model_.state_dict().values(),
+                                                      alone.model_.state_dict().values()))
+    est.save(tmp_path / "m.pt")
+    loaded = DeepMixedModel.load(tmp_path / "m.pt")
+    assert loaded.time_functions_ == est.time_functions_
+    assert loaded.result_.time_functions_race == race
+    pd.testing.assert_frame_equal(loaded.fitted_values(frame, seed=1), est.fitted_values(frame, seed=1))
+    assert "Learned time functions" in str(est.summary(num_samples=50))
