@@ -46,6 +46,8 @@ def main() -> None:
             means, mixedlm_seconds = fit_mixedlm(sim.data, "y", sim.covariates, spline_df=4)
             rows.append({"truth": name, "seed": seed, "preset": args.preset, "dgmm_seconds": seconds,
                          "epochs": model.result_.epochs_run, "latent_dim": model.latent_dim_,
+                         "time_functions": model.time_functions_, "race": model.result_.time_functions_race,
+                         "fits_run": max(len(model.result_.starts), 1),
                          "mixedlm_seconds": mixedlm_seconds, "ratio": seconds / mixedlm_seconds,
                          "dgmm_rmse": dgmm_rmse, "mixedlm_spline4_rmse": rmse(means, sim.truth["y_mean"])})
             print(rows[-1], flush=True)

@@ -227,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--max-epochs", type=int, default=None, help="cap on the epochs (default: the preset's)")
     fit.add_argument("--restarts", type=int, default=None,
                      help="refits from other seeds when a fit leaves structure in its residuals (default: the preset's)")
+    fit.add_argument("--race-epochs", type=int, default=None,
+                     help="epochs of the race that chooses --time-functions auto (0: none; default: the preset's)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
     fit.add_argument("--num-shards", type=int, default=None,
@@ -529,7 +531,7 @@ def run_fit(args: argparse.Namespace) -> dict | None:
                    encoder=args.encoder, model_options=_model_options(args, outcomes))
     overrides = {"seed": args.seed, "progress": not args.quiet, "num_shards": args.num_shards,
                  "device": None if args.device == "auto" else args.device}
-    for name in ("max_epochs", "restarts"):
+    for name in ("max_epochs", "restarts", "race_epochs"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     overrides["refine"] = {"auto": "auto", "yes": True, "no": False}[args.refine]

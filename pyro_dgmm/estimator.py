@@ -104,6 +104,10 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
     :param model_options: keyword arguments for ``model_class``, e.g.
         ``{"dispersion_model": "linear"}`` for dispersions log-linear in time
         and covariates (:meth:`~pyro_dgmm.model.MixedModel.dispersion`).
+        A DGMM's ``time_functions`` left out (or ``'auto'``) is chosen by
+        the fit, 0 or 4, by a race on the held-out loss
+        (:class:`~pyro_dgmm.selection.TimeFunctionRace`; ``race_epochs``);
+        the fitted value is ``time_functions_``.
     :param encoder: ``'set'`` (pools over visits), ``'dense'`` (talk) or
         ``'sequence'`` (attention over the visits in time; docs/model.md).
     :param covariance: ``'full'`` (Cholesky) or ``'diagonal'`` Sigma_b.

@@ -467,7 +467,9 @@ class DGMM(MixedModel):
     Gaussian family this is exactly a linear mixed model, with
     covariate-by-time fixed effects if ``covariate_time=True``.
     ``time_functions`` M > 0 adds random coefficients of M learned
-    functions of time to mu2 (needs the dense ``random_hidden`` net).
+    functions of time to mu2 (needs the dense ``random_hidden`` net);
+    :class:`~pyro_dgmm.estimator.DeepMixedModel` chooses M itself unless
+    ``model_options`` give it (:class:`~pyro_dgmm.selection.TimeFunctionRace`).
     ``dispersion_model`` and the ``serial_*`` options go to :class:`MixedModel`.
     """
 

@@ -128,8 +128,10 @@ class RandomEffectsNet(nn.Module):
     features, ``W`` starting at zero.  It carries shapes a fixed basis cannot, such as a
     random amplitude and phase of an oscillation (``a_i sin(wt) +
     c_i cos(wt)``); on data without them it can also lead the fit to a
-    worse optimum (docs/model.md, "Learned time functions"), so it is off
-    by default.
+    worse optimum (docs/model.md, "Learned time functions"), so the module
+    default is 0 and :class:`~pyro_dgmm.estimator.DeepMixedModel` chooses
+    between 0 and 4 by a race on the held-out loss
+    (:class:`~pyro_dgmm.selection.TimeFunctionRace`).
 
     Shapes: b (..., N, q), time_features (N, T, F) -> (..., N, T, K).
     """

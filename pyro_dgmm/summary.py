@@ -58,7 +58,8 @@ def summarize(model, schema: DataSchema, data: LongitudinalData, result: FitResu
         "Latent dimensions": f"{model.latent_dim} ({result.active_directions} active)",
         "Converged": f"{'yes' if result.converged else 'no'} ({result.epochs_run} epochs)",
         "Fits run": f"{max(len(result.starts), 1)} (restarts: pyro_dgmm.selection)",
-        "Learned time functions": _race_text(result.time_functions_race),
+        "Learned time functions": _race_text(result.time_functions_race,
+                                             getattr(getattr(model, "random_effects", None), "time_functions", None)),
         "Residual lag-1 autocorrelation": ("n/a" if result.residual_autocorrelation is None
                                            else f"{result.residual_autocorrelation:.3f}"),
         "Estimation": "ML (refined)" if result.refinement else "ELBO (SVI)",
@@ -72,10 +73,10 @@ def summarize(model, schema: DataSchema, data: LongitudinalData, result: FitResu
     return Summary(info, fixed, random, dispersions, errors.level, _notes(result, marginal, skipped))
 
 
-def _race_text(race: dict | None) -> str:
-    """The learned time functions the fit chose, and the held-out losses that chose them."""
+def _race_text(race: dict | None, time_functions: int | None) -> str:
+    """The learned time functions of the fit, and the held-out losses of the race that chose them."""
     if race is None:
-        return "as given (not raced)"
+        return "n/a" if time_functions is None else f"{time_functions} (no race)"
     losses = ", ".join(f"{c['heldout_loss']:.3f} with {c['time_functions']}" for c in race["candidates"])
     return f"{race['chosen']} (held-out loss over epochs {race['epochs'] // 2}-{race['epochs']}: {losses})"
 

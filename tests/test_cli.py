@@ -213,8 +213,10 @@ def test_linear_networks_and_a_serial_process_from_the_command_line(tmp_path, ca
 
 
 def test_time_functions_from_the_command_line(tmp_path, capsys):
-    """--time-functions 2 builds the learned-time-functions path; with
-    --networks linear it is refused, naming the option."""
+    """--time-functions 2 builds the learned-time-functions path (no race);
+    with --networks linear it is refused, naming the option, and so is a
+    negative count; 'auto' (the default) races for --race-epochs and
+    summary.json records the race."""
     frame = tiny_frame(n_subjects=12, seed=2)
     csv = tmp_path / "v.csv"
     frame.to_csv(csv, index=False)
@@ -224,8 +226,21 @@ def test_time_functions_from_the_command_line(tmp_path, capsys):
         warnings.simplefilter("ignore")  # a two-epoch fit does not converge
         assert main(base + ["--out", str(tmp_path / "o")]) == 0
     assert DeepMixedModel.load(tmp_path / "o" / "model.pt").model_.random_effects.time_functions == 2
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["time_functions"] == 2 and summary["time_functions_race"] is None  # given: no race
     assert main(base + ["--networks", "linear", "--out", str(tmp_path / "o2")]) == 2
     assert "time_functions needs the dense random-effects net" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(base[:-1] + ["-1", "--out", str(tmp_path / "o3")])
+    assert "--time-functions: must be an integer >= 0 or 'auto', got '-1'" in capsys.readouterr().err
+    raced = ["fit", "--csv", str(csv), "--id", "pid", "--time", "t", "--outcome", "g:gaussian", "--latent-dim", "2",
+             "--max-epochs", "6", "--quiet", "--race-epochs", "4", "--out", str(tmp_path / "o4")]  # auto: a race
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(raced) == 0
+    summary = json.loads((tmp_path / "o4" / "summary.json").read_text())
+    race = summary["time_functions_race"]
+    assert race["epochs"] == 4 and summary["time_functions"] == race["chosen"] in (0, 4)
 
 
 def test_dataset_outcome_changes_a_shipped_family():
