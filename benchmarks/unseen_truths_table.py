@@ -3,7 +3,13 @@ result files ``results/unseen_truths_final_<truth>.json`` written by
 ``unseen_truths.py --truths <truth> --output unseen_truths_final_<truth>``,
 or from the result files given (each may hold several truths).
 
-Run:  python benchmarks/unseen_truths_table.py [results/unseen_truths_A.json ...]
+With ``--references FILE ...`` the summary is computed afresh: pyro_dgmm's
+rows from the files given, the baselines and oracles from the reference
+files (for pyro_dgmm runs with ``--skip-baselines --skip-oracle``; where
+several reference files hold an oracle of the same data, the first given
+is used).
+
+Run:  python benchmarks/unseen_truths_table.py [results/unseen_truths_A.json ...] [--references results/B.json ...]
 """
 from __future__ import annotations
 
@@ -37,11 +43,33 @@ def summaries(paths: list[str]) -> dict[str, list[dict]]:
     return found
 
 
+def recomputed(paths: list[str], references: list[str]) -> dict[str, list[dict]]:
+    """Summary rows per truth of pyro_dgmm's rows in ``paths`` against the
+    baseline and oracle rows of ``references``."""
+    from unseen_truths import ORACLE_KEYS, summary_rows
+
+    dgmm, baselines, oracles = [], [], []
+    for path in paths:
+        dgmm += [r for r in json.loads(Path(path).read_text())["rows"] if r.get("method") == "pyro_dgmm"]
+    for path in references:
+        for row in json.loads(Path(path).read_text())["rows"]:
+            if row.get("method") not in (None, "pyro_dgmm"):
+                (oracles if set(row) == set(ORACLE_KEYS) else baselines).append(row)
+    found: dict[str, list[dict]] = {}
+    for row in summary_rows(dgmm, baselines, oracles):
+        found.setdefault(row["truth"], []).append(row)
+    return found
+
+
 def main(paths: list[str]) -> None:
+    references = []
+    if "--references" in paths:
+        at = paths.index("--references")
+        paths, references = paths[:at], paths[at + 1:]
     print("| truth | outcome | seeds | pyro_dgmm RMSE | / best baseline | / oracle | active directions | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     many = None
-    found = summaries(paths)
+    found = recomputed(paths, references) if references else summaries(paths)
     for truth in TRUTHS:
         if truth not in found:
             print(f"| {truth} | — | not run | | | | | |")
