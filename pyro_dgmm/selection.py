@@ -241,7 +241,7 @@ class TimeFunctionRace:
     :data:`LEARNED_TIME_FUNCTIONS` side by side for ``config.race_epochs``
     epochs, continues the one with the lower :func:`race_loss` and records
     the race in its result (``time_functions_race``); later calls fit the
-    chosen structure.  A first fit that ends or is interrupted before the
+    chosen structure and carry the same record.  A first fit that ends or is interrupted before the
     pause is returned as it is, without learned time functions and without
     a race (nothing to compare yet; Ctrl-C: no other fit is started).
 
@@ -253,10 +253,13 @@ class TimeFunctionRace:
     def __init__(self, fit_once: Callable[..., Candidate]):
         self.fit_once = fit_once
         self.chosen: int | None = None
+        self.record: dict | None = None  # the race, for every later fit's result too
 
     def __call__(self, latent_dim: int, config: FitConfig) -> Candidate:
         if self.chosen is not None:
-            return self.fit_once(latent_dim, config, time_functions=self.chosen)
+            candidate = self.fit_once(latent_dim, config, time_functions=self.chosen)
+            candidate.result.time_functions_race = self.record
+            return candidate
         epochs, runs = config.race_epochs, {}
         for m in (0, LEARNED_TIME_FUNCTIONS):
             pause = Pause(epochs)
@@ -267,14 +270,14 @@ class TimeFunctionRace:
         losses = {m: race_loss(candidate.result, epochs) for m, (_, candidate) in runs.items()}
         self.chosen = min(losses, key=losses.get)
         log.info("time_functions='auto': held-out loss over epochs %d-%d %s; continuing with %d learned time "
-                 "functions", epochs // 2, epochs, ", ".join(f"{v:.4g} with {m}" for m, v in losses.items()),
-                 self.chosen)
+                 "functions", math.ceil(epochs / 2), epochs - 1,
+                 ", ".join(f"{v:.4g} with {m}" for m, v in losses.items()), self.chosen)
         pause, kept = runs[self.chosen]
         if pause.held:
             kept = self.fit_once(latent_dim, config, time_functions=self.chosen, pause=pause)
-        kept.result.time_functions_race = {
-            "epochs": epochs, "chosen": self.chosen,
-            "candidates": [{"time_functions": m, "heldout_loss": loss} for m, loss in losses.items()]}
+        self.record = {"epochs": epochs, "chosen": self.chosen,
+                       "candidates": [{"time_functions": m, "heldout_loss": loss} for m, loss in losses.items()]}
+        kept.result.time_functions_race = self.record
         return kept
 
 

@@ -78,7 +78,8 @@ def _race_text(race: dict | None, time_functions: int | None) -> str:
     if race is None:
         return "n/a" if time_functions is None else f"{time_functions} (no race)"
     losses = ", ".join(f"{c['heldout_loss']:.3f} with {c['time_functions']}" for c in race["candidates"])
-    return f"{race['chosen']} (held-out loss over epochs {race['epochs'] // 2}-{race['epochs']}: {losses})"
+    first, last = -(-race["epochs"] // 2), race["epochs"] - 1
+    return f"{race['chosen']} (held-out loss over epochs {first}-{last}: {losses})"
 
 
 def _pareto_k_text(k: float) -> str:

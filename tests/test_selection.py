@@ -261,8 +261,9 @@ def test_the_race_continues_the_structure_with_the_lower_held_out_loss_and_keeps
     assert kept.result.time_functions_race == {
         "epochs": 10, "chosen": 4,
         "candidates": [{"time_functions": 0, "heldout_loss": 9.5}, {"time_functions": 4, "heldout_loss": 9.0}]}
-    race(6, FitConfig(race_epochs=10, seed=3))  # a restart or more directions: the chosen structure, no race
-    assert calls[-1] == (4, "fit")
+    later = race(6, FitConfig(race_epochs=10, seed=3))  # a restart or more directions: the chosen structure
+    assert calls[-1] == (4, "fit") and len(calls) == 4
+    assert later.result.time_functions_race == kept.result.time_functions_race  # the race that chose it
     fit_once, calls = _racer({0: 9.0, 4: 9.5})
     assert selection.TimeFunctionRace(fit_once)(3, FitConfig(race_epochs=10)).model == "model0"
     assert calls == [(0, "pause"), (4, "pause"), (0, "continue")]
