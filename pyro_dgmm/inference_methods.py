@@ -258,8 +258,8 @@ class LikelihoodMethods:
 
         The subjects of ``df`` (the training data, as passed to :meth:`fit`)
         are split at random into ``k`` folds; for each fold a copy of this
-        model (same options, ``latent_dim`` fixed at the fitted
-        ``latent_dim_``, the same fit settings with ``fit_overrides``
+        model (same options, ``latent_dim`` and ``time_functions`` fixed at
+        the fitted ``latent_dim_`` and ``time_functions_``, the same fit settings with ``fit_overrides``
         applied) is fitted to the other folds and each held-out subject
         scored by the importance-sampled marginal log-likelihood
         :math:`\log \hat p(y_i^o; \hat\theta_{-k})`
@@ -291,6 +291,8 @@ class LikelihoodMethods:
         config = replace(FitConfig(**self.result_.config), progress=False, checkpoint=None, resume=False,
                          **fit_overrides)
         kwargs = {**self._init_kwargs(), "latent_dim": self.latent_dim_}
+        if self.time_functions_ is not None:  # the structure the fit chose, fixed like latent_dim
+            kwargs["model_options"] = {**kwargs["model_options"], "time_functions": self.time_functions_}
         held_out, unreliable = np.empty(data.num_subjects), np.zeros(data.num_subjects, bool)
         subject = df[self.id_col].map({key: i for i, key in enumerate(data.ids)})
         with warnings.catch_warnings():  # unreliable estimates are flagged in the result

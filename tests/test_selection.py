@@ -201,7 +201,9 @@ def test_a_collapsed_fit_is_refitted_and_recovers_the_lost_direction():
     active directions and RMSE 0.77 against the true curves, and its
     residuals are positively correlated at lag 1 (0.08); the restart from the
     next seed finds all three (RMSE 0.29) and is kept, without a warning
-    (benchmarks/default_selection.py, truth 'oscillation', data seed 2)."""
+    (benchmarks/default_selection.py, truth 'oscillation', data seed 2).
+    Without learned time functions (``time_functions=0``): with the default
+    race the fit keeps them here and finds all three directions at once."""
     rng = np.random.default_rng([19, 10, 2])
     n, j = 300, 12
     grid = np.linspace(0, 10, j)
@@ -212,14 +214,19 @@ def test_a_collapsed_fit_is_refitted_and_recovers_the_lost_direction():
     mean = 1 + 0.03 * t + b[:, :1] + b[:, 1:2] * np.sin(np.pi * t / 2) + b[:, 2:3] * np.cos(np.pi * t / 2)
     y = mean + 0.5 * rng.standard_normal(mean.shape)
     frame = pd.DataFrame({"id": np.repeat(np.arange(n), j), "time": t.ravel(), "y": y.ravel()})
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ResidualStructureWarning)
-        est = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"}).fit(frame, progress=False)
-    starts = est.result_.starts
-    assert len(starts) == 2 and starts[0]["residual_autocorrelation"] > 0 and starts[1]["kept"]
-    assert est.result_.active_directions == 3
-    fitted = est.fitted_values()["y_fitted"].to_numpy()
-    assert np.sqrt(np.mean((fitted - mean.ravel()) ** 2)) < 0.35
+    for options in ({"time_functions": 0}, {}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResidualStructureWarning)
+            est = DeepMixedModel(id_col="id", time_col="time", outcomes={"y": "gaussian"},
+                                 model_options=options).fit(frame, progress=False)
+        starts = est.result_.starts
+        if options:
+            assert len(starts) == 2 and starts[0]["residual_autocorrelation"] > 0 and starts[1]["kept"]
+        else:
+            assert len(starts) == 1 and est.time_functions_ == selection.LEARNED_TIME_FUNCTIONS
+        assert est.result_.active_directions == 3
+        fitted = est.fitted_values()["y_fitted"].to_numpy()
+        assert np.sqrt(np.mean((fitted - mean.ravel()) ** 2)) < 0.35
 
 
 # ------------------------------------------------- the time-function race
@@ -312,11 +319,11 @@ def test_the_estimator_races_only_a_dgmm_whose_time_functions_are_left_to_it(tmp
 
 
 @pytest.mark.filterwarnings("ignore::pyro_dgmm.diagnostics.InferenceWarning")  # 30 epochs, 50 draws: some k-hat > 0.7
-def test_a_raced_fit_keeps_the_chosen_structure_through_summary_save_and_load(tmp_path):
+def test_a_raced_fit_keeps_the_chosen_structure_through_summary_save_and_load(tmp_path, monkeypatch):
     """A short race on a small data set: both structures trained to the
     pause, the one with the lower held-out loss over its second half kept
     (its modules have the learned path exactly when it was chosen), and the
-    choice survives save/load (same fitted values)."""
+    choice survives save/load (same fitted values) and K-fold's refits."""
     from common import tiny_frame
 
     frame = tiny_frame(n_subjects=40, n_visits=6)
@@ -340,3 +347,14 @@ def test_a_raced_fit_keeps_the_chosen_structure_through_summary_save_and_load(tm
     assert loaded.result_.time_functions_race == race
     pd.testing.assert_frame_equal(loaded.fitted_values(frame, seed=1), est.fitted_values(frame, seed=1))
     assert "Learned time functions" in str(est.summary(num_samples=50))
+    # K-fold refits the chosen structure, as it fixes latent_dim: no race per fold
+    refits = []
+    original = DeepMixedModel.fit
+
+    def recording_fit(self, df, config=None, **options):
+        refits.append((self.options.model_options.get("time_functions"), self.options.latent_dim))
+        return original(self, df, config, **options)
+
+    monkeypatch.setattr(DeepMixedModel, "fit", recording_fit)
+    est.kfold(frame, k=2, num_samples=50, max_epochs=2)
+    assert refits == [(est.time_functions_, 2)] * 2
