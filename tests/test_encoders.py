@@ -115,8 +115,10 @@ def test_unknown_encoder_kind_is_named():
 @pytest.mark.slow
 def test_sequence_encoder_is_as_accurate_as_the_set_encoder_on_a_linear_mixed_model():
     """Fitted subject-specific means against the simulation truth (linear
-    simulator, 150 subjects x 8 visits, seed 11): the sequence encoder's RMSE
-    is within 10% of the set encoder's (measured: 0.275 against 0.262) and
+    simulator, 150 subjects x 8 visits, seed 11, default fits to
+    convergence): the sequence encoder's RMSE is within 10% of the set
+    encoder's (measured: 0.262 against 0.276; after 80 epochs, before
+    convergence, it was 0.294 against 0.267) and
     below 15% of the SD of the true means (2.39; an encoder that learned
     nothing about b_i would sit near the SD of the subject effects)."""
     sim = simulate_linear(n_subjects=150, n_visits=8, seed=11)
@@ -125,7 +127,7 @@ def test_sequence_encoder_is_as_accurate_as_the_set_encoder_on_a_linear_mixed_mo
     for encoder in ("set", "sequence"):
         model = DeepMixedModel(id_col="id", time_col="time", outcomes=sim.outcomes, covariates=sim.covariates,
                                latent_dim=2, encoder=encoder)
-        model.fit(sim.data, max_epochs=80, seed=0, progress=False)
+        model.fit(sim.data, seed=0, progress=False)
         fitted = model.fitted_values(num_samples=50)["y_fitted"].to_numpy()
         rmse[encoder] = float(np.sqrt(np.mean((fitted - truth) ** 2)))
     spread = float(np.std(truth))
