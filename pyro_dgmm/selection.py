@@ -239,11 +239,13 @@ class TimeFunctionRace:
     """``fit_once`` for a DGMM with ``time_functions='auto'``: the first call
     trains the model without learned time functions and with
     :data:`LEARNED_TIME_FUNCTIONS` side by side for ``config.race_epochs``
-    epochs, continues the one with the lower :func:`race_loss` and records
-    the race in its result (``time_functions_race``); later calls fit the
-    chosen structure and carry the same record.  A first fit that ends or is interrupted before the
-    pause is returned as it is, without learned time functions and without
-    a race (nothing to compare yet; Ctrl-C: no other fit is started).
+    epochs, continues the one with the lower :func:`race_loss` (or keeps it
+    as it is, if it ended before the pause) and records the race in its
+    result (``time_functions_race``); later calls fit the chosen structure
+    and carry the same record.  A first fit that ends before the pause is
+    returned as it is, without learned time functions and without a race
+    (a fit shorter than the race); a fit Ctrl-C stopped is returned at
+    once, no other fit started.
 
     ``fit_once(latent_dim, config, time_functions=M, pause=None)`` is the
     estimator's fit of a model with M learned time functions, held at
@@ -263,10 +265,11 @@ class TimeFunctionRace:
         epochs, runs = config.race_epochs, {}
         for m in (0, LEARNED_TIME_FUNCTIONS):
             pause = Pause(epochs)
-            runs[m] = pause, self.fit_once(latent_dim, config, time_functions=m, pause=pause)
-            if not pause.held:  # Ctrl-C, or a fit shorter than the race: nothing to race
+            candidate = self.fit_once(latent_dim, config, time_functions=m, pause=pause)
+            runs[m] = pause, candidate
+            if candidate.result.interrupted or (m == 0 and not pause.held):  # Ctrl-C, or nothing to race
                 self.chosen = m
-                return runs[m][1]
+                return candidate
         losses = {m: race_loss(candidate.result, epochs) for m, (_, candidate) in runs.items()}
         self.chosen = min(losses, key=losses.get)
         log.info("time_functions='auto': held-out loss over epochs %d-%d %s; continuing with %d learned time "

@@ -239,10 +239,11 @@ def test_race_loss_is_the_mean_over_the_last_half_of_the_race():
     assert selection.race_loss(FitResult(config={}), 4) == math.inf
 
 
-def _racer(losses: dict, *, holds: bool = True, interrupted: int | None = None):
+def _racer(losses: dict, *, holds: bool = True, interrupted: int | None = None, ends_early: int | None = None):
     """fit_once for TimeFunctionRace: a fit with M learned time functions has
     held-out loss ``losses[M]`` over the race; it is held at the pause (if
-    ``holds``) and continued when given the held pause; calls are recorded."""
+    ``holds``, unless it is ``interrupted`` or ``ends_early``) and continued
+    when given the held pause; calls are recorded."""
     calls = []
 
     def fit_once(latent_dim, config, time_functions=None, pause=None):
@@ -250,7 +251,7 @@ def _racer(losses: dict, *, holds: bool = True, interrupted: int | None = None):
         calls.append((time_functions, "continue" if continued else "pause" if pause is not None else "fit"))
         if continued:
             pause.state = None
-        elif pause is not None and holds and time_functions != interrupted:
+        elif pause is not None and holds and time_functions not in (interrupted, ends_early):
             pause.state = {"held": True}
         result = FitResult(config={"seed": config.seed}, validation_loss=[(e, losses[time_functions])
                                                                           for e in range(1, 12, 2)],
@@ -274,6 +275,20 @@ def test_the_race_continues_the_structure_with_the_lower_held_out_loss_and_keeps
     fit_once, calls = _racer({0: 9.0, 4: 9.5})
     assert selection.TimeFunctionRace(fit_once)(3, FitConfig(race_epochs=10)).model == "model0"
     assert calls == [(0, "pause"), (4, "pause"), (0, "continue")]
+
+
+@pytest.mark.parametrize("learned_loss", [9.0, 9.9])
+def test_a_structure_that_ends_before_the_pause_is_compared_and_kept_as_it_is(learned_loss):
+    """The learned structure converged before the pause (a short trend
+    window): its losses so far still race; if it wins it is kept as it
+    ended, else the held plain fit continues."""
+    fit_once, calls = _racer({0: 9.5, 4: learned_loss}, ends_early=4)
+    kept = selection.TimeFunctionRace(fit_once)(3, FitConfig(race_epochs=10))
+    if learned_loss < 9.5:
+        assert calls == [(0, "pause"), (4, "pause")] and kept.model == "model4"
+    else:
+        assert calls == [(0, "pause"), (4, "pause"), (0, "continue")] and kept.model == "model0"
+    assert kept.result.time_functions_race["chosen"] == (4 if learned_loss < 9.5 else 0)
 
 
 @pytest.mark.parametrize("case", ["short", "interrupted first", "interrupted second"])
