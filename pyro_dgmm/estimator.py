@@ -398,6 +398,12 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
             # the directions in use are the re-fitted encoder's
             self.result_.latent_activity = encoder_fit.latent_activity
             self.result_.active_directions = encoder_fit.active_directions
+            if not refinement["converged"] and is_main_process():
+                warnings.warn(f"the maximum-likelihood refinement stopped after {refinement['steps']} Newton steps "
+                              f"short of the maximum (log-likelihood {refinement['log_likelihood_before']:.2f} -> "
+                              f"{refinement['log_likelihood_after']:.2f}): the estimates lie between the SVI fit and "
+                              "the maximum likelihood estimate (result_.refinement); a fit from another seed may "
+                              "start closer", ConvergenceWarning, stacklevel=4)
         elif self.model_.serial_outcomes and config.refine == "auto":  # (the refinement above moves tau too)
             self.result_.serial_refinement = wald.refine_serial_scale(
                 self.model_, self.guide_, self._encoder_view(train), seed=config.seed,

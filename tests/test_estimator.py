@@ -488,3 +488,23 @@ def test_fitted_value_intervals_cover_the_true_means_with_networks():
         warnings.simplefilter("ignore")
         est.fit(sim.data, max_epochs=300, progress=False, seed=0)
     assert 0.90 <= _coverage(est, sim, 0.95) <= 0.99
+
+
+def test_a_refinement_that_stops_short_of_the_maximum_warns(monkeypatch):
+    """An unconverged maximum-likelihood refinement is a result a user can be
+    misled by: the fit warns (ConvergenceWarning) with the steps and the
+    log-likelihoods, and keeps the record in result_.refinement."""
+    from pyro_dgmm import wald
+    from pyro_dgmm.errors import ConvergenceWarning
+
+    def stopped_short(model, guide, data, parameters=None, **options):
+        return {"log_likelihood_before": -204.4, "log_likelihood_after": -180.2, "steps": 30, "converged": False,
+                "parameters": list(parameters or []), "seconds": 0.0}
+
+    monkeypatch.setattr(wald, "refine", stopped_short)
+    est = DeepMixedModel(id_col="pid", time_col="t", outcomes={"g": "gaussian"}, covariates=["age"],
+                         time_basis="poly(1)", latent_dim=2, model_options={"fixed_hidden": (), "random_hidden": ()})
+    with pytest.warns(ConvergenceWarning, match=r"refinement stopped after 30 Newton steps short of the maximum "
+                                                r"\(log-likelihood -204.40 -> -180.20\)"):
+        est.fit(tiny_frame(n_subjects=30, n_visits=6), max_epochs=4, progress=False, refine=True, restarts=0)
+    assert est.result_.refinement["converged"] is False
