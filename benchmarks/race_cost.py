@@ -33,11 +33,12 @@ def main() -> None:
 
     def timed_race(self, fit_once):
         def timed(*positional, **keywords):
+            pause = keywords.get("pause")
+            part = "continued" if pause is not None and pause.held else "to the pause" if pause else "fit"
             start = time.perf_counter()
             candidate = fit_once(*positional, **keywords)
-            parts.append({"time_functions": keywords.get("time_functions"),
-                          "part": "continued" if candidate.result.stop_reason[:6] != "paused" and parts
-                          else "to the pause", "seconds": time.perf_counter() - start,
+            parts.append({"time_functions": keywords.get("time_functions"), "part": part,
+                          "seconds": time.perf_counter() - start,
                           "epochs_after": candidate.result.epochs_run})
             return candidate
         race_init(self, timed)

@@ -47,7 +47,7 @@ def fit_summary(model, rows: int, subjects: int, outcomes: dict, files: list[str
         "latent_dim": model.latent_dim_, "active_directions": result.active_directions,
         "latent_activity": [round(v, 4) for v in result.latent_activity],
         "residual_autocorrelation": result.residual_autocorrelation, "starts": result.starts,
-        "time_functions": getattr(getattr(model.model_, "random_effects", None), "time_functions", None),
+        "time_functions": model.time_functions_,
         "time_functions_race": result.time_functions_race,
         "refinement": result.refinement,
         "serial_refinement": result.serial_refinement,

@@ -159,7 +159,7 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
         self.guide_: AmortizedGuide | None = None
         self.result_: FitResult | None = None
         self.latent_dim_: int | None = None
-        self.time_functions_: int | None = None  # DGMM's learned time functions, where the fit chose them
+        self.time_functions_: int | None = None  # the fitted model's learned time functions (None: no such path)
         self.data_: LongitudinalData | None = None
         self.num_visits_: int | None = None  # the padded record length (the dense encoder's input size)
         self.training_baseline_: pd.DataFrame | None = None
@@ -335,15 +335,13 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
             self.result_.residual_autocorrelation = residual_autocorrelation(
                 self.model_, self.guide_, self._encoder_view(train), seed=config.seed,
                 distributed_input=self.distributed_input)
-        return Candidate(latent_dim, self.model_, self.guide_, self.result_, self.imputation_trace_, caught,
-                         time_functions)
+        return Candidate(latent_dim, self.model_, self.guide_, self.result_, self.imputation_trace_, caught)
 
     def _keep(self, candidate: Candidate) -> None:
         """Make ``candidate`` the fitted model and raise its warnings (and,
         if its residuals keep structure, :func:`~pyro_dgmm.selection.structure_warning`)."""
         self.latent_dim_, self.model_, self.guide_ = candidate.latent_dim, candidate.model, candidate.guide
-        if candidate.time_functions is not None:
-            self.time_functions_ = candidate.time_functions
+        self.time_functions_ = candidate.model.time_functions
         self.result_, self.imputation_trace_ = candidate.result, candidate.imputation_trace
         for record in candidate.warnings:
             warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
@@ -432,7 +430,7 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
     def _build(self, schema: DataSchema, num_visits: int, latent_dim: int):
         o = self.options
         model_options = {"activation": o.activation, **o.model_options}
-        if self.time_functions_ is not None:  # chosen by the fit (model_options' 'auto' or absent)
+        if self.time_functions_ is not None:  # the fitted (or, during a fit, the raced) structure
             model_options["time_functions"] = self.time_functions_
         model = self.model_class.from_schema(schema, latent_dim, **model_options)
         guide = AmortizedGuide.from_schema(schema, model.latent_dim, kind=o.encoder, hidden=o.encoder_hidden,

@@ -223,6 +223,11 @@ class MixedModel(OwnParameters):
     def outcomes(self) -> list[str]:
         return list(self.families)
 
+    @property
+    def time_functions(self) -> int | None:
+        """M, the learned time functions of the random-effects path (None: the model has no such path)."""
+        return None
+
     def dispersion(self, name: str, data: LongitudinalData | None = None,
                    b: torch.Tensor | None = None) -> torch.Tensor | None:
         r"""The dispersion of outcome ``name`` (None if its family has none).
@@ -491,6 +496,10 @@ class DGMM(MixedModel):
                               "is the linear mixed model (its closed-form likelihood and tables assume it)")
         self.random_effects = RandomEffectsNet(latent_dim, num_time_features, k, random_hidden, activation,
                                                time_functions)
+
+    @property
+    def time_functions(self) -> int:
+        return self.random_effects.time_functions
 
     def linear_predictor(self, b: torch.Tensor, data: LongitudinalData) -> torch.Tensor:
         return self.fixed_effects(data.covariates, data.time_features) + self.random_effects(b, data.time_features)

@@ -100,7 +100,6 @@ class Candidate:
     result: FitResult
     imputation_trace: object | None
     warnings: list
-    time_functions: int | None = None  # the DGMM's learned time functions, where the fit chose them
 
     @property
     def loss(self) -> float:

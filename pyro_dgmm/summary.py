@@ -58,8 +58,7 @@ def summarize(model, schema: DataSchema, data: LongitudinalData, result: FitResu
         "Latent dimensions": f"{model.latent_dim} ({result.active_directions} active)",
         "Converged": f"{'yes' if result.converged else 'no'} ({result.epochs_run} epochs)",
         "Fits run": f"{max(len(result.starts), 1)} (restarts: pyro_dgmm.selection)",
-        "Learned time functions": _race_text(result.time_functions_race,
-                                             getattr(getattr(model, "random_effects", None), "time_functions", None)),
+        "Learned time functions": _race_text(result.time_functions_race, model.time_functions),
         "Residual lag-1 autocorrelation": ("n/a" if result.residual_autocorrelation is None
                                            else f"{result.residual_autocorrelation:.3f}"),
         "Estimation": "ML (refined)" if result.refinement else "ELBO (SVI)",

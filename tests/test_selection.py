@@ -256,7 +256,7 @@ def _racer(losses: dict, *, holds: bool = True, interrupted: int | None = None, 
         result = FitResult(config={"seed": config.seed}, validation_loss=[(e, losses[time_functions])
                                                                           for e in range(1, 12, 2)],
                            interrupted=time_functions == interrupted)
-        return Candidate(latent_dim, f"model{time_functions}", "guide", result, None, [], time_functions)
+        return Candidate(latent_dim, f"model{time_functions}", "guide", result, None, [])
     return fit_once, calls
 
 
