@@ -91,6 +91,15 @@ from .parallel import Shards, all_reduce_sum, is_main_process, reseed, stream_se
 from .posterior import subjects_per_chunk
 from .results import FitResult
 
+class ProgressBar(tqdm):
+    """tqdm's progress bar without its monitor thread (which only forces a
+    redraw of a bar stalled for ``maxinterval`` seconds, and would outlive
+    the fit): a process that has fitted stays single-threaded, which is
+    what lets the next race fork (:func:`~pyro_dgmm.forked.fork_helps`)."""
+
+    monitor_interval = 0
+
+
 def ridge_weights(*modules: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The weight matrices of ``modules`` (parameters named ``*weight``)."""
     return [p for m in modules for n, p in m.named_parameters() if n.endswith("weight")]
@@ -246,7 +255,7 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
                 result.annealed_at = epoch
         return False
 
-    bar = tqdm(total=config.max_epochs, initial=progress.epoch,
+    bar = ProgressBar(total=config.max_epochs, initial=progress.epoch,
                disable=not (config.progress and is_main_process()), desc="fitting DGMM", unit="epoch")
     with deferred_interrupt(enabled=world()[1] == 1) as stop:
         while not (progress.finished or stop.requested) and progress.epoch < config.max_epochs \
@@ -354,7 +363,7 @@ def fit_svi(model, guide, train: LongitudinalData, validation: LongitudinalData 
 #: continuation, equal to the uninterrupted one up to floating-point
 #: rounding rather than to the bit).
 _NOT_FINGERPRINTED = ("progress", "checkpoint", "checkpoint_every", "resume", "refine", "device", "restarts",
-                      "race_epochs")
+                      "race_epochs", "parallel_race")
 
 
 @dataclass

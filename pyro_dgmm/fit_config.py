@@ -91,6 +91,11 @@ class FitConfig:
         (:class:`~pyro_dgmm.selection.TimeFunctionRace`).  0: no race
         (no learned time functions).  Not with ``checkpoint`` or the
         imputation loop.
+    :param parallel_race: train the race's two structures at the same time,
+        the learned one in a forked process, where that is safe and a
+        second core is free (:func:`~pyro_dgmm.forked.fork_helps`: Linux,
+        one torch thread, CPU, no other thread running); the result is the
+        same, the race takes the time of one fit.  False: one after the other.
     :param eval_particles: draws of b per held-out subject per evaluation.
     :param seed: makes a run reproducible (data split, batches, draws, init).
     :param num_shards: subjects are split into this many shards, each
@@ -129,6 +134,7 @@ class FitConfig:
     refine: bool | str = "auto"
     restarts: int = 2
     race_epochs: int = 80
+    parallel_race: bool = True
     eval_particles: int = 4
     seed: int = 0
     num_shards: int | None = None
@@ -160,6 +166,7 @@ class FitConfig:
         if self.refine != "auto":
             self.refine = check_bool("refine", self.refine)
         self.progress = check_bool("progress", self.progress)
+        self.parallel_race = check_bool("parallel_race", self.parallel_race)
         if self.device is not None and not isinstance(self.device, (str, torch.device)):
             raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:N', a torch.device or None, got {self.device!r}")
         self._check_checkpoint_options()

@@ -54,11 +54,10 @@ import numpy as np
 import pandas as pd
 import torch
 from pyro.infer import Predictive
-from tqdm.auto import tqdm
 
 from .data import DataSchema, LongitudinalData
 from .errors import ConfigError
-from .fit import FitConfig, FitResult, fit_svi
+from .fit import FitConfig, FitResult, ProgressBar, fit_svi
 from .options import check_choice, check_float, check_int
 from .parallel import Shards, all_reduce_sum, gather_objects, is_main_process, stream_seed
 from .posterior import sample_posterior
@@ -216,7 +215,7 @@ def fit_with_imputation(model, guide, schema: DataSchema, train: LongitudinalDat
     if validation is not None:
         groups.append(_ShardedChains(validation, shards, distributed_input))
     result = None
-    rounds = tqdm(range(1, imputation.rounds + 1), disable=not (config.progress and is_main_process()),
+    rounds = ProgressBar(range(1, imputation.rounds + 1), disable=not (config.progress and is_main_process()),
                   desc="imputation rounds")
     for r in rounds:
         filled = [with_fill(g.data, schema, g.completed()) for g in groups]

@@ -392,6 +392,8 @@ class MarginalObjective:
                 here, there = (self._closed_form(theta, chunk, b0).detach() for b0 in (loc, loc + 0.5))
                 gap = ((here - there).abs() / (1 + here.abs())).max()  # inf or nan where not concave
                 worst = torch.maximum(worst, torch.nan_to_num(gap, nan=math.inf))
+            if worst >= _QUADRATIC_RTOL:  # decided: no later chunk can make it quadratic
+                break
         return bool(all_reduce_max(worst) < _QUADRATIC_RTOL)
 
     def _total(self, terms: Iterator[torch.Tensor], like: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,7 @@ import torch
 from .errors import ResidualStructureWarning
 from .fit import Pause
 from .fit_config import FitConfig
+from .forked import ForkedCall, fork_helps
 from .parallel import all_reduce_sum
 from .posterior import fitted_means
 from .results import FitResult
@@ -262,13 +263,23 @@ class TimeFunctionRace:
             candidate.result.time_functions_race = self.record
             return candidate
         epochs, runs = config.race_epochs, {}
-        for m in (0, LEARNED_TIME_FUNCTIONS):
-            pause = Pause(epochs)
-            candidate = self.fit_once(latent_dim, config, time_functions=m, pause=pause)
-            runs[m] = pause, candidate
-            if candidate.result.interrupted or (m == 0 and not pause.held):  # Ctrl-C, or nothing to race
-                self.chosen = m
-                return candidate
+        side = None  # the learned structure's race fit in a forked process, when a core is free
+        if config.parallel_race and fork_helps(config.resolved_device()):
+            side = ForkedCall(self._fit_to_pause, latent_dim, replace(config, progress=False), LEARNED_TIME_FUNCTIONS)
+        try:
+            for m in (0, LEARNED_TIME_FUNCTIONS):
+                run = side.result() if side is not None and m == LEARNED_TIME_FUNCTIONS else None
+                if run is None or not run[0].held:  # the child's fit is kept only to be continued here
+                    run = self._fit_to_pause(latent_dim, config, m)
+                pause, candidate = run
+                candidate.result.config["progress"] = config.progress  # the only setting the child's fit changed
+                runs[m] = pause, candidate
+                if candidate.result.interrupted or (m == 0 and not pause.held):  # Ctrl-C, or nothing to race
+                    self.chosen = m
+                    return candidate
+        finally:
+            if side is not None:
+                side.cancel()
         losses = {m: race_loss(candidate.result, epochs) for m, (_, candidate) in runs.items()}
         self.chosen = min(losses, key=losses.get)
         log.info("time_functions='auto': held-out loss over epochs %d-%d %s; continuing with %d learned time "
@@ -281,6 +292,12 @@ class TimeFunctionRace:
                        "candidates": [{"time_functions": m, "heldout_loss": loss} for m, loss in losses.items()]}
         kept.result.time_functions_race = self.record
         return kept
+
+    def _fit_to_pause(self, latent_dim: int, config: FitConfig, time_functions: int) -> tuple[Pause, Candidate]:
+        """The race fit of ``time_functions`` learned functions, held after
+        ``config.race_epochs`` epochs (or ended before), with its pause."""
+        pause = Pause(config.race_epochs)
+        return pause, self.fit_once(latent_dim, config, time_functions=time_functions, pause=pause)
 
 
 def choose_latent_dim(fit_once: Callable[[int, FitConfig], Candidate], start: int, config: FitConfig) -> Candidate:

@@ -10,6 +10,7 @@ import torch
 
 from pyro_dgmm import ConfigError, DeepMixedModel, FitConfig
 from pyro_dgmm.errors import ResidualStructureWarning
+from pyro_dgmm.forked import fork_helps
 from pyro_dgmm.results import FitResult
 from pyro_dgmm import selection
 from pyro_dgmm.selection import (RESTART_SEED_STEP, Candidate, fit_with_restarts, lag1_autocorrelation,
@@ -263,18 +264,32 @@ def _racer(losses: dict, *, holds: bool = True, interrupted: int | None = None, 
 def test_the_race_continues_the_structure_with_the_lower_held_out_loss_and_keeps_it():
     fit_once, calls = _racer({0: 9.5, 4: 9.0})
     race = selection.TimeFunctionRace(fit_once)
-    kept = race(3, FitConfig(race_epochs=10))
+    kept = race(3, FitConfig(race_epochs=10, parallel_race=False))
     assert calls == [(0, "pause"), (4, "pause"), (4, "continue")]
     assert kept.model == "model4" and race.chosen == 4
     assert kept.result.time_functions_race == {
         "epochs": 10, "chosen": 4,
         "candidates": [{"time_functions": 0, "heldout_loss": 9.5}, {"time_functions": 4, "heldout_loss": 9.0}]}
-    later = race(6, FitConfig(race_epochs=10, seed=3))  # a restart or more directions: the chosen structure
+    later = race(6, FitConfig(race_epochs=10, seed=3, parallel_race=False))  # a restart or more directions: the chosen structure
     assert calls[-1] == (4, "fit") and len(calls) == 4
     assert later.result.time_functions_race == kept.result.time_functions_race  # the race that chose it
     fit_once, calls = _racer({0: 9.0, 4: 9.5})
-    assert selection.TimeFunctionRace(fit_once)(3, FitConfig(race_epochs=10)).model == "model0"
+    assert selection.TimeFunctionRace(fit_once)(3, FitConfig(race_epochs=10, parallel_race=False)).model == "model0"
     assert calls == [(0, "pause"), (4, "pause"), (0, "continue")]
+
+
+@pytest.mark.skipif(not fork_helps(), reason="no second core, or fork is not used here")
+def test_in_parallel_the_learned_structure_races_in_a_child_and_continues_here():
+    """The calls this process makes: the plain structure to the pause, then
+    the learned one continued from the state the child sent back (its race
+    fit ran in the child, so it is not recorded here)."""
+    fit_once, calls = _racer({0: 9.5, 4: 9.0})
+    kept = selection.TimeFunctionRace(fit_once)(3, FitConfig(race_epochs=10))
+    assert calls == [(0, "pause"), (4, "continue")] and kept.model == "model4"
+    assert kept.result.time_functions_race["candidates"][1] == {"time_functions": 4, "heldout_loss": 9.0}
+    fit_once, calls = _racer({0: 9.5, 4: 9.0}, ends_early=4)  # the child's fit was not held: run again here
+    selection.TimeFunctionRace(fit_once)(3, FitConfig(race_epochs=10))
+    assert calls == [(0, "pause"), (4, "pause")]
 
 
 @pytest.mark.parametrize("learned_loss", [9.0, 9.9])
@@ -283,7 +298,7 @@ def test_a_structure_that_ends_before_the_pause_is_compared_and_kept_as_it_is(le
     window): its losses so far still race; if it wins it is kept as it
     ended, else the held plain fit continues."""
     fit_once, calls = _racer({0: 9.5, 4: learned_loss}, ends_early=4)
-    kept = selection.TimeFunctionRace(fit_once)(3, FitConfig(race_epochs=10))
+    kept = selection.TimeFunctionRace(fit_once)(3, FitConfig(race_epochs=10, parallel_race=False))
     if learned_loss < 9.5:
         assert calls == [(0, "pause"), (4, "pause")] and kept.model == "model4"
     else:
@@ -298,7 +313,7 @@ def test_no_race_for_a_fit_shorter_than_the_race_or_stopped_by_ctrl_c(case):
     at once, no other fit started."""
     fit_once, calls = _racer({0: 9.5, 4: 9.0}, holds=case != "short",
                              interrupted={"interrupted first": 0, "interrupted second": 4}.get(case))
-    kept = selection.TimeFunctionRace(fit_once)(3, FitConfig(race_epochs=10))
+    kept = selection.TimeFunctionRace(fit_once)(3, FitConfig(race_epochs=10, parallel_race=False))
     expected = {"short": [(0, "pause")], "interrupted first": [(0, "pause")],
                 "interrupted second": [(0, "pause"), (4, "pause")]}[case]
     assert calls == expected and kept.result.time_functions_race is None
@@ -308,6 +323,8 @@ def test_no_race_for_a_fit_shorter_than_the_race_or_stopped_by_ctrl_c(case):
 def test_race_setting_is_checked_and_the_fast_preset_has_none():
     with pytest.raises(ConfigError, match="race_epochs"):
         FitConfig(race_epochs=-1)
+    with pytest.raises(ConfigError, match="parallel_race"):
+        FitConfig(parallel_race="yes")
     assert FitConfig().race_epochs > 0 and FitConfig.from_preset("fast").race_epochs == 0
 
 
@@ -350,6 +367,11 @@ def test_a_raced_fit_keeps_the_chosen_structure_through_summary_save_and_load(tm
     assert est.time_functions_ == race["chosen"] == min(losses, key=losses.get)
     assert (est.model_.random_effects.learned_basis is not None) == (est.time_functions_ > 0)
     assert est.result_.epochs_run == 30  # the kept fit ran on after the pause, to max_epochs
+    serial = DeepMixedModel(id_col="pid", time_col="t", outcomes={"g": "gaussian"}, covariates=["age"], latent_dim=2)
+    serial.fit(frame, max_epochs=30, race_epochs=20, progress=False, seed=0, restarts=0, parallel_race=False)
+    assert serial.result_.time_functions_race == race  # (the default raced in a forked child where fork_helps())
+    assert all(torch.equal(a, b) for a, b in zip(est.model_.state_dict().values(),
+                                                  serial.model_.state_dict().values()))
     if est.time_functions_ == 0:  # the kept fit is the one a fit without learned functions gives
         alone = DeepMixedModel(id_col="pid", time_col="t", outcomes={"g": "gaussian"}, covariates=["age"],
                                latent_dim=2, model_options={"time_functions": 0})
