@@ -381,8 +381,9 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
         self.model_.cpu(), self.guide_.cpu()
         if self.result_.interrupted or (pause is not None and pause.held):
             return
+        # the maximum likelihood moves use every subject, the held-out ones too (the convergence test is done)
         if self._refines(config.refine, train):
-            refinement = wald.refine(self.model_, self.guide_, self._encoder_view(train),
+            refinement = wald.refine(self.model_, self.guide_, self._encoder_view(self.data_),
                                      self._refined_parameters(), seed=config.seed,
                                      num_shards=config.num_shards, distributed_input=self.distributed_input)
             # the encoder was amortised for the SVI parameters: fit it again for the refined ones
@@ -404,7 +405,7 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
                               "start closer", ConvergenceWarning, stacklevel=4)
         elif self.model_.serial_outcomes and config.refine == "auto":  # (the refinement above moves tau too)
             self.result_.serial_refinement = wald.refine_serial_scale(
-                self.model_, self.guide_, self._encoder_view(train), seed=config.seed,
+                self.model_, self.guide_, self._encoder_view(self.data_), seed=config.seed,
                 num_shards=config.num_shards, distributed_input=self.distributed_input)
 
     def _refined_parameters(self) -> list[str]:

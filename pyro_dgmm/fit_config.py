@@ -65,7 +65,8 @@ class FitConfig:
     :param refine: after SVI, move the linear fixed and random effects and
         the dispersions to the maximum of the marginal likelihood
         (:func:`~pyro_dgmm.wald.maximize_marginal_likelihood`; done by
-        :class:`~pyro_dgmm.estimator.DeepMixedModel`).  ``'auto'``
+        :class:`~pyro_dgmm.estimator.DeepMixedModel`, on every subject: the
+        ones held out for the convergence test too).  ``'auto'``
         (default): where the likelihood has a closed form (a linear mixed
         model: Gaussian outcomes, linear parts; :mod:`pyro_dgmm.marginal`),
         where it is exact and takes seconds, so such a fit ends at the
