@@ -263,8 +263,8 @@ def test_our_elbos_give_pyros_loss_and_gradients(reference, ours, num_particles,
     (pyro_loss, pyro_grads), (our_loss, our_grads) = _loss_and_gradients(
         (getattr(pyro.infer, reference), getattr(elbo, ours)), num_particles, validate)
     assert torch.allclose(our_loss, pyro_loss, rtol=1e-5)
-    for a, b in zip(our_grads, pyro_grads):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(our_grads, pyro_grads):  # float32 rounding scales with the largest entry (up to ~700 here)
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * max(1.0, float(b.abs().max())))
 
 
 def test_importance_weighted_elbo_tightens_to_the_marginal_likelihood():
