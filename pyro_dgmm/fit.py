@@ -91,6 +91,7 @@ from .parallel import Shards, all_reduce_sum, is_main_process, reseed, stream_se
 from .posterior import subjects_per_chunk
 from .results import FitResult
 
+
 class ProgressBar(tqdm):
     """tqdm's progress bar without its monitor thread (which only forces a
     redraw of a bar stalled for ``maxinterval`` seconds, and would outlive

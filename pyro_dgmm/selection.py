@@ -68,6 +68,7 @@ from .errors import ResidualStructureWarning
 from .fit import Pause
 from .fit_config import FitConfig
 from .forked import ForkedCall, fork_helps
+from .interrupt import deferred_interrupt
 from .parallel import all_reduce_sum
 from .posterior import fitted_means
 from .results import FitResult
@@ -247,6 +248,13 @@ class TimeFunctionRace:
     (a fit shorter than the race); a fit Ctrl-C stopped is returned at
     once, no other fit started.
 
+    Where a second core is free (``config.parallel_race`` and
+    :func:`~pyro_dgmm.forked.fork_helps`) the learned structure's race fit
+    runs in a forked child (:class:`~pyro_dgmm.forked.ForkedCall`) while
+    this process fits the other; the child sends its fit back, held, and
+    it continues here as it would have: the same result, in the time of
+    the slower race fit.  A child that fails is fitted here instead.
+
     ``fit_once(latent_dim, config, time_functions=M, pause=None)`` is the
     estimator's fit of a model with M learned time functions, held at
     ``pause`` (:class:`~pyro_dgmm.fit.Pause`) or continued from it.
@@ -268,11 +276,9 @@ class TimeFunctionRace:
             side = ForkedCall(self._fit_to_pause, latent_dim, replace(config, progress=False), LEARNED_TIME_FUNCTIONS)
         try:
             for m in (0, LEARNED_TIME_FUNCTIONS):
-                run = side.result() if side is not None and m == LEARNED_TIME_FUNCTIONS else None
-                if run is None or not run[0].held:  # the child's fit is kept only to be continued here
-                    run = self._fit_to_pause(latent_dim, config, m)
-                pause, candidate = run
-                candidate.result.config["progress"] = config.progress  # the only setting the child's fit changed
+                run = self._forked_result(side) if side is not None and m == LEARNED_TIME_FUNCTIONS else None
+                pause, candidate = run or self._fit_to_pause(latent_dim, config, m)
+                candidate.result.config["progress"] = config.progress  # the child fitted without a progress bar
                 runs[m] = pause, candidate
                 if candidate.result.interrupted or (m == 0 and not pause.held):  # Ctrl-C, or nothing to race
                     self.chosen = m
@@ -292,6 +298,19 @@ class TimeFunctionRace:
                        "candidates": [{"time_functions": m, "heldout_loss": loss} for m, loss in losses.items()]}
         kept.result.time_functions_race = self.record
         return kept
+
+    @staticmethod
+    def _forked_result(side: ForkedCall) -> tuple[Pause, Candidate] | None:
+        """The child's race fit (None: it failed).  Ctrl-C in a terminal
+        reaches the child too, which stops its fit after the current step and
+        sends it back, interrupted, as a fit here would be; a SIGINT sent to
+        this process alone does not reach the child's fit, and is raised here
+        once the child is done."""
+        with deferred_interrupt() as stop:
+            run = side.result()
+        if stop.requested and not (run is not None and run[1].result.interrupted):
+            raise KeyboardInterrupt
+        return run
 
     def _fit_to_pause(self, latent_dim: int, config: FitConfig, time_functions: int) -> tuple[Pause, Candidate]:
         """The race fit of ``time_functions`` learned functions, held after

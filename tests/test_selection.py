@@ -290,9 +290,16 @@ def test_in_parallel_the_learned_structure_races_in_a_child_and_continues_here(m
     kept = selection.TimeFunctionRace(fit_once)(3, FitConfig(race_epochs=10))
     assert calls == [(0, "pause"), (4, "continue")] and kept.model == "model4"
     assert kept.result.time_functions_race["candidates"][1] == {"time_functions": 4, "heldout_loss": 9.0}
-    fit_once, calls = _racer({0: 9.5, 4: 9.0}, ends_early=4)  # the child's fit was not held: run again here
-    selection.TimeFunctionRace(fit_once)(3, FitConfig(race_epochs=10))
-    assert calls == [(0, "pause"), (4, "pause")]
+    fit_once, calls = _racer({0: 9.5, 4: 9.0}, ends_early=4)  # the child's fit ended before the pause and won
+    kept = selection.TimeFunctionRace(fit_once)(3, FitConfig(race_epochs=10))
+    assert calls == [(0, "pause")] and kept.model == "model4" and kept.result.config["progress"]
+    fit_once, calls = _racer({0: 9.5, 4: 9.0}, interrupted=4)  # Ctrl-C stopped the child's fit: returned as is
+    kept = selection.TimeFunctionRace(fit_once)(3, FitConfig(race_epochs=10))
+    assert calls == [(0, "pause")] and kept.model == "model4" and kept.result.interrupted
+    monkeypatch.setattr(selection.ForkedCall, "result", lambda self: None)  # a child that failed: fitted here
+    fit_once, calls = _racer({0: 9.5, 4: 9.0})
+    assert selection.TimeFunctionRace(fit_once)(3, FitConfig(race_epochs=10)).model == "model4"
+    assert calls == [(0, "pause"), (4, "pause"), (4, "continue")]
 
 
 @pytest.mark.parametrize("learned_loss", [9.0, 9.9])
