@@ -70,11 +70,19 @@ class ForkedCall:
         self._receiver, sender = context.Pipe(duplex=False)
         self._process = context.Process(target=_run_in_child, args=(sender, fn, args, kwargs), daemon=True,
                                         name=f"pyro_dgmm:{getattr(fn, '__name__', 'call')}")
-        self._process.start()
+        self._not_started = None
+        try:
+            self._process.start()
+        except OSError as error:  # no memory or no process slot for the child: the caller computes the call
+            self._not_started = f"it could not be started ({error!r})"
         sender.close()  # the child holds the only sending end: its exit ends the pipe
 
     def result(self) -> Any | None:
         """The call's value, or None if the child failed (the reason is logged)."""
+        if self._not_started is not None:
+            self._receiver.close()
+            log.info("the forked child process failed, so the call runs in this process: %s", self._not_started)
+            return None
         try:
             succeeded, value = pickle.loads(self._receiver.recv_bytes())  # before join: a large value fills the pipe
         except (EOFError, OSError, pickle.UnpicklingError) as error:
@@ -90,9 +98,10 @@ class ForkedCall:
 
     def cancel(self) -> None:
         """Stop the child (its value is no longer needed)."""
-        if self._process.is_alive():
-            self._process.terminate()
-        self._process.join()
+        if self._not_started is None:
+            if self._process.is_alive():
+                self._process.terminate()
+            self._process.join()
         self._receiver.close()
 
 

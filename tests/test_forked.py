@@ -45,6 +45,20 @@ def test_a_child_that_fails_gives_none_and_the_reason_is_logged(fn, caplog):
     assert "the call runs in this process" in caplog.text and expected in caplog.text
 
 
+def test_a_child_that_cannot_be_started_gives_none(monkeypatch, caplog):
+    import multiprocessing.process
+
+    def no_fork(self):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", no_fork)
+    with caplog.at_level("INFO", logger="pyro_dgmm.forked"):
+        call = ForkedCall(os.getpid)
+        assert call.result() is None
+    assert "could not be started" in caplog.text
+    ForkedCall(os.getpid).cancel()  # nothing to stop
+
+
 def test_cancel_stops_a_running_child():
     call = ForkedCall(time.sleep, 60)
     start = time.perf_counter()
