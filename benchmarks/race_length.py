@@ -29,9 +29,11 @@ from common import print_table
 
 
 def race_loss(row: dict, epochs: int) -> float:
-    """The race's statistic (:func:`pyro_dgmm.selection.race_loss`) from a recorded fit."""
-    window = [loss for epoch, loss in row["validation_loss"] if epochs / 2 <= epoch < epochs]
-    return float(np.mean(window))
+    """The race's statistic (:func:`pyro_dgmm.selection.race_loss`) of a recorded fit."""
+    from pyro_dgmm.results import FitResult
+    from pyro_dgmm.selection import race_loss as library_race_loss
+
+    return library_race_loss(FitResult(config={}, validation_loss=[tuple(v) for v in row["validation_loss"]]), epochs)
 
 
 def main() -> None:

@@ -226,13 +226,19 @@ def fit_with_restarts(fit_once: Callable[[int, FitConfig], Candidate], latent_di
     return kept
 
 
+def race_window(epochs: int) -> range:
+    """The epochs whose held-out losses a race of ``epochs`` epochs compares:
+    the last half, ``ceil(epochs / 2)`` to ``epochs - 1``."""
+    return range(math.ceil(epochs / 2), epochs)
+
+
 def race_loss(result: FitResult, epochs: int) -> float:
     """What a race compares: the mean held-out loss (the training loss when
     nobody is held out) over the evaluations in the last half of the first
     ``epochs`` epochs, common to both fits; one evaluation is noisy, and a
     fit still falling fast differs most from its neighbour early on."""
     losses = result.validation_loss or list(enumerate(result.train_loss))
-    window = [loss for epoch, loss in losses if epochs / 2 <= epoch < epochs]
+    window = [loss for epoch, loss in losses if epoch in race_window(epochs)]
     return float(sum(window) / len(window)) if window else math.inf
 
 
@@ -288,8 +294,9 @@ class TimeFunctionRace:
                 side.cancel()
         losses = {m: race_loss(candidate.result, epochs) for m, (_, candidate) in runs.items()}
         self.chosen = min(losses, key=losses.get)
+        window = race_window(epochs)
         log.info("time_functions='auto': held-out loss over epochs %d-%d %s; continuing with %d learned time "
-                 "functions", math.ceil(epochs / 2), epochs - 1,
+                 "functions", window[0], window[-1],
                  ", ".join(f"{v:.4g} with {m}" for m, v in losses.items()), self.chosen)
         pause, kept = runs[self.chosen]
         if pause.held:

@@ -23,6 +23,7 @@ from .diagnostics import PARETO_K_THRESHOLD
 from .errors import ConfigError
 from .linear_tables import linear_coefficients, linear_random_effects_covariance
 from .results import FitResult, InformationCriteria, MarginalLikelihood, StandardErrors, Summary
+from .selection import race_window
 
 
 def summarize(model, schema: DataSchema, data: LongitudinalData, result: FitResult, errors: StandardErrors,
@@ -77,8 +78,8 @@ def _race_text(race: dict | None, time_functions: int | None) -> str:
     if race is None:
         return "n/a" if time_functions is None else f"{time_functions} (no race)"
     losses = ", ".join(f"{c['heldout_loss']:.3f} with {c['time_functions']}" for c in race["candidates"])
-    first, last = -(-race["epochs"] // 2), race["epochs"] - 1
-    return f"{race['chosen']} (held-out loss over epochs {first}-{last}: {losses})"
+    window = race_window(race["epochs"])
+    return f"{race['chosen']} (held-out loss over epochs {window[0]}-{window[-1]}: {losses})"
 
 
 def _pareto_k_text(k: float) -> str:

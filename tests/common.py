@@ -36,16 +36,22 @@ def fit_tiny_mixed_model(time_basis: str = "poly(1)", max_epochs: int = 5):
     return est.fit(tiny_frame(n_subjects=30), max_epochs=max_epochs, progress=False)
 
 
-def mixedlm_reference(df: pd.DataFrame):
+def linear_designs(df: pd.DataFrame, covariates: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The designs of ``simulate_linear``'s model for the rows of ``df``:
+    fixed X = [1, t, age, treated] ([1, t] without ``covariates``), random Z = [1, t]."""
+    X = np.column_stack([np.ones(len(df)), df.time, df.age, (df.group == "treated").astype(float)])
+    return (X if covariates else X[:, :2]), np.column_stack([np.ones(len(df)), df.time])
+
+
+def mixedlm_reference(df: pd.DataFrame, covariates: bool = True):
     """statsmodels' MixedLM (ML) with random intercept and slope on data of
-    ``simulate_linear``: fixed design X = [1, t, age, treated], random design
-    Z = [1, t].  Returns (X, Z, fitted MixedLM results)."""
+    ``simulate_linear`` (designs: :func:`linear_designs`).  Returns (X, Z,
+    fitted MixedLM results)."""
     import warnings
 
     from statsmodels.regression.mixed_linear_model import MixedLM
 
-    X = np.column_stack([np.ones(len(df)), df.time, df.age, (df.group == "treated").astype(float)])
-    Z = np.column_stack([np.ones(len(df)), df.time])
+    X, Z = linear_designs(df, covariates)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return X, Z, MixedLM(df.y.to_numpy(), X, groups=df.id.to_numpy(), exog_re=Z).fit(reml=False)

@@ -231,21 +231,13 @@ def _mixedlm_heldout(train: pd.DataFrame, test: pd.DataFrame, covariates: bool) 
     maximum likelihood fit of a random intercept and slope model to
     ``train`` (statsmodels' MixedLM), with or without age and group."""
     from scipy.stats import multivariate_normal
-    from statsmodels.regression.mixed_linear_model import MixedLM
 
-    columns = slice(None) if covariates else slice(0, 2)
+    from common import linear_designs, mixedlm_reference
 
-    def design(frame):
-        X = np.column_stack([np.ones(len(frame)), frame.time, frame.age, (frame.group == "treated").astype(float)])
-        return X[:, columns], np.column_stack([np.ones(len(frame)), frame.time])
-
-    X, Z = design(train)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fit = MixedLM(train.y.to_numpy(), X, groups=train.id.to_numpy(), exog_re=Z).fit(reml=False)
+    fit = mixedlm_reference(train, covariates)[2]
     total = 0.0
     for _, subject in test.groupby("id"):
-        X, Z = design(subject)
+        X, Z = linear_designs(subject, covariates)
         V = Z @ np.asarray(fit.cov_re) @ Z.T + fit.scale * np.eye(len(subject))
         total += multivariate_normal(X @ np.asarray(fit.fe_params), V).logpdf(subject.y.to_numpy())
     return total
