@@ -52,6 +52,7 @@ def main() -> None:
                          "epochs": model.result_.epochs_run, "latent_dim": model.latent_dim_,
                          "time_functions": model.time_functions_, "race": model.result_.time_functions_race,
                          "fits_run": max(len(model.result_.starts), 1),
+                         "refinement_seconds": (model.result_.refinement or {}).get("seconds"),
                          "mixedlm_seconds": mixedlm_seconds, "ratio": seconds / mixedlm_seconds,
                          "dgmm_rmse": dgmm_rmse, "mixedlm_spline4_rmse": rmse(means, sim.truth["y_mean"])})
             print(rows[-1], flush=True)

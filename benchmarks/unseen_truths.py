@@ -114,7 +114,8 @@ LANDMARK_SHARE, HELD_OUT_SHARE = 0.5, 0.2
 
 DGMM_KEYS = ["truth", "seed", "n_subjects", "outcome", "method", "rmse", "brier", "rmse_dynamic", "auc_dynamic",
              "auc_dynamic_observed", "seconds", "epochs", "stop_reason", "converged", "active_directions",
-             "latent_dim", "latent_activity", "warnings", "time_functions", "time_functions_race", "fits_run"]
+             "latent_dim", "latent_activity", "warnings", "time_functions", "time_functions_race", "fits_run",
+             "refinement_seconds"]
 BASELINE_KEYS = ["truth", "seed", "n_subjects", "outcome", "method", "rmse", "brier", "rmse_dynamic", "auc_dynamic",
                  "auc_dynamic_observed", "seconds", "converged", "note"]
 ORACLE_KEYS = ["truth", "seed", "n_subjects", "outcome", "method", "rmse", "llf", "seconds", "converged", "rmse_svi",
@@ -485,7 +486,8 @@ def fit_facts(model) -> dict:
             "latent_dim": jsonable(latent if latent is not None else getattr(model.model_, "latent_dim", None)),
             "time_functions": getattr(model, "time_functions_", None),
             "time_functions_race": getattr(result, "time_functions_race", None),
-            "fits_run": max(len(getattr(result, "starts", [])), 1)}
+            "fits_run": max(len(getattr(result, "starts", [])), 1),
+            "refinement_seconds": (getattr(result, "refinement", None) or {}).get("seconds")}
 
 
 def dgmm_rows(name: str, sim, seed: int, n: int, args) -> list[dict]:

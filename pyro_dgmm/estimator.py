@@ -382,7 +382,7 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
         if self.result_.interrupted or (pause is not None and pause.held):
             return
         # the maximum likelihood moves use every subject, the held-out ones too (the convergence test is done)
-        if self._refines(config.refine, train):
+        if self._refines(config.refine):
             refinement = wald.refine(self.model_, self.guide_, self._encoder_view(self.data_),
                                      self._refined_parameters(), seed=config.seed,
                                      num_shards=config.num_shards, distributed_input=self.distributed_input)
@@ -412,12 +412,15 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
         """What the refinement moves besides the dispersions: the linear parts the model has."""
         return present(self.model_, LINEAR_PARAMETERS)
 
-    def _refines(self, refine: bool | str, train: LongitudinalData) -> bool:
+    def _refines(self, refine: bool | str) -> bool:
         """Whether the fit refines: ``refine=True``, or ``'auto'`` and a
-        closed-form likelihood (:attr:`FitConfig.refine <pyro_dgmm.fit_config.FitConfig>`)."""
+        closed-form likelihood (:attr:`FitConfig.refine <pyro_dgmm.fit_config.FitConfig>`)
+        for what the refinement moves (the dispersions too) on the data it
+        uses: a check of less can pass where the refinement's own fails, and
+        the refinement would then importance-sample (minutes, not seconds)."""
         if refine != "auto":
             return refine
-        return marginal.closed_form_applies(self.model_, self.guide_, self._encoder_view(train),
+        return marginal.closed_form_applies(self.model_, self.guide_, self._encoder_view(self.data_),
                                             self._refined_parameters(),
                                             distributed_input=self.distributed_input)
 

@@ -122,7 +122,7 @@ from .diagnostics import PARETO_K_THRESHOLD, InferenceWarning, pareto_k
 from .errors import ConfigError
 from .options import check_bool, check_int
 from .parallel import Shards, all_reduce_max, all_reduce_sum, gather_objects, is_main_process, shard_seed
-from .parameters import Layout, float64_copy
+from .parameters import Layout, dispersion_labels, float64_copy, select_parameters
 from .likelihood import log_joint, observed_log_likelihood, standard_normal_log_density
 from .posterior import gaussian_proposal, subjects_per_chunk
 from .results import MarginalLikelihood
@@ -523,13 +523,20 @@ def marginal_log_likelihood(model, guide, data: LongitudinalData, num_samples: i
 
 
 def closed_form_applies(model, guide, data: LongitudinalData, parameters: Sequence[str] = (), *,
-                        distributed_input: bool = False) -> bool:
+                        include_dispersion: bool = True, distributed_input: bool = False) -> bool:
     """Whether :func:`marginal_log_likelihood` and the Wald functions
     integrate this model exactly (``closed_form=True``; module docstring):
     its log joint is quadratic in b at its current parameters and as the
-    named ``parameters`` move (:meth:`MarginalObjective._quadratic`; the
-    same answer on every process)."""
-    return MarginalObjective(model, guide, data, parameters, minimum_samples(model.latent_dim), None, 0, False,
+    named ``parameters`` (and, with ``include_dispersion``, the
+    dispersions) move (:meth:`MarginalObjective._quadratic`; the same answer
+    on every process).  Ask with the parameters and data that the
+    maximisation or the standard errors will use (their defaults include
+    the dispersions): the answer depends on what moves, so a check of fewer
+    parameters can pass where theirs fails, and they would then fall back
+    to importance sampling."""
+    moved = parameters or (include_dispersion and dispersion_labels(model))
+    names = select_parameters(model, parameters, include_dispersion) if moved else []
+    return MarginalObjective(model, guide, data, names, minimum_samples(model.latent_dim), None, 0, False,
                              distributed_input=distributed_input).exact
 
 
