@@ -10,7 +10,8 @@ Fits a DGMM to a CSV file or a shipped data set and writes, into ``--out``
 * ``summary.json`` -- fit settings, epochs, stop reason and convergence
   (``convergence``: converged, stop reason, epochs, kept epoch, final
   training loss, held-out negative ELBO per subject at the kept epoch, or
-  at the last epoch measured before one was kept), latent directions in use,
+  at the last epoch measured before one was kept), latent directions in use
+  (and, with ``latent_dim='auto'``, the dimensions tried: ``latent_dim_search``),
   the residuals' lag-1 autocorrelation and the fits run (``starts``: the
   first and any restarts, :mod:`pyro_dgmm.selection`), the learned time
   functions and the race that chose them (``time_functions``,

@@ -45,6 +45,7 @@ def fit_summary(model, rows: int, subjects: int, outcomes: dict, files: list[str
         "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "annealed_at_epoch": result.annealed_at,
         "stop_reason": result.stop_reason, "converged": result.converged,
         "latent_dim": model.latent_dim_, "active_directions": result.active_directions,
+        "latent_dim_search": result.latent_dim_search,
         "latent_activity": [round(v, 4) for v in result.latent_activity],
         "residual_autocorrelation": result.residual_autocorrelation, "starts": result.starts,
         "time_functions": model.time_functions_,

@@ -55,7 +55,7 @@ from .inference_methods import LikelihoodMethods
 from .persistence import SaveLoadMethods
 from .prediction_methods import PredictionMethods
 from .selection import (Candidate, TimeFunctionRace, choose_latent_dim, default_latent_dim, fit_with_restarts,
-                        residual_autocorrelation, structure_warning)
+                        replay_warnings, residual_autocorrelation, structure_warning)
 from .sensitivity import delta_shift
 
 
@@ -343,8 +343,7 @@ class DeepMixedModel(LikelihoodMethods, PredictionMethods, SaveLoadMethods):
         self.latent_dim_, self.model_, self.guide_ = candidate.latent_dim, candidate.model, candidate.guide
         self.time_functions_ = candidate.model.time_functions
         self.result_, self.imputation_trace_ = candidate.result, candidate.imputation_trace
-        for record in candidate.warnings:
-            warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
+        replay_warnings(candidate)
         if is_main_process():
             structure_warning(candidate)
 

@@ -81,7 +81,10 @@ class FitResult:
     ``time_functions_race`` records how ``time_functions`` was chosen
     (:class:`~pyro_dgmm.selection.TimeFunctionRace`): ``{"epochs", "chosen",
     "candidates": [{"time_functions", "heldout_loss"}, ...]}``; None when
-    it was not raced.
+    it was not raced.  ``latent_dim_search`` lists the latent dimensions
+    ``latent_dim='auto'`` fitted (:func:`~pyro_dgmm.selection.choose_latent_dim`),
+    each as ``{"latent_dim", "heldout_loss", "active_directions", "fits",
+    "kept"}`` (``fits``: the first and any restarts); None for a given latent_dim.
     """
 
     config: dict
@@ -102,6 +105,7 @@ class FitResult:
     residual_autocorrelation: float | None = None
     starts: list[dict] = field(default_factory=list)
     time_functions_race: dict | None = None
+    latent_dim_search: list[dict] | None = None
 
 
 @dataclass

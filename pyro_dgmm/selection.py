@@ -64,12 +64,12 @@ from typing import Callable
 
 import torch
 
-from .errors import ResidualStructureWarning
+from .errors import LatentDimensionWarning, ResidualStructureWarning
 from .fit import Pause
 from .fit_config import FitConfig
 from .forked import ForkedCall, fork_helps
 from .interrupt import deferred_interrupt
-from .parallel import all_reduce_sum
+from .parallel import all_reduce_sum, is_main_process
 from .posterior import fitted_means
 from .results import FitResult
 
@@ -331,9 +331,10 @@ def choose_latent_dim(fit_once: Callable[[int, FitConfig], Candidate], start: in
     doubling while a converged fit uses every direction, up to
     :data:`MAX_LATENT_DIM`; keep the lowest held-out loss, or the fit
     Ctrl-C stopped (no more are tried)."""
-    latent_dim, best = start, None
+    latent_dim, best, fits = start, None, []
     while True:
         fit = fit_with_restarts(fit_once, latent_dim, config)
+        fits.append(fit)
         best = fit if best is None or fit.loss < best.loss or fit.result.interrupted else best
         if fit.result.interrupted:
             break
@@ -342,7 +343,37 @@ def choose_latent_dim(fit_once: Callable[[int, FitConfig], Candidate], start: in
         log.info("latent_dim='auto': all %d directions in use, refitting with %d", latent_dim,
                  min(2 * latent_dim, MAX_LATENT_DIM))
         latent_dim = min(2 * latent_dim, MAX_LATENT_DIM)
+    best.result.latent_dim_search = [{"latent_dim": f.latent_dim, "heldout_loss": f.loss,
+                                      "active_directions": f.result.active_directions,
+                                      "fits": max(len(f.result.starts), 1), "kept": f is best} for f in fits]
     return best
+
+
+def rejected_larger(candidate: Candidate) -> dict | None:
+    """The fit with more directions than ``candidate`` that ``latent_dim='auto'``
+    tried and did not keep (its ``latent_dim_search`` entry), if any."""
+    larger = [s for s in candidate.result.latent_dim_search or () if s["latent_dim"] > candidate.latent_dim]
+    return min(larger, key=lambda s: s["heldout_loss"]) if larger else None
+
+
+def replay_warnings(candidate: Candidate) -> None:
+    """Raise the warnings the kept ``candidate``'s fit held back.  Where it
+    uses every direction and ``latent_dim='auto'`` tried more and kept it
+    anyway, the fit's own :class:`~pyro_dgmm.errors.LatentDimensionWarning`
+    (which suggests more directions) is replaced by one that names the
+    larger fit and why it lost."""
+    larger = rejected_larger(candidate)
+    for record in candidate.warnings:
+        if larger is None or not issubclass(record.category, LatentDimensionWarning):
+            warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
+    if larger is not None and not has_spare_directions(candidate) and is_main_process():
+        warnings.warn(
+            f"all {candidate.latent_dim} latent directions are in use; latent_dim='auto' also fitted "
+            f"{larger['latent_dim']} ({larger['active_directions']} directions in use, held-out loss "
+            f"{larger['heldout_loss']:.2f} against {candidate.loss:.2f} nats per subject, best of "
+            f"{larger['fits']} fit(s)) and kept {candidate.latent_dim}: the held-out subjects do not support "
+            f"more directions (latent_dim={larger['latent_dim']} fits the larger model; result_.latent_dim_search)",
+            LatentDimensionWarning, stacklevel=4)
 
 
 def structure_warning(candidate: Candidate) -> None:
@@ -353,6 +384,9 @@ def structure_warning(candidate: Candidate) -> None:
         return
     if len(result.starts) > 1:
         tried = f"it is the best by held-out loss of {len(result.starts)} fits from seeds {[s['seed'] for s in result.starts]}"
+    elif not has_spare_directions(candidate) and (larger := rejected_larger(candidate)) is not None:
+        tried = (f"all {candidate.latent_dim} latent directions are in use, so no restart was run, and the fit "
+                 f"with {larger['latent_dim']} directions had a worse held-out loss")
     elif not has_spare_directions(candidate):
         tried = (f"all {candidate.latent_dim} latent directions are in use, so no restart was run (a larger "
                  "latent_dim, not another seed, may recover the shape)")

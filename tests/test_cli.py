@@ -116,6 +116,7 @@ def test_summary_carries_convergence_and_held_out_loss(cli_fit):
     assert summary["starts"] == result.starts and len(summary["starts"]) == 1 and summary["starts"][0]["seed"] == 2
     assert summary["residual_autocorrelation"] == pytest.approx(result.residual_autocorrelation)
     assert result.config["restarts"] == 1  # --restarts reached the fit's settings
+    assert summary["latent_dim_search"] is None  # --latent-dim 2 was given: no search
 
 @pytest.mark.filterwarnings("ignore::pyro_dgmm.diagnostics.InferenceWarning")
 def test_summary_log_likelihood_is_the_importance_sampling_estimate(cli_fit):

@@ -397,6 +397,11 @@ def test_auto_latent_dim_grows_while_every_direction_is_in_use_and_keeps_the_bes
     assert "refitting with 2" in caplog.text and "refitting with 4" in caplog.text
     assert est.latent_dim_ in (2, 4) and est.model_.latent_dim == est.latent_dim_
     assert est.result_.active_directions == 2 and est.options.latent_dim == "auto"
+    search = est.result_.latent_dim_search
+    assert [s["latent_dim"] for s in search] == [1, 2, 4]
+    assert [s["kept"] for s in search] == [s["latent_dim"] == est.latent_dim_ for s in search]
+    assert search[0]["active_directions"] == 1 and search[2]["active_directions"] == 2
+    assert min(search, key=lambda s: s["heldout_loss"])["kept"]
 
 
 def test_default_latent_dim_grows_with_outcomes_and_time_functions():

@@ -121,6 +121,63 @@ def test_restarts_stop_at_the_cap_and_keep_the_lowest_held_out_loss():
         structure_warning(kept)
 
 
+def _saturated(latent_dim, loss, warned):
+    """A converged fit of ``latent_dim`` directions, all in use, holding back
+    the fit's own 'all directions in use' warning."""
+    result = FitResult(config={"seed": 0}, train_loss=[loss], validation_loss=[(3, loss)], best_epoch=3,
+                       converged=True, residual_autocorrelation=0.08, active_directions=latent_dim)
+    return Candidate(latent_dim, f"model{latent_dim}", "guide", result, None, [warned])
+
+
+def _held_warning(message, category):
+    return warnings.WarningMessage(message, category, "fit.py", 1)
+
+
+def test_auto_keeps_a_saturated_fit_over_a_worse_larger_one_and_says_so(monkeypatch):
+    """latent_dim='auto' fits 8 directions (all in use), then 16 (12 in use,
+    worse held-out loss), and keeps 8.  The user is told what was tried
+    instead of being told to try more directions or 'auto' (the kept fit's
+    own warning), and the residual warning does not suggest a larger
+    latent_dim either; result.latent_dim_search lists both fits."""
+    from pyro_dgmm.errors import LatentDimensionWarning
+
+    own = _held_warning(LatentDimensionWarning("all 8 latent directions are in use ...; try a larger latent_dim "
+                                               "or latent_dim='auto'"), LatentDimensionWarning)
+    other = _held_warning(UserWarning("something else the fit said"), UserWarning)
+    eight = _saturated(8, 29.25, own)
+    eight.warnings.append(other)
+    sixteen = _saturated(16, 29.71, own)
+    sixteen.result.active_directions = 12
+    fits = {8: eight, 16: sixteen}
+    kept = selection.choose_latent_dim(lambda latent_dim, config: fits[latent_dim], 8, FitConfig(restarts=0))
+    assert kept is eight
+    assert kept.result.latent_dim_search == [
+        {"latent_dim": 8, "heldout_loss": 29.25, "active_directions": 8, "fits": 1, "kept": True},
+        {"latent_dim": 16, "heldout_loss": 29.71, "active_directions": 12, "fits": 1, "kept": False}]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        selection.replay_warnings(kept)
+        structure_warning(kept)
+    messages = [str(w.message) for w in caught]
+    assert "something else the fit said" in messages
+    latent = [m for m in messages if "latent directions are in use;" in m]
+    assert len(latent) == 1 and "try a larger latent_dim" not in " ".join(messages)
+    assert "also fitted 16 (12 directions in use, held-out loss 29.71 against 29.25" in latent[0]
+    assert "latent_dim=16 fits the larger model" in latent[0]
+    residual = [m for m in messages if "positively correlated" in m]
+    assert len(residual) == 1 and "the fit with 16 directions had a worse held-out loss" in residual[0]
+    assert "a larger latent_dim, not another seed" not in residual[0]
+    # a saturated fit that 'auto' did not try to grow (a given latent_dim) keeps its own advice
+    alone = _saturated(8, 29.25, own)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        selection.replay_warnings(alone)
+        structure_warning(alone)
+    messages = [str(w.message) for w in caught]
+    assert any("try a larger latent_dim or latent_dim='auto'" in m for m in messages)
+    assert any("a larger latent_dim, not another seed, may recover the shape" in m for m in messages)
+
+
 @pytest.mark.parametrize("case", ["unconverged", "interrupted", "restarts=0", "checkpoint", "complete", "saturated"])
 def test_no_restart_for_an_unconverged_interrupted_complete_saturated_or_checkpointed_fit(case, tmp_path):
     """No restart where another seed cannot help or was not asked for; the
