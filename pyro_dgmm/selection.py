@@ -351,7 +351,9 @@ def choose_latent_dim(fit_once: Callable[[int, FitConfig], Candidate], start: in
 
 def rejected_larger(candidate: Candidate) -> dict | None:
     """The fit with more directions than ``candidate`` that ``latent_dim='auto'``
-    tried and did not keep (its ``latent_dim_search`` entry), if any."""
+    tried and did not keep (its ``latent_dim_search`` entry), if any.  There
+    is one only if ``candidate`` uses every direction: 'auto' grows past
+    no other fit."""
     larger = [s for s in candidate.result.latent_dim_search or () if s["latent_dim"] > candidate.latent_dim]
     return min(larger, key=lambda s: s["heldout_loss"]) if larger else None
 
@@ -366,7 +368,7 @@ def replay_warnings(candidate: Candidate) -> None:
     for record in candidate.warnings:
         if larger is None or not issubclass(record.category, LatentDimensionWarning):
             warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
-    if larger is not None and not has_spare_directions(candidate) and is_main_process():
+    if larger is not None and is_main_process():
         warnings.warn(
             f"all {candidate.latent_dim} latent directions are in use; latent_dim='auto' also fitted "
             f"{larger['latent_dim']} ({larger['active_directions']} directions in use, held-out loss "
@@ -384,7 +386,7 @@ def structure_warning(candidate: Candidate) -> None:
         return
     if len(result.starts) > 1:
         tried = f"it is the best by held-out loss of {len(result.starts)} fits from seeds {[s['seed'] for s in result.starts]}"
-    elif not has_spare_directions(candidate) and (larger := rejected_larger(candidate)) is not None:
+    elif (larger := rejected_larger(candidate)) is not None:
         tried = (f"all {candidate.latent_dim} latent directions are in use, so no restart was run, and the fit "
                  f"with {larger['latent_dim']} directions had a worse held-out loss")
     elif not has_spare_directions(candidate):
